@@ -1,0 +1,92 @@
+"""Every setting of faceserve, read once from FACESERVE_* environment variables and CLI flags."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "0.0.0.0"
+    port: int = 8000
+    # storage root: face_sessions/{id}/db/ holds the photos, pgdata/ the embedded Postgres
+    storage: Path = Path("storage")
+    # with no database_url an embedded Postgres is started under storage/pgdata
+    database_url: str | None = None
+    db_pool_min: int = 1
+    db_pool_max: int = 10
+    # absolute base for image URLs in responses ("https://photos.example.com"); request host when unset
+    public_base_url: str | None = None
+
+    models_dir: Path = Path("models")
+    model_pack: str = "buffalo_s"
+    # "auto" = CUDA when onnxruntime offers it, CPU otherwise; or "cpu" / "cuda"
+    device: str = "auto"
+    detector_input_size: int = 640
+    detection_threshold: float = 0.5
+    # faces smaller than this (shorter box side, pixels) are not indexed: too blurry to match reliably
+    min_face_size: int = 20
+    inference_threads: int = 2
+    onnx_intra_op_threads: int = 0
+
+    # maximum cosine distance for a search match; measured in benchmarks/threshold.py, see README
+    match_threshold: float = 0.6
+    search_default_limit: int = 50
+    search_max_limit: int = 500
+
+    max_upload_bytes: int = 50 * 1024 * 1024
+    # decompression-bomb guard, checked from the image header before any pixel is decoded
+    max_image_pixels: int = 50_000_000
+    max_files_per_upload: int = 100
+
+    page_default_limit: int = 100
+    page_max_limit: int = 1000
+
+    @property
+    def sessions_root(self) -> Path:
+        return self.storage / "face_sessions"
+
+    @property
+    def pgdata(self) -> Path:
+        return self.storage / "pgdata"
+
+    @property
+    def model_pack_dir(self) -> Path:
+        return self.models_dir / self.model_pack
+
+
+_ENV_PREFIX = "FACESERVE_"
+
+
+def _convert(annotation: str, raw: str) -> Any:
+    kind = annotation.split(" ")[0]  # "str | None" -> "str"
+    if kind == "int":
+        return int(raw)
+    if kind == "float":
+        return float(raw)
+    if kind == "Path":
+        return Path(raw)
+    return raw
+
+
+def load_settings(overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Defaults, then FACESERVE_* variables (and DATABASE_URL), then explicit overrides such as CLI flags."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        raw = env.get(_ENV_PREFIX + f.name.upper())
+        if raw is not None and raw != "":
+            values[f.name] = _convert(str(f.type), raw)
+    if "database_url" not in values and env.get("DATABASE_URL"):
+        values["database_url"] = env["DATABASE_URL"]
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            values[name] = value
+    settings = replace(Settings(), **values)
+    return replace(settings, storage=settings.storage.resolve(), models_dir=settings.models_dir.resolve())
+
+

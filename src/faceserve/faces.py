@@ -1,0 +1,153 @@
+"""InsightFace detector (SCRFD) and recogniser (ArcFace) on ONNX Runtime: image in, faces with embeddings out.
+
+Every method here blocks; callers run them in the inference thread pool. ONNX Runtime sessions are safe to
+run from several threads at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from .models import ModelPack
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from insightface.model_zoo.arcface_onnx import ArcFaceONNX
+    from insightface.model_zoo.scrfd import SCRFD
+    from insightface.utils import face_align
+
+log = logging.getLogger(__name__)
+
+_CUDA = "CUDAExecutionProvider"
+_CPU = "CPUExecutionProvider"
+# Wish list in order of preference, with the options that matter for each.
+_PROVIDER_OPTIONS: dict[str, dict[str, str]] = {
+    _CUDA: {"device_id": "0", "cudnn_conv_algo_search": "HEURISTIC", "arena_extend_strategy": "kSameAsRequested"},
+    _CPU: {},
+}
+_RECOGNISER_CHUNK = 32
+
+
+def choose_providers(device: str, available: list[str] | None = None) -> list[str]:
+    """'auto': CUDA when this onnxruntime build offers it, else CPU. 'cuda' insists; 'cpu' never uses a GPU."""
+    available = ort.get_available_providers() if available is None else available
+    if device == "cpu":
+        return [_CPU]
+    if device == "cuda" and _CUDA not in available:
+        raise RuntimeError(
+            f"device=cuda but onnxruntime offers only {available}; install onnxruntime-gpu (see README)"
+        )
+    if device not in ("auto", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, not {device!r}")
+    return [p for p in (_CUDA, _CPU) if p in available]
+
+
+@dataclass(frozen=True)
+class DetectedFace:
+    box: np.ndarray  # (4,) x1, y1, x2, y2 in pixels
+    landmarks: np.ndarray  # (5, 2)
+    det_score: float
+    embedding: np.ndarray  # (dim,) float32, L2-normalised
+
+    @property
+    def area(self) -> float:
+        return float(max(0.0, self.box[2] - self.box[0]) * max(0.0, self.box[3] - self.box[1]))
+
+
+class FaceEngine:
+    def __init__(
+        self,
+        pack: ModelPack,
+        *,
+        device: str = "auto",
+        detector_input_size: int = 640,
+        detection_threshold: float = 0.5,
+        min_face_size: int = 0,
+        intra_op_threads: int = 0,
+    ) -> None:
+        self.pack = pack
+        self.providers = choose_providers(device)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # the recogniser's declared batch of 1 makes ORT warn on every batch
+        if intra_op_threads:
+            options.intra_op_num_threads = intra_op_threads
+        provider_options = [_PROVIDER_OPTIONS[p] for p in self.providers]
+
+        def session(path: str) -> ort.InferenceSession:
+            return ort.InferenceSession(
+                path, sess_options=options, providers=self.providers, provider_options=provider_options
+            )
+
+        self._detector = SCRFD(model_file=str(pack.detector), session=session(str(pack.detector)))
+        self._detector.prepare(0, det_thresh=detection_threshold)
+        self._input_size = (detector_input_size, detector_input_size)
+        self._recogniser = ArcFaceONNX(model_file=str(pack.recogniser), session=session(str(pack.recogniser)))
+        self._crop_size = int(self._recogniser.input_size[0])
+        self.embedding_dim = int(self._recogniser.output_shape[-1])
+        self.min_face_size = min_face_size
+        log.info("models %s on %s, embeddings of %d", pack.name, self.providers, self.embedding_dim)
+
+    def warm_up(self) -> None:
+        """First runs allocate and pick kernels; do it at start, not on the first user's request."""
+        blank = np.zeros((self._input_size[1], self._input_size[0], 3), dtype=np.uint8)
+        self._detector.detect(blank, input_size=self._input_size)
+        self.embed_crops(np.zeros((1, self._crop_size, self._crop_size, 3), dtype=np.uint8))
+
+    def detect(self, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        boxes, landmarks = self._detector.detect(image_bgr, input_size=self._input_size)
+        if landmarks is None:
+            raise RuntimeError(f"detector {self.pack.detector.name} gives no landmarks; a *_bnkps model is needed")
+        if self.min_face_size and len(boxes):
+            sides = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+            keep = sides >= self.min_face_size
+            boxes, landmarks = boxes[keep], landmarks[keep]
+        return boxes, landmarks
+
+    def align(self, image_bgr: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+        """(n, 5, 2) landmarks -> (n, S, S, 3) ArcFace-aligned crops."""
+        crops = np.empty((len(landmarks), self._crop_size, self._crop_size, 3), dtype=np.uint8)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            for i, points in enumerate(landmarks):
+                crops[i] = face_align.norm_crop(image_bgr, landmark=points, image_size=self._crop_size)
+        return crops
+
+    def embed_crops(self, crops: np.ndarray) -> np.ndarray:
+        """Aligned crops -> L2-normalised float32 embeddings, one recogniser run per chunk."""
+        out = np.empty((len(crops), self.embedding_dim), dtype=np.float32)
+        for start in range(0, len(crops), _RECOGNISER_CHUNK):
+            chunk = list(crops[start : start + _RECOGNISER_CHUNK])
+            out[start : start + len(chunk)] = self._recogniser.get_feat(chunk)
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        np.maximum(norms, 1e-12, out=norms)
+        return out / norms
+
+    def analyze(self, image_bgr: np.ndarray) -> list[DetectedFace]:
+        boxes, landmarks = self.detect(image_bgr)
+        if not len(boxes):
+            return []
+        embeddings = self.embed_crops(self.align(image_bgr, landmarks))
+        return [
+            DetectedFace(
+                box=boxes[i, :4].astype(np.float32),
+                landmarks=landmarks[i].astype(np.float32),
+                det_score=float(boxes[i, 4]),
+                embedding=embeddings[i],
+            )
+            for i in range(len(boxes))
+        ]
+
+    def largest_face(self, image_bgr: np.ndarray) -> DetectedFace | None:
+        """The probe's face: detect all, embed only the largest."""
+        boxes, landmarks = self.detect(image_bgr)
+        if not len(boxes):
+            return None
+        areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        i = int(np.argmax(areas))
+        embedding = self.embed_crops(self.align(image_bgr, landmarks[i : i + 1]))[0]
+        return DetectedFace(boxes[i, :4].astype(np.float32), landmarks[i].astype(np.float32), float(boxes[i, 4]), embedding)

@@ -1,0 +1,1 @@
+"""HTTP layer: handlers grouped by resource, the error middleware, and file serving."""

@@ -1,0 +1,33 @@
+"""GET /healthz: 200 when the database answers and the models are loaded, 503 otherwise."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+from aiohttp import web
+
+from .. import db
+from ..errors import NotReady
+from .common import ok
+from .keys import SERVICES
+
+_DB_TIMEOUT_S = 2.0
+
+
+async def healthz(request: web.Request) -> web.Response:
+    services = request.app.get(SERVICES)
+    if services is None:
+        raise NotReady("starting up")
+    try:
+        await asyncio.wait_for(db.ping(services.pool), _DB_TIMEOUT_S)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise NotReady(f"database is not answering: {type(exc).__name__}") from None
+    return ok(
+        {
+            "database": "ok",
+            "models": services.engine.pack.name,
+            "providers": services.engine.providers,
+            "index": services.indexes.placement,
+        }
+    )

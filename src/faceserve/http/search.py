@@ -1,0 +1,68 @@
+"""POST /api/face/search: the probe's largest face against one session."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .. import search
+from ..errors import BadRequest
+from . import uploads
+from .common import image_url, ok
+from .keys import SERVICES
+
+
+def _number(raw: str | None, name: str, kind: type, low: float, high: float) -> float | int | None:
+    if raw is None or raw == "":
+        return None
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be a number") from None
+    if not low <= value <= high:
+        raise BadRequest(f"{name} must be between {low} and {high}")
+    return value
+
+
+async def search_faces(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    settings = services.settings
+    fields: dict[str, str] = {}
+    probe: bytes | None = None
+    async for part in uploads.parts(request):
+        if part.name == "image":
+            probe = await uploads.read_all(part, settings.max_upload_bytes)
+        elif part.name in ("session_id", "threshold", "limit"):
+            fields[part.name] = await uploads.read_field(part)
+        else:
+            await part.release()
+    session_id = _number(fields.get("session_id"), "session_id", int, 1, 2**63 - 1)
+    if session_id is None:
+        raise BadRequest("session_id is required")
+    if not probe:
+        raise BadRequest("image is required: the probe photo as a multipart file part")
+    threshold = _number(fields.get("threshold"), "threshold", float, 0.0, 2.0)
+    limit = _number(fields.get("limit"), "limit", int, 1, settings.search_max_limit)
+
+    face, matches = await search.search_session(
+        services,
+        int(session_id),
+        probe,
+        settings.match_threshold if threshold is None else float(threshold),
+        settings.search_default_limit if limit is None else int(limit),
+    )
+    return ok(
+        {
+            "matches": [
+                {
+                    "identity": m.identity,
+                    "distance": round(m.distance, 6),
+                    "image_id": m.image_id,
+                    "url": image_url(request, m.image_id),
+                    "face_id": m.face_id,
+                    "box": [round(v, 1) for v in m.box],
+                }
+                for m in matches
+            ],
+            "probe_face": {"box": [round(float(v), 1) for v in face.box], "score": round(face.det_score, 4)},
+        }
+    )

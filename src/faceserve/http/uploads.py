@@ -1,0 +1,46 @@
+"""Reading multipart bodies: streamed file parts and small form fields, with size limits."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import BodyPartReader, web
+
+from ..errors import BadRequest, PayloadTooLarge
+
+_CHUNK = 256 * 1024
+_MAX_FIELD = 1024
+
+
+async def parts(request: web.Request) -> AsyncIterator[BodyPartReader]:
+    if not request.content_type.startswith("multipart/"):
+        raise BadRequest("body must be multipart/form-data")
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if isinstance(part, BodyPartReader):
+                yield part
+    except (ValueError, AssertionError) as exc:
+        raise BadRequest(f"malformed multipart body: {exc}") from None
+
+
+async def chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
+    while chunk := await part.read_chunk(_CHUNK):
+        yield chunk
+
+
+async def read_all(part: BodyPartReader, max_bytes: int) -> bytes:
+    buffer = bytearray()
+    async for chunk in chunks(part):
+        buffer += chunk
+        if len(buffer) > max_bytes:
+            raise PayloadTooLarge(f"{part.name} is larger than {max_bytes} bytes")
+    return bytes(buffer)
+
+
+async def read_field(part: BodyPartReader) -> str:
+    data = await read_all(part, _MAX_FIELD)
+    try:
+        return data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise BadRequest(f"field {part.name} is not UTF-8 text") from None

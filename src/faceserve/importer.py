@@ -1,0 +1,86 @@
+"""`faceserve import DIR`: take in a tree laid out as face_sessions/{session_id}/db/* (the old path-based
+system). Files keep their names so old /storage/... URLs still resolve; what is already recorded is skipped,
+so a second run changes nothing. Unreadable files are reported and skipped."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiofiles
+
+from . import db, ingest
+from .errors import FaceServeError
+from .services import Services
+from .storage import SESSIONS_DIR, is_plain_name, stored_name_for
+
+log = logging.getLogger(__name__)
+_CHUNK = 1024 * 1024
+
+
+@dataclass
+class ImportReport:
+    sessions_created: int = 0
+    images_created: int = 0
+    already_present: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def seen(self) -> int:
+        return self.images_created + self.already_present + len(self.failed)
+
+
+def sessions_in(source: Path) -> list[tuple[int, Path]]:
+    """(session id, its db folder) for each numeric folder under source or source/face_sessions."""
+    root = source / SESSIONS_DIR if (source / SESSIONS_DIR).is_dir() else source
+    found = []
+    for child in root.iterdir():
+        if child.name.isdigit() and (child / "db").is_dir():
+            found.append((int(child.name), child / "db"))
+    return sorted(found)
+
+
+async def _read(path: Path) -> AsyncIterator[bytes]:
+    async with aiofiles.open(path, "rb") as source:
+        while chunk := await source.read(_CHUNK):
+            yield chunk
+
+
+async def import_tree(
+    services: Services, source: Path, progress: Callable[[ImportReport, str], None] | None = None
+) -> ImportReport:
+    report = ImportReport()
+    for session_id, folder in sessions_in(source):
+        if await db.get_session(services.pool, session_id) is None:
+            await db.create_session(services.pool, f"session {session_id}", session_id=session_id)
+            report.sessions_created += 1
+        recorded = await db.session_file_paths(services.pool, session_id)
+        for path in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
+            label = f"{session_id}/db/{path.name}"
+            if not path.is_file():
+                continue
+            name = path.name if is_plain_name(path.name) else None
+            if name is not None and services.storage.relative_path(session_id, name) in recorded:
+                report.already_present += 1
+            else:
+                try:
+                    pending = await services.storage.receive(
+                        session_id, _read(path), services.settings.max_upload_bytes
+                    )
+                    if name is None:
+                        name = stored_name_for(path.name, pending.sha256_hex, path.suffix.lstrip(".") or "img")
+                    outcome = await ingest.add_image(services, session_id, pending, path.name, stored_name=name)
+                except (FaceServeError, OSError) as exc:
+                    message = exc.message if isinstance(exc, FaceServeError) else str(exc)
+                    report.failed.append((label, message))
+                    log.warning("skipped %s: %s", label, message)
+                else:
+                    if outcome.created:
+                        report.images_created += 1
+                    else:
+                        report.already_present += 1
+            if progress is not None:
+                progress(report, label)
+    return report

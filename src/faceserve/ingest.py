@@ -1,0 +1,123 @@
+"""Adding and removing photos: file, rows, faces and index entries move together or not at all."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import numpy as np
+
+from . import db, imaging
+from .errors import ImageNotFound, SessionNotFound
+from .faces import DetectedFace, FaceEngine
+from .services import Services
+from .storage import PendingFile, stored_name_for
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Ingested:
+    image: db.ImageRecord
+    created: bool  # False: the session already held these bytes
+
+
+def _analyze_file(engine: FaceEngine, path: Path, max_pixels: int) -> tuple[imaging.ImageInfo, list[DetectedFace]]:
+    """Header check first (cheap, rejects bombs and non-images), then the full decode and the models."""
+    info = imaging.probe(path, max_pixels)
+    pixels = imaging.decode_bgr(path.read_bytes())
+    return info, engine.analyze(pixels)
+
+
+async def require_session(services: Services, session_id: int) -> db.FaceSession:
+    session = await db.get_session(services.pool, session_id)
+    if session is None:
+        raise SessionNotFound(f"face session {session_id} does not exist")
+    return session
+
+
+async def add_image(
+    services: Services,
+    session_id: int,
+    pending: PendingFile,
+    original_name: str,
+    stored_name: str | None = None,
+) -> Ingested:
+    """Turn a received file into an image with faces. The pending file is always committed or discarded.
+
+    stored_name: keep this name on disk (import of an old tree); by default one is made from hash and name.
+    """
+    committed: Path | None = None
+    try:
+        existing = await db.find_image_by_sha256(services.pool, session_id, pending.sha256)
+        if existing is not None:
+            return Ingested(existing, created=False)
+        info, faces = await services.infer(
+            _analyze_file, services.engine, pending.path, services.settings.max_image_pixels
+        )
+        name = stored_name or stored_name_for(original_name, pending.sha256_hex, info.extension)
+        file_path = services.storage.relative_path(session_id, name)
+        async with services.pool.acquire() as conn, conn.transaction():
+            try:
+                image = await db.insert_image(
+                    conn,
+                    session_id=session_id,
+                    file_path=file_path,
+                    stored_name=name,
+                    original_name=original_name,
+                    content_type=info.content_type,
+                    byte_size=pending.size,
+                    sha256=pending.sha256,
+                    width=info.width,
+                    height=info.height,
+                )
+            except asyncpg.ForeignKeyViolationError as exc:
+                raise SessionNotFound(f"face session {session_id} does not exist") from exc
+            if image is None:  # the same bytes arrived concurrently and won the race
+                winner = await db.find_image_by_sha256(conn, session_id, pending.sha256)
+                assert winner is not None
+                return Ingested(winner, created=False)
+            face_ids = await db.insert_faces(
+                conn,
+                image.id,
+                session_id,
+                [db.NewFace(f.box.tolist(), f.landmarks.ravel().tolist(), f.det_score, f.embedding) for f in faces],
+            )
+            # rename inside the transaction: if the commit fails the file is removed below; a crash between
+            # the two leaves a file without a row, never a row without a file
+            committed = await asyncio.to_thread(services.storage.commit, pending, file_path)
+        committed = None
+    except BaseException:
+        if committed is not None:
+            committed.unlink(missing_ok=True)
+        raise
+    finally:
+        await services.storage.discard(pending.path)
+
+    if faces:
+        vectors = np.stack([f.embedding for f in faces])
+        await services.indexes.add(session_id, np.asarray(face_ids, dtype=np.int64), vectors)
+    return Ingested(db.ImageRecord(**{**image.__dict__, "face_count": len(faces)}), created=True)
+
+
+async def delete_image(services: Services, image_id: int) -> db.ImageRecord:
+    async with services.pool.acquire() as conn, conn.transaction():
+        deleted = await db.delete_image(conn, image_id)
+        if deleted is None:
+            raise ImageNotFound(f"image {image_id} does not exist")
+        image, face_ids = deleted
+    # search joins hits against the database, so the deleted faces stop matching at the commit above;
+    # the index drops them too so they stop taking result slots
+    await services.indexes.remove(image.face_session_id, np.asarray(face_ids, dtype=np.int64))
+    await asyncio.to_thread(services.storage.remove, image.file_path)
+    return image
+
+
+async def delete_session(services: Services, session_id: int) -> None:
+    if not await db.delete_session(services.pool, session_id):
+        raise SessionNotFound(f"face session {session_id} does not exist")
+    await services.indexes.drop(session_id)
+    await asyncio.to_thread(services.storage.remove_session, session_id)

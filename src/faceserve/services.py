@@ -1,0 +1,78 @@
+"""The service's parts, opened in order and closed in reverse: used by the web app and by the CLI alike."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import asyncpg
+
+from . import db
+from .config import Settings
+from .faces import FaceEngine
+from .index import IndexRegistry
+from .models import locate_pack
+from .storage import Storage
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass
+class Services:
+    settings: Settings
+    pool: asyncpg.Pool
+    storage: Storage
+    engine: FaceEngine
+    indexes: IndexRegistry
+    inference: ThreadPoolExecutor
+
+    async def infer(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run blocking work (decode, detection, embedding) on the inference threads."""
+        return await asyncio.get_running_loop().run_in_executor(self.inference, fn, *args)
+
+
+def load_engine(settings: Settings) -> FaceEngine:
+    engine = FaceEngine(
+        locate_pack(settings.models_dir, settings.model_pack),
+        device=settings.device,
+        detector_input_size=settings.detector_input_size,
+        detection_threshold=settings.detection_threshold,
+        min_face_size=settings.min_face_size,
+        intra_op_threads=settings.onnx_intra_op_threads,
+    )
+    engine.warm_up()
+    return engine
+
+
+@asynccontextmanager
+async def open_services(settings: Settings, engine: FaceEngine | None = None) -> AsyncIterator[Services]:
+    """Database (embedded unless DATABASE_URL), storage, models, indexes. An engine may be passed in to share
+    loaded models (the tests do)."""
+    async with AsyncExitStack() as stack:
+        storage = Storage(settings.storage)
+        storage.sessions_root.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(storage.sweep_partial_uploads)
+
+        dsn = settings.database_url
+        if dsn is None:
+            dsn = await stack.enter_async_context(db.embedded_postgres(settings.pgdata))
+        pool = await db.create_pool(dsn, settings.db_pool_min, settings.db_pool_max)
+        stack.push_async_callback(pool.close)
+
+        inference = ThreadPoolExecutor(max_workers=settings.inference_threads, thread_name_prefix="inference")
+        stack.callback(inference.shutdown, wait=True)
+        if engine is None:
+            engine = await asyncio.get_running_loop().run_in_executor(inference, load_engine, settings)
+
+        async def load_session(session_id: int):
+            return await db.session_embeddings(pool, session_id, engine.embedding_dim)
+
+        indexes = IndexRegistry(engine.embedding_dim, load_session, settings.device)
+        stack.callback(indexes.close)
+        yield Services(settings, pool, storage, engine, indexes, inference)

@@ -1,0 +1,161 @@
+"""Files on disk: layout, safe stored names, atomic writes with hashing, removal.
+
+Layout: {root}/face_sessions/{session_id}/db/{stored_name}. A row's file_path is relative to {root}.
+Uploads go to a hidden .part file in the same folder (same filesystem, so the final rename is atomic) and
+are fsynced before the rename; a .part left by a crash is swept at the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import re
+import secrets
+import shutil
+import unicodedata
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiofiles
+import aiofiles.os
+
+from .errors import PayloadTooLarge
+
+log = logging.getLogger(__name__)
+
+SESSIONS_DIR = "face_sessions"
+_PART_PREFIX = ".upload-"
+_PART_SUFFIX = ".part"
+_UNSAFE_RUN = re.compile(r"[^A-Za-z0-9._-]+")
+_MAX_STEM = 60
+_HASH_PREFIX = 16
+
+
+def safe_stem(original_name: str) -> str:
+    """What survives of a client's file name in ours: the last path part, ASCII letters, digits, . _ -."""
+    base = re.split(r"[/\\]", original_name.replace("\x00", ""))[-1]
+    base = unicodedata.normalize("NFKD", base).encode("ascii", "ignore").decode("ascii")
+    stem = base.rsplit(".", 1)[0] if "." in base.lstrip(".") else base
+    stem = _UNSAFE_RUN.sub("_", stem).strip("._-")[:_MAX_STEM].strip("._-")
+    return stem or "image"
+
+
+def stored_name_for(original_name: str, sha256_hex: str, extension: str) -> str:
+    """Unique in a session because a session holds each content hash once; stable for the same upload."""
+    return f"{sha256_hex[:_HASH_PREFIX]}_{safe_stem(original_name)}.{extension}"
+
+
+def is_plain_name(name: str) -> bool:
+    """A name we can keep as it is on disk (import of an old tree): one path part, printable, not hidden."""
+    return (
+        0 < len(name) <= 200
+        and name == os.path.basename(name)
+        and not name.startswith(".")
+        and all(ch.isprintable() and ch not in "\\/\x00" for ch in name)
+    )
+
+
+@dataclass
+class PendingFile:
+    """Bytes received and fsynced under a temporary name; either committed (renamed) or discarded."""
+
+    path: Path
+    size: int
+    sha256: bytes
+
+    @property
+    def sha256_hex(self) -> str:
+        return self.sha256.hex()
+
+
+class Storage:
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.sessions_root = self.root / SESSIONS_DIR
+
+    def session_dir(self, session_id: int) -> Path:
+        return self.sessions_root / str(int(session_id)) / "db"
+
+    @staticmethod
+    def relative_path(session_id: int, stored_name: str) -> str:
+        return f"{SESSIONS_DIR}/{int(session_id)}/db/{stored_name}"
+
+    def absolute(self, file_path: str) -> Path:
+        """The file behind a row's file_path; refuses anything that would leave the storage root."""
+        path = (self.root / file_path).resolve()
+        if not path.is_relative_to(self.root):
+            raise ValueError(f"file_path {file_path!r} leaves the storage root")
+        return path
+
+    async def receive(self, session_id: int, chunks: AsyncIterator[bytes], max_bytes: int) -> PendingFile:
+        """Stream chunks into a .part file, hashing as they arrive; fsync. Over max_bytes -> PayloadTooLarge."""
+        folder = self.session_dir(session_id)
+        await aiofiles.os.makedirs(folder, exist_ok=True)
+        path = folder / f"{_PART_PREFIX}{secrets.token_hex(8)}{_PART_SUFFIX}"
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            async with aiofiles.open(path, "wb") as out:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise PayloadTooLarge(f"file is larger than {max_bytes} bytes")
+                    # one chunk (tens of KB) hashes in microseconds; a thread hop per chunk would cost more
+                    digest.update(chunk)
+                    await out.write(chunk)
+                await out.flush()
+                await asyncio.to_thread(os.fsync, out.fileno())
+        except BaseException:
+            await self.discard(path)
+            raise
+        return PendingFile(path, size, digest.digest())
+
+    async def receive_bytes(self, session_id: int, data: bytes, max_bytes: int) -> PendingFile:
+        async def one_chunk() -> AsyncIterator[bytes]:
+            yield data
+
+        return await self.receive(session_id, one_chunk(), max_bytes)
+
+    @staticmethod
+    async def discard(path: Path) -> None:
+        try:
+            await aiofiles.os.remove(path)
+        except FileNotFoundError:
+            pass
+
+    def commit(self, pending: PendingFile, file_path: str) -> Path:
+        """Atomically give the pending file its final name and make the rename durable."""
+        final = self.absolute(file_path)
+        os.replace(pending.path, final)
+        _fsync_dir(final.parent)
+        return final
+
+    def remove(self, file_path: str) -> None:
+        try:
+            self.absolute(file_path).unlink()
+        except FileNotFoundError:
+            log.warning("file %s was already gone", file_path)
+
+    def remove_session(self, session_id: int) -> None:
+        shutil.rmtree(self.sessions_root / str(int(session_id)), ignore_errors=True)
+
+    def sweep_partial_uploads(self) -> int:
+        """Delete .part files left by a crash mid-upload. Run at start, before serving."""
+        removed = 0
+        for part in self.sessions_root.glob(f"*/db/{_PART_PREFIX}*{_PART_SUFFIX}"):
+            part.unlink(missing_ok=True)
+            removed += 1
+        if removed:
+            log.info("removed %d partial uploads left by an earlier run", removed)
+        return removed
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
