@@ -109,7 +109,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
         return max(0, size - suffix), size - 1
     first = int(first_raw)
     last = int(last_raw) if last_raw else size - 1
-    if last < first:
+    if last_raw and last < first:
         return None
     if first >= size:
         raise Unsatisfiable

@@ -48,8 +48,10 @@ async def serve_image(request: web.Request) -> web.StreamResponse:
         source = await aiofiles.open(services.storage.absolute(image.file_path), "rb")
     except (FileNotFoundError, NotADirectoryError):
         raise ImageNotFound(f"the file of image {image_id} is gone") from None
-    async with source:
+    try:
         return await _respond(request, image, source)
+    finally:
+        await source.close()
 
 
 async def _respond(request: web.Request, image: db.ImageRecord, source: AsyncBufferedReader) -> web.StreamResponse:

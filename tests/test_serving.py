@@ -1,0 +1,142 @@
+"""GET/HEAD /api/face/image/{id}: same bytes, right headers, conditional and range requests, 404s."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from conftest import create_session, upload
+
+from faceserve.http.serving import CACHE_FOREVER
+
+
+async def _one_image(client, photos) -> tuple[dict, bytes]:
+    data = photos["t1"].read_bytes()
+    session_id = await create_session(client)
+    [image] = await upload(client, session_id, ("t1.jpg", data))
+    return image, data
+
+
+async def test_serves_the_uploaded_bytes_with_caching_headers(client, photos):
+    image, data = await _one_image(client, photos)
+    assert image["url"].endswith(f"/api/face/image/{image['image_id']}")
+    response = await client.get(f"/api/face/image/{image['image_id']}")
+    assert response.status == 200
+    assert await response.read() == data
+    assert response.headers["Content-Type"] == "image/jpeg"
+    assert response.headers["Cache-Control"] == CACHE_FOREVER
+    assert response.headers["Accept-Ranges"] == "bytes"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert "Last-Modified" in response.headers
+    etag = response.headers["ETag"]
+    assert etag.startswith('"') and not etag.startswith("W/")
+    assert etag.strip('"') == hashlib.sha256(data).hexdigest()[:32]
+
+
+async def test_the_url_in_the_response_is_what_the_app_follows(client, photos):
+    image, data = await _one_image(client, photos)
+    # the app only follows `url`: take its path and fetch it
+    path = "/" + image["url"].split("/", 3)[3]
+    response = await client.get(path)
+    assert await response.read() == data
+
+
+async def test_head_has_the_headers_and_no_body(client, photos):
+    image, data = await _one_image(client, photos)
+    response = await client.head(f"/api/face/image/{image['image_id']}")
+    assert response.status == 200
+    assert int(response.headers["Content-Length"]) == len(data)
+    assert response.headers["Content-Type"] == "image/jpeg"
+    assert await response.read() == b""
+
+
+async def test_matching_if_none_match_gives_304_without_body(client, photos):
+    image, _ = await _one_image(client, photos)
+    url = f"/api/face/image/{image['image_id']}"
+    etag = (await client.get(url)).headers["ETag"]
+    for header in (etag, f"W/{etag}", f'"other", {etag}', "*"):
+        response = await client.get(url, headers={"If-None-Match": header})
+        assert response.status == 304, header
+        assert response.headers["ETag"] == etag
+        assert response.headers["Cache-Control"] == CACHE_FOREVER
+        assert await response.read() == b""
+    response = await client.get(url, headers={"If-None-Match": '"something-else"'})
+    assert response.status == 200
+
+
+async def test_if_modified_since_and_if_match(client, photos):
+    image, _ = await _one_image(client, photos)
+    url = f"/api/face/image/{image['image_id']}"
+    first = await client.get(url)
+    last_modified = first.headers["Last-Modified"]
+    assert (await client.get(url, headers={"If-Modified-Since": last_modified})).status == 304
+    assert (await client.get(url, headers={"If-Modified-Since": "Mon, 01 Jan 2001 00:00:00 GMT"})).status == 200
+    assert (await client.get(url, headers={"If-Match": '"nope"'})).status == 412
+    assert (await client.get(url, headers={"If-Match": first.headers["ETag"]})).status == 200
+
+
+async def test_byte_ranges(client, photos):
+    image, data = await _one_image(client, photos)
+    url = f"/api/face/image/{image['image_id']}"
+    response = await client.get(url, headers={"Range": "bytes=10-19"})
+    assert response.status == 206
+    assert response.headers["Content-Range"] == f"bytes 10-19/{len(data)}"
+    assert await response.read() == data[10:20]
+    response = await client.get(url, headers={"Range": "bytes=-100"})
+    assert await response.read() == data[-100:]
+    response = await client.get(url, headers={"Range": f"bytes={len(data) - 5}-"})
+    assert await response.read() == data[-5:]
+    response = await client.get(url, headers={"Range": f"bytes={len(data)}-"})
+    assert response.status == 416
+    assert response.headers["Content-Range"] == f"bytes */{len(data)}"
+    response = await client.get(url, headers={"Range": "items=0-5"})
+    assert response.status == 200 and await response.read() == data
+    # If-Range with a different validator: the whole file
+    response = await client.get(url, headers={"Range": "bytes=0-9", "If-Range": '"stale"'})
+    assert response.status == 200 and await response.read() == data
+
+
+async def test_unknown_and_non_numeric_ids_are_404_json(client):
+    for path in ("/api/face/image/999999", "/api/face/image/abc", "/api/face/image/-1", "/api/face/image/1e3"):
+        response = await client.get(path)
+        assert response.status == 404, path
+        body = await response.json()
+        assert body["success"] is False and body["error"]["code"] == "image_not_found"
+        assert response.headers["Cache-Control"] == "no-store"
+
+
+async def test_record_whose_file_is_gone_is_404(client, photos, settings):
+    image, _ = await _one_image(client, photos)
+    stored = Path(settings.storage) / "face_sessions" / image["identity"]
+    stored.unlink()
+    response = await client.get(f"/api/face/image/{image['image_id']}")
+    assert response.status == 404
+    assert (await response.json())["error"]["code"] == "image_not_found"
+
+
+async def test_legacy_path_redirects_to_the_id_url(client, photos):
+    image, _ = await _one_image(client, photos)
+    response = await client.get(f"/storage/face_sessions/{image['identity']}", allow_redirects=False)
+    assert response.status == 301
+    assert response.headers["Location"].endswith(f"/api/face/image/{image['image_id']}")
+    response = await client.get("/storage/face_sessions/1/db/typo.jpg", allow_redirects=False)
+    assert response.status == 404
+    assert (await response.json())["success"] is False
+
+
+async def test_resolve_turns_an_identity_into_an_id(client, photos):
+    image, _ = await _one_image(client, photos)
+    response = await client.get("/api/face/resolve", params={"path": image["identity"]})
+    body = await response.json()
+    assert body["data"]["image_id"] == image["image_id"]
+    assert body["data"]["url"] == image["url"]
+    response = await client.get("/api/face/resolve", params={"path": "1/db/nothing.jpg"})
+    assert response.status == 404
+    response = await client.get("/api/face/resolve", params={"path": "../../etc/passwd"})
+    assert response.status == 400
+
+
+async def test_unknown_route_is_json_not_html(client):
+    response = await client.get("/nope")
+    assert response.status == 404
+    assert (await response.json())["success"] is False
