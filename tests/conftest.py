@@ -87,7 +87,7 @@ def settings(tmp_path: Path, database_url: str, models_dir: Path) -> Settings:
 
 
 @pytest.fixture
-async def client(aiohttp_client, settings: Settings, engine: FaceEngine) -> TestClient:
+async def client(settings: Settings, engine: FaceEngine, aiohttp_client) -> TestClient:
     return await aiohttp_client(create_app(settings, engine))
 
 

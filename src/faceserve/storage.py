@@ -30,6 +30,7 @@ SESSIONS_DIR = "face_sessions"
 _PART_PREFIX = ".upload-"
 _PART_SUFFIX = ".part"
 _UNSAFE_RUN = re.compile(r"[^A-Za-z0-9._-]+")
+_DOT_RUN = re.compile(r"\.{2,}")
 _MAX_STEM = 60
 _HASH_PREFIX = 16
 
@@ -39,7 +40,7 @@ def safe_stem(original_name: str) -> str:
     base = re.split(r"[/\\]", original_name.replace("\x00", ""))[-1]
     base = unicodedata.normalize("NFKD", base).encode("ascii", "ignore").decode("ascii")
     stem = base.rsplit(".", 1)[0] if "." in base.lstrip(".") else base
-    stem = _UNSAFE_RUN.sub("_", stem).strip("._-")[:_MAX_STEM].strip("._-")
+    stem = _DOT_RUN.sub(".", _UNSAFE_RUN.sub("_", stem)).strip("._-")[:_MAX_STEM].strip("._-")
     return stem or "image"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..errors import BadRequest, PayloadTooLarge
 
@@ -20,8 +21,8 @@ async def parts(request: web.Request) -> AsyncIterator[BodyPartReader]:
         while (part := await reader.next()) is not None:
             if isinstance(part, BodyPartReader):
                 yield part
-    except (ValueError, AssertionError) as exc:
-        raise BadRequest(f"malformed multipart body: {exc}") from None
+    except (ValueError, AssertionError, HttpProcessingError) as exc:
+        raise BadRequest(f"malformed multipart body: {getattr(exc, 'message', exc)}") from None
 
 
 async def chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
