@@ -43,3 +43,12 @@ CREATE TABLE IF NOT EXISTS faces (
 
 CREATE INDEX IF NOT EXISTS faces_session_id_idx ON faces (face_session_id, id);
 CREATE INDEX IF NOT EXISTS faces_image_id_idx ON faces (image_id);
+
+-- Other paths that lead to an image: an imported old tree may hold the same bytes under several names,
+-- and old links to every one of those names must keep resolving.
+CREATE TABLE IF NOT EXISTS face_session_image_aliases (
+    file_path  text   PRIMARY KEY,
+    image_id   bigint NOT NULL REFERENCES face_session_images (id) ON DELETE CASCADE
+);
+
+CREATE INDEX IF NOT EXISTS face_session_image_aliases_image_id_idx ON face_session_image_aliases (image_id);

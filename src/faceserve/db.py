@@ -152,8 +152,24 @@ async def find_image_by_sha256(conn: Connection, session_id: int, sha256: bytes)
 
 
 async def find_image_by_path(conn: Connection, file_path: str) -> ImageRecord | None:
+    """The image stored at file_path, or the one an alias of that path leads to."""
     return _image(
-        await conn.fetchrow(f"SELECT {_IMAGE_COLUMNS} FROM face_session_images i WHERE i.file_path = $1", file_path)
+        await conn.fetchrow(
+            f"SELECT {_IMAGE_COLUMNS} FROM face_session_images i WHERE i.file_path = $1 "
+            f"UNION ALL "
+            f"SELECT {_IMAGE_COLUMNS} FROM face_session_image_aliases a "
+            f"JOIN face_session_images i ON i.id = a.image_id WHERE a.file_path = $1 "
+            f"LIMIT 1",
+            file_path,
+        )
+    )
+
+
+async def add_alias(conn: Connection, file_path: str, image_id: int) -> None:
+    await conn.execute(
+        "INSERT INTO face_session_image_aliases (file_path, image_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        file_path,
+        image_id,
     )
 
 
@@ -169,7 +185,14 @@ async def list_images(conn: Connection, session_id: int, after: int, limit: int)
 
 
 async def session_file_paths(conn: Connection, session_id: int) -> set[str]:
-    rows = await conn.fetch("SELECT file_path FROM face_session_images WHERE face_session_id = $1", session_id)
+    """Every path that leads to an image of the session: stored files and their aliases."""
+    rows = await conn.fetch(
+        "SELECT i.file_path FROM face_session_images i WHERE i.face_session_id = $1 "
+        "UNION ALL "
+        "SELECT a.file_path FROM face_session_image_aliases a "
+        "JOIN face_session_images i ON i.id = a.image_id WHERE i.face_session_id = $1",
+        session_id,
+    )
     return {r["file_path"] for r in rows}
 
 

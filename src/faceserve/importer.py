@@ -80,6 +80,10 @@ async def import_tree(
                     if outcome.created:
                         report.images_created += 1
                     else:
+                        # the same bytes under another name: keep old links to this name working
+                        await db.add_alias(
+                            services.pool, services.storage.relative_path(session_id, name), outcome.image.id
+                        )
                         report.already_present += 1
             if progress is not None:
                 progress(report, label)
