@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
 from faceserve.http.conditional import Unsatisfiable, evaluate, parse_range, range_applies
 
 ETAG = '"abc"'
-MODIFIED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+MODIFIED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 BEFORE = "Thu, 01 Jan 2026 00:00:00 GMT"
 AT = "Fri, 02 Jan 2026 03:04:05 GMT"
 

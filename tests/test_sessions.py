@@ -48,7 +48,7 @@ async def test_delete_session_removes_images_faces_files_and_index(client, photo
     async with services.pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM faces WHERE face_session_id = $1", gone) == 0
         assert await conn.fetchval("SELECT count(*) FROM faces WHERE face_session_id = $1", keep) > 0
-    status, body = await search(client, gone, photos["t1"].read_bytes())
+    status, _ = await search(client, gone, photos["t1"].read_bytes())
     assert status == 404
 
 

@@ -55,15 +55,15 @@ class CpuFlatIndex:
         return int(self._index.ntotal)
 
 
-class GpuFlatIndex:
-    """Flat index on the GPU; a host array maps rows to face ids, deletes are tombstones until compaction."""
+class TombstoneFlatIndex:
+    """A flat index that can only append (GpuIndexFlatIP): a host array maps rows to face ids, deletes are
+    tombstones filtered at search and compacted away once they reach a fifth of the rows."""
 
     _COMPACT_RATIO = 0.2
 
-    def __init__(self, dim: int, resources: object) -> None:
-        self._dim = dim
-        self._resources = resources
-        self._index = faiss.GpuIndexFlatIP(resources, dim)
+    def __init__(self, make_flat: Callable[[], faiss.Index]) -> None:
+        self._make_flat = make_flat
+        self._index = make_flat()
         self._row_ids = np.empty(0, dtype=np.int64)
         self._dead = np.empty(0, dtype=bool)
 
@@ -82,7 +82,7 @@ class GpuFlatIndex:
     def _compact(self) -> None:
         alive = ~self._dead
         vectors = self._index.reconstruct_n(0, self._index.ntotal)[alive]
-        self._index = faiss.GpuIndexFlatIP(self._resources, self._dim)
+        self._index = self._make_flat()
         self._index.add(vectors)
         self._row_ids = self._row_ids[alive]
         self._dead = np.zeros(len(self._row_ids), dtype=bool)
@@ -127,7 +127,8 @@ class IndexRegistry:
 
     def _new_index(self) -> SessionIndex:
         if self._gpu_resources is not None:
-            return GpuFlatIndex(self.dim, self._gpu_resources)
+            resources, dim = self._gpu_resources, self.dim
+            return TombstoneFlatIndex(lambda: faiss.GpuIndexFlatIP(resources, dim))
         return CpuFlatIndex(self.dim)
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
