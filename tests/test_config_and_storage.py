@@ -56,3 +56,13 @@ def test_stored_name_is_hash_prefixed_and_has_the_real_extension():
 )
 def test_plain_names(name, plain):
     assert is_plain_name(name) is plain
+
+
+def test_conflicting_cpu_and_gpu_builds_are_reported():
+    from faceserve.runtime import conflicting_builds
+
+    assert conflicting_builds(["onnxruntime", "faiss-cpu", "numpy"]) == []
+    assert conflicting_builds(["onnxruntime-gpu", "faiss-gpu-cu12"]) == []
+    problems = conflicting_builds(["onnxruntime", "onnxruntime-gpu", "faiss-cpu"])
+    assert len(problems) == 1 and "onnxruntime-gpu" in problems[0]
+    assert conflicting_builds() == []  # this CPU install holds one build of each

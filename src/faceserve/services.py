@@ -17,6 +17,7 @@ from .config import Settings
 from .faces import FaceEngine
 from .index import IndexRegistry
 from .models import locate_pack
+from .runtime import conflicting_builds
 from .storage import Storage
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ def load_engine(settings: Settings) -> FaceEngine:
 async def open_services(settings: Settings, engine: FaceEngine | None = None) -> AsyncIterator[Services]:
     """Database (embedded unless DATABASE_URL), storage, models, indexes. An engine may be passed in to share
     loaded models (the tests do)."""
+    for problem in conflicting_builds():
+        log.warning(problem)
     async with AsyncExitStack() as stack:
         storage = Storage(settings.storage)
         storage.sessions_root.mkdir(parents=True, exist_ok=True)
