@@ -46,6 +46,12 @@ class Settings:
     page_default_limit: int = 100
     page_max_limit: int = 1000
 
+    # resized copies (?w=, ?h=): only these sizes, so a client cannot fill the disk with arbitrary ones
+    derivative_sizes: tuple[int, ...] = (64, 128, 160, 240, 320, 480, 640, 800, 1080, 1280, 1600, 2048)
+    derivative_quality: int = 82
+    # face crops pad the detector's box by this share of its size on each side
+    face_crop_padding: float = 0.4
+
     @property
     def sessions_root(self) -> Path:
         return self.storage / "face_sessions"
@@ -70,6 +76,8 @@ def _convert(annotation: str, raw: str) -> Any:
         return float(raw)
     if kind == "Path":
         return Path(raw)
+    if kind.startswith("tuple[int"):
+        return tuple(int(part) for part in raw.split(",") if part.strip())
     return raw
 
 

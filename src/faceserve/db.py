@@ -311,5 +311,22 @@ async def faces_with_images(conn: Connection, session_id: int, face_ids: Sequenc
     return {r["id"]: FaceHit(r["id"], r["image_id"], r["stored_name"], list(r["box"])) for r in rows}
 
 
+@dataclass(frozen=True)
+class FaceRecord:
+    id: int
+    image_id: int
+    face_session_id: int
+    box: list[float]
+    landmarks: list[float]
+    det_score: float
+
+
+async def get_face(conn: Connection, face_id: int) -> FaceRecord | None:
+    row = await conn.fetchrow(
+        "SELECT id, image_id, face_session_id, box, landmarks, det_score FROM faces WHERE id = $1", face_id
+    )
+    return None if row is None else FaceRecord(**{**dict(row), "box": list(row["box"]), "landmarks": list(row["landmarks"])})
+
+
 async def ping(conn: Connection) -> bool:
     return await conn.fetchval("SELECT 1") == 1
