@@ -27,6 +27,7 @@ def create_app(settings: Settings, engine: FaceEngine | None = None) -> web.Appl
             yield
 
     app.cleanup_ctx.append(services_ctx)
+    app[serving.SERVED_FILES] = serving.ServedFileCache(settings.served_cache_entries)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_post("/api/face/sessions", sessions.create_session)
     app.router.add_get("/api/face/sessions", sessions.list_sessions)

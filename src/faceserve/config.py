@@ -43,6 +43,9 @@ class Settings:
     max_image_pixels: int = 50_000_000
     max_files_per_upload: int = 100
 
+    # rows of serving metadata kept per process (about 400 bytes each)
+    served_cache_entries: int = 200_000
+
     page_default_limit: int = 100
     page_max_limit: int = 1000
 

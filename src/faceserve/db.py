@@ -141,6 +141,23 @@ async def get_image(conn: Connection, image_id: int) -> ImageRecord | None:
     return _image(await conn.fetchrow(f"SELECT {_IMAGE_COLUMNS} FROM face_session_images i WHERE i.id = $1", image_id))
 
 
+@dataclass(frozen=True, slots=True)
+class ServedImage:
+    """The columns serving a file needs, and no more (it is the hottest query)."""
+
+    file_path: str
+    content_type: str
+    sha256: bytes
+    created_at: datetime
+
+
+async def get_served_image(conn: Connection, image_id: int) -> ServedImage | None:
+    row = await conn.fetchrow(
+        "SELECT file_path, content_type, sha256, created_at FROM face_session_images WHERE id = $1", image_id
+    )
+    return None if row is None else ServedImage(*row)
+
+
 async def find_image_by_sha256(conn: Connection, session_id: int, sha256: bytes) -> ImageRecord | None:
     return _image(
         await conn.fetchrow(

@@ -12,6 +12,7 @@ from ..storage import Storage
 from . import uploads
 from .common import image_url, ok, path_id, query_int
 from .keys import SERVICES
+from .serving import SERVED_FILES
 
 
 def image_json(request: web.Request, image: db.ImageRecord) -> dict[str, Any]:
@@ -70,6 +71,7 @@ async def list_images(request: web.Request) -> web.Response:
 async def delete_image(request: web.Request) -> web.Response:
     image_id = path_id(request, "image_id", ImageNotFound)
     image = await ingest.delete_image(request.app[SERVICES], image_id)
+    request.app[SERVED_FILES].evict(image_id)
     return ok({"image_id": image.id, "identity": image.identity, "deleted": True})
 
 
