@@ -29,6 +29,12 @@ def _noise_png(side: int, seed: int = 0) -> bytes:
     return buffer.getvalue()
 
 
+def _overwrite(path: str, block: bytes, times: int) -> None:
+    with open(path, "wb") as out:
+        for _ in range(times):
+            out.write(block)
+
+
 async def _stored(client, settings, data: bytes, name: str = "noise.png") -> tuple[dict, str]:
     session_id = await create_session(client)
     [image] = await upload(client, session_id, (name, data))
@@ -55,8 +61,7 @@ async def test_huge_file_streams(client, settings):
     image, path = await _stored(client, settings, _noise_png(64, seed=1))
     block = os.urandom(1024 * 1024)
     with open(path, "wb") as out:
-        for _ in range(64):
-            out.write(block)
+        out.writelines(block for _ in range(64))
     response = await client.get(f"/api/face/image/{image['image_id']}")
     digest, total = hashlib.sha256(), 0
     async for chunk in response.content.iter_chunked(1 << 20):
@@ -85,7 +90,7 @@ async def test_concurrent_ranges_reassemble_the_file(client, settings):
 
 async def test_zero_byte_file(client, settings, photos):
     image, path = await _stored(client, settings, photos["yaoming"].read_bytes(), "yao.jpg")
-    open(path, "wb").close()
+    _overwrite(path, b"", times=1)
     url = f"/api/face/image/{image['image_id']}"
     response = await client.get(url)
     assert response.status == 200
@@ -98,8 +103,7 @@ async def test_client_leaving_mid_body_harms_nothing(client, settings):
     """A raw socket asks for a big file, reads a little, and hangs up; the server keeps serving and leaks no
     file descriptor."""
     image, path = await _stored(client, settings, _noise_png(64, seed=3))
-    with open(path, "wb") as out:
-        out.write(os.urandom(32 * 1024 * 1024))
+    _overwrite(path, os.urandom(32 * 1024 * 1024), times=1)
     fds_before = len(os.listdir("/proc/self/fd"))
     for _ in range(5):
         reader, writer = await asyncio.open_connection(client.server.host, client.server.port)

@@ -16,13 +16,15 @@ from .services import open_services
 _BODY_OVERHEAD = 1024 * 1024
 
 
-def create_app(settings: Settings, engine: FaceEngine | None = None) -> web.Application:
+def create_app(
+    settings: Settings, engine: FaceEngine | None = None, sweep_partial_uploads: bool = True
+) -> web.Application:
     app = web.Application(
         middlewares=[middleware.errors], client_max_size=settings.max_upload_bytes + _BODY_OVERHEAD
     )
 
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
-        async with open_services(settings, engine) as services:
+        async with open_services(settings, engine, sweep_partial_uploads) as services:
             app[SERVICES] = services
             yield
 

@@ -9,8 +9,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
 from .config import Settings, load_settings
 
 
@@ -29,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default 0.0.0.0)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.add_argument("--public-base-url", help="absolute base of image URLs in responses")
+    serve.add_argument("--workers", type=int, help="processes sharing the port (default 1)")
     _common(serve)
     importer = commands.add_parser("import", help="import a face_sessions/{id}/db/* tree")
     importer.add_argument("source", type=Path, help="folder holding face_sessions/ (or that folder itself)")
@@ -37,15 +36,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    names = ("host", "port", "public_base_url", "storage", "models_dir", "model_pack", "device")
+    names = ("host", "port", "public_base_url", "workers", "storage", "models_dir", "model_pack", "device")
     overrides: dict[str, Any] = {n: getattr(args, n, None) for n in names}
     return load_settings(overrides)
-
-
-def _serve(settings: Settings) -> None:
-    from .app import create_app
-
-    web.run_app(create_app(settings), host=settings.host, port=settings.port, access_log=None)
 
 
 async def _import(settings: Settings, source: Path) -> int:
@@ -81,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = _settings(args)
     if args.command == "serve":
-        _serve(settings)
+        from .server import serve
+
+        serve(settings)
         return 0
     if not args.source.is_dir():
         print(f"{args.source} is not a folder", file=sys.stderr)

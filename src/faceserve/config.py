@@ -13,6 +13,10 @@ from typing import Any
 class Settings:
     host: str = "0.0.0.0"
     port: int = 8000
+    # processes serving the port together (SO_REUSEPORT); each loads its own models and indexes
+    workers: int = 1
+    # "uvloop" or "asyncio"; asyncio can sendfile() large bodies, uvloop is faster at everything else
+    event_loop: str = "uvloop"
     # storage root: face_sessions/{id}/db/ holds the photos, pgdata/ the embedded Postgres
     storage: Path = Path("storage")
     # with no database_url an embedded Postgres is started under storage/pgdata

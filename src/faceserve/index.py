@@ -177,6 +177,10 @@ class IndexRegistry:
             self._indexes.pop(session_id, None)
         self._locks.pop(session_id, None)
 
+    async def drop_all(self) -> None:
+        for session_id in list(self._indexes):
+            await self.drop(session_id)
+
     async def search(self, session_id: int, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(similarities, face ids) of the k nearest faces per query row; id -1 pads a short result."""
         index = await self.get(session_id)

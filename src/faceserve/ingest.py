@@ -10,7 +10,7 @@ from pathlib import Path
 import asyncpg
 import numpy as np
 
-from . import db, imaging
+from . import db, imaging, index_sync
 from .errors import ImageNotFound, SessionNotFound
 from .faces import DetectedFace, FaceEngine
 from .services import Services
@@ -86,6 +86,7 @@ async def add_image(
                 session_id,
                 [db.NewFace(f.box.tolist(), f.landmarks.ravel().tolist(), f.det_score, f.embedding) for f in faces],
             )
+            await index_sync.announce_added(conn, services.process_token, session_id, face_ids)
             # rename inside the transaction: if the commit fails the file is removed below; a crash between
             # the two leaves a file without a row, never a row without a file
             committed = await asyncio.to_thread(services.storage.commit, pending, file_path)
@@ -109,6 +110,7 @@ async def delete_image(services: Services, image_id: int) -> db.ImageRecord:
         if deleted is None:
             raise ImageNotFound(f"image {image_id} does not exist")
         image, face_ids = deleted
+        await index_sync.announce_removed(conn, services.process_token, image.face_session_id, face_ids)
     # search joins hits against the database, so the deleted faces stop matching at the commit above;
     # the index drops them too so they stop taking result slots
     await services.indexes.remove(image.face_session_id, np.asarray(face_ids, dtype=np.int64))
@@ -117,7 +119,9 @@ async def delete_image(services: Services, image_id: int) -> db.ImageRecord:
 
 
 async def delete_session(services: Services, session_id: int) -> None:
-    if not await db.delete_session(services.pool, session_id):
-        raise SessionNotFound(f"face session {session_id} does not exist")
+    async with services.pool.acquire() as conn, conn.transaction():
+        if not await db.delete_session(conn, session_id):
+            raise SessionNotFound(f"face session {session_id} does not exist")
+        await index_sync.announce_dropped(conn, services.process_token, session_id)
     await services.indexes.drop(session_id)
     await asyncio.to_thread(services.storage.remove_session, session_id)

@@ -49,7 +49,7 @@ def install_buffalo_s(pack_dir: Path) -> None:
         target = pack_dir / ours
         if target.exists():
             continue
-        partial = target.with_suffix(".onnx.part")
+        partial = target.with_name(f".{target.name}.{os.getpid()}.part")  # workers may race here
         shutil.copyfile(source / theirs, partial)
         os.replace(partial, target)
         log.info("model %s laid out from %s", target, source / theirs)

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from . import db
+from . import db, index_sync
 from .config import Settings
 from .faces import FaceEngine
 from .index import IndexRegistry
@@ -32,6 +32,9 @@ class Services:
     engine: FaceEngine
     indexes: IndexRegistry
     inference: ThreadPoolExecutor
+    # names this process in index change notifications (index_sync.py)
+    process_token: str
+    follower: index_sync.IndexFollower
 
     async def infer(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking work (decode, detection, embedding) on the inference threads."""
@@ -52,15 +55,19 @@ def load_engine(settings: Settings) -> FaceEngine:
 
 
 @asynccontextmanager
-async def open_services(settings: Settings, engine: FaceEngine | None = None) -> AsyncIterator[Services]:
+async def open_services(
+    settings: Settings, engine: FaceEngine | None = None, sweep_partial_uploads: bool = True
+) -> AsyncIterator[Services]:
     """Database (embedded unless DATABASE_URL), storage, models, indexes. An engine may be passed in to share
-    loaded models (the tests do)."""
+    loaded models (the tests do). Workers started by a parent leave the sweep of crashed uploads to it:
+    one worker must not delete another's upload in flight."""
     for problem in conflicting_builds():
         log.warning(problem)
     async with AsyncExitStack() as stack:
         storage = Storage(settings.storage)
         storage.sessions_root.mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(storage.sweep_partial_uploads)
+        if sweep_partial_uploads:
+            await asyncio.to_thread(storage.sweep_partial_uploads)
 
         dsn = settings.database_url
         if dsn is None:
@@ -78,4 +85,8 @@ async def open_services(settings: Settings, engine: FaceEngine | None = None) ->
 
         indexes = IndexRegistry(engine.embedding_dim, load_session, settings.device)
         stack.callback(indexes.close)
-        yield Services(settings, pool, storage, engine, indexes, inference)
+        token = index_sync.new_token()
+        follower = index_sync.IndexFollower(dsn, token, pool, indexes)
+        await follower.start()
+        stack.push_async_callback(follower.close)
+        yield Services(settings, pool, storage, engine, indexes, inference, token, follower)

@@ -1,0 +1,133 @@
+"""Keep every process's in-memory indexes in step through Postgres LISTEN/NOTIFY.
+
+With several workers (or hosts) on one database, a face added by one process must become searchable in the
+others. Each change is announced inside the transaction that makes it (Postgres delivers the notification
+at commit, and never for a rolled-back one); every process applies the changes of the others, in order.
+Losing the listening connection may lose notifications, so after a reconnect all indexes are dropped and
+rebuilt from the database on next use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Sequence
+
+import asyncpg
+import numpy as np
+
+from . import db
+from .index import IndexRegistry
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "faceserve_faces"
+_MAX_PAYLOAD = 7900  # Postgres allows 8000 bytes
+_RECONNECT_DELAY_S = 1.0
+
+
+def new_token() -> str:
+    """Names this process in its own notifications, so it can skip them."""
+    return secrets.token_hex(6)
+
+
+def _encode(token: str, kind: str, session_id: int, face_ids: Sequence[int] = ()) -> str:
+    payload = f"{token} {kind} {int(session_id)} {','.join(str(int(i)) for i in face_ids)}"
+    if len(payload) > _MAX_PAYLOAD:
+        return f"{token} ! {int(session_id)} "  # too many ids to name: others rebuild that session
+    return payload
+
+
+def _decode(payload: str) -> tuple[str, str, int, np.ndarray]:
+    token, kind, session_id, ids = payload.split(" ", 3)
+    face_ids = np.array([int(i) for i in ids.split(",") if i], dtype=np.int64)
+    return token, kind, int(session_id), face_ids
+
+
+async def announce_added(conn: db.Connection, token: str, session_id: int, face_ids: Sequence[int]) -> None:
+    if len(face_ids):
+        await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, _encode(token, "+", session_id, face_ids))
+
+
+async def announce_removed(conn: db.Connection, token: str, session_id: int, face_ids: Sequence[int]) -> None:
+    if len(face_ids):
+        await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, _encode(token, "-", session_id, face_ids))
+
+
+async def announce_dropped(conn: db.Connection, token: str, session_id: int) -> None:
+    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, _encode(token, "!", session_id))
+
+
+class IndexFollower:
+    """Listens on a connection of its own and applies other processes' changes to this one's indexes."""
+
+    def __init__(self, dsn: str, token: str, pool: asyncpg.Pool, indexes: IndexRegistry) -> None:
+        self._dsn = dsn
+        self._token = token
+        self._pool = pool
+        self._indexes = indexes
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._conn: asyncpg.Connection | None = None
+        self._lost = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        await self._listen()
+        self._tasks = [asyncio.create_task(self._apply_forever()), asyncio.create_task(self._reconnect_forever())]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._conn is not None and not self._conn.is_closed():
+            await self._conn.close()
+
+    async def drain(self) -> None:
+        """Wait until every notification received so far is applied (tests, orderly shutdown)."""
+        await self._queue.join()
+
+    async def _listen(self) -> None:
+        self._conn = await asyncpg.connect(self._dsn)
+        self._conn.add_termination_listener(lambda _conn: self._lost.set())
+        await self._conn.add_listener(CHANNEL, self._received)
+
+    def _received(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        if not payload.startswith(self._token + " "):
+            self._queue.put_nowait(payload)
+
+    async def _apply_forever(self) -> None:
+        while True:
+            payload = await self._queue.get()
+            try:
+                await self._apply(payload)
+            except Exception:
+                log.exception("could not apply index change %r; dropping all indexes to rebuild", payload[:80])
+                await self._indexes.drop_all()
+            finally:
+                self._queue.task_done()
+
+    async def _apply(self, payload: str) -> None:
+        _, kind, session_id, face_ids = _decode(payload)
+        if kind == "+":
+            if self._indexes.is_loaded(session_id):
+                ids, vectors = await db.embeddings_by_ids(self._pool, session_id, face_ids, self._indexes.dim)
+                await self._indexes.add(session_id, ids, vectors)
+        elif kind == "-":
+            await self._indexes.remove(session_id, face_ids)
+        elif kind == "!":
+            await self._indexes.drop(session_id)
+
+    async def _reconnect_forever(self) -> None:
+        while True:
+            await self._lost.wait()
+            self._lost.clear()
+            log.warning("lost the index notification connection; indexes will be rebuilt from the database")
+            await self._indexes.drop_all()
+            while True:
+                try:
+                    await self._listen()
+                    break
+                except (OSError, asyncpg.PostgresError):
+                    await asyncio.sleep(_RECONNECT_DELAY_S)
+            await self._indexes.drop_all()  # changes made while we were away
