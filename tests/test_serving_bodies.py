@@ -31,8 +31,7 @@ def _noise_png(side: int, seed: int = 0) -> bytes:
 
 def _overwrite(path: str, block: bytes, times: int) -> None:
     with open(path, "wb") as out:
-        for _ in range(times):
-            out.write(block)
+        out.writelines(block for _ in range(times))
 
 
 async def _stored(client, settings, data: bytes, name: str = "noise.png") -> tuple[dict, str]:
@@ -60,8 +59,7 @@ async def test_huge_file_streams(client, settings):
     """64 MiB behind one record (written straight to disk; serving goes by the row, whatever the bytes)."""
     image, path = await _stored(client, settings, _noise_png(64, seed=1))
     block = os.urandom(1024 * 1024)
-    with open(path, "wb") as out:
-        out.writelines(block for _ in range(64))
+    _overwrite(path, block, times=64)
     response = await client.get(f"/api/face/image/{image['image_id']}")
     digest, total = hashlib.sha256(), 0
     async for chunk in response.content.iter_chunked(1 << 20):
