@@ -10,6 +10,7 @@ from .config import Settings
 from .faces import FaceEngine
 from .http import health, images, middleware, search, serving, sessions
 from .http.keys import SERVICES
+from .http.urls import URLS, UrlPolicy
 from .services import open_services
 
 # multipart framing and small fields on top of the largest accepted file
@@ -30,6 +31,7 @@ def create_app(
 
     app.cleanup_ctx.append(services_ctx)
     app[serving.SERVED_FILES] = serving.ServedFileCache(settings.served_cache_entries)
+    app[URLS] = UrlPolicy.from_settings(settings)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_post("/api/face/sessions", sessions.create_session)
     app.router.add_get("/api/face/sessions", sessions.list_sessions)

@@ -25,6 +25,16 @@ class Settings:
     db_pool_max: int = 10
     # absolute base for image URLs in responses ("https://photos.example.com"); request host when unset
     public_base_url: str | None = None
+    # image URLs in responses point here instead ("https://cdn.example.com"); API URLs stay on the origin
+    cdn_base_url: str | None = None
+    # with a CDN: image requests without header X-Origin-Pull: <this> are redirected (308) to the CDN,
+    # so only the CDN's own pulls are served by the origin
+    cdn_origin_secret: str | None = None
+    # "id:secret,id:secret": image URLs carry exp/kid/sig and the image endpoint demands them
+    signing_keys: str | None = None
+    signed_url_ttl: int = 3600
+    # expiries are rounded up to this step so one image keeps one URL (and one cache entry) for a while
+    signed_url_granularity: int = 600
 
     models_dir: Path = Path("models")
     model_pack: str = "buffalo_s"
@@ -83,6 +93,8 @@ def _convert(annotation: str, raw: str) -> Any:
         return float(raw)
     if kind == "Path":
         return Path(raw)
+    if kind == "bool":
+        return raw.strip().lower() in ("1", "true", "yes", "on")
     if kind.startswith("tuple[int"):
         return tuple(int(part) for part in raw.split(",") if part.strip())
     return raw

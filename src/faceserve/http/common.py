@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import BadRequest, FaceServeError
-from .keys import SERVICES
+from .urls import URLS
 
 _MAX_ID = 2**63 - 1
 
@@ -37,10 +37,5 @@ def query_int(request: web.Request, name: str, default: int, minimum: int, maxim
     return value
 
 
-def base_url(request: web.Request) -> str:
-    configured = request.app[SERVICES].settings.public_base_url
-    return configured.rstrip("/") if configured else str(request.url.origin())
-
-
 def image_url(request: web.Request, image_id: int) -> str:
-    return f"{base_url(request)}/api/face/image/{image_id}"
+    return request.app[URLS].image_url(request, image_id)

@@ -12,7 +12,9 @@ This is the hot path (every thumbnail a mobile app shows), so it does the least 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import os
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,11 +22,12 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .. import db
+from .. import db, signing
 from ..errors import ImageNotFound
 from . import conditional
 from .common import path_id
 from .keys import SERVICES
+from .urls import URLS
 
 CACHE_FOREVER = "public, max-age=31536000, immutable"
 _INLINE_BODY = 512 * 1024
@@ -113,8 +116,25 @@ async def served_file(request: web.Request, image_id: int) -> ServedFile:
     return entry
 
 
+_ONE_YEAR = 31536000
+_REDIRECT_CACHE = "public, max-age=86400"
+
+
+def _access(request: web.Request) -> str | None:
+    """Redirect to the CDN, refuse a bad signature, or say how long the answer may be cached (None: a year)."""
+    urls = request.app[URLS]
+    secret = request.app[SERVICES].settings.cdn_origin_secret
+    if urls.cdn_base_url and secret and not hmac.compare_digest(request.headers.get("X-Origin-Pull", ""), secret):
+        raise web.HTTPPermanentRedirect(urls.cdn_base_url + request.path_qs, headers={"Cache-Control": _REDIRECT_CACHE})
+    if urls.keys is None:
+        return None
+    remaining = signing.verify(urls.keys, request.path, dict(request.query), time.time())
+    return f"public, max-age={min(remaining, _ONE_YEAR)}"
+
+
 async def serve_image(request: web.Request) -> web.StreamResponse:
     image_id = path_id(request, "image_id", ImageNotFound)
+    cache_control = _access(request)
     entry = await served_file(request, image_id)
     try:
         fd = os.open(entry.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
@@ -122,14 +142,16 @@ async def serve_image(request: web.Request) -> web.StreamResponse:
         request.app[SERVED_FILES].evict(image_id)
         raise ImageNotFound(f"the file of image {image_id} is gone") from None
     try:
-        return await _respond(request, entry, fd)
+        return await _respond(request, entry, fd, cache_control)
     finally:
         os.close(fd)
 
 
-async def _respond(request: web.Request, entry: ServedFile, fd: int) -> web.StreamResponse:
+async def _respond(request: web.Request, entry: ServedFile, fd: int, cache_control: str | None) -> web.StreamResponse:
     size = os.fstat(fd).st_size
     headers = dict(entry.headers)
+    if cache_control is not None:
+        headers["Cache-Control"] = cache_control  # never cached past the signature's expiry
     status = conditional.evaluate(request.method, request.headers, entry.etag, entry.last_modified)
     if status == 304:
         return web.Response(status=304, headers=headers)

@@ -1,0 +1,46 @@
+"""Absolute URLs of images in API responses: origin or CDN, signed or not, decided once at start."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from .. import signing
+from ..config import Settings
+
+
+@dataclass(frozen=True)
+class UrlPolicy:
+    public_base_url: str | None
+    cdn_base_url: str | None
+    keys: signing.SigningKeys | None
+    ttl: int
+    granularity: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> UrlPolicy:
+        return cls(
+            public_base_url=settings.public_base_url.rstrip("/") if settings.public_base_url else None,
+            cdn_base_url=settings.cdn_base_url.rstrip("/") if settings.cdn_base_url else None,
+            keys=signing.SigningKeys.parse(settings.signing_keys) if settings.signing_keys else None,
+            ttl=settings.signed_url_ttl,
+            granularity=settings.signed_url_granularity,
+        )
+
+    def origin(self, request: web.Request) -> str:
+        return self.public_base_url or str(request.url.origin())
+
+    def signed_path(self, path: str) -> str:
+        if self.keys is None:
+            return path
+        expires = signing.expiry(time.time(), self.ttl, self.granularity)
+        return f"{path}?{signing.sign(self.keys, path, expires)}"
+
+    def image_url(self, request: web.Request, image_id: int) -> str:
+        base = self.cdn_base_url or self.origin(request)
+        return base + self.signed_path(f"/api/face/image/{image_id}")
+
+
+URLS = web.AppKey("urls", UrlPolicy)
