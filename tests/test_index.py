@@ -9,7 +9,8 @@ import faiss
 import numpy as np
 import pytest
 
-from faceserve.index import CpuFlatIndex, IndexRegistry, TombstoneFlatIndex, choose_placement
+from faceserve.index import IndexRegistry, choose_placement
+from faceserve.index_kinds import TombstoneFlatIndex, flat
 
 DIM = 64
 
@@ -23,7 +24,13 @@ def _exact(vectors: np.ndarray, ids: np.ndarray, query: np.ndarray, k: int) -> l
     return ids[np.argsort(-(vectors @ query))[:k]].tolist()
 
 
-@pytest.mark.parametrize("make", [lambda: CpuFlatIndex(DIM), lambda: TombstoneFlatIndex(lambda: faiss.IndexFlatIP(DIM))])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: flat(np.empty(0, np.int64), np.empty((0, DIM), np.float32)),
+        lambda: TombstoneFlatIndex(lambda: faiss.IndexFlatIP(DIM)),
+    ],
+)
 def test_search_matches_brute_force_through_adds_and_removes(make):
     index = make()
     vectors, ids = _unit(500, 1), np.arange(1000, 1500, dtype=np.int64)

@@ -47,6 +47,14 @@ class Settings:
     inference_threads: int = 2
     onnx_intra_op_threads: int = 0
 
+    # sessions with at least this many faces get an IVF index on CPU, if one reaches index_target_recall
+    ivf_min_faces: int = 100_000
+    index_target_recall: float = 0.99
+    # GPU flat indexes in float16: half the memory, recall measured in benchmarks/search_latency.py
+    gpu_float16: bool = False
+    # most query rows in one batched index search
+    index_max_batch: int = 256
+
     # maximum cosine distance for a search match; measured in benchmarks/threshold.py, see README
     match_threshold: float = 0.6
     search_default_limit: int = 50

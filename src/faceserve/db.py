@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -307,16 +308,44 @@ def _pg_array(values: Sequence[float]) -> str:
     return "{" + ",".join(repr(float(v)) for v in values) + "}"
 
 
+_COPY_HEADER = 19  # "PGCOPY\n\377\r\n\0", flags, header extension length
+_COPY_TRAILER = 2
+
+
 async def session_embeddings(conn: Connection, session_id: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """(ids int64, embeddings float32 n x dim) of a session's faces, for building its index."""
-    rows = await conn.fetch(
+    """(ids int64, embeddings float32 n x dim) of a session's faces, for building its index.
+
+    Binary COPY: rows arrive as fixed-size records, parsed by numpy in one pass, not row by row."""
+    buffer = io.BytesIO()
+    await conn.copy_from_query(
         "SELECT id, embedding FROM faces WHERE face_session_id = $1 AND embedding_dim = $2 ORDER BY id",
         session_id,
         dim,
+        output=buffer,
+        format="binary",
     )
-    ids = np.fromiter((r["id"] for r in rows), dtype=np.int64, count=len(rows))
-    matrix = np.frombuffer(b"".join(r["embedding"] for r in rows), dtype="<f4").astype(np.float32, copy=False)
-    return ids, matrix.reshape(len(rows), dim)
+    record = np.dtype(
+        [("fields", ">i2"), ("id_len", ">i4"), ("id", ">i8"), ("embedding_len", ">i4"), ("embedding", "<f4", (dim,))]
+    )
+    data = buffer.getbuffer()
+    count, rest = divmod(len(data) - _COPY_HEADER - _COPY_TRAILER, record.itemsize)
+    if rest or count < 0:
+        raise RuntimeError(f"unexpected binary COPY length {len(data)} for records of {record.itemsize} bytes")
+    rows = np.frombuffer(data, dtype=record, count=count, offset=_COPY_HEADER)
+    if count and not ((rows["fields"] == 2).all() and (rows["embedding_len"] == 4 * dim).all()):
+        raise RuntimeError("unexpected binary COPY record layout")
+    return rows["id"].astype(np.int64), np.ascontiguousarray(rows["embedding"], dtype=np.float32)
+
+
+async def session_face_stats(conn: Connection, session_id: int, dim: int) -> tuple[int, int]:
+    """(count, max id) of a session's faces: enough to tell whether a saved index is stale (ids only grow)."""
+    row = await conn.fetchrow(
+        "SELECT count(*) AS n, coalesce(max(id), 0) AS max_id FROM faces "
+        "WHERE face_session_id = $1 AND embedding_dim = $2",
+        session_id,
+        dim,
+    )
+    return int(row["n"]), int(row["max_id"])
 
 
 async def embeddings_by_ids(

@@ -1,12 +1,13 @@
-"""Per-session FAISS indexes: exact inner product over L2-normalised embeddings (= cosine similarity).
+"""Per-session FAISS indexes: inner product over L2-normalised embeddings (= cosine similarity).
 
-The database is the only source of truth: an index is built from Postgres on first use and afterwards kept
-in step by add/remove. All FAISS calls run on one dedicated thread: GPU indexes are not thread-safe even for
-search, and CPU add/remove must not overlap a search.
+The database is the only source of truth. On first use a session's index is loaded from its saved copy when
+that copy matches the database (index_store.py), else built from Postgres (index_kinds.py picks flat or IVF,
+or a flat index on the GPU); afterwards add/remove keep it in step, and it is saved again at shutdown.
 
-CPU: IndexIDMap2 over IndexFlatIP, ids are face ids, remove_ids drops deleted faces at once.
-GPU: GpuIndexFlatIP has neither add_with_ids nor remove_ids, so rows map to face ids through an array and
-deleted rows are tombstones filtered at search, compacted away once they pile up.
+All FAISS calls run on one owner thread: GPU indexes are not thread-safe even for search, and CPU add/remove
+must not overlap a search. Searches are batched by demand: while the thread is busy, queries for the same
+session queue up and go as one matrix at the next turn, so throughput grows with load and a lone query
+waits for nothing.
 """
 
 from __future__ import annotations
@@ -15,89 +16,22 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any
 
 import faiss
 import numpy as np
 
+from .index_kinds import IdIndex, IndexPolicy, TombstoneFlatIndex, build_cpu, build_gpu
+from .index_store import IndexStore
+
 log = logging.getLogger(__name__)
 
+SessionIndex = IdIndex | TombstoneFlatIndex
 # session id -> (face ids, embeddings) read from the database
 Loader = Callable[[int], Awaitable[tuple[np.ndarray, np.ndarray]]]
-
-
-class SessionIndex(Protocol):
-    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None: ...
-    def remove(self, ids: np.ndarray) -> None: ...
-    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
-    def __len__(self) -> int: ...
-
-
-class CpuFlatIndex:
-    def __init__(self, dim: int) -> None:
-        self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-        self._ids: set[int] = set()
-
-    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        fresh = np.fromiter((i not in self._ids for i in ids.tolist()), dtype=bool, count=len(ids))
-        if fresh.any():
-            self._index.add_with_ids(np.ascontiguousarray(vectors[fresh], dtype=np.float32), ids[fresh])
-            self._ids.update(ids[fresh].tolist())
-
-    def remove(self, ids: np.ndarray) -> None:
-        self._index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64))
-        self._ids.difference_update(ids.tolist())
-
-    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return self._index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
-
-    def __len__(self) -> int:
-        return int(self._index.ntotal)
-
-
-class TombstoneFlatIndex:
-    """A flat index that can only append (GpuIndexFlatIP): a host array maps rows to face ids, deletes are
-    tombstones filtered at search and compacted away once they reach a fifth of the rows."""
-
-    _COMPACT_RATIO = 0.2
-
-    def __init__(self, make_flat: Callable[[], faiss.Index]) -> None:
-        self._make_flat = make_flat
-        self._index = make_flat()
-        self._row_ids = np.empty(0, dtype=np.int64)
-        self._dead = np.empty(0, dtype=bool)
-
-    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        fresh = ~np.isin(ids, self._row_ids[~self._dead])
-        if fresh.any():
-            self._index.add(np.ascontiguousarray(vectors[fresh], dtype=np.float32))
-            self._row_ids = np.concatenate([self._row_ids, ids[fresh]])
-            self._dead = np.concatenate([self._dead, np.zeros(int(fresh.sum()), dtype=bool)])
-
-    def remove(self, ids: np.ndarray) -> None:
-        self._dead |= np.isin(self._row_ids, ids)
-        if self._dead.sum() > self._COMPACT_RATIO * max(1, len(self._dead)):
-            self._compact()
-
-    def _compact(self) -> None:
-        alive = ~self._dead
-        vectors = self._index.reconstruct_n(0, self._index.ntotal)[alive]
-        self._index = self._make_flat()
-        self._index.add(vectors)
-        self._row_ids = self._row_ids[alive]
-        self._dead = np.zeros(len(self._row_ids), dtype=bool)
-
-    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        dead = int(self._dead.sum())
-        sims, rows = self._index.search(np.ascontiguousarray(vectors, dtype=np.float32), min(k + dead, self._index.ntotal))
-        ids = np.where(rows >= 0, self._row_ids[np.clip(rows, 0, None)], -1)
-        ids[(rows >= 0) & self._dead[np.clip(rows, 0, None)]] = -1
-        # push tombstones to the end of each row, keep the best k
-        order = np.argsort(ids < 0, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(sims, order, 1), np.take_along_axis(ids, order, 1)
-
-    def __len__(self) -> int:
-        return int((~self._dead).sum())
+# session id -> (face count, max face id) in the database
+StatsLoader = Callable[[int], Awaitable[tuple[int, int]]]
 
 
 def gpu_count() -> int:
@@ -112,30 +46,82 @@ def choose_placement(device: str, gpus: int) -> str:
     return "gpu"
 
 
-class IndexRegistry:
-    """One index per session, built lazily from the database; every FAISS call on one owner thread."""
+@dataclass
+class _Pending:
+    queries: list[np.ndarray] = field(default_factory=list)
+    ks: list[int] = field(default_factory=list)
+    futures: list[asyncio.Future] = field(default_factory=list)
 
-    def __init__(self, dim: int, loader: Loader, device: str = "auto") -> None:
+
+class IndexRegistry:
+    """One index per session, loaded or built on first use; every FAISS call on one owner thread."""
+
+    def __init__(
+        self,
+        dim: int,
+        loader: Loader,
+        device: str = "auto",
+        *,
+        stats: StatsLoader | None = None,
+        store: IndexStore | None = None,
+        policy: IndexPolicy | None = None,
+        max_batch: int = 256,
+    ) -> None:
         self.dim = dim
         self._loader = loader
+        self._stats = stats
+        self._store = store
+        self.policy = policy or IndexPolicy()
+        self._max_batch = max_batch
         self.placement = choose_placement(device, gpu_count())
         self._gpu_resources = faiss.StandardGpuResources() if self.placement == "gpu" else None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="faiss")
         self._indexes: dict[int, SessionIndex] = {}
+        self._dirty: set[int] = set()
         self._locks: dict[int, asyncio.Lock] = {}
+        self._pending: dict[int, _Pending] = {}
+        self._drainer: asyncio.Task | None = None
+        self.batches = 0  # searches run on the thread; fewer than queries under load
+        self.sources: dict[int, str] = {}  # session id -> "disk" or "database": where its index came from
         log.info("FAISS indexes on %s", self.placement)
-
-    def _new_index(self) -> SessionIndex:
-        if self._gpu_resources is not None:
-            resources, dim = self._gpu_resources, self.dim
-            return TombstoneFlatIndex(lambda: faiss.GpuIndexFlatIP(resources, dim))
-        return CpuFlatIndex(self.dim)
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
     def _lock(self, session_id: int) -> asyncio.Lock:
         return self._locks.setdefault(session_id, asyncio.Lock())
+
+    # ---------------------------------------------------------------- lifecycle of one session's index
+
+    def _build(self, ids: np.ndarray, vectors: np.ndarray) -> SessionIndex:
+        if self._gpu_resources is not None:
+            return build_gpu(ids, vectors, self._gpu_resources, self.policy)
+        return build_cpu(ids, vectors, self.policy)
+
+    def _from_saved(self, saved: IdIndex) -> SessionIndex:
+        if self._gpu_resources is None:
+            return saved
+        ids = saved.ids()
+        if saved.kind == "ivf":
+            saved.index.make_direct_map()
+        vectors = saved.index.reconstruct_batch(ids) if len(ids) else np.empty((0, self.dim), np.float32)
+        return build_gpu(ids, vectors, self._gpu_resources, self.policy)
+
+    async def _open(self, session_id: int) -> SessionIndex:
+        if self._store is not None and self._stats is not None:
+            count, max_id = await self._stats(session_id)
+            saved = await self._run(self._store.load, session_id, count, max_id)
+            if saved is not None:
+                log.info("index of session %d loaded from disk: %d faces (%s)", session_id, count, saved.kind)
+                self.sources[session_id] = "disk"
+                return await self._run(self._from_saved, saved)
+        ids, vectors = await self._loader(session_id)
+        index = await self._run(self._build, ids, vectors)
+        log.info("index of session %d built from the database: %d faces (%s)", session_id, len(ids), index.kind)
+        self.sources[session_id] = "database"
+        if self._store is not None and len(ids):
+            await self._run(self._store.save, session_id, index)
+        return index
 
     async def get(self, session_id: int) -> SessionIndex:
         index = self._indexes.get(session_id)
@@ -144,12 +130,8 @@ class IndexRegistry:
         async with self._lock(session_id):
             index = self._indexes.get(session_id)
             if index is None:
-                ids, vectors = await self._loader(session_id)
-                index = self._new_index()
-                if len(ids):
-                    await self._run(index.add, ids, vectors)
+                index = await self._open(session_id)
                 self._indexes[session_id] = index
-                log.info("index of session %d built from the database: %d faces", session_id, len(ids))
             return index
 
     def is_loaded(self, session_id: int) -> bool:
@@ -163,6 +145,7 @@ class IndexRegistry:
             index = self._indexes.get(session_id)
             if index is not None:
                 await self._run(index.add, np.asarray(ids, dtype=np.int64), vectors)
+                self._dirty.add(session_id)
 
     async def remove(self, session_id: int, ids: np.ndarray) -> None:
         if not len(ids):
@@ -171,24 +154,80 @@ class IndexRegistry:
             index = self._indexes.get(session_id)
             if index is not None:
                 await self._run(index.remove, np.asarray(ids, dtype=np.int64))
+                self._dirty.add(session_id)
 
     async def drop(self, session_id: int) -> None:
         async with self._lock(session_id):
             self._indexes.pop(session_id, None)
+            self._dirty.discard(session_id)
         self._locks.pop(session_id, None)
 
     async def drop_all(self) -> None:
         for session_id in list(self._indexes):
             await self.drop(session_id)
 
+    async def save_changed(self) -> None:
+        """Write changed indexes to disk so the next start loads instead of rebuilding."""
+        if self._store is None:
+            return
+        for session_id in list(self._dirty):
+            async with self._lock(session_id):
+                index = self._indexes.get(session_id)
+                if index is not None and len(index):
+                    await self._run(self._store.save, session_id, index)
+                self._dirty.discard(session_id)
+
+    # ---------------------------------------------------------------- search, batched by demand
+
     async def search(self, session_id: int, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(similarities, face ids) of the k nearest faces per query row; id -1 pads a short result."""
-        index = await self.get(session_id)
-        k = min(k, len(index))
-        if k <= 0:
-            empty = np.empty((len(vectors), 0))
-            return empty.astype(np.float32), empty.astype(np.int64)
-        return await self._run(index.search, vectors, k)
+        await self.get(session_id)
+        future = asyncio.get_running_loop().create_future()
+        pending = self._pending.setdefault(session_id, _Pending())
+        pending.queries.append(np.asarray(vectors, dtype=np.float32).reshape(-1, self.dim))
+        pending.ks.append(k)
+        pending.futures.append(future)
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        while self._pending:
+            session_id = next(iter(self._pending))
+            pending = self._pending[session_id]
+            take = len(pending.queries)
+            rows = sum(len(q) for q in pending.queries)
+            if rows > self._max_batch:  # split a flood: at least one request, at most max_batch rows
+                take, rows = 0, 0
+                while take < len(pending.queries) and (take == 0 or rows + len(pending.queries[take]) <= self._max_batch):
+                    rows += len(pending.queries[take])
+                    take += 1
+            queries, ks, futures = pending.queries[:take], pending.ks[:take], pending.futures[:take]
+            del pending.queries[:take], pending.ks[:take], pending.futures[:take]
+            if not pending.queries:
+                del self._pending[session_id]
+            try:
+                index = self._indexes.get(session_id)
+                if index is None:  # dropped while queued
+                    index = await self.get(session_id)
+                k = min(max(ks), len(index))
+                if k <= 0:
+                    results = [(np.empty((len(q), 0), np.float32), np.empty((len(q), 0), np.int64)) for q in queries]
+                else:
+                    sims, ids = await self._run(index.search, np.vstack(queries), k)
+                    self.batches += 1
+                    results, start = [], 0
+                    for q, want in zip(queries, ks):
+                        results.append((sims[start : start + len(q), :want], ids[start : start + len(q), :want]))
+                        start += len(q)
+            except Exception as exc:  # noqa: BLE001 - any failure goes to every waiting request
+                for future in futures:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for future, result in zip(futures, results):
+                if not future.done():
+                    future.set_result(result)
 
     def close(self) -> None:
         self._thread.shutdown(wait=True)

@@ -11,11 +11,14 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import asyncpg
+import numpy as np
 
 from . import db, index_sync
 from .config import Settings
 from .faces import FaceEngine
 from .index import IndexRegistry
+from .index_kinds import IndexPolicy
+from .index_store import IndexStore
 from .models import locate_pack
 from .runtime import conflicting_builds
 from .storage import Storage
@@ -80,11 +83,27 @@ async def open_services(
         if engine is None:
             engine = await asyncio.get_running_loop().run_in_executor(inference, load_engine, settings)
 
-        async def load_session(session_id: int):
+        async def load_session(session_id: int) -> tuple[np.ndarray, np.ndarray]:
             return await db.session_embeddings(pool, session_id, engine.embedding_dim)
 
-        indexes = IndexRegistry(engine.embedding_dim, load_session, settings.device)
+        async def session_stats(session_id: int) -> tuple[int, int]:
+            return await db.session_face_stats(pool, session_id, engine.embedding_dim)
+
+        indexes = IndexRegistry(
+            engine.embedding_dim,
+            load_session,
+            settings.device,
+            stats=session_stats,
+            store=IndexStore(storage.sessions_root, settings.model_pack),
+            policy=IndexPolicy(
+                ivf_min_faces=settings.ivf_min_faces,
+                target_recall=settings.index_target_recall,
+                gpu_float16=settings.gpu_float16,
+            ),
+            max_batch=settings.index_max_batch,
+        )
         stack.callback(indexes.close)
+        stack.push_async_callback(indexes.save_changed)
         token = index_sync.new_token()
         follower = index_sync.IndexFollower(dsn, token, pool, indexes)
         await follower.start()

@@ -1,0 +1,117 @@
+"""Index choice by size and data, saved indexes for a fast start, and searches batched by demand."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import numpy as np
+from aiohttp.test_utils import TestClient, TestServer
+from conftest import create_session, search, upload
+
+from faceserve.app import create_app
+from faceserve.http.keys import SERVICES
+from faceserve.index import IndexRegistry
+from faceserve.index_kinds import IndexPolicy, build_cpu, exact_top, recall_at, tuning_queries
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+import gallery
+
+POLICY = IndexPolicy(ivf_min_faces=10_000)
+
+
+def test_ivf_for_a_large_session_of_people_reaches_the_target_recall():
+    vectors = gallery.people(20_000, dim=128, per_person=32)
+    ids = np.arange(100, 100 + len(vectors), dtype=np.int64)
+    index = build_cpu(ids, vectors, POLICY)
+    assert index.kind == "ivf"
+    queries = gallery.queries_like(vectors, 200, seed=7)  # not the queries it was tuned on
+    truth = ids[exact_top(vectors, queries, 10)]
+    assert recall_at(index.search(queries, 10)[1], truth) >= 0.98
+    assert np.array_equal(np.sort(index.ids()), ids)
+
+
+def test_structureless_data_stays_exact():
+    vectors = gallery.uniform(20_000, dim=128)
+    index = build_cpu(np.arange(len(vectors), dtype=np.int64), vectors, POLICY)
+    assert index.kind == "flat"
+
+
+def test_small_sessions_are_flat():
+    vectors = gallery.people(2_000, dim=128)
+    assert build_cpu(np.arange(len(vectors), dtype=np.int64), vectors, POLICY).kind == "flat"
+
+
+def test_tuning_queries_are_near_their_source():
+    vectors = gallery.people(1_000, dim=128)
+    queries = tuning_queries(vectors, 50)
+    assert np.allclose(np.linalg.norm(queries, axis=1), 1, atol=1e-5)
+    assert np.all((queries @ vectors.T).max(axis=1) > 0.5)
+
+
+async def test_concurrent_searches_are_batched_and_each_gets_its_own_answer():
+    vectors = gallery.people(50_000, dim=128)
+    ids = np.arange(len(vectors), dtype=np.int64)
+
+    async def load(session_id: int):
+        return ids, vectors
+
+    registry = IndexRegistry(128, load, device="cpu")
+    try:
+        queries = gallery.queries_like(vectors, 64, seed=3)
+        answers = await asyncio.gather(*(registry.search(1, q[None, :], 5 + i % 3) for i, q in enumerate(queries)))
+        assert registry.batches < len(queries) / 4
+        truth = ids[exact_top(vectors, queries, 7)]
+        for i, (sims, found) in enumerate(answers):
+            assert found.shape == (1, 5 + i % 3)
+            assert found[0].tolist() == truth[i, : 5 + i % 3].tolist()
+            assert np.all(np.diff(sims[0]) <= 1e-6)
+    finally:
+        registry.close()
+
+
+async def test_restart_loads_the_saved_index_and_rebuilds_a_stale_one(settings, engine, photos):
+    app_settings = settings
+
+    async def run(check):
+        async with TestClient(TestServer(create_app(app_settings, engine))) as client:
+            return await check(client, client.server.app[SERVICES])
+
+    async def first(client, services):
+        session_id = await create_session(client)
+        images = await upload(
+            client, session_id, ("players.jpg", photos["players"].read_bytes()), ("t1.jpg", photos["t1"].read_bytes())
+        )
+        await search(client, session_id, photos["yaoming"].read_bytes())
+        assert services.indexes.sources[session_id] == "database"
+        return session_id, images
+
+    session_id, images = await run(first)
+    assert (settings.storage / "face_sessions" / str(session_id) / "index" / "meta.json").is_file()
+
+    async def second(client, services):
+        status, body = await search(client, session_id, photos["yaoming"].read_bytes())
+        assert status == 200 and body["data"]["matches"][0]["image_id"] == images[0]["image_id"]
+        assert services.indexes.sources[session_id] == "disk"
+        # a change made here is saved at shutdown, so the next start still loads from disk
+        assert (await client.delete(f"/api/face/image/{images[1]['image_id']}")).status == 200
+
+    await run(second)
+
+    async def third(client, services):
+        await search(client, session_id, photos["yaoming"].read_bytes())
+        assert services.indexes.sources[session_id] == "disk"
+        assert len(await services.indexes.get(session_id)) == images[0]["faces"]
+        # a change the saved index never heard of (another process that died before saving)
+        async with services.pool.acquire() as conn:
+            await conn.execute("DELETE FROM faces WHERE id = (SELECT max(id) FROM faces)")
+
+    await run(third)
+
+    async def fourth(client, services):
+        await search(client, session_id, photos["yaoming"].read_bytes())
+        assert services.indexes.sources[session_id] == "database"
+        assert len(await services.indexes.get(session_id)) == images[0]["faces"] - 1
+
+    await run(fourth)
