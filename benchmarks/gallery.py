@@ -38,8 +38,9 @@ def people(n: int, dim: int = 512, per_person: int = 8, seed: int = 0, chunk: in
 
 
 def queries_like(gallery: np.ndarray, n: int, seed: int = 1) -> np.ndarray:
-    """New photos of people already in the gallery: a gallery row plus fresh noise (cos ~0.6-0.8 to it)."""
+    """New photos of people already in the gallery: a gallery row plus fresh noise, cosine 0.6-0.9 to it
+    (the spread between real faces and changed photos of them)."""
     rng = np.random.default_rng(seed)
     rows = gallery[rng.integers(0, len(gallery), n)]
     noise = rng.standard_normal(rows.shape, dtype=np.float32) / np.sqrt(gallery.shape[1], dtype=np.float32)
-    return _normalise(rows + rng.uniform(0.5, 0.8, (n, 1)).astype(np.float32) * noise)
+    return _normalise(rows + rng.uniform(0.5, 1.3, (n, 1)).astype(np.float32) * noise)

@@ -48,8 +48,9 @@ class Settings:
     onnx_intra_op_threads: int = 0
 
     # sessions with at least this many faces get an IVF index on CPU, if one reaches index_target_recall
-    ivf_min_faces: int = 100_000
+    ivf_min_faces: int = 250_000
     index_target_recall: float = 0.99
+    ivf_nprobe_margin: int = 16
     # GPU flat indexes in float16: half the memory, recall measured in benchmarks/search_latency.py
     gpu_float16: bool = False
     # most query rows in one batched index search

@@ -98,6 +98,7 @@ async def open_services(
             policy=IndexPolicy(
                 ivf_min_faces=settings.ivf_min_faces,
                 target_recall=settings.index_target_recall,
+                nprobe_margin=settings.ivf_nprobe_margin,
                 gpu_float16=settings.gpu_float16,
             ),
             max_batch=settings.index_max_batch,
