@@ -218,3 +218,33 @@ async def test_partial_uploads_left_by_a_crash_are_swept_at_start(settings, engi
     leftover.write_bytes(b"half an upload")
     await aiohttp_client(create_app(settings, engine))
     assert not leftover.exists()
+
+
+async def test_a_flood_of_uploads_gets_503_with_retry_after(settings, engine, photos, aiohttp_client):
+    """With room for one image in flight, concurrent uploads beyond it are refused, not queued without end;
+    the refused ones leave nothing behind, and a retry after the flood succeeds."""
+    import asyncio
+    from dataclasses import replace
+
+    from faceserve.app import create_app
+
+    client = await aiohttp_client(create_app(replace(settings, max_pending_images=1, retry_after_s=3), engine))
+    session_id = await create_session(client)
+    base = Image.open(photos["t1"])
+    bodies = []
+    for i in range(4):
+        buffer = io.BytesIO()
+        base.rotate(i + 1).save(buffer, "JPEG")
+        bodies.append(buffer.getvalue())
+    responses = await asyncio.gather(*(_post_file(client, session_id, f"{i}.jpg", b) for i, b in enumerate(bodies)))
+    statuses = sorted(r.status for r in responses)
+    assert statuses[0] == 201 and 503 in statuses
+    for response in responses:
+        if response.status == 503:
+            assert response.headers["Retry-After"] == "3"
+            assert (await response.json())["error"]["code"] == "busy"
+    accepted = statuses.count(201)
+    assert len(files_under(settings.storage / "face_sessions")) == accepted
+    refused = [b for r, b in zip(responses, bodies) if r.status == 503]
+    response = await _post_file(client, session_id, "retry.jpg", refused[0])
+    assert response.status == 201

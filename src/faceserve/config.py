@@ -45,6 +45,9 @@ class Settings:
     # faces smaller than this (shorter box side, pixels) are not indexed: too blurry to match reliably
     min_face_size: int = 20
     inference_threads: int = 2
+    # images being received or analysed at once; past it an upload is answered 503 with Retry-After
+    max_pending_images: int = 16
+    retry_after_s: int = 2
     onnx_intra_op_threads: int = 0
 
     # sessions with at least this many faces get an IVF index on CPU, if one reaches index_target_recall

@@ -57,3 +57,14 @@ class NoFaceFound(FaceServeError):
 class NotReady(FaceServeError):
     status = 503
     code = "not_ready"
+
+
+class Busy(FaceServeError):
+    """Too much work queued already: the client should come back after retry_after seconds."""
+
+    status = 503
+    code = "busy"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -15,6 +15,7 @@ import numpy as np
 
 from . import db, index_sync
 from .config import Settings
+from .errors import Busy
 from .faces import FaceEngine
 from .index import IndexRegistry
 from .index_kinds import IndexPolicy
@@ -27,6 +28,25 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+class AdmissionGate:
+    """Counts images in flight and refuses past a limit, so a flood of uploads gets 503 instead of memory."""
+
+    def __init__(self, limit: int, retry_after_s: int) -> None:
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+        self.in_flight = 0
+
+    @contextmanager
+    def admit(self) -> Iterator[None]:
+        if self.in_flight >= self.limit:
+            raise Busy(f"{self.in_flight} images are being processed; try again shortly", self.retry_after_s)
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -35,6 +55,7 @@ class Services:
     engine: FaceEngine
     indexes: IndexRegistry
     inference: ThreadPoolExecutor
+    gate: AdmissionGate
     # names this process in index change notifications (index_sync.py)
     process_token: str
     follower: index_sync.IndexFollower
@@ -109,4 +130,5 @@ async def open_services(
         follower = index_sync.IndexFollower(dsn, token, pool, indexes)
         await follower.start()
         stack.push_async_callback(follower.close)
-        yield Services(settings, pool, storage, engine, indexes, inference, token, follower)
+        gate = AdmissionGate(settings.max_pending_images, settings.retry_after_s)
+        yield Services(settings, pool, storage, engine, indexes, inference, gate, token, follower)

@@ -48,8 +48,9 @@ async def upload_images(request: web.Request) -> web.Response:
         if len(results) >= settings.max_files_per_upload:
             raise BadRequest(f"at most {settings.max_files_per_upload} files per request")
         original_name = part.filename or "upload"
-        pending = await services.storage.receive(session_id, uploads.chunks(part), settings.max_upload_bytes)
-        outcome = await ingest.add_image(services, session_id, pending, original_name)
+        with services.gate.admit():
+            pending = await services.storage.receive(session_id, uploads.chunks(part), settings.max_upload_bytes)
+            outcome = await ingest.add_image(services, session_id, pending, original_name)
         results.append({**image_json(request, outcome.image), "created": outcome.created})
     if not results:
         raise BadRequest("no part named 'file' in the upload")
