@@ -120,3 +120,18 @@ async def test_search_input_errors(client, photos):
     assert status == 415
     response = await client.post("/api/face/search", data={"session_id": str(session_id)})
     assert response.status == 400
+
+
+async def test_server_timing_names_each_step(client, photos):
+    import aiohttp
+
+    session_id = await create_session(client)
+    await upload(client, session_id, ("players.jpg", photos["players"].read_bytes()))
+    form = aiohttp.FormData()
+    form.add_field("session_id", str(session_id))
+    form.add_field("image", photos["yaoming"].read_bytes(), filename="probe.jpg")
+    response = await client.post("/api/face/search", data=form)
+    assert response.status == 200
+    steps = dict(item.strip().split(";dur=") for item in response.headers["Server-Timing"].split(","))
+    assert set(steps) == {"db", "decode", "detect", "embed", "index"}
+    assert all(float(ms) >= 0 for ms in steps.values()) and float(steps["detect"]) > 0

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+
+import numpy as np
 
 from . import db, imaging
 from .errors import NoFaceFound
@@ -24,27 +27,53 @@ class Match:
     box: list[float]
 
 
-def _probe_face(engine: FaceEngine, data: bytes, max_pixels: int) -> DetectedFace | None:
+@dataclass(frozen=True)
+class SearchResult:
+    probe_face: DetectedFace
+    matches: list[Match]
+    # milliseconds per step (decode, detect, embed, index, db): sent as Server-Timing
+    timings: dict[str, float]
+
+
+def _probe_face(engine: FaceEngine, data: bytes, max_pixels: int, timings: dict[str, float]) -> DetectedFace | None:
+    start = time.perf_counter()
     imaging.probe(data, max_pixels)
-    return engine.largest_face(imaging.decode_bgr(data))
+    pixels = imaging.decode_bgr(data)
+    decoded = time.perf_counter()
+    boxes, landmarks = engine.detect(pixels)
+    detected = time.perf_counter()
+    timings["decode"], timings["detect"] = 1000 * (decoded - start), 1000 * (detected - decoded)
+    if not len(boxes):
+        return None
+    i = int(np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))
+    embedding = engine.embed_crops(engine.align(pixels, landmarks[i : i + 1]))[0]
+    timings["embed"] = 1000 * (time.perf_counter() - detected)
+    return DetectedFace(boxes[i, :4].astype(np.float32), landmarks[i].astype(np.float32), float(boxes[i, 4]), embedding)
 
 
 async def search_session(
     services: Services, session_id: int, probe: bytes, threshold: float, limit: int
-) -> tuple[DetectedFace, list[Match]]:
+) -> SearchResult:
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
     await require_session(services, session_id)
-    face = await services.infer(_probe_face, services.engine, probe, services.settings.max_image_pixels)
+    timings["db"] = 1000 * (time.perf_counter() - start)
+    face = await services.infer(_probe_face, services.engine, probe, services.settings.max_image_pixels, timings)
     if face is None:
         raise NoFaceFound("no face was found in the probe image")
+    start = time.perf_counter()
     sims, face_ids = await services.indexes.search(
         session_id, face.embedding[None, :], max(limit * _OVERFETCH, _MIN_CANDIDATES)
     )
+    timings["index"] = 1000 * (time.perf_counter() - start)
     distances = 1.0 - sims[0]
     within = (face_ids[0] >= 0) & (distances <= threshold)
     candidates = face_ids[0][within]
     if not len(candidates):
-        return face, []
+        return SearchResult(face, [], timings)
+    start = time.perf_counter()
     hits = await db.faces_with_images(services.pool, session_id, candidates.tolist())
+    timings["db"] += 1000 * (time.perf_counter() - start)
     best: dict[int, Match] = {}
     for face_id, distance in zip(candidates.tolist(), distances[within].tolist()):
         hit = hits.get(face_id)
@@ -55,6 +84,6 @@ async def search_session(
                 hit.image_id, face_id, f"{session_id}/db/{hit.stored_name}", max(0.0, distance), hit.box
             )
     matches = sorted(best.values(), key=lambda m: m.distance)[:limit]
-    return face, matches
+    return SearchResult(face, matches, timings)
 
 

@@ -43,14 +43,14 @@ async def search_faces(request: web.Request) -> web.Response:
     threshold = _number(fields.get("threshold"), "threshold", float, 0.0, 2.0)
     limit = _number(fields.get("limit"), "limit", int, 1, settings.search_max_limit)
 
-    face, matches = await search.search_session(
+    result = await search.search_session(
         services,
         int(session_id),
         probe,
         settings.match_threshold if threshold is None else float(threshold),
         settings.search_default_limit if limit is None else int(limit),
     )
-    return ok(
+    response = ok(
         {
             "matches": [
                 {
@@ -61,8 +61,13 @@ async def search_faces(request: web.Request) -> web.Response:
                     "face_id": m.face_id,
                     "box": [round(v, 1) for v in m.box],
                 }
-                for m in matches
+                for m in result.matches
             ],
-            "probe_face": {"box": [round(float(v), 1) for v in face.box], "score": round(face.det_score, 4)},
+            "probe_face": {
+                "box": [round(float(v), 1) for v in result.probe_face.box],
+                "score": round(result.probe_face.det_score, 4),
+            },
         }
     )
+    response.headers["Server-Timing"] = ", ".join(f"{step};dur={ms:.2f}" for step, ms in result.timings.items())
+    return response
