@@ -22,12 +22,12 @@ from typing import Any
 import faiss
 import numpy as np
 
-from .index_kinds import IdIndex, IndexPolicy, TombstoneFlatIndex, build_cpu, build_gpu
+from .index_kinds import ExactIndex, IdIndex, IndexPolicy, TombstoneFlatIndex, build_cpu, build_gpu
 from .index_store import IndexStore
 
 log = logging.getLogger(__name__)
 
-SessionIndex = IdIndex | TombstoneFlatIndex
+SessionIndex = IdIndex | ExactIndex | TombstoneFlatIndex
 # session id -> (face ids, embeddings) read from the database
 Loader = Callable[[int], Awaitable[tuple[np.ndarray, np.ndarray]]]
 # session id -> (face count, max face id) in the database
@@ -98,13 +98,15 @@ class IndexRegistry:
             return build_gpu(ids, vectors, self._gpu_resources, self.policy)
         return build_cpu(ids, vectors, self.policy)
 
-    def _from_saved(self, saved: IdIndex) -> SessionIndex:
+    def _from_saved(self, saved: IdIndex | ExactIndex) -> SessionIndex:
         if self._gpu_resources is None:
             return saved
-        ids = saved.ids()
-        if saved.kind == "ivf":
+        if isinstance(saved, ExactIndex):
+            ids, vectors = saved.export()
+        else:
+            ids = saved.ids()
             saved.index.make_direct_map()
-        vectors = saved.index.reconstruct_batch(ids) if len(ids) else np.empty((0, self.dim), np.float32)
+            vectors = saved.index.reconstruct_batch(ids) if len(ids) else np.empty((0, self.dim), np.float32)
         return build_gpu(ids, vectors, self._gpu_resources, self.policy)
 
     async def _open(self, session_id: int) -> SessionIndex:

@@ -1,4 +1,5 @@
-"""Saved indexes for a fast cold start: face_sessions/{id}/index/{index.faiss, ids.npy, meta.json}.
+"""Saved indexes for a fast cold start: face_sessions/{id}/index/{index.faiss, ids.npy, meta.json}
+(index.faiss holds a FAISS index, or for exact indexes the embedding matrix as .npy).
 
 A saved index is only a cache of the database: it is used when its face count and max face id equal the
 database's (face ids only grow, so any add or delete since the save changes one of them), else rebuilt.
@@ -16,7 +17,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from .index_kinds import IdIndex, TombstoneFlatIndex, flat
+from .index_kinds import ExactIndex, IdIndex, TombstoneFlatIndex
 
 log = logging.getLogger(__name__)
 _FORMAT = 1
@@ -30,21 +31,24 @@ class IndexStore:
     def folder(self, session_id: int) -> Path:
         return self._root / str(int(session_id)) / "index"
 
-    def save(self, session_id: int, index: IdIndex | TombstoneFlatIndex) -> None:
-        if isinstance(index, TombstoneFlatIndex):
-            ids, vectors = index.export()
-            index = flat(ids, vectors)
-        ids = index.ids()
+    def save(self, session_id: int, index: IdIndex | ExactIndex | TombstoneFlatIndex) -> None:
         folder = self.folder(session_id)
         folder.mkdir(parents=True, exist_ok=True)
         suffix = f".{os.getpid()}.tmp"
-        faiss.write_index(index.index, str(folder / f"index.faiss{suffix}"))
-        with open(folder / f"ids.npy{suffix}", "wb") as out:  # np.save(path) would append ".npy"
+        if isinstance(index, IdIndex):
+            kind, ids = index.kind, index.ids()
+            faiss.write_index(index.index, str(folder / f"index.faiss{suffix}"))
+        else:  # exact on CPU or GPU: the matrix itself
+            kind = "flat"
+            ids, vectors = index.export()
+            with open(folder / f"index.faiss{suffix}", "wb") as out:  # np.save(path) would append ".npy"
+                np.save(out, vectors, allow_pickle=False)
+        with open(folder / f"ids.npy{suffix}", "wb") as out:
             np.save(out, ids, allow_pickle=False)
         meta = {
             "format": _FORMAT,
             "model_pack": self._model_pack,
-            "kind": index.kind,
+            "kind": kind,
             "count": len(ids),
             "max_id": int(ids.max()) if len(ids) else 0,
         }
@@ -52,7 +56,7 @@ class IndexStore:
         for name in ("index.faiss", "ids.npy", "meta.json"):
             os.replace(folder / f"{name}{suffix}", folder / name)
 
-    def load(self, session_id: int, count: int, max_id: int) -> IdIndex | None:
+    def load(self, session_id: int, count: int, max_id: int) -> IdIndex | ExactIndex | None:
         """The saved index if it matches the database's (count, max id), else None."""
         folder = self.folder(session_id)
         try:
@@ -65,10 +69,13 @@ class IndexStore:
             ):
                 return None
             ids = np.load(folder / "ids.npy", allow_pickle=False)
+            if len(ids) != count:
+                return None
+            if meta["kind"] == "flat":
+                vectors = np.load(folder / "index.faiss", allow_pickle=False)
+                return ExactIndex(ids, vectors) if len(vectors) == count else None
             index = faiss.read_index(str(folder / "index.faiss"))
         except (OSError, ValueError, RuntimeError) as exc:
             log.info("no usable saved index for session %d: %s", session_id, exc)
             return None
-        if index.ntotal != count or len(ids) != count:
-            return None
-        return IdIndex(index, meta["kind"], ids)
+        return IdIndex(index, meta["kind"], ids) if index.ntotal == count else None

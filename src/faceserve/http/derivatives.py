@@ -1,0 +1,128 @@
+"""Resized copies (GET /api/face/image/{id}?w=&h=&fit=) and face crops (GET /api/face/face/{face_id}).
+
+They keep the originals' contract (strong ETag, a year immutable, 304/412, byte ranges: serving._respond
+answers for both) with two differences: the format follows Accept, so every answer says Vary: Accept, and
+the file is rendered on its first request and kept under the session's derived/ folder.
+
+Renders run on the default executor, not the inference threads: a thumbnail must not wait behind a batch
+upload's face detection, which takes far longer per image.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from .. import db, derivatives
+from ..errors import FaceNotFound, ImageNotFound
+from . import serving
+from .common import path_id
+from .keys import SERVICES
+
+# Renders under way in this process, by file: concurrent first requests for one derivative (every open
+# gallery asks for a new photo's thumbnail at once) wait for one render instead of each making their own.
+_rendering: dict[Path, asyncio.Future[Path]] = {}
+
+
+def wants_derivative(request: web.Request) -> bool:
+    return derivatives.is_derivative_query(request.query)
+
+
+async def serve_image_derivative(request: web.Request, image_id: int, cache_control: str | None) -> web.StreamResponse:
+    """serving.serve_image's branch for ?w= / ?h=, after its access check (cache_control is its answer)."""
+    image = await db.get_image(request.app[SERVICES].pool, image_id)
+    if image is None:
+        raise ImageNotFound(f"image {image_id} does not exist")
+    return await serve_derivative(request, image, cache_control)
+
+
+async def serve_derivative(
+    request: web.Request, image: db.ImageRecord, cache_control: str | None = None
+) -> web.StreamResponse:
+    services = request.app[SERVICES]
+    settings = services.settings
+    spec = derivatives.parse_spec(
+        request.query, request.headers.get("Accept"), settings.derivative_sizes, settings.derivative_quality
+    )
+    source = services.storage.absolute(image.file_path)
+    return await _serve(
+        request, image, spec, functools.partial(derivatives.render, source, spec), source, cache_control
+    )
+
+
+async def serve_face_crop(request: web.Request) -> web.StreamResponse:
+    """GET and HEAD /api/face/face/{face_id}[?w=]: the face's padded box, from the image as displayed."""
+    face_id = path_id(request, "face_id", FaceNotFound)
+    # a crop shows part of a photo: the same CDN and signature rules as the photo
+    cache_control = serving._access(request)
+    services = request.app[SERVICES]
+    settings = services.settings
+    face = await db.get_face(services.pool, face_id)
+    image = None if face is None else await db.get_image(services.pool, face.image_id)
+    if face is None or image is None:
+        raise FaceNotFound(f"face {face_id} does not exist")
+    crop = derivatives.parse_face_crop(
+        request.query,
+        request.headers.get("Accept"),
+        face.id,
+        face.box,
+        settings.face_crop_padding,
+        settings.derivative_sizes,
+        settings.derivative_quality,
+    )
+    source = services.storage.absolute(image.file_path)
+    return await _serve(
+        request, image, crop, functools.partial(derivatives.render_face_crop, source, crop), source, cache_control
+    )
+
+
+async def _serve(
+    request: web.Request,
+    image: db.ImageRecord,
+    what: derivatives.Spec | derivatives.FaceCrop,
+    make: Callable[[], bytes],
+    source: Path,
+    cache_control: str | None,
+) -> web.StreamResponse:
+    root = request.app[SERVICES].storage.root
+    path = derivatives.cache_path(root, image.face_session_id, image.id, what.key, what.extension)
+    tag = derivatives.etag(image.sha256.hex(), what.key, what.extension)
+    last_modified = image.created_at.replace(microsecond=0)
+    headers = (*serving._common_headers(tag, last_modified).items(), ("Vary", "Accept"))
+    entry = serving.ServedFile(image.id, path, what.content_type, tag, last_modified, headers)
+    # opened on the event loop, as serving does for originals: a page-cache lookup for files in use
+    fd = _open(path)
+    if fd is None:
+        await _render_once(path, make, source, image.id)
+        fd = _open(path)
+        if fd is None:
+            raise ImageNotFound(f"image {image.id} was deleted")
+    try:
+        return await serving._respond(request, entry, fd, cache_control)
+    finally:
+        os.close(fd)
+
+
+def _open(path: Path) -> int | None:
+    try:
+        return os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return None
+
+
+async def _render_once(path: Path, make: Callable[[], bytes], source: Path, image_id: int) -> None:
+    render = _rendering.get(path)
+    if render is None:
+        render = asyncio.ensure_future(asyncio.to_thread(derivatives.ensure_cached, path, make, source))
+        _rendering[path] = render
+        render.add_done_callback(lambda _: _rendering.pop(path, None))
+    try:
+        # shielded: a client that goes away must not cancel the render others are waiting for
+        await asyncio.shield(render)
+    except FileNotFoundError:
+        raise ImageNotFound(f"the file of image {image_id} is gone") from None
