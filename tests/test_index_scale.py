@@ -115,3 +115,21 @@ async def test_restart_loads_the_saved_index_and_rebuilds_a_stale_one(settings, 
         assert len(await services.indexes.get(session_id)) == images[0]["faces"] - 1
 
     await run(fourth)
+
+
+def test_saved_ivf_round_trips_and_stale_copies_are_refused(tmp_path):
+    from faceserve.index_store import IndexStore
+
+    vectors = gallery.people(20_000, dim=128, per_person=32)
+    ids = np.arange(7, 7 + len(vectors), dtype=np.int64)
+    index = build_cpu(ids, vectors, POLICY)
+    assert index.kind == "ivf"
+    store = IndexStore(tmp_path, "buffalo_s")
+    store.save(3, index)
+    loaded = store.load(3, len(ids), int(ids.max()))
+    assert loaded is not None and loaded.kind == "ivf" and loaded.index.nprobe == index.index.nprobe
+    queries = gallery.queries_like(vectors, 20, seed=5)
+    assert np.array_equal(loaded.search(queries, 10)[1], index.search(queries, 10)[1])
+    assert store.load(3, len(ids) - 1, int(ids.max())) is None  # a face deleted since
+    assert store.load(3, len(ids), int(ids.max()) + 1) is None  # a face added since
+    assert IndexStore(tmp_path, "buffalo_l").load(3, len(ids), int(ids.max())) is None  # other model pack

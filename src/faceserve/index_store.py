@@ -1,10 +1,10 @@
-"""Saved indexes for a fast cold start: face_sessions/{id}/index/{index.faiss, ids.npy, meta.json}
-(index.faiss holds a FAISS index, or for exact indexes the embedding matrix as .npy).
+"""Saved indexes for a fast cold start: face_sessions/{id}/index/, one self-contained data file per kind
+(exact.npz: ids and embedding matrix; ivf.faiss: the FAISS index, ids inside) and meta.json naming which.
 
-A saved index is only a cache of the database: it is used when its face count and max face id equal the
-database's (face ids only grow, so any add or delete since the save changes one of them), else rebuilt.
-Files are written to temporary names and renamed, meta.json last, so a crash mid-save leaves a set that
-fails the check. Blocking: FAISS thread only.
+A saved index is only a cache of the database: it is used when the face count and max face id read from
+the data file itself equal the database's (face ids only grow, so any add or delete since the save changes
+one of them), else rebuilt. Each file is written under a temporary name and renamed, so several workers
+saving at once can interleave without ever pairing one's ids with another's vectors. FAISS thread only.
 """
 
 from __future__ import annotations
@@ -36,46 +36,38 @@ class IndexStore:
         folder.mkdir(parents=True, exist_ok=True)
         suffix = f".{os.getpid()}.tmp"
         if isinstance(index, IdIndex):
-            kind, ids = index.kind, index.ids()
-            faiss.write_index(index.index, str(folder / f"index.faiss{suffix}"))
-        else:  # exact on CPU or GPU: the matrix itself
-            kind = "flat"
+            data = f"{index.kind}.faiss"
+            faiss.write_index(index.index, str(folder / f"{data}{suffix}"))
+        else:  # exact, on CPU or GPU: the matrix itself
+            data = "exact.npz"
             ids, vectors = index.export()
-            with open(folder / f"index.faiss{suffix}", "wb") as out:  # np.save(path) would append ".npy"
-                np.save(out, vectors, allow_pickle=False)
-        with open(folder / f"ids.npy{suffix}", "wb") as out:
-            np.save(out, ids, allow_pickle=False)
-        meta = {
-            "format": _FORMAT,
-            "model_pack": self._model_pack,
-            "kind": kind,
-            "count": len(ids),
-            "max_id": int(ids.max()) if len(ids) else 0,
-        }
+            with open(folder / f"{data}{suffix}", "wb") as out:  # np.savez(path) would append ".npz"
+                np.savez(out, ids=ids, vectors=vectors)
+        os.replace(folder / f"{data}{suffix}", folder / data)
+        meta = {"format": _FORMAT, "model_pack": self._model_pack, "data": data}
         (folder / f"meta.json{suffix}").write_text(json.dumps(meta))
-        for name in ("index.faiss", "ids.npy", "meta.json"):
-            os.replace(folder / f"{name}{suffix}", folder / name)
+        os.replace(folder / f"meta.json{suffix}", folder / "meta.json")
 
     def load(self, session_id: int, count: int, max_id: int) -> IdIndex | ExactIndex | None:
-        """The saved index if it matches the database's (count, max id), else None."""
+        """The saved index if it holds exactly the database's (count, max id), else None."""
         folder = self.folder(session_id)
         try:
             meta = json.loads((folder / "meta.json").read_text())
-            if (meta.get("format"), meta.get("model_pack"), meta.get("count"), meta.get("max_id")) != (
-                _FORMAT,
-                self._model_pack,
-                count,
-                max_id,
-            ):
+            if (meta.get("format"), meta.get("model_pack")) != (_FORMAT, self._model_pack):
                 return None
-            ids = np.load(folder / "ids.npy", allow_pickle=False)
-            if len(ids) != count:
-                return None
-            if meta["kind"] == "flat":
-                vectors = np.load(folder / "index.faiss", allow_pickle=False)
-                return ExactIndex(ids, vectors) if len(vectors) == count else None
-            index = faiss.read_index(str(folder / "index.faiss"))
-        except (OSError, ValueError, RuntimeError) as exc:
+            if meta["data"] == "exact.npz":
+                with np.load(folder / "exact.npz", allow_pickle=False) as saved:
+                    ids = saved["ids"]
+                    if not _current(ids, count, max_id):
+                        return None
+                    return ExactIndex(ids, saved["vectors"])
+            index = IdIndex(faiss.read_index(str(folder / meta["data"])), "ivf", np.empty(0, np.int64))
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
             log.info("no usable saved index for session %d: %s", session_id, exc)
             return None
-        return IdIndex(index, meta["kind"], ids) if index.ntotal == count else None
+        ids = index.ids()
+        return IdIndex(index.index, "ivf", ids) if _current(ids, count, max_id) else None
+
+
+def _current(ids: np.ndarray, count: int, max_id: int) -> bool:
+    return len(ids) == count and (int(ids.max()) if len(ids) else 0) == max_id
