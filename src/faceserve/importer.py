@@ -4,7 +4,9 @@ so a second run changes nothing. Unreadable files are reported and skipped."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,43 +50,77 @@ async def _read(path: Path) -> AsyncIterator[bytes]:
             yield chunk
 
 
+async def _analyze(services: Services, session_id: int, path: Path, name: str | None) -> ingest.Analyzed:
+    pending = await services.storage.receive(session_id, _read(path), services.settings.max_upload_bytes)
+    if name is None:
+        name = stored_name_for(path.name, pending.sha256_hex, path.suffix.lstrip(".") or "img")
+    return await ingest.analyze_image(services, session_id, pending, path.name, stored_name=name)
+
+
+async def _record(
+    services: Services, session_id: int, label: str, work: asyncio.Task[ingest.Analyzed], report: ImportReport
+) -> None:
+    try:
+        analyzed = await work
+        outcome = await ingest.record_image(services, session_id, analyzed)
+    except (FaceServeError, OSError) as exc:
+        message = exc.message if isinstance(exc, FaceServeError) else str(exc)
+        report.failed.append((label, message))
+        log.warning("skipped %s: %s", label, message)
+        return
+    if outcome.created:
+        report.images_created += 1
+        return
+    # the same bytes under another name: keep old links to this name working
+    alias = services.storage.relative_path(session_id, analyzed.stored_name or "")
+    if alias != outcome.image.file_path:
+        await db.add_alias(services.pool, alias, outcome.image.id)
+    report.already_present += 1
+
+
 async def import_tree(
     services: Services, source: Path, progress: Callable[[ImportReport, str], None] | None = None
 ) -> ImportReport:
+    """Files are read and analysed a few at a time (reading one while the models work on another), and
+    recorded strictly in name order, so which of two identical files keeps the bytes never varies."""
     report = ImportReport()
+    window_size = services.settings.inference_threads + 1
     for session_id, folder in sessions_in(source):
         if await db.get_session(services.pool, session_id) is None:
             await db.create_session(services.pool, f"session {session_id}", session_id=session_id)
             report.sessions_created += 1
         recorded = await db.session_file_paths(services.pool, session_id)
-        for path in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
-            label = f"{session_id}/db/{path.name}"
-            if not path.is_file():
-                continue
-            name = path.name if is_plain_name(path.name) else None
-            if name is not None and services.storage.relative_path(session_id, name) in recorded:
-                report.already_present += 1
-            else:
-                try:
-                    pending = await services.storage.receive(
-                        session_id, _read(path), services.settings.max_upload_bytes
-                    )
-                    if name is None:
-                        name = stored_name_for(path.name, pending.sha256_hex, path.suffix.lstrip(".") or "img")
-                    outcome = await ingest.add_image(services, session_id, pending, path.name, stored_name=name)
-                except (FaceServeError, OSError) as exc:
-                    message = exc.message if isinstance(exc, FaceServeError) else str(exc)
-                    report.failed.append((label, message))
-                    log.warning("skipped %s: %s", label, message)
-                else:
-                    if outcome.created:
-                        report.images_created += 1
-                    else:
-                        # the same bytes under another name: keep old links to this name working
-                        await db.add_alias(
-                            services.pool, services.storage.relative_path(session_id, name), outcome.image.id
-                        )
-                        report.already_present += 1
-            if progress is not None:
-                progress(report, label)
+        window: deque[tuple[str, asyncio.Task[ingest.Analyzed]]] = deque()
+        try:
+            for path in sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file()):
+                label = f"{session_id}/db/{path.name}"
+                name = path.name if is_plain_name(path.name) else None
+                if name is not None and services.storage.relative_path(session_id, name) in recorded:
+                    report.already_present += 1
+                    if progress is not None:
+                        progress(report, label)
+                    continue
+                window.append((label, asyncio.create_task(_analyze(services, session_id, path, name))))
+                if len(window) >= window_size:
+                    label, work = window.popleft()
+                    await _record(services, session_id, label, work, report)
+                    if progress is not None:
+                        progress(report, label)
+            while window:
+                label, work = window.popleft()
+                await _record(services, session_id, label, work, report)
+                if progress is not None:
+                    progress(report, label)
+        finally:
+            await _abandon(services, window)
     return report
+
+
+async def _abandon(services: Services, window: deque[tuple[str, asyncio.Task[ingest.Analyzed]]]) -> None:
+    """Interrupted: cancel what is in flight and drop files analysed but never recorded."""
+    for _, work in window:
+        work.cancel()
+    # a cancelled or failed analysis has cleaned up already; a finished one still holds its .part file
+    for result in await asyncio.gather(*(work for _, work in window), return_exceptions=True):
+        if isinstance(result, ingest.Analyzed):
+            await services.storage.discard(result.pending.path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
@@ -39,26 +39,44 @@ async def require_session(services: Services, session_id: int) -> db.FaceSession
     return session
 
 
-async def add_image(
-    services: Services,
-    session_id: int,
-    pending: PendingFile,
-    original_name: str,
-    stored_name: str | None = None,
-) -> Ingested:
-    """Turn a received file into an image with faces. The pending file is always committed or discarded.
+@dataclass
+class Analyzed:
+    """A received file, checked and analysed, not yet recorded. Recording commits or discards the file."""
 
-    stored_name: keep this name on disk (import of an old tree); by default one is made from hash and name.
-    """
-    committed: Path | None = None
+    pending: PendingFile
+    original_name: str
+    stored_name: str | None
+    existing: db.ImageRecord | None = None
+    info: imaging.ImageInfo | None = None
+    faces: list[DetectedFace] = field(default_factory=list)
+
+
+async def analyze_image(
+    services: Services, session_id: int, pending: PendingFile, original_name: str, stored_name: str | None = None
+) -> Analyzed:
+    """Dedupe by content hash, then check and analyse the file off the loop. On error the file is discarded."""
     try:
         existing = await db.find_image_by_sha256(services.pool, session_id, pending.sha256)
         if existing is not None:
-            return Ingested(existing, created=False)
+            return Analyzed(pending, original_name, stored_name, existing=existing)
         info, faces = await services.infer(
             _analyze_file, services.engine, pending.path, services.settings.max_image_pixels
         )
-        name = stored_name or stored_name_for(original_name, pending.sha256_hex, info.extension)
+    except BaseException:
+        await services.storage.discard(pending.path)
+        raise
+    return Analyzed(pending, original_name, stored_name, info=info, faces=faces)
+
+
+async def record_image(services: Services, session_id: int, analyzed: Analyzed) -> Ingested:
+    """Row, faces and the file's rename commit together; then the index hears of the faces."""
+    pending, faces = analyzed.pending, analyzed.faces
+    committed: Path | None = None
+    try:
+        if analyzed.existing is not None:
+            return Ingested(analyzed.existing, created=False)
+        assert analyzed.info is not None
+        name = analyzed.stored_name or stored_name_for(analyzed.original_name, pending.sha256_hex, analyzed.info.extension)
         file_path = services.storage.relative_path(session_id, name)
         async with services.pool.acquire() as conn, conn.transaction():
             try:
@@ -67,12 +85,12 @@ async def add_image(
                     session_id=session_id,
                     file_path=file_path,
                     stored_name=name,
-                    original_name=original_name,
-                    content_type=info.content_type,
+                    original_name=analyzed.original_name,
+                    content_type=analyzed.info.content_type,
                     byte_size=pending.size,
                     sha256=pending.sha256,
-                    width=info.width,
-                    height=info.height,
+                    width=analyzed.info.width,
+                    height=analyzed.info.height,
                 )
             except asyncpg.ForeignKeyViolationError as exc:
                 raise SessionNotFound(f"face session {session_id} does not exist") from exc
@@ -102,6 +120,21 @@ async def add_image(
         vectors = np.stack([f.embedding for f in faces])
         await services.indexes.add(session_id, np.asarray(face_ids, dtype=np.int64), vectors)
     return Ingested(db.ImageRecord(**{**image.__dict__, "face_count": len(faces)}), created=True)
+
+
+async def add_image(
+    services: Services,
+    session_id: int,
+    pending: PendingFile,
+    original_name: str,
+    stored_name: str | None = None,
+) -> Ingested:
+    """Turn a received file into an image with faces. The pending file is always committed or discarded.
+
+    stored_name: keep this name on disk (import of an old tree); by default one is made from hash and name.
+    """
+    analyzed = await analyze_image(services, session_id, pending, original_name, stored_name)
+    return await record_image(services, session_id, analyzed)
 
 
 async def delete_image(services: Services, image_id: int) -> db.ImageRecord:
