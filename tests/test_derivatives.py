@@ -271,24 +271,25 @@ async def test_face_crop_width_webp_and_conditional(client, photos, services):
     assert (await client.get(url, params={"w": "65"})).status == 400
 
 
-async def test_face_crop_of_an_exif_turned_photo(client, photos, services, engine):
-    # t1 stored turned a quarter anticlockwise with orientation 6: displayed upright, faces boxed upright
+async def test_face_crop_of_a_large_exif_turned_photo(client, photos, services, engine):
+    # t1 at 3x (10 MP), stored turned a quarter anticlockwise with orientation 6: displayed upright, and its
+    # faces boxed upright. Full size, 160 and 64 px wide decode at 1/1, 1/2 and 1/4 scale.
     upright = Image.open(photos["t1"]).convert("RGB")
+    upright = upright.resize((upright.width * 3, upright.height * 3), Image.Resampling.BICUBIC)
     data = _oriented_jpeg(upright.transpose(Image.Transpose.ROTATE_90), 6)
     _, image = await _uploaded(client, "turned-t1.jpg", data)
     assert (image["width"], image["height"]) == upright.size
     face_ids = await _face_ids(services, image["image_id"])
-    assert face_ids
+    assert len(face_ids) >= 2
     for face_id in face_ids:
-        for params in ({}, {"w": "64"}):
+        for width in (None, 160, 64):
+            params = {"w": str(width)} if width else {}
             body = await (await client.get(f"/api/face/face/{face_id}", params=params)).read()
             crop = cv2.imdecode(np.frombuffer(body, dtype=np.uint8), cv2.IMREAD_COLOR)
-            if params:
-                # too small to detect in: it must be the full crop, scaled
-                assert crop.shape[1] <= 64
-                continue
+            if width:
+                assert crop.shape[1] == width
             boxes, _ = engine.detect(crop)
-            assert len(boxes) >= 1, f"no face in the crop of face {face_id}"
+            assert len(boxes) >= 1, f"no face in the crop of face {face_id} at width {width}"
 
 
 async def test_unknown_face_is_404_json(client):
@@ -318,7 +319,7 @@ def test_parse_spec_normalises_and_validates():
     both = derivatives.parse_spec({"w": "320", "h": "160", "fit": "cover"}, "image/webp", sizes, 82)
     assert both.key == "w320-h160-cover-q82" and both.extension == "webp"
     assert derivatives.parse_spec({"h": "160", "exp": "1", "sig": "x"}, None, sizes, 82).height == 160
-    for query in ({"w": "161"}, {"w": "३२०"}, {"w": " 320"}, {"fit": "inside"}, {"w": "160", "fit": "fill"}):
+    for query in ({"w": "161"}, {"w": "३२०"}, {"w": " 320"}, {"w": "0320"}, {"w": "9" * 5000}, {"fit": "inside"}, {"w": "160", "fit": "fill"}):
         with pytest.raises(BadRequest):
             derivatives.parse_spec(query, None, sizes, 82)
     assert not derivatives.is_derivative_query({"exp": "1", "kid": "a", "sig": "b", "w": ""})
@@ -346,3 +347,13 @@ def test_remove_derivatives_touches_only_that_image(tmp_path):
 def test_padded_box_is_clipped_to_the_image():
     assert derivatives.padded_box((10, 10, 20, 30), 0.5, (100, 100)) == (5, 0, 25, 40)
     assert derivatives.padded_box((90, 90, 100, 100), 1.0, (95, 95)) == (80, 80, 95, 95)
+
+
+def test_draft_factor_keeps_twice_the_output_below_half_scale():
+    assert derivatives.draft_factor(1.0) == 1
+    assert derivatives.draft_factor(0.6) == 1
+    assert derivatives.draft_factor(0.5) == 2  # 1/2 scaling is near-lossless at any ratio
+    assert derivatives.draft_factor(0.25) == 2
+    assert derivatives.draft_factor(0.125) == 4
+    assert derivatives.draft_factor(0.0625) == 8
+    assert derivatives.draft_factor(0.01) == 8

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from .config import Settings
 from .faces import FaceEngine
-from .http import health, images, middleware, search, serving, sessions
+from .http import derivatives, health, images, middleware, search, serving, sessions
 from .http.keys import SERVICES
 from .http.urls import URLS, UrlPolicy
 from .services import open_services
@@ -41,6 +41,7 @@ def create_app(
     app.router.add_get("/api/face/sessions/{session_id}/images", images.list_images)
     app.router.add_get("/api/face/image/{image_id}", serving.serve_image)  # HEAD too
     app.router.add_delete("/api/face/image/{image_id}", images.delete_image)
+    app.router.add_get("/api/face/face/{face_id}", derivatives.serve_face_crop)  # HEAD too
     app.router.add_get("/api/face/resolve", images.resolve)
     app.router.add_get("/storage/face_sessions/{session_id}/db/{name}", images.legacy_redirect)
     app.router.add_post("/api/face/search", search.search_faces)

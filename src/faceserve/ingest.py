@@ -10,7 +10,7 @@ from pathlib import Path
 import asyncpg
 import numpy as np
 
-from . import db, imaging, index_sync
+from . import db, derivatives, imaging, index_sync
 from .errors import ImageNotFound, SessionNotFound
 from .faces import DetectedFace, FaceEngine
 from .services import Services
@@ -148,6 +148,7 @@ async def delete_image(services: Services, image_id: int) -> db.ImageRecord:
     # the index drops them too so they stop taking result slots
     await services.indexes.remove(image.face_session_id, np.asarray(face_ids, dtype=np.int64))
     await asyncio.to_thread(services.storage.remove, image.file_path)
+    await asyncio.to_thread(derivatives.remove_derivatives, services.storage.root, image.face_session_id, image.id)
     return image
 
 

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from .. import db, signing
 from ..errors import ImageNotFound
-from . import conditional
+from . import conditional, derivatives
 from .common import path_id
 from .keys import SERVICES
 from .urls import URLS
@@ -135,6 +135,8 @@ def _access(request: web.Request) -> str | None:
 async def serve_image(request: web.Request) -> web.StreamResponse:
     image_id = path_id(request, "image_id", ImageNotFound)
     cache_control = _access(request)
+    if derivatives.wants_derivative(request):
+        return await derivatives.serve_image_derivative(request, image_id, cache_control)
     entry = await served_file(request, image_id)
     try:
         fd = os.open(entry.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
