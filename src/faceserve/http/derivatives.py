@@ -1,6 +1,6 @@
 """Resized copies (GET /api/face/image/{id}?w=&h=&fit=) and face crops (GET /api/face/face/{face_id}).
 
-They keep the originals' contract (strong ETag, a year immutable, 304/412, byte ranges: serving._respond
+They keep the originals' contract (strong ETag, a year immutable, 304/412, byte ranges: serving.respond_file
 answers for both) with two differences: the format follows Accept, so every answer says Vary: Accept, and
 the file is rendered on its first request and kept under the session's derived/ folder.
 
@@ -59,7 +59,7 @@ async def serve_face_crop(request: web.Request) -> web.StreamResponse:
     """GET and HEAD /api/face/face/{face_id}[?w=]: the face's padded box, from the image as displayed."""
     face_id = path_id(request, "face_id", FaceNotFound)
     # a crop shows part of a photo: the same CDN and signature rules as the photo
-    cache_control = serving._access(request)
+    cache_control = serving.check_access(request)
     services = request.app[SERVICES]
     settings = services.settings
     face = await db.get_face(services.pool, face_id)
@@ -93,7 +93,7 @@ async def _serve(
     path = derivatives.cache_path(root, image.face_session_id, image.id, what.key, what.extension)
     tag = derivatives.etag(image.sha256.hex(), what.key, what.extension)
     last_modified = image.created_at.replace(microsecond=0)
-    headers = (*serving._common_headers(tag, last_modified).items(), ("Vary", "Accept"))
+    headers = (*serving.common_headers(tag, last_modified).items(), ("Vary", "Accept"))
     entry = serving.ServedFile(image.id, path, what.content_type, tag, last_modified, headers)
     # opened on the event loop, as serving does for originals: a page-cache lookup for files in use
     fd = _open(path)
@@ -103,7 +103,7 @@ async def _serve(
         if fd is None:
             raise ImageNotFound(f"image {image.id} was deleted")
     try:
-        return await serving._respond(request, entry, fd, cache_control)
+        return await serving.respond_file(request, entry, fd, cache_control)
     finally:
         os.close(fd)
 

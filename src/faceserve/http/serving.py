@@ -43,7 +43,7 @@ def http_date(moment: datetime) -> str:
     return moment.strftime("%a, %d %b %Y %H:%M:%S GMT")
 
 
-def _common_headers(etag: str, last_modified: datetime) -> dict[str, str]:
+def common_headers(etag: str, last_modified: datetime) -> dict[str, str]:
     return {
         "ETag": etag,
         "Last-Modified": http_date(last_modified),
@@ -110,7 +110,7 @@ async def served_file(request: web.Request, image_id: int) -> ServedFile:
         content_type=image.content_type,
         etag=etag,
         last_modified=last_modified,
-        headers=tuple(_common_headers(etag, last_modified).items()),
+        headers=tuple(common_headers(etag, last_modified).items()),
     )
     cache.put(entry)
     return entry
@@ -120,7 +120,7 @@ _ONE_YEAR = 31536000
 _REDIRECT_CACHE = "public, max-age=86400"
 
 
-def _access(request: web.Request) -> str | None:
+def check_access(request: web.Request) -> str | None:
     """Redirect to the CDN, refuse a bad signature, or say how long the answer may be cached (None: a year)."""
     urls = request.app[URLS]
     secret = request.app[SERVICES].settings.cdn_origin_secret
@@ -134,7 +134,7 @@ def _access(request: web.Request) -> str | None:
 
 async def serve_image(request: web.Request) -> web.StreamResponse:
     image_id = path_id(request, "image_id", ImageNotFound)
-    cache_control = _access(request)
+    cache_control = check_access(request)
     if derivatives.wants_derivative(request):
         return await derivatives.serve_image_derivative(request, image_id, cache_control)
     entry = await served_file(request, image_id)
@@ -144,12 +144,12 @@ async def serve_image(request: web.Request) -> web.StreamResponse:
         request.app[SERVED_FILES].evict(image_id)
         raise ImageNotFound(f"the file of image {image_id} is gone") from None
     try:
-        return await _respond(request, entry, fd, cache_control)
+        return await respond_file(request, entry, fd, cache_control)
     finally:
         os.close(fd)
 
 
-async def _respond(request: web.Request, entry: ServedFile, fd: int, cache_control: str | None) -> web.StreamResponse:
+async def respond_file(request: web.Request, entry: ServedFile, fd: int, cache_control: str | None) -> web.StreamResponse:
     size = os.fstat(fd).st_size
     headers = dict(entry.headers)
     if cache_control is not None:
