@@ -1,10 +1,11 @@
-"""Saved indexes for a fast cold start: face_sessions/{id}/index/, one self-contained data file per kind
-(exact.npz: ids and embedding matrix; ivf.faiss: the FAISS index, ids inside) and meta.json naming which.
+"""Saved indexes for a fast cold start, in face_sessions/{id}/index/: meta.json names the data files of
+the last save, which carry that save's token in their names (exact: {token}.ids.npy + {token}.vectors.npy,
+read back at memory speed; ivf: {token}.faiss, ids inside).
 
 A saved index is only a cache of the database: it is used when the face count and max face id read from
-the data file itself equal the database's (face ids only grow, so any add or delete since the save changes
-one of them), else rebuilt. Each file is written under a temporary name and renamed, so several workers
-saving at once can interleave without ever pairing one's ids with another's vectors. FAISS thread only.
+the data itself equal the database's (face ids only grow, so any add or delete since the save changes one
+of them), else rebuilt. Each writer writes files of its own token and then swaps meta.json, so several
+workers saving at once never pair one's ids with another's vectors. FAISS thread only.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 from pathlib import Path
 
 import faiss
@@ -20,7 +22,7 @@ import numpy as np
 from .index_kinds import ExactIndex, IdIndex, TombstoneFlatIndex
 
 log = logging.getLogger(__name__)
-_FORMAT = 1
+_FORMAT = 2
 
 
 class IndexStore:
@@ -34,19 +36,21 @@ class IndexStore:
     def save(self, session_id: int, index: IdIndex | ExactIndex | TombstoneFlatIndex) -> None:
         folder = self.folder(session_id)
         folder.mkdir(parents=True, exist_ok=True)
-        suffix = f".{os.getpid()}.tmp"
+        token = secrets.token_hex(6)
         if isinstance(index, IdIndex):
-            data = f"{index.kind}.faiss"
-            faiss.write_index(index.index, str(folder / f"{data}{suffix}"))
+            files = {"faiss": f"{token}.faiss"}
+            faiss.write_index(index.index, str(folder / files["faiss"]))
         else:  # exact, on CPU or GPU: the matrix itself
-            data = "exact.npz"
+            files = {"ids": f"{token}.ids.npy", "vectors": f"{token}.vectors.npy"}
             ids, vectors = index.export()
-            with open(folder / f"{data}{suffix}", "wb") as out:  # np.savez(path) would append ".npz"
-                np.savez(out, ids=ids, vectors=vectors)
-        os.replace(folder / f"{data}{suffix}", folder / data)
-        meta = {"format": _FORMAT, "model_pack": self._model_pack, "data": data}
-        (folder / f"meta.json{suffix}").write_text(json.dumps(meta))
-        os.replace(folder / f"meta.json{suffix}", folder / "meta.json")
+            np.save(folder / files["ids"], ids, allow_pickle=False)
+            np.save(folder / files["vectors"], vectors, allow_pickle=False)
+        meta = {"format": _FORMAT, "model_pack": self._model_pack, "files": files}
+        (folder / f"meta.json.{token}").write_text(json.dumps(meta))
+        os.replace(folder / f"meta.json.{token}", folder / "meta.json")
+        for old in folder.iterdir():  # earlier saves; a reader still on one of them just rebuilds
+            if old.name != "meta.json" and not old.name.startswith(token):
+                old.unlink(missing_ok=True)
 
     def load(self, session_id: int, count: int, max_id: int) -> IdIndex | ExactIndex | None:
         """The saved index if it holds exactly the database's (count, max id), else None."""
@@ -55,18 +59,19 @@ class IndexStore:
             meta = json.loads((folder / "meta.json").read_text())
             if (meta.get("format"), meta.get("model_pack")) != (_FORMAT, self._model_pack):
                 return None
-            if meta["data"] == "exact.npz":
-                with np.load(folder / "exact.npz", allow_pickle=False) as saved:
-                    ids = saved["ids"]
-                    if not _current(ids, count, max_id):
-                        return None
-                    return ExactIndex(ids, saved["vectors"])
-            index = IdIndex(faiss.read_index(str(folder / meta["data"])), "ivf", np.empty(0, np.int64))
+            files = meta["files"]
+            if "vectors" in files:
+                ids = np.load(folder / files["ids"], allow_pickle=False)
+                if not _current(ids, count, max_id):
+                    return None
+                return ExactIndex(ids, np.load(folder / files["vectors"], mmap_mode="r"))
+            index = faiss.read_index(str(folder / files["faiss"]))
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             log.info("no usable saved index for session %d: %s", session_id, exc)
             return None
-        ids = index.ids()
-        return IdIndex(index.index, "ivf", ids) if _current(ids, count, max_id) else None
+        loaded = IdIndex(index, "ivf", np.empty(0, np.int64))
+        ids = loaded.ids()
+        return IdIndex(index, "ivf", ids) if _current(ids, count, max_id) else None
 
 
 def _current(ids: np.ndarray, count: int, max_id: int) -> bool:
