@@ -74,6 +74,9 @@ class FaceEngine:
         self.providers = choose_providers(device)
         options = ort.SessionOptions()
         options.log_severity_level = 3  # the recogniser's declared batch of 1 makes ORT warn on every batch
+        # idle ORT threads otherwise spin after each run and steal the cores the index search and the
+        # event loop need next (measured with benchmarks/search_e2e.py)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if intra_op_threads:
             options.intra_op_num_threads = intra_op_threads
         provider_options = [_PROVIDER_OPTIONS[p] for p in self.providers]
