@@ -24,17 +24,22 @@ def path_id(request: web.Request, name: str, not_found: type[FaceServeError]) ->
     return int(raw)
 
 
-def query_int(request: web.Request, name: str, default: int, minimum: int, maximum: int) -> int:
-    raw = request.query.get(name)
+def number(raw: str | None, name: str, kind: type[int | float], low: float, high: float) -> float | None:
+    """A number from a query or form field, within [low, high]; None when the field is absent or empty."""
     if raw is None or raw == "":
-        return default
+        return None
     try:
-        value = int(raw)
+        value = kind(raw)
     except ValueError:
-        raise BadRequest(f"{name} must be an integer") from None
-    if not minimum <= value <= maximum:
-        raise BadRequest(f"{name} must be between {minimum} and {maximum}")
+        raise BadRequest(f"{name} must be {'an integer' if kind is int else 'a number'}") from None
+    if not low <= value <= high:
+        raise BadRequest(f"{name} must be between {low} and {high}")
     return value
+
+
+def query_int(request: web.Request, name: str, default: int, minimum: int, maximum: int) -> int:
+    value = number(request.query.get(name), name, int, minimum, maximum)
+    return default if value is None else int(value)
 
 
 def image_url(request: web.Request, image_id: int) -> str:

@@ -7,20 +7,8 @@ from aiohttp import web
 from .. import search
 from ..errors import BadRequest
 from . import uploads
-from .common import image_url, ok
+from .common import image_url, number, ok
 from .keys import SERVICES
-
-
-def _number(raw: str | None, name: str, kind: type, low: float, high: float) -> float | int | None:
-    if raw is None or raw == "":
-        return None
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise BadRequest(f"{name} must be a number") from None
-    if not low <= value <= high:
-        raise BadRequest(f"{name} must be between {low} and {high}")
-    return value
 
 
 async def search_faces(request: web.Request) -> web.Response:
@@ -35,13 +23,13 @@ async def search_faces(request: web.Request) -> web.Response:
             fields[part.name] = await uploads.read_field(part)
         else:
             await part.release()
-    session_id = _number(fields.get("session_id"), "session_id", int, 1, 2**63 - 1)
+    session_id = number(fields.get("session_id"), "session_id", int, 1, 2**63 - 1)
     if session_id is None:
         raise BadRequest("session_id is required")
     if not probe:
         raise BadRequest("image is required: the probe photo as a multipart file part")
-    threshold = _number(fields.get("threshold"), "threshold", float, 0.0, 2.0)
-    limit = _number(fields.get("limit"), "limit", int, 1, settings.search_max_limit)
+    threshold = number(fields.get("threshold"), "threshold", float, 0.0, 2.0)
+    limit = number(fields.get("limit"), "limit", int, 1, settings.search_max_limit)
 
     result = await search.search_session(
         services,
