@@ -47,7 +47,7 @@ def median_ms(samples: list[float]) -> float:
 
 async def run(rounds: int) -> None:
     storage = Path(tempfile.mkdtemp(prefix="faceserve-bench-"))
-    settings = Settings(storage=storage, port=0)
+    settings = Settings(storage=storage, port=0, models_dir=Path(__file__).parents[1] / "models")
     engine = load_engine(settings)
     app = create_app(settings, engine)
     runner = web.AppRunner(app)

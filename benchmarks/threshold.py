@@ -53,7 +53,7 @@ def views(pixels: np.ndarray, box: np.ndarray) -> dict[str, np.ndarray]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models-dir", type=Path, default=Path("models"))
+    parser.add_argument("--models-dir", type=Path, default=Path(__file__).parents[1] / "models")
     parser.add_argument("--pack", default="buffalo_s")
     args = parser.parse_args()
     engine = FaceEngine(locate_pack(args.models_dir, args.pack), device="auto", min_face_size=20)
