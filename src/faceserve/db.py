@@ -324,6 +324,11 @@ async def session_embeddings(conn: Connection, session_id: int, dim: int) -> tup
         output=buffer,
         format="binary",
     )
+    # a million faces is 2 GB to copy out: off the event loop
+    return await asyncio.to_thread(_parse_binary_copy, buffer, dim)
+
+
+def _parse_binary_copy(buffer: io.BytesIO, dim: int) -> tuple[np.ndarray, np.ndarray]:
     record = np.dtype(
         [("fields", ">i2"), ("id_len", ">i4"), ("id", ">i8"), ("embedding_len", ">i4"), ("embedding", "<f4", (dim,))]
     )
