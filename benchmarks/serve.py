@@ -1,165 +1,378 @@
-"""Image serving against nginx on the same file: req/s and p99 for 200s and 304 revalidations, turn by turn.
+"""Image serving, faceserve against nginx on the same stored file: req/s, p99 and errors for 200s and 304s.
 
-    apt-get install -y nginx wrk        # the tools this script drives (Debian packages)
-    python benchmarks/serve.py [--workers 1] [--seconds 10] [--rounds 2]
+Install the tools this script drives (Debian packages), once:
 
-Starts an embedded Postgres and `faceserve serve` in a temporary folder, uploads t1.jpg (~126 KB), starts
-nginx (its own config: sendfile, open_file_cache, etag, the same Cache-Control) on the stored file, then
-runs wrk at 64 connections against each in turn: faceserve, nginx, faceserve, nginx... Both share the
-machine's cores with wrk, so the ratio is the number to read.
+    apt-get install -y nginx wrk
+
+Run:
+
+    python benchmarks/serve.py [--workers 1] [--seconds 10] [--turns 2] [--nginx-workers auto]
+
+It makes a ~100 KB JPEG from a shipped photo, starts `faceserve serve` on a free loopback port with a
+temporary storage folder (embedded Postgres under it), uploads the JPEG, and starts nginx (its own config
+and prefix: sendfile, open_file_cache, etag, the same Cache-Control) on the stored file. Then wrk hits each
+server in turn (faceserve, nginx, faceserve, nginx, ...) with a plain GET (200) and a revalidation with the
+server's own ETag in If-None-Match (304). Both servers share the machine's cores with wrk, so the ratio to
+nginx is the number to read. Only 127.0.0.1 is ever a target.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
 import os
 import re
+import shutil
+import signal
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import insightface
+import numpy as np
 
-from faceserve import db
+ROOT = Path(__file__).resolve().parents[1]
+SOURCE_PHOTO = Path(insightface.__file__).parent / "data" / "images" / "t1.jpg"
+TARGET_BYTES = 100_000
+CACHE_CONTROL = "public, max-age=31536000, immutable"
+CASES = ("200", "304")
+SERVERS = ("faceserve", "nginx")
 
-ROOT = Path(__file__).parents[1]
-PHOTO = Path(insightface.__file__).parent / "data" / "images" / "t1.jpg"
-NGINX_CONF = """
-worker_processes auto;
+NGINX_CONF = """\
+{user}
+worker_processes {workers};
 daemon off;
-pid {folder}/nginx.pid;
-error_log {folder}/nginx-error.log warn;
+master_process on;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
 events {{ worker_connections 4096; }}
 http {{
     access_log off;
     sendfile on;
     tcp_nopush on;
-    open_file_cache max=10000 inactive=60s;
+    open_file_cache max=1000 inactive=60s;
+    open_file_cache_valid 60s;
     etag on;
-    types {{ image/jpeg jpg; }}
+    # aiohttp never closes a busy keep-alive connection; nginx does after 1000 requests by default
+    keepalive_requests 1000000;
+    types {{ image/jpeg jpg jpeg; }}
+    client_body_temp_path {prefix}/client_body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
     server {{
-        listen 127.0.0.1:{port} reuseport;
+        listen 127.0.0.1:{port};
         root {root};
-        location / {{ add_header Cache-Control "public, max-age=31536000, immutable"; }}
+        location /face_sessions/ {{ add_header Cache-Control "{cache_control}"; }}
     }}
 }}
 """
 
 
+@dataclass(frozen=True)
+class Target:
+    server: str
+    url: str
+    etag: str
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    rps: float
+    p99_ms: float
+    errors: int
+
+
+def require_tools() -> None:
+    missing = [tool for tool in ("nginx", "wrk") if find_tool(tool) is None]
+    if missing:
+        sys.exit(f"missing {', '.join(missing)}: run `apt-get install -y nginx wrk`")
+
+
+def find_tool(name: str) -> str | None:
+    # /usr/sbin (nginx) is not on every user's PATH
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin")
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
-def wait_for(url: str, timeout_s: float = 60) -> None:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
+def make_jpeg(target_bytes: int = TARGET_BYTES) -> bytes:
+    """Re-encode the shipped photo at the quality (and, if needed, scale) that lands nearest target_bytes."""
+    image = cv2.imread(str(SOURCE_PHOTO))
+    if image is None:
+        raise RuntimeError(f"cannot read {SOURCE_PHOTO}")
+    for _ in range(4):
+        best = min(
+            (encode(image, q) for q in range(30, 100, 2)), key=lambda data: abs(len(data) - target_bytes)
+        )
+        if abs(len(best) - target_bytes) <= target_bytes // 20:
+            return best
+        scale = (target_bytes / len(best)) ** 0.5
+        image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    return best
+
+
+def encode(image: np.ndarray, quality: int) -> bytes:
+    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return data.tobytes()
+
+
+def faceserve_command() -> list[str]:
+    script = Path(sys.executable).parent / "faceserve"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "faceserve"]
+
+
+def supports_workers_flag() -> bool:
+    help_text = subprocess.run(
+        [*faceserve_command(), "serve", "--help"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    ).stdout
+    return "--workers" in help_text
+
+
+@contextmanager
+def running_faceserve(storage: Path, port: int, workers: int) -> Iterator[str]:
+    command = [*faceserve_command(), "--log-level", "WARNING", "serve", "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--storage", str(storage), "--models-dir", str(ROOT / "models")]
+    if supports_workers_flag():
+        command += ["--workers", str(workers)]
+    elif workers != 1:
+        print(f"faceserve serve has no --workers flag: running one process, not {workers}", file=sys.stderr)
+    # no DATABASE_URL: faceserve starts its own embedded Postgres under storage/pgdata
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "FACESERVE_DATABASE_URL")}
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sys.stderr)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(f"{base}/healthz", process, timeout_s=300)
+        yield base
+    finally:
+        stop(process, signal.SIGTERM, timeout_s=60)
+
+
+@contextmanager
+def running_nginx(prefix: Path, port: int, root: Path, workers: str) -> Iterator[str]:
+    prefix.mkdir(parents=True, exist_ok=True)
+    conf = prefix / "nginx.conf"
+    # as root, nginx workers would drop to `nobody`, who cannot enter the 0700 temporary folder
+    user = "user root;" if os.geteuid() == 0 else ""
+    conf.write_text(
+        NGINX_CONF.format(
+            user=user, workers=workers, prefix=prefix, port=port, root=root, cache_control=CACHE_CONTROL
+        )
+    )
+    nginx = find_tool("nginx")
+    assert nginx is not None
+    process = subprocess.Popen([nginx, "-p", str(prefix), "-c", str(conf)], stdout=sys.stderr)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(base + "/", process, timeout_s=30)
+        yield base
+    finally:
+        stop(process, signal.SIGQUIT, timeout_s=30)  # SIGQUIT: nginx's graceful shutdown
+
+
+def wait_until_up(url: str, process: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited with {process.returncode} before {url} answered")
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return
+        except urllib.error.HTTPError:
+            return  # it answered, if only with 404
         except OSError:
             time.sleep(0.3)
-    raise RuntimeError(f"{url} did not answer")
+    raise RuntimeError(f"{url} did not answer within {timeout_s:.0f} s")
 
 
-def request(url: str, method: str = "GET", body: bytes | None = None, headers: dict | None = None):
-    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-    return urllib.request.urlopen(req, timeout=10)
+def stop(process: subprocess.Popen, sig: signal.Signals, timeout_s: float) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
 
 
-def upload(base: str) -> tuple[int, str]:
-    with request(f"{base}/api/face/sessions", "POST", b'{"name": "serve"}', {"Content-Type": "application/json"}) as r:
-        session_id = int(re.search(rb'"id": (\d+)', r.read()).group(1))
-    boundary = "servebench"
+def post_json(url: str, payload: dict) -> dict:
+    request = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
+
+
+def upload(base: str, name: str, data: bytes) -> dict:
+    """Create a session and upload one file; returns its entry of data.images."""
+    session_id = post_json(f"{base}/api/face/sessions", {"name": "serve-bench"})["data"]["id"]
+    boundary = "faceserve-bench-boundary"
     body = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="t1.jpg"\r\n\r\n'.encode()
-        + PHOTO.read_bytes()
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + data
         + f"\r\n--{boundary}--\r\n".encode()
     )
-    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
-    with request(f"{base}/api/face/sessions/{session_id}/images", "POST", body, headers) as r:
-        text = r.read().decode()
-    image_id = int(re.search(r'"image_id": (\d+)', text).group(1))
-    identity = re.search(r'"identity": "([^"]+)"', text).group(1)
-    return image_id, identity
+    request = urllib.request.Request(
+        f"{base}/api/face/sessions/{session_id}/images",
+        data=body,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return json.load(response)["data"]["images"][0]
 
 
-def wrk(url: str, seconds: int, etag: str | None) -> dict:
-    command = ["wrk", "-t2", "-c64", f"-d{seconds}s", "--latency", url]
-    if etag:
-        command += ["-H", f"If-None-Match: {etag}"]
-    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
-    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    return {
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-        "p99_ms": float(p99.group(1)) * scale,
-        "errors": (int(errors.group(1)) if errors else 0) + (sum(map(int, socket_errors.groups())) if socket_errors else 0),
-    }
+def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        connection.request("GET", parts.path, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
+
+
+def checked_target(server: str, url: str, expected: bytes) -> Target:
+    """Check what wrk will measure: the file with our caching header, and a 304 for the server's own ETag."""
+    status, headers, body = fetch(url)
+    if status != 200 or body != expected or headers.get("Cache-Control") != CACHE_CONTROL:
+        raise RuntimeError(
+            f"{server}: {status}, {len(body)} bytes, Cache-Control {headers.get('Cache-Control')}"
+        )
+    etag = headers["ETag"]
+    status, _, body = fetch(url, {"If-None-Match": etag})
+    if status != 304 or body:
+        raise RuntimeError(f"{server}: revalidation gave {status} with {len(body)} bytes")
+    return Target(server, url, etag)
+
+
+_LATENCY_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+def parse_wrk(output: str) -> WrkResult:
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    p99 = re.search(r"^\s*99%\s+([\d.]+)(us|ms|s|m)\s*$", output, re.MULTILINE)
+    if rps is None or p99 is None:
+        raise RuntimeError(f"unexpected wrk output:\n{output}")
+    non_2xx_3xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    errors = int(non_2xx_3xx.group(1)) if non_2xx_3xx else 0
+    errors += sum(int(n) for n in sockets.groups()) if sockets else 0
+    return WrkResult(float(rps.group(1)), float(p99.group(1)) * _LATENCY_UNITS_MS[p99.group(2)], errors)
+
+
+def run_wrk(target: Target, case: str, seconds: int, connections: int) -> WrkResult:
+    command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    if case == "304":
+        command += ["-H", f"If-None-Match: {target.etag}"]
+    done = subprocess.run(
+        command + [target.url], capture_output=True, text=True, timeout=seconds + 60, check=True
+    )
+    return parse_wrk(done.stdout)
+
+
+def measure(
+    targets: list[Target], turns: int, seconds: int, connections: int
+) -> dict[tuple[str, str], list[WrkResult]]:
+    results: dict[tuple[str, str], list[WrkResult]] = {}
+    for turn in range(turns):
+        for case in CASES:
+            for target in targets:
+                result = run_wrk(target, case, seconds, connections)
+                results.setdefault((case, target.server), []).append(result)
+                print(f"turn {turn + 1}/{turns} {case} {target.server}: {result}", file=sys.stderr)
+    return results
+
+
+def table(results: dict[tuple[str, str], list[WrkResult]], workers: int) -> str:
+    lines = ["| case | server | req/s | p99 | errors | ratio to nginx |", "|---|---|---|---|---|---|"]
+    for case in CASES:
+        nginx_rps = statistics.median(r.rps for r in results[(case, "nginx")])
+        for server in SERVERS:
+            runs = results[(case, server)]
+            rps = statistics.median(r.rps for r in runs)
+            p99 = statistics.median(r.p99_ms for r in runs)
+            errors = sum(r.errors for r in runs)
+            label = f"faceserve --workers {workers}" if server == "faceserve" else server
+            lines.append(
+                f"| {case} | {label} | {rps:,.0f} | {p99:.2f} ms | {errors} | {rps / nginx_rps:.2f} |"
+            )
+    return "\n".join(lines)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--workers", type=int, default=1, help="faceserve serve --workers (default 1)")
+    parser.add_argument("--nginx-workers", default="auto", help="nginx worker_processes (default auto)")
+    parser.add_argument("--seconds", type=int, default=10, help="length of one wrk run (default 10)")
+    parser.add_argument(
+        "--turns", "--rounds", type=int, default=2, help="wrk runs per server and case (default 2)"
+    )
+    parser.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    args = parser.parse_args()
+    if args.turns < 1 or args.seconds < 1 or args.connections < 2:
+        parser.error("--turns and --seconds must be at least 1, --connections at least 2")
+    return args
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=2)
-    args = parser.parse_args()
+    args = parse_args()
+    require_tools()
     folder = Path(tempfile.mkdtemp(prefix="faceserve-serve-"))
-    with db.embedded_postgres_blocking(folder / "pgdata") as dsn:
-        port, nginx_port = free_port(), free_port()
-        command = [sys.executable, "-m", "faceserve", "--log-level", "WARNING", "serve", "--host", "127.0.0.1"]
-        command += ["--port", str(port), "--storage", str(folder), "--models-dir", str(ROOT / "models")]
-        command += ["--workers", str(args.workers)]
-        service = subprocess.Popen(command, env={**os.environ, "DATABASE_URL": dsn})
-        (folder / "nginx.conf").write_text(NGINX_CONF.format(folder=folder, port=nginx_port, root=folder))
-        nginx = subprocess.Popen(["nginx", "-p", str(folder), "-c", str(folder / "nginx.conf")])
-        try:
-            base = f"http://127.0.0.1:{port}"
-            wait_for(f"{base}/healthz")
-            image_id, identity = upload(base)
-            ours = f"{base}/api/face/image/{image_id}"
-            theirs = f"http://127.0.0.1:{nginx_port}/face_sessions/{identity}"
-            wait_for(theirs)
-            with request(ours) as r:
-                our_tag = r.headers["ETag"]
-                assert r.read() == PHOTO.read_bytes()
-            with request(theirs) as r:
-                their_tag = r.headers["ETag"]
-                assert r.read() == PHOTO.read_bytes()
-            results: dict[tuple[str, str], list[dict]] = {}
-            for _ in range(args.rounds):
-                for case in ("200", "304"):
-                    for server, url, tag in (("faceserve", ours, our_tag), ("nginx", theirs, their_tag)):
-                        result = wrk(url, args.seconds, tag if case == "304" else None)
-                        results.setdefault((case, server), []).append(result)
-        finally:
-            service.terminate()
-            nginx.terminate()
-            service.wait(30)
-            nginx.wait(30)
-
+    try:
+        photo = make_jpeg()
+        storage = folder / "storage"
+        with running_faceserve(storage, free_port(), args.workers) as base:
+            image = upload(base, "bench.jpg", photo)
+            with running_nginx(folder / "nginx", free_port(), storage, args.nginx_workers) as nginx_base:
+                targets = [
+                    checked_target("faceserve", f"{base}/api/face/image/{image['image_id']}", photo),
+                    checked_target("nginx", f"{nginx_base}/face_sessions/{image['identity']}", photo),
+                ]
+                results = measure(targets, args.turns, args.seconds, args.connections)
+    finally:
+        if args.keep:
+            print(f"kept {folder}", file=sys.stderr)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
     print(
-        f"t1.jpg ({PHOTO.stat().st_size:,} bytes); wrk -t2 -c64 -d{args.seconds}s, {args.rounds} turns each, "
-        f"medians; faceserve --workers {args.workers}; {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}\n"
+        f"{len(photo):,}-byte JPEG; wrk -t2 -c{args.connections} -d{args.seconds}s --latency, "
+        f"{args.turns} turns each, alternated; medians of req/s and p99, errors summed; "
+        f"nginx worker_processes {args.nginx_workers}; {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}\n"
     )
-    print("| case | server | req/s | p99 ms | errors | ratio to nginx |")
-    print("|---|---|---|---|---|---|")
-    for case in ("200", "304"):
-        nginx_rps = statistics.median(r["rps"] for r in results[(case, "nginx")])
-        for server in ("faceserve", "nginx"):
-            runs = results[(case, server)]
-            rps = statistics.median(r["rps"] for r in runs)
-            p99 = statistics.median(r["p99_ms"] for r in runs)
-            errors = sum(r["errors"] for r in runs)
-            print(f"| {case} | {server} | {rps:,.0f} | {p99:.1f} | {errors} | {rps / nginx_rps:.2f} |")
+    print(table(results, args.workers))
 
 
 if __name__ == "__main__":
