@@ -19,9 +19,15 @@ CREATE TABLE IF NOT EXISTS face_session_images (
     width            integer     NOT NULL CHECK (width > 0),
     height           integer     NOT NULL CHECK (height > 0),
     created_at       timestamptz NOT NULL DEFAULT now(),
+    -- where the bytes are: 'file' (file_path under the storage root) or 'postgres' (image_blobs)
+    bytes_in         text        NOT NULL DEFAULT 'file' CHECK (bytes_in IN ('file', 'postgres')),
     UNIQUE (face_session_id, sha256),
     UNIQUE (face_session_id, stored_name)
 );
+
+-- databases made before bytes_in existed hold only files
+ALTER TABLE face_session_images ADD COLUMN IF NOT EXISTS
+    bytes_in text NOT NULL DEFAULT 'file' CHECK (bytes_in IN ('file', 'postgres'));
 
 -- keyset pagination of a session's images
 CREATE INDEX IF NOT EXISTS face_session_images_session_id_idx
@@ -52,3 +58,21 @@ CREATE TABLE IF NOT EXISTS face_session_image_aliases (
 );
 
 CREATE INDEX IF NOT EXISTS face_session_image_aliases_image_id_idx ON face_session_image_aliases (image_id);
+
+-- Image bytes of rows with bytes_in = 'postgres' (FACESERVE_IMAGE_STORE=postgres). file_path stays the
+-- image's name (its identity and old links) but no file is behind it.
+CREATE TABLE IF NOT EXISTS image_blobs (
+    image_id  bigint PRIMARY KEY REFERENCES face_session_images (id) ON DELETE CASCADE,
+    data      bytea  NOT NULL
+);
+
+-- Photos do not compress, and uncompressed out-of-line values let substring() read only the TOAST
+-- chunks a byte range needs. Checked first: ALTER TABLE takes a lock every start would otherwise wait on.
+DO $$
+BEGIN
+    IF (SELECT attstorage FROM pg_attribute WHERE attrelid = 'image_blobs'::regclass AND attname = 'data') <> 'e'
+    THEN
+        ALTER TABLE image_blobs ALTER COLUMN data SET STORAGE EXTERNAL;
+    END IF;
+END
+$$;

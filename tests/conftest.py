@@ -76,11 +76,22 @@ def engine(models_dir: Path) -> FaceEngine:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, database_url: str, models_dir: Path) -> Settings:
+def image_store() -> str:
+    """Where uploads keep their bytes. Modules about serving override it with params=["file", "postgres"]
+    (IMAGE_STORES), so every serving test runs against both stores."""
+    return "file"
+
+
+IMAGE_STORES = ["file", "postgres"]
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str, models_dir: Path, image_store: str) -> Settings:
     return Settings(
         storage=tmp_path / "storage",
         database_url=database_url,
         models_dir=models_dir,
+        image_store=image_store,
         max_upload_bytes=4 * 1024 * 1024,
         max_image_pixels=20_000_000,
     )
@@ -127,6 +138,32 @@ async def search(client: TestClient, session_id: int, probe: bytes, **fields: st
     form.add_field("image", probe, filename="probe.jpg", content_type="image/jpeg")
     response = await client.post("/api/face/search", data=form)
     return response.status, await response.json()
+
+
+async def replace_stored_bytes(client: TestClient, image_id: int, data: bytes) -> None:
+    """Put other bytes behind a recorded image, wherever its store keeps them (big bodies without uploads)."""
+    from faceserve.http.keys import SERVICES
+
+    services = client.server.app[SERVICES]
+    bytes_in = await services.pool.fetchval("SELECT bytes_in FROM face_session_images WHERE id = $1", image_id)
+    if bytes_in == "postgres":
+        await services.pool.execute("UPDATE image_blobs SET data = $2 WHERE image_id = $1", image_id, data)
+    else:
+        file_path = await services.pool.fetchval("SELECT file_path FROM face_session_images WHERE id = $1", image_id)
+        services.storage.absolute(file_path).write_bytes(data)
+
+
+async def lose_stored_bytes(client: TestClient, image_id: int) -> None:
+    """What a disk failure or a hand-made delete does: the row stays, its bytes are gone."""
+    from faceserve.http.keys import SERVICES
+
+    services = client.server.app[SERVICES]
+    bytes_in = await services.pool.fetchval("SELECT bytes_in FROM face_session_images WHERE id = $1", image_id)
+    if bytes_in == "postgres":
+        assert await services.pool.fetchval("DELETE FROM image_blobs WHERE image_id = $1 RETURNING 1", image_id)
+    else:
+        file_path = await services.pool.fetchval("SELECT file_path FROM face_session_images WHERE id = $1", image_id)
+        services.storage.absolute(file_path).unlink()
 
 
 def files_under(root: Path) -> list[str]:

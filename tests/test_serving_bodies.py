@@ -12,13 +12,19 @@ import os
 import numpy as np
 import pytest
 import uvloop
-from conftest import create_session, upload
+from conftest import IMAGE_STORES, create_session, replace_stored_bytes, upload
 from PIL import Image
 
 
 @pytest.fixture(scope="module", params=["asyncio", "uvloop"])
 def event_loop_policy(request):
     return uvloop.EventLoopPolicy() if request.param == "uvloop" else asyncio.DefaultEventLoopPolicy()
+
+
+@pytest.fixture(params=IMAGE_STORES)
+def image_store(request: pytest.FixtureRequest) -> str:
+    """Bytes on disk (sendfile or pread) and in Postgres (read by range, streamed in chunks)."""
+    return request.param
 
 
 def _noise_png(side: int, seed: int = 0) -> bytes:
@@ -29,23 +35,18 @@ def _noise_png(side: int, seed: int = 0) -> bytes:
     return buffer.getvalue()
 
 
-def _overwrite(path: str, block: bytes, times: int) -> None:
-    with open(path, "wb") as out:
-        out.writelines(block for _ in range(times))
-
-
-async def _stored(client, settings, data: bytes, name: str = "noise.png") -> tuple[dict, str]:
+async def _stored(client, data: bytes, name: str = "noise.png") -> dict:
     session_id = await create_session(client)
     [image] = await upload(client, session_id, (name, data))
-    return image, str(settings.storage / "face_sessions" / image["identity"])
+    return image
 
 
-async def test_large_file_whole_and_head(client, settings, event_loop_policy):
+async def test_large_file_whole_and_head(client, event_loop_policy):
     expected_loop = "uvloop" if isinstance(event_loop_policy, uvloop.EventLoopPolicy) else "asyncio"
     assert type(asyncio.get_running_loop()).__module__.split(".")[0] == expected_loop
     data = _noise_png(800)
     assert len(data) > 1_000_000
-    image, _ = await _stored(client, settings, data)
+    image = await _stored(client, data)
     url = f"/api/face/image/{image['image_id']}"
     response = await client.get(url)
     assert response.status == 200
@@ -55,11 +56,11 @@ async def test_large_file_whole_and_head(client, settings, event_loop_policy):
     assert int(head.headers["Content-Length"]) == len(data) and await head.read() == b""
 
 
-async def test_huge_file_streams(client, settings):
+async def test_huge_file_streams(client):
     """64 MiB behind one record (written straight to disk; serving goes by the row, whatever the bytes)."""
-    image, path = await _stored(client, settings, _noise_png(64, seed=1))
+    image = await _stored(client, _noise_png(64, seed=1))
     block = os.urandom(1024 * 1024)
-    _overwrite(path, block, times=64)
+    await replace_stored_bytes(client, image["image_id"], block * 64)
     response = await client.get(f"/api/face/image/{image['image_id']}")
     digest, total = hashlib.sha256(), 0
     async for chunk in response.content.iter_chunked(1 << 20):
@@ -69,9 +70,9 @@ async def test_huge_file_streams(client, settings):
     assert digest.digest() == hashlib.sha256(block * 64).digest()
 
 
-async def test_concurrent_ranges_reassemble_the_file(client, settings):
+async def test_concurrent_ranges_reassemble_the_file(client):
     data = _noise_png(800, seed=2)
-    image, _ = await _stored(client, settings, data)
+    image = await _stored(client, data)
     url = f"/api/face/image/{image['image_id']}"
     step = len(data) // 7 + 1
 
@@ -86,9 +87,9 @@ async def test_concurrent_ranges_reassemble_the_file(client, settings):
     assert b"".join(parts) == data
 
 
-async def test_zero_byte_file(client, settings, photos):
-    image, path = await _stored(client, settings, photos["yaoming"].read_bytes(), "yao.jpg")
-    _overwrite(path, b"", times=1)
+async def test_zero_byte_file(client, photos):
+    image = await _stored(client, photos["yaoming"].read_bytes(), "yao.jpg")
+    await replace_stored_bytes(client, image["image_id"], b"")
     url = f"/api/face/image/{image['image_id']}"
     response = await client.get(url)
     assert response.status == 200
@@ -97,11 +98,11 @@ async def test_zero_byte_file(client, settings, photos):
     assert response.status == 416 and response.headers["Content-Range"] == "bytes */0"
 
 
-async def test_client_leaving_mid_body_harms_nothing(client, settings):
+async def test_client_leaving_mid_body_harms_nothing(client):
     """A raw socket asks for a big file, reads a little, and hangs up; the server keeps serving and leaks no
     file descriptor."""
-    image, path = await _stored(client, settings, _noise_png(64, seed=3))
-    _overwrite(path, os.urandom(32 * 1024 * 1024), times=1)
+    image = await _stored(client, _noise_png(64, seed=3))
+    await replace_stored_bytes(client, image["image_id"], os.urandom(32 * 1024 * 1024))
     fds_before = len(os.listdir("/proc/self/fd"))
     for _ in range(5):
         reader, writer = await asyncio.open_connection(client.server.host, client.server.port)

@@ -21,6 +21,9 @@ class Settings:
     storage: Path = Path("storage")
     # with no database_url an embedded Postgres is started under storage/pgdata
     database_url: str | None = None
+    # where new images' bytes go: "file" (storage/face_sessions/{id}/db/) or "postgres" (table image_blobs);
+    # each image is served from where it was put, so changing this strands nothing
+    image_store: str = "file"
     db_pool_min: int = 1
     db_pool_max: int = 10
     # absolute base for image URLs in responses ("https://photos.example.com"); request host when unset

@@ -82,6 +82,7 @@ class ImageRecord:
     height: int
     created_at: datetime
     face_count: int = 0
+    bytes_in: str = "file"  # where the bytes are: image_store.FILE or image_store.POSTGRES
 
     @property
     def identity(self) -> str:
@@ -91,7 +92,7 @@ class ImageRecord:
 
 _IMAGE_COLUMNS = (
     "i.id, i.face_session_id, i.file_path, i.stored_name, i.original_name, i.content_type, i.byte_size, "
-    "i.sha256, i.width, i.height, i.created_at, "
+    "i.sha256, i.width, i.height, i.created_at, i.bytes_in, "
     "(SELECT count(*) FROM faces f WHERE f.image_id = i.id) AS face_count"
 )
 
@@ -161,11 +162,13 @@ class ServedImage:
     content_type: str
     sha256: bytes
     created_at: datetime
+    bytes_in: str
 
 
 async def get_served_image(conn: Connection, image_id: int) -> ServedImage | None:
     row = await conn.fetchrow(
-        "SELECT file_path, content_type, sha256, created_at FROM face_session_images WHERE id = $1", image_id
+        "SELECT file_path, content_type, sha256, created_at, bytes_in FROM face_session_images WHERE id = $1",
+        image_id,
     )
     return None if row is None else ServedImage(*row)
 
@@ -237,15 +240,16 @@ async def insert_image(
     sha256: bytes,
     width: int,
     height: int,
+    bytes_in: str,
 ) -> ImageRecord | None:
     """None when the session already holds these bytes (a concurrent upload of the same file won)."""
     row = await conn.fetchrow(
-        "INSERT INTO face_session_images "
-        "  (face_session_id, file_path, stored_name, original_name, content_type, byte_size, sha256, width, height) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
+        "INSERT INTO face_session_images (face_session_id, file_path, stored_name, original_name, content_type, "
+        "                                 byte_size, sha256, width, height, bytes_in) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
         "ON CONFLICT (face_session_id, sha256) DO NOTHING "
         "RETURNING id, face_session_id, file_path, stored_name, original_name, content_type, byte_size, sha256, "
-        "          width, height, created_at",
+        "          width, height, created_at, bytes_in",
         session_id,
         file_path,
         stored_name,
@@ -255,6 +259,7 @@ async def insert_image(
         sha256,
         width,
         height,
+        bytes_in,
     )
     return None if row is None else ImageRecord(**dict(row))
 
@@ -269,6 +274,29 @@ async def delete_image(conn: Connection, image_id: int) -> tuple[ImageRecord, li
     if deleted is None:
         return None
     return image, [r["id"] for r in face_ids]
+
+
+# ---------------------------------------------------------------- image bytes kept in Postgres
+
+
+async def insert_blob(conn: asyncpg.Connection, image_id: int, data: bytes) -> None:
+    await conn.execute("INSERT INTO image_blobs (image_id, data) VALUES ($1, $2)", image_id, data)
+
+
+async def blob_size(conn: Connection, image_id: int) -> int | None:
+    """Length of the stored bytes, None when there are none. Reads the TOAST pointer, not the value."""
+    return await conn.fetchval("SELECT octet_length(data) FROM image_blobs WHERE image_id = $1", image_id)
+
+
+async def blob_range(conn: Connection, image_id: int, offset: int, count: int) -> bytes | None:
+    """count bytes from offset (0-based); reads only the TOAST chunks that hold them (storage EXTERNAL)."""
+    return await conn.fetchval(
+        "SELECT substring(data FROM $2 FOR $3) FROM image_blobs WHERE image_id = $1", image_id, offset + 1, count
+    )
+
+
+async def blob(conn: Connection, image_id: int) -> bytes | None:
+    return await conn.fetchval("SELECT data FROM image_blobs WHERE image_id = $1", image_id)
 
 
 # ---------------------------------------------------------------- faces

@@ -189,7 +189,7 @@ def remove_derivatives(storage_root: Path, session_id: int, image_id: int) -> in
     return removed
 
 
-def ensure_cached(path: Path, make: Callable[[], bytes], source: Path) -> Path:
+def ensure_cached(path: Path, make: Callable[[], bytes]) -> Path:
     """Render once: an existing file is returned as it is. Concurrent renders of one key each write a whole
     file under a temporary name and rename it into place, so readers only ever see a complete file."""
     if path.exists():
@@ -208,9 +208,6 @@ def ensure_cached(path: Path, make: Callable[[], bytes], source: Path) -> Path:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    if not source.exists():
-        # the image was deleted while this render ran, after its derivatives were removed
-        path.unlink(missing_ok=True)
     return path
 
 
@@ -260,20 +257,22 @@ def crop_plan(crop: FaceCrop) -> Plan:
 # ---------------------------------------------------------------- rendering
 
 
-def render(source_path: Path, spec: Spec) -> bytes:
-    return _render(source_path, resize_plan(spec), spec.format, spec.quality)
+def render(source: Path | bytes, spec: Spec) -> bytes:
+    """source: the original's path, or its bytes (kept in Postgres)."""
+    return _render(source, resize_plan(spec), spec.format, spec.quality)
 
 
-def render_face_crop(source_path: Path, crop: FaceCrop) -> bytes:
+def render_face_crop(source: Path | bytes, crop: FaceCrop) -> bytes:
     """The box is in the coordinates of the image as displayed (EXIF orientation applied), as detected."""
-    return _render(source_path, crop_plan(crop), crop.format, crop.quality)
+    return _render(source, crop_plan(crop), crop.format, crop.quality)
 
 
-def _render(source_path: Path, plan: Plan, image_format: str, quality: int) -> bytes:
+def _render(source: Path | bytes, plan: Plan, image_format: str, quality: int) -> bytes:
     with warnings.catch_warnings():
         # the size was checked against max_image_pixels when the file was uploaded
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        with Image.open(source_path, formats=list(ACCEPTED_FORMATS)) as im:
+        opened = io.BytesIO(source) if isinstance(source, bytes) else source
+        with Image.open(opened, formats=list(ACCEPTED_FORMATS)) as im:
             displayed = _displayed_size(im)
             size, box = plan(displayed)
             _draft(im, size, box)

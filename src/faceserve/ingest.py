@@ -71,7 +71,8 @@ async def analyze_image(
 async def record_image(services: Services, session_id: int, analyzed: Analyzed) -> Ingested:
     """Row, faces and the file's rename commit together; then the index hears of the faces."""
     pending, faces = analyzed.pending, analyzed.faces
-    committed: Path | None = None
+    store = services.stores.configured
+    undo_save = None
     try:
         if analyzed.existing is not None:
             return Ingested(analyzed.existing, created=False)
@@ -91,6 +92,7 @@ async def record_image(services: Services, session_id: int, analyzed: Analyzed) 
                     sha256=pending.sha256,
                     width=analyzed.info.width,
                     height=analyzed.info.height,
+                    bytes_in=store.kind,
                 )
             except asyncpg.ForeignKeyViolationError as exc:
                 raise SessionNotFound(f"face session {session_id} does not exist") from exc
@@ -105,13 +107,12 @@ async def record_image(services: Services, session_id: int, analyzed: Analyzed) 
                 [db.NewFace(f.box.tolist(), f.landmarks.ravel().tolist(), f.det_score, f.embedding) for f in faces],
             )
             await index_sync.announce_added(conn, services.process_token, session_id, face_ids)
-            # rename inside the transaction: if the commit fails the file is removed below; a crash between
-            # the two leaves a file without a row, never a row without a file
-            committed = await asyncio.to_thread(services.storage.commit, pending, file_path)
-        committed = None
+            # bytes kept inside the transaction: if the commit fails they are dropped below (image_store.py)
+            undo_save = await store.save(conn, pending, image)
+        undo_save = None
     except BaseException:
-        if committed is not None:
-            committed.unlink(missing_ok=True)
+        if undo_save is not None:
+            undo_save()
         raise
     finally:
         await services.storage.discard(pending.path)
@@ -147,7 +148,7 @@ async def delete_image(services: Services, image_id: int) -> db.ImageRecord:
     # search joins hits against the database, so the deleted faces stop matching at the commit above;
     # the index drops them too so they stop taking result slots
     await services.indexes.remove(image.face_session_id, np.asarray(face_ids, dtype=np.int64))
-    await asyncio.to_thread(services.storage.remove, image.file_path)
+    await services.stores.of(image).remove(image)
     await asyncio.to_thread(derivatives.remove_derivatives, services.storage.root, image.face_session_id, image.id)
     return image
 

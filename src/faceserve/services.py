@@ -17,6 +17,7 @@ from . import db, index_sync
 from .config import Settings
 from .errors import Busy
 from .faces import FaceEngine
+from .image_store import ImageStores
 from .index import IndexRegistry
 from .index_kinds import IndexPolicy
 from .index_store import IndexStore
@@ -52,6 +53,8 @@ class Services:
     settings: Settings
     pool: asyncpg.Pool
     storage: Storage
+    # where image bytes are kept: files or Postgres (image_store.py)
+    stores: ImageStores
     engine: FaceEngine
     indexes: IndexRegistry
     inference: ThreadPoolExecutor
@@ -98,6 +101,7 @@ async def open_services(
             dsn = await stack.enter_async_context(db.embedded_postgres(settings.pgdata))
         pool = await db.create_pool(dsn, settings.db_pool_min, settings.db_pool_max)
         stack.push_async_callback(pool.close)
+        stores = ImageStores(settings.image_store, storage, pool)
 
         inference = ThreadPoolExecutor(max_workers=settings.inference_threads, thread_name_prefix="inference")
         stack.callback(inference.shutdown, wait=True)
@@ -131,4 +135,4 @@ async def open_services(
         await follower.start()
         stack.push_async_callback(follower.close)
         gate = AdmissionGate(settings.max_pending_images, settings.retry_after_s)
-        yield Services(settings, pool, storage, engine, indexes, inference, gate, token, follower)
+        yield Services(settings, pool, storage, stores, engine, indexes, inference, gate, token, follower)

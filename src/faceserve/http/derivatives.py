@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
 
 from .. import db, derivatives
 from ..errors import FaceNotFound, ImageNotFound
+from ..image_store import ImageStore
 from . import serving
 from .common import path_id
 from .keys import SERVICES
@@ -49,10 +50,7 @@ async def serve_derivative(
     spec = derivatives.parse_spec(
         request.query, request.headers.get("Accept"), settings.derivative_sizes, settings.derivative_quality
     )
-    source = services.storage.absolute(image.file_path)
-    return await _serve(
-        request, image, spec, functools.partial(derivatives.render, source, spec), source, cache_control
-    )
+    return await _serve(request, image, spec, functools.partial(derivatives.render, spec=spec), cache_control)
 
 
 async def serve_face_crop(request: web.Request) -> web.StreamResponse:
@@ -75,9 +73,8 @@ async def serve_face_crop(request: web.Request) -> web.StreamResponse:
         settings.derivative_sizes,
         settings.derivative_quality,
     )
-    source = services.storage.absolute(image.file_path)
     return await _serve(
-        request, image, crop, functools.partial(derivatives.render_face_crop, source, crop), source, cache_control
+        request, image, crop, functools.partial(derivatives.render_face_crop, crop=crop), cache_control
     )
 
 
@@ -85,11 +82,11 @@ async def _serve(
     request: web.Request,
     image: db.ImageRecord,
     what: derivatives.Spec | derivatives.FaceCrop,
-    make: Callable[[], bytes],
-    source: Path,
+    render: Callable[[Path | bytes], bytes],
     cache_control: str | None,
 ) -> web.StreamResponse:
-    root = request.app[SERVICES].storage.root
+    services = request.app[SERVICES]
+    root = services.storage.root
     path = derivatives.cache_path(root, image.face_session_id, image.id, what.key, what.extension)
     tag = derivatives.etag(image.sha256.hex(), what.key, what.extension)
     last_modified = image.created_at.replace(microsecond=0)
@@ -98,7 +95,7 @@ async def _serve(
     # opened on the event loop, as serving does for originals: a page-cache lookup for files in use
     fd = _open(path)
     if fd is None:
-        await _render_once(path, make, source, image.id)
+        await _render_once(path, functools.partial(_render_and_check, services.stores.of(image), image, path, render))
         fd = _open(path)
         if fd is None:
             raise ImageNotFound(f"image {image.id} was deleted")
@@ -115,14 +112,25 @@ def _open(path: Path) -> int | None:
         return None
 
 
-async def _render_once(path: Path, make: Callable[[], bytes], source: Path, image_id: int) -> None:
-    render = _rendering.get(path)
-    if render is None:
-        render = asyncio.ensure_future(asyncio.to_thread(derivatives.ensure_cached, path, make, source))
-        _rendering[path] = render
-        render.add_done_callback(lambda _: _rendering.pop(path, None))
+async def _render_once(path: Path, render_and_check: Callable[[], Awaitable[None]]) -> None:
+    rendering = _rendering.get(path)
+    if rendering is None:
+        rendering = asyncio.ensure_future(render_and_check())
+        _rendering[path] = rendering
+        rendering.add_done_callback(lambda _: _rendering.pop(path, None))
+    # shielded: a client that goes away must not cancel the render others are waiting for
+    await asyncio.shield(rendering)
+
+
+async def _render_and_check(
+    store: ImageStore, image: db.ImageRecord, path: Path, render: Callable[[Path | bytes], bytes]
+) -> None:
+    source = await store.source(image)
     try:
-        # shielded: a client that goes away must not cancel the render others are waiting for
-        await asyncio.shield(render)
+        await asyncio.to_thread(derivatives.ensure_cached, path, functools.partial(render, source))
     except FileNotFoundError:
-        raise ImageNotFound(f"the file of image {image_id} is gone") from None
+        raise ImageNotFound(f"the file of image {image.id} is gone") from None
+    if not await store.exists(image):
+        # deleted while this render ran, after its derivatives were removed: do not leave one behind
+        await asyncio.to_thread(path.unlink, missing_ok=True)
+        raise ImageNotFound(f"image {image.id} was deleted")

@@ -1,4 +1,4 @@
-"""GET and HEAD /api/face/image/{image_id}: the file of a row, found by id, never by a client's path.
+"""GET and HEAD /api/face/image/{image_id}: the bytes of a row, found by id, never by a client's path.
 
 This is the hot path (every thumbnail a mobile app shows), so it does the least it can per request:
 - the row's serving metadata is cached per process (ids are never reused and files are immutable, so an
@@ -7,6 +7,8 @@ This is the hot path (every thumbnail a mobile app shows), so it does the least 
   microseconds, cheaper than the executor round trip that would hide them (nginx makes the same trade);
 - bodies up to _INLINE_BODY are read in one pread and written with the headers; larger ones go out with
   loop.sendfile (zero-copy) where the loop supports it, else in chunks read off the loop.
+Images kept in Postgres (image_store.py) answer the same way, with their bytes read by byte range
+(substring of an uncompressed TOAST value reads only the chunks the range needs).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .. import db, signing
+from .. import db, image_store, signing
 from ..errors import ImageNotFound
 from . import conditional, derivatives
 from .common import path_id
@@ -32,6 +34,8 @@ from .urls import URLS
 CACHE_FOREVER = "public, max-age=31536000, immutable"
 _INLINE_BODY = 512 * 1024
 _CHUNK = 256 * 1024
+# bytes per query when streaming an image kept in Postgres: bounds memory per response
+_BLOB_CHUNK = 1024 * 1024
 
 
 def etag_of(image: db.ImageRecord | db.ServedImage) -> str:
@@ -58,11 +62,12 @@ class ServedFile:
     """What serving needs of a row, computed once per process."""
 
     image_id: int
-    path: Path
+    path: Path  # for bytes kept in Postgres: the row's name under the storage root, never opened
     content_type: str
     etag: str
     last_modified: datetime  # whole seconds: HTTP dates have no finer resolution
     headers: tuple[tuple[str, str], ...]
+    bytes_in: str = image_store.FILE
 
 
 class ServedFileCache:
@@ -111,6 +116,7 @@ async def served_file(request: web.Request, image_id: int) -> ServedFile:
         etag=etag,
         last_modified=last_modified,
         headers=tuple(common_headers(etag, last_modified).items()),
+        bytes_in=image.bytes_in,
     )
     cache.put(entry)
     return entry
@@ -138,6 +144,8 @@ async def serve_image(request: web.Request) -> web.StreamResponse:
     if derivatives.wants_derivative(request):
         return await derivatives.serve_image_derivative(request, image_id, cache_control)
     entry = await served_file(request, image_id)
+    if entry.bytes_in != image_store.FILE:
+        return await _respond_blob(request, entry, cache_control)
     try:
         fd = os.open(entry.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except (FileNotFoundError, NotADirectoryError):
@@ -149,8 +157,67 @@ async def serve_image(request: web.Request) -> web.StreamResponse:
         os.close(fd)
 
 
+async def _respond_blob(request: web.Request, entry: ServedFile, cache_control: str | None) -> web.StreamResponse:
+    pool = request.app[SERVICES].pool
+    # asked every time, 304s included, as a file is opened every time: a deleted image must stop being served
+    size = await db.blob_size(pool, entry.image_id)
+    if size is None:
+        request.app[SERVED_FILES].evict(entry.image_id)
+        raise ImageNotFound(f"the bytes of image {entry.image_id} are gone")
+    return await respond(request, entry, BlobBody(pool, entry.image_id, size), cache_control)
+
+
 async def respond_file(request: web.Request, entry: ServedFile, fd: int, cache_control: str | None) -> web.StreamResponse:
-    size = os.fstat(fd).st_size
+    """Answer with an open file's bytes (the caller closes fd)."""
+    return await respond(request, entry, FileBody(fd), cache_control)
+
+
+class FileBody:
+    """An open file: one pread for a small body, sendfile() or chunks read off the loop for a large one."""
+
+    __slots__ = ("fd", "size")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.size = os.fstat(fd).st_size
+
+    async def read(self, offset: int, count: int) -> bytes:
+        return os.pread(self.fd, count, offset)
+
+    async def send(self, request: web.Request, response: web.StreamResponse, offset: int, count: int) -> None:
+        await _send_file(request, response, self.fd, offset, count)
+
+
+class BlobBody:
+    """Bytes in image_blobs, read a range at a time."""
+
+    __slots__ = ("_image_id", "_pool", "size")
+
+    def __init__(self, pool: db.Connection, image_id: int, size: int) -> None:
+        self._pool = pool
+        self._image_id = image_id
+        self.size = size
+
+    async def read(self, offset: int, count: int) -> bytes:
+        data = await db.blob_range(self._pool, self._image_id, offset, count)
+        if data is None:
+            raise ImageNotFound(f"the bytes of image {self._image_id} are gone")
+        return data
+
+    async def send(self, request: web.Request, response: web.StreamResponse, offset: int, count: int) -> None:
+        while count > 0:
+            chunk = await db.blob_range(self._pool, self._image_id, offset, min(_BLOB_CHUNK, count))
+            if not chunk:
+                break  # deleted while we sent it: the body ends short and the client retries
+            await response.write(chunk)
+            offset += len(chunk)
+            count -= len(chunk)
+
+
+async def respond(
+    request: web.Request, entry: ServedFile, body: FileBody | BlobBody, cache_control: str | None
+) -> web.StreamResponse:
+    size = body.size
     headers = dict(entry.headers)
     if cache_control is not None:
         headers["Cache-Control"] = cache_control  # never cached past the signature's expiry
@@ -178,19 +245,19 @@ async def respond_file(request: web.Request, entry: ServedFile, fd: int, cache_c
 
     headers["Content-Type"] = entry.content_type
     if request.method != "HEAD" and length <= _INLINE_BODY:
-        # one syscall for the body, sent together with the headers
-        return web.Response(status=code, headers=headers, body=os.pread(fd, length, first))
+        # one read for the body, sent together with the headers
+        return web.Response(status=code, headers=headers, body=await body.read(first, length))
 
     response = web.StreamResponse(status=code, headers=headers)
     response.content_length = length
     await response.prepare(request)
     if request.method != "HEAD":
-        await _send_body(request, response, fd, first, length)
+        await body.send(request, response, first, length)
     await response.write_eof()
     return response
 
 
-async def _send_body(request: web.Request, response: web.StreamResponse, fd: int, offset: int, count: int) -> None:
+async def _send_file(request: web.Request, response: web.StreamResponse, fd: int, offset: int, count: int) -> None:
     loop = asyncio.get_running_loop()
     transport = request.transport
     if transport is None:

@@ -1,0 +1,154 @@
+"""Image bytes kept in Postgres (FACESERVE_IMAGE_STORE=postgres) instead of files: where bytes go, what
+deletes take with them, failures at commit, derivatives, and switching the setting on a live database.
+
+The serving contract itself (ETag, ranges, 304/412/416, large bodies) runs against both stores in
+test_serving.py and test_serving_bodies.py."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import replace
+
+import aiohttp
+import pytest
+from conftest import IMAGE_STORES, create_session, files_under, search, upload
+from PIL import Image
+
+from faceserve.app import create_app
+from faceserve.config import Settings
+from faceserve.http.keys import SERVICES
+from faceserve.services import open_services
+
+
+async def _blob(services, image_id: int) -> bytes | None:
+    return await services.pool.fetchval("SELECT data FROM image_blobs WHERE image_id = $1", image_id)
+
+
+async def _bytes_in(services, image_id: int) -> str:
+    return await services.pool.fetchval("SELECT bytes_in FROM face_session_images WHERE id = $1", image_id)
+
+
+def _originals_on_disk(settings: Settings) -> list[str]:
+    """Committed originals and leftover .part files: everything under face_sessions/*/db/."""
+    return [p for p in files_under(settings.sessions_root) if p.split("/")[1] == "db"]
+
+
+@pytest.mark.parametrize("image_store", ["postgres"])
+async def test_postgres_store_keeps_bytes_in_the_database_and_none_on_disk(client, services, settings, photos):
+    data = photos["t1"].read_bytes()
+    session_id = await create_session(client)
+    [image] = await upload(client, session_id, ("t1.jpg", data))
+    assert image["faces"] == 6 and image["identity"].startswith(f"{session_id}/db/")
+    assert await _bytes_in(services, image["image_id"]) == "postgres"
+    assert await _blob(services, image["image_id"]) == data
+    assert _originals_on_disk(settings) == []  # the .part file is gone too
+
+    response = await client.get(f"/api/face/image/{image['image_id']}")
+    assert response.status == 200 and await response.read() == data
+    status, body = await search(client, session_id, data)
+    assert status == 200 and body["data"]["matches"][0]["image_id"] == image["image_id"]
+
+
+@pytest.mark.parametrize("image_store", IMAGE_STORES)
+async def test_the_same_bytes_get_the_same_etag_in_either_store(client, photos):
+    """The validator comes from the content, not from where it is kept: caches keep working after a switch."""
+    data = photos["gdp"].read_bytes()
+    [image] = await upload(client, await create_session(client), ("gdp.jpg", data))
+    response = await client.get(f"/api/face/image/{image['image_id']}")
+    assert response.headers["ETag"] == f'"{hashlib.sha256(data).hexdigest()[:32]}"'
+
+
+@pytest.mark.parametrize("image_store", ["postgres"])
+async def test_deleting_an_image_or_a_session_deletes_its_bytes(client, services, photos):
+    session_id = await create_session(client)
+    first, second = await upload(
+        client, session_id, ("t1.jpg", photos["t1"].read_bytes()), ("gdp.jpg", photos["gdp"].read_bytes())
+    )
+    assert (await client.delete(f"/api/face/image/{first['image_id']}")).status == 200
+    assert await _blob(services, first["image_id"]) is None
+    assert (await client.get(f"/api/face/image/{first['image_id']}")).status == 404
+    assert await _blob(services, second["image_id"]) is not None
+
+    assert (await client.delete(f"/api/face/sessions/{session_id}")).status == 200
+    assert await services.pool.fetchval("SELECT count(*) FROM image_blobs") == 0
+
+
+@pytest.mark.parametrize("image_store", IMAGE_STORES)
+async def test_a_failure_at_commit_keeps_neither_row_nor_bytes(client, services, settings, photos):
+    """A deferred constraint trigger fails the COMMIT itself: after the file was renamed into place (file
+    store) or the bytes inserted (Postgres store). Nothing of the image may remain."""
+    session_id = await create_session(client)
+    async with services.pool.acquire() as conn:
+        await conn.execute(
+            "CREATE FUNCTION fail_at_commit() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'disk full at commit (simulated)'; END $$"
+        )
+        await conn.execute(
+            "CREATE CONSTRAINT TRIGGER fail_images AFTER INSERT ON face_session_images "
+            "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION fail_at_commit()"
+        )
+    form_data = photos["t1"].read_bytes()
+    form = aiohttp.FormData()
+    form.add_field("file", form_data, filename="t1.jpg", content_type="image/jpeg")
+    response = await client.post(f"/api/face/sessions/{session_id}/images", data=form)
+    assert response.status == 500
+    assert await services.pool.fetchval("SELECT count(*) FROM face_session_images") == 0
+    assert await services.pool.fetchval("SELECT count(*) FROM faces") == 0
+    assert await services.pool.fetchval("SELECT count(*) FROM image_blobs") == 0
+    assert _originals_on_disk(settings) == []
+    status, body = await search(client, session_id, form_data)
+    assert status == 200 and body["data"]["matches"] == []
+
+    await services.pool.execute("DROP TRIGGER fail_images ON face_session_images")
+    [image] = await upload(client, session_id, ("t1.jpg", form_data))
+    assert image["faces"] == 6
+
+
+@pytest.mark.parametrize("image_store", ["postgres"])
+async def test_derivatives_and_face_crops_render_from_bytes_in_postgres(client, services, settings, photos):
+    session_id = await create_session(client)
+    [image] = await upload(client, session_id, ("t1.jpg", photos["t1"].read_bytes()))
+    response = await client.get(f"/api/face/image/{image['image_id']}", params={"w": "320"})
+    assert response.status == 200, await response.text()
+    thumbnail = Image.open(io.BytesIO(await response.read()))
+    assert thumbnail.width == 320 and response.headers["Vary"] == "Accept"
+
+    face_id = await services.pool.fetchval("SELECT min(id) FROM faces WHERE image_id = $1", image["image_id"])
+    crop = await client.get(f"/api/face/face/{face_id}")
+    assert crop.status == 200 and crop.headers["Content-Type"] == "image/jpeg"
+    # renders are a cache on disk in both stores; originals are not
+    assert _originals_on_disk(settings) == []
+    assert len(files_under(settings.sessions_root / str(session_id) / "derived")) == 2
+
+    await services.pool.execute("DELETE FROM image_blobs WHERE image_id = $1", image["image_id"])
+    response = await client.get(f"/api/face/image/{image['image_id']}", params={"w": "640"})
+    assert response.status == 404
+    assert (await response.json())["error"]["code"] == "image_not_found"
+
+
+async def test_switching_the_setting_strands_no_image(settings, engine, photos, aiohttp_client):
+    """Images keep being served from where they were put: the row says which store holds them."""
+    on_disk = await aiohttp_client(create_app(replace(settings, image_store="file"), engine))
+    session_id = await create_session(on_disk)
+    [old] = await upload(on_disk, session_id, ("t1.jpg", photos["t1"].read_bytes()))
+    await on_disk.close()
+
+    in_postgres = await aiohttp_client(create_app(replace(settings, image_store="postgres"), engine))
+    [new] = await upload(in_postgres, session_id, ("gdp.jpg", photos["gdp"].read_bytes()))
+    for image, name in ((old, "t1"), (new, "gdp")):
+        response = await in_postgres.get(f"/api/face/image/{image['image_id']}")
+        assert response.status == 200 and await response.read() == photos[name].read_bytes()
+    assert _originals_on_disk(settings) == [f"{session_id}/db/{old['identity'].split('/')[-1]}"]
+
+    # deleting each one cleans the store it lives in
+    for image in (old, new):
+        assert (await in_postgres.delete(f"/api/face/image/{image['image_id']}")).status == 200
+    assert _originals_on_disk(settings) == []
+    assert await in_postgres.server.app[SERVICES].pool.fetchval("SELECT count(*) FROM image_blobs") == 0
+
+
+async def test_an_unknown_store_is_refused_at_start(settings, engine):
+    with pytest.raises(ValueError, match="image_store"):
+        async with open_services(replace(settings, image_store="s3"), engine):
+            pass
