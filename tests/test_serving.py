@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 
 import pytest
 from conftest import IMAGE_STORES, create_session, lose_stored_bytes, upload
 
+from faceserve.app import create_app
 from faceserve.http.serving import CACHE_FOREVER
 
 
@@ -111,7 +113,8 @@ async def test_unknown_and_non_numeric_ids_are_404_json(client):
         assert response.headers["Cache-Control"] == "no-store"
 
 
-async def test_record_whose_bytes_are_gone_is_404_even_for_a_revalidation(client, photos):
+async def test_record_whose_bytes_are_gone_is_404_once_rechecked(settings, engine, photos, aiohttp_client):
+    client = await aiohttp_client(create_app(replace(settings, served_recheck_s=0), engine))
     image, _ = await _one_image(client, photos)
     url = f"/api/face/image/{image['image_id']}"
     etag = (await client.get(url)).headers["ETag"]  # the row is in the metadata cache from here on
@@ -120,6 +123,29 @@ async def test_record_whose_bytes_are_gone_is_404_even_for_a_revalidation(client
     assert response.status == 404
     assert (await response.json())["error"]["code"] == "image_not_found"
     response = await client.get(url)
+    assert response.status == 404
+
+
+async def test_a_revalidation_soon_after_a_fetch_does_not_touch_the_bytes(settings, engine, photos, aiohttp_client):
+    """Within served_recheck_s of seeing the bytes, a 304 is answered from memory; a body never is."""
+    client = await aiohttp_client(create_app(replace(settings, served_recheck_s=3600), engine))
+    image, _ = await _one_image(client, photos)
+    url = f"/api/face/image/{image['image_id']}"
+    etag = (await client.get(url)).headers["ETag"]
+    await lose_stored_bytes(client, image["image_id"])
+    response = await client.get(url, headers={"If-None-Match": etag})
+    assert response.status == 304 and response.headers["ETag"] == etag
+    assert response.headers["Cache-Control"] == CACHE_FOREVER
+    assert (await client.get(url)).status == 404  # a body needs the bytes: looked for, gone, evicted
+    assert (await client.get(url, headers={"If-None-Match": etag})).status == 404
+
+
+async def test_deleting_an_image_stops_its_revalidations_at_once(client, photos):
+    image, _ = await _one_image(client, photos)
+    url = f"/api/face/image/{image['image_id']}"
+    etag = (await client.get(url)).headers["ETag"]
+    assert (await client.delete(url)).status == 200
+    response = await client.get(url, headers={"If-None-Match": etag})
     assert response.status == 404
     assert (await response.json())["error"]["code"] == "image_not_found"
 

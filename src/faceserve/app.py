@@ -30,7 +30,7 @@ def create_app(
             yield
 
     app.cleanup_ctx.append(services_ctx)
-    app[serving.SERVED_FILES] = serving.ServedFileCache(settings.served_cache_entries)
+    app[serving.SERVED_FILES] = serving.ServedFileCache(settings.served_cache_entries, settings.served_recheck_s)
     app[URLS] = UrlPolicy.from_settings(settings)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_post("/api/face/sessions", sessions.create_session)

@@ -74,6 +74,8 @@ class Settings:
 
     # rows of serving metadata kept per process (about 400 bytes each)
     served_cache_entries: int = 200_000
+    # a 304 is answered from memory if the image's bytes were seen present less than this many seconds ago
+    served_recheck_s: float = 1.0
 
     page_default_limit: int = 100
     page_max_limit: int = 1000

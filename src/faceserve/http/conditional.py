@@ -32,12 +32,16 @@ def _opaque(tag: str) -> str:
 
 def strong_match(header: str, etag: str) -> bool:
     """If-Match semantics: '*' or a non-weak tag identical to ours (ours is always strong)."""
+    if header == etag:
+        return True  # one tag, ours: the usual case, without parsing
     tags = _tags(header)
     return "*" in tags or any(not t.startswith("W/") and t == etag for t in tags)
 
 
 def weak_match(header: str, etag: str) -> bool:
     """If-None-Match semantics: '*' or a tag whose opaque part equals ours, weak or not."""
+    if header == etag:
+        return True  # a revalidation of what we sent: the usual case, without parsing
     tags = _tags(header)
     return "*" in tags or any(_opaque(t) == etag for t in tags)
 

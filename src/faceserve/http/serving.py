@@ -3,6 +3,9 @@
 This is the hot path (every thumbnail a mobile app shows), so it does the least it can per request:
 - the row's serving metadata is cached per process (ids are never reused and files are immutable, so an
   entry only goes stale when the image is deleted, which the open() below notices);
+- preconditions are evaluated before the file is touched: a 304 (or 412) needs no bytes, so it is answered
+  from memory when the bytes were last seen present less than `served_recheck_s` ago (nginx's
+  open_file_cache_valid makes the same trade; a delete through this process evicts the entry at once);
 - the file is opened and fstat'ed on the event loop: for the hot set these are page-cache lookups of a few
   microseconds, cheaper than the executor round trip that would hide them (nginx makes the same trade);
 - bodies up to _INLINE_BODY are read in one pread and written with the headers; larger ones go out with
@@ -57,7 +60,7 @@ def common_headers(etag: str, last_modified: datetime) -> dict[str, str]:
     }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ServedFile:
     """What serving needs of a row, computed once per process."""
 
@@ -68,14 +71,20 @@ class ServedFile:
     last_modified: datetime  # whole seconds: HTTP dates have no finer resolution
     headers: tuple[tuple[str, str], ...]
     bytes_in: str = image_store.FILE
+    # time.monotonic() until which the bytes count as present without looking (answers without a body)
+    present_until: float = float("-inf")
 
 
 class ServedFileCache:
     """A bounded LRU of id -> ServedFile."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, recheck_s: float = 1.0) -> None:
         self._capacity = capacity
+        self._recheck_s = recheck_s
         self._entries: OrderedDict[int, ServedFile] = OrderedDict()
+
+    def seen_present(self, entry: ServedFile) -> None:
+        entry.present_until = time.monotonic() + self._recheck_s
 
     def get(self, image_id: int) -> ServedFile | None:
         entry = self._entries.get(image_id)
@@ -141,35 +150,53 @@ def check_access(request: web.Request) -> str | None:
 async def serve_image(request: web.Request) -> web.StreamResponse:
     image_id = path_id(request, "image_id", ImageNotFound)
     cache_control = check_access(request)
-    if derivatives.wants_derivative(request):
+    # the query is only parsed when there is one: most requests are for the original
+    if request.query_string and derivatives.wants_derivative(request):
         return await derivatives.serve_image_derivative(request, image_id, cache_control)
     entry = await served_file(request, image_id)
+    status = conditional.evaluate(request.method, request.headers, entry.etag, entry.last_modified)
+    if status != 200 and time.monotonic() < entry.present_until:
+        return without_body(status, entry, cache_control)
     if entry.bytes_in != image_store.FILE:
-        return await _respond_blob(request, entry, cache_control)
+        return await _respond_blob(request, entry, status, cache_control)
     try:
         fd = os.open(entry.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except (FileNotFoundError, NotADirectoryError):
         request.app[SERVED_FILES].evict(image_id)
         raise ImageNotFound(f"the file of image {image_id} is gone") from None
+    request.app[SERVED_FILES].seen_present(entry)
     try:
-        return await respond_file(request, entry, fd, cache_control)
+        return await respond(request, entry, FileBody(fd), status, cache_control)
     finally:
         os.close(fd)
 
 
-async def _respond_blob(request: web.Request, entry: ServedFile, cache_control: str | None) -> web.StreamResponse:
+async def _respond_blob(
+    request: web.Request, entry: ServedFile, status: int, cache_control: str | None
+) -> web.StreamResponse:
     pool = request.app[SERVICES].pool
-    # asked every time, 304s included, as a file is opened every time: a deleted image must stop being served
     size = await db.blob_size(pool, entry.image_id)
     if size is None:
         request.app[SERVED_FILES].evict(entry.image_id)
         raise ImageNotFound(f"the bytes of image {entry.image_id} are gone")
-    return await respond(request, entry, BlobBody(pool, entry.image_id, size), cache_control)
+    request.app[SERVED_FILES].seen_present(entry)
+    return await respond(request, entry, BlobBody(pool, entry.image_id, size), status, cache_control)
 
 
 async def respond_file(request: web.Request, entry: ServedFile, fd: int, cache_control: str | None) -> web.StreamResponse:
     """Answer with an open file's bytes (the caller closes fd)."""
-    return await respond(request, entry, FileBody(fd), cache_control)
+    status = conditional.evaluate(request.method, request.headers, entry.etag, entry.last_modified)
+    return await respond(request, entry, FileBody(fd), status, cache_control)
+
+
+def without_body(status: int, entry: ServedFile, cache_control: str | None) -> web.Response:
+    """The answer to a request whose preconditions decided it: 304 with the 200's headers, or 412."""
+    if status == 304:
+        headers = dict(entry.headers)
+        if cache_control is not None:
+            headers["Cache-Control"] = cache_control  # never cached past the signature's expiry
+        return web.Response(status=304, headers=headers)
+    return web.Response(status=412, headers={"ETag": entry.etag, "Cache-Control": "no-store"})
 
 
 class FileBody:
@@ -215,17 +242,15 @@ class BlobBody:
 
 
 async def respond(
-    request: web.Request, entry: ServedFile, body: FileBody | BlobBody, cache_control: str | None
+    request: web.Request, entry: ServedFile, body: FileBody | BlobBody, status: int, cache_control: str | None
 ) -> web.StreamResponse:
+    """status: what conditional.evaluate said of the request's preconditions."""
+    if status != 200:
+        return without_body(status, entry, cache_control)
     size = body.size
     headers = dict(entry.headers)
     if cache_control is not None:
         headers["Cache-Control"] = cache_control  # never cached past the signature's expiry
-    status = conditional.evaluate(request.method, request.headers, entry.etag, entry.last_modified)
-    if status == 304:
-        return web.Response(status=304, headers=headers)
-    if status == 412:
-        return web.Response(status=412, headers={"ETag": entry.etag, "Cache-Control": "no-store"})
 
     first, last = 0, size - 1
     code = 200
