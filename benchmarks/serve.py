@@ -7,6 +7,7 @@ Install the tools this script drives (Debian packages), once:
 Run:
 
     python benchmarks/serve.py [--workers 1] [--seconds 10] [--turns 2] [--nginx-workers auto]
+                               [--image-store file|postgres]
 
 It makes a ~100 KB JPEG from a shipped photo, starts `faceserve serve` on a free loopback port with a
 temporary storage folder (embedded Postgres under it), uploads the JPEG, and starts nginx (its own config
@@ -154,7 +155,7 @@ def supports_workers_flag() -> bool:
 
 
 @contextmanager
-def running_faceserve(storage: Path, port: int, workers: int) -> Iterator[str]:
+def running_faceserve(storage: Path, port: int, workers: int, image_store: str) -> Iterator[str]:
     command = [*faceserve_command(), "--log-level", "WARNING", "serve", "--host", "127.0.0.1"]
     command += ["--port", str(port), "--storage", str(storage), "--models-dir", str(ROOT / "models")]
     if supports_workers_flag():
@@ -163,6 +164,7 @@ def running_faceserve(storage: Path, port: int, workers: int) -> Iterator[str]:
         print(f"faceserve serve has no --workers flag: running one process, not {workers}", file=sys.stderr)
     # no DATABASE_URL: faceserve starts its own embedded Postgres under storage/pgdata
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "FACESERVE_DATABASE_URL")}
+    env["FACESERVE_IMAGE_STORE"] = image_store
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sys.stderr)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -313,7 +315,7 @@ def measure(
     return results
 
 
-def table(results: dict[tuple[str, str], list[WrkResult]], workers: int) -> str:
+def table(results: dict[tuple[str, str], list[WrkResult]], workers: int, image_store: str) -> str:
     lines = ["| case | server | req/s | p99 | errors | ratio to nginx |", "|---|---|---|---|---|---|"]
     for case in CASES:
         nginx_rps = statistics.median(r.rps for r in results[(case, "nginx")])
@@ -322,7 +324,7 @@ def table(results: dict[tuple[str, str], list[WrkResult]], workers: int) -> str:
             rps = statistics.median(r.rps for r in runs)
             p99 = statistics.median(r.p99_ms for r in runs)
             errors = sum(r.errors for r in runs)
-            label = f"faceserve --workers {workers}" if server == "faceserve" else server
+            label = f"faceserve --workers {workers}, {image_store} store" if server == "faceserve" else server
             lines.append(
                 f"| {case} | {label} | {rps:,.0f} | {p99:.2f} ms | {errors} | {rps / nginx_rps:.2f} |"
             )
@@ -340,6 +342,12 @@ def parse_args() -> argparse.Namespace:
         "--turns", "--rounds", type=int, default=2, help="wrk runs per server and case (default 2)"
     )
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
+    parser.add_argument(
+        "--image-store",
+        choices=("file", "postgres"),
+        default="file",
+        help="FACESERVE_IMAGE_STORE for faceserve (default file); nginx always serves a file",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args()
     if args.turns < 1 or args.seconds < 1 or args.connections < 2:
@@ -354,9 +362,16 @@ def main() -> None:
     try:
         photo = make_jpeg()
         storage = folder / "storage"
-        with running_faceserve(storage, free_port(), args.workers) as base:
+        with running_faceserve(storage, free_port(), args.workers, args.image_store) as base:
             image = upload(base, "bench.jpg", photo)
-            with running_nginx(folder / "nginx", free_port(), storage, args.nginx_workers) as nginx_base:
+            nginx_root = storage
+            if not (storage / "face_sessions" / image["identity"]).exists():
+                # the bytes are in Postgres: nginx gets the same bytes as a file of its own
+                nginx_root = folder / "www"
+                copy = nginx_root / "face_sessions" / image["identity"]
+                copy.parent.mkdir(parents=True)
+                copy.write_bytes(photo)
+            with running_nginx(folder / "nginx", free_port(), nginx_root, args.nginx_workers) as nginx_base:
                 targets = [
                     checked_target("faceserve", f"{base}/api/face/image/{image['image_id']}", photo),
                     checked_target("nginx", f"{nginx_base}/face_sessions/{image['identity']}", photo),
@@ -372,7 +387,7 @@ def main() -> None:
         f"{args.turns} turns each, alternated; medians of req/s and p99, errors summed; "
         f"nginx worker_processes {args.nginx_workers}; {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}\n"
     )
-    print(table(results, args.workers))
+    print(table(results, args.workers, args.image_store))
 
 
 if __name__ == "__main__":

@@ -147,7 +147,10 @@ async def replace_stored_bytes(client: TestClient, image_id: int, data: bytes) -
     services = client.server.app[SERVICES]
     bytes_in = await services.pool.fetchval("SELECT bytes_in FROM face_session_images WHERE id = $1", image_id)
     if bytes_in == "postgres":
-        await services.pool.execute("UPDATE image_blobs SET data = $2 WHERE image_id = $1", image_id, data)
+        # the row's size is the blob's (serving trusts it), so both change together
+        async with services.pool.acquire() as conn, conn.transaction():
+            await conn.execute("UPDATE image_blobs SET data = $2 WHERE image_id = $1", image_id, data)
+            await conn.execute("UPDATE face_session_images SET byte_size = $2 WHERE id = $1", image_id, len(data))
     else:
         file_path = await services.pool.fetchval("SELECT file_path FROM face_session_images WHERE id = $1", image_id)
         services.storage.absolute(file_path).write_bytes(data)

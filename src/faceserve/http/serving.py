@@ -21,9 +21,11 @@ import hmac
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import NoReturn
 
 from aiohttp import web
 
@@ -71,6 +73,7 @@ class ServedFile:
     last_modified: datetime  # whole seconds: HTTP dates have no finer resolution
     headers: tuple[tuple[str, str], ...]
     bytes_in: str = image_store.FILE
+    byte_size: int = 0  # the row's; a file's own size (fstat) is what serving a file goes by
     # time.monotonic() until which the bytes count as present without looking (answers without a body)
     present_until: float = float("-inf")
 
@@ -126,6 +129,7 @@ async def served_file(request: web.Request, image_id: int) -> ServedFile:
         last_modified=last_modified,
         headers=tuple(common_headers(etag, last_modified).items()),
         bytes_in=image.bytes_in,
+        byte_size=image.byte_size,
     )
     cache.put(entry)
     return entry
@@ -155,8 +159,12 @@ async def serve_image(request: web.Request) -> web.StreamResponse:
         return await derivatives.serve_image_derivative(request, image_id, cache_control)
     entry = await served_file(request, image_id)
     status = conditional.evaluate(request.method, request.headers, entry.etag, entry.last_modified)
-    if status != 200 and time.monotonic() < entry.present_until:
-        return without_body(status, entry, cache_control)
+    if status != 200:
+        if time.monotonic() < entry.present_until:
+            return without_body(status, entry, cache_control)
+        # this request looks for the bytes; revalidations arriving meanwhile answer from memory instead of
+        # all asking at once (a gone image is evicted below, and then nobody answers from memory)
+        request.app[SERVED_FILES].seen_present(entry)
     if entry.bytes_in != image_store.FILE:
         return await _respond_blob(request, entry, status, cache_control)
     try:
@@ -175,12 +183,21 @@ async def _respond_blob(
     request: web.Request, entry: ServedFile, status: int, cache_control: str | None
 ) -> web.StreamResponse:
     pool = request.app[SERVICES].pool
-    size = await db.blob_size(pool, entry.image_id)
-    if size is None:
-        request.app[SERVED_FILES].evict(entry.image_id)
-        raise ImageNotFound(f"the bytes of image {entry.image_id} are gone")
+    # no bytes to read (or a stream that must not start with a 200 for nothing): ask whether they exist
+    must_ask = status != 200 or request.method == "HEAD" or entry.byte_size > _INLINE_BODY
+    if must_ask and await db.blob_size(pool, entry.image_id) is None:
+        _gone(request, entry)
+    # bytes in Postgres are written once with their row, so the row's size is theirs; a read that finds no
+    # row means the image was deleted
+    body = BlobBody(pool, entry.image_id, entry.byte_size, on_gone=lambda: _gone(request, entry))
+    response = await respond(request, entry, body, status, cache_control)
     request.app[SERVED_FILES].seen_present(entry)
-    return await respond(request, entry, BlobBody(pool, entry.image_id, size), status, cache_control)
+    return response
+
+
+def _gone(request: web.Request, entry: ServedFile) -> NoReturn:
+    request.app[SERVED_FILES].evict(entry.image_id)
+    raise ImageNotFound(f"the bytes of image {entry.image_id} are gone")
 
 
 async def respond_file(request: web.Request, entry: ServedFile, fd: int, cache_control: str | None) -> web.StreamResponse:
@@ -218,24 +235,25 @@ class FileBody:
 class BlobBody:
     """Bytes in image_blobs, read a range at a time."""
 
-    __slots__ = ("_image_id", "_pool", "size")
+    __slots__ = ("_image_id", "_on_gone", "_pool", "size")
 
-    def __init__(self, pool: db.Connection, image_id: int, size: int) -> None:
+    def __init__(self, pool: db.Connection, image_id: int, size: int, on_gone: Callable[[], NoReturn]) -> None:
         self._pool = pool
         self._image_id = image_id
+        self._on_gone = on_gone
         self.size = size
 
     async def read(self, offset: int, count: int) -> bytes:
         data = await db.blob_range(self._pool, self._image_id, offset, count)
         if data is None:
-            raise ImageNotFound(f"the bytes of image {self._image_id} are gone")
+            self._on_gone()
         return data
 
     async def send(self, request: web.Request, response: web.StreamResponse, offset: int, count: int) -> None:
         while count > 0:
             chunk = await db.blob_range(self._pool, self._image_id, offset, min(_BLOB_CHUNK, count))
             if not chunk:
-                break  # deleted while we sent it: the body ends short and the client retries
+                break  # deleted (or never there): the body ends short and the client retries
             await response.write(chunk)
             offset += len(chunk)
             count -= len(chunk)
