@@ -152,3 +152,21 @@ async def test_an_unknown_store_is_refused_at_start(settings, engine):
     with pytest.raises(ValueError, match="image_store"):
         async with open_services(replace(settings, image_store="s3"), engine):
             pass
+
+
+@pytest.mark.parametrize("image_store", IMAGE_STORES)
+async def test_an_image_deleted_by_another_process_stops_its_derivatives(settings, engine, photos, aiohttp_client):
+    """Two processes on one database and storage (--workers 2): the one that did not delete still holds the
+    image's serving metadata, but finds neither a rendered file nor the original's bytes: 404, not a render."""
+    first = await aiohttp_client(create_app(settings, engine))
+    second = await aiohttp_client(create_app(settings, engine, sweep_partial_uploads=False))
+    [image] = await upload(first, await create_session(first), ("t1.jpg", photos["t1"].read_bytes()))
+    thumbnail = f"/api/face/image/{image['image_id']}?w=320"
+    assert (await second.get(thumbnail)).status == 200  # second caches the image's metadata
+
+    assert (await first.delete(f"/api/face/image/{image['image_id']}")).status == 200
+    response = await second.get(thumbnail)
+    assert response.status == 404
+    assert (await response.json())["error"]["code"] == "image_not_found"
+    assert (await second.get(f"/api/face/image/{image['image_id']}?w=640")).status == 404
+    assert files_under(settings.sessions_root / str(image["identity"].split("/")[0]) / "derived") == []

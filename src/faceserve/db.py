@@ -164,12 +164,13 @@ class ServedImage:
     created_at: datetime
     bytes_in: str
     byte_size: int
+    face_session_id: int
 
 
 async def get_served_image(conn: Connection, image_id: int) -> ServedImage | None:
     row = await conn.fetchrow(
-        "SELECT file_path, content_type, sha256, created_at, bytes_in, byte_size FROM face_session_images "
-        "WHERE id = $1",
+        "SELECT file_path, content_type, sha256, created_at, bytes_in, byte_size, face_session_id "
+        "FROM face_session_images WHERE id = $1",
         image_id,
     )
     return None if row is None else ServedImage(*row)

@@ -32,6 +32,19 @@ KINDS = (FILE, POSTGRES)
 Undo = Callable[[], None]
 
 
+class StoredImage(Protocol):
+    """What a store needs to find an image's bytes (db.ImageRecord, http.serving.ServedFile)."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def file_path(self) -> str: ...
+
+    @property
+    def bytes_in(self) -> str: ...
+
+
 class ImageStore(Protocol):
     kind: str
 
@@ -39,13 +52,13 @@ class ImageStore(Protocol):
         """Keep the pending file's bytes as this image's, inside the row's transaction. Returns what undoes
         it should that transaction fail afterwards (None: the rollback does)."""
 
-    async def remove(self, image: db.ImageRecord) -> None:
+    async def remove(self, image: StoredImage) -> None:
         """After the row's delete committed."""
 
-    async def source(self, image: db.ImageRecord) -> Path | bytes:
+    async def source(self, image: StoredImage) -> Path | bytes:
         """The bytes to render a derivative from (a path is read by the renderer). ImageNotFound if gone."""
 
-    async def exists(self, image: db.ImageRecord) -> bool: ...
+    async def exists(self, image: StoredImage) -> bool: ...
 
 
 class FileStore:
@@ -58,14 +71,14 @@ class FileStore:
         final = await asyncio.to_thread(self._storage.commit, pending, image.file_path)
         return lambda: final.unlink(missing_ok=True)
 
-    async def remove(self, image: db.ImageRecord) -> None:
+    async def remove(self, image: StoredImage) -> None:
         await asyncio.to_thread(self._storage.remove, image.file_path)
 
-    async def source(self, image: db.ImageRecord) -> Path:
+    async def source(self, image: StoredImage) -> Path:
         # existence is the renderer's to find out (FileNotFoundError): it opens the file anyway
         return self._storage.absolute(image.file_path)
 
-    async def exists(self, image: db.ImageRecord) -> bool:
+    async def exists(self, image: StoredImage) -> bool:
         return await asyncio.to_thread(self._storage.absolute(image.file_path).exists)
 
 
@@ -80,16 +93,16 @@ class PostgresStore:
         data = await asyncio.to_thread(pending.path.read_bytes)
         await db.insert_blob(conn, image.id, data)
 
-    async def remove(self, image: db.ImageRecord) -> None:
+    async def remove(self, image: StoredImage) -> None:
         pass  # image_blobs rows go with their image row (ON DELETE CASCADE)
 
-    async def source(self, image: db.ImageRecord) -> bytes:
+    async def source(self, image: StoredImage) -> bytes:
         data = await db.blob(self._pool, image.id)
         if data is None:
             raise ImageNotFound(f"the bytes of image {image.id} are gone")
         return data
 
-    async def exists(self, image: db.ImageRecord) -> bool:
+    async def exists(self, image: StoredImage) -> bool:
         return await db.blob_size(self._pool, image.id) is not None
 
 
@@ -102,5 +115,5 @@ class ImageStores:
         self._by_kind: dict[str, ImageStore] = {FILE: FileStore(storage), POSTGRES: PostgresStore(pool)}
         self.configured = self._by_kind[configured]
 
-    def of(self, image: db.ImageRecord) -> ImageStore:
+    def of(self, image: StoredImage) -> ImageStore:
         return self._by_kind[image.bytes_in]

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from .. import db, derivatives
 from ..errors import FaceNotFound, ImageNotFound
-from ..image_store import ImageStore
+from ..image_store import ImageStore, StoredImage
 from . import serving
 from .common import path_id
 from .keys import SERVICES
@@ -35,22 +35,14 @@ def wants_derivative(request: web.Request) -> bool:
 
 
 async def serve_image_derivative(request: web.Request, image_id: int, cache_control: str | None) -> web.StreamResponse:
-    """serving.serve_image's branch for ?w= / ?h=, after its access check (cache_control is its answer)."""
-    image = await db.get_image(request.app[SERVICES].pool, image_id)
-    if image is None:
-        raise ImageNotFound(f"image {image_id} does not exist")
-    return await serve_derivative(request, image, cache_control)
-
-
-async def serve_derivative(
-    request: web.Request, image: db.ImageRecord, cache_control: str | None = None
-) -> web.StreamResponse:
-    services = request.app[SERVICES]
-    settings = services.settings
+    """serving.serve_image's branch for ?w= / ?h=, after its access check (cache_control is its answer).
+    The original's facts come from the same per-process cache as the original's own requests."""
+    original = await serving.served_file(request, image_id)
+    settings = request.app[SERVICES].settings
     spec = derivatives.parse_spec(
         request.query, request.headers.get("Accept"), settings.derivative_sizes, settings.derivative_quality
     )
-    return await _serve(request, image, spec, functools.partial(derivatives.render, spec=spec), cache_control)
+    return await _serve(request, original, spec, functools.partial(derivatives.render, spec=spec), cache_control)
 
 
 async def serve_face_crop(request: web.Request) -> web.StreamResponse:
@@ -61,9 +53,12 @@ async def serve_face_crop(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     settings = services.settings
     face = await db.get_face(services.pool, face_id)
-    image = None if face is None else await db.get_image(services.pool, face.image_id)
-    if face is None or image is None:
+    if face is None:
         raise FaceNotFound(f"face {face_id} does not exist")
+    try:
+        original = await serving.served_file(request, face.image_id)
+    except ImageNotFound:
+        raise FaceNotFound(f"face {face_id} does not exist") from None
     crop = derivatives.parse_face_crop(
         request.query,
         request.headers.get("Accept"),
@@ -74,31 +69,37 @@ async def serve_face_crop(request: web.Request) -> web.StreamResponse:
         settings.derivative_quality,
     )
     return await _serve(
-        request, image, crop, functools.partial(derivatives.render_face_crop, crop=crop), cache_control
+        request, original, crop, functools.partial(derivatives.render_face_crop, crop=crop), cache_control
     )
 
 
 async def _serve(
     request: web.Request,
-    image: db.ImageRecord,
+    original: serving.ServedFile,
     what: derivatives.Spec | derivatives.FaceCrop,
     render: Callable[[Path | bytes], bytes],
     cache_control: str | None,
 ) -> web.StreamResponse:
     services = request.app[SERVICES]
-    root = services.storage.root
-    path = derivatives.cache_path(root, image.face_session_id, image.id, what.key, what.extension)
-    tag = derivatives.etag(image.sha256.hex(), what.key, what.extension)
-    last_modified = image.created_at.replace(microsecond=0)
-    headers = (*serving.common_headers(tag, last_modified).items(), ("Vary", "Accept"))
-    entry = serving.ServedFile(image.id, path, what.content_type, tag, last_modified, headers)
+    image_id = original.image_id
+    path = derivatives.cache_path(services.storage.root, original.session_id, image_id, what.key, what.extension)
+    tag = derivatives.etag(original.sha256_hex, what.key, what.extension)
+    headers = (*serving.common_headers(tag, original.last_modified).items(), ("Vary", "Accept"))
+    entry = serving.ServedFile(image_id, path, what.content_type, tag, original.last_modified, headers)
     # opened on the event loop, as serving does for originals: a page-cache lookup for files in use
     fd = _open(path)
     if fd is None:
-        await _render_once(path, functools.partial(_render_and_check, services.stores.of(image), image, path, render))
+        try:
+            await _render_once(
+                path, functools.partial(_render_and_check, services.stores.of(original), original, path, render)
+            )
+        except ImageNotFound:
+            request.app[serving.SERVED_FILES].evict(image_id)
+            raise
         fd = _open(path)
         if fd is None:
-            raise ImageNotFound(f"image {image.id} was deleted")
+            request.app[serving.SERVED_FILES].evict(image_id)
+            raise ImageNotFound(f"image {image_id} was deleted")
     try:
         return await serving.respond_file(request, entry, fd, cache_control)
     finally:
@@ -123,7 +124,7 @@ async def _render_once(path: Path, render_and_check: Callable[[], Awaitable[None
 
 
 async def _render_and_check(
-    store: ImageStore, image: db.ImageRecord, path: Path, render: Callable[[Path | bytes], bytes]
+    store: ImageStore, image: StoredImage, path: Path, render: Callable[[Path | bytes], bytes]
 ) -> None:
     source = await store.source(image)
     try:

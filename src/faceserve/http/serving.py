@@ -74,8 +74,17 @@ class ServedFile:
     headers: tuple[tuple[str, str], ...]
     bytes_in: str = image_store.FILE
     byte_size: int = 0  # the row's; a file's own size (fstat) is what serving a file goes by
+    # of an original: what its derivatives are made and named from (empty for a derivative itself)
+    file_path: str = ""
+    session_id: int = 0
+    sha256_hex: str = ""
     # time.monotonic() until which the bytes count as present without looking (answers without a body)
     present_until: float = float("-inf")
+
+
+    @property
+    def id(self) -> int:  # image_store.StoredImage
+        return self.image_id
 
 
 class ServedFileCache:
@@ -130,6 +139,9 @@ async def served_file(request: web.Request, image_id: int) -> ServedFile:
         headers=tuple(common_headers(etag, last_modified).items()),
         bytes_in=image.bytes_in,
         byte_size=image.byte_size,
+        file_path=image.file_path,
+        session_id=image.face_session_id,
+        sha256_hex=image.sha256.hex(),
     )
     cache.put(entry)
     return entry
