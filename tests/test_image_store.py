@@ -12,12 +12,13 @@ from dataclasses import replace
 
 import aiohttp
 import pytest
-from conftest import IMAGE_STORES, create_session, files_under, search, upload
+from conftest import IMAGE_STORES, copy_photo, create_session, files_under, search, upload
 from PIL import Image
 
 from faceserve.app import create_app
 from faceserve.config import Settings
 from faceserve.http.keys import SERVICES
+from faceserve.importer import import_tree
 from faceserve.services import open_services
 
 
@@ -170,3 +171,21 @@ async def test_an_image_deleted_by_another_process_stops_its_derivatives(setting
     assert (await response.json())["error"]["code"] == "image_not_found"
     assert (await second.get(f"/api/face/image/{image['image_id']}?w=640")).status == 404
     assert files_under(settings.sessions_root / str(image["identity"].split("/")[0]) / "derived") == []
+
+
+@pytest.mark.parametrize("image_store", ["postgres"])
+async def test_import_of_an_old_tree_into_postgres_keeps_names_and_old_urls(
+    tmp_path, settings, engine, photos, aiohttp_client
+):
+    old = tmp_path / "old" / "face_sessions" / "5" / "db"
+    copy_photo(photos["t1"], old / "party_001.jpg")
+    copy_photo(photos["t1"], old / "copy_of_001.jpg")  # same bytes: an alias, no second blob
+    async with open_services(settings, engine) as services:
+        report = await import_tree(services, tmp_path / "old")
+        assert (report.images_created, report.already_present) == (1, 1)
+        assert await services.pool.fetchval("SELECT count(*) FROM image_blobs") == 1
+    assert _originals_on_disk(settings) == []
+    client = await aiohttp_client(create_app(settings, engine))
+    for name in ("party_001.jpg", "copy_of_001.jpg"):
+        response = await client.get(f"/storage/face_sessions/5/db/{name}")  # follows the 301
+        assert response.status == 200 and await response.read() == photos["t1"].read_bytes()
