@@ -52,6 +52,8 @@ class Settings:
     max_pending_images: int = 16
     retry_after_s: int = 2
     onnx_intra_op_threads: int = 0
+    # most faces in one recogniser run; concurrent images and searches are embedded together (recognition.py)
+    recogniser_max_batch: int = 64
 
     # sessions with at least this many faces get an IVF index on CPU, if one reaches index_target_recall
     ivf_min_faces: int = 250_000

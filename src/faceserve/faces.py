@@ -95,6 +95,11 @@ class FaceEngine:
         self.min_face_size = min_face_size
         log.info("models %s on %s, embeddings of %d", pack.name, self.providers, self.embedding_dim)
 
+    @property
+    def crop_size(self) -> int:
+        """Side of the aligned square crops the recogniser takes."""
+        return self._crop_size
+
     def warm_up(self) -> None:
         """First runs allocate and pick kernels; do it at start, not on the first user's request."""
         blank = np.zeros((self._input_size[1], self._input_size[0], 3), dtype=np.uint8)
@@ -134,16 +139,7 @@ class FaceEngine:
         boxes, landmarks = self.detect(image_bgr)
         if not len(boxes):
             return []
-        embeddings = self.embed_crops(self.align(image_bgr, landmarks))
-        return [
-            DetectedFace(
-                box=boxes[i, :4].astype(np.float32),
-                landmarks=landmarks[i].astype(np.float32),
-                det_score=float(boxes[i, 4]),
-                embedding=embeddings[i],
-            )
-            for i in range(len(boxes))
-        ]
+        return detected_faces(boxes, landmarks, self.embed_crops(self.align(image_bgr, landmarks)))
 
     def largest_face(self, image_bgr: np.ndarray) -> DetectedFace | None:
         """The probe's face: detect all, embed only the largest."""
@@ -154,3 +150,16 @@ class FaceEngine:
         i = int(np.argmax(areas))
         embedding = self.embed_crops(self.align(image_bgr, landmarks[i : i + 1]))[0]
         return DetectedFace(boxes[i, :4].astype(np.float32), landmarks[i].astype(np.float32), float(boxes[i, 4]), embedding)
+
+
+def detected_faces(boxes: np.ndarray, landmarks: np.ndarray, embeddings: np.ndarray) -> list[DetectedFace]:
+    """Detector output (n, 5) boxes with scores and (n, 5, 2) landmarks, with their embeddings, as faces."""
+    return [
+        DetectedFace(
+            box=boxes[i, :4].astype(np.float32),
+            landmarks=landmarks[i].astype(np.float32),
+            det_score=float(boxes[i, 4]),
+            embedding=embeddings[i],
+        )
+        for i in range(len(boxes))
+    ]

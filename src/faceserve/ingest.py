@@ -12,7 +12,7 @@ import numpy as np
 
 from . import db, derivatives, imaging, index_sync
 from .errors import ImageNotFound, SessionNotFound
-from .faces import DetectedFace, FaceEngine
+from .faces import DetectedFace, FaceEngine, detected_faces
 from .services import Services
 from .storage import PendingFile, stored_name_for
 
@@ -25,11 +25,20 @@ class Ingested:
     created: bool  # False: the session already held these bytes
 
 
-def _analyze_file(engine: FaceEngine, path: Path, max_pixels: int) -> tuple[imaging.ImageInfo, list[DetectedFace]]:
-    """Header check first (cheap, rejects bombs and non-images), then the full decode and the models."""
+@dataclass(frozen=True)
+class _Found:
+    info: imaging.ImageInfo
+    boxes: np.ndarray
+    landmarks: np.ndarray
+    crops: np.ndarray  # aligned, for the recogniser
+
+
+def _detect_file(engine: FaceEngine, path: Path, max_pixels: int) -> _Found:
+    """Header check first (cheap, rejects bombs and non-images), then the full decode, detection, alignment."""
     info = imaging.probe(path, max_pixels)
     pixels = imaging.decode_bgr(path.read_bytes())
-    return info, engine.analyze(pixels)
+    boxes, landmarks = engine.detect(pixels)
+    return _Found(info, boxes, landmarks, engine.align(pixels, landmarks))
 
 
 async def require_session(services: Services, session_id: int) -> db.FaceSession:
@@ -59,9 +68,9 @@ async def analyze_image(
         existing = await db.find_image_by_sha256(services.pool, session_id, pending.sha256)
         if existing is not None:
             return Analyzed(pending, original_name, stored_name, existing=existing)
-        info, faces = await services.infer(
-            _analyze_file, services.engine, pending.path, services.settings.max_image_pixels
-        )
+        found = await services.infer(_detect_file, services.engine, pending.path, services.settings.max_image_pixels)
+        info = found.info
+        faces = detected_faces(found.boxes, found.landmarks, await services.recogniser.embed(found.crops))
     except BaseException:
         await services.storage.discard(pending.path)
         raise

@@ -9,7 +9,7 @@ import numpy as np
 
 from . import db, imaging
 from .errors import NoFaceFound
-from .faces import DetectedFace, FaceEngine
+from .faces import DetectedFace, FaceEngine, detected_faces
 from .ingest import require_session
 from .services import Services
 
@@ -35,20 +35,34 @@ class SearchResult:
     timings: dict[str, float]
 
 
-def _probe_face(engine: FaceEngine, data: bytes, max_pixels: int, timings: dict[str, float]) -> DetectedFace | None:
+def _largest_face(
+    engine: FaceEngine, data: bytes, max_pixels: int, timings: dict[str, float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(box row, landmarks, aligned crop) of the probe's largest face, each with a leading axis of 1."""
     start = time.perf_counter()
     imaging.probe(data, max_pixels)
     pixels = imaging.decode_bgr(data)
     decoded = time.perf_counter()
     boxes, landmarks = engine.detect(pixels)
-    detected = time.perf_counter()
-    timings["decode"], timings["detect"] = 1000 * (decoded - start), 1000 * (detected - decoded)
     if not len(boxes):
+        timings["decode"], timings["detect"] = 1000 * (decoded - start), 1000 * (time.perf_counter() - decoded)
         return None
     i = int(np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))
-    embedding = engine.embed_crops(engine.align(pixels, landmarks[i : i + 1]))[0]
-    timings["embed"] = 1000 * (time.perf_counter() - detected)
-    return DetectedFace(boxes[i, :4].astype(np.float32), landmarks[i].astype(np.float32), float(boxes[i, 4]), embedding)
+    crop = engine.align(pixels, landmarks[i : i + 1])
+    timings["decode"], timings["detect"] = 1000 * (decoded - start), 1000 * (time.perf_counter() - decoded)
+    return boxes[i : i + 1], landmarks[i : i + 1], crop
+
+
+async def _probe_face(services: Services, probe: bytes, timings: dict[str, float]) -> DetectedFace | None:
+    found = await services.infer(_largest_face, services.engine, probe, services.settings.max_image_pixels, timings)
+    if found is None:
+        return None
+    box, landmarks, crop = found
+    start = time.perf_counter()
+    # shared with the faces of concurrent searches and uploads (recognition.py); includes waiting for a turn
+    embedding = await services.recogniser.embed(crop)
+    timings["embed"] = 1000 * (time.perf_counter() - start)
+    return detected_faces(box, landmarks, embedding)[0]
 
 
 async def search_session(
@@ -58,7 +72,7 @@ async def search_session(
     start = time.perf_counter()
     await require_session(services, session_id)
     timings["db"] = 1000 * (time.perf_counter() - start)
-    face = await services.infer(_probe_face, services.engine, probe, services.settings.max_image_pixels, timings)
+    face = await _probe_face(services, probe, timings)
     if face is None:
         raise NoFaceFound("no face was found in the probe image")
     start = time.perf_counter()

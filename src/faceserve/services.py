@@ -22,6 +22,7 @@ from .index import IndexRegistry
 from .index_kinds import IndexPolicy
 from .index_store import IndexStore
 from .models import locate_pack
+from .recognition import RecogniserBatcher
 from .runtime import conflicting_builds
 from .storage import Storage
 
@@ -58,6 +59,8 @@ class Services:
     engine: FaceEngine
     indexes: IndexRegistry
     inference: ThreadPoolExecutor
+    # embeds the aligned faces of concurrent uploads and searches in shared recogniser runs
+    recogniser: RecogniserBatcher
     gate: AdmissionGate
     # names this process in index change notifications (index_sync.py)
     process_token: str
@@ -107,6 +110,8 @@ async def open_services(
         stack.callback(inference.shutdown, wait=True)
         if engine is None:
             engine = await asyncio.get_running_loop().run_in_executor(inference, load_engine, settings)
+        recogniser = RecogniserBatcher(engine, inference, settings.recogniser_max_batch)
+        stack.push_async_callback(recogniser.close)  # before the inference threads stop (closed in reverse)
 
         async def load_session(session_id: int) -> tuple[np.ndarray, np.ndarray]:
             return await db.session_embeddings(pool, session_id, engine.embedding_dim)
@@ -135,4 +140,4 @@ async def open_services(
         await follower.start()
         stack.push_async_callback(follower.close)
         gate = AdmissionGate(settings.max_pending_images, settings.retry_after_s)
-        yield Services(settings, pool, storage, stores, engine, indexes, inference, gate, token, follower)
+        yield Services(settings, pool, storage, stores, engine, indexes, inference, recogniser, gate, token, follower)
