@@ -1,16 +1,19 @@
 """FAISS indexes on real FAISS: exact cosine search, deletes, duplicate adds, the GPU-style tombstone index
-(run here over a CPU flat index), placement, and a registry under concurrent add/remove/search."""
+(run here over a CPU flat index), placement, a registry under concurrent add/remove/search, and the
+pq-rerank index of big sessions (alignment through deletes, lone faces, fallback to exact)."""
 
 from __future__ import annotations
 
 import asyncio
+import sys
+from pathlib import Path
 
 import faiss
 import numpy as np
 import pytest
 
 from faceserve.index import IndexRegistry, choose_placement
-from faceserve.index_kinds import TombstoneFlatIndex, flat
+from faceserve.index_kinds import IndexPolicy, TombstoneFlatIndex, build_cpu, flat, match_recall, pq_rerank
 
 DIM = 64
 
@@ -104,3 +107,66 @@ async def test_registry_under_concurrent_add_remove_search():
         assert not np.isin(found, removed).any()
     finally:
         registry.close()
+
+
+def _pq_rerank_covering_everything(ids: np.ndarray, vectors: np.ndarray):
+    """A pq-rerank index whose shortlist is longer than the index: every answer must then be exact, so any
+    misalignment of codes, vectors and ids after adds and removes shows as a wrong answer."""
+    index = pq_rerank(ids, vectors, IndexPolicy(nprobe_margin=1_000, max_k_factor=1_000))
+    assert index is not None and index.kind == "pq-rerank"
+    return index
+
+
+def test_pq_rerank_stays_exact_through_adds_and_removes():
+    vectors, ids = _unit(600, 4), np.arange(1000, 1600, dtype=np.int64)
+    index = _pq_rerank_covering_everything(ids[:300], vectors[:300])
+    index.add(ids[200:], vectors[200:])  # overlapping add: ids 1200..1299 must not be doubled
+    assert len(index) == 600
+    removed = np.concatenate([ids[::3], [99_999]])  # one id it never had
+    index.remove(removed)
+    keep = ~np.isin(ids, removed)
+    assert len(index) == int(keep.sum())
+    assert np.array_equal(np.sort(index.ids()), ids[keep])
+    queries = _unit(20, 5)
+    sims, found = index.search(queries, 10)
+    for q, row_sims, row_ids in zip(queries, sims, found):
+        assert row_ids.tolist() == _exact(vectors[keep], ids[keep], q, 10)
+        assert np.allclose(row_sims, np.sort(vectors[keep] @ q)[::-1][:10], atol=1e-5)
+
+
+def test_pq_rerank_finds_faces_of_people_with_one_photo_first():
+    # what an IVF lost: a face alone in the session is found only if its list is probed
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import gallery
+
+    vectors = gallery.people(30_000, dim=128, per_person=8)
+    singles = gallery.uniform(30, dim=128, seed=9)
+    vectors[:30] = singles
+    ids = np.arange(len(vectors), dtype=np.int64)
+    index = pq_rerank(ids, vectors, IndexPolicy())
+    assert index is not None
+    rng = np.random.default_rng(2)
+    changed = singles + 0.8 * rng.standard_normal(singles.shape).astype(np.float32) / np.sqrt(128)
+    changed /= np.linalg.norm(changed, axis=1, keepdims=True)  # cosine ~0.78 to the original
+    sims, found = index.search(changed, 1)
+    assert found[:, 0].tolist() == list(range(30))
+    assert np.allclose(sims[:, 0], np.sum(changed * singles, axis=1), atol=1e-5)  # exact, not the PQ estimate
+
+
+def test_tuning_that_misses_the_target_stays_exact():
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import gallery
+
+    vectors = gallery.people(20_000, dim=128, per_person=8)
+    ids = np.arange(len(vectors), dtype=np.int64)
+    # a shortlist of k itself (k_factor 1) cannot reach 0.99 here: 128-d codes of 16 bytes are too coarse
+    assert pq_rerank(ids, vectors, IndexPolicy(max_k_factor=1)) is None
+    assert build_cpu(ids, vectors, IndexPolicy(ivf_min_faces=10_000, max_k_factor=1)).kind == "flat"
+
+
+def test_match_recall_counts_only_neighbours_within_the_threshold():
+    truth = np.array([[1, 2, 3]])
+    sims = np.array([[0.7, 0.5, 0.2]])
+    assert match_recall(np.array([[1, 2, 9]]), truth, sims, 0.4) == 1.0  # 3 is below 0.4: not a match
+    assert match_recall(np.array([[1, 9, 3]]), truth, sims, 0.4) == 0.5
+    assert match_recall(np.array([[9, 9, 9]]), truth, sims, 0.9) == 1.0  # nothing to find

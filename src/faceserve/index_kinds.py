@@ -2,12 +2,16 @@
 
 - flat: exact inner product (ExactIndex: numpy's BLAS, faster here than faiss.IndexFlatIP). Below
   `ivf_min_faces` it is fast enough.
-- ivf: IndexIVFFlat trained on the session's own embeddings, nprobe raised until recall@10 against exact
-  search on the session's own data reaches the target, then multiplied by a safety margin; if the target
-  needs more than a quarter of the lists the IVF buys little, and the session stays flat.
+- pq-rerank: every face also as a 32-byte product-quantized code (4-bit PQ, faiss "fast scan"); a search
+  scans all codes for a shortlist of k * k_factor candidates and re-ranks them on the exact vectors, so the
+  similarities it answers are exact. The shortlist is tuned until it finds the neighbours a search can return
+  (similarity >= the match threshold) on the session's own data, then multiplied by a safety margin; if no
+  shortlist up to `max_k_factor` does, the session stays flat. It partitions nothing, so a face of a person
+  with one photo is as findable as one of a person with fifty (an IVF lost those: benchmarks/RESULTS.md).
+- ivf: IndexIVFFlat. No longer built; a saved one (an older version) still loads and serves.
 - gpu flat: append-only (GpuIndexFlatIP cannot add_with_ids or remove_ids); rows map to face ids through
   an array, deletes are tombstones filtered at search and compacted away.
-All three answer (similarities, face ids), best first, with -1 padding a short row.
+All answer (similarities, face ids), best first, with -1 padding a short row.
 """
 
 from __future__ import annotations
@@ -25,13 +29,18 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class IndexPolicy:
+    # sessions with at least this many faces get an approximate index (name kept from when it was an IVF)
     ivf_min_faces: int = 250_000
+    # of the exact top-10 neighbours that a search can return (similarity >= match_similarity)
     target_recall: float = 0.99
-    # nprobe found by tuning is multiplied by this: tuning queries come mostly from people with many photos,
-    # and a face whose person has few photos needs more lists probed (real needles: 10/25 found at the tuned
-    # nprobe, 22/25 at 16x; benchmarks/search_latency.py)
-    nprobe_margin: int = 16
+    # the shortlist factor found by tuning is multiplied by this (name kept from the IVF's nprobe): tuning
+    # probes are synthetic; a margin costs little, a shortlist is cheap next to the scan of all codes
+    nprobe_margin: int = 4
     tuning_queries: int = 100
+    # 1 - the service's match threshold (cosine distance 0.6): neighbours below it never reach a user
+    match_similarity: float = 0.4
+    # largest shortlist factor tuning tries: k * 256 candidates re-ranked is still a small part of a search
+    max_k_factor: int = 256
     gpu_float16: bool = False
 
 
@@ -54,11 +63,14 @@ class SeenIds:
 
 
 class IdIndex:
-    """A FAISS CPU index that keeps face ids itself (IVF, or a loaded flat one)."""
+    """A FAISS CPU index that keeps face ids itself: pq-rerank (IndexIDMap over IndexRefineFlat over
+    IndexPQFastScan) or a saved IVF. One faiss object holds codes, exact vectors and ids, so index_store.py
+    saves and loads it whole with faiss.write_index / read_index."""
 
     def __init__(self, index: faiss.Index, kind: str, known_ids: np.ndarray) -> None:
         self.index = index
-        self.kind = kind
+        # the store reloads every faiss file as "ivf"; the object itself says what it is
+        self.kind = "pq-rerank" if isinstance(index, faiss.IndexIDMap) else kind
         self._seen = SeenIds(known_ids)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
@@ -67,12 +79,23 @@ class IdIndex:
             self.index.add_with_ids(np.ascontiguousarray(vectors[fresh], dtype=np.float32), ids[fresh])
 
     def remove(self, ids: np.ndarray) -> None:
-        self.index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64))
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if isinstance(self.index, faiss.IndexIDMap):
+            _remove_rerank_ids(self.index, ids)
+        else:
+            self.index.remove_ids(ids)
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
 
+    @property
+    def k_factor(self) -> float:
+        """Shortlist size per result wanted (pq-rerank)."""
+        return float(faiss.downcast_index(self.index.index).k_factor)
+
     def ids(self) -> np.ndarray:
+        if isinstance(self.index, faiss.IndexIDMap):
+            return faiss.vector_to_array(self.index.id_map).astype(np.int64)
         lists = self.index.invlists
         parts = [
             faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
@@ -83,6 +106,23 @@ class IdIndex:
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
+
+
+def _remove_rerank_ids(index: faiss.IndexIDMap, ids: np.ndarray) -> None:
+    """Deletes from IndexIDMap(IndexRefineFlat(IndexPQFastScan)). IndexRefine has no remove_ids, so the
+    rows go from its two parts and the id map alike; all three keep their order, so rows stay aligned.
+    Costs a pass over the codes and vectors (0.4 s at 1M faces), not a rebuild."""
+    id_map = faiss.vector_to_array(index.id_map)
+    rows = np.flatnonzero(np.isin(id_map, ids)).astype(np.int64)
+    if not len(rows):
+        return
+    rows_selector = faiss.IDSelectorBatch(len(rows), faiss.swig_ptr(rows))  # hashed: 1M is_member calls
+    refine = faiss.downcast_index(index.index)
+    faiss.downcast_index(refine.base_index).remove_ids(rows_selector)
+    faiss.downcast_index(refine.refine_index).remove_ids(rows_selector)
+    refine.ntotal = refine.base_index.ntotal
+    faiss.copy_array_to_vector(np.delete(id_map, rows), index.id_map)
+    index.ntotal = refine.ntotal
 
 
 class ExactIndex:
@@ -246,38 +286,66 @@ def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found.tolist(), truth.tolist())]))
 
 
-def ivf(ids: np.ndarray, vectors: np.ndarray, policy: IndexPolicy, k: int = 10) -> IdIndex | None:
-    """An IVF trained on these vectors with nprobe tuned to the target recall, or None if not worth it."""
+def match_recall(
+    found: np.ndarray, truth: np.ndarray, truth_sims: np.ndarray, min_similarity: float
+) -> float:
+    """Recall of the exact top-k neighbours a search can return (similarity >= min_similarity): the others,
+    in a big session the best of many unrelated faces at ~0.2, never reach a user. 1.0 if there are none."""
+    recalls = [
+        len(set(f) & relevant) / len(relevant)
+        for f, t, s in zip(found.tolist(), truth.tolist(), truth_sims.tolist())
+        if (relevant := {face for face, sim in zip(t, s) if sim >= min_similarity})
+    ]
+    return float(np.mean(recalls)) if recalls else 1.0
+
+
+def pq_subquantizers(dim: int) -> int:
+    """4-bit PQ codes with one sub-quantizer per 8 dimensions: 32 bytes for 512-d (1.6 % of the vector).
+    Measured at 1M people/8 faces: 4 dimensions per sub-quantizer halves the shortlist needed but scans
+    twice as long; 16 needs a 20x longer shortlist for the same recall of matches."""
+    return dim // 8
+
+
+def pq_rerank(ids: np.ndarray, vectors: np.ndarray, policy: IndexPolicy, k: int = 10) -> IdIndex | None:
+    """PQ codes for the shortlist, exact vectors for the re-rank, shortlist tuned on the session's data;
+    None if no shortlist up to policy.max_k_factor reaches the target recall of matches."""
     n, dim = vectors.shape
-    # 4 sqrt(n) lists: measured on people-like galleries, 2 sqrt(n) lists mix people and lose recall
-    nlist = int(min(65536, max(64, 4 * math.sqrt(n))))
+    if dim % 8:
+        return None
     rng = np.random.default_rng(0)
-    sample = vectors[rng.choice(n, min(n, 40 * nlist), replace=False)]
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-    index.train(np.ascontiguousarray(sample))
+    codes = faiss.IndexPQFastScan(dim, pq_subquantizers(dim), 4, faiss.METRIC_INNER_PRODUCT)
+    codes.train(np.ascontiguousarray(vectors[rng.choice(n, min(n, 65_536), replace=False)]))
+    index = faiss.IndexIDMap(faiss.IndexRefineFlat(codes))
     index.add_with_ids(np.ascontiguousarray(vectors), ids.astype(np.int64))
+    refine = faiss.downcast_index(index.index)
 
     queries = tuning_queries(vectors, policy.tuning_queries)
-    truth = ids[exact_top(vectors, queries, k)]
-    nprobe = 1
-    while nprobe <= nlist // 4:
-        index.nprobe = nprobe
-        recall = recall_at(index.search(queries, k)[1], truth)
+    truth_sims, truth_rows = top_k(vectors, queries, k)
+    truth = ids[truth_rows]
+    k_factor = 1
+    while k_factor <= policy.max_k_factor:
+        refine.k_factor = k_factor
+        found = index.search(queries, k)[1]
+        recall = match_recall(found, truth, truth_sims, policy.match_similarity)
         if recall >= policy.target_recall:
-            index.nprobe = min(nlist, nprobe * policy.nprobe_margin)
+            refine.k_factor = min(policy.max_k_factor, k_factor * policy.nprobe_margin)
             log.info(
-                "IVF%d over %d faces: recall@%d %.4f at nprobe %d, searching with %d",
-                nlist, n, k, recall, nprobe, index.nprobe,
+                "pq-rerank over %d faces: recall of matches %.4f (recall@%d %.4f) at k_factor %d; "
+                "searching with %d",
+                n, recall, k, recall_at(found, truth), k_factor, refine.k_factor,
             )
-            return IdIndex(index, "ivf", ids)
-        nprobe *= 2
-    log.info("IVF%d over %d faces misses recall %.2f at nprobe %d; staying exact", nlist, n, policy.target_recall, nlist // 4)
+            return IdIndex(index, "pq-rerank", ids)
+        k_factor *= 2
+    log.info(
+        "pq-rerank over %d faces misses recall %.2f at k_factor %d; staying exact",
+        n, policy.target_recall, policy.max_k_factor,
+    )
     return None
 
 
 def build_cpu(ids: np.ndarray, vectors: np.ndarray, policy: IndexPolicy) -> IdIndex | ExactIndex:
     if len(ids) >= policy.ivf_min_faces:
-        approximate = ivf(ids, vectors, policy)
+        approximate = pq_rerank(ids, vectors, policy)
         if approximate is not None:
             return approximate
     return flat(ids, vectors)
