@@ -55,10 +55,12 @@ class Settings:
     # most faces in one recogniser run; concurrent images and searches are embedded together (recognition.py)
     recogniser_max_batch: int = 64
 
-    # sessions with at least this many faces get an IVF index on CPU, if one reaches index_target_recall
+    # sessions with at least this many faces get an approximate index on CPU (pq-rerank; names kept from the
+    # IVF it replaced), if tuning reaches index_target_recall of the neighbours within the match threshold
     ivf_min_faces: int = 250_000
     index_target_recall: float = 0.99
-    ivf_nprobe_margin: int = 16
+    # the tuned shortlist factor is multiplied by this (benchmarks/RESULTS.md, Index search at scale)
+    ivf_nprobe_margin: int = 4
     # GPU flat indexes in float16: half the memory, recall measured in benchmarks/search_latency.py
     gpu_float16: bool = False
     # most query rows in one batched index search

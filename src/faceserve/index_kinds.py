@@ -309,36 +309,52 @@ def pq_subquantizers(dim: int) -> int:
 def pq_rerank(ids: np.ndarray, vectors: np.ndarray, policy: IndexPolicy, k: int = 10) -> IdIndex | None:
     """PQ codes for the shortlist, exact vectors for the re-rank, shortlist tuned on the session's data;
     None if no shortlist up to policy.max_k_factor reaches the target recall of matches."""
-    n, dim = vectors.shape
-    if dim % 8:
+    if vectors.shape[1] % 8:
         return None
+    index = _pq_rerank_index(ids, vectors)
+    k_factor = _tune_k_factor(index, ids, vectors, policy, k)
+    if k_factor is None:
+        return None
+    faiss.downcast_index(index.index).k_factor = min(policy.max_k_factor, k_factor * policy.nprobe_margin)
+    return IdIndex(index, "pq-rerank", ids)
+
+
+def _pq_rerank_index(ids: np.ndarray, vectors: np.ndarray) -> faiss.IndexIDMap:
+    n, dim = vectors.shape
     rng = np.random.default_rng(0)
     codes = faiss.IndexPQFastScan(dim, pq_subquantizers(dim), 4, faiss.METRIC_INNER_PRODUCT)
+    # 16 centroids per sub-quantizer: 64k samples are plenty, and training stays under a second
     codes.train(np.ascontiguousarray(vectors[rng.choice(n, min(n, 65_536), replace=False)]))
     index = faiss.IndexIDMap(faiss.IndexRefineFlat(codes))
     index.add_with_ids(np.ascontiguousarray(vectors), ids.astype(np.int64))
-    refine = faiss.downcast_index(index.index)
+    return index
 
+
+def _tune_k_factor(
+    index: faiss.IndexIDMap, ids: np.ndarray, vectors: np.ndarray, policy: IndexPolicy, k: int
+) -> int | None:
+    """Smallest power-of-two shortlist factor whose recall of matches on probes made from the session's own
+    faces reaches the target, or None. Plain recall@k is logged too: in a big session it also counts the
+    best of many unrelated faces (~0.2), which no index short of a full scan finds reliably."""
     queries = tuning_queries(vectors, policy.tuning_queries)
     truth_sims, truth_rows = top_k(vectors, queries, k)
     truth = ids[truth_rows]
+    refine = faiss.downcast_index(index.index)
     k_factor = 1
     while k_factor <= policy.max_k_factor:
         refine.k_factor = k_factor
         found = index.search(queries, k)[1]
         recall = match_recall(found, truth, truth_sims, policy.match_similarity)
         if recall >= policy.target_recall:
-            refine.k_factor = min(policy.max_k_factor, k_factor * policy.nprobe_margin)
             log.info(
-                "pq-rerank over %d faces: recall of matches %.4f (recall@%d %.4f) at k_factor %d; "
-                "searching with %d",
-                n, recall, k, recall_at(found, truth), k_factor, refine.k_factor,
+                "pq-rerank over %d faces: recall of matches %.4f (recall@%d %.4f) at k_factor %d; margin x%d",
+                len(ids), recall, k, recall_at(found, truth), k_factor, policy.nprobe_margin,
             )
-            return IdIndex(index, "pq-rerank", ids)
+            return k_factor
         k_factor *= 2
     log.info(
         "pq-rerank over %d faces misses recall %.2f at k_factor %d; staying exact",
-        n, policy.target_recall, policy.max_k_factor,
+        len(ids), policy.target_recall, policy.max_k_factor,
     )
     return None
 
