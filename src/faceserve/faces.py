@@ -125,11 +125,11 @@ class FaceEngine:
                 crops[i] = face_align.norm_crop(image_bgr, landmark=points, image_size=self._crop_size)
         return crops
 
-    def embed_crops(self, crops: np.ndarray) -> np.ndarray:
-        """Aligned crops -> L2-normalised float32 embeddings, one recogniser run per chunk."""
+    def embed_crops(self, crops: np.ndarray, chunk_rows: int = _RECOGNISER_CHUNK) -> np.ndarray:
+        """Aligned crops -> L2-normalised float32 embeddings, one recogniser run per chunk of chunk_rows."""
         out = np.empty((len(crops), self.embedding_dim), dtype=np.float32)
-        for start in range(0, len(crops), _RECOGNISER_CHUNK):
-            chunk = list(crops[start : start + _RECOGNISER_CHUNK])
+        for start in range(0, len(crops), chunk_rows):
+            chunk = list(crops[start : start + chunk_rows])
             out[start : start + len(chunk)] = self._recogniser.get_feat(chunk)
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         np.maximum(norms, 1e-12, out=norms)

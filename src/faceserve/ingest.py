@@ -68,7 +68,12 @@ async def analyze_image(
         existing = await db.find_image_by_sha256(services.pool, session_id, pending.sha256)
         if existing is not None:
             return Analyzed(pending, original_name, stored_name, existing=existing)
-        found = await services.infer(_detect_file, services.engine, pending.path, services.settings.max_image_pixels)
+        # decode, detection and alignment per image on the inference threads (images in parallel); the
+        # faces then join those of concurrent images and searches in shared recogniser runs
+        with services.recogniser.coming():
+            found = await services.infer(
+                _detect_file, services.engine, pending.path, services.settings.max_image_pixels
+            )
         info = found.info
         faces = detected_faces(found.boxes, found.landmarks, await services.recogniser.embed(found.crops))
     except BaseException:

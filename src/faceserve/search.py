@@ -54,7 +54,10 @@ def _largest_face(
 
 
 async def _probe_face(services: Services, probe: bytes, timings: dict[str, float]) -> DetectedFace | None:
-    found = await services.infer(_largest_face, services.engine, probe, services.settings.max_image_pixels, timings)
+    with services.recogniser.coming():
+        found = await services.infer(
+            _largest_face, services.engine, probe, services.settings.max_image_pixels, timings
+        )
     if found is None:
         return None
     box, landmarks, crop = found

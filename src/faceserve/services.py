@@ -110,7 +110,9 @@ async def open_services(
         stack.callback(inference.shutdown, wait=True)
         if engine is None:
             engine = await asyncio.get_running_loop().run_in_executor(inference, load_engine, settings)
-        recogniser = RecogniserBatcher(engine, inference, settings.recogniser_max_batch)
+        recogniser = RecogniserBatcher(
+            engine, inference, settings.recogniser_max_batch, settings.recogniser_window_ms
+        )
         stack.push_async_callback(recogniser.close)  # before the inference threads stop (closed in reverse)
 
         async def load_session(session_id: int) -> tuple[np.ndarray, np.ndarray]:
