@@ -2,11 +2,12 @@
 model work (decode + detect + embed every face) on the same images, measured in the same run.
 
     python benchmarks/ingest.py [--images 24] [--megapixels 1.5] [--photos t1 players gdp] [--window-ms 0]
+                                [--max-batch 64]
 
 Images are the shipped photos (--photos: t1 has 6 faces, players 22, gdp several, yaoming 1) scaled to about
 --megapixels and re-encoded at different JPEG qualities, so every one is distinct (no dedupe short-cut). Two
 bare rows: the recogniser run per image over that image's faces, and run across images in chunks of
-RECOGNISER_MAX_BATCH (what recognition.py lets the service do). The service runs in-process on a loopback
+--max-batch (RECOGNISER_MAX_BATCH: what recognition.py lets the service do). The service runs in-process on a loopback
 port with an embedded Postgres in a temporary folder, once per --window-ms value (RECOGNISER_WINDOW_MS).
 "faces/run" is faces per recogniser run: how much the batching gathered.
 """
@@ -51,7 +52,8 @@ def make_images(sources: list[Path], count: int, megapixels: float) -> list[byte
         pixels = cv2.imread(str(sources[i % len(sources)]))
         scale = math.sqrt(megapixels * 1e6 / (pixels.shape[0] * pixels.shape[1]))
         pixels = cv2.resize(pixels, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
-        out.append(cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, 95 - i % 20])[1].tobytes())
+        encoded = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, 95 - i % 20])[1].tobytes()
+        out.append(encoded + i.to_bytes(4, "big"))  # distinct even where source and quality repeat
     return out
 
 
@@ -135,8 +137,8 @@ async def through_service(
     return rows
 
 
-async def run(count: int, megapixels: float, photos: list[str], windows: list[float]) -> None:
-    base_settings = Settings(storage=Path("unused"), models_dir=ROOT / "models")
+async def run(count: int, megapixels: float, photos: list[str], windows: list[float], max_batch: int) -> None:
+    base_settings = Settings(storage=Path("unused"), models_dir=ROOT / "models", recogniser_max_batch=max_batch)
     engine = load_engine(base_settings)
     engine.warm_up()
     images = make_images([PHOTOS[name] for name in photos], count, megapixels)
@@ -171,8 +173,9 @@ def main() -> None:
     parser.add_argument("--megapixels", type=float, default=1.5)
     parser.add_argument("--photos", nargs="+", choices=sorted(PHOTOS), default=["t1", "players", "gdp"])
     parser.add_argument("--window-ms", type=float, nargs="+", default=[0.0])
+    parser.add_argument("--max-batch", type=int, default=Settings.recogniser_max_batch)
     args = parser.parse_args()
-    asyncio.run(run(args.images, args.megapixels, args.photos, args.window_ms))
+    asyncio.run(run(args.images, args.megapixels, args.photos, args.window_ms, args.max_batch))
 
 
 if __name__ == "__main__":
