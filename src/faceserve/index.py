@@ -98,25 +98,26 @@ class IndexRegistry:
             return build_gpu(ids, vectors, self._gpu_resources, self.policy)
         return build_cpu(ids, vectors, self.policy)
 
-    def _from_saved(self, saved: IdIndex | ExactIndex) -> SessionIndex:
+    def _from_saved(self, saved: IdIndex | ExactIndex) -> SessionIndex | None:
+        """The saved index as this process serves it; None: rebuild from the database instead."""
         if self._gpu_resources is None:
             return saved
         if isinstance(saved, ExactIndex):
             ids, vectors = saved.export()
-        else:
-            ids = saved.ids()
-            saved.index.make_direct_map()
-            vectors = saved.index.reconstruct_batch(ids) if len(ids) else np.empty((0, self.dim), np.float32)
-        return build_gpu(ids, vectors, self._gpu_resources, self.policy)
+            return build_gpu(ids, vectors, self._gpu_resources, self.policy)
+        # a CPU approximate index (pq-rerank, older IVF) cannot hand back every vector; Postgres can
+        return None
 
     async def _open(self, session_id: int) -> SessionIndex:
         if self._store is not None and self._stats is not None:
             count, max_id = await self._stats(session_id)
             saved = await self._run(self._store.load, session_id, count, max_id)
             if saved is not None:
-                log.info("index of session %d loaded from disk: %d faces (%s)", session_id, count, saved.kind)
-                self.sources[session_id] = "disk"
-                return await self._run(self._from_saved, saved)
+                placed = await self._run(self._from_saved, saved)
+                if placed is not None:
+                    log.info("index of session %d loaded from disk: %d faces (%s)", session_id, count, saved.kind)
+                    self.sources[session_id] = "disk"
+                    return placed
         ids, vectors = await self._loader(session_id)
         index = await self._run(self._build, ids, vectors)
         log.info("index of session %d built from the database: %d faces (%s)", session_id, len(ids), index.kind)
