@@ -141,16 +141,22 @@ class FaceEngine:
             return []
         return detected_faces(boxes, landmarks, self.embed_crops(self.align(image_bgr, landmarks)))
 
-    def largest_face(self, image_bgr: np.ndarray) -> DetectedFace | None:
-        """The probe's face: detect all, embed only the largest."""
+    def find_largest(self, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """The probe's face, ready for the recogniser: (1, 5) box with score, (1, 5, 2) landmarks and (1, S, S, 3)
+        aligned crop of the largest face found; None without one."""
         boxes, landmarks = self.detect(image_bgr)
         if not len(boxes):
             return None
-        areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-        i = int(np.argmax(areas))
-        embedding = self.embed_crops(self.align(image_bgr, landmarks[i : i + 1]))[0]
-        return DetectedFace(boxes[i, :4].astype(np.float32), landmarks[i].astype(np.float32), float(boxes[i, 4]), embedding)
+        i = int(np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))
+        return boxes[i : i + 1], landmarks[i : i + 1], self.align(image_bgr, landmarks[i : i + 1])
 
+    def largest_face(self, image_bgr: np.ndarray) -> DetectedFace | None:
+        """The probe's face: detect all, embed only the largest."""
+        found = self.find_largest(image_bgr)
+        if found is None:
+            return None
+        box, landmarks, crop = found
+        return detected_faces(box, landmarks, self.embed_crops(crop))[0]
 
 def detected_faces(boxes: np.ndarray, landmarks: np.ndarray, embeddings: np.ndarray) -> list[DetectedFace]:
     """Detector output (n, 5) boxes with scores and (n, 5, 2) landmarks, with their embeddings, as faces."""

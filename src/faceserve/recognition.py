@@ -16,7 +16,6 @@ anyone and only adds latency (benchmarks/RESULTS.md, Ingest).
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Iterator
 from concurrent.futures import Executor
 from contextlib import contextmanager
@@ -25,8 +24,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from .faces import FaceEngine
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

@@ -38,19 +38,14 @@ class SearchResult:
 def _largest_face(
     engine: FaceEngine, data: bytes, max_pixels: int, timings: dict[str, float]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """(box row, landmarks, aligned crop) of the probe's largest face, each with a leading axis of 1."""
+    """FaceEngine.find_largest on the probe's bytes, timed."""
     start = time.perf_counter()
     imaging.probe(data, max_pixels)
     pixels = imaging.decode_bgr(data)
     decoded = time.perf_counter()
-    boxes, landmarks = engine.detect(pixels)
-    if not len(boxes):
-        timings["decode"], timings["detect"] = 1000 * (decoded - start), 1000 * (time.perf_counter() - decoded)
-        return None
-    i = int(np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))
-    crop = engine.align(pixels, landmarks[i : i + 1])
+    found = engine.find_largest(pixels)
     timings["decode"], timings["detect"] = 1000 * (decoded - start), 1000 * (time.perf_counter() - decoded)
-    return boxes[i : i + 1], landmarks[i : i + 1], crop
+    return found
 
 
 async def _probe_face(services: Services, probe: bytes, timings: dict[str, float]) -> DetectedFace | None:
