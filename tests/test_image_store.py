@@ -6,6 +6,7 @@ test_serving.py and test_serving_bodies.py."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 from dataclasses import replace
@@ -15,9 +16,13 @@ import pytest
 from conftest import IMAGE_STORES, copy_photo, create_session, files_under, search, upload
 from PIL import Image
 
+from faceserve import derivatives
 from faceserve.app import create_app
 from faceserve.config import Settings
+from faceserve.errors import ImageNotFound
+from faceserve.http import derivatives as http_derivatives
 from faceserve.http.keys import SERVICES
+from faceserve.http.serving import served_file
 from faceserve.importer import import_tree
 from faceserve.services import open_services
 
@@ -189,3 +194,29 @@ async def test_import_of_an_old_tree_into_postgres_keeps_names_and_old_urls(
     for name in ("party_001.jpg", "copy_of_001.jpg"):
         response = await client.get(f"/storage/face_sessions/5/db/{name}")  # follows the 301
         assert response.status == 200 and await response.read() == photos["t1"].read_bytes()
+
+
+@pytest.mark.parametrize("image_store", IMAGE_STORES)
+async def test_a_render_that_outlives_its_image_leaves_no_derivative(client, services, settings, photos):
+    """The image is deleted while its thumbnail is being rendered (after its derivatives were removed): the
+    finished render must not stay behind under the derived/ folder, and the request is a 404."""
+    session_id = await create_session(client)
+    [image] = await upload(client, session_id, ("t1.jpg", photos["t1"].read_bytes()))
+    request = type("Request", (), {"app": client.server.app})()  # served_file reads request.app only
+    original = await served_file(request, image["image_id"])
+    spec = derivatives.parse_spec({"w": "320"}, None, settings.derivative_sizes, settings.derivative_quality)
+    path = derivatives.cache_path(settings.storage, session_id, image["image_id"], spec.key, spec.extension)
+    loop = asyncio.get_running_loop()
+
+    def render_while_deleted(source):
+        data = derivatives.render(source, spec)
+        # the delete lands while the render runs (on another thread, as a concurrent request would)
+        asyncio.run_coroutine_threadsafe(client.delete(f"/api/face/image/{image['image_id']}"), loop).result()
+        return data
+
+    with pytest.raises(ImageNotFound):
+        await http_derivatives._render_and_check(
+            services.stores.of(original), original, path, render_while_deleted
+        )
+    assert not path.exists()
+    assert files_under(settings.sessions_root / str(session_id)) == []
