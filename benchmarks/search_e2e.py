@@ -97,10 +97,11 @@ async def load(base: str, session_id: int, probe: bytes, concurrency: int, reque
     return latencies, timings
 
 
-def start_server(dsn: str, port: int, storage: Path, window_ms: float) -> subprocess.Popen:
+def start_server(dsn: str, port: int, storage: Path, window_ms: float, extra_env: list[str]) -> subprocess.Popen:
     command = [sys.executable, "-m", "faceserve", "--log-level", "WARNING", "serve", "--host", "127.0.0.1"]
     command += ["--port", str(port), "--storage", str(storage), "--models-dir", str(ROOT / "models")]
     env = {**os.environ, "DATABASE_URL": dsn, "FACESERVE_RECOGNISER_WINDOW_MS": str(window_ms)}
+    env.update(item.split("=", 1) for item in extra_env)
     return subprocess.Popen(command, env=env)
 
 
@@ -122,7 +123,7 @@ async def main_async(args: argparse.Namespace) -> None:
     probe = (PHOTOS / "yaoming.jpg").read_bytes()
     with db.embedded_postgres_blocking(folder / "pgdata") as dsn:
         port = free_port()
-        server = start_server(dsn, port, folder, args.window_ms)
+        server = start_server(dsn, port, folder, args.window_ms, args.env)
         base = f"http://127.0.0.1:{port}"
         try:
             async with aiohttp.ClientSession() as http:
@@ -146,7 +147,7 @@ async def main_async(args: argparse.Namespace) -> None:
             await load(base, session_id, probe, 1, 1)  # builds the index from Postgres (binary COPY)
             first_ms = 1000 * (time.perf_counter() - start)
             rows = []
-            for concurrency in (1, 8, 32):
+            for concurrency in args.clients:
                 await load(base, session_id, probe, concurrency, concurrency)  # warm
                 latencies, timings = await load(base, session_id, probe, concurrency, max(args.requests, concurrency))
                 rows.append((concurrency, latencies, timings))
@@ -157,6 +158,7 @@ async def main_async(args: argparse.Namespace) -> None:
 
     print(
         f"{args.faces:,} synthetic faces + 2 real photos; probe yaoming.jpg; recogniser window {args.window_ms:g} ms; "
+        f"server settings {' '.join(args.env) or 'default'}; "
         f"{time.strftime('%Y-%m-%d')}"
     )
     print(f"first search (index built from Postgres by binary COPY): {first_ms:.0f} ms")
@@ -175,6 +177,15 @@ async def main_async(args: argparse.Namespace) -> None:
             + " | ".join(f"{100 * share[k]:.0f} %" for k in ("decode", "detect", "embed", "index", "db"))
             + f" | {100 * other:.0f} % |"
         )
+    steps = ("decode", "detect", "embed", "index", "db")
+    print("\nmedian ms per step (Server-Timing), and the rest of the request as the client saw it:\n")
+    print("| clients | p50 ms | " + " | ".join(steps) + " | rest |")
+    print("|---|---|" + "---|" * (len(steps) + 1))
+    for concurrency, latencies, timings in rows:
+        medians = [statistics.median(t.get(k, 0.0) for t in timings) for k in steps]
+        rest = statistics.median(1000 * lat - sum(t.values()) for lat, t in zip(latencies, timings))
+        p50 = 1000 * statistics.median(latencies)
+        print(f"| {concurrency} | {p50:.1f} | " + " | ".join(f"{m:.2f}" for m in medians) + f" | {rest:.2f} |")
 
 
 def main() -> None:
@@ -182,6 +193,8 @@ def main() -> None:
     parser.add_argument("--faces", type=int, default=100_000)
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--window-ms", type=float, default=0.0)
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--env", action="append", default=[], metavar="FACESERVE_X=value", help="server setting")
     asyncio.run(main_async(parser.parse_args()))
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from faceserve.index import IndexRegistry, choose_placement
-from faceserve.index_kinds import IndexPolicy, TombstoneFlatIndex, build_cpu, flat, match_recall, pq_rerank
+from faceserve.index_kinds import IndexPolicy, TombstoneFlatIndex, build_cpu, flat, match_recall, pq_rerank, top_k
 
 DIM = 64
 
@@ -151,6 +151,26 @@ def test_pq_rerank_finds_faces_of_people_with_one_photo_first():
     sims, found = index.search(changed, 1)
     assert found[:, 0].tolist() == list(range(30))
     assert np.allclose(sims[:, 0], np.sum(changed * singles, axis=1), atol=1e-5)  # exact, not the PQ estimate
+
+
+def test_pq_rerank_search_for_many_results_finds_every_match_with_a_short_shortlist():
+    # the search endpoint asks for 4 x limit candidates (200): people with many photos have far more than
+    # 10 matches, and all of them must come back, while the shortlist grows by k, not k * k_factor
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import gallery
+
+    vectors = gallery.people(40_000, dim=128, per_person=64)
+    ids = np.arange(len(vectors), dtype=np.int64)
+    index = pq_rerank(ids, vectors, IndexPolicy())
+    assert index is not None and index.k_factor > 1
+    assert index.shortlist(10) == 10 * index.k_factor  # what tuning measured
+    assert index.shortlist(200) < 200 * index.k_factor / 2
+    queries = gallery.queries_like(vectors, 50)
+    truth_sims, truth_rows = top_k(vectors, queries, 200)
+    assert (truth_sims >= 0.4).sum(axis=1).mean() > 20  # many matches per query, not a top-10 question
+    sims, found = index.search(queries, 200)
+    assert match_recall(found, ids[truth_rows], truth_sims, 0.4) >= 0.99
+    assert np.allclose(sims[:, 0], truth_sims[:, 0], atol=1e-5)
 
 
 def test_tuning_that_misses_the_target_stays_exact():

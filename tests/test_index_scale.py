@@ -61,7 +61,8 @@ async def test_concurrent_searches_are_batched_and_each_gets_its_own_answer():
     async def load(session_id: int):
         return ids, vectors
 
-    registry = IndexRegistry(128, load, device="cpu")
+    # exact, so each answer can be compared row for row with its own query's truth
+    registry = IndexRegistry(128, load, device="cpu", policy=IndexPolicy(ivf_min_faces=10**9))
     try:
         queries = gallery.queries_like(vectors, 64, seed=3)
         answers = await asyncio.gather(*(registry.search(1, q[None, :], 5 + i % 3) for i, q in enumerate(queries)))

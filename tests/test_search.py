@@ -115,6 +115,12 @@ async def test_probe_without_a_face_is_422(client):
 async def test_search_input_errors(client, photos):
     status, body = await search(client, 987654, photos["yaoming"].read_bytes())
     assert status == 404 and body["error"]["code"] == "session_not_found"
+    # the session is looked up while the probe is analysed: a missing one still wins over a bad probe
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((200, 200, 3), 128, dtype=np.uint8)).save(buffer, "JPEG")
+    for probe in (b"not an image", buffer.getvalue()):
+        status, body = await search(client, 987654, probe)
+        assert status == 404 and body["error"]["code"] == "session_not_found"
     session_id = await create_session(client)
     status, body = await search(client, session_id, b"not an image")
     assert status == 415

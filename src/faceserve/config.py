@@ -59,8 +59,9 @@ class Settings:
     recogniser_window_ms: float = 0.0
 
     # sessions with at least this many faces get an approximate index on CPU (pq-rerank; names kept from the
-    # IVF it replaced), if tuning reaches index_target_recall of the neighbours within the match threshold
-    ivf_min_faces: int = 250_000
+    # IVF it replaced), if tuning reaches index_target_recall of the neighbours within the match threshold.
+    # Exact costs ~2 ms a query at 50k faces on 2 cores (4.4 ms at 100k), pq-rerank ~0.2 ms (RESULTS.md)
+    ivf_min_faces: int = 50_000
     index_target_recall: float = 0.99
     # the tuned shortlist factor is multiplied by this (benchmarks/RESULTS.md, Index search at scale)
     ivf_nprobe_margin: int = 4

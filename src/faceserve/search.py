@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 
@@ -67,10 +68,20 @@ async def search_session(
     services: Services, session_id: int, probe: bytes, threshold: float, limit: int
 ) -> SearchResult:
     timings: dict[str, float] = {}
+    # the session is looked up while the probe is being detected, so the round trip adds no time of its own
+    session = asyncio.create_task(require_session(services, session_id))
+    try:
+        face = await _probe_face(services, probe, timings)
+    except asyncio.CancelledError:
+        session.cancel()
+        raise
+    except Exception:
+        await asyncio.wait([session])
+        session.result()  # a missing session answers 404 whatever the probe was, as when it was checked first
+        raise
     start = time.perf_counter()
-    await require_session(services, session_id)
+    await session
     timings["db"] = 1000 * (time.perf_counter() - start)
-    face = await _probe_face(services, probe, timings)
     if face is None:
         raise NoFaceFound("no face was found in the probe image")
     start = time.perf_counter()

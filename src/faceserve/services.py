@@ -131,6 +131,7 @@ async def open_services(
                 ivf_min_faces=settings.ivf_min_faces,
                 target_recall=settings.index_target_recall,
                 nprobe_margin=settings.ivf_nprobe_margin,
+                match_similarity=1.0 - settings.match_threshold,
                 gpu_float16=settings.gpu_float16,
             ),
             max_batch=settings.index_max_batch,
