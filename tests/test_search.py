@@ -139,5 +139,5 @@ async def test_server_timing_names_each_step(client, photos):
     response = await client.post("/api/face/search", data=form)
     assert response.status == 200
     steps = dict(item.strip().split(";dur=") for item in response.headers["Server-Timing"].split(","))
-    assert set(steps) == {"db", "decode", "detect", "embed", "index"}
+    assert set(steps) == {"parse", "db", "decode", "detect", "embed", "index"}
     assert all(float(ms) >= 0 for ms in steps.values()) and float(steps["detect"]) > 0

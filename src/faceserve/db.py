@@ -49,8 +49,15 @@ async def embedded_postgres(pgdata: Path) -> AsyncIterator[str]:
         await asyncio.to_thread(manager.__exit__, None, None, None)
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool reset on release. asyncpg always rolls back an open transaction and drops listeners first; its
+    default then runs `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`, a round trip
+    after every query of every request. Nothing here changes session state (no SET, no session advisory
+    locks, no LISTEN or WITH HOLD cursors on pool connections: index_sync listens on its own connection)."""
+
+
 async def create_pool(dsn: str, min_size: int, max_size: int) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
+    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, reset=_keep_session)
     # serialise concurrent starts (several workers, tests) applying the same DDL
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(7312001)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from ..errors import BadRequest, PayloadTooLarge
@@ -14,7 +14,9 @@ _MAX_FIELD = 1024
 
 
 async def parts(request: web.Request) -> AsyncIterator[BodyPartReader]:
-    if not request.content_type.startswith("multipart/"):
+    # the raw header, not request.content_type: that parses with the email package, ~0.4 ms a request and
+    # never cached, as every client picks a new boundary (MultipartReader parses it again, cheaply)
+    if not request.headers.get(hdrs.CONTENT_TYPE, "").lstrip().lower().startswith("multipart/"):
         raise BadRequest("body must be multipart/form-data")
     try:
         reader = await request.multipart()
