@@ -109,17 +109,20 @@ async def test_registry_under_concurrent_add_remove_search():
         registry.close()
 
 
-def _pq_rerank_covering_everything(ids: np.ndarray, vectors: np.ndarray):
+def _pq_rerank_covering_everything(ids: np.ndarray, vectors: np.ndarray, rotated: bool = False):
     """A pq-rerank index whose shortlist is longer than the index: every answer must then be exact, so any
     misalignment of codes, vectors and ids after adds and removes shows as a wrong answer."""
-    index = pq_rerank(ids, vectors, IndexPolicy(nprobe_margin=1_000, max_k_factor=1_000))
+    policy = IndexPolicy(nprobe_margin=1_000, max_k_factor=1_000, opq_min_faces=0 if rotated else 10**9)
+    index = pq_rerank(ids, vectors, policy)
     assert index is not None and index.kind == "pq-rerank"
     return index
 
 
-def test_pq_rerank_stays_exact_through_adds_and_removes():
+@pytest.mark.parametrize("rotated", [False, True], ids=["pq", "opq"])
+def test_pq_rerank_stays_exact_through_adds_and_removes(rotated):
     vectors, ids = _unit(600, 4), np.arange(1000, 1600, dtype=np.int64)
-    index = _pq_rerank_covering_everything(ids[:300], vectors[:300])
+    index = _pq_rerank_covering_everything(ids[:300], vectors[:300], rotated)
+    assert index.rotated == rotated
     index.add(ids[200:], vectors[200:])  # overlapping add: ids 1200..1299 must not be doubled
     assert len(index) == 600
     removed = np.concatenate([ids[::3], [99_999]])  # one id it never had

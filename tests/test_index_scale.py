@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from conftest import create_session, search, upload
 
 from faceserve.app import create_app
 from faceserve.http.keys import SERVICES
 from faceserve.index import IndexRegistry
-from faceserve.index_kinds import IndexPolicy, build_cpu, exact_top, match_recall, top_k, tuning_queries
+from faceserve.index_kinds import IndexPolicy, build_cpu, exact_top, match_recall, recall_at, top_k, tuning_queries
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import gallery
@@ -32,6 +34,20 @@ def test_approximate_index_for_a_large_session_of_people_reaches_the_target_reca
     assert np.array_equal(np.sort(index.ids()), ids)
 
 
+def test_rotated_codes_reach_recall_at_10_against_exact_search():
+    # tuning aims at plain recall@10 (every one of the exact top 10, matches or not); OPQ makes the
+    # shortlist that takes short enough to be worth it (with tuning on matches alone this gallery gets 0.94)
+    vectors = gallery.people(30_000, dim=256, per_person=8)
+    ids = np.arange(len(vectors), dtype=np.int64)
+    policy = IndexPolicy(ivf_min_faces=10_000, opq_min_faces=10_000)
+    index = build_cpu(ids, vectors, policy)
+    assert index.kind == "pq-rerank" and index.rotated
+    assert index.k_factor < policy.max_k_factor  # reached by tuning, not by the cap
+    queries = gallery.queries_like(vectors, 200, seed=7)
+    sims, rows = top_k(vectors, queries, 10)
+    assert recall_at(index.search(queries, 10)[1], ids[rows]) >= 0.99
+
+
 def test_structureless_data_still_finds_what_is_within_the_threshold():
     # no people, but a changed photo of a face must still find it; neighbours below 0.4 never reach a user
     vectors = gallery.uniform(20_000, dim=128)
@@ -40,6 +56,11 @@ def test_structureless_data_still_finds_what_is_within_the_threshold():
     assert index.kind == "pq-rerank"
     queries = tuning_queries(vectors, 100, seed=3)
     assert np.array_equal(index.search(queries, 1)[1], ids[exact_top(vectors, queries, 1)])
+    # where no shortlist up to the cap reaches recall@10 (the top 10 of random vectors are ~0.02 apart from
+    # the next thousand), tuning settles for the neighbours within the threshold instead of going exact
+    capped = build_cpu(ids, vectors, IndexPolicy(ivf_min_faces=10_000, max_k_factor=8))
+    assert capped.kind == "pq-rerank" and capped.k_factor <= 8
+    assert np.array_equal(capped.search(queries, 1)[1], ids[exact_top(vectors, queries, 1)])
 
 
 def test_small_sessions_are_flat():
@@ -72,6 +93,31 @@ async def test_concurrent_searches_are_batched_and_each_gets_its_own_answer():
             assert found.shape == (1, 5 + i % 3)
             assert found[0].tolist() == truth[i, : 5 + i % 3].tolist()
             assert np.all(np.diff(sims[0]) <= 1e-6)
+    finally:
+        registry.close()
+
+
+async def test_building_one_sessions_index_holds_up_no_search_of_another():
+    # a big session's build (OPQ training) runs beside the owner thread: the other sessions keep answering
+    small, big = gallery.people(1_000, dim=256), gallery.people(60_000, dim=256)
+    galleries = {1: small, 2: big}
+
+    async def load(session_id: int):
+        return np.arange(len(galleries[session_id]), dtype=np.int64), galleries[session_id]
+
+    registry = IndexRegistry(256, load, device="cpu", policy=IndexPolicy(ivf_min_faces=10_000, opq_min_faces=10_000))
+    try:
+        await registry.get(1)
+        started = time.perf_counter()
+        building = asyncio.create_task(registry.get(2))
+        await asyncio.sleep(0.2)  # the loader answers at once: the build is under way
+        _, found = await registry.search(1, small[:5], 1)
+        searched = time.perf_counter() - started
+        assert found[:, 0].tolist() == list(range(5))
+        assert not building.done() and not registry.is_loaded(2)
+        assert (await building).kind == "pq-rerank"
+        built = time.perf_counter() - started
+        assert searched < built / 2  # the search did not wait for the build
     finally:
         registry.close()
 
@@ -122,17 +168,19 @@ async def test_restart_loads_the_saved_index_and_rebuilds_a_stale_one(settings, 
     await run(fourth)
 
 
-def test_saved_approximate_index_round_trips_and_stale_copies_are_refused(tmp_path):
+@pytest.mark.parametrize("rotated", [False, True], ids=["pq", "opq"])
+def test_saved_approximate_index_round_trips_and_stale_copies_are_refused(tmp_path, rotated):
     from faceserve.index_store import IndexStore
 
     vectors = gallery.people(20_000, dim=128, per_person=32)
     ids = np.arange(7, 7 + len(vectors), dtype=np.int64)
-    index = build_cpu(ids, vectors, POLICY)
-    assert index.kind == "pq-rerank"
+    index = build_cpu(ids, vectors, IndexPolicy(ivf_min_faces=10_000, opq_min_faces=10_000 if rotated else 10**9))
+    assert index.kind == "pq-rerank" and index.rotated == rotated
     store = IndexStore(tmp_path, "buffalo_s")
     store.save(3, index)
     loaded = store.load(3, len(ids), int(ids.max()))
     assert loaded is not None and loaded.kind == "pq-rerank" and loaded.k_factor == index.k_factor
+    assert loaded.rotated == rotated
     queries = gallery.queries_like(vectors, 20, seed=5)
     assert np.array_equal(loaded.search(queries, 10)[1], index.search(queries, 10)[1])
     assert store.load(3, len(ids) - 1, int(ids.max())) is None  # a face deleted since

@@ -62,9 +62,14 @@ class Settings:
     # IVF it replaced), if tuning reaches index_target_recall of the neighbours within the match threshold.
     # Exact costs ~2 ms a query at 50k faces on 2 cores (4.4 ms at 100k), pq-rerank ~0.2 ms (RESULTS.md)
     ivf_min_faces: int = 50_000
+    # sessions with at least this many faces rotate their PQ codes by OPQ (a ~12 s training when the index is
+    # built; at 1M faces plain PQ needs a shortlist 4-8x longer for the same recall)
+    opq_min_faces: int = 250_000
+    # recall@10 against exact search that tuning aims for (where no shortlist reaches it, e.g. data with no
+    # neighbour structure: recall of the neighbours within the match threshold)
     index_target_recall: float = 0.99
     # the tuned shortlist factor is multiplied by this (benchmarks/RESULTS.md, Index search at scale)
-    ivf_nprobe_margin: int = 4
+    ivf_nprobe_margin: int = 2
     # GPU flat indexes in float16: half the memory, recall measured in benchmarks/search_latency.py
     gpu_float16: bool = False
     # most query rows in one batched index search

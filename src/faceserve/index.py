@@ -1,13 +1,15 @@
 """Per-session FAISS indexes: inner product over L2-normalised embeddings (= cosine similarity).
 
 The database is the only source of truth. On first use a session's index is loaded from its saved copy when
-that copy matches the database (index_store.py), else built from Postgres (index_kinds.py picks flat or IVF,
-or a flat index on the GPU); afterwards add/remove keep it in step, and it is saved again at shutdown.
+that copy matches the database (index_store.py), else built from Postgres (index_kinds.py picks flat or
+pq-rerank, or a flat index on the GPU); afterwards add/remove keep it in step, and it is saved again at shutdown.
 
-All FAISS calls run on one owner thread: GPU indexes are not thread-safe even for search, and CPU add/remove
-must not overlap a search. Searches are batched by demand: while the thread is busy, queries for the same
-session queue up and go as one matrix at the next turn, so throughput grows with load and a lone query
-waits for nothing.
+All FAISS calls on a served index run on one owner thread: GPU indexes are not thread-safe even for search,
+and CPU add/remove must not overlap a search. A CPU index that is not served yet is loaded, built and saved
+on a second thread, so a session whose build takes seconds (OPQ training at 1M faces) holds up no other
+session's searches; GPU indexes are built on the owner thread. Searches are batched by demand: while the
+thread is busy, queries for the same session queue up and go as one matrix at the next turn, so throughput
+grows with load and a lone query waits for nothing.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ class _Pending:
 
 
 class IndexRegistry:
-    """One index per session, loaded or built on first use; every FAISS call on one owner thread."""
+    """One index per session, loaded or built on first use; every FAISS call on a served index on one owner
+    thread, loads and CPU builds on a second."""
 
     def __init__(
         self,
@@ -76,6 +79,8 @@ class IndexRegistry:
         self.placement = choose_placement(device, gpu_count())
         self._gpu_resources = faiss.StandardGpuResources() if self.placement == "gpu" else None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="faiss")
+        # CPU indexes not served yet: load, build, first save (one at a time: a build can take GBs)
+        self._builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="faiss-build")
         self._indexes: dict[int, SessionIndex] = {}
         self._dirty: set[int] = set()
         self._locks: dict[int, asyncio.Lock] = {}
@@ -87,6 +92,11 @@ class IndexRegistry:
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    async def _run_unserved(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Work on an index no search sees yet: the build thread on CPU, the owner thread for a GPU."""
+        executor = self._thread if self._gpu_resources is not None else self._builder
+        return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
 
     def _lock(self, session_id: int) -> asyncio.Lock:
         return self._locks.setdefault(session_id, asyncio.Lock())
@@ -111,19 +121,19 @@ class IndexRegistry:
     async def _open(self, session_id: int) -> SessionIndex:
         if self._store is not None and self._stats is not None:
             count, max_id = await self._stats(session_id)
-            saved = await self._run(self._store.load, session_id, count, max_id)
+            saved = await self._run_unserved(self._store.load, session_id, count, max_id)
             if saved is not None:
-                placed = await self._run(self._from_saved, saved)
+                placed = await self._run_unserved(self._from_saved, saved)
                 if placed is not None:
                     log.info("index of session %d loaded from disk: %d faces (%s)", session_id, count, saved.kind)
                     self.sources[session_id] = "disk"
                     return placed
         ids, vectors = await self._loader(session_id)
-        index = await self._run(self._build, ids, vectors)
+        index = await self._run_unserved(self._build, ids, vectors)
         log.info("index of session %d built from the database: %d faces (%s)", session_id, len(ids), index.kind)
         self.sources[session_id] = "database"
         if self._store is not None and len(ids):
-            await self._run(self._store.save, session_id, index)
+            await self._run_unserved(self._store.save, session_id, index)
         return index
 
     async def get(self, session_id: int) -> SessionIndex:
@@ -233,5 +243,6 @@ class IndexRegistry:
                     future.set_result(result)
 
     def close(self) -> None:
+        self._builder.shutdown(wait=True)
         self._thread.shutdown(wait=True)
         self._indexes.clear()

@@ -2,12 +2,14 @@
 
 - flat: exact inner product (ExactIndex: numpy's BLAS, faster here than faiss.IndexFlatIP). Below
   `ivf_min_faces` it is fast enough: ~2 ms a query at 50k faces on 2 cores, against ~0.2 ms for pq-rerank.
-- pq-rerank: every face also as a 32-byte product-quantized code (4-bit PQ, faiss "fast scan"); a search
-  scans all codes for a shortlist of candidates (IdIndex.shortlist) and re-ranks them on the exact vectors, so the
-  similarities it answers are exact. The shortlist is tuned until it finds the neighbours a search can return
-  (similarity >= the match threshold) on the session's own data, then multiplied by a safety margin; if no
-  shortlist up to `max_k_factor` does, the session stays flat. It partitions nothing, so a face of a person
-  with one photo is as findable as one of a person with fifty (an IVF lost those: benchmarks/RESULTS.md).
+- pq-rerank: every face also as a 32-byte product-quantized code (4-bit PQ, faiss "fast scan"; from
+  `opq_min_faces` behind a learned OPQ rotation); a search scans all codes for a shortlist of candidates
+  (IdIndex.shortlist) and re-ranks them on the exact vectors, so the similarities it answers are exact. The
+  shortlist is tuned on probes made from the session's own faces until recall@10 against exact search
+  reaches the target (where none does, as on data with no neighbour structure: until the neighbours a
+  search can return, similarity >= the match threshold, are found), then multiplied by a safety margin; if
+  neither is reached up to `max_k_factor`, the session stays flat. It partitions nothing, so a face of a
+  person with one photo is as findable as one of a person with fifty (an IVF lost those: RESULTS.md).
 - ivf: IndexIVFFlat. No longer built; a saved one (an older version) still loads and serves.
 - gpu flat: append-only (GpuIndexFlatIP cannot add_with_ids or remove_ids); rows map to face ids through
   an array, deletes are tombstones filtered at search and compacted away.
@@ -31,11 +33,13 @@ log = logging.getLogger(__name__)
 class IndexPolicy:
     # sessions with at least this many faces get an approximate index (name kept from when it was an IVF)
     ivf_min_faces: int = 50_000
-    # of the exact top-10 neighbours that a search can return (similarity >= match_similarity)
+    # ... and from this many, codes rotated by OPQ (a 12 s training once; plain PQ needs a 4x longer shortlist)
+    opq_min_faces: int = 250_000
+    # recall@10 against exact search (or, where no shortlist reaches it, of the neighbours a search returns)
     target_recall: float = 0.99
     # the shortlist factor found by tuning is multiplied by this (name kept from the IVF's nprobe): tuning
     # probes are synthetic; a margin costs little, a shortlist is cheap next to the scan of all codes
-    nprobe_margin: int = 4
+    nprobe_margin: int = 2
     tuning_queries: int = 100
     # 1 - the service's match threshold (cosine distance, default 0.6): neighbours below it never reach a user
     match_similarity: float = 0.4
@@ -98,6 +102,12 @@ class IdIndex:
     def shortlist(self, k: int) -> int:
         """Candidates re-ranked exactly for a search of k results (pq-rerank)."""
         return max(k, TUNED_K) + round(TUNED_K * (self.k_factor - 1))
+
+    @property
+    def rotated(self) -> bool:
+        """pq-rerank codes behind an OPQ rotation."""
+        refine = faiss.downcast_index(self.index.index) if isinstance(self.index, faiss.IndexIDMap) else None
+        return refine is not None and isinstance(faiss.downcast_index(refine.base_index), faiss.IndexPreTransform)
 
     @property
     def k_factor(self) -> float:
@@ -323,10 +333,10 @@ TUNED_K = 10
 
 def pq_rerank(ids: np.ndarray, vectors: np.ndarray, policy: IndexPolicy, k: int = TUNED_K) -> IdIndex | None:
     """PQ codes for the shortlist, exact vectors for the re-rank, shortlist tuned on the session's data;
-    None if no shortlist up to policy.max_k_factor reaches the target recall of matches."""
+    None if no shortlist up to policy.max_k_factor reaches the target recall."""
     if vectors.shape[1] % 8:
         return None
-    index = _pq_rerank_index(ids, vectors)
+    index = _pq_rerank_index(ids, vectors, rotate=len(ids) >= policy.opq_min_faces)
     k_factor = _tune_k_factor(index, ids, vectors, policy, k)
     if k_factor is None:
         return None
@@ -334,12 +344,30 @@ def pq_rerank(ids: np.ndarray, vectors: np.ndarray, policy: IndexPolicy, k: int 
     return IdIndex(index, "pq-rerank", ids)
 
 
-def _pq_rerank_index(ids: np.ndarray, vectors: np.ndarray) -> faiss.IndexIDMap:
+# OPQ iterations: at 1M faces 10 give recall@10 0.99 with a shortlist of 320 (plain PQ needs 2,560+); each
+# costs ~1.2 s on 2 cores, whatever the session's size (it trains on at most 64k faces)
+_OPQ_ITERATIONS = 10
+
+
+def _pq_rerank_index(ids: np.ndarray, vectors: np.ndarray, rotate: bool) -> faiss.IndexIDMap:
     n, dim = vectors.shape
     rng = np.random.default_rng(0)
-    codes = faiss.IndexPQFastScan(dim, pq_subquantizers(dim), 4, faiss.METRIC_INNER_PRODUCT)
-    # 16 centroids per sub-quantizer: 64k samples are plenty, and training stays under a second
-    codes.train(np.ascontiguousarray(vectors[rng.choice(n, min(n, 65_536), replace=False)]))
+    subquantizers = pq_subquantizers(dim)
+    codes = faiss.IndexPQFastScan(dim, subquantizers, 4, faiss.METRIC_INNER_PRODUCT)
+    sample = np.ascontiguousarray(vectors[rng.choice(n, min(n, 65_536), replace=False)])
+    if rotate:
+        # a learned rotation first (OPQ), optimised for the 4-bit codes actually used: face embeddings
+        # spread unevenly over their dimensions, and plain PQ spends its 16 centroids evenly
+        opq = faiss.OPQMatrix(dim, subquantizers)
+        opq.niter = _OPQ_ITERATIONS
+        trainer = faiss.ProductQuantizer(dim, subquantizers, 4)
+        opq.pq = trainer  # not owned by the matrix: kept alive here for the training only
+        codes = faiss.IndexPreTransform(opq, codes)
+        codes.train(sample)
+        opq.pq = None
+    else:
+        # 16 centroids per sub-quantizer: 64k samples are plenty, and training stays under a second
+        codes.train(sample)
     index = faiss.IndexIDMap(faiss.IndexRefineFlat(codes))
     index.add_with_ids(np.ascontiguousarray(vectors), ids.astype(np.int64))
     return index
@@ -348,25 +376,37 @@ def _pq_rerank_index(ids: np.ndarray, vectors: np.ndarray) -> faiss.IndexIDMap:
 def _tune_k_factor(
     index: faiss.IndexIDMap, ids: np.ndarray, vectors: np.ndarray, policy: IndexPolicy, k: int
 ) -> int | None:
-    """Smallest power-of-two shortlist factor whose recall of matches on probes made from the session's own
-    faces reaches the target, or None. Plain recall@k is logged too: in a big session it also counts the
-    best of many unrelated faces (~0.2), which no index short of a full scan finds reliably."""
+    """Smallest power-of-two shortlist factor whose recall@k against exact search, on probes made from the
+    session's own faces, reaches the target. Where none does (data with no neighbour structure, where the
+    exact top k are the best of many unrelated faces, ~0.2 apart from the next thousand), the smallest that
+    reaches the target recall of matches (similarity >= policy.match_similarity: the only neighbours a
+    search returns); None if neither is reached."""
     queries = tuning_queries(vectors, policy.tuning_queries)
     truth_sims, truth_rows = top_k(vectors, queries, k)
     truth = ids[truth_rows]
     refine = faiss.downcast_index(index.index)
+    for_matches = None
     k_factor = 1
     while k_factor <= policy.max_k_factor:
         refine.k_factor = k_factor
         found = index.search(queries, k)[1]
-        recall = match_recall(found, truth, truth_sims, policy.match_similarity)
+        recall, matches = recall_at(found, truth), match_recall(found, truth, truth_sims, policy.match_similarity)
         if recall >= policy.target_recall:
             log.info(
-                "pq-rerank over %d faces: recall of matches %.4f (recall@%d %.4f) at k_factor %d; margin x%d",
-                len(ids), recall, k, recall_at(found, truth), k_factor, policy.nprobe_margin,
+                "pq-rerank over %d faces: recall@%d %.4f (of matches %.4f) at k_factor %d; margin x%d",
+                len(ids), k, recall, matches, k_factor, policy.nprobe_margin,
             )
             return k_factor
+        if for_matches is None and matches >= policy.target_recall:
+            for_matches = k_factor
         k_factor *= 2
+    if for_matches is not None:
+        log.info(
+            "pq-rerank over %d faces: recall@%d misses %.2f at k_factor %d; tuned on recall of matches "
+            "(k_factor %d); margin x%d",
+            len(ids), k, policy.target_recall, policy.max_k_factor, for_matches, policy.nprobe_margin,
+        )
+        return for_matches
     log.info(
         "pq-rerank over %d faces misses recall %.2f at k_factor %d; staying exact",
         len(ids), policy.target_recall, policy.max_k_factor,

@@ -129,6 +129,7 @@ async def open_services(
             store=IndexStore(storage.sessions_root, settings.model_pack),
             policy=IndexPolicy(
                 ivf_min_faces=settings.ivf_min_faces,
+                opq_min_faces=settings.opq_min_faces,
                 target_recall=settings.index_target_recall,
                 nprobe_margin=settings.ivf_nprobe_margin,
                 match_similarity=1.0 - settings.match_threshold,
