@@ -62,9 +62,9 @@ class Settings:
     # IVF it replaced), if tuning reaches index_target_recall of the neighbours within the match threshold.
     # Exact costs ~2 ms a query at 50k faces on 2 cores (4.4 ms at 100k), pq-rerank ~0.2 ms (RESULTS.md)
     ivf_min_faces: int = 50_000
-    # sessions with at least this many faces rotate their PQ codes by OPQ (a ~12 s training when the index is
-    # built; at 1M faces plain PQ needs a shortlist 4-8x longer for the same recall)
-    opq_min_faces: int = 250_000
+    # sessions with at least this many faces rotate their PQ codes by OPQ: 15-25 s more to build on 2 cores
+    # (once, on the build thread, then saved) for a shortlist 3-8x shorter at the same recall
+    opq_min_faces: int = 50_000
     # recall@10 against exact search that tuning aims for (where no shortlist reaches it, e.g. data with no
     # neighbour structure: recall of the neighbours within the match threshold)
     index_target_recall: float = 0.99

@@ -33,8 +33,9 @@ log = logging.getLogger(__name__)
 class IndexPolicy:
     # sessions with at least this many faces get an approximate index (name kept from when it was an IVF)
     ivf_min_faces: int = 50_000
-    # ... and from this many, codes rotated by OPQ (a 12 s training once; plain PQ needs a 4x longer shortlist)
-    opq_min_faces: int = 250_000
+    # ... and from this many, codes rotated by OPQ: 15-25 s more to build (once, then saved) for a 3-4x
+    # shorter shortlist at the same recall@10 (people/8: 0.22 ms vs 0.66 at 100k; RESULTS.md)
+    opq_min_faces: int = 50_000
     # recall@10 against exact search (or, where no shortlist reaches it, of the neighbours a search returns)
     target_recall: float = 0.99
     # the shortlist factor found by tuning is multiplied by this (name kept from the IVF's nprobe): tuning
