@@ -142,6 +142,9 @@ async def test_restart_loads_the_saved_index_and_rebuilds_a_stale_one(settings, 
     assert (settings.storage / "face_sessions" / str(session_id) / "index" / "meta.json").is_file()
 
     async def second(client, services):
+        # opened at start, before any search asked for it
+        assert await services.indexes.preloading == 1
+        assert services.indexes.is_loaded(session_id) and services.indexes.sources[session_id] == "disk"
         status, body = await search(client, session_id, photos["yaoming"].read_bytes())
         assert status == 200 and body["data"]["matches"][0]["image_id"] == images[0]["image_id"]
         assert services.indexes.sources[session_id] == "disk"

@@ -72,6 +72,8 @@ class Settings:
     ivf_nprobe_margin: int = 2
     # GPU flat indexes in float16: half the memory, recall measured in benchmarks/search_latency.py
     gpu_float16: bool = False
+    # at start, open in the background the index of every session that has a saved one (newest first)
+    index_preload: bool = True
     # most query rows in one batched index search
     index_max_batch: int = 256
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,6 +87,7 @@ class IndexRegistry:
         self._pending: dict[int, _Pending] = {}
         self._drainer: asyncio.Task | None = None
         self.batches = 0  # searches run on the thread; fewer than queries under load
+        self.preloading: asyncio.Task[int] | None = None
         self.sources: dict[int, str] = {}  # session id -> "disk" or "database": where its index came from
         log.info("FAISS indexes on %s", self.placement)
 
@@ -146,6 +147,25 @@ class IndexRegistry:
                 index = await self._open(session_id)
                 self._indexes[session_id] = index
             return index
+
+    def preload(self, session_ids: Iterable[int]) -> asyncio.Task[int]:
+        """Open these sessions' indexes in the background, one after another, as a first search would (a
+        current saved copy loads, a stale one is rebuilt from Postgres), so first searches find them ready.
+        A search meanwhile waits only for its own session's load. The task answers how many were opened."""
+
+        async def run() -> int:
+            opened = 0
+            for session_id in session_ids:
+                try:
+                    await self.get(session_id)
+                    opened += 1
+                except Exception:  # noqa: BLE001 - one bad session must not stop the others
+                    log.exception("preloading the index of session %d failed", session_id)
+            log.info("preloaded %d session indexes", opened)
+            return opened
+
+        self.preloading = asyncio.create_task(run())
+        return self.preloading
 
     def is_loaded(self, session_id: int) -> bool:
         return session_id in self._indexes

@@ -33,6 +33,10 @@ class IndexStore:
     def folder(self, session_id: int) -> Path:
         return self._root / str(int(session_id)) / "index"
 
+    def saved_sessions(self) -> list[int]:
+        """Ids of the sessions with a saved index (current or not)."""
+        return sorted(int(meta.parts[-3]) for meta in self._root.glob("*/index/meta.json") if meta.parts[-3].isdigit())
+
     def save(self, session_id: int, index: IdIndex | ExactIndex | TombstoneFlatIndex) -> None:
         folder = self.folder(session_id)
         folder.mkdir(parents=True, exist_ok=True)

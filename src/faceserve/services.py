@@ -71,6 +71,11 @@ class Services:
         return await asyncio.get_running_loop().run_in_executor(self.inference, fn, *args)
 
 
+async def _cancel(task: asyncio.Task) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
 def load_engine(settings: Settings) -> FaceEngine:
     engine = FaceEngine(
         locate_pack(settings.models_dir, settings.model_pack),
@@ -121,12 +126,13 @@ async def open_services(
         async def session_stats(session_id: int) -> tuple[int, int]:
             return await db.session_face_stats(pool, session_id, engine.embedding_dim)
 
+        store = IndexStore(storage.sessions_root, settings.model_pack)
         indexes = IndexRegistry(
             engine.embedding_dim,
             load_session,
             settings.device,
             stats=session_stats,
-            store=IndexStore(storage.sessions_root, settings.model_pack),
+            store=store,
             policy=IndexPolicy(
                 ivf_min_faces=settings.ivf_min_faces,
                 opq_min_faces=settings.opq_min_faces,
@@ -143,5 +149,9 @@ async def open_services(
         follower = index_sync.IndexFollower(dsn, token, pool, indexes)
         await follower.start()
         stack.push_async_callback(follower.close)
+        if settings.index_preload:
+            saved = set(await asyncio.to_thread(store.saved_sessions))
+            live = [s.id for s in await db.list_sessions(pool) if s.id in saved]
+            stack.push_async_callback(_cancel, indexes.preload(sorted(live, reverse=True)))  # newest first
         gate = AdmissionGate(settings.max_pending_images, settings.retry_after_s)
         yield Services(settings, pool, storage, stores, engine, indexes, inference, recogniser, gate, token, follower)
