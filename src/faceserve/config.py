@@ -59,7 +59,7 @@ class Settings:
     recogniser_window_ms: float = 0.0
 
     # sessions with at least this many faces get an approximate index on CPU (pq-rerank; names kept from the
-    # IVF it replaced), if tuning reaches index_target_recall of the neighbours within the match threshold.
+    # IVF it replaced), if tuning reaches index_target_recall (index_kinds.py).
     # Exact costs ~2 ms a query at 50k faces on 2 cores (4.4 ms at 100k), pq-rerank ~0.2 ms (RESULTS.md)
     ivf_min_faces: int = 50_000
     # sessions with at least this many faces rotate their PQ codes by OPQ: 15-25 s more to build on 2 cores

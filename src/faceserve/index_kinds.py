@@ -1,4 +1,4 @@
-"""The kinds of FAISS index a session can have, and how one is chosen and tuned. Blocking: FAISS thread only.
+"""The kinds of FAISS index a session can have, and how one is chosen and tuned. Blocking: FAISS threads only.
 
 - flat: exact inner product (ExactIndex: numpy's BLAS, faster here than faiss.IndexFlatIP). Below
   `ivf_min_faces` it is fast enough: ~2 ms a query at 50k faces on 2 cores, against ~0.2 ms for pq-rerank.
@@ -112,7 +112,7 @@ class IdIndex:
 
     @property
     def k_factor(self) -> float:
-        """Shortlist size per result wanted (pq-rerank)."""
+        """The tuned shortlist factor: TUNED_K * k_factor candidates for the top TUNED_K (pq-rerank)."""
         return float(faiss.downcast_index(self.index.index).k_factor)
 
     def ids(self) -> np.ndarray:
@@ -379,7 +379,7 @@ def _tune_k_factor(
 ) -> int | None:
     """Smallest power-of-two shortlist factor whose recall@k against exact search, on probes made from the
     session's own faces, reaches the target. Where none does (data with no neighbour structure, where the
-    exact top k are the best of many unrelated faces, ~0.2 apart from the next thousand), the smallest that
+    exact top k are the best of many unrelated faces, a few hundredths above the next thousand), the smallest that
     reaches the target recall of matches (similarity >= policy.match_similarity: the only neighbours a
     search returns); None if neither is reached."""
     queries = tuning_queries(vectors, policy.tuning_queries)
