@@ -13,7 +13,15 @@ import numpy as np
 import pytest
 
 from faceserve.index import IndexRegistry, choose_placement
-from faceserve.index_kinds import IndexPolicy, TombstoneFlatIndex, build_cpu, flat, match_recall, pq_rerank, top_k
+from faceserve.index_kinds import (
+    IndexPolicy,
+    TombstoneFlatIndex,
+    build_cpu,
+    flat,
+    match_recall,
+    pq_rerank,
+    top_k,
+)
 
 DIM = 64
 

@@ -15,7 +15,15 @@ from conftest import create_session, search, upload
 from faceserve.app import create_app
 from faceserve.http.keys import SERVICES
 from faceserve.index import IndexRegistry
-from faceserve.index_kinds import IndexPolicy, build_cpu, exact_top, match_recall, recall_at, top_k, tuning_queries
+from faceserve.index_kinds import (
+    IndexPolicy,
+    build_cpu,
+    exact_top,
+    match_recall,
+    recall_at,
+    top_k,
+    tuning_queries,
+)
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import gallery
@@ -44,7 +52,7 @@ def test_rotated_codes_reach_recall_at_10_against_exact_search():
     assert index.kind == "pq-rerank" and index.rotated
     assert index.k_factor < policy.max_k_factor  # reached by tuning, not by the cap
     queries = gallery.queries_like(vectors, 200, seed=7)
-    sims, rows = top_k(vectors, queries, 10)
+    _, rows = top_k(vectors, queries, 10)
     assert recall_at(index.search(queries, 10)[1], ids[rows]) >= 0.99
 
 

@@ -159,7 +159,7 @@ class IndexRegistry:
                 try:
                     await self.get(session_id)
                     opened += 1
-                except Exception:  # noqa: BLE001 - one bad session must not stop the others
+                except Exception:
                     log.exception("preloading the index of session %d failed", session_id)
             log.info("preloaded %d session indexes", opened)
             return opened
