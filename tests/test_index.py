@@ -75,7 +75,20 @@ def test_placement():
     assert choose_placement("auto", 1) == expected
 
 
-async def test_registry_under_concurrent_add_remove_search():
+# shortlists longer than the session: approximate kinds then answer exactly, so a lost or stale face shows
+_COVERING = {"nprobe_margin": 1_000, "max_k_factor": 1_000, "ivf_min_faces": 0}
+
+
+@pytest.mark.parametrize(
+    ("policy", "kind"),
+    [
+        (None, "flat"),
+        (IndexPolicy(**_COVERING, opq_min_faces=10**9), "pq-rerank"),
+        (IndexPolicy(**_COVERING, opq_min_faces=0), "pq-rerank"),
+    ],
+    ids=["flat", "pq-rerank", "pq-rerank-opq"],
+)
+async def test_registry_under_concurrent_add_remove_search(policy, kind):
     vectors, ids = _unit(400, 4), np.arange(1, 401, dtype=np.int64)
     committed = set(ids[:100].tolist())  # the "database": faces the index is built from
 
@@ -84,7 +97,7 @@ async def test_registry_under_concurrent_add_remove_search():
         rows = np.array(sorted(committed), dtype=np.int64)
         return rows, vectors[rows - 1]
 
-    registry = IndexRegistry(DIM, load, device="cpu")
+    registry = IndexRegistry(DIM, load, device="cpu", policy=policy)
     try:
         async def searcher():
             for _ in range(30):
@@ -106,6 +119,7 @@ async def test_registry_under_concurrent_add_remove_search():
         # the adder runs first, before anything built the index: its faces must come from the database
         await asyncio.gather(adder(), searcher(), remover(), searcher())
         index = await registry.get(1)
+        assert index.kind == kind
         removed = np.concatenate([ids[s : s + 10] for s in range(0, 100, 20)])
         alive_ids = ids[~np.isin(ids, removed)]
         assert len(index) == len(alive_ids)
