@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import dataclasses
 import math
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -153,6 +154,7 @@ async def run(count: int, megapixels: float, photos: list[str], windows: list[fl
         settings = dataclasses.replace(base_settings, storage=folder / "storage", recogniser_window_ms=window)
         for label, rate, per_run in await through_service(settings, engine, images, faces, salt=10 * (w + 1)):
             rows.append((f"{label}, window {window:g} ms" if len(windows) > 1 else label, rate, per_run))
+        shutil.rmtree(folder, ignore_errors=True)
     # bare again after the service rows: on shared cores one pass moved by up to 20 % between runs; the
     # ratios are against the mean of the two passes
     bare_after = bare_per_image(engine, distinct(images, 2), max_pixels)[0]

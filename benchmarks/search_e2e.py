@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -210,6 +211,7 @@ async def main_async(args: argparse.Namespace) -> None:
         finally:
             server.terminate()
             server.wait(30)
+    shutil.rmtree(folder, ignore_errors=True)  # Postgres with 100k faces and the saved index
 
     print(
         f"{args.faces:,} synthetic faces + 2 real photos; probe yaoming.jpg; recogniser window {args.window_ms:g} ms; "

@@ -100,11 +100,12 @@ def run_one(data: str, n: int, per_person: int, needles: tuple[np.ndarray, np.nd
     found = index.search(needles[1], 1)[1][:, 0]
     needle_hits = int((found == np.arange(len(needles[1]))).sum())
 
-    folder = Path(tempfile.mkdtemp(prefix="faceserve-index-"))
-    store = IndexStore(folder, "bench")
-    save_s = timed(lambda: store.save(1, index), 1)[0]
-    size = sum(p.stat().st_size for p in (folder / "1" / "index").iterdir())
-    load_s = timed(lambda: store.load(1, n, n - 1), 1)[0]
+    with tempfile.TemporaryDirectory(prefix="faceserve-index-") as tmp:  # 2 GB at 1M faces
+        folder = Path(tmp)
+        store = IndexStore(folder, "bench")
+        save_s = timed(lambda: store.save(1, index), 1)[0]
+        size = sum(p.stat().st_size for p in (folder / "1" / "index").iterdir())
+        load_s = timed(lambda: store.load(1, n, n - 1), 1)[0]
     return {
         "data": data if data == "uniform" else f"people/{per_person}",
         "n": n,

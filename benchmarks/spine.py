@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import statistics
 import tempfile
 import time
@@ -95,6 +96,7 @@ async def run(rounds: int) -> None:
                 serve.append(time.perf_counter() - t)
             rows.append((label, image["faces"], bare, upload, bare_probe, search, serve))
     await runner.cleanup()
+    shutil.rmtree(storage, ignore_errors=True)
 
     print(f"median of {rounds} distinct encodings per photo; sequential requests; {time.strftime('%Y-%m-%d')}\n")
     print("| photo | faces | bare detect+embed all | upload via HTTP | ratio | bare probe | search via HTTP | ratio | GET image |")
