@@ -130,6 +130,40 @@ async def test_building_one_sessions_index_holds_up_no_search_of_another():
         registry.close()
 
 
+async def test_a_session_that_grew_past_the_threshold_gets_the_approximate_index_at_the_next_start(tmp_path):
+    from faceserve.index_store import IndexStore
+
+    vectors = gallery.people(12_000, dim=128)
+    ids = np.arange(1, len(vectors) + 1, dtype=np.int64)
+    committed = 8_000  # the "database"
+
+    async def load(session_id: int):
+        return ids[:committed], vectors[:committed]
+
+    async def stats(session_id: int):
+        return committed, int(ids[committed - 1])
+
+    def registry() -> IndexRegistry:
+        return IndexRegistry(128, load, device="cpu", stats=stats, store=IndexStore(tmp_path, "p"), policy=POLICY)
+
+    first = registry()
+    try:
+        assert (await first.get(1)).kind == "flat"  # 8,000 < 10,000
+        committed = len(ids)
+        await first.add(1, ids[8_000:], vectors[8_000:])  # uploads while served: stays flat meanwhile
+        assert (await first.get(1)).kind == "flat"
+        await first.save_changed()
+    finally:
+        first.close()
+    second = registry()
+    try:
+        index = await second.get(1)
+        assert index.kind == "pq-rerank" and len(index) == len(ids)
+        assert second.sources[1] == "database"
+    finally:
+        second.close()
+
+
 async def test_restart_loads_the_saved_index_and_rebuilds_a_stale_one(settings, engine, photos):
     app_settings = settings
 

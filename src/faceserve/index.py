@@ -112,6 +112,9 @@ class IndexRegistry:
     def _from_saved(self, saved: IdIndex | ExactIndex) -> SessionIndex | None:
         """The saved index as this process serves it; None: rebuild from the database instead."""
         if self._gpu_resources is None:
+            if isinstance(saved, ExactIndex) and len(saved) >= self.policy.ivf_min_faces:
+                # saved exact, then grew past the threshold by adds: it gets the approximate kind now
+                return None
             return saved
         if isinstance(saved, ExactIndex):
             ids, vectors = saved.export()
