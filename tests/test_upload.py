@@ -176,6 +176,8 @@ async def test_a_request_without_file_part_is_400(client):
     assert response.status == 400
     response = await client.post(f"/api/face/sessions/{session_id}/images", json={"file": "x"})
     assert response.status == 400
+    # said plainly, from the raw header (not left to the multipart reader's own complaint)
+    assert "multipart/form-data" in (await response.json())["error"]["message"]
 
 
 async def test_png_without_faces_is_stored_with_zero_faces(client, settings):
