@@ -158,6 +158,7 @@ class FaceEngine:
         box, landmarks, crop = found
         return detected_faces(box, landmarks, self.embed_crops(crop))[0]
 
+
 def detected_faces(boxes: np.ndarray, landmarks: np.ndarray, embeddings: np.ndarray) -> list[DetectedFace]:
     """Detector output (n, 5) boxes with scores and (n, 5, 2) landmarks, with their embeddings, as faces."""
     return [

@@ -81,7 +81,6 @@ class ServedFile:
     # time.monotonic() until which the bytes count as present without looking (answers without a body)
     present_until: float = float("-inf")
 
-
     @property
     def id(self) -> int:  # image_store.StoredImage
         return self.image_id
