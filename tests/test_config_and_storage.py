@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from faceserve.config import load_settings
-from faceserve.storage import is_plain_name, safe_stem, stored_name_for
+from faceserve.media.files import is_plain_name, safe_stem, stored_name_for
 
 
 def test_environment_then_overrides():

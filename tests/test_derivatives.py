@@ -12,9 +12,9 @@ import pytest
 from conftest import create_session, upload
 from PIL import Image
 
-from faceserve import derivatives
 from faceserve.errors import BadRequest
 from faceserve.http.serving import CACHE_FOREVER
+from faceserve.media import renditions
 
 
 def _decode(body: bytes) -> Image.Image:
@@ -304,56 +304,56 @@ async def test_unknown_face_is_404_json(client):
 
 
 def test_negotiate_format():
-    assert derivatives.negotiate_format(None) == "jpeg"
-    assert derivatives.negotiate_format("image/webp") == "webp"
-    assert derivatives.negotiate_format("text/html, image/WebP;q=0.9") == "webp"
-    assert derivatives.negotiate_format("image/webp;q=0") == "jpeg"
-    assert derivatives.negotiate_format("image/*, */*") == "jpeg"
+    assert renditions.negotiate_format(None) == "jpeg"
+    assert renditions.negotiate_format("image/webp") == "webp"
+    assert renditions.negotiate_format("text/html, image/WebP;q=0.9") == "webp"
+    assert renditions.negotiate_format("image/webp;q=0") == "jpeg"
+    assert renditions.negotiate_format("image/*, */*") == "jpeg"
 
 
 def test_parse_spec_normalises_and_validates():
     sizes = (160, 320)
-    spec = derivatives.parse_spec({"w": "320", "fit": "cover"}, None, sizes, 82)
-    assert spec == derivatives.Spec(320, None, "inside", "jpeg", 82)  # one side: cover is inside
+    spec = renditions.parse_spec({"w": "320", "fit": "cover"}, None, sizes, 82)
+    assert spec == renditions.Spec(320, None, "inside", "jpeg", 82)  # one side: cover is inside
     assert spec.key == "w320-q82" and spec.extension == "jpg"
-    both = derivatives.parse_spec({"w": "320", "h": "160", "fit": "cover"}, "image/webp", sizes, 82)
+    both = renditions.parse_spec({"w": "320", "h": "160", "fit": "cover"}, "image/webp", sizes, 82)
     assert both.key == "w320-h160-cover-q82" and both.extension == "webp"
-    assert derivatives.parse_spec({"h": "160", "exp": "1", "sig": "x"}, None, sizes, 82).height == 160
+    assert renditions.parse_spec({"h": "160", "exp": "1", "sig": "x"}, None, sizes, 82).height == 160
     for query in ({"w": "161"}, {"w": "३२०"}, {"w": " 320"}, {"w": "0320"}, {"w": "9" * 5000}, {"fit": "inside"}, {"w": "160", "fit": "fill"}):
         with pytest.raises(BadRequest):
-            derivatives.parse_spec(query, None, sizes, 82)
-    assert not derivatives.is_derivative_query({"exp": "1", "kid": "a", "sig": "b", "w": ""})
+            renditions.parse_spec(query, None, sizes, 82)
+    assert not renditions.is_derivative_query({"exp": "1", "kid": "a", "sig": "b", "w": ""})
 
 
 def test_etag_is_strong_and_depends_on_source_and_key():
-    tag = derivatives.etag("ab" * 32, "w320-q82", "jpg")
+    tag = renditions.etag("ab" * 32, "w320-q82", "jpg")
     assert tag.startswith('"') and tag.endswith('"') and len(tag) == 34
-    assert tag == derivatives.etag("ab" * 32, "w320-q82", "jpg")
-    assert tag != derivatives.etag("ab" * 32, "w320-q82", "webp")
-    assert tag != derivatives.etag("cd" * 32, "w320-q82", "jpg")
+    assert tag == renditions.etag("ab" * 32, "w320-q82", "jpg")
+    assert tag != renditions.etag("ab" * 32, "w320-q82", "webp")
+    assert tag != renditions.etag("cd" * 32, "w320-q82", "jpg")
 
 
 def test_remove_derivatives_touches_only_that_image(tmp_path):
-    folder = derivatives.derived_dir(tmp_path, 3)
+    folder = renditions.derived_dir(tmp_path, 3)
     folder.mkdir(parents=True)
     names = ["1-w320-q82.jpg", "1-face9-p0.4-q82.webp", ".1-w64-q82.jpg.ab12.tmp", "12-w320-q82.jpg", "2-w320-q82.jpg"]
     for name in names:
         (folder / name).write_bytes(b"x")
-    assert derivatives.remove_derivatives(tmp_path, 3, 1) == 3
+    assert renditions.remove_derivatives(tmp_path, 3, 1) == 3
     assert sorted(p.name for p in folder.iterdir()) == ["12-w320-q82.jpg", "2-w320-q82.jpg"]
-    assert derivatives.remove_derivatives(tmp_path, 4, 1) == 0
+    assert renditions.remove_derivatives(tmp_path, 4, 1) == 0
 
 
 def test_padded_box_is_clipped_to_the_image():
-    assert derivatives.padded_box((10, 10, 20, 30), 0.5, (100, 100)) == (5, 0, 25, 40)
-    assert derivatives.padded_box((90, 90, 100, 100), 1.0, (95, 95)) == (80, 80, 95, 95)
+    assert renditions.padded_box((10, 10, 20, 30), 0.5, (100, 100)) == (5, 0, 25, 40)
+    assert renditions.padded_box((90, 90, 100, 100), 1.0, (95, 95)) == (80, 80, 95, 95)
 
 
 def test_draft_factor_keeps_twice_the_output_below_half_scale():
-    assert derivatives.draft_factor(1.0) == 1
-    assert derivatives.draft_factor(0.6) == 1
-    assert derivatives.draft_factor(0.5) == 2  # 1/2 scaling is near-lossless at any ratio
-    assert derivatives.draft_factor(0.25) == 2
-    assert derivatives.draft_factor(0.125) == 4
-    assert derivatives.draft_factor(0.0625) == 8
-    assert derivatives.draft_factor(0.01) == 8
+    assert renditions.draft_factor(1.0) == 1
+    assert renditions.draft_factor(0.6) == 1
+    assert renditions.draft_factor(0.5) == 2  # 1/2 scaling is near-lossless at any ratio
+    assert renditions.draft_factor(0.25) == 2
+    assert renditions.draft_factor(0.125) == 4
+    assert renditions.draft_factor(0.0625) == 8
+    assert renditions.draft_factor(0.01) == 8

@@ -16,15 +16,15 @@ import pytest
 from conftest import IMAGE_STORES, copy_photo, create_session, files_under, search, upload
 from PIL import Image
 
-from faceserve import derivatives
 from faceserve.app import create_app
 from faceserve.config import Settings
+from faceserve.core.importer import import_tree
+from faceserve.core.services import open_services
 from faceserve.errors import ImageNotFound
-from faceserve.http import derivatives as http_derivatives
-from faceserve.http.keys import SERVICES
+from faceserve.http import downloads
+from faceserve.http.appkeys import SERVICES
 from faceserve.http.serving import served_file
-from faceserve.importer import import_tree
-from faceserve.services import open_services
+from faceserve.media import renditions
 
 
 async def _blob(services, image_id: int) -> bytes | None:
@@ -204,18 +204,18 @@ async def test_a_render_that_outlives_its_image_leaves_no_derivative(client, ser
     [image] = await upload(client, session_id, ("t1.jpg", photos["t1"].read_bytes()))
     request = type("Request", (), {"app": client.server.app})()  # served_file reads request.app only
     original = await served_file(request, image["image_id"])
-    spec = derivatives.parse_spec({"w": "320"}, None, settings.derivative_sizes, settings.derivative_quality)
-    path = derivatives.cache_path(settings.storage, session_id, image["image_id"], spec.key, spec.extension)
+    spec = renditions.parse_spec({"w": "320"}, None, settings.derivative_sizes, settings.derivative_quality)
+    path = renditions.cache_path(settings.storage, session_id, image["image_id"], spec.key, spec.extension)
     loop = asyncio.get_running_loop()
 
     def render_while_deleted(source):
-        data = derivatives.render(source, spec)
+        data = renditions.render(source, spec)
         # the delete lands while the render runs (on another thread, as a concurrent request would)
         asyncio.run_coroutine_threadsafe(client.delete(f"/api/face/image/{image['image_id']}"), loop).result()
         return data
 
     with pytest.raises(ImageNotFound):
-        await http_derivatives._render_and_check(
+        await downloads._render_and_check(
             services.stores.of(original), original, path, render_while_deleted
         )
     assert not path.exists()

@@ -10,9 +10,9 @@ from conftest import copy_photo, create_session, files_under, search, upload
 from faceserve import db
 from faceserve.app import create_app
 from faceserve.cli import main as cli_main
-from faceserve.http.keys import SERVICES
-from faceserve.importer import import_tree
-from faceserve.services import open_services
+from faceserve.core.importer import import_tree
+from faceserve.core.services import open_services
+from faceserve.http.appkeys import SERVICES
 
 
 def _old_tree(root, photos):

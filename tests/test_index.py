@@ -12,8 +12,7 @@ import faiss
 import numpy as np
 import pytest
 
-from faceserve.index import IndexRegistry, choose_placement
-from faceserve.index_kinds import (
+from faceserve.index.kinds import (
     IndexPolicy,
     TombstoneFlatIndex,
     build_cpu,
@@ -22,6 +21,7 @@ from faceserve.index_kinds import (
     pq_rerank,
     top_k,
 )
+from faceserve.index.registry import IndexRegistry, choose_placement
 
 DIM = 64
 

@@ -13,9 +13,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from conftest import create_session, search, upload
 
 from faceserve.app import create_app
-from faceserve.http.keys import SERVICES
-from faceserve.index import IndexRegistry
-from faceserve.index_kinds import (
+from faceserve.http.appkeys import SERVICES
+from faceserve.index.kinds import (
     IndexPolicy,
     build_cpu,
     exact_top,
@@ -24,6 +23,7 @@ from faceserve.index_kinds import (
     top_k,
     tuning_queries,
 )
+from faceserve.index.registry import IndexRegistry
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import gallery
@@ -131,7 +131,7 @@ async def test_building_one_sessions_index_holds_up_no_search_of_another():
 
 
 async def test_a_session_that_grew_past_the_threshold_gets_the_approximate_index_at_the_next_start(tmp_path):
-    from faceserve.index_store import IndexStore
+    from faceserve.index.store import IndexStore
 
     vectors = gallery.people(12_000, dim=128)
     ids = np.arange(1, len(vectors) + 1, dtype=np.int64)
@@ -215,7 +215,7 @@ async def test_restart_loads_the_saved_index_and_rebuilds_a_stale_one(settings, 
 
 @pytest.mark.parametrize("rotated", [False, True], ids=["pq", "opq"])
 def test_saved_approximate_index_round_trips_and_stale_copies_are_refused(tmp_path, rotated):
-    from faceserve.index_store import IndexStore
+    from faceserve.index.store import IndexStore
 
     vectors = gallery.people(20_000, dim=128, per_person=32)
     ids = np.arange(7, 7 + len(vectors), dtype=np.int64)

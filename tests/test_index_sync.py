@@ -9,7 +9,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from conftest import create_session, search, upload
 
 from faceserve.app import create_app
-from faceserve.http.keys import SERVICES
+from faceserve.http.appkeys import SERVICES
 
 
 async def _settled(*clients: TestClient) -> None:

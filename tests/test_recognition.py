@@ -11,9 +11,9 @@ import pytest
 from conftest import create_session, search, upload
 
 from faceserve import db
-from faceserve.faces import FaceEngine
-from faceserve.http.keys import SERVICES
-from faceserve.recognition import RecogniserBatcher
+from faceserve.http.appkeys import SERVICES
+from faceserve.vision.batcher import RecogniserBatcher
+from faceserve.vision.engine import FaceEngine
 
 
 @pytest.fixture(scope="module")

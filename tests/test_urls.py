@@ -9,8 +9,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from conftest import create_session, search, upload
 
-from faceserve import signing
 from faceserve.app import create_app
+from faceserve.core import signing
 
 KEY_NEW = "k2:" + "n" * 32
 KEY_OLD = "k1:" + "o" * 32

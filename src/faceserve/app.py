@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from .config import Settings
-from .faces import FaceEngine
-from .http import derivatives, health, images, middleware, search, serving, sessions
-from .http.keys import SERVICES
-from .http.urls import URLS, UrlPolicy
-from .services import open_services
+from .core.services import open_services
+from .http import downloads, health, images, middleware, search, sessions
+from .http.appkeys import SERVICES, URLS
+from .http.urls import UrlPolicy
+from .vision.engine import FaceEngine
 
 # multipart framing and small fields on top of the largest accepted file
 _BODY_OVERHEAD = 1024 * 1024
@@ -30,7 +30,6 @@ def create_app(
             yield
 
     app.cleanup_ctx.append(services_ctx)
-    app[serving.SERVED_FILES] = serving.ServedFileCache(settings.served_cache_entries, settings.served_recheck_s)
     app[URLS] = UrlPolicy.from_settings(settings)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_post("/api/face/sessions", sessions.create_session)
@@ -39,9 +38,9 @@ def create_app(
     app.router.add_delete("/api/face/sessions/{session_id}", sessions.delete_session)
     app.router.add_post("/api/face/sessions/{session_id}/images", images.upload_images)
     app.router.add_get("/api/face/sessions/{session_id}/images", images.list_images)
-    app.router.add_get("/api/face/image/{image_id}", serving.serve_image)  # HEAD too
+    app.router.add_get("/api/face/image/{image_id}", downloads.serve_image)  # HEAD too
     app.router.add_delete("/api/face/image/{image_id}", images.delete_image)
-    app.router.add_get("/api/face/face/{face_id}", derivatives.serve_face_crop)  # HEAD too
+    app.router.add_get("/api/face/face/{face_id}", downloads.serve_face_crop)  # HEAD too
     app.router.add_get("/api/face/resolve", images.resolve)
     app.router.add_get("/storage/face_sessions/{session_id}/db/{name}", images.legacy_redirect)
     app.router.add_post("/api/face/search", search.search_faces)

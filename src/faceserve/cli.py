@@ -42,8 +42,8 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 async def _import(settings: Settings, source: Path) -> int:
-    from .importer import ImportReport, import_tree
-    from .services import open_services
+    from .core.importer import ImportReport, import_tree
+    from .core.services import open_services
 
     interactive = sys.stderr.isatty()
 

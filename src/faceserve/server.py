@@ -20,8 +20,8 @@ from aiohttp import web
 from . import db
 from .app import create_app
 from .config import Settings
-from .models import locate_pack
-from .storage import Storage
+from .media.files import Storage
+from .vision.packs import locate_pack
 
 log = logging.getLogger(__name__)
 _WATCH_INTERVAL_S = 0.5

@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import BadRequest, FaceServeError
-from .urls import URLS
+from .appkeys import URLS
 
 _MAX_ID = 2**63 - 1
 

@@ -9,8 +9,8 @@ from aiohttp import web
 
 from .. import db
 from ..errors import NotReady
+from .appkeys import SERVICES
 from .common import ok
-from .keys import SERVICES
 
 _DB_TIMEOUT_S = 2.0
 

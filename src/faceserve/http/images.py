@@ -6,13 +6,13 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import db, ingest
+from .. import db
+from ..core import ingest
 from ..errors import BadRequest, ImageNotFound, SessionNotFound
-from ..storage import Storage
-from . import uploads
+from ..media.files import Storage
+from . import multipart
+from .appkeys import SERVICES
 from .common import image_url, ok, path_id, query_int
-from .keys import SERVICES
-from .serving import SERVED_FILES
 
 
 def image_json(request: web.Request, image: db.ImageRecord) -> dict[str, Any]:
@@ -41,7 +41,7 @@ async def upload_images(request: web.Request) -> web.Response:
     session_id = path_id(request, "session_id", SessionNotFound)
     await ingest.require_session(services, session_id)
     results: list[dict[str, Any]] = []
-    async for part in uploads.parts(request):
+    async for part in multipart.parts(request):
         if part.name != "file":
             await part.release()
             continue
@@ -49,7 +49,7 @@ async def upload_images(request: web.Request) -> web.Response:
             raise BadRequest(f"at most {settings.max_files_per_upload} files per request")
         original_name = part.filename or "upload"
         with services.gate.admit():
-            pending = await services.storage.receive(session_id, uploads.chunks(part), settings.max_upload_bytes)
+            pending = await services.storage.receive(session_id, multipart.chunks(part), settings.max_upload_bytes)
             outcome = await ingest.add_image(services, session_id, pending, original_name)
         results.append({**image_json(request, outcome.image), "created": outcome.created})
     if not results:
@@ -72,7 +72,6 @@ async def list_images(request: web.Request) -> web.Response:
 async def delete_image(request: web.Request) -> web.Response:
     image_id = path_id(request, "image_id", ImageNotFound)
     image = await ingest.delete_image(request.app[SERVICES], image_id)
-    request.app[SERVED_FILES].evict(image_id)
     return ok({"image_id": image.id, "identity": image.identity, "deleted": True})
 
 

@@ -6,11 +6,11 @@ import time
 
 from aiohttp import web
 
-from .. import search
+from ..core import matching
 from ..errors import BadRequest
-from . import uploads
+from . import multipart
+from .appkeys import SERVICES
 from .common import image_url, number, ok
-from .keys import SERVICES
 
 
 async def search_faces(request: web.Request) -> web.Response:
@@ -19,11 +19,11 @@ async def search_faces(request: web.Request) -> web.Response:
     start = time.perf_counter()
     fields: dict[str, str] = {}
     probe: bytes | None = None
-    async for part in uploads.parts(request):
+    async for part in multipart.parts(request):
         if part.name == "image":
-            probe = await uploads.read_all(part, settings.max_upload_bytes)
+            probe = await multipart.read_all(part, settings.max_upload_bytes)
         elif part.name in ("session_id", "threshold", "limit"):
-            fields[part.name] = await uploads.read_field(part)
+            fields[part.name] = await multipart.read_field(part)
         else:
             await part.release()
     session_id = number(fields.get("session_id"), "session_id", int, 1, 2**63 - 1)
@@ -35,7 +35,7 @@ async def search_faces(request: web.Request) -> web.Response:
     limit = number(fields.get("limit"), "limit", int, 1, settings.search_max_limit)
 
     parsed_ms = 1000 * (time.perf_counter() - start)
-    result = await search.search_session(
+    result = await matching.search_session(
         services,
         int(session_id),
         probe,

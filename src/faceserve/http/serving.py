@@ -1,16 +1,17 @@
-"""GET and HEAD /api/face/image/{image_id}: the bytes of a row, found by id, never by a client's path.
+"""The serving core every image answer shares (originals, renditions, face crops; handlers in downloads.py):
+access check, the row's serving facts, preconditions, ranges and bodies, found by id, never by a client's path.
 
 This is the hot path (every thumbnail a mobile app shows), so it does the least it can per request:
-- the row's serving metadata is cached per process (ids are never reused and files are immutable, so an
-  entry only goes stale when the image is deleted, which the open() below notices);
+- the row's serving metadata is cached per process (core/served.py: ids are never reused and files are
+  immutable, so an entry only goes stale when the image is deleted, which the open() in downloads notices);
 - preconditions are evaluated before the file is touched: a 304 (or 412) needs no bytes, so it is answered
   from memory when the bytes were last seen present less than `served_recheck_s` ago (nginx's
   open_file_cache_valid makes the same trade; a delete through this process evicts the entry at once);
 - the file is opened and fstat'ed on the event loop: for the hot set these are page-cache lookups of a few
   microseconds, cheaper than the executor round trip that would hide them (nginx makes the same trade);
-- bodies up to _INLINE_BODY are read in one pread and written with the headers; larger ones go out with
+- bodies up to INLINE_BODY are read in one pread and written with the headers; larger ones go out with
   loop.sendfile (zero-copy) where the loop supports it, else in chunks read off the loop.
-Images kept in Postgres (image_store.py) answer the same way, with their bytes read by byte range
+Images kept in Postgres (media/stores.py) answer the same way, with their bytes read by byte range
 (substring of an uncompressed TOAST value reads only the chunks the range needs).
 """
 
@@ -20,24 +21,21 @@ import asyncio
 import hmac
 import os
 import time
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import NoReturn
 
 from aiohttp import web
 
-from .. import db, image_store, signing
+from .. import db
+from ..core import signing
+from ..core.served import ServedFile
 from ..errors import ImageNotFound
-from . import conditional, derivatives
-from .common import path_id
-from .keys import SERVICES
-from .urls import URLS
+from . import conditional
+from .appkeys import SERVICES, URLS
 
 CACHE_FOREVER = "public, max-age=31536000, immutable"
-_INLINE_BODY = 512 * 1024
+INLINE_BODY = 512 * 1024
 _CHUNK = 256 * 1024
 # bytes per query when streaming an image kept in Postgres: bounds memory per response
 _BLOB_CHUNK = 1024 * 1024
@@ -62,64 +60,8 @@ def common_headers(etag: str, last_modified: datetime) -> dict[str, str]:
     }
 
 
-@dataclass(slots=True)
-class ServedFile:
-    """What serving needs of a row, computed once per process."""
-
-    image_id: int
-    path: Path  # for bytes kept in Postgres: the row's name under the storage root, never opened
-    content_type: str
-    etag: str
-    last_modified: datetime  # whole seconds: HTTP dates have no finer resolution
-    headers: tuple[tuple[str, str], ...]
-    bytes_in: str = image_store.FILE
-    byte_size: int = 0  # the row's; a file's own size (fstat) is what serving a file goes by
-    # of an original: what its derivatives are made and named from (empty for a derivative itself)
-    file_path: str = ""
-    session_id: int = 0
-    sha256_hex: str = ""
-    # time.monotonic() until which the bytes count as present without looking (answers without a body)
-    present_until: float = float("-inf")
-
-    @property
-    def id(self) -> int:  # image_store.StoredImage
-        return self.image_id
-
-
-class ServedFileCache:
-    """A bounded LRU of id -> ServedFile."""
-
-    def __init__(self, capacity: int, recheck_s: float = 1.0) -> None:
-        self._capacity = capacity
-        self._recheck_s = recheck_s
-        self._entries: OrderedDict[int, ServedFile] = OrderedDict()
-
-    def seen_present(self, entry: ServedFile) -> None:
-        entry.present_until = time.monotonic() + self._recheck_s
-
-    def get(self, image_id: int) -> ServedFile | None:
-        entry = self._entries.get(image_id)
-        if entry is not None:
-            self._entries.move_to_end(image_id)
-        return entry
-
-    def put(self, entry: ServedFile) -> None:
-        self._entries[entry.image_id] = entry
-        if len(self._entries) > self._capacity:
-            self._entries.popitem(last=False)
-
-    def evict(self, image_id: int) -> None:
-        self._entries.pop(image_id, None)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-
-SERVED_FILES = web.AppKey("served_files", ServedFileCache)
-
-
 async def served_file(request: web.Request, image_id: int) -> ServedFile:
-    cache = request.app[SERVED_FILES]
+    cache = request.app[SERVICES].served
     entry = cache.get(image_id)
     if entry is not None:
         return entry
@@ -160,55 +102,6 @@ def check_access(request: web.Request) -> str | None:
         return None
     remaining = signing.verify(urls.keys, request.path, dict(request.query), time.time())
     return f"public, max-age={min(remaining, _ONE_YEAR)}"
-
-
-async def serve_image(request: web.Request) -> web.StreamResponse:
-    image_id = path_id(request, "image_id", ImageNotFound)
-    cache_control = check_access(request)
-    # the query is only parsed when there is one: most requests are for the original
-    if request.query_string and derivatives.wants_derivative(request):
-        return await derivatives.serve_image_derivative(request, image_id, cache_control)
-    entry = await served_file(request, image_id)
-    status = conditional.evaluate(request.method, request.headers, entry.etag, entry.last_modified)
-    if status != 200:
-        if time.monotonic() < entry.present_until:
-            return without_body(status, entry, cache_control)
-        # this request looks for the bytes; revalidations arriving meanwhile answer from memory instead of
-        # all asking at once (a gone image is evicted below, and then nobody answers from memory)
-        request.app[SERVED_FILES].seen_present(entry)
-    if entry.bytes_in != image_store.FILE:
-        return await _respond_blob(request, entry, status, cache_control)
-    try:
-        fd = os.open(entry.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    except (FileNotFoundError, NotADirectoryError):
-        request.app[SERVED_FILES].evict(image_id)
-        raise ImageNotFound(f"the file of image {image_id} is gone") from None
-    request.app[SERVED_FILES].seen_present(entry)
-    try:
-        return await respond(request, entry, FileBody(fd), status, cache_control)
-    finally:
-        os.close(fd)
-
-
-async def _respond_blob(
-    request: web.Request, entry: ServedFile, status: int, cache_control: str | None
-) -> web.StreamResponse:
-    pool = request.app[SERVICES].pool
-    # no bytes to read (or a stream that must not start with a 200 for nothing): ask whether they exist
-    must_ask = status != 200 or request.method == "HEAD" or entry.byte_size > _INLINE_BODY
-    if must_ask and await db.blob_size(pool, entry.image_id) is None:
-        _gone(request, entry)
-    # bytes in Postgres are written once with their row, so the row's size is theirs; a read that finds no
-    # row means the image was deleted
-    body = BlobBody(pool, entry.image_id, entry.byte_size, on_gone=lambda: _gone(request, entry))
-    response = await respond(request, entry, body, status, cache_control)
-    request.app[SERVED_FILES].seen_present(entry)
-    return response
-
-
-def _gone(request: web.Request, entry: ServedFile) -> NoReturn:
-    request.app[SERVED_FILES].evict(entry.image_id)
-    raise ImageNotFound(f"the bytes of image {entry.image_id} are gone")
 
 
 async def respond_file(request: web.Request, entry: ServedFile, fd: int, cache_control: str | None) -> web.StreamResponse:
@@ -298,7 +191,7 @@ async def respond(
     length = last - first + 1 if size else 0
 
     headers["Content-Type"] = entry.content_type
-    if request.method != "HEAD" and length <= _INLINE_BODY:
+    if request.method != "HEAD" and length <= INLINE_BODY:
         # one read for the body, sent together with the headers
         return web.Response(status=code, headers=headers, body=await body.read(first, length))
 

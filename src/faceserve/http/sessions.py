@@ -6,10 +6,11 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import db, ingest
+from .. import db
+from ..core import ingest
 from ..errors import BadRequest, SessionNotFound
+from .appkeys import SERVICES
 from .common import ok, path_id
-from .keys import SERVICES
 
 _MAX_NAME = 200
 

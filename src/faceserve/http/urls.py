@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from .. import signing
 from ..config import Settings
+from ..core import signing
 
 
 @dataclass(frozen=True)
@@ -42,5 +42,3 @@ class UrlPolicy:
         base = self.cdn_base_url or self.origin(request)
         return base + self.signed_path(f"/api/face/image/{image_id}")
 
-
-URLS = web.AppKey("urls", UrlPolicy)

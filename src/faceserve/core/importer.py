@@ -13,10 +13,11 @@ from pathlib import Path
 
 import aiofiles
 
-from . import db, ingest
-from .errors import FaceServeError
+from .. import db
+from ..errors import FaceServeError
+from ..media.files import SESSIONS_DIR, is_plain_name, stored_name_for
+from . import ingest
 from .services import Services
-from .storage import SESSIONS_DIR, is_plain_name, stored_name_for
 
 log = logging.getLogger(__name__)
 _CHUNK = 1024 * 1024

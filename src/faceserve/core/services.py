@@ -13,18 +13,20 @@ from typing import Any, TypeVar
 import asyncpg
 import numpy as np
 
-from . import db, index_sync
-from .config import Settings
-from .errors import Busy
-from .faces import FaceEngine
-from .image_store import ImageStores
-from .index import IndexRegistry
-from .index_kinds import IndexPolicy
-from .index_store import IndexStore
-from .models import locate_pack
-from .recognition import RecogniserBatcher
-from .runtime import conflicting_builds
-from .storage import Storage
+from .. import db
+from ..config import Settings
+from ..errors import Busy
+from ..index import sync as index_sync
+from ..index.kinds import IndexPolicy
+from ..index.registry import IndexRegistry
+from ..index.store import IndexStore
+from ..media.files import Storage
+from ..media.stores import ImageStores
+from ..runtime import conflicting_builds
+from ..vision.batcher import RecogniserBatcher
+from ..vision.engine import FaceEngine
+from ..vision.packs import locate_pack
+from .served import ServedFileCache
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -62,6 +64,8 @@ class Services:
     # embeds the aligned faces of concurrent uploads and searches in shared recogniser runs
     recogniser: RecogniserBatcher
     gate: AdmissionGate
+    # serving facts of recently served images; deletions here evict from it (served.py)
+    served: ServedFileCache
     # names this process in index change notifications (index_sync.py)
     process_token: str
     follower: index_sync.IndexFollower
@@ -154,4 +158,17 @@ async def open_services(
             live = [s.id for s in await db.list_sessions(pool) if s.id in saved]
             stack.push_async_callback(_cancel, indexes.preload(sorted(live, reverse=True)))  # newest first
         gate = AdmissionGate(settings.max_pending_images, settings.retry_after_s)
-        yield Services(settings, pool, storage, stores, engine, indexes, inference, recogniser, gate, token, follower)
+        yield Services(
+            settings,
+            pool,
+            storage,
+            stores,
+            engine,
+            indexes,
+            inference,
+            recogniser,
+            gate,
+            ServedFileCache.from_settings(settings),
+            token,
+            follower,
+        )

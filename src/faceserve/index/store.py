@@ -19,7 +19,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from .index_kinds import ExactIndex, IdIndex, TombstoneFlatIndex
+from .kinds import ExactIndex, IdIndex, TombstoneFlatIndex
 
 log = logging.getLogger(__name__)
 _FORMAT = 2

@@ -1,6 +1,7 @@
-"""Resized copies (GET /api/face/image/{id}?w=&h=&fit=) and face crops (GET /api/face/face/{face_id}).
+"""Image bytes by id: originals (GET and HEAD /api/face/image/{id}), resized copies (the same with
+?w=&h=&fit=) and face crops (GET /api/face/face/{face_id}), all answered by the serving core (serving.py).
 
-They keep the originals' contract (strong ETag, a year immutable, 304/412, byte ranges: serving.respond_file
+Renditions and crops keep the originals' contract (strong ETag, a year immutable, 304/412, byte ranges: serving.respond_file
 answers for both) with two differences: the format follows Accept, so every answer says Vary: Accept, and
 the file is rendered on its first request and kept under the session's derived/ folder.
 
@@ -13,25 +14,78 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import NoReturn
 
 from aiohttp import web
 
-from .. import db, derivatives
+from .. import db
+from ..core.served import ServedFile
 from ..errors import FaceNotFound, ImageNotFound
-from ..image_store import ImageStore, StoredImage
-from . import serving
+from ..media import renditions, stores
+from ..media.stores import ImageStore, StoredImage
+from . import conditional, serving
+from .appkeys import SERVICES
 from .common import path_id
-from .keys import SERVICES
 
 # Renders under way in this process, by file: concurrent first requests for one derivative (every open
 # gallery asks for a new photo's thumbnail at once) wait for one render instead of each making their own.
 _rendering: dict[Path, asyncio.Future[Path]] = {}
 
 
+async def serve_image(request: web.Request) -> web.StreamResponse:
+    image_id = path_id(request, "image_id", ImageNotFound)
+    cache_control = serving.check_access(request)
+    # the query is only parsed when there is one: most requests are for the original
+    if request.query_string and wants_derivative(request):
+        return await serve_image_derivative(request, image_id, cache_control)
+    entry = await serving.served_file(request, image_id)
+    status = conditional.evaluate(request.method, request.headers, entry.etag, entry.last_modified)
+    if status != 200:
+        if time.monotonic() < entry.present_until:
+            return serving.without_body(status, entry, cache_control)
+        # this request looks for the bytes; revalidations arriving meanwhile answer from memory instead of
+        # all asking at once (a gone image is evicted below, and then nobody answers from memory)
+        request.app[SERVICES].served.seen_present(entry)
+    if entry.bytes_in != stores.FILE:
+        return await _respond_blob(request, entry, status, cache_control)
+    try:
+        fd = os.open(entry.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except (FileNotFoundError, NotADirectoryError):
+        request.app[SERVICES].served.evict(image_id)
+        raise ImageNotFound(f"the file of image {image_id} is gone") from None
+    request.app[SERVICES].served.seen_present(entry)
+    try:
+        return await serving.respond(request, entry, serving.FileBody(fd), status, cache_control)
+    finally:
+        os.close(fd)
+
+
+async def _respond_blob(
+    request: web.Request, entry: ServedFile, status: int, cache_control: str | None
+) -> web.StreamResponse:
+    pool = request.app[SERVICES].pool
+    # no bytes to read (or a stream that must not start with a 200 for nothing): ask whether they exist
+    must_ask = status != 200 or request.method == "HEAD" or entry.byte_size > serving.INLINE_BODY
+    if must_ask and await db.blob_size(pool, entry.image_id) is None:
+        _gone(request, entry)
+    # bytes in Postgres are written once with their row, so the row's size is theirs; a read that finds no
+    # row means the image was deleted
+    body = serving.BlobBody(pool, entry.image_id, entry.byte_size, on_gone=lambda: _gone(request, entry))
+    response = await serving.respond(request, entry, body, status, cache_control)
+    request.app[SERVICES].served.seen_present(entry)
+    return response
+
+
+def _gone(request: web.Request, entry: ServedFile) -> NoReturn:
+    request.app[SERVICES].served.evict(entry.image_id)
+    raise ImageNotFound(f"the bytes of image {entry.image_id} are gone")
+
+
 def wants_derivative(request: web.Request) -> bool:
-    return derivatives.is_derivative_query(request.query)
+    return renditions.is_derivative_query(request.query)
 
 
 async def serve_image_derivative(request: web.Request, image_id: int, cache_control: str | None) -> web.StreamResponse:
@@ -39,10 +93,10 @@ async def serve_image_derivative(request: web.Request, image_id: int, cache_cont
     The original's facts come from the same per-process cache as the original's own requests."""
     original = await serving.served_file(request, image_id)
     settings = request.app[SERVICES].settings
-    spec = derivatives.parse_spec(
+    spec = renditions.parse_spec(
         request.query, request.headers.get("Accept"), settings.derivative_sizes, settings.derivative_quality
     )
-    return await _serve(request, original, spec, functools.partial(derivatives.render, spec=spec), cache_control)
+    return await _serve(request, original, spec, functools.partial(renditions.render, spec=spec), cache_control)
 
 
 async def serve_face_crop(request: web.Request) -> web.StreamResponse:
@@ -59,7 +113,7 @@ async def serve_face_crop(request: web.Request) -> web.StreamResponse:
         original = await serving.served_file(request, face.image_id)
     except ImageNotFound:
         raise FaceNotFound(f"face {face_id} does not exist") from None
-    crop = derivatives.parse_face_crop(
+    crop = renditions.parse_face_crop(
         request.query,
         request.headers.get("Accept"),
         face.id,
@@ -69,23 +123,23 @@ async def serve_face_crop(request: web.Request) -> web.StreamResponse:
         settings.derivative_quality,
     )
     return await _serve(
-        request, original, crop, functools.partial(derivatives.render_face_crop, crop=crop), cache_control
+        request, original, crop, functools.partial(renditions.render_face_crop, crop=crop), cache_control
     )
 
 
 async def _serve(
     request: web.Request,
-    original: serving.ServedFile,
-    what: derivatives.Spec | derivatives.FaceCrop,
+    original: ServedFile,
+    what: renditions.Spec | renditions.FaceCrop,
     render: Callable[[Path | bytes], bytes],
     cache_control: str | None,
 ) -> web.StreamResponse:
     services = request.app[SERVICES]
     image_id = original.image_id
-    path = derivatives.cache_path(services.storage.root, original.session_id, image_id, what.key, what.extension)
-    tag = derivatives.etag(original.sha256_hex, what.key, what.extension)
+    path = renditions.cache_path(services.storage.root, original.session_id, image_id, what.key, what.extension)
+    tag = renditions.etag(original.sha256_hex, what.key, what.extension)
     headers = (*serving.common_headers(tag, original.last_modified).items(), ("Vary", "Accept"))
-    entry = serving.ServedFile(image_id, path, what.content_type, tag, original.last_modified, headers)
+    entry = ServedFile(image_id, path, what.content_type, tag, original.last_modified, headers)
     # opened on the event loop, as serving does for originals: a page-cache lookup for files in use
     fd = _open(path)
     if fd is None:
@@ -94,11 +148,11 @@ async def _serve(
                 path, functools.partial(_render_and_check, services.stores.of(original), original, path, render)
             )
         except ImageNotFound:
-            request.app[serving.SERVED_FILES].evict(image_id)
+            request.app[SERVICES].served.evict(image_id)
             raise
         fd = _open(path)
         if fd is None:
-            request.app[serving.SERVED_FILES].evict(image_id)
+            request.app[SERVICES].served.evict(image_id)
             raise ImageNotFound(f"image {image_id} was deleted")
     try:
         return await serving.respond_file(request, entry, fd, cache_control)
@@ -128,7 +182,7 @@ async def _render_and_check(
 ) -> None:
     source = await store.source(image)
     try:
-        await asyncio.to_thread(derivatives.ensure_cached, path, functools.partial(render, source))
+        await asyncio.to_thread(renditions.ensure_cached, path, functools.partial(render, source))
     except FileNotFoundError:
         raise ImageNotFound(f"the file of image {image.id} is gone") from None
     if not await store.exists(image):

@@ -11,7 +11,7 @@ import hmac
 import math
 from dataclasses import dataclass
 
-from .errors import FaceServeError
+from ..errors import FaceServeError
 
 
 class BadSignature(FaceServeError):

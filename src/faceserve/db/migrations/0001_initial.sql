@@ -1,4 +1,7 @@
--- faceserve schema. Applied at every start; every statement is idempotent.
+-- 0001: the schema as the releases before versioned migrations made it at every start. Every statement
+-- is idempotent, so a database made by any earlier release is brought to this step with its data (a
+-- column or table an older release lacked is added); each later change is a numbered file of its own,
+-- applied once (db/migrations.py).
 
 CREATE TABLE IF NOT EXISTS face_sessions (
     id          bigserial PRIMARY KEY,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from .models import ModelPack
+from .packs import ModelPack
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")

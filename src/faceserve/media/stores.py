@@ -21,9 +21,9 @@ from typing import Protocol
 
 import asyncpg
 
-from . import db
-from .errors import ImageNotFound
-from .storage import PendingFile, Storage
+from .. import db
+from ..errors import ImageNotFound
+from .files import PendingFile, Storage
 
 FILE = "file"
 POSTGRES = "postgres"

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import db, imaging
-from .errors import NoFaceFound
-from .faces import DetectedFace, FaceEngine, detected_faces
+from .. import db
+from ..errors import NoFaceFound
+from ..media import decoding
+from ..vision.engine import DetectedFace, FaceEngine, detected_faces
 from .ingest import require_session
 from .services import Services
 
@@ -41,8 +42,8 @@ def _largest_face(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """FaceEngine.find_largest on the probe's bytes, timed."""
     start = time.perf_counter()
-    imaging.probe(data, max_pixels)
-    pixels = imaging.decode_bgr(data)
+    decoding.probe(data, max_pixels)
+    pixels = decoding.decode_bgr(data)
     decoded = time.perf_counter()
     found = engine.find_largest(pixels)
     timings["decode"], timings["detect"] = 1000 * (decoded - start), 1000 * (time.perf_counter() - decoded)

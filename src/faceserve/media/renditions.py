@@ -24,9 +24,9 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from .errors import BadRequest, FaceNotFound
-from .imaging import ACCEPTED_FORMATS
-from .storage import SESSIONS_DIR
+from ..errors import BadRequest, FaceNotFound
+from .decoding import ACCEPTED_FORMATS
+from .files import SESSIONS_DIR
 
 DERIVED_DIR = "derived"
 FITS = ("inside", "cover")

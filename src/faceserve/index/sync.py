@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import asyncpg
 import numpy as np
 
-from . import db
-from .index import IndexRegistry
+from .. import db
+from .registry import IndexRegistry
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import aiofiles
 import aiofiles.os
 
-from .errors import PayloadTooLarge
+from ..errors import PayloadTooLarge
 
 log = logging.getLogger(__name__)
 

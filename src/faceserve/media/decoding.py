@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import ImageTooLarge, NotAnImage
+from ..errors import ImageTooLarge, NotAnImage
 
 # Formats both Pillow (header probe) and OpenCV (decode) read; name -> (Content-Type, file extension).
 ACCEPTED_FORMATS: dict[str, tuple[str, str]] = {

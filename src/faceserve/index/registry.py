@@ -24,8 +24,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-from .index_kinds import ExactIndex, IdIndex, IndexPolicy, TombstoneFlatIndex, build_cpu, build_gpu
-from .index_store import IndexStore
+from .kinds import ExactIndex, IdIndex, IndexPolicy, TombstoneFlatIndex, build_cpu, build_gpu
+from .store import IndexStore
 
 log = logging.getLogger(__name__)
 

@@ -10,11 +10,13 @@ from pathlib import Path
 import asyncpg
 import numpy as np
 
-from . import db, derivatives, imaging, index_sync
-from .errors import ImageNotFound, SessionNotFound
-from .faces import DetectedFace, FaceEngine, detected_faces
+from .. import db
+from ..errors import ImageNotFound, SessionNotFound
+from ..index import sync as index_sync
+from ..media import decoding, renditions
+from ..media.files import PendingFile, stored_name_for
+from ..vision.engine import DetectedFace, FaceEngine, detected_faces
 from .services import Services
-from .storage import PendingFile, stored_name_for
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +29,7 @@ class Ingested:
 
 @dataclass(frozen=True)
 class _Found:
-    info: imaging.ImageInfo
+    info: decoding.ImageInfo
     boxes: np.ndarray
     landmarks: np.ndarray
     crops: np.ndarray  # aligned, for the recogniser
@@ -35,8 +37,8 @@ class _Found:
 
 def _detect_file(engine: FaceEngine, path: Path, max_pixels: int) -> _Found:
     """Header check first (cheap, rejects bombs and non-images), then the full decode, detection, alignment."""
-    info = imaging.probe(path, max_pixels)
-    pixels = imaging.decode_bgr(path.read_bytes())
+    info = decoding.probe(path, max_pixels)
+    pixels = decoding.decode_bgr(path.read_bytes())
     boxes, landmarks = engine.detect(pixels)
     return _Found(info, boxes, landmarks, engine.align(pixels, landmarks))
 
@@ -56,7 +58,7 @@ class Analyzed:
     original_name: str
     stored_name: str | None
     existing: db.ImageRecord | None = None
-    info: imaging.ImageInfo | None = None
+    info: decoding.ImageInfo | None = None
     faces: list[DetectedFace] = field(default_factory=list)
 
 
@@ -161,9 +163,10 @@ async def delete_image(services: Services, image_id: int) -> db.ImageRecord:
         await index_sync.announce_removed(conn, services.process_token, image.face_session_id, face_ids)
     # search joins hits against the database, so the deleted faces stop matching at the commit above;
     # the index drops them too so they stop taking result slots
+    services.served.evict(image.id)
     await services.indexes.remove(image.face_session_id, np.asarray(face_ids, dtype=np.int64))
     await services.stores.of(image).remove(image)
-    await asyncio.to_thread(derivatives.remove_derivatives, services.storage.root, image.face_session_id, image.id)
+    await asyncio.to_thread(renditions.remove_derivatives, services.storage.root, image.face_session_id, image.id)
     return image
 
 
@@ -172,5 +175,6 @@ async def delete_session(services: Services, session_id: int) -> None:
         if not await db.delete_session(conn, session_id):
             raise SessionNotFound(f"face session {session_id} does not exist")
         await index_sync.announce_dropped(conn, services.process_token, session_id)
+    services.served.evict_session(session_id)
     await services.indexes.drop(session_id)
     await asyncio.to_thread(services.storage.remove_session, session_id)

