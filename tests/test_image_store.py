@@ -17,13 +17,14 @@ from conftest import IMAGE_STORES, copy_photo, create_session, files_under, sear
 from PIL import Image
 
 from faceserve.app import create_app
-from faceserve.config import Settings
+from faceserve.config import Settings, SettingsError, load_settings
 from faceserve.core.importer import import_tree
 from faceserve.core.services import open_services
 from faceserve.errors import ImageNotFound
 from faceserve.http import downloads
 from faceserve.http.appkeys import SERVICES
 from faceserve.http.serving import served_file
+from faceserve.layout import SessionLayout
 from faceserve.media import renditions
 
 
@@ -37,7 +38,7 @@ async def _bytes_in(services, image_id: int) -> str:
 
 def _originals_on_disk(settings: Settings) -> list[str]:
     """Committed originals and leftover .part files: everything under face_sessions/*/db/."""
-    return [p for p in files_under(settings.sessions_root) if p.split("/")[1] == "db"]
+    return [p for p in files_under(SessionLayout(settings.storage).sessions_root) if p.split("/")[1] == "db"]
 
 
 @pytest.mark.parametrize("image_store", ["postgres"])
@@ -125,7 +126,7 @@ async def test_derivatives_and_face_crops_render_from_bytes_in_postgres(client, 
     assert crop.status == 200 and crop.headers["Content-Type"] == "image/jpeg"
     # renders are a cache on disk in both stores; originals are not
     assert _originals_on_disk(settings) == []
-    assert len(files_under(settings.sessions_root / str(session_id) / "derived")) == 2
+    assert len(files_under(SessionLayout(settings.storage).sessions_root / str(session_id) / "derived")) == 2
 
     await services.pool.execute("DELETE FROM image_blobs WHERE image_id = $1", image["image_id"])
     response = await client.get(f"/api/face/image/{image['image_id']}", params={"w": "640"})
@@ -154,10 +155,11 @@ async def test_switching_the_setting_strands_no_image(settings, engine, photos, 
     assert await in_postgres.server.app[SERVICES].pool.fetchval("SELECT count(*) FROM image_blobs") == 0
 
 
-async def test_an_unknown_store_is_refused_at_start(settings, engine):
-    with pytest.raises(ValueError, match="image_store"):
-        async with open_services(replace(settings, image_store="s3"), engine):
-            pass
+def test_an_unknown_store_is_refused_when_settings_are_read(settings):
+    with pytest.raises(SettingsError, match="FACESERVE_IMAGE_STORE must be one of file, postgres"):
+        replace(settings, image_store="s3")
+    with pytest.raises(SettingsError, match="FACESERVE_IMAGE_STORE"):
+        load_settings(env={"FACESERVE_IMAGE_STORE": "s3"})
 
 
 @pytest.mark.parametrize("image_store", IMAGE_STORES)
@@ -175,7 +177,7 @@ async def test_an_image_deleted_by_another_process_stops_its_derivatives(setting
     assert response.status == 404
     assert (await response.json())["error"]["code"] == "image_not_found"
     assert (await second.get(f"/api/face/image/{image['image_id']}?w=640")).status == 404
-    assert files_under(settings.sessions_root / str(image["identity"].split("/")[0]) / "derived") == []
+    assert files_under(SessionLayout(settings.storage).sessions_root / str(image["identity"].split("/")[0]) / "derived") == []
 
 
 @pytest.mark.parametrize("image_store", ["postgres"])
@@ -205,7 +207,7 @@ async def test_a_render_that_outlives_its_image_leaves_no_derivative(client, ser
     request = type("Request", (), {"app": client.server.app})()  # served_file reads request.app only
     original = await served_file(request, image["image_id"])
     spec = renditions.parse_spec({"w": "320"}, None, settings.derivative_sizes, settings.derivative_quality)
-    path = renditions.cache_path(settings.storage, session_id, image["image_id"], spec.key, spec.extension)
+    path = renditions.cache_path(SessionLayout(settings.storage), session_id, image["image_id"], spec.key, spec.extension)
     loop = asyncio.get_running_loop()
 
     def render_while_deleted(source):
@@ -219,4 +221,4 @@ async def test_a_render_that_outlives_its_image_leaves_no_derivative(client, ser
             services.stores.of(original), original, path, render_while_deleted
         )
     assert not path.exists()
-    assert files_under(settings.sessions_root / str(session_id)) == []
+    assert files_under(SessionLayout(settings.storage).sessions_root / str(session_id)) == []

@@ -76,7 +76,7 @@ def test_placement():
 
 
 # shortlists longer than the session: approximate kinds then answer exactly, so a lost or stale face shows
-_COVERING = {"nprobe_margin": 1_000, "max_k_factor": 1_000, "ivf_min_faces": 0}
+_COVERING = {"shortlist_margin": 1_000, "max_k_factor": 1_000, "approximate_min_faces": 0}
 
 
 @pytest.mark.parametrize(
@@ -134,7 +134,7 @@ async def test_registry_under_concurrent_add_remove_search(policy, kind):
 def _pq_rerank_covering_everything(ids: np.ndarray, vectors: np.ndarray, rotated: bool = False):
     """A pq-rerank index whose shortlist is longer than the index: every answer must then be exact, so any
     misalignment of codes, vectors and ids after adds and removes shows as a wrong answer."""
-    policy = IndexPolicy(nprobe_margin=1_000, max_k_factor=1_000, opq_min_faces=0 if rotated else 10**9)
+    policy = IndexPolicy(shortlist_margin=1_000, max_k_factor=1_000, opq_min_faces=0 if rotated else 10**9)
     index = pq_rerank(ids, vectors, policy)
     assert index is not None and index.kind == "pq-rerank"
     return index
@@ -206,7 +206,7 @@ def test_tuning_that_misses_the_target_stays_exact():
     ids = np.arange(len(vectors), dtype=np.int64)
     # a shortlist of k itself (k_factor 1) cannot reach 0.99 here: 128-d codes of 16 bytes are too coarse
     assert pq_rerank(ids, vectors, IndexPolicy(max_k_factor=1)) is None
-    assert build_cpu(ids, vectors, IndexPolicy(ivf_min_faces=10_000, max_k_factor=1)).kind == "flat"
+    assert build_cpu(ids, vectors, IndexPolicy(approximate_min_faces=10_000, max_k_factor=1)).kind == "flat"
 
 
 def test_match_recall_counts_only_neighbours_within_the_threshold():

@@ -24,11 +24,12 @@ from faceserve.index.kinds import (
     tuning_queries,
 )
 from faceserve.index.registry import IndexRegistry
+from faceserve.layout import SessionLayout
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import gallery
 
-POLICY = IndexPolicy(ivf_min_faces=10_000)
+POLICY = IndexPolicy(approximate_min_faces=10_000)
 
 
 def test_approximate_index_for_a_large_session_of_people_reaches_the_target_recall():
@@ -47,7 +48,7 @@ def test_rotated_codes_reach_recall_at_10_against_exact_search():
     # shortlist that takes short enough to be worth it (with tuning on matches alone this gallery gets 0.94)
     vectors = gallery.people(30_000, dim=256, per_person=8)
     ids = np.arange(len(vectors), dtype=np.int64)
-    policy = IndexPolicy(ivf_min_faces=10_000, opq_min_faces=10_000)
+    policy = IndexPolicy(approximate_min_faces=10_000, opq_min_faces=10_000)
     index = build_cpu(ids, vectors, policy)
     assert index.kind == "pq-rerank" and index.rotated
     assert index.k_factor < policy.max_k_factor  # reached by tuning, not by the cap
@@ -66,7 +67,7 @@ def test_structureless_data_still_finds_what_is_within_the_threshold():
     assert np.array_equal(index.search(queries, 1)[1], ids[exact_top(vectors, queries, 1)])
     # where no shortlist up to the cap reaches recall@10 (the top 10 of random vectors are ~0.02 apart from
     # the next thousand), tuning settles for the neighbours within the threshold instead of going exact
-    capped = build_cpu(ids, vectors, IndexPolicy(ivf_min_faces=10_000, max_k_factor=8))
+    capped = build_cpu(ids, vectors, IndexPolicy(approximate_min_faces=10_000, max_k_factor=8))
     assert capped.kind == "pq-rerank" and capped.k_factor <= 8
     assert np.array_equal(capped.search(queries, 1)[1], ids[exact_top(vectors, queries, 1)])
 
@@ -91,7 +92,7 @@ async def test_concurrent_searches_are_batched_and_each_gets_its_own_answer():
         return ids, vectors
 
     # exact, so each answer can be compared row for row with its own query's truth
-    registry = IndexRegistry(128, load, device="cpu", policy=IndexPolicy(ivf_min_faces=10**9))
+    registry = IndexRegistry(128, load, device="cpu", policy=IndexPolicy(approximate_min_faces=10**9))
     try:
         queries = gallery.queries_like(vectors, 64, seed=3)
         answers = await asyncio.gather(*(registry.search(1, q[None, :], 5 + i % 3) for i, q in enumerate(queries)))
@@ -113,7 +114,7 @@ async def test_building_one_sessions_index_holds_up_no_search_of_another():
     async def load(session_id: int):
         return np.arange(len(galleries[session_id]), dtype=np.int64), galleries[session_id]
 
-    registry = IndexRegistry(256, load, device="cpu", policy=IndexPolicy(ivf_min_faces=10_000, opq_min_faces=10_000))
+    registry = IndexRegistry(256, load, device="cpu", policy=IndexPolicy(approximate_min_faces=10_000, opq_min_faces=10_000))
     try:
         await registry.get(1)
         started = time.perf_counter()
@@ -144,7 +145,7 @@ async def test_a_session_that_grew_past_the_threshold_gets_the_approximate_index
         return committed, int(ids[committed - 1])
 
     def registry() -> IndexRegistry:
-        return IndexRegistry(128, load, device="cpu", stats=stats, store=IndexStore(tmp_path, "p"), policy=POLICY)
+        return IndexRegistry(128, load, device="cpu", stats=stats, store=IndexStore(SessionLayout(tmp_path), "p"), policy=POLICY)
 
     first = registry()
     try:
@@ -219,9 +220,9 @@ def test_saved_approximate_index_round_trips_and_stale_copies_are_refused(tmp_pa
 
     vectors = gallery.people(20_000, dim=128, per_person=32)
     ids = np.arange(7, 7 + len(vectors), dtype=np.int64)
-    index = build_cpu(ids, vectors, IndexPolicy(ivf_min_faces=10_000, opq_min_faces=10_000 if rotated else 10**9))
+    index = build_cpu(ids, vectors, IndexPolicy(approximate_min_faces=10_000, opq_min_faces=10_000 if rotated else 10**9))
     assert index.kind == "pq-rerank" and index.rotated == rotated
-    store = IndexStore(tmp_path, "buffalo_s")
+    store = IndexStore(SessionLayout(tmp_path), "buffalo_s")
     store.save(3, index)
     loaded = store.load(3, len(ids), int(ids.max()))
     assert loaded is not None and loaded.kind == "pq-rerank" and loaded.k_factor == index.k_factor
@@ -230,4 +231,4 @@ def test_saved_approximate_index_round_trips_and_stale_copies_are_refused(tmp_pa
     assert np.array_equal(loaded.search(queries, 10)[1], index.search(queries, 10)[1])
     assert store.load(3, len(ids) - 1, int(ids.max())) is None  # a face deleted since
     assert store.load(3, len(ids), int(ids.max()) + 1) is None  # a face added since
-    assert IndexStore(tmp_path, "buffalo_l").load(3, len(ids), int(ids.max())) is None  # other model pack
+    assert IndexStore(SessionLayout(tmp_path), "buffalo_l").load(3, len(ids), int(ids.max())) is None  # other model pack

@@ -30,7 +30,7 @@ def crops_by_photo(engine: FaceEngine, photos) -> dict[str, np.ndarray]:
 @pytest.fixture
 async def batcher(engine: FaceEngine):
     executor = ThreadPoolExecutor(max_workers=2)
-    recogniser = RecogniserBatcher(engine, executor, max_rows=64)
+    recogniser = RecogniserBatcher(engine, executor, max_rows=64, window_ms=0)
     yield recogniser
     await recogniser.close()
     executor.shutdown(wait=True)
@@ -57,7 +57,7 @@ async def test_a_lone_caller_is_embedded_at_once_and_empty_input_costs_nothing(b
 
 async def test_batches_stop_at_max_rows(engine, crops_by_photo):
     executor = ThreadPoolExecutor(max_workers=1)
-    recogniser = RecogniserBatcher(engine, executor, max_rows=8)
+    recogniser = RecogniserBatcher(engine, executor, max_rows=8, window_ms=0)
     try:
         faces = crops_by_photo["t1"]  # 6 faces: two such callers never share a run of 8
         results = await asyncio.gather(*(recogniser.embed(faces) for _ in range(4)))
@@ -123,7 +123,7 @@ async def test_stored_embeddings_of_concurrent_uploads_match_one_at_a_time_analy
 
 async def test_an_error_in_a_run_reaches_every_caller_and_leaves_nothing_pending(engine, crops_by_photo):
     executor = ThreadPoolExecutor(max_workers=1)
-    recogniser = RecogniserBatcher(engine, executor, max_rows=64)
+    recogniser = RecogniserBatcher(engine, executor, max_rows=64, window_ms=0)
     executor.shutdown()  # every run now fails, as a broken model run would
     callers = (recogniser.embed(crops_by_photo[n]) for n in ("t1", "gdp", "yaoming"))
     results = await asyncio.wait_for(asyncio.gather(*callers, return_exceptions=True), 30)
@@ -136,7 +136,7 @@ async def test_an_error_in_a_run_reaches_every_caller_and_leaves_nothing_pending
 
 async def test_close_lets_waiting_callers_finish(engine, crops_by_photo):
     executor = ThreadPoolExecutor(max_workers=1)
-    recogniser = RecogniserBatcher(engine, executor, max_rows=8)
+    recogniser = RecogniserBatcher(engine, executor, max_rows=8, window_ms=0)
     try:
         callers = [asyncio.ensure_future(recogniser.embed(crops_by_photo[n])) for n in ("t1", "gdp", "yaoming")]
         await asyncio.sleep(0)
@@ -149,7 +149,7 @@ async def test_close_lets_waiting_callers_finish(engine, crops_by_photo):
 
 async def test_a_shutdown_cut_short_leaves_nobody_waiting(engine, crops_by_photo):
     executor = ThreadPoolExecutor(max_workers=1)
-    recogniser = RecogniserBatcher(engine, executor, max_rows=6)
+    recogniser = RecogniserBatcher(engine, executor, max_rows=6, window_ms=0)
     try:
         callers = [asyncio.ensure_future(recogniser.embed(crops_by_photo["t1"])) for _ in range(3)]
         await asyncio.sleep(0)

@@ -2,11 +2,60 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class SettingsError(ValueError):
+    """A setting with a value faceserve cannot use; the message names the setting and what it accepts."""
+
+
+# settings that take one of a few words
+CHOICES: dict[str, tuple[str, ...]] = {
+    "event_loop": ("uvloop", "asyncio"),
+    "image_store": ("file", "postgres"),
+    "device": ("auto", "cpu", "cuda"),
+}
+# settings that count something: at least this
+MINIMUM: dict[str, float] = {
+    "port": 0,
+    "workers": 1,
+    "db_pool_min": 0,
+    "db_pool_max": 1,
+    "inference_threads": 1,
+    "max_pending_images": 1,
+    "retry_after_s": 0,
+    "onnx_intra_op_threads": 0,
+    "recogniser_max_batch": 1,
+    "recogniser_window_ms": 0,
+    "approximate_min_faces": 0,
+    "opq_min_faces": 0,
+    "shortlist_margin": 1,
+    "index_max_batch": 1,
+    "match_threshold": 0,
+    "search_default_limit": 1,
+    "search_max_limit": 1,
+    "max_upload_bytes": 1,
+    "max_image_pixels": 1,
+    "max_files_per_upload": 1,
+    "served_cache_entries": 1,
+    "served_recheck_s": 0,
+    "page_default_limit": 1,
+    "page_max_limit": 1,
+    "signed_url_ttl": 1,
+    "signed_url_granularity": 1,
+    "min_face_size": 0,
+    "detector_input_size": 32,
+    "face_crop_padding": 0,
+}
+# old names still read from the environment, with a warning: {old: new}
+RENAMED = {"ivf_min_faces": "approximate_min_faces", "ivf_nprobe_margin": "shortlist_margin"}
 
 
 @dataclass(frozen=True)
@@ -58,10 +107,10 @@ class Settings:
     # once. Only waits while others are on their way, never for a lone request (recognition.py); for GPUs
     recogniser_window_ms: float = 0.0
 
-    # sessions with at least this many faces get an approximate index on CPU (pq-rerank; names kept from the
-    # IVF it replaced), if tuning reaches index_target_recall (index_kinds.py).
+    # sessions with at least this many faces get an approximate index on CPU (pq-rerank), if tuning reaches
+    # index_target_recall (index/kinds.py).
     # Exact costs ~2 ms a query at 50k faces on 2 cores (4.4 ms at 100k), pq-rerank ~0.2 ms (RESULTS.md)
-    ivf_min_faces: int = 50_000
+    approximate_min_faces: int = 50_000
     # sessions with at least this many faces rotate their PQ codes by OPQ: 15-25 s more to build on 2 cores
     # (once, on the build thread, then saved) for a shortlist 3-8x shorter at the same recall
     opq_min_faces: int = 50_000
@@ -69,7 +118,7 @@ class Settings:
     # neighbour structure: recall of the neighbours within the match threshold)
     index_target_recall: float = 0.99
     # the tuned shortlist factor is multiplied by this (benchmarks/RESULTS.md, Index search at scale)
-    ivf_nprobe_margin: int = 2
+    shortlist_margin: int = 2
     # GPU flat indexes in float16: half the memory, recall measured in benchmarks/search_latency.py
     gpu_float16: bool = False
     # at start, open in the background the index of every session that has a saved one (newest first)
@@ -101,9 +150,21 @@ class Settings:
     # face crops pad the detector's box by this share of its size on each side
     face_crop_padding: float = 0.4
 
-    @property
-    def sessions_root(self) -> Path:
-        return self.storage / "face_sessions"
+    def __post_init__(self) -> None:
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise SettingsError(
+                    f"{env_name(name)} must be one of {', '.join(allowed)} (got {getattr(self, name)!r})"
+                )
+        for name, low in MINIMUM.items():
+            if getattr(self, name) < low:
+                raise SettingsError(f"{env_name(name)} must be at least {low} (got {getattr(self, name)!r})")
+        if self.port > 65535:
+            raise SettingsError(f"{env_name('port')} must be at most 65535 (got {self.port})")
+        if self.db_pool_min > self.db_pool_max:
+            raise SettingsError(f"{env_name('db_pool_min')} must not exceed {env_name('db_pool_max')}")
+        if not self.derivative_sizes or min(self.derivative_sizes) < 1:
+            raise SettingsError(f"{env_name('derivative_sizes')} must list positive widths")
 
     @property
     def pgdata(self) -> Path:
@@ -117,29 +178,50 @@ class Settings:
 _ENV_PREFIX = "FACESERVE_"
 
 
-def _convert(annotation: str, raw: str) -> Any:
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def env_name(field_name: str) -> str:
+    return _ENV_PREFIX + field_name.upper()
+
+
+def _convert(name: str, annotation: str, raw: str) -> Any:
     kind = annotation.split(" ")[0]  # "str | None" -> "str"
-    if kind == "int":
-        return int(raw)
-    if kind == "float":
-        return float(raw)
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind.startswith("tuple[int"):
+            return tuple(int(part) for part in raw.split(",") if part.strip())
+    except ValueError:
+        expected = {"int": "an integer", "float": "a number"}.get(kind, "integers separated by commas")
+        raise SettingsError(f"{env_name(name)} must be {expected} (got {raw!r})") from None
     if kind == "Path":
         return Path(raw)
     if kind == "bool":
-        return raw.strip().lower() in ("1", "true", "yes", "on")
-    if kind.startswith("tuple[int"):
-        return tuple(int(part) for part in raw.split(",") if part.strip())
+        word = raw.strip().lower()
+        if word not in _TRUE + _FALSE:
+            raise SettingsError(f"{env_name(name)} must be one of {', '.join(_TRUE + _FALSE)} (got {raw!r})")
+        return word in _TRUE
     return raw
 
 
 def load_settings(overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Defaults, then FACESERVE_* variables (and DATABASE_URL), then explicit overrides such as CLI flags."""
     env = os.environ if env is None else env
+    types = {f.name: str(f.type) for f in fields(Settings)}
     values: dict[str, Any] = {}
-    for f in fields(Settings):
-        raw = env.get(_ENV_PREFIX + f.name.upper())
+    for old, new in RENAMED.items():
+        raw = env.get(env_name(old))
+        if raw and not env.get(env_name(new)):
+            log.warning("%s is deprecated: set %s instead", env_name(old), env_name(new))
+            values[new] = _convert(new, types[new], raw)
+    for name, annotation in types.items():
+        raw = env.get(env_name(name))
         if raw is not None and raw != "":
-            values[f.name] = _convert(str(f.type), raw)
+            values[name] = _convert(name, annotation, raw)
     if "database_url" not in values and env.get("DATABASE_URL"):
         values["database_url"] = env["DATABASE_URL"]
     for name, value in (overrides or {}).items():

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import aiofiles
 
-from .. import db
+from .. import db, layout
 from ..errors import FaceServeError
-from ..media.files import SESSIONS_DIR, is_plain_name, stored_name_for
+from ..layout import PHOTOS_DIR, SESSIONS_DIR
+from ..media.files import is_plain_name, stored_name_for
 from . import ingest
 from .services import Services
 
@@ -40,8 +41,8 @@ def sessions_in(source: Path) -> list[tuple[int, Path]]:
     root = source / SESSIONS_DIR if (source / SESSIONS_DIR).is_dir() else source
     found = []
     for child in root.iterdir():
-        if child.name.isdigit() and (child / "db").is_dir():
-            found.append((int(child.name), child / "db"))
+        if child.name.isascii() and child.name.isdigit() and (child / PHOTOS_DIR).is_dir():
+            found.append((int(child.name), child / PHOTOS_DIR))
     return sorted(found)
 
 
@@ -73,7 +74,7 @@ async def _record(
         report.images_created += 1
         return
     # the same bytes under another name: keep old links to this name working
-    alias = services.storage.relative_path(session_id, analyzed.stored_name or "")
+    alias = layout.file_path(session_id, analyzed.stored_name or "")
     if alias != outcome.image.file_path:
         await db.add_alias(services.pool, alias, outcome.image.id)
     report.already_present += 1
@@ -94,9 +95,9 @@ async def import_tree(
         window: deque[tuple[str, asyncio.Task[ingest.Analyzed]]] = deque()
         try:
             for path in sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file()):
-                label = f"{session_id}/db/{path.name}"
+                label = layout.identity(session_id, path.name)
                 name = path.name if is_plain_name(path.name) else None
-                if name is not None and services.storage.relative_path(session_id, name) in recorded:
+                if name is not None and layout.file_path(session_id, name) in recorded:
                     report.already_present += 1
                     if progress is not None:
                         progress(report, label)

@@ -10,7 +10,7 @@ from pathlib import Path
 import asyncpg
 import numpy as np
 
-from .. import db
+from .. import db, layout
 from ..errors import ImageNotFound, SessionNotFound
 from ..index import sync as index_sync
 from ..media import decoding, renditions
@@ -41,13 +41,6 @@ def _detect_file(engine: FaceEngine, path: Path, max_pixels: int) -> _Found:
     pixels = decoding.decode_bgr(path.read_bytes())
     boxes, landmarks = engine.detect(pixels)
     return _Found(info, boxes, landmarks, engine.align(pixels, landmarks))
-
-
-async def require_session(services: Services, session_id: int) -> db.FaceSession:
-    session = await db.get_session(services.pool, session_id)
-    if session is None:
-        raise SessionNotFound(f"face session {session_id} does not exist")
-    return session
 
 
 @dataclass
@@ -94,7 +87,7 @@ async def record_image(services: Services, session_id: int, analyzed: Analyzed) 
             return Ingested(analyzed.existing, created=False)
         assert analyzed.info is not None
         name = analyzed.stored_name or stored_name_for(analyzed.original_name, pending.sha256_hex, analyzed.info.extension)
-        file_path = services.storage.relative_path(session_id, name)
+        file_path = layout.file_path(session_id, name)
         async with services.pool.acquire() as conn, conn.transaction():
             try:
                 image = await db.insert_image(
@@ -166,15 +159,5 @@ async def delete_image(services: Services, image_id: int) -> db.ImageRecord:
     services.served.evict(image.id)
     await services.indexes.remove(image.face_session_id, np.asarray(face_ids, dtype=np.int64))
     await services.stores.of(image).remove(image)
-    await asyncio.to_thread(renditions.remove_derivatives, services.storage.root, image.face_session_id, image.id)
+    await asyncio.to_thread(renditions.remove_derivatives, services.storage.layout, image.face_session_id, image.id)
     return image
-
-
-async def delete_session(services: Services, session_id: int) -> None:
-    async with services.pool.acquire() as conn, conn.transaction():
-        if not await db.delete_session(conn, session_id):
-            raise SessionNotFound(f"face session {session_id} does not exist")
-        await index_sync.announce_dropped(conn, services.process_token, session_id)
-    services.served.evict_session(session_id)
-    await services.indexes.drop(session_id)
-    await asyncio.to_thread(services.storage.remove_session, session_id)

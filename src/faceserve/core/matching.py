@@ -8,11 +8,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import db
+from .. import db, layout
 from ..errors import NoFaceFound
 from ..media import decoding
 from ..vision.engine import DetectedFace, FaceEngine, detected_faces
-from .ingest import require_session
+from .face_sessions import require_session
 from .services import Services
 
 # Faces fetched from the index per requested match: an image can hold several faces close to the probe.
@@ -105,7 +105,7 @@ async def search_session(
             continue
         if hit.image_id not in best:  # candidates arrive nearest first
             best[hit.image_id] = Match(
-                hit.image_id, face_id, f"{session_id}/db/{hit.stored_name}", max(0.0, distance), hit.box
+                hit.image_id, face_id, layout.identity(session_id, hit.stored_name), max(0.0, distance), hit.box
             )
     matches = sorted(best.values(), key=lambda m: m.distance)[:limit]
     return SearchResult(face, matches, timings)

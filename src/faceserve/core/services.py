@@ -25,7 +25,6 @@ from ..media.stores import ImageStores
 from ..runtime import conflicting_builds
 from ..vision.batcher import RecogniserBatcher
 from ..vision.engine import FaceEngine
-from ..vision.packs import locate_pack
 from .served import ServedFileCache
 
 log = logging.getLogger(__name__)
@@ -39,6 +38,10 @@ class AdmissionGate:
         self.limit = limit
         self.retry_after_s = retry_after_s
         self.in_flight = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AdmissionGate:
+        return cls(settings.max_pending_images, settings.retry_after_s)
 
     @contextmanager
     def admit(self) -> Iterator[None]:
@@ -81,14 +84,7 @@ async def _cancel(task: asyncio.Task) -> None:
 
 
 def load_engine(settings: Settings) -> FaceEngine:
-    engine = FaceEngine(
-        locate_pack(settings.models_dir, settings.model_pack),
-        device=settings.device,
-        detector_input_size=settings.detector_input_size,
-        detection_threshold=settings.detection_threshold,
-        min_face_size=settings.min_face_size,
-        intra_op_threads=settings.onnx_intra_op_threads,
-    )
+    engine = FaceEngine.from_settings(settings)
     engine.warm_up()
     return engine
 
@@ -104,7 +100,7 @@ async def open_services(
         log.warning(problem)
     async with AsyncExitStack() as stack:
         storage = Storage(settings.storage)
-        storage.sessions_root.mkdir(parents=True, exist_ok=True)
+        storage.layout.sessions_root.mkdir(parents=True, exist_ok=True)
         if sweep_partial_uploads:
             await asyncio.to_thread(storage.sweep_partial_uploads)
 
@@ -120,7 +116,7 @@ async def open_services(
         if engine is None:
             engine = await asyncio.get_running_loop().run_in_executor(inference, load_engine, settings)
         recogniser = RecogniserBatcher(
-            engine, inference, settings.recogniser_max_batch, settings.recogniser_window_ms
+            engine, inference, max_rows=settings.recogniser_max_batch, window_ms=settings.recogniser_window_ms
         )
         stack.push_async_callback(recogniser.close)  # before the inference threads stop (closed in reverse)
 
@@ -130,21 +126,14 @@ async def open_services(
         async def session_stats(session_id: int) -> tuple[int, int]:
             return await db.session_face_stats(pool, session_id, engine.embedding_dim)
 
-        store = IndexStore(storage.sessions_root, settings.model_pack)
+        store = IndexStore(storage.layout, settings.model_pack)
         indexes = IndexRegistry(
             engine.embedding_dim,
             load_session,
             settings.device,
             stats=session_stats,
             store=store,
-            policy=IndexPolicy(
-                ivf_min_faces=settings.ivf_min_faces,
-                opq_min_faces=settings.opq_min_faces,
-                target_recall=settings.index_target_recall,
-                nprobe_margin=settings.ivf_nprobe_margin,
-                match_similarity=1.0 - settings.match_threshold,
-                gpu_float16=settings.gpu_float16,
-            ),
+            policy=IndexPolicy.from_settings(settings),
             max_batch=settings.index_max_batch,
         )
         stack.callback(indexes.close)
@@ -157,7 +146,7 @@ async def open_services(
             saved = set(await asyncio.to_thread(store.saved_sessions))
             live = [s.id for s in await db.list_sessions(pool) if s.id in saved]
             stack.push_async_callback(_cancel, indexes.preload(sorted(live, reverse=True)))  # newest first
-        gate = AdmissionGate(settings.max_pending_images, settings.retry_after_s)
+        gate = AdmissionGate.from_settings(settings)
         yield Services(
             settings,
             pool,

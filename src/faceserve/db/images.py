@@ -7,6 +7,7 @@ from datetime import datetime
 
 import asyncpg
 
+from .. import layout
 from .pool import Connection
 
 
@@ -29,7 +30,7 @@ class ImageRecord:
     @property
     def identity(self) -> str:
         """The contract's identity: path below face_sessions/, e.g. '1/db/<stored name>'."""
-        return f"{self.face_session_id}/db/{self.stored_name}"
+        return layout.identity(self.face_session_id, self.stored_name)
 
 
 _IMAGE_COLUMNS = (

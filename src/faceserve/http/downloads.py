@@ -136,7 +136,7 @@ async def _serve(
 ) -> web.StreamResponse:
     services = request.app[SERVICES]
     image_id = original.image_id
-    path = renditions.cache_path(services.storage.root, original.session_id, image_id, what.key, what.extension)
+    path = renditions.cache_path(services.storage.layout, original.session_id, image_id, what.key, what.extension)
     tag = renditions.etag(original.sha256_hex, what.key, what.extension)
     headers = (*serving.common_headers(tag, original.last_modified).items(), ("Vary", "Accept"))
     entry = ServedFile(image_id, path, what.content_type, tag, original.last_modified, headers)

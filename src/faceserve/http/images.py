@@ -6,10 +6,9 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import db
-from ..core import ingest
+from .. import db, layout
+from ..core import face_sessions, ingest
 from ..errors import BadRequest, ImageNotFound, SessionNotFound
-from ..media.files import Storage
 from . import multipart
 from .appkeys import SERVICES
 from .common import image_url, ok, path_id, query_int
@@ -39,7 +38,7 @@ async def upload_images(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     settings = services.settings
     session_id = path_id(request, "session_id", SessionNotFound)
-    await ingest.require_session(services, session_id)
+    await face_sessions.require_session(services, session_id)
     results: list[dict[str, Any]] = []
     async for part in multipart.parts(request):
         if part.name != "file":
@@ -61,7 +60,7 @@ async def list_images(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     settings = services.settings
     session_id = path_id(request, "session_id", SessionNotFound)
-    await ingest.require_session(services, session_id)
+    await face_sessions.require_session(services, session_id)
     limit = query_int(request, "limit", settings.page_default_limit, 1, settings.page_max_limit)
     after = query_int(request, "after", 0, 0, 2**63 - 1)
     images = await db.list_images(services.pool, session_id, after, limit)
@@ -76,15 +75,10 @@ async def delete_image(request: web.Request) -> web.Response:
 
 
 def _file_path_of_identity(identity: str) -> str:
-    """'1/db/name.jpg' (or the same with a leading face_sessions/ or /storage/face_sessions/) -> file_path."""
-    parts = identity.strip("/").split("/")
-    if parts[:2] == ["storage", "face_sessions"]:
-        parts = parts[2:]
-    elif parts[:1] == ["face_sessions"]:
-        parts = parts[1:]
-    if len(parts) != 3 or not parts[0].isdigit() or parts[1] != "db" or not parts[2]:
+    parsed = layout.parse_identity(identity)
+    if parsed is None:
         raise BadRequest("path must look like '{session_id}/db/{file name}'")
-    return Storage.relative_path(int(parts[0]), parts[2])
+    return layout.file_path(*parsed)
 
 
 async def resolve(request: web.Request) -> web.Response:
@@ -99,9 +93,9 @@ async def legacy_redirect(request: web.Request) -> web.Response:
     """Old app builds asked for /storage/face_sessions/{id}/db/{name}; send them to the image by id."""
     session_id = path_id(request, "session_id", ImageNotFound)
     name = request.match_info["name"]
-    image = await db.find_image_by_path(request.app[SERVICES].pool, Storage.relative_path(session_id, name))
+    image = await db.find_image_by_path(request.app[SERVICES].pool, layout.file_path(session_id, name))
     if image is None:
-        raise ImageNotFound(f"no image has the path {session_id}/db/{name}")
+        raise ImageNotFound(f"no image has the path {layout.identity(session_id, name)}")
     raise web.HTTPMovedPermanently(
         image_url(request, image.id), headers={"Cache-Control": "public, max-age=86400"}
     )

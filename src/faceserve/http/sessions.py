@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from .. import db
-from ..core import ingest
+from ..core import face_sessions
 from ..errors import BadRequest, SessionNotFound
 from .appkeys import SERVICES
 from .common import ok, path_id
@@ -39,12 +39,12 @@ async def list_sessions(request: web.Request) -> web.Response:
 async def show_session(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     session_id = path_id(request, "session_id", SessionNotFound)
-    session = await ingest.require_session(services, session_id)
+    session = await face_sessions.require_session(services, session_id)
     images, faces = await db.session_counts(services.pool, session_id)
     return ok({**session_json(session), "image_count": images, "face_count": faces})
 
 
 async def delete_session(request: web.Request) -> web.Response:
     session_id = path_id(request, "session_id", SessionNotFound)
-    await ingest.delete_session(request.app[SERVICES], session_id)
+    await face_sessions.delete_session(request.app[SERVICES], session_id)
     return ok({"id": session_id, "deleted": True})

@@ -1,16 +1,15 @@
 """The kinds of FAISS index a session can have, and how one is chosen and tuned. Blocking: FAISS threads only.
 
 - flat: exact inner product (ExactIndex: numpy's BLAS, faster here than faiss.IndexFlatIP). Below
-  `ivf_min_faces` it is fast enough: ~2 ms a query at 50k faces on 2 cores, against ~0.2 ms for pq-rerank.
+  `approximate_min_faces` it is fast enough: ~2 ms a query at 50k faces on 2 cores, against ~0.2 ms for pq-rerank.
 - pq-rerank: every face also as a 32-byte product-quantized code (4-bit PQ, faiss "fast scan"; from
   `opq_min_faces` behind a learned OPQ rotation); a search scans all codes for a shortlist of candidates
-  (IdIndex.shortlist) and re-ranks them on the exact vectors, so the similarities it answers are exact. The
+  (PqRerankIndex.shortlist) and re-ranks them on the exact vectors, so the similarities it answers are exact. The
   shortlist is tuned on probes made from the session's own faces until recall@10 against exact search
   reaches the target (where none does, as on data with no neighbour structure: until the neighbours a
   search can return, similarity >= the match threshold, are found), then multiplied by a safety margin; if
   neither is reached up to `max_k_factor`, the session stays flat. It partitions nothing, so a face of a
   person with one photo is as findable as one of a person with fifty (an IVF lost those: RESULTS.md).
-- ivf: IndexIVFFlat. No longer built; a saved one (an older version) still loads and serves.
 - gpu flat: append-only (GpuIndexFlatIP cannot add_with_ids or remove_ids); rows map to face ids through
   an array, deletes are tombstones filtered at search and compacted away.
 All answer (similarities, face ids), best first, with -1 padding a short row.
@@ -26,27 +25,40 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from ..config import Settings
+
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class IndexPolicy:
-    # sessions with at least this many faces get an approximate index (name kept from when it was an IVF)
-    ivf_min_faces: int = 50_000
+    # sessions with at least this many faces get an approximate index (pq-rerank)
+    approximate_min_faces: int = Settings.approximate_min_faces
     # ... and from this many, codes rotated by OPQ: 15-25 s more to build (once, then saved) for a 3-4x
     # shorter shortlist at the same recall@10 (people/8: 0.22 ms vs 0.66 at 100k; RESULTS.md)
-    opq_min_faces: int = 50_000
+    opq_min_faces: int = Settings.opq_min_faces
     # recall@10 against exact search (or, where no shortlist reaches it, of the neighbours a search returns)
-    target_recall: float = 0.99
-    # the shortlist factor found by tuning is multiplied by this (name kept from the IVF's nprobe): tuning
+    target_recall: float = Settings.index_target_recall
+    # the shortlist factor found by tuning is multiplied by this: tuning
     # probes are synthetic; a margin costs little, a shortlist is cheap next to the scan of all codes
-    nprobe_margin: int = 2
+    shortlist_margin: int = Settings.shortlist_margin
     tuning_queries: int = 100
     # 1 - the service's match threshold (cosine distance, default 0.6): neighbours below it never reach a user
-    match_similarity: float = 0.4
+    match_similarity: float = 1.0 - Settings.match_threshold
     # largest shortlist factor tuning tries: k * 256 candidates re-ranked is still a small part of a search
     max_k_factor: int = 256
-    gpu_float16: bool = False
+    gpu_float16: bool = Settings.gpu_float16
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> IndexPolicy:
+        return cls(
+            approximate_min_faces=settings.approximate_min_faces,
+            opq_min_faces=settings.opq_min_faces,
+            target_recall=settings.index_target_recall,
+            shortlist_margin=settings.shortlist_margin,
+            match_similarity=1.0 - settings.match_threshold,
+            gpu_float16=settings.gpu_float16,
+        )
 
 
 class SeenIds:
@@ -67,15 +79,15 @@ class SeenIds:
         return fresh
 
 
-class IdIndex:
-    """A FAISS CPU index that keeps face ids itself: pq-rerank (IndexIDMap over IndexRefineFlat over
-    IndexPQFastScan) or a saved IVF. One faiss object holds codes, exact vectors and ids, so index_store.py
-    saves and loads it whole with faiss.write_index / read_index."""
+class PqRerankIndex:
+    """pq-rerank: IndexIDMap over IndexRefineFlat over IndexPQFastScan (optionally behind an OPQ rotation).
+    One faiss object holds codes, exact vectors and ids, so index/store.py saves and loads it whole with
+    faiss.write_index / read_index."""
 
-    def __init__(self, index: faiss.Index, kind: str, known_ids: np.ndarray) -> None:
+    kind = "pq-rerank"
+
+    def __init__(self, index: faiss.IndexIDMap, known_ids: np.ndarray) -> None:
         self.index = index
-        # the store reloads every faiss file as "ivf"; the object itself says what it is
-        self.kind = "pq-rerank" if isinstance(index, faiss.IndexIDMap) else kind
         self._seen = SeenIds(known_ids)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
@@ -84,16 +96,10 @@ class IdIndex:
             self.index.add_with_ids(np.ascontiguousarray(vectors[fresh], dtype=np.float32), ids[fresh])
 
     def remove(self, ids: np.ndarray) -> None:
-        ids = np.ascontiguousarray(ids, dtype=np.int64)
-        if isinstance(self.index, faiss.IndexIDMap):
-            _remove_rerank_ids(self.index, ids)
-        else:
-            self.index.remove_ids(ids)
+        _remove_rerank_ids(self.index, np.ascontiguousarray(ids, dtype=np.int64))
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         queries = np.ascontiguousarray(vectors, dtype=np.float32)
-        if not isinstance(self.index, faiss.IndexIDMap):
-            return self.index.search(queries, k)
         # The tuned shortlist is TUNED_K * k_factor: the top TUNED_K plus the unrelated faces whose codes
         # outscore a match. Those do not grow with k, so a search for more results adds to the shortlist
         # rather than multiplying it (k=200 at k_factor 8: 270 candidates, not 1,600; RESULTS.md).
@@ -101,30 +107,22 @@ class IdIndex:
         return self.index.search(queries, k, params=params)
 
     def shortlist(self, k: int) -> int:
-        """Candidates re-ranked exactly for a search of k results (pq-rerank)."""
+        """Candidates re-ranked exactly for a search of k results."""
         return max(k, TUNED_K) + round(TUNED_K * (self.k_factor - 1))
 
     @property
     def rotated(self) -> bool:
-        """pq-rerank codes behind an OPQ rotation."""
-        refine = faiss.downcast_index(self.index.index) if isinstance(self.index, faiss.IndexIDMap) else None
-        return refine is not None and isinstance(faiss.downcast_index(refine.base_index), faiss.IndexPreTransform)
+        """Codes behind an OPQ rotation."""
+        refine = faiss.downcast_index(self.index.index)
+        return isinstance(faiss.downcast_index(refine.base_index), faiss.IndexPreTransform)
 
     @property
     def k_factor(self) -> float:
-        """The tuned shortlist factor: TUNED_K * k_factor candidates for the top TUNED_K (pq-rerank)."""
+        """The tuned shortlist factor: TUNED_K * k_factor candidates for the top TUNED_K."""
         return float(faiss.downcast_index(self.index.index).k_factor)
 
     def ids(self) -> np.ndarray:
-        if isinstance(self.index, faiss.IndexIDMap):
-            return faiss.vector_to_array(self.index.id_map).astype(np.int64)
-        lists = self.index.invlists
-        parts = [
-            faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
-            for i in range(lists.nlist)
-            if lists.list_size(i)
-        ]
-        return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, np.int64)
+        return faiss.vector_to_array(self.index.id_map).astype(np.int64)
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
@@ -328,11 +326,11 @@ def pq_subquantizers(dim: int) -> int:
     return dim // 8
 
 
-# pq-rerank's shortlist is tuned for searches of this many results (IdIndex.search scales it to others)
+# pq-rerank's shortlist is tuned for searches of this many results (PqRerankIndex.search scales it to others)
 TUNED_K = 10
 
 
-def pq_rerank(ids: np.ndarray, vectors: np.ndarray, policy: IndexPolicy, k: int = TUNED_K) -> IdIndex | None:
+def pq_rerank(ids: np.ndarray, vectors: np.ndarray, policy: IndexPolicy, k: int = TUNED_K) -> PqRerankIndex | None:
     """PQ codes for the shortlist, exact vectors for the re-rank, shortlist tuned on the session's data;
     None if no shortlist up to policy.max_k_factor reaches the target recall."""
     if vectors.shape[1] % 8:
@@ -341,8 +339,8 @@ def pq_rerank(ids: np.ndarray, vectors: np.ndarray, policy: IndexPolicy, k: int 
     k_factor = _tune_k_factor(index, ids, vectors, policy, k)
     if k_factor is None:
         return None
-    faiss.downcast_index(index.index).k_factor = min(policy.max_k_factor, k_factor * policy.nprobe_margin)
-    return IdIndex(index, "pq-rerank", ids)
+    faiss.downcast_index(index.index).k_factor = min(policy.max_k_factor, k_factor * policy.shortlist_margin)
+    return PqRerankIndex(index, ids)
 
 
 # OPQ iterations: at 1M faces 10 give recall@10 0.99 with a shortlist of 320 (plain PQ needs 2,560+); each
@@ -395,7 +393,7 @@ def _tune_k_factor(
         if recall >= policy.target_recall:
             log.info(
                 "pq-rerank over %d faces: recall@%d %.4f (of matches %.4f) at k_factor %d; margin x%d",
-                len(ids), k, recall, matches, k_factor, policy.nprobe_margin,
+                len(ids), k, recall, matches, k_factor, policy.shortlist_margin,
             )
             return k_factor
         if for_matches is None and matches >= policy.target_recall:
@@ -405,7 +403,7 @@ def _tune_k_factor(
         log.info(
             "pq-rerank over %d faces: recall@%d misses %.2f at k_factor %d; tuned on recall of matches "
             "(k_factor %d); margin x%d",
-            len(ids), k, policy.target_recall, policy.max_k_factor, for_matches, policy.nprobe_margin,
+            len(ids), k, policy.target_recall, policy.max_k_factor, for_matches, policy.shortlist_margin,
         )
         return for_matches
     log.info(
@@ -415,8 +413,8 @@ def _tune_k_factor(
     return None
 
 
-def build_cpu(ids: np.ndarray, vectors: np.ndarray, policy: IndexPolicy) -> IdIndex | ExactIndex:
-    if len(ids) >= policy.ivf_min_faces:
+def build_cpu(ids: np.ndarray, vectors: np.ndarray, policy: IndexPolicy) -> PqRerankIndex | ExactIndex:
+    if len(ids) >= policy.approximate_min_faces:
         approximate = pq_rerank(ids, vectors, policy)
         if approximate is not None:
             return approximate

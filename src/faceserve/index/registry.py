@@ -24,12 +24,13 @@ from typing import Any
 import faiss
 import numpy as np
 
-from .kinds import ExactIndex, IdIndex, IndexPolicy, TombstoneFlatIndex, build_cpu, build_gpu
+from ..config import Settings
+from .kinds import ExactIndex, IndexPolicy, PqRerankIndex, TombstoneFlatIndex, build_cpu, build_gpu
 from .store import IndexStore
 
 log = logging.getLogger(__name__)
 
-SessionIndex = IdIndex | ExactIndex | TombstoneFlatIndex
+SessionIndex = PqRerankIndex | ExactIndex | TombstoneFlatIndex
 # session id -> (face ids, embeddings) read from the database
 Loader = Callable[[int], Awaitable[tuple[np.ndarray, np.ndarray]]]
 # session id -> (face count, max face id) in the database
@@ -63,12 +64,12 @@ class IndexRegistry:
         self,
         dim: int,
         loader: Loader,
-        device: str = "auto",
+        device: str,
         *,
         stats: StatsLoader | None = None,
         store: IndexStore | None = None,
         policy: IndexPolicy | None = None,
-        max_batch: int = 256,
+        max_batch: int = Settings.index_max_batch,
     ) -> None:
         self.dim = dim
         self._loader = loader
@@ -109,10 +110,10 @@ class IndexRegistry:
             return build_gpu(ids, vectors, self._gpu_resources, self.policy)
         return build_cpu(ids, vectors, self.policy)
 
-    def _from_saved(self, saved: IdIndex | ExactIndex) -> SessionIndex | None:
+    def _from_saved(self, saved: PqRerankIndex | ExactIndex) -> SessionIndex | None:
         """The saved index as this process serves it; None: rebuild from the database instead."""
         if self._gpu_resources is None:
-            if isinstance(saved, ExactIndex) and len(saved) >= self.policy.ivf_min_faces:
+            if isinstance(saved, ExactIndex) and len(saved) >= self.policy.approximate_min_faces:
                 # saved exact, then grew past the threshold by adds: it gets the approximate kind now
                 return None
             return saved

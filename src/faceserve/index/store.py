@@ -1,6 +1,6 @@
 """Saved indexes for a fast cold start, in face_sessions/{id}/index/: meta.json names the data files of
 the last save, which carry that save's token in their names (exact: {token}.ids.npy + {token}.vectors.npy,
-read back at memory speed; ivf: {token}.faiss, ids inside).
+read back at memory speed; pq-rerank: {token}.faiss, ids inside).
 
 A saved index is only a cache of the database: it is used when the face count and max face id read from
 the data itself equal the database's (face ids only grow, so any add or delete since the save changes one
@@ -19,29 +19,30 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from .kinds import ExactIndex, IdIndex, TombstoneFlatIndex
+from ..layout import INDEX_DIR, SessionLayout
+from .kinds import ExactIndex, PqRerankIndex, TombstoneFlatIndex
 
 log = logging.getLogger(__name__)
 _FORMAT = 2
 
 
 class IndexStore:
-    def __init__(self, sessions_root: Path, model_pack: str) -> None:
-        self._root = sessions_root
+    def __init__(self, layout: SessionLayout, model_pack: str) -> None:
+        self._layout = layout
         self._model_pack = model_pack
 
     def folder(self, session_id: int) -> Path:
-        return self._root / str(int(session_id)) / "index"
+        return self._layout.index_dir(session_id)
 
     def saved_sessions(self) -> list[int]:
         """Ids of the sessions with a saved index (current or not)."""
-        return sorted(int(meta.parts[-3]) for meta in self._root.glob("*/index/meta.json") if meta.parts[-3].isdigit())
+        return [session_id for session_id, _ in self._layout.sessions_with(f"{INDEX_DIR}/meta.json")]
 
-    def save(self, session_id: int, index: IdIndex | ExactIndex | TombstoneFlatIndex) -> None:
+    def save(self, session_id: int, index: PqRerankIndex | ExactIndex | TombstoneFlatIndex) -> None:
         folder = self.folder(session_id)
         folder.mkdir(parents=True, exist_ok=True)
         token = secrets.token_hex(6)
-        if isinstance(index, IdIndex):
+        if isinstance(index, PqRerankIndex):
             files = {"faiss": f"{token}.faiss"}
             faiss.write_index(index.index, str(folder / files["faiss"]))
         else:  # exact, on CPU or GPU: the matrix itself
@@ -56,7 +57,7 @@ class IndexStore:
             if old.name != "meta.json" and not old.name.startswith(token):
                 old.unlink(missing_ok=True)
 
-    def load(self, session_id: int, count: int, max_id: int) -> IdIndex | ExactIndex | None:
+    def load(self, session_id: int, count: int, max_id: int) -> PqRerankIndex | ExactIndex | None:
         """The saved index if it holds exactly the database's (count, max id), else None."""
         folder = self.folder(session_id)
         try:
@@ -73,9 +74,10 @@ class IndexStore:
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             log.info("no usable saved index for session %d: %s", session_id, exc)
             return None
-        loaded = IdIndex(index, "ivf", np.empty(0, np.int64))
-        ids = loaded.ids()
-        return IdIndex(index, "ivf", ids) if _current(ids, count, max_id) else None
+        if not isinstance(index, faiss.IndexIDMap):  # not a pq-rerank save: rebuilt from the database
+            return None
+        ids = PqRerankIndex(index, np.empty(0, np.int64)).ids()
+        return PqRerankIndex(index, ids) if _current(ids, count, max_id) else None
 
 
 def _current(ids: np.ndarray, count: int, max_id: int) -> bool:

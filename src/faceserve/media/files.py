@@ -1,7 +1,6 @@
 """Files on disk: layout, safe stored names, atomic writes with hashing, removal.
 
-Layout: {root}/face_sessions/{session_id}/db/{stored_name}. A row's file_path is relative to {root}.
-Uploads go to a hidden .part file in the same folder (same filesystem, so the final rename is atomic) and
+Where files go is layout.py's. Uploads go to a hidden .part file in the same folder (same filesystem, so the final rename is atomic) and
 are fsynced before the rename; a .part left by a crash is swept at the next start.
 """
 
@@ -23,10 +22,10 @@ import aiofiles
 import aiofiles.os
 
 from ..errors import PayloadTooLarge
+from ..layout import PHOTOS_DIR, SessionLayout
 
 log = logging.getLogger(__name__)
 
-SESSIONS_DIR = "face_sessions"
 _PART_PREFIX = ".upload-"
 _PART_SUFFIX = ".part"
 _UNSAFE_RUN = re.compile(r"[^A-Za-z0-9._-]+")
@@ -75,14 +74,7 @@ class PendingFile:
 class Storage:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
-        self.sessions_root = self.root / SESSIONS_DIR
-
-    def session_dir(self, session_id: int) -> Path:
-        return self.sessions_root / str(int(session_id)) / "db"
-
-    @staticmethod
-    def relative_path(session_id: int, stored_name: str) -> str:
-        return f"{SESSIONS_DIR}/{int(session_id)}/db/{stored_name}"
+        self.layout = SessionLayout(self.root)
 
     def absolute(self, file_path: str) -> Path:
         """The file behind a row's file_path; refuses anything that would leave the storage root."""
@@ -93,7 +85,7 @@ class Storage:
 
     async def receive(self, session_id: int, chunks: AsyncIterator[bytes], max_bytes: int) -> PendingFile:
         """Stream chunks into a .part file, hashing as they arrive; fsync. Over max_bytes -> PayloadTooLarge."""
-        folder = self.session_dir(session_id)
+        folder = self.layout.photos_dir(session_id)
         await aiofiles.os.makedirs(folder, exist_ok=True)
         path = folder / f"{_PART_PREFIX}{secrets.token_hex(8)}{_PART_SUFFIX}"
         digest = hashlib.sha256()
@@ -141,12 +133,12 @@ class Storage:
             log.warning("file %s was already gone", file_path)
 
     def remove_session(self, session_id: int) -> None:
-        shutil.rmtree(self.sessions_root / str(int(session_id)), ignore_errors=True)
+        shutil.rmtree(self.layout.session_dir(session_id), ignore_errors=True)
 
     def sweep_partial_uploads(self) -> int:
         """Delete .part files left by a crash mid-upload. Run at start, before serving."""
         removed = 0
-        for part in self.sessions_root.glob(f"*/db/{_PART_PREFIX}*{_PART_SUFFIX}"):
+        for _, part in self.layout.sessions_with(f"{PHOTOS_DIR}/{_PART_PREFIX}*{_PART_SUFFIX}"):
             part.unlink(missing_ok=True)
             removed += 1
         if removed:

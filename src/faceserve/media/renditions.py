@@ -25,10 +25,9 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 from ..errors import BadRequest, FaceNotFound
+from ..layout import SessionLayout
 from .decoding import ACCEPTED_FORMATS
-from .files import SESSIONS_DIR
 
-DERIVED_DIR = "derived"
 FITS = ("inside", "cover")
 # format name -> (Content-Type, file extension)
 FORMATS: dict[str, tuple[str, str]] = {"jpeg": ("image/jpeg", "jpg"), "webp": ("image/webp", "webp")}
@@ -163,12 +162,8 @@ def parse_face_crop(
 # ---------------------------------------------------------------- where derivatives live, and their tags
 
 
-def derived_dir(storage_root: Path, session_id: int) -> Path:
-    return storage_root / SESSIONS_DIR / str(int(session_id)) / DERIVED_DIR
-
-
-def cache_path(storage_root: Path, session_id: int, image_id: int, key: str, extension: str) -> Path:
-    return derived_dir(storage_root, session_id) / f"{int(image_id)}-{key}.{extension}"
+def cache_path(layout: SessionLayout, session_id: int, image_id: int, key: str, extension: str) -> Path:
+    return layout.derived_dir(session_id) / f"{int(image_id)}-{key}.{extension}"
 
 
 def etag(source_sha256_hex: str, key: str, extension: str) -> str:
@@ -177,9 +172,9 @@ def etag(source_sha256_hex: str, key: str, extension: str) -> str:
     return f'"{digest[:32]}"'
 
 
-def remove_derivatives(storage_root: Path, session_id: int, image_id: int) -> int:
+def remove_derivatives(layout: SessionLayout, session_id: int, image_id: int) -> int:
     """Delete an image's derivatives and face crops, and temporary files of renders of it; returns how many."""
-    folder = derived_dir(storage_root, session_id)
+    folder = layout.derived_dir(session_id)
     removed = 0
     # "12-*" never matches image 123's files: the id is always followed by "-"
     for pattern in (f"{int(image_id)}-*", f".{int(image_id)}-*"):

@@ -27,7 +27,6 @@ from .files import PendingFile, Storage
 
 FILE = "file"
 POSTGRES = "postgres"
-KINDS = (FILE, POSTGRES)
 
 Undo = Callable[[], None]
 
@@ -110,8 +109,7 @@ class ImageStores:
     """The store new images go to, and the store of any row by its bytes_in."""
 
     def __init__(self, configured: str, storage: Storage, pool: asyncpg.Pool) -> None:
-        if configured not in KINDS:
-            raise ValueError(f"image_store must be one of {', '.join(KINDS)}, not {configured!r}")
+        # configured is one of FILE, POSTGRES: Settings refuses anything else when it is read
         self._by_kind: dict[str, ImageStore] = {FILE: FileStore(storage), POSTGRES: PostgresStore(pool)}
         self.configured = self._by_kind[configured]
 

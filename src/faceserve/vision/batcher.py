@@ -33,7 +33,7 @@ class _Waiting:
 
 
 class RecogniserBatcher:
-    def __init__(self, engine: FaceEngine, executor: Executor, max_rows: int, window_ms: float = 0.0) -> None:
+    def __init__(self, engine: FaceEngine, executor: Executor, max_rows: int, window_ms: float) -> None:
         self._engine = engine
         self._executor = executor
         self._max_rows = max(1, max_rows)

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from .packs import ModelPack
+from ..config import Settings
+from .packs import ModelPack, locate_pack
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -64,11 +65,11 @@ class FaceEngine:
         self,
         pack: ModelPack,
         *,
-        device: str = "auto",
-        detector_input_size: int = 640,
-        detection_threshold: float = 0.5,
-        min_face_size: int = 0,
-        intra_op_threads: int = 0,
+        device: str,
+        detector_input_size: int,
+        detection_threshold: float,
+        min_face_size: int,
+        intra_op_threads: int,
     ) -> None:
         self.pack = pack
         self.providers = choose_providers(device)
@@ -94,6 +95,18 @@ class FaceEngine:
         self.embedding_dim = int(self._recogniser.output_shape[-1])
         self.min_face_size = min_face_size
         log.info("models %s on %s, embeddings of %d", pack.name, self.providers, self.embedding_dim)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FaceEngine:
+        """The configured pack (laid out from the installed wheel when missing), not yet warmed up."""
+        return cls(
+            locate_pack(settings.models_dir, settings.model_pack),
+            device=settings.device,
+            detector_input_size=settings.detector_input_size,
+            detection_threshold=settings.detection_threshold,
+            min_face_size=settings.min_face_size,
+            intra_op_threads=settings.onnx_intra_op_threads,
+        )
 
     @property
     def crop_size(self) -> int:

@@ -1,0 +1,27 @@
+"""Face sessions as a whole: look one up, delete one with everything it holds."""
+
+from __future__ import annotations
+
+import asyncio
+
+from .. import db
+from ..errors import SessionNotFound
+from ..index import sync as index_sync
+from .services import Services
+
+
+async def require_session(services: Services, session_id: int) -> db.FaceSession:
+    session = await db.get_session(services.pool, session_id)
+    if session is None:
+        raise SessionNotFound(f"face session {session_id} does not exist")
+    return session
+
+
+async def delete_session(services: Services, session_id: int) -> None:
+    async with services.pool.acquire() as conn, conn.transaction():
+        if not await db.delete_session(conn, session_id):
+            raise SessionNotFound(f"face session {session_id} does not exist")
+        await index_sync.announce_dropped(conn, services.process_token, session_id)
+    services.served.evict_session(session_id)
+    await services.indexes.drop(session_id)
+    await asyncio.to_thread(services.storage.remove_session, session_id)
