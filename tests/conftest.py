@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -76,12 +75,9 @@ def engine(models_dir: Path) -> FaceEngine:
 
 @pytest.fixture
 def image_store() -> str:
-    """Where uploads keep their bytes. Modules about serving override it with params=["file", "postgres"]
-    (IMAGE_STORES), so every serving test runs against both stores."""
+    """Where uploads keep their bytes. Modules about serving override it with params=IMAGE_STORES
+    (helpers.py), so every serving test runs against both stores."""
     return "file"
-
-
-IMAGE_STORES = ["file", "postgres"]
 
 
 @pytest.fixture
@@ -106,76 +102,3 @@ def services(client: TestClient):
     from faceserve.http.appkeys import SERVICES
 
     return client.server.app[SERVICES]
-
-
-async def create_session(client: TestClient, name: str = "party") -> int:
-    response = await client.post("/api/face/sessions", json={"name": name})
-    assert response.status == 201, await response.text()
-    return (await response.json())["data"]["id"]
-
-
-async def upload(client: TestClient, session_id: int, *files: tuple[str, bytes]) -> list[dict]:
-    """Upload (name, bytes) pairs in one request; returns data.images."""
-    import aiohttp
-
-    form = aiohttp.FormData()
-    for name, data in files:
-        form.add_field("file", data, filename=name, content_type="application/octet-stream")
-    response = await client.post(f"/api/face/sessions/{session_id}/images", data=form)
-    body = await response.json()
-    assert response.status == 201, body
-    return body["data"]["images"]
-
-
-async def search(client: TestClient, session_id: int, probe: bytes, **fields: str) -> tuple[int, dict]:
-    import aiohttp
-
-    form = aiohttp.FormData()
-    form.add_field("session_id", str(session_id))
-    for key, value in fields.items():
-        form.add_field(key, value)
-    form.add_field("image", probe, filename="probe.jpg", content_type="image/jpeg")
-    response = await client.post("/api/face/search", data=form)
-    return response.status, await response.json()
-
-
-async def replace_stored_bytes(client: TestClient, image_id: int, data: bytes) -> None:
-    """Put other bytes behind a recorded image, wherever its store keeps them (big bodies without uploads)."""
-    from faceserve.http.appkeys import SERVICES
-
-    services = client.server.app[SERVICES]
-    bytes_in = await services.pool.fetchval("SELECT bytes_in FROM face_session_images WHERE id = $1", image_id)
-    if bytes_in == "postgres":
-        # the row's size is the blob's (serving trusts it), so both change together
-        async with services.pool.acquire() as conn, conn.transaction():
-            await conn.execute("UPDATE image_blobs SET data = $2 WHERE image_id = $1", image_id, data)
-            await conn.execute("UPDATE face_session_images SET byte_size = $2 WHERE id = $1", image_id, len(data))
-    else:
-        file_path = await services.pool.fetchval("SELECT file_path FROM face_session_images WHERE id = $1", image_id)
-        services.storage.absolute(file_path).write_bytes(data)
-
-
-async def lose_stored_bytes(client: TestClient, image_id: int) -> None:
-    """What a disk failure or a hand-made delete does: the row stays, its bytes are gone."""
-    from faceserve.http.appkeys import SERVICES
-
-    services = client.server.app[SERVICES]
-    bytes_in = await services.pool.fetchval("SELECT bytes_in FROM face_session_images WHERE id = $1", image_id)
-    if bytes_in == "postgres":
-        assert await services.pool.fetchval("DELETE FROM image_blobs WHERE image_id = $1 RETURNING 1", image_id)
-    else:
-        file_path = await services.pool.fetchval("SELECT file_path FROM face_session_images WHERE id = $1", image_id)
-        services.storage.absolute(file_path).unlink()
-
-
-def files_under(root: Path) -> list[str]:
-    """Every file below root, relative, sorted: what is on disk, hidden ones included."""
-    if not root.exists():
-        return []
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
-
-
-def copy_photo(src: Path, dst: Path) -> Path:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, dst)
-    return dst

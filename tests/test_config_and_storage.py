@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from faceserve.config import load_settings
+from faceserve.config import Settings, SettingsError, load_settings
 from faceserve.media.files import is_plain_name, safe_stem, stored_name_for
 
 
@@ -26,6 +26,41 @@ def test_environment_then_overrides():
     assert settings.public_base_url == "https://cdn.example"
     assert load_settings(env={}).database_url is None
     assert load_settings(env={}).storage.is_absolute()
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"FACESERVE_DEVICE": "gpu"}, "FACESERVE_DEVICE must be one of auto, cpu, cuda"),
+        ({"FACESERVE_EVENT_LOOP": "trio"}, "FACESERVE_EVENT_LOOP must be one of uvloop, asyncio"),
+        ({"FACESERVE_PORT": "eighty"}, "FACESERVE_PORT must be an integer"),
+        ({"FACESERVE_PORT": "70000"}, "FACESERVE_PORT must be at most 65535"),
+        ({"FACESERVE_WORKERS": "0"}, "FACESERVE_WORKERS must be at least 1"),
+        ({"FACESERVE_MATCH_THRESHOLD": "close"}, "FACESERVE_MATCH_THRESHOLD must be a number"),
+        ({"FACESERVE_INDEX_PRELOAD": "maybe"}, "FACESERVE_INDEX_PRELOAD must be one of 1, true"),
+        ({"FACESERVE_DERIVATIVE_SIZES": "64,big"}, "FACESERVE_DERIVATIVE_SIZES must be integers"),
+        ({"FACESERVE_DB_POOL_MIN": "5", "FACESERVE_DB_POOL_MAX": "2"}, "FACESERVE_DB_POOL_MIN must not exceed"),
+    ],
+)
+def test_a_value_the_service_cannot_use_is_refused_with_the_settings_name(env, message):
+    with pytest.raises(SettingsError, match=message):
+        load_settings(env=env)
+
+
+def test_booleans_take_the_usual_words():
+    assert load_settings(env={"FACESERVE_INDEX_PRELOAD": "off"}).index_preload is False
+    assert load_settings(env={"FACESERVE_GPU_FLOAT16": "Yes"}).gpu_float16 is True
+
+
+def test_settings_of_the_ivf_era_are_read_under_their_new_names_with_a_warning(caplog):
+    with caplog.at_level("WARNING"):
+        settings = load_settings(env={"FACESERVE_IVF_MIN_FACES": "1234", "FACESERVE_IVF_NPROBE_MARGIN": "3"})
+    assert settings.approximate_min_faces == 1234 and settings.shortlist_margin == 3
+    assert "FACESERVE_IVF_MIN_FACES is deprecated: set FACESERVE_APPROXIMATE_MIN_FACES" in caplog.text
+    # the new name wins when both are set
+    both = {"FACESERVE_IVF_MIN_FACES": "1234", "FACESERVE_APPROXIMATE_MIN_FACES": "99"}
+    assert load_settings(env=both).approximate_min_faces == 99
+    assert Settings().approximate_min_faces == 50_000
 
 
 @pytest.mark.parametrize(

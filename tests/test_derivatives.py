@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import create_session, upload
+from helpers import create_session, upload
 from PIL import Image
 
 from faceserve.errors import BadRequest

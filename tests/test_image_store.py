@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import aiohttp
 import pytest
-from conftest import IMAGE_STORES, copy_photo, create_session, files_under, search, upload
+from helpers import IMAGE_STORES, copy_photo, create_session, files_under, search, upload
 from PIL import Image
 
 from faceserve.app import create_app

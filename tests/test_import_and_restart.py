@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 
 from aiohttp.test_utils import TestClient, TestServer
-from conftest import copy_photo, create_session, files_under, search, upload
+from helpers import copy_photo, create_session, files_under, search, upload
 
 from faceserve import db
 from faceserve.app import create_app

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from conftest import create_session, search, upload
+from helpers import create_session, search, upload, wait_until
 
 from faceserve.app import create_app
 from faceserve.http.appkeys import SERVICES
@@ -111,15 +111,19 @@ async def test_building_one_sessions_index_holds_up_no_search_of_another():
     small, big = gallery.people(1_000, dim=256), gallery.people(60_000, dim=256)
     galleries = {1: small, 2: big}
 
+    loaded: set[int] = set()
+
     async def load(session_id: int):
+        loaded.add(session_id)
         return np.arange(len(galleries[session_id]), dtype=np.int64), galleries[session_id]
 
-    registry = IndexRegistry(256, load, device="cpu", policy=IndexPolicy(approximate_min_faces=10_000, opq_min_faces=10_000))
+    policy = IndexPolicy(approximate_min_faces=10_000, opq_min_faces=10_000)
+    registry = IndexRegistry(256, load, device="cpu", policy=policy)
     try:
         await registry.get(1)
         started = time.perf_counter()
         building = asyncio.create_task(registry.get(2))
-        await asyncio.sleep(0.2)  # the loader answers at once: the build is under way
+        await wait_until(lambda: 2 in loaded, what="the big session's rows to be read")  # then it builds
         _, found = await registry.search(1, small[:5], 1)
         searched = time.perf_counter() - started
         assert found[:, 0].tolist() == list(range(5))

@@ -3,19 +3,11 @@ one becomes searchable or disappears in the other, through real Postgres LISTEN/
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp.test_utils import TestClient, TestServer
-from conftest import create_session, search, upload
+from helpers import create_session, search, upload, wait_until
 
 from faceserve.app import create_app
 from faceserve.http.appkeys import SERVICES
-
-
-async def _settled(*clients: TestClient) -> None:
-    await asyncio.sleep(0.05)  # let the notifications arrive
-    for client in clients:
-        await client.server.app[SERVICES].follower.drain()
 
 
 async def test_changes_in_one_instance_reach_the_others_index(settings, engine, photos):
@@ -32,17 +24,16 @@ async def test_changes_in_one_instance_reach_the_others_index(settings, engine, 
         assert len(index) == 6
 
         [players] = await upload(first, session_id, ("players.jpg", photos["players"].read_bytes()))
-        await _settled(second)
-        assert len(index) == 6 + players["faces"]  # added to the loaded index, not rebuilt
+        # added to the loaded index, not rebuilt
+        await wait_until(lambda: len(index) == 6 + players["faces"], what="the add to reach the other index")
         status, body = await search(second, session_id, photos["yaoming"].read_bytes())
         assert [m["image_id"] for m in body["data"]["matches"]] == [players["image_id"]]
 
         response = await first.delete(f"/api/face/image/{players['image_id']}")
         assert response.status == 200
-        await _settled(second)
-        assert len(index) == 6
+        await wait_until(lambda: len(index) == 6, what="the delete to reach the other index")
 
         response = await first.delete(f"/api/face/sessions/{session_id}")
         assert response.status == 200
-        await _settled(second)
-        assert not second.server.app[SERVICES].indexes.is_loaded(session_id)
+        indexes = second.server.app[SERVICES].indexes
+        await wait_until(lambda: not indexes.is_loaded(session_id), what="the session drop to reach the other")

@@ -19,7 +19,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
-from conftest import create_session, upload
+from helpers import create_session, upload
 
 NGINX_CONF = """\
 {user}

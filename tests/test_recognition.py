@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 import pytest
-from conftest import create_session, search, upload
+from helpers import create_session, search, upload
 
 from faceserve import db
 from faceserve.http.appkeys import SERVICES

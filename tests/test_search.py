@@ -6,7 +6,7 @@ import io
 
 import cv2
 import numpy as np
-from conftest import create_session, search, upload
+from helpers import create_session, search, upload
 from PIL import Image
 
 

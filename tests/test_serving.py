@@ -6,7 +6,7 @@ import hashlib
 from dataclasses import replace
 
 import pytest
-from conftest import IMAGE_STORES, create_session, lose_stored_bytes, upload
+from helpers import IMAGE_STORES, create_session, lose_stored_bytes, upload
 
 from faceserve.app import create_app
 from faceserve.http.serving import CACHE_FOREVER

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from conftest import create_session, files_under, search, upload
+from helpers import create_session, files_under, search, upload
 
 
 async def test_create_list_show(client):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
-from conftest import create_session, files_under, upload
+from helpers import create_session, files_under, upload
 from PIL import Image
 
 

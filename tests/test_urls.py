@@ -7,7 +7,7 @@ from dataclasses import replace
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from conftest import create_session, search, upload
+from helpers import create_session, search, upload
 
 from faceserve.app import create_app
 from faceserve.core import signing

@@ -1,4 +1,5 @@
-"""Command line: `faceserve serve` runs the service, `faceserve import DIR` takes in an old tree."""
+"""Command line: `faceserve serve` runs the service, `faceserve import DIR` takes in an old tree,
+`faceserve db upgrade|status` moves or shows the database schema."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import Settings, load_settings
+from .config import Settings, SettingsError, load_settings
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     importer = commands.add_parser("import", help="import a face_sessions/{id}/db/* tree")
     importer.add_argument("source", type=Path, help="folder holding face_sessions/ (or that folder itself)")
     _common(importer)
+    database = commands.add_parser("db", help="the database schema: apply or show its migrations")
+    database.add_argument("action", choices=["upgrade", "status"])
+    database.add_argument("--storage", type=Path, help="storage root whose embedded Postgres to use")
     return parser
 
 
@@ -69,10 +73,41 @@ async def _import(settings: Settings, source: Path) -> int:
     return 0
 
 
+async def _database(settings: Settings, action: str) -> int:
+    import asyncpg
+
+    from .db import database_uri, migrations
+
+    async with database_uri(settings.database_url, settings.pgdata) as uri:
+        conn = await asyncpg.connect(uri)
+        try:
+            if action == "upgrade":
+                applied = await migrations.upgrade(conn)
+                for migration in applied:
+                    print(f"applied {migration.version:04d}_{migration.name}")
+            status = await migrations.status(conn)
+        finally:
+            await conn.close()
+    for step in status.applied:
+        print(f"{step.version:04d}_{step.name}  applied {step.applied_at.isoformat(timespec='seconds')}")
+    for migration in status.pending:
+        print(f"{migration.version:04d}_{migration.name}  pending")
+    for step in status.unknown:
+        print(f"{step.version:04d}_{step.name}  applied by a newer release")
+    print(f"schema version {status.current}, {len(status.pending)} pending")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = _settings(args)
+    try:
+        settings = _settings(args)
+    except SettingsError as exc:
+        print(f"faceserve: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "db":
+        return asyncio.run(_database(settings, args.action))
     if args.command == "serve":
         from .server import serve
 

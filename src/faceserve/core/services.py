@@ -104,9 +104,7 @@ async def open_services(
         if sweep_partial_uploads:
             await asyncio.to_thread(storage.sweep_partial_uploads)
 
-        dsn = settings.database_url
-        if dsn is None:
-            dsn = await stack.enter_async_context(db.embedded_postgres(settings.pgdata))
+        dsn = await stack.enter_async_context(db.database_uri(settings.database_url, settings.pgdata))
         pool = await db.create_pool(dsn, settings.db_pool_min, settings.db_pool_max)
         stack.push_async_callback(pool.close)
         stores = ImageStores(settings.image_store, storage, pool)

@@ -28,7 +28,14 @@ from .images import (
     list_images,
     session_file_paths,
 )
-from .pool import Connection, create_pool, embedded_postgres, embedded_postgres_blocking, ping
+from .pool import (
+    Connection,
+    create_pool,
+    database_uri,
+    embedded_postgres,
+    embedded_postgres_blocking,
+    ping,
+)
 from .sessions import FaceSession, create_session, delete_session, get_session, list_sessions, session_counts
 
 __all__ = [
@@ -45,6 +52,7 @@ __all__ = [
     "blob_size",
     "create_pool",
     "create_session",
+    "database_uri",
     "delete_image",
     "delete_session",
     "embedded_postgres",

@@ -40,6 +40,17 @@ async def embedded_postgres(pgdata: Path) -> AsyncIterator[str]:
         await asyncio.to_thread(manager.__exit__, None, None, None)
 
 
+@asynccontextmanager
+async def database_uri(external: str | None, pgdata: Path) -> AsyncIterator[str]:
+    """The external database's URI, or the embedded server's on pgdata (started if need be, stopped after
+    unless another process of this machine still uses it)."""
+    if external is not None:
+        yield external
+        return
+    async with embedded_postgres(pgdata) as uri:
+        yield uri
+
+
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """Pool reset on release. asyncpg always rolls back an open transaction and drops listeners first; its
     default then runs `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`, a round trip

@@ -1,0 +1,91 @@
+"""Helpers the tests share: API calls as a client makes them, and looks at what is on disk or in the store."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+from aiohttp.test_utils import TestClient
+
+from faceserve.http.appkeys import SERVICES
+
+# where image bytes can live: serving tests run against both
+IMAGE_STORES = ["file", "postgres"]
+
+
+async def create_session(client: TestClient, name: str = "party") -> int:
+    response = await client.post("/api/face/sessions", json={"name": name})
+    assert response.status == 201, await response.text()
+    return (await response.json())["data"]["id"]
+
+
+async def upload(client: TestClient, session_id: int, *files: tuple[str, bytes]) -> list[dict]:
+    """Upload (name, bytes) pairs in one request; returns data.images."""
+    form = aiohttp.FormData()
+    for name, data in files:
+        form.add_field("file", data, filename=name, content_type="application/octet-stream")
+    response = await client.post(f"/api/face/sessions/{session_id}/images", data=form)
+    body = await response.json()
+    assert response.status == 201, body
+    return body["data"]["images"]
+
+
+async def search(client: TestClient, session_id: int, probe: bytes, **fields: str) -> tuple[int, dict]:
+    form = aiohttp.FormData()
+    form.add_field("session_id", str(session_id))
+    for key, value in fields.items():
+        form.add_field(key, value)
+    form.add_field("image", probe, filename="probe.jpg", content_type="image/jpeg")
+    response = await client.post("/api/face/search", data=form)
+    return response.status, await response.json()
+
+
+async def replace_stored_bytes(client: TestClient, image_id: int, data: bytes) -> None:
+    """Put other bytes behind a recorded image, wherever its store keeps them (big bodies without uploads)."""
+    services = client.server.app[SERVICES]
+    bytes_in = await services.pool.fetchval("SELECT bytes_in FROM face_session_images WHERE id = $1", image_id)
+    if bytes_in == "postgres":
+        # the row's size is the blob's (serving trusts it), so both change together
+        async with services.pool.acquire() as conn, conn.transaction():
+            await conn.execute("UPDATE image_blobs SET data = $2 WHERE image_id = $1", image_id, data)
+            await conn.execute("UPDATE face_session_images SET byte_size = $2 WHERE id = $1", image_id, len(data))
+    else:
+        file_path = await services.pool.fetchval("SELECT file_path FROM face_session_images WHERE id = $1", image_id)
+        services.storage.absolute(file_path).write_bytes(data)
+
+
+async def lose_stored_bytes(client: TestClient, image_id: int) -> None:
+    """What a disk failure or a hand-made delete does: the row stays, its bytes are gone."""
+    services = client.server.app[SERVICES]
+    bytes_in = await services.pool.fetchval("SELECT bytes_in FROM face_session_images WHERE id = $1", image_id)
+    if bytes_in == "postgres":
+        assert await services.pool.fetchval("DELETE FROM image_blobs WHERE image_id = $1 RETURNING 1", image_id)
+    else:
+        file_path = await services.pool.fetchval("SELECT file_path FROM face_session_images WHERE id = $1", image_id)
+        services.storage.absolute(file_path).unlink()
+
+
+def files_under(root: Path) -> list[str]:
+    """Every file below root, relative, sorted: what is on disk, hidden ones included."""
+    if not root.exists():
+        return []
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def copy_photo(src: Path, dst: Path) -> Path:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+    return dst
+
+
+async def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition") -> None:
+    """Wait for something another task or process does, checking often, failing after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout_s} s")
+        await asyncio.sleep(0.01)
