@@ -101,10 +101,10 @@ class Settings:
     max_pending_images: int = 16
     retry_after_s: int = 2
     onnx_intra_op_threads: int = 0
-    # most faces in one recogniser run; concurrent images and searches are embedded together (recognition.py)
+    # most faces in one recogniser run; concurrent images and searches are embedded together (vision/batcher.py)
     recogniser_max_batch: int = 64
     # longest a recogniser run waits for faces of images still being detected; 0 = run what is waiting at
-    # once. Only waits while others are on their way, never for a lone request (recognition.py); for GPUs
+    # once. Only waits while others are on their way, never for a lone request (vision/batcher.py); for GPUs
     recogniser_window_ms: float = 0.0
 
     # sessions with at least this many faces get an approximate index on CPU (pq-rerank), if tuning reaches
@@ -169,10 +169,6 @@ class Settings:
     @property
     def pgdata(self) -> Path:
         return self.storage / "pgdata"
-
-    @property
-    def model_pack_dir(self) -> Path:
-        return self.models_dir / self.model_pack
 
 
 _ENV_PREFIX = "FACESERVE_"

@@ -2,7 +2,7 @@
 
 With workers, the parent does what must happen once (embedded Postgres, sweep of crashed uploads, model
 layout) and then only watches; each worker opens its own pool, models and indexes, which stay in step
-through index_sync.py.
+through index/sync.py.
 """
 
 from __future__ import annotations

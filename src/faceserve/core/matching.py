@@ -59,7 +59,7 @@ async def _probe_face(services: Services, probe: bytes, timings: dict[str, float
         return None
     box, landmarks, crop = found
     start = time.perf_counter()
-    # shared with the faces of concurrent searches and uploads (recognition.py); includes waiting for a turn
+    # shared with the faces of concurrent searches and uploads (vision/batcher.py); includes waiting for a turn
     embedding = await services.recogniser.embed(crop)
     timings["embed"] = 1000 * (time.perf_counter() - start)
     return detected_faces(box, landmarks, embedding)[0]

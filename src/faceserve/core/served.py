@@ -1,7 +1,7 @@
 """What serving an image needs of its row, computed once per process and kept in a bounded LRU.
 
 Image ids are never reused and files are immutable, so an entry only goes stale when its image (or its
-session) is deleted: deletion in ingest.py evicts it in this process; other processes notice through the
+session) is deleted: deletion (ingest.py, face_sessions.py) evicts it in this process; other processes notice through the
 file's absence, or within `served_recheck_s` for answers without a body.
 """
 

@@ -59,7 +59,7 @@ class Services:
     settings: Settings
     pool: asyncpg.Pool
     storage: Storage
-    # where image bytes are kept: files or Postgres (image_store.py)
+    # where image bytes are kept: files or Postgres (media/stores.py)
     stores: ImageStores
     engine: FaceEngine
     indexes: IndexRegistry
@@ -69,7 +69,7 @@ class Services:
     gate: AdmissionGate
     # serving facts of recently served images; deletions here evict from it (served.py)
     served: ServedFileCache
-    # names this process in index change notifications (index_sync.py)
+    # names this process in index change notifications (index/sync.py)
     process_token: str
     follower: index_sync.IndexFollower
 

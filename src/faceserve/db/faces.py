@@ -93,7 +93,7 @@ async def session_face_stats(conn: Connection, session_id: int, dim: int) -> tup
 
 
 async def embeddings_by_ids(
-    conn: Connection, session_id: int, face_ids: Sequence[int], dim: int
+    conn: Connection, session_id: int, face_ids: Sequence[int] | np.ndarray, dim: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """(ids, embeddings) of the given faces that still exist, for following another process's adds."""
     rows = await conn.fetch(

@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import TypeAlias
 
 import asyncpg
 
@@ -14,7 +15,8 @@ from . import migrations
 
 log = logging.getLogger(__name__)
 
-Connection = asyncpg.Connection | asyncpg.Pool
+# a query function takes either: one connection (inside a transaction) or the pool (one round trip)
+Connection: TypeAlias = asyncpg.Connection | asyncpg.Pool
 
 
 @contextmanager
@@ -55,7 +57,7 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """Pool reset on release. asyncpg always rolls back an open transaction and drops listeners first; its
     default then runs `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`, a round trip
     after every query of every request. Nothing here changes session state (no SET, no session advisory
-    locks, no LISTEN or WITH HOLD cursors on pool connections: index_sync listens on its own connection)."""
+    locks, no LISTEN or WITH HOLD cursors on pool connections: index/sync.py listens on its own connection)."""
 
 
 async def create_pool(dsn: str, min_size: int, max_size: int) -> asyncpg.Pool:

@@ -32,7 +32,7 @@ from .common import path_id
 
 # Renders under way in this process, by file: concurrent first requests for one derivative (every open
 # gallery asks for a new photo's thumbnail at once) wait for one render instead of each making their own.
-_rendering: dict[Path, asyncio.Future[Path]] = {}
+_rendering: dict[Path, asyncio.Future[None]] = {}
 
 
 async def serve_image(request: web.Request) -> web.StreamResponse:

@@ -21,6 +21,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import faiss
 import numpy as np
@@ -59,6 +60,11 @@ class IndexPolicy:
             match_similarity=1.0 - settings.match_threshold,
             gpu_float16=settings.gpu_float16,
         )
+
+
+def _downcast(index: faiss.Index) -> Any:
+    """The index as its own class (IndexRefineFlat, IndexPQFastScan, ...), whose fields faiss's stubs omit."""
+    return faiss.downcast_index(index)
 
 
 class SeenIds:
@@ -103,7 +109,8 @@ class PqRerankIndex:
         # The tuned shortlist is TUNED_K * k_factor: the top TUNED_K plus the unrelated faces whose codes
         # outscore a match. Those do not grow with k, so a search for more results adds to the shortlist
         # rather than multiplying it (k=200 at k_factor 8: 270 candidates, not 1,600; RESULTS.md).
-        params = faiss.IndexRefineSearchParameters(k_factor=self.shortlist(k) / k)
+        params = faiss.IndexRefineSearchParameters()
+        params.k_factor = self.shortlist(k) / k
         return self.index.search(queries, k, params=params)
 
     def shortlist(self, k: int) -> int:
@@ -113,13 +120,12 @@ class PqRerankIndex:
     @property
     def rotated(self) -> bool:
         """Codes behind an OPQ rotation."""
-        refine = faiss.downcast_index(self.index.index)
-        return isinstance(faiss.downcast_index(refine.base_index), faiss.IndexPreTransform)
+        return isinstance(_downcast(_downcast(self.index.index).base_index), faiss.IndexPreTransform)
 
     @property
     def k_factor(self) -> float:
         """The tuned shortlist factor: TUNED_K * k_factor candidates for the top TUNED_K."""
-        return float(faiss.downcast_index(self.index.index).k_factor)
+        return float(_downcast(self.index.index).k_factor)
 
     def ids(self) -> np.ndarray:
         return faiss.vector_to_array(self.index.id_map).astype(np.int64)
@@ -137,9 +143,9 @@ def _remove_rerank_ids(index: faiss.IndexIDMap, ids: np.ndarray) -> None:
     if not len(rows):
         return
     rows_selector = faiss.IDSelectorBatch(len(rows), faiss.swig_ptr(rows))  # hashed: 1M is_member calls
-    refine = faiss.downcast_index(index.index)
-    faiss.downcast_index(refine.base_index).remove_ids(rows_selector)
-    faiss.downcast_index(refine.refine_index).remove_ids(rows_selector)
+    refine = _downcast(index.index)
+    _downcast(refine.base_index).remove_ids(rows_selector)
+    _downcast(refine.refine_index).remove_ids(rows_selector)
     refine.ntotal = refine.base_index.ntotal
     faiss.copy_array_to_vector(np.delete(id_map, rows), index.id_map)
     index.ntotal = refine.ntotal
@@ -339,7 +345,7 @@ def pq_rerank(ids: np.ndarray, vectors: np.ndarray, policy: IndexPolicy, k: int 
     k_factor = _tune_k_factor(index, ids, vectors, policy, k)
     if k_factor is None:
         return None
-    faiss.downcast_index(index.index).k_factor = min(policy.max_k_factor, k_factor * policy.shortlist_margin)
+    _downcast(index.index).k_factor = min(policy.max_k_factor, k_factor * policy.shortlist_margin)
     return PqRerankIndex(index, ids)
 
 
@@ -352,7 +358,7 @@ def _pq_rerank_index(ids: np.ndarray, vectors: np.ndarray, rotate: bool) -> fais
     n, dim = vectors.shape
     rng = np.random.default_rng(0)
     subquantizers = pq_subquantizers(dim)
-    codes = faiss.IndexPQFastScan(dim, subquantizers, 4, faiss.METRIC_INNER_PRODUCT)
+    codes: faiss.Index = faiss.IndexPQFastScan(dim, subquantizers, 4, faiss.METRIC_INNER_PRODUCT)
     sample = np.ascontiguousarray(vectors[rng.choice(n, min(n, 65_536), replace=False)])
     if rotate:
         # a learned rotation first (OPQ), optimised for the 4-bit codes actually used: face embeddings
@@ -383,7 +389,7 @@ def _tune_k_factor(
     queries = tuning_queries(vectors, policy.tuning_queries)
     truth_sims, truth_rows = top_k(vectors, queries, k)
     truth = ids[truth_rows]
-    refine = faiss.downcast_index(index.index)
+    refine = _downcast(index.index)
     for_matches = None
     k_factor = 1
     while k_factor <= policy.max_k_factor:
@@ -421,7 +427,7 @@ def build_cpu(ids: np.ndarray, vectors: np.ndarray, policy: IndexPolicy) -> PqRe
     return flat(ids, vectors)
 
 
-def build_gpu(ids: np.ndarray, vectors: np.ndarray, resources: object, policy: IndexPolicy) -> TombstoneFlatIndex:
+def build_gpu(ids: np.ndarray, vectors: np.ndarray, resources: Any, policy: IndexPolicy) -> TombstoneFlatIndex:
     dim = vectors.shape[1]
 
     def make_flat() -> faiss.Index:

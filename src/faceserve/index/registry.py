@@ -1,7 +1,7 @@
 """Per-session FAISS indexes: inner product over L2-normalised embeddings (= cosine similarity).
 
 The database is the only source of truth. On first use a session's index is loaded from its saved copy when
-that copy matches the database (index_store.py), else built from Postgres (index_kinds.py picks flat or
+that copy matches the database (index/store.py), else built from Postgres (index/kinds.py picks flat or
 pq-rerank, or a flat index on the GPU); afterwards add/remove keep it in step, and it is saved again at shutdown.
 
 All FAISS calls on a served index run on one owner thread: GPU indexes are not thread-safe even for search,

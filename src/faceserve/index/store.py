@@ -5,7 +5,7 @@ read back at memory speed; pq-rerank: {token}.faiss, ids inside).
 A saved index is only a cache of the database: it is used when the face count and max face id read from
 the data itself equal the database's (face ids only grow, so any add or delete since the save changes one
 of them), else rebuilt. Each writer writes files of its own token and then swaps meta.json, so several
-workers saving at once never pair one's ids with another's vectors. FAISS threads only (index.py).
+workers saving at once never pair one's ids with another's vectors. FAISS threads only (index/registry.py).
 """
 
 from __future__ import annotations

@@ -106,12 +106,6 @@ class Storage:
             raise
         return PendingFile(path, size, digest.digest())
 
-    async def receive_bytes(self, session_id: int, data: bytes, max_bytes: int) -> PendingFile:
-        async def one_chunk() -> AsyncIterator[bytes]:
-            yield data
-
-        return await self.receive(session_id, one_chunk(), max_bytes)
-
     @staticmethod
     async def discard(path: Path) -> None:
         try:

@@ -1,6 +1,6 @@
 """Where the bytes of a recorded image live: a file under the storage root (default) or a row in Postgres.
 
-Uploads always arrive as a .part file on disk (storage.py): hashing, the header probe and the face models
+Uploads always arrive as a .part file on disk (media/files.py): hashing, the header probe and the face models
 read them there. Recording an image hands that file to the configured store inside the transaction that
 inserts the image's row:
 - FileStore renames it to face_sessions/{session}/db/{name}; a crash between the rename and the commit

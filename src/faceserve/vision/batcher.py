@@ -1,7 +1,7 @@
 """One recogniser run for the faces of every caller waiting at that moment (uploads, imports, searches).
 
 Detection and alignment stay per image on the inference threads; the aligned crops of concurrent callers
-are embedded together. Batching is by demand, as index.py batches searches: the first caller starts a run
+are embedded together. Batching is by demand, as index/registry.py batches searches: the first caller starts a run
 at once; callers arriving while it runs wait and go together in the next run, up to `max_rows` faces. A
 lone request waits for nothing, and under load the recogniser sees full batches (on 2 CPU cores a face
 costs ~8 ms alone and ~6.4 ms in batches of 4+; on a GPU the gap is far larger).
@@ -95,7 +95,8 @@ class RecogniserBatcher:
                 return
 
     def _next_batch(self) -> list[_Waiting]:
-        batch, rows = [], 0
+        batch: list[_Waiting] = []
+        rows = 0
         while self._waiting and (not batch or rows + len(self._waiting[0].crops) <= self._max_rows):
             waiting = self._waiting.pop(0)
             if waiting.answer.done():  # cancelled before its turn: skip its rows

@@ -55,10 +55,6 @@ class DetectedFace:
     det_score: float
     embedding: np.ndarray  # (dim,) float32, L2-normalised
 
-    @property
-    def area(self) -> float:
-        return float(max(0.0, self.box[2] - self.box[0]) * max(0.0, self.box[3] - self.box[1]))
-
 
 class FaceEngine:
     def __init__(

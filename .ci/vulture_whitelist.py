@@ -1,0 +1,12 @@
+# Names vulture cannot see used: attributes set on objects of other libraries, which read them themselves.
+# Run as: vulture src tests benchmarks .ci/vulture_whitelist.py
+from aiohttp import web
+import faiss
+import onnxruntime
+
+web.StreamResponse.content_length  # aiohttp sends it as Content-Length
+faiss.ProductQuantizer.niter  # k-means iterations of OPQ's quantizer training
+faiss.OPQMatrix.pq  # the quantizer OPQ trains its rotation for
+faiss.GpuIndexFlatConfig.useFloat16  # GPU flat index storage
+onnxruntime.SessionOptions.log_severity_level
+onnxruntime.SessionOptions.intra_op_num_threads
