@@ -8,7 +8,7 @@ from aiohttp import web
 
 from .config import Settings
 from .faces import FaceEngine
-from .http import derivatives, health, images, middleware, search, serving, sessions
+from .http import derivatives, health, images, middleware, page, search, serving, sessions
 from .http.keys import SERVICES
 from .http.urls import URLS, UrlPolicy
 from .services import open_services
@@ -32,7 +32,10 @@ def create_app(
     app.cleanup_ctx.append(services_ctx)
     app[serving.SERVED_FILES] = serving.ServedFileCache(settings.served_cache_entries, settings.served_recheck_s)
     app[URLS] = UrlPolicy.from_settings(settings)
+    app[page.PAGE] = page.load(settings)
     app.router.add_get("/healthz", health.healthz)
+    app.router.add_get("/", page.index)  # the web page; needs no key, it asks for one
+    app.router.add_get("/static/{version}/{name}", page.static_file)
     app.router.add_post("/api/face/sessions", sessions.create_session)
     app.router.add_get("/api/face/sessions", sessions.list_sessions)
     app.router.add_get("/api/face/sessions/{session_id}", sessions.show_session)

@@ -1,0 +1,231 @@
+"""The web page at /, in a real browser: Debian's Chromium, headless, driven by Playwright against the app
+served on a real port with the real models and database.
+
+An organiser creates an event and uploads the shipped photos and a text file through the page (the text
+file's error shows on its own row); the guest link opens in a fresh browser profile, a selfie of Yao Ming
+is searched, and players.jpg is what the page shows, as a lazily loaded ?w= thumbnail.
+
+Set FACESERVE_SCREENSHOTS=/some/dir to save what the browser showed at each width (kept out of the repo).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Playwright's own browser download does not work here; the system Chromium, without the parts that
+# reach the network or need a GPU or a sandbox (CI runs as root in a container)
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PHONE = {"width": 390, "height": 844}
+DESKTOP = {"width": 1280, "height": 800}
+# an upload finds faces on 2 CPU cores shared with other work: generous, it only bounds a hang
+SLOW_MS = 120_000
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason="Debian's chromium is not installed at /usr/bin/chromium (.ci/run installs it)",
+)
+
+
+@pytest.fixture
+async def browser():
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        await browser.close()
+
+
+class Problems:
+    """Console errors, uncaught exceptions, failed requests and error answers of a page: a CSP violation,
+    a broken module or a missing file shows here even when the page still looks right."""
+
+    def __init__(self, page) -> None:
+        self.seen: list[str] = []
+        self.answers: list[tuple[int, str]] = []  # (status, path) of every answer >= 400
+        # Chromium logs each error answer as "Failed to load resource"; those are in answers, with their path
+        page.on(
+            "console",
+            lambda m: (
+                m.type == "error"
+                and not m.text.startswith("Failed to load resource")
+                and self.seen.append(f"console: {m.text}")
+            ),
+        )
+        page.on("pageerror", lambda e: self.seen.append(f"exception: {e}"))
+        page.on("requestfailed", lambda r: self.seen.append(f"request failed: {r.url} {r.failure}"))
+        page.on(
+            "response", lambda r: r.status >= 400 and self.answers.append((r.status, urlsplit(r.url).path))
+        )
+
+
+async def open_page(browser, url: str, viewport: dict[str, int]):
+    context = await browser.new_context(viewport=viewport)  # a fresh profile: no sessionStorage, no cache
+    page = await context.new_page()
+    problems = Problems(page)
+    await page.goto(url)
+    return page, problems
+
+
+async def screenshot(page, name: str) -> None:
+    folder = os.environ.get("FACESERVE_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
+
+
+@pytest.mark.parametrize("viewport", [PHONE, DESKTOP], ids=["phone", "desktop"])
+async def test_an_organiser_uploads_and_a_guest_finds_their_photos(
+    client, browser, photos, tmp_path, viewport
+):
+    from playwright.async_api import expect
+
+    width = "phone" if viewport == PHONE else "desktop"
+    base = str(client.make_url("/"))
+    organiser, organiser_problems = await open_page(browser, base, viewport)
+
+    await organiser.fill("#session-name", "Basketball night")
+    await organiser.click("#create-form button[type=submit]")
+    await expect(organiser.locator("#manage-title")).to_have_text("Basketball night")
+    session_id = int(re.fullmatch(r"#manage=(\d+)", await organiser.evaluate("location.hash"))[1])
+
+    not_a_photo = tmp_path / "notes.txt"
+    not_a_photo.write_text("the seating plan, not a photo\n")
+    await organiser.set_input_files(
+        "#pick-files", [photos["players"], photos["gdp"], photos["t1"], not_a_photo]
+    )
+    rows = organiser.locator("#uploads li")
+    await expect(rows.and_(organiser.locator(".done, .failed"))).to_have_count(4, timeout=SLOW_MS)
+    await expect(organiser.locator('#uploads li[data-name="notes.txt"]')).to_have_class(
+        re.compile(r"\bfailed\b")
+    )
+    # the service's own 415 message, on that file's row only
+    await expect(organiser.locator('#uploads li[data-name="notes.txt"] .state')).to_contain_text("not")
+    for name, faces in (("players.jpg", r"\d+ faces"), ("gdp.jpg", r"\d+ faces?"), ("t1.jpg", r"6 faces")):
+        row = organiser.locator(f'#uploads li[data-name="{name}"]')
+        await expect(row).to_have_class(re.compile(r"\bdone\b"))
+        await expect(row.locator(".state")).to_have_text(re.compile(faces))
+    await expect(organiser.locator("#upload-summary")).to_have_text("3 of 4 uploaded · 1 failed")
+    await expect(organiser.locator("#manage-counts")).to_have_text(re.compile(r"^3 photos, \d+ faces$"))
+    await screenshot(organiser, f"organiser-{width}")
+
+    await organiser.click("#copy-link")
+    await expect(organiser.locator("#guest-link")).to_be_visible()
+    guest_link = await organiser.input_value("#guest-link")
+    assert guest_link == f"{base}#session={session_id}"  # no key in use yet: the event id is the link
+    await screenshot(organiser, f"organiser-link-{width}")
+
+    guest, guest_problems = await open_page(browser, guest_link, viewport)
+    await expect(guest.locator("#guest-title")).to_have_text("Find your photos of Basketball night")
+    await screenshot(guest, f"guest-start-{width}")
+    await guest.set_input_files("#selfie", photos["yaoming"])
+    await expect(guest.locator("#search-status")).to_have_text(
+        re.compile("You are in 1 photo"), timeout=SLOW_MS
+    )
+
+    listed = await client.get(f"/api/face/sessions/{session_id}/images")
+    by_name = {i["original_name"]: i for i in (await listed.json())["data"]["images"]}
+    match = guest.locator("#matches li")
+    await expect(match).to_have_count(1)
+    await expect(match).to_have_attribute("data-image-id", str(by_name["players.jpg"]["image_id"]))
+    thumbnail = match.locator("img")
+    await expect(thumbnail).to_have_attribute("loading", "lazy")
+    await thumbnail.scroll_into_view_if_needed()
+    # the file the browser picked from srcset is a resized copy: the service rendered it, it decoded
+    await expect(thumbnail).to_have_js_property("complete", True, timeout=SLOW_MS)
+    # naturalWidth is scaled by the srcset density: fetch the file the browser chose and decode it
+    shown = await thumbnail.evaluate(
+        "async img => [img.currentSrc, (await createImageBitmap(await (await fetch(img.currentSrc)).blob())).width]"
+    )
+    width_asked = re.search(r"[?&]w=(\d+)$", shown[0])
+    assert width_asked and int(width_asked[1]) in (320, 640), shown
+    assert shown[1] == int(width_asked[1]), shown
+    original = by_name["players.jpg"]["url"]
+    await expect(match.locator("a", has_text="Open")).to_have_attribute("href", original)
+    await expect(match.locator("a", has_text="Download")).to_have_attribute("href", original)
+    await screenshot(guest, f"guest-found-{width}")
+
+    assert organiser_problems.seen == []
+    assert organiser_problems.answers == [(415, f"/api/face/sessions/{session_id}/images")]  # notes.txt
+    assert guest_problems.seen == []
+    assert guest_problems.answers == []
+
+
+async def test_a_selfie_without_a_face_says_so(client, browser, photos, tmp_path):
+    from playwright.async_api import expect
+
+    response = await client.post("/api/face/sessions", json={"name": "empty hall"})
+    session_id = (await response.json())["data"]["id"]
+    blank = tmp_path / "wall.png"
+    from PIL import Image
+
+    Image.new("RGB", (400, 300), (200, 180, 160)).save(blank)
+    guest, problems = await open_page(browser, str(client.make_url(f"/#session={session_id}")), PHONE)
+    await guest.set_input_files("#selfie", blank)
+    await expect(guest.locator("#search-status")).to_have_text(re.compile("No face found"), timeout=SLOW_MS)
+    await expect(guest.locator("#matches li")).to_have_count(0)
+    assert problems.seen == []
+    assert problems.answers == [(422, "/api/face/search")]
+
+
+async def test_a_key_in_the_link_leaves_the_address_bar_and_goes_out_as_a_bearer_header(client, browser):
+    from playwright.async_api import expect
+
+    page = await (await browser.new_context(viewport=PHONE)).new_page()
+    sent: list[tuple[str, str | None]] = []
+    page.on("request", lambda r: sent.append((r.url, r.headers.get("authorization"))))
+    await page.goto(str(client.make_url("/#key=fs_test_secret&session=5")))
+    await expect(page.locator("#guest")).to_be_visible()
+    assert await page.evaluate("location.hash") == "#session=5"
+    assert await page.evaluate("sessionStorage.getItem('faceserve.key')") == "fs_test_secret"
+    await expect(page.locator("#notice")).to_contain_text("does not exist")  # event 5: its answer came back
+    await expect(page.locator("#selfie-button")).to_be_hidden()
+    api_calls = [header for url, header in sent if "/api/face/" in url]
+    assert api_calls and all(header == "Bearer fs_test_secret" for header in api_calls)
+    # the key never travels in a URL the server sees
+    assert not any("fs_test_secret" in url for url, _ in sent)
+    await page.click("#key-summary")
+    await expect(page.locator("#key-summary")).to_have_text("Key in use")
+    await screenshot(page, "guest-key-panel-phone")
+
+
+async def test_thumbnail_urls_keep_the_signed_query_as_it_came(client, browser, settings):
+    page, _ = await open_page(browser, str(client.make_url("/")), PHONE)
+    module = await page.evaluate("document.querySelector('script[type=module]').src")
+    api_module = module.rsplit("/", 1)[0] + "/api.js"
+    results = await page.evaluate(
+        """async (src) => {
+            const { withWidth, pickWidth, derivativeSizes } = await import(src);
+            return {
+                plain: withWidth("http://h/api/face/image/7", 320),
+                signed: withWidth("http://h/api/face/image/7?exp=1700000400&kid=k1&sig=ab%2Fcd", 320),
+                trailing: withWidth("http://h/api/face/image/7?", 640),
+                fragment: withWidth("http://h/api/face/image/7?exp=1#x", 320),
+                sizes: derivativeSizes(),
+                wanted: pickWidth(derivativeSizes(), 300),
+                beyond: pickWidth(derivativeSizes(), 100000),
+            };
+        }""",
+        api_module,
+    )
+    assert results["plain"] == "http://h/api/face/image/7?w=320"
+    assert results["signed"] == "http://h/api/face/image/7?exp=1700000400&kid=k1&sig=ab%2Fcd&w=320"
+    assert results["trailing"] == "http://h/api/face/image/7?w=640"
+    assert results["fragment"] == "http://h/api/face/image/7?exp=1&w=320#x"
+    assert results["sizes"] == sorted(settings.derivative_sizes)
+    assert results["wanted"] == 320
+    assert results["beyond"] == max(results["sizes"])
