@@ -10,6 +10,7 @@ Set FACESERVE_SCREENSHOTS=/some/dir to save what the browser showed at each widt
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 from pathlib import Path
@@ -229,3 +230,33 @@ async def test_thumbnail_urls_keep_the_signed_query_as_it_came(client, browser, 
     assert results["sizes"] == sorted(settings.derivative_sizes)
     assert results["wanted"] == 320
     assert results["beyond"] == max(results["sizes"])
+
+
+async def test_dropped_files_upload_one_request_each_and_hidden_files_stay_out(client, browser, photos):
+    from playwright.async_api import expect
+
+    response = await client.post("/api/face/sessions", json={"name": "dropped"})
+    session_id = (await response.json())["data"]["id"]
+    organiser, problems = await open_page(browser, str(client.make_url(f"/#manage={session_id}")), PHONE)
+    await expect(organiser.locator("#manage-title")).to_have_text("dropped")
+    uploads: list[str] = []
+    organiser.on("request", lambda r: r.method == "POST" and "/images" in r.url and uploads.append(r.url))
+    # what a desktop drag of a folder delivers: photos plus the file manager's hidden litter
+    await organiser.evaluate(
+        """([gdp, t1]) => {
+            const bytes = (b64) => Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes(gdp)], "gdp.jpg", { type: "image/jpeg" }));
+            transfer.items.add(new File([bytes(t1)], "t1.jpg", { type: "image/jpeg" }));
+            transfer.items.add(new File(["x"], ".DS_Store"));
+            const drop = document.getElementById("drop");
+            drop.dispatchEvent(new DragEvent("dragover", { dataTransfer: transfer, bubbles: true, cancelable: true }));
+            drop.dispatchEvent(new DragEvent("drop", { dataTransfer: transfer, bubbles: true, cancelable: true }));
+        }""",
+        [base64.b64encode(photos[name].read_bytes()).decode() for name in ("gdp", "t1")],
+    )
+    await expect(organiser.locator("#uploads li.done")).to_have_count(2, timeout=SLOW_MS)
+    await expect(organiser.locator("#uploads li")).to_have_count(2)
+    assert len(uploads) == 2  # one request per file
+    await expect(organiser.locator("#manage-counts")).to_have_text(re.compile(r"^2 photos, "))
+    assert problems.seen == [] and problems.answers == []
