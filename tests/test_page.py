@@ -14,7 +14,7 @@ import base64
 import os
 import re
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlencode, urlsplit
 
 import pytest
 
@@ -74,6 +74,25 @@ class Problems:
         )
 
 
+def admin_key(settings) -> str | None:
+    """The admin key the service writes at its first start once access control is on (API.md: the file
+    <storage>/admin-key); None while it runs without keys, when the page and the API need none."""
+    path = settings.storage / "admin-key"
+    return path.read_text().strip() if path.exists() else None
+
+
+def page_url(client, settings, **fragment: object) -> str:
+    """The page, with the admin key in the fragment when the service has keys (as an organiser gets it)."""
+    key = admin_key(settings)
+    params = {**({"key": key} if key else {}), **fragment}
+    return str(client.make_url("/")) + (f"#{urlencode(params)}" if params else "")
+
+
+def api_headers(settings) -> dict[str, str]:
+    key = admin_key(settings)
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 async def open_page(browser, url: str, viewport: dict[str, int]):
     context = await browser.new_context(viewport=viewport)  # a fresh profile: no sessionStorage, no cache
     page = await context.new_page()
@@ -91,13 +110,13 @@ async def screenshot(page, name: str) -> None:
 
 @pytest.mark.parametrize("viewport", [PHONE, DESKTOP], ids=["phone", "desktop"])
 async def test_an_organiser_uploads_and_a_guest_finds_their_photos(
-    client, browser, photos, tmp_path, viewport
+    client, browser, photos, tmp_path, viewport, settings
 ):
     from playwright.async_api import expect
 
     width = "phone" if viewport == PHONE else "desktop"
     base = str(client.make_url("/"))
-    organiser, organiser_problems = await open_page(browser, base, viewport)
+    organiser, organiser_problems = await open_page(browser, page_url(client, settings), viewport)
 
     await organiser.fill("#session-name", "Basketball night")
     await organiser.click("#create-form button[type=submit]")
@@ -127,7 +146,18 @@ async def test_an_organiser_uploads_and_a_guest_finds_their_photos(
     await organiser.click("#copy-link")
     await expect(organiser.locator("#guest-link")).to_be_visible()
     guest_link = await organiser.input_value("#guest-link")
-    assert guest_link == f"{base}#session={session_id}"  # no key in use yet: the event id is the link
+    if admin_key(settings) is None:
+        assert guest_link == f"{base}#session={session_id}"  # a service without keys: the event id is enough
+    else:
+        # a new key that can only search this event, never the organiser's own
+        guest_key = unquote(
+            re.fullmatch(rf"{re.escape(base)}#session={session_id}&key=([^&]+)", guest_link)[1]
+        )
+        assert guest_key != admin_key(settings)
+        refused = await client.post(
+            "/api/face/sessions", json={"name": "x"}, headers={"Authorization": f"Bearer {guest_key}"}
+        )
+        assert refused.status == 403
     await screenshot(organiser, f"organiser-link-{width}")
 
     guest, guest_problems = await open_page(browser, guest_link, viewport)
@@ -138,7 +168,7 @@ async def test_an_organiser_uploads_and_a_guest_finds_their_photos(
         re.compile("You are in 1 photo"), timeout=SLOW_MS
     )
 
-    listed = await client.get(f"/api/face/sessions/{session_id}/images")
+    listed = await client.get(f"/api/face/sessions/{session_id}/images", headers=api_headers(settings))
     by_name = {i["original_name"]: i for i in (await listed.json())["data"]["images"]}
     match = guest.locator("#matches li")
     await expect(match).to_have_count(1)
@@ -166,16 +196,18 @@ async def test_an_organiser_uploads_and_a_guest_finds_their_photos(
     assert guest_problems.answers == []
 
 
-async def test_a_selfie_without_a_face_says_so(client, browser, photos, tmp_path):
+async def test_a_selfie_without_a_face_says_so(client, browser, photos, tmp_path, settings):
     from playwright.async_api import expect
 
-    response = await client.post("/api/face/sessions", json={"name": "empty hall"})
+    response = await client.post(
+        "/api/face/sessions", json={"name": "empty hall"}, headers=api_headers(settings)
+    )
     session_id = (await response.json())["data"]["id"]
     blank = tmp_path / "wall.png"
     from PIL import Image
 
     Image.new("RGB", (400, 300), (200, 180, 160)).save(blank)
-    guest, problems = await open_page(browser, str(client.make_url(f"/#session={session_id}")), PHONE)
+    guest, problems = await open_page(browser, page_url(client, settings, session=session_id), PHONE)
     await guest.set_input_files("#selfie", blank)
     await expect(guest.locator("#search-status")).to_have_text(re.compile("No face found"), timeout=SLOW_MS)
     await expect(guest.locator("#matches li")).to_have_count(0)
@@ -183,25 +215,40 @@ async def test_a_selfie_without_a_face_says_so(client, browser, photos, tmp_path
     assert problems.answers == [(422, "/api/face/search")]
 
 
-async def test_a_key_in_the_link_leaves_the_address_bar_and_goes_out_as_a_bearer_header(client, browser):
+async def test_a_key_in_a_link_goes_out_as_a_bearer_header_and_never_in_a_url(client, browser):
     from playwright.async_api import expect
 
-    page = await (await browser.new_context(viewport=PHONE)).new_page()
-    sent: list[tuple[str, str | None]] = []
-    page.on("request", lambda r: sent.append((r.url, r.headers.get("authorization"))))
-    await page.goto(str(client.make_url("/#key=fs_test_secret&session=5")))
-    await expect(page.locator("#guest")).to_be_visible()
-    assert await page.evaluate("location.hash") == "#session=5"
-    assert await page.evaluate("sessionStorage.getItem('faceserve.key')") == "fs_test_secret"
-    await expect(page.locator("#notice")).to_contain_text("does not exist")  # event 5: its answer came back
-    await expect(page.locator("#selfie-button")).to_be_hidden()
+    async def visit(fragment: str):
+        page = await (await browser.new_context(viewport=PHONE)).new_page()  # a fresh profile each
+        sent: list[tuple[str, str | None]] = []
+        page.on("request", lambda r: sent.append((r.url, r.headers.get("authorization"))))
+        await page.goto(str(client.make_url(f"/#{fragment}")))
+        assert await page.evaluate("sessionStorage.getItem('faceserve.key')") == "fs_test_secret"
+        # an answer came back: the list, event 5 missing, or (with access control on) a refused made-up key
+        return page, sent
+
+    # an organiser's link: the key leaves the address bar (not copied along, not in a screenshot)
+    organiser, sent = await visit("key=fs_test_secret")
+    await expect(organiser.locator("#organiser")).to_be_visible()
+    assert await organiser.evaluate("location.hash") == ""
+    await organiser.wait_for_load_state("networkidle")
+    assert [header for url, header in sent if url.endswith("/api/face/sessions")] == ["Bearer fs_test_secret"]
+
+    # a guest link stays whole, so a guest can bookmark it and come back for the later photos
+    guest, sent = await visit("session=5&key=fs_test_secret")
+    await expect(guest.locator("#guest")).to_be_visible()
+    assert await guest.evaluate("location.hash") == "#session=5&key=fs_test_secret"
+    notice = guest.locator("#notice")
+    await expect(notice).to_contain_text(re.compile("does not exist|was refused"))
+    if "does not exist" in await notice.inner_text():
+        await expect(guest.locator("#selfie-button")).to_be_hidden()  # nothing to search
     api_calls = [header for url, header in sent if "/api/face/" in url]
     assert api_calls and all(header == "Bearer fs_test_secret" for header in api_calls)
-    # the key never travels in a URL the server sees
+    # fragments are not sent: the key never travels in a URL the server sees
     assert not any("fs_test_secret" in url for url, _ in sent)
-    await page.click("#key-summary")
-    await expect(page.locator("#key-summary")).to_have_text("Key in use")
-    await screenshot(page, "guest-key-panel-phone")
+    await guest.click("#key-summary")
+    await expect(guest.locator("#key-summary")).to_have_text("Key in use")
+    await screenshot(guest, "guest-key-panel-phone")
 
 
 async def test_thumbnail_urls_keep_the_signed_query_as_it_came(client, browser, settings):
@@ -232,12 +279,16 @@ async def test_thumbnail_urls_keep_the_signed_query_as_it_came(client, browser, 
     assert results["beyond"] == max(results["sizes"])
 
 
-async def test_dropped_files_upload_one_request_each_and_hidden_files_stay_out(client, browser, photos):
+async def test_dropped_files_upload_one_request_each_and_hidden_files_stay_out(
+    client, browser, photos, settings
+):
     from playwright.async_api import expect
 
-    response = await client.post("/api/face/sessions", json={"name": "dropped"})
+    response = await client.post(
+        "/api/face/sessions", json={"name": "dropped"}, headers=api_headers(settings)
+    )
     session_id = (await response.json())["data"]["id"]
-    organiser, problems = await open_page(browser, str(client.make_url(f"/#manage={session_id}")), PHONE)
+    organiser, problems = await open_page(browser, page_url(client, settings, manage=session_id), PHONE)
     await expect(organiser.locator("#manage-title")).to_have_text("dropped")
     uploads: list[str] = []
     organiser.on("request", lambda r: r.method == "POST" and "/images" in r.url and uploads.append(r.url))

@@ -11,12 +11,14 @@ function fragment() {
   return new URLSearchParams(location.hash.slice(1));
 }
 
-// A key in the link moves to sessionStorage and out of the address bar, so it is not copied along with
-// the address or caught in a screenshot. Fragments never reach the server.
+// A key in the link goes to sessionStorage (fragments never reach the server). A guest link stays whole in
+// the address bar, so it can be bookmarked for the photos added later; its key only searches that event.
+// Any other key (an organiser's) leaves the address bar: not copied along with it, not in a screenshot.
 function takeKeyFromLink() {
   const params = fragment();
   if (!params.has("key")) return;
   setKey(params.get("key"));
+  if (params.has("session")) return;
   params.delete("key");
   const rest = params.toString();
   history.replaceState(null, "", rest ? `#${rest}` : location.pathname + location.search);
