@@ -102,10 +102,14 @@ async def open_page(browser, url: str, viewport: dict[str, int]):
 
 
 async def screenshot(page, name: str) -> None:
+    """Light and dark, only when FACESERVE_SCREENSHOTS names a folder."""
     folder = os.environ.get("FACESERVE_SCREENSHOTS")
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
         await page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
+        await page.emulate_media(color_scheme="dark")
+        await page.screenshot(path=str(Path(folder) / f"{name}-dark.png"), full_page=True)
+        await page.emulate_media(color_scheme="light")
 
 
 @pytest.mark.parametrize("viewport", [PHONE, DESKTOP], ids=["phone", "desktop"])
@@ -310,4 +314,35 @@ async def test_dropped_files_upload_one_request_each_and_hidden_files_stay_out(
     await expect(organiser.locator("#uploads li")).to_have_count(2)
     assert len(uploads) == 2  # one request per file
     await expect(organiser.locator("#manage-counts")).to_have_text(re.compile(r"^2 photos, "))
+    assert problems.seen == [] and problems.answers == []
+
+
+async def test_a_large_selfie_is_sent_smaller_and_still_finds_the_photo(
+    client, browser, photos, tmp_path, settings
+):
+    import aiohttp
+    from PIL import Image
+    from playwright.async_api import expect
+
+    headers = api_headers(settings)
+    response = await client.post("/api/face/sessions", json={"name": "big selfie"}, headers=headers)
+    session_id = (await response.json())["data"]["id"]
+    form = aiohttp.FormData()
+    form.add_field("file", photos["players"].read_bytes(), filename="players.jpg")
+    assert (
+        await client.post(f"/api/face/sessions/{session_id}/images", data=form, headers=headers)
+    ).status == 201
+    # what a phone's camera makes: many pixels, little compression
+    selfie = tmp_path / "selfie.jpg"
+    with Image.open(photos["yaoming"]) as small:
+        small.resize((small.width * 10, small.height * 10), Image.LANCZOS).save(selfie, quality=98)
+    searches = []
+    guest, problems = await open_page(browser, page_url(client, settings, session=session_id), PHONE)
+    guest.on("request", lambda r: r.url.endswith("/api/face/search") and searches.append(r))
+    await guest.set_input_files("#selfie", selfie)
+    await expect(guest.locator("#search-status")).to_have_text(
+        re.compile("You are in 1 photo"), timeout=SLOW_MS
+    )
+    sent = int((await searches[0].all_headers())["content-length"])
+    assert sent < selfie.stat().st_size / 3, (sent, selfie.stat().st_size)
     assert problems.seen == [] and problems.answers == []
