@@ -346,3 +346,27 @@ async def test_a_large_selfie_is_sent_smaller_and_still_finds_the_photo(
     sent = int((await searches[0].all_headers())["content-length"])
     assert sent < selfie.stat().st_size / 3, (sent, selfie.stat().st_size)
     assert problems.seen == [] and problems.answers == []
+
+
+async def test_each_file_shows_its_upload_progress_while_the_bytes_go(client, browser, photos, settings):
+    from playwright.async_api import expect
+
+    response = await client.post("/api/face/sessions", json={"name": "slow"}, headers=api_headers(settings))
+    session_id = (await response.json())["data"]["id"]
+    organiser, problems = await open_page(browser, page_url(client, settings, manage=session_id), PHONE)
+    await expect(organiser.locator("#manage-title")).to_have_text("slow")
+    # a phone on a poor connection: players.jpg (366 KB) takes about 3 s to go up
+    cdp = await organiser.context.new_cdp_session(organiser)
+    await cdp.send("Network.enable")
+    await cdp.send(
+        "Network.emulateNetworkConditions",
+        {"offline": False, "latency": 20, "downloadThroughput": -1, "uploadThroughput": 120_000},
+    )
+    await organiser.set_input_files("#pick-files", [photos["players"], photos["gdp"]])
+    row = organiser.locator('#uploads li[data-name="players.jpg"]')
+    await expect(row.locator(".state")).to_have_text(re.compile(r"^uploading [1-9]\d?%$"), timeout=SLOW_MS)
+    fraction = float(await row.locator("progress").get_attribute("value"))
+    assert 0 < fraction < 1
+    await screenshot(organiser, "organiser-uploading-phone")
+    await expect(organiser.locator("#uploads li.done")).to_have_count(2, timeout=SLOW_MS)
+    assert problems.seen == [] and problems.answers == []
