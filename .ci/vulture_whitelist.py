@@ -10,3 +10,4 @@ faiss.OPQMatrix.pq  # the quantizer OPQ trains its rotation for
 faiss.GpuIndexFlatConfig.useFloat16  # GPU flat index storage
 onnxruntime.SessionOptions.log_severity_level
 onnxruntime.SessionOptions.intra_op_num_threads
+pytestmark  # pytest reads a test module's marks from it

@@ -8,8 +8,8 @@ from aiohttp import web
 
 from .config import Settings
 from .core.services import open_services
-from .http import downloads, health, images, middleware, search, sessions
-from .http.appkeys import SERVICES, URLS
+from .http import downloads, health, images, middleware, page, search, sessions
+from .http.appkeys import PAGE, SERVICES, URLS
 from .http.urls import UrlPolicy
 from .vision.engine import FaceEngine
 
@@ -31,7 +31,10 @@ def create_app(
 
     app.cleanup_ctx.append(services_ctx)
     app[URLS] = UrlPolicy.from_settings(settings)
+    app[PAGE] = page.load(settings)
     app.router.add_get("/healthz", health.healthz)
+    app.router.add_get("/", page.index)  # the web page; needs no key, it asks for one
+    app.router.add_get("/static/{version}/{name}", page.static_file)
     app.router.add_post("/api/face/sessions", sessions.create_session)
     app.router.add_get("/api/face/sessions", sessions.list_sessions)
     app.router.add_get("/api/face/sessions/{session_id}", sessions.show_session)

@@ -1,0 +1,73 @@
+// The page's entry: the access key (from the link's #fragment or the key field), then one of two views.
+//   /#session=7&key=...  a guest of event 7 searches it with a selfie
+//   /#manage=7, /        an organiser creates events, uploads photos, copies guest links
+
+import { currentKey, setKey, UNAUTHORIZED_EVENT } from "./api.js";
+import { initGuest, showGuest } from "./guest.js";
+import { initOrganiser, showOrganiser } from "./organiser.js";
+import { $, showNotice } from "./ui.js";
+
+function fragment() {
+  return new URLSearchParams(location.hash.slice(1));
+}
+
+// A key in the link goes to sessionStorage (fragments never reach the server). A guest link stays whole in
+// the address bar, so it can be bookmarked for the photos added later; its key only searches that event.
+// Any other key (an organiser's) leaves the address bar: not copied along with it, not in a screenshot.
+function takeKeyFromLink() {
+  const params = fragment();
+  if (!params.has("key")) return;
+  setKey(params.get("key"));
+  if (params.has("session")) return;
+  params.delete("key");
+  const rest = params.toString();
+  history.replaceState(null, "", rest ? `#${rest}` : location.pathname + location.search);
+}
+
+function showKeyState() {
+  const key = currentKey();
+  $("key-summary").textContent = key ? "Key in use" : "Access key";
+  $("key-input").value = "";
+}
+
+function route() {
+  showNotice("");
+  const params = fragment();
+  const session = params.get("session");
+  if (session) showGuest(session);
+  else showOrganiser(params.get("manage"));
+}
+
+function initKeyPanel() {
+  $("key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    setKey($("key-input").value.trim());
+    showKeyState();
+    $("key-panel").open = false;
+    route();
+  });
+  $("key-forget").addEventListener("click", () => {
+    setKey("");
+    showKeyState();
+  });
+  window.addEventListener(UNAUTHORIZED_EVENT, () => {
+    showNotice(
+      currentKey()
+        ? "The access key was refused (unknown, revoked or expired). Paste another under “Access key”."
+        : "This needs an access key. Paste the one you were given under “Access key”.",
+    );
+    $("key-panel").open = true;
+  });
+}
+
+takeKeyFromLink();
+initKeyPanel();
+initGuest();
+initOrganiser();
+showKeyState();
+window.addEventListener("hashchange", () => {
+  takeKeyFromLink();
+  showKeyState();
+  route();
+});
+route();

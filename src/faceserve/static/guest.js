@@ -1,0 +1,131 @@
+// The guest's view (#session=ID): a selfie in, every photo of this event with that face out.
+
+import { api, derivativeSizes, pickWidth, withWidth } from "./api.js";
+import { $, describeError, el, showNotice } from "./ui.js";
+
+// Selfies from phone cameras are 3-12 MB; the detector looks at 640 px. Sending at most this many pixels
+// on a side keeps a search on mobile data to a second or two and changes nothing it finds.
+const SELFIE_MAX_SIDE = 1600;
+const SELFIE_KEEP_BYTES = 1_500_000; // smaller than this and no wider: sent as it is
+// thumbnails fill half a phone's width or a 240 px column: 320 px files for plain screens, 640 for dense
+const THUMB_WIDTHS = [320, 640];
+
+let sessionId = null;
+let previewUrl = null;
+
+export function initGuest() {
+  $("selfie").addEventListener("change", async (event) => {
+    const file = event.target.files[0];
+    event.target.value = ""; // the same photo picked again must search again
+    if (file) await searchWith(file);
+  });
+}
+
+export async function showGuest(id) {
+  sessionId = id;
+  $("organiser").hidden = true;
+  $("guest").hidden = false;
+  $("guest-title").textContent = "Find your photos";
+  $("matches").replaceChildren();
+  $("search-status").textContent = "";
+  $("selfie-button").hidden = false;
+  try {
+    const session = await api("GET", `/api/face/sessions/${encodeURIComponent(id)}`);
+    $("guest-title").textContent = `Find your photos of ${session.name}`;
+    document.title = `${session.name}: find your photos`;
+  } catch (error) {
+    // a guest key may search without reading the session: only a missing event is worth saying
+    if (error.status === 404) {
+      showNotice("This event does not exist (any more). Check the link you were given.");
+      $("selfie-button").hidden = true;
+    }
+  }
+}
+
+async function shrink(file) {
+  try {
+    const bitmap = await createImageBitmap(file); // applies the camera's EXIF orientation
+    const scale = Math.min(1, SELFIE_MAX_SIDE / Math.max(bitmap.width, bitmap.height));
+    if (scale === 1 && file.size <= SELFIE_KEEP_BYTES) {
+      bitmap.close();
+      return file;
+    }
+    const canvas = el("canvas", {
+      width: Math.round(bitmap.width * scale),
+      height: Math.round(bitmap.height * scale),
+    });
+    canvas.getContext("2d").drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+    bitmap.close();
+    const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/jpeg", 0.92));
+    return blob || file;
+  } catch {
+    return file; // a format this browser cannot decode: the service may still read it
+  }
+}
+
+function showPreview(file) {
+  if (previewUrl) URL.revokeObjectURL(previewUrl);
+  previewUrl = URL.createObjectURL(file);
+  $("probe-preview").src = previewUrl;
+  $("probe-preview").hidden = false;
+}
+
+async function searchWith(file) {
+  showNotice("");
+  showPreview(file);
+  const status = $("search-status");
+  const button = $("selfie-button");
+  status.textContent = "Looking for you in every photo…";
+  $("matches").replaceChildren();
+  button.classList.add("busy");
+  try {
+    const form = new FormData();
+    form.append("session_id", sessionId);
+    form.append("image", await shrink(file), "selfie.jpg");
+    const data = await api("POST", "/api/face/search", form);
+    const count = data.matches.length;
+    status.textContent =
+      count === 0
+        ? "No photos of you here yet. Try another selfie: face the camera, in good light."
+        : `You are in ${count} photo${count === 1 ? "" : "s"}. Open one to see it in full.`;
+    renderMatches(data.matches);
+  } catch (error) {
+    status.textContent =
+      error.code === "no_face_found"
+        ? "No face found in that photo. Try one where your face is clear and fills more of the picture."
+        : describeError(error);
+  } finally {
+    button.classList.remove("busy");
+  }
+}
+
+function fileName(identity) {
+  return identity.split("/").pop();
+}
+
+function renderMatches(matches) {
+  const sizes = derivativeSizes();
+  const widths = [...new Set(THUMB_WIDTHS.map((w) => pickWidth(sizes, w)))];
+  const items = matches.map((match, index) => {
+    const img = el("img", {
+      alt: `Photo ${index + 1} of ${matches.length}`,
+      loading: "lazy",
+      decoding: "async",
+      src: sizes.length ? withWidth(match.url, widths[0]) : match.url,
+      srcset: sizes.length ? widths.map((w) => `${withWidth(match.url, w)} ${w}w`).join(", ") : null,
+      sizes: "(max-width: 600px) 50vw, 240px",
+    });
+    return el(
+      "li",
+      { class: "match", "data-image-id": match.image_id },
+      el("a", { class: "photo", href: match.url, target: "_blank", rel: "noopener" }, img),
+      el(
+        "div",
+        { class: "actions" },
+        el("a", { href: match.url, target: "_blank", rel: "noopener" }, "Open"),
+        el("a", { href: match.url, download: fileName(match.identity) }, "Download"),
+      ),
+    );
+  });
+  $("matches").replaceChildren(...items);
+}

@@ -1,0 +1,35 @@
+// Small DOM helpers shared by the views: building elements, the notice line, errors in words.
+
+export function $(id) {
+  return document.getElementById(id);
+}
+
+// el("a", {href: url, class: "photo"}, child, "text"): attributes set as attributes, children appended.
+export function el(tag, attributes = {}, ...children) {
+  const element = document.createElement(tag);
+  for (const [name, value] of Object.entries(attributes)) {
+    if (value !== null && value !== undefined && value !== false) element.setAttribute(name, value);
+  }
+  element.append(...children);
+  return element;
+}
+
+export function showNotice(message) {
+  const notice = $("notice");
+  notice.textContent = message;
+  notice.hidden = !message;
+}
+
+const FRIENDLY = {
+  unauthorized: "This needs an access key. Open “Access key” above and paste the one you were given.",
+  forbidden: "Your access key does not allow this.",
+  rate_limited: "Too many requests for now: wait a moment and try again.",
+};
+
+// An ApiError as a sentence for people: ours for the common cases, else the service's own message.
+export function describeError(error) {
+  if (error && error.status === 0) return "The service could not be reached. Check the connection and try again.";
+  const friendly = error && FRIENDLY[error.code];
+  if (friendly) return friendly;
+  return (error && error.message) || String(error);
+}
