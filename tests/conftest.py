@@ -86,7 +86,14 @@ IMAGE_STORES = ["file", "postgres"]
 
 
 @pytest.fixture
-def settings(tmp_path: Path, database_url: str, models_dir: Path, image_store: str) -> Settings:
+def public_images() -> bool:
+    """Tests about serving fetch /api/face/image/{id} as such: images are public unless a module overrides
+    this with False (the service's default: signed URLs, tests/test_access.py and test_signed_urls.py)."""
+    return True
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str, models_dir: Path, image_store: str, public_images: bool) -> Settings:
     return Settings(
         storage=tmp_path / "storage",
         database_url=database_url,
@@ -94,7 +101,29 @@ def settings(tmp_path: Path, database_url: str, models_dir: Path, image_store: s
         image_store=image_store,
         max_upload_bytes=4 * 1024 * 1024,
         max_image_pixels=20_000_000,
+        public_images=public_images,
     )
+
+
+def authorize(client: TestClient) -> TestClient:
+    """Every request of this started client carries the app's bootstrap admin key (<storage>/admin-key)."""
+    from faceserve.http.keys import SERVICES
+
+    key_file = client.server.app[SERVICES].settings.storage / "admin-key"
+    if key_file.exists():
+        client.session.headers["Authorization"] = f"Bearer {key_file.read_text().strip()}"
+    return client
+
+
+@pytest.fixture
+def aiohttp_client(aiohttp_client):
+    """pytest-aiohttp's, with the admin key on every request (tests about access make anonymous ones with a
+    plain aiohttp.ClientSession)."""
+
+    async def make(app, *args, **kwargs) -> TestClient:
+        return authorize(await aiohttp_client(app, *args, **kwargs))
+
+    return make
 
 
 @pytest.fixture

@@ -8,7 +8,19 @@ from aiohttp import web
 
 from .config import Settings
 from .faces import FaceEngine
-from .http import derivatives, health, images, middleware, search, serving, sessions
+from .http import (
+    access,
+    api_keys,
+    derivatives,
+    health,
+    images,
+    middleware,
+    privacy,
+    ratelimit,
+    search,
+    serving,
+    sessions,
+)
 from .http.keys import SERVICES
 from .http.urls import URLS, UrlPolicy
 from .services import open_services
@@ -20,8 +32,10 @@ _BODY_OVERHEAD = 1024 * 1024
 def create_app(
     settings: Settings, engine: FaceEngine | None = None, sweep_partial_uploads: bool = True
 ) -> web.Application:
+    # limits after access: the key (when there is one) names the bucket
+    guards = [access.guard, ratelimit.limit] if settings.rate_limits else [access.guard]
     app = web.Application(
-        middlewares=[middleware.errors], client_max_size=settings.max_upload_bytes + _BODY_OVERHEAD
+        middlewares=[middleware.errors, *guards], client_max_size=settings.max_upload_bytes + _BODY_OVERHEAD
     )
 
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -30,6 +44,9 @@ def create_app(
             yield
 
     app.cleanup_ctx.append(services_ctx)
+    access.install(app, settings)  # its context runs after the services'
+    app.cleanup_ctx.append(privacy.expiry_ctx)
+    ratelimit.install(app, settings)
     app[serving.SERVED_FILES] = serving.ServedFileCache(settings.served_cache_entries, settings.served_recheck_s)
     app[URLS] = UrlPolicy.from_settings(settings)
     app.router.add_get("/healthz", health.healthz)
@@ -45,4 +62,8 @@ def create_app(
     app.router.add_get("/api/face/resolve", images.resolve)
     app.router.add_get("/storage/face_sessions/{session_id}/db/{name}", images.legacy_redirect)
     app.router.add_post("/api/face/search", search.search_faces)
+    app.router.add_post("/api/face/sessions/{session_id}/forget", privacy.forget)
+    app.router.add_post("/api/face/keys", api_keys.create_key)
+    app.router.add_get("/api/face/keys", api_keys.list_keys)
+    app.router.add_delete("/api/face/keys/{prefix}", api_keys.revoke_key)
     return app

@@ -1,4 +1,5 @@
-"""Command line: `faceserve serve` runs the service, `faceserve import DIR` takes in an old tree."""
+"""Command line: `faceserve serve` runs the service, `faceserve import DIR` takes in an old tree, `keys` and
+`signing` (cli_admin.py) manage access."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import cli_admin
 from .config import Settings, load_settings
 
 
@@ -32,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     importer = commands.add_parser("import", help="import a face_sessions/{id}/db/* tree")
     importer.add_argument("source", type=Path, help="folder holding face_sessions/ (or that folder itself)")
     _common(importer)
+    cli_admin.add_commands(commands, _common)
     return parser
 
 
@@ -78,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
 
         serve(settings)
         return 0
+    if args.command in cli_admin.COMMANDS:
+        return asyncio.run(cli_admin.COMMANDS[args.command](settings, args))
     if not args.source.is_dir():
         print(f"{args.source} is not a folder", file=sys.stderr)
         return 2

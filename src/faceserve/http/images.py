@@ -10,9 +10,11 @@ from .. import db, ingest
 from ..errors import BadRequest, ImageNotFound, SessionNotFound
 from ..storage import Storage
 from . import uploads
+from .access import require_session
 from .common import image_url, ok, path_id, query_int
 from .keys import SERVICES
 from .serving import SERVED_FILES
+from .urls import URLS
 
 
 def image_json(request: web.Request, image: db.ImageRecord) -> dict[str, Any]:
@@ -93,6 +95,7 @@ async def resolve(request: web.Request) -> web.Response:
     image = await db.find_image_by_path(request.app[SERVICES].pool, _file_path_of_identity(identity))
     if image is None:
         raise ImageNotFound(f"no image has the path {identity!r}")
+    require_session(request, image.face_session_id)
     return ok({"image_id": image.id, "identity": image.identity, "url": image_url(request, image.id)})
 
 
@@ -103,6 +106,6 @@ async def legacy_redirect(request: web.Request) -> web.Response:
     image = await db.find_image_by_path(request.app[SERVICES].pool, Storage.relative_path(session_id, name))
     if image is None:
         raise ImageNotFound(f"no image has the path {session_id}/db/{name}")
-    raise web.HTTPMovedPermanently(
-        image_url(request, image.id), headers={"Cache-Control": "public, max-age=86400"}
-    )
+    # a signed target expires: the redirect must not outlive it in any cache
+    cache = "public, max-age=86400" if request.app[URLS].keys is None else "private, no-store"
+    raise web.HTTPMovedPermanently(image_url(request, image.id), headers={"Cache-Control": cache})
