@@ -33,7 +33,8 @@ def create_app(
     settings: Settings, engine: FaceEngine | None = None, sweep_partial_uploads: bool = True
 ) -> web.Application:
     # limits after access: the key (when there is one) names the bucket
-    guards = [access.guard, ratelimit.limit] if settings.rate_limits else [access.guard]
+    limiter = ratelimit.Limiter.from_settings(settings)
+    guards = [access.guard, ratelimit.middleware(limiter)] if settings.rate_limits else [access.guard]
     app = web.Application(
         middlewares=[middleware.errors, *guards], client_max_size=settings.max_upload_bytes + _BODY_OVERHEAD
     )
@@ -46,7 +47,7 @@ def create_app(
     app.cleanup_ctx.append(services_ctx)
     access.install(app, settings)  # its context runs after the services'
     app.cleanup_ctx.append(privacy.expiry_ctx)
-    ratelimit.install(app, settings)
+    ratelimit.install(app, limiter)
     app[serving.SERVED_FILES] = serving.ServedFileCache(settings.served_cache_entries, settings.served_recheck_s)
     app[URLS] = UrlPolicy.from_settings(settings)
     app.router.add_get("/healthz", health.healthz)

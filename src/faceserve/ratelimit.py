@@ -12,6 +12,7 @@ import math
 import re
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
 @dataclass(frozen=True)
@@ -28,8 +29,7 @@ class Quota:
         return cls(int(match.group(1)), int(match.group(2)))
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):  # a tuple: made for every request served
     allowed: bool
     remaining: int  # whole tokens left after this request
     reset_s: int  # seconds until the bucket is full again

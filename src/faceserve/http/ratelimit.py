@@ -10,6 +10,7 @@ FACESERVE_TRUSTED_PROXIES. Responses on limited routes carry RateLimit-Policy an
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -19,6 +20,8 @@ from ..config import Settings
 from ..errors import RateLimited
 from .access import current_key, route_key
 from .middleware import Handler
+
+Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 _SEARCH_ROUTES = {("POST", "/api/face/search"), ("POST", "/api/face/sessions/{session_id}/forget")}
 _UNLIMITED_ROUTES = {("GET", "/healthz")}
@@ -76,13 +79,26 @@ class Limiter:
 LIMITER = web.AppKey("limiter", Limiter)
 
 
-@web.middleware
-async def limit(request: web.Request, handler: Handler) -> web.StreamResponse:
-    route = route_key(request.match_info.route)
-    budget = None if route is None else budget_of(*route)
-    if budget is None:
-        return await handler(request)
-    limiter = request.app[LIMITER]
+def middleware(limiter: Limiter) -> Middleware:
+    """The limiter is bound here rather than looked up per request: this runs before every image served."""
+    budgets: dict[web.AbstractRoute, str | None] = {}
+
+    @web.middleware
+    async def limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+        route = request.match_info.route
+        try:
+            budget = budgets[route]
+        except KeyError:
+            key = route_key(route)
+            budget = budgets[route] = None if key is None else budget_of(*key)
+        if budget is None:
+            return await handler(request)
+        return await _limited(limiter, budget, request, handler)
+
+    return limit
+
+
+async def _limited(limiter: Limiter, budget: str, request: web.Request, handler: Handler) -> web.StreamResponse:
     key = current_key(request)
     identity = f"key:{key.prefix}" if key is not None else f"ip:{limiter.client_address(request)}"
     decision = limiter.budgets[budget].take(identity)
@@ -103,6 +119,6 @@ async def _add_fields(request: web.Request, response: web.StreamResponse) -> Non
         response.headers.update(fields)
 
 
-def install(app: web.Application, settings: Settings) -> None:
-    app[LIMITER] = Limiter.from_settings(settings)
+def install(app: web.Application, limiter: Limiter) -> None:
+    app[LIMITER] = limiter
     app.on_response_prepare.append(_add_fields)
