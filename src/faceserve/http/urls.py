@@ -14,7 +14,7 @@ from ..config import Settings
 @dataclass
 class UrlPolicy:
     """keys: None = unsigned URLs; set at start (and on each refresh) from Postgres when the service
-    manages them (http/signing_keys.py), or from FACESERVE_SIGNING_KEYS when configured."""
+    manages them (signing_store.py, loaded by http/access.py), or from FACESERVE_SIGNING_KEYS when set."""
 
     public_base_url: str | None
     cdn_base_url: str | None
