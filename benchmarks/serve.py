@@ -155,7 +155,9 @@ def supports_workers_flag() -> bool:
 
 
 @contextmanager
-def running_faceserve(storage: Path, port: int, workers: int, image_store: str) -> Iterator[str]:
+def running_faceserve(
+    storage: Path, port: int, workers: int, image_store: str, extra_env: dict[str, str] | None = None
+) -> Iterator[str]:
     command = [*faceserve_command(), "--log-level", "WARNING", "serve", "--host", "127.0.0.1"]
     command += ["--port", str(port), "--storage", str(storage), "--models-dir", str(ROOT / "models")]
     if supports_workers_flag():
@@ -165,6 +167,9 @@ def running_faceserve(storage: Path, port: int, workers: int, image_store: str) 
     # no DATABASE_URL: faceserve starts its own embedded Postgres under storage/pgdata
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "FACESERVE_DATABASE_URL")}
     env["FACESERVE_IMAGE_STORE"] = image_store
+    # nginx serves the file unsigned: so does faceserve here (signature checks are one HMAC per request)
+    env["FACESERVE_PUBLIC_IMAGES"] = "true"
+    env.update(extra_env or {})
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sys.stderr)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -222,17 +227,22 @@ def stop(process: subprocess.Popen, sig: signal.Signals, timeout_s: float) -> No
         process.wait(10)
 
 
-def post_json(url: str, payload: dict) -> dict:
+def admin_headers(storage: Path) -> dict[str, str]:
+    """The key the first start wrote (README, Security model)."""
+    return {"Authorization": f"Bearer {(storage / 'admin-key').read_text().strip()}"}
+
+
+def post_json(url: str, payload: dict, headers: dict[str, str]) -> dict:
     request = urllib.request.Request(
-        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}, method="POST"
+        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json", **headers}, method="POST"
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.load(response)
 
 
-def upload(base: str, name: str, data: bytes) -> dict:
+def upload(base: str, name: str, data: bytes, headers: dict[str, str]) -> dict:
     """Create a session and upload one file; returns its entry of data.images."""
-    session_id = post_json(f"{base}/api/face/sessions", {"name": "serve-bench"})["data"]["id"]
+    session_id = post_json(f"{base}/api/face/sessions", {"name": "serve-bench"}, headers)["data"]["id"]
     boundary = "faceserve-bench-boundary"
     body = (
         (
@@ -245,7 +255,7 @@ def upload(base: str, name: str, data: bytes) -> dict:
     request = urllib.request.Request(
         f"{base}/api/face/sessions/{session_id}/images",
         data=body,
-        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}", **headers},
         method="POST",
     )
     with urllib.request.urlopen(request, timeout=120) as response:
@@ -363,7 +373,7 @@ def main() -> None:
         photo = make_jpeg()
         storage = folder / "storage"
         with running_faceserve(storage, free_port(), args.workers, args.image_store) as base:
-            image = upload(base, "bench.jpg", photo)
+            image = upload(base, "bench.jpg", photo, admin_headers(storage))
             nginx_root = storage
             if not (storage / "face_sessions" / image["identity"]).exists():
                 # the bytes are in Postgres: nginx gets the same bytes as a file of its own

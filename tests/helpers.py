@@ -17,6 +17,14 @@ from faceserve.http.appkeys import SERVICES
 IMAGE_STORES = ["file", "postgres"]
 
 
+def authorize(client: TestClient) -> TestClient:
+    """Every request of this started client carries the app's bootstrap admin key (<storage>/admin-key)."""
+    key_file = client.server.app[SERVICES].settings.storage / "admin-key"
+    if key_file.exists():
+        client.session.headers["Authorization"] = f"Bearer {key_file.read_text().strip()}"
+    return client
+
+
 async def create_session(client: TestClient, name: str = "party") -> int:
     response = await client.post("/api/face/sessions", json={"name": name})
     assert response.status == 201, await response.text()

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from helpers import create_session, search, upload, wait_until
+from helpers import authorize, create_session, search, upload, wait_until
 
 from faceserve.app import create_app
 from faceserve.http.appkeys import SERVICES
@@ -174,6 +174,7 @@ async def test_restart_loads_the_saved_index_and_rebuilds_a_stale_one(settings, 
 
     async def run(check):
         async with TestClient(TestServer(create_app(app_settings, engine))) as client:
+            authorize(client)
             return await check(client, client.server.app[SERVICES])
 
     async def first(client, services):

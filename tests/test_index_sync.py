@@ -4,7 +4,7 @@ one becomes searchable or disappears in the other, through real Postgres LISTEN/
 from __future__ import annotations
 
 from aiohttp.test_utils import TestClient, TestServer
-from helpers import create_session, search, upload, wait_until
+from helpers import authorize, create_session, search, upload, wait_until
 
 from faceserve.app import create_app
 from faceserve.http.appkeys import SERVICES
@@ -15,6 +15,7 @@ async def test_changes_in_one_instance_reach_the_others_index(settings, engine, 
         TestClient(TestServer(create_app(settings, engine))) as first,
         TestClient(TestServer(create_app(settings, engine, sweep_partial_uploads=False))) as second,
     ):
+        authorize(first), authorize(second)
         session_id = await create_session(first)
         await upload(first, session_id, ("t1.jpg", photos["t1"].read_bytes()))
         # the second instance builds its index now, before the next upload

@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from .config import Settings
+from .core import privacy
 from .core.services import open_services
-from .http import downloads, health, images, middleware, page, search, sessions
+from .http import (
+    access,
+    downloads,
+    forget,
+    health,
+    images,
+    keys,
+    middleware,
+    page,
+    ratelimit,
+    search,
+    sessions,
+)
 from .http.appkeys import PAGE, SERVICES, URLS
 from .http.urls import UrlPolicy
 from .vision.engine import FaceEngine
@@ -20,8 +34,11 @@ _BODY_OVERHEAD = 1024 * 1024
 def create_app(
     settings: Settings, engine: FaceEngine | None = None, sweep_partial_uploads: bool = True
 ) -> web.Application:
+    # limits after access: the key (when there is one) names the bucket
+    limiter = ratelimit.Limiter.from_settings(settings)
+    guards = [access.guard, ratelimit.middleware(limiter)] if settings.rate_limits else [access.guard]
     app = web.Application(
-        middlewares=[middleware.errors], client_max_size=settings.max_upload_bytes + _BODY_OVERHEAD
+        middlewares=[middleware.errors, *guards], client_max_size=settings.max_upload_bytes + _BODY_OVERHEAD
     )
 
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -29,7 +46,18 @@ def create_app(
             app[SERVICES] = services
             yield
 
+    async def expire_sessions_ctx(app: web.Application) -> AsyncIterator[None]:
+        services = app[SERVICES]
+        every_s = settings.session_expiry_check_s
+        task = asyncio.create_task(privacy.delete_expired_forever(services, every_s))
+        yield
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
     app.cleanup_ctx.append(services_ctx)
+    app.cleanup_ctx.append(expire_sessions_ctx)
+    access.install(app, settings)  # its context runs after the services'
+    ratelimit.install(app, limiter)
     app[URLS] = UrlPolicy.from_settings(settings)
     app[PAGE] = page.load(settings)
     app.router.add_get("/healthz", health.healthz)
@@ -47,4 +75,8 @@ def create_app(
     app.router.add_get("/api/face/resolve", images.resolve)
     app.router.add_get("/storage/face_sessions/{session_id}/db/{name}", images.legacy_redirect)
     app.router.add_post("/api/face/search", search.search_faces)
+    app.router.add_post("/api/face/sessions/{session_id}/forget", forget.forget)
+    app.router.add_post("/api/face/keys", keys.create_key)
+    app.router.add_get("/api/face/keys", keys.list_keys)
+    app.router.add_delete("/api/face/keys/{prefix}", keys.revoke_key)
     return app

@@ -87,6 +87,31 @@ class Settings:
     signed_url_ttl: int = 3600
     # expiries are rounded up to this step so one image keeps one URL (and one cache entry) for a while
     signed_url_granularity: int = 600
+    # seconds between reloads of the signing keys kept in Postgres; a rotated-in key starts signing only
+    # once every process has had this long (times two) to load it, so no node meets an unknown kid
+    signing_key_refresh_s: float = 60.0
+
+    # API keys on every /api route (http/access.py). FACESERVE_AUTH=off is for a laptop only: no keys, no
+    # signed URLs, and the service refuses to listen on anything but a loopback address
+    auth: bool = True
+    # true: image and face-crop URLs are plain (anyone who has or guesses an id sees the photo)
+    public_images: bool = False
+    # seconds a presented key's record is reused without a query: a revocation by another process (CLI,
+    # other worker) takes effect within this
+    api_key_cache_s: float = 5.0
+    # seconds between the batched writes of keys' last use (one UPDATE per flush, not one per request)
+    api_key_flush_s: float = 30.0
+    # seconds between looks for expired sessions: the contract deletes them within a minute
+    session_expiry_check_s: float = 20.0
+    # token buckets, "requests/seconds", per key (per client address without one), http/ratelimit.py.
+    # With N workers each process allows 1/N. Search embeds a face per request; reads are generous
+    # because guests at one venue often share one address
+    rate_limits: bool = True
+    rate_limit_search: str = "60/60"
+    rate_limit_upload: str = "600/60"
+    rate_limit_read: str = "6000/60"
+    # comma-separated proxy addresses or networks whose X-Forwarded-For names the client (else: the peer)
+    trusted_proxies: str = ""
 
     models_dir: Path = Path("models")
     model_pack: str = "buffalo_s"

@@ -68,3 +68,26 @@ class Busy(FaceServeError):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class Unauthorized(FaceServeError):
+    """No key, or one that is unknown, revoked or expired."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(FaceServeError):
+    """A key without the scope, or bound to other sessions."""
+
+    status = 403
+    code = "forbidden"
+
+
+class RateLimited(FaceServeError):
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, headers: dict[str, str]) -> None:
+        super().__init__(message)
+        self.headers = headers

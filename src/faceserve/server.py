@@ -20,6 +20,7 @@ from aiohttp import web
 from . import db
 from .app import create_app
 from .config import Settings
+from .http.access import refuse_open_network
 from .media.files import Storage
 from .vision.packs import locate_pack
 
@@ -59,6 +60,7 @@ def _worker(settings: Settings, level: int) -> None:
 
 
 def serve(settings: Settings) -> None:
+    refuse_open_network(settings)
     if settings.workers <= 1:
         _run_one(settings, reuse_port=False, sweep_partial_uploads=True)
         return

@@ -65,6 +65,11 @@ async def _probe_face(services: Services, probe: bytes, timings: dict[str, float
     return detected_faces(box, landmarks, embedding)[0]
 
 
+async def probe_face(services: Services, probe: bytes) -> DetectedFace | None:
+    """The probe's largest face, embedded; None when it shows none (privacy.forget uses it too)."""
+    return await _probe_face(services, probe, {})
+
+
 async def search_session(
     services: Services, session_id: int, probe: bytes, threshold: float, limit: int
 ) -> SearchResult:

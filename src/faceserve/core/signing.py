@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
+import re
 from dataclasses import dataclass
 
 from ..errors import FaceServeError
@@ -70,3 +71,22 @@ def verify(keys: SigningKeys, path: str, query: dict[str, str], now: float) -> i
     if expires <= now:
         raise SignatureExpired("the URL's signature has expired")
     return int(expires - now)
+
+
+# The one spelling a signed URL has: what sign() writes, then optional derivative parameters (?w=320) in
+# plain lowercase ASCII. No second spelling of exp, kid, sig or the id passes (leading zeros, signs,
+# spaces, underscores, percent-encodings), so forged variants never become fresh cache keys at a CDN.
+_SIGNED_QUERY = re.compile(
+    r"exp=([1-9][0-9]{0,11})&kid=([A-Za-z0-9]{1,32})&sig=([0-9a-f]{64})"
+    r"((?:&[a-z]{1,8}=(?:[1-9][0-9]{0,5}|[a-z]{1,10}))*)"
+)
+_SIGNED_NAMES = re.compile(r"&(?:exp|kid|sig)=")
+
+
+def verify_exact(keys: SigningKeys, target: str, now: float) -> int:
+    """verify() for a raw request target (path and query exactly as received, not decoded)."""
+    path, _, query = target.partition("?")
+    match = _SIGNED_QUERY.fullmatch(query)
+    if match is None or _SIGNED_NAMES.search(match.group(4)) or "%" in path:
+        raise BadSignature("this URL needs a valid signature (exp, kid, sig), spelled as it was given")
+    return verify(keys, path, {"exp": match.group(1), "kid": match.group(2), "sig": match.group(3)}, now)

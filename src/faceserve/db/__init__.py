@@ -3,11 +3,13 @@
 Callers use the package as one namespace (`db.get_image(pool, 1)`); the modules say where each query lives.
 """
 
+from .audit import record_forget
 from .blobs import blob, blob_range, blob_size, insert_blob
 from .faces import (
     FaceHit,
     FaceRecord,
     NewFace,
+    delete_faces,
     embeddings_by_ids,
     faces_with_images,
     get_face,
@@ -36,7 +38,16 @@ from .pool import (
     embedded_postgres_blocking,
     ping,
 )
-from .sessions import FaceSession, create_session, delete_session, get_session, list_sessions, session_counts
+from .sessions import (
+    FaceSession,
+    create_session,
+    delete_session,
+    expired_sessions,
+    get_session,
+    list_sessions,
+    session_counts,
+    set_expiry,
+)
 
 __all__ = [
     "Connection",
@@ -53,11 +64,13 @@ __all__ = [
     "create_pool",
     "create_session",
     "database_uri",
+    "delete_faces",
     "delete_image",
     "delete_session",
     "embedded_postgres",
     "embedded_postgres_blocking",
     "embeddings_by_ids",
+    "expired_sessions",
     "faces_with_images",
     "find_image_by_path",
     "find_image_by_sha256",
@@ -71,8 +84,10 @@ __all__ = [
     "list_images",
     "list_sessions",
     "ping",
+    "record_forget",
     "session_counts",
     "session_embeddings",
     "session_face_stats",
     "session_file_paths",
+    "set_expiry",
 ]

@@ -143,3 +143,13 @@ async def get_face(conn: Connection, face_id: int) -> FaceRecord | None:
         "SELECT id, image_id, face_session_id, box, landmarks, det_score FROM faces WHERE id = $1", face_id
     )
     return None if row is None else FaceRecord(**{**dict(row), "box": list(row["box"]), "landmarks": list(row["landmarks"])})
+
+
+async def delete_faces(conn: Connection, session_id: int, face_ids: Sequence[int]) -> list[tuple[int, int]]:
+    """Delete faces of a session (their photos stay); returns (image id, face id) of each one deleted."""
+    rows = await conn.fetch(
+        "DELETE FROM faces WHERE face_session_id = $1 AND id = ANY($2::bigint[]) RETURNING id, image_id",
+        session_id,
+        list(face_ids),
+    )
+    return [(r["image_id"], r["id"]) for r in rows]

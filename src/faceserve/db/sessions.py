@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from .pool import Connection
 
@@ -58,3 +58,14 @@ async def delete_session(conn: Connection, session_id: int) -> bool:
     deleted = await conn.fetchval("DELETE FROM face_sessions WHERE id = $1 RETURNING id", session_id)
     return deleted is not None
 
+
+
+async def set_expiry(conn: Connection, session_id: int, days: int) -> None:
+    await conn.execute(
+        "UPDATE face_sessions SET expires_at = now() + $2::interval WHERE id = $1", session_id, timedelta(days=days)
+    )
+
+
+async def expired_sessions(conn: Connection) -> list[int]:
+    rows = await conn.fetch("SELECT id FROM face_sessions WHERE expires_at <= now() ORDER BY id")
+    return [r["id"] for r in rows]

@@ -10,7 +10,8 @@ from .. import db, layout
 from ..core import face_sessions, ingest
 from ..errors import BadRequest, ImageNotFound, SessionNotFound
 from . import multipart
-from .appkeys import SERVICES
+from .access import require_session
+from .appkeys import SERVICES, URLS
 from .common import image_url, ok, path_id, query_int
 
 
@@ -86,6 +87,7 @@ async def resolve(request: web.Request) -> web.Response:
     image = await db.find_image_by_path(request.app[SERVICES].pool, _file_path_of_identity(identity))
     if image is None:
         raise ImageNotFound(f"no image has the path {identity!r}")
+    require_session(request, image.face_session_id)
     return ok({"image_id": image.id, "identity": image.identity, "url": image_url(request, image.id)})
 
 
@@ -96,6 +98,6 @@ async def legacy_redirect(request: web.Request) -> web.Response:
     image = await db.find_image_by_path(request.app[SERVICES].pool, layout.file_path(session_id, name))
     if image is None:
         raise ImageNotFound(f"no image has the path {layout.identity(session_id, name)}")
-    raise web.HTTPMovedPermanently(
-        image_url(request, image.id), headers={"Cache-Control": "public, max-age=86400"}
-    )
+    # a signed target expires: the redirect must not outlive it in any cache
+    cache = "public, max-age=86400" if request.app[URLS].keys is None else "private, no-store"
+    raise web.HTTPMovedPermanently(image_url(request, image.id), headers={"Cache-Control": cache})

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from ..errors import Busy, FaceServeError
+from ..errors import Busy, FaceServeError, RateLimited, Unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,10 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = error_response(exc.status, exc.code, exc.message)
         if isinstance(exc, Busy):
             response.headers["Retry-After"] = str(exc.retry_after)
+        elif isinstance(exc, Unauthorized):
+            response.headers["WWW-Authenticate"] = 'Bearer realm="faceserve"'
+        elif isinstance(exc, RateLimited):
+            response.headers.update(exc.headers)
         return response
     except web.HTTPException as exc:
         if exc.status < 400:

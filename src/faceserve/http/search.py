@@ -8,8 +8,8 @@ from aiohttp import web
 
 from ..core import matching
 from ..errors import BadRequest
-from . import multipart
-from .appkeys import SERVICES
+from . import access, multipart
+from .appkeys import SERVICES, URLS
 from .common import image_url, number, ok
 
 
@@ -29,6 +29,7 @@ async def search_faces(request: web.Request) -> web.Response:
     session_id = number(fields.get("session_id"), "session_id", int, 1, 2**63 - 1)
     if session_id is None:
         raise BadRequest("session_id is required")
+    access.require_session(request, int(session_id))
     if not probe:
         raise BadRequest("image is required: the probe photo as a multipart file part")
     threshold = number(fields.get("threshold"), "threshold", float, 0.0, 2.0)
@@ -51,6 +52,7 @@ async def search_faces(request: web.Request) -> web.Response:
                     "image_id": m.image_id,
                     "url": image_url(request, m.image_id),
                     "face_id": m.face_id,
+                    "face_url": request.app[URLS].face_url(request, m.face_id),
                     "box": [round(v, 1) for v in m.box],
                 }
                 for m in result.matches

@@ -100,7 +100,7 @@ def check_access(request: web.Request) -> str | None:
         raise web.HTTPPermanentRedirect(urls.cdn_base_url + request.path_qs, headers={"Cache-Control": _REDIRECT_CACHE})
     if urls.keys is None:
         return None
-    remaining = signing.verify(urls.keys, request.path, dict(request.query), time.time())
+    remaining = signing.verify_exact(urls.keys, request.raw_path, time.time())
     return f"public, max-age={min(remaining, _ONE_YEAR)}"
 
 

@@ -9,6 +9,7 @@ from aiohttp import web
 from .. import db
 from ..core import face_sessions
 from ..errors import BadRequest, SessionNotFound
+from .access import visible_sessions
 from .appkeys import SERVICES
 from .common import ok, path_id
 
@@ -27,13 +28,22 @@ async def create_session(request: web.Request) -> web.Response:
     name = body.get("name") if isinstance(body, dict) else None
     if not isinstance(name, str) or not name.strip() or len(name) > _MAX_NAME:
         raise BadRequest(f"name must be a non-empty string of at most {_MAX_NAME} characters")
-    session = await db.create_session(request.app[SERVICES].pool, name.strip())
-    return ok(session_json(session), status=201)
+    days = body.get("expires_in_days")
+    if days is not None and (not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= 36500):
+        raise BadRequest("expires_in_days must be a whole number of days from 1 to 36500")
+    pool = request.app[SERVICES].pool
+    async with pool.acquire() as conn, conn.transaction():
+        session = await db.create_session(conn, name.strip())
+        if days is not None:
+            await db.set_expiry(conn, session.id, days)
+    expiry = {} if days is None else {"expires_in_days": days}
+    return ok({**session_json(session), **expiry}, status=201)
 
 
 async def list_sessions(request: web.Request) -> web.Response:
     sessions = await db.list_sessions(request.app[SERVICES].pool)
-    return ok({"sessions": [session_json(s) for s in sessions]})
+    visible = visible_sessions(request, (s.id for s in sessions))
+    return ok({"sessions": [session_json(s) for s in sessions if s.id in visible]})
 
 
 async def show_session(request: web.Request) -> web.Response:

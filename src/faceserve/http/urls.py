@@ -11,8 +11,11 @@ from ..config import Settings
 from ..core import signing
 
 
-@dataclass(frozen=True)
+@dataclass
 class UrlPolicy:
+    """keys: None = unsigned URLs; set at start (and on each refresh) from Postgres when the service
+    manages them (signing_store.py, loaded by http/access.py), or from FACESERVE_SIGNING_KEYS when set."""
+
     public_base_url: str | None
     cdn_base_url: str | None
     keys: signing.SigningKeys | None
@@ -24,7 +27,7 @@ class UrlPolicy:
         return cls(
             public_base_url=settings.public_base_url.rstrip("/") if settings.public_base_url else None,
             cdn_base_url=settings.cdn_base_url.rstrip("/") if settings.cdn_base_url else None,
-            keys=signing.SigningKeys.parse(settings.signing_keys) if settings.signing_keys else None,
+            keys=signing.SigningKeys.parse(settings.signing_keys) if settings.signing_keys and settings.auth else None,
             ttl=settings.signed_url_ttl,
             granularity=settings.signed_url_granularity,
         )
@@ -41,4 +44,8 @@ class UrlPolicy:
     def image_url(self, request: web.Request, image_id: int) -> str:
         base = self.cdn_base_url or self.origin(request)
         return base + self.signed_path(f"/api/face/image/{image_id}")
+
+    def face_url(self, request: web.Request, face_id: int) -> str:
+        base = self.cdn_base_url or self.origin(request)
+        return base + self.signed_path(f"/api/face/face/{face_id}")
 

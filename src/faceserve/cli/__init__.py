@@ -1,5 +1,6 @@
 """Command line: `faceserve serve` runs the service, `faceserve import DIR` takes in an old tree,
-`faceserve db upgrade|status` moves or shows the database schema."""
+`faceserve db upgrade|status` moves or shows the database schema, `keys` and `signing` (admin.py) manage
+access."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import Settings, SettingsError, load_settings
+from ..config import Settings, SettingsError, load_settings
+from . import admin
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     database = commands.add_parser("db", help="the database schema: apply or show its migrations")
     database.add_argument("action", choices=["upgrade", "status"])
     database.add_argument("--storage", type=Path, help="storage root whose embedded Postgres to use")
+    admin.add_commands(commands, _common)
     return parser
 
 
@@ -46,8 +49,8 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 async def _import(settings: Settings, source: Path) -> int:
-    from .core.importer import ImportReport, import_tree
-    from .core.services import open_services
+    from ..core.importer import ImportReport, import_tree
+    from ..core.services import open_services
 
     interactive = sys.stderr.isatty()
 
@@ -76,7 +79,7 @@ async def _import(settings: Settings, source: Path) -> int:
 async def _database(settings: Settings, action: str) -> int:
     import asyncpg
 
-    from .db import database_uri, migrations
+    from ..db import database_uri, migrations
 
     async with database_uri(settings.database_url, settings.pgdata) as uri:
         conn = await asyncpg.connect(uri)
@@ -109,10 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "db":
         return asyncio.run(_database(settings, args.action))
     if args.command == "serve":
-        from .server import serve
+        from ..server import serve
 
         serve(settings)
         return 0
+    if args.command in admin.COMMANDS:
+        return asyncio.run(admin.COMMANDS[args.command](settings, args))
     if not args.source.is_dir():
         print(f"{args.source} is not a folder", file=sys.stderr)
         return 2

@@ -1,0 +1,103 @@
+"""`faceserve keys ...` and `faceserve signing ...`: straight to the database, so they work while a server
+runs on the same storage (the embedded Postgres is shared, not started twice) and on another host alike."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import asyncpg
+
+from .. import db
+from ..config import Settings
+from ..core import api_keys, signing_store
+
+
+@asynccontextmanager
+async def database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    async with AsyncExitStack() as stack:
+        dsn = settings.database_url
+        if dsn is None:
+            dsn = await stack.enter_async_context(db.embedded_postgres(settings.pgdata))
+        pool = await db.create_pool(dsn, 1, 2)  # applies the schema: a fresh storage works too
+        stack.push_async_callback(pool.close)
+        yield pool
+
+
+def add_commands(commands: argparse._SubParsersAction, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    keys = commands.add_parser("keys", help="API keys: create, list, revoke")
+    actions = keys.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="make a key; prints it alone on the last line (shown once)")
+    create.add_argument("--scope", action="append", choices=api_keys.SCOPES, help="repeatable (default search)")
+    create.add_argument("--session", action="append", type=int, help="bind to this session id (repeatable)")
+    create.add_argument("--expires-in", help="e.g. 30d, 12h (default: never)")
+    create.add_argument("--name", default="", help="what the key is for")
+    common(create)
+    listing = actions.add_parser("list", help="every key: prefix, name, scopes, sessions, dates")
+    common(listing)
+    revoke = actions.add_parser("revoke", help="revoke the key with this prefix")
+    revoke.add_argument("prefix")
+    common(revoke)
+    signing = commands.add_parser("signing", help="the keys that sign image URLs: rotate, retire, list")
+    signing_actions = signing.add_subparsers(dest="action", required=True)
+    common(signing_actions.add_parser("rotate", help="add a new signing key (signs after the activation delay)"))
+    retire = signing_actions.add_parser("retire", help="stop a key verifying: its URLs answer 403 from then on")
+    retire.add_argument("kid")
+    common(retire)
+    common(signing_actions.add_parser("list", help="key ids and dates (never the secrets)"))
+
+
+async def run_keys(settings: Settings, args: argparse.Namespace) -> int:
+    async with database(settings) as pool:
+        if args.action == "create":
+            try:
+                lifetime = None if args.expires_in is None else api_keys.parse_duration(args.expires_in)
+                text, record = await api_keys.create(
+                    pool, args.scope or ["search"], args.name, args.session, lifetime
+                )
+            except ValueError as exc:
+                print(exc)
+                return 2
+            print(f"prefix {record.prefix}, scopes {','.join(record.scopes)}, "
+                  f"sessions {'all' if record.session_ids is None else ','.join(map(str, record.session_ids))}, "
+                  f"expires {record.expires_at or 'never'}; the key (shown once):")
+            print(text)
+            return 0
+        if args.action == "list":
+            for key in await api_keys.list_keys(pool):
+                state = "revoked" if key.revoked_at else "live"
+                sessions = "all" if key.session_ids is None else ",".join(map(str, key.session_ids))
+                print(
+                    f"{key.prefix}  {state:<7} scopes={','.join(key.scopes)} sessions={sessions} "
+                    f"name={key.name!r} created={key.created_at:%Y-%m-%d %H:%M} "
+                    f"last_used={key.last_used_at or '-'} expires={key.expires_at or 'never'}"
+                )
+            return 0
+        revoked = await api_keys.revoke(pool, args.prefix)
+        if revoked is None:
+            print(f"no key has the prefix {args.prefix!r}")
+            return 1
+        print(f"revoked {revoked.prefix} (running servers stop accepting it within FACESERVE_API_KEY_CACHE_S)")
+        return 0
+
+
+async def run_signing(settings: Settings, args: argparse.Namespace) -> int:
+    async with database(settings) as pool:
+        if args.action == "rotate":
+            kid = await signing_store.rotate(pool)
+            print(f"added signing key {kid}; it signs once every process has loaded it "
+                  f"(2 x FACESERVE_SIGNING_KEY_REFRESH_S); retire the old one after its URLs have expired")
+            return 0
+        if args.action == "retire":
+            if not await signing_store.retire(pool, args.kid):
+                print(f"no signing key {args.kid!r}")
+                return 1
+            print(f"retired {args.kid}")
+            return 0
+        for kid, created, retired in await signing_store.list_keys(pool):
+            print(f"{kid}  created={created:%Y-%m-%d %H:%M}  {'retired=' + str(retired) if retired else 'live'}")
+        return 0
+
+
+COMMANDS = {"keys": run_keys, "signing": run_signing}

@@ -1,0 +1,243 @@
+"""API keys: made, found, listed and revoked. Used by the HTTP layer, the CLI and the first start alike.
+
+A key is "fsk_" + 43 characters of base64url (256 random bits). Only its SHA-256 is stored: a key that
+random needs no slow hash, and the row is found by the key's prefix (not secret, shown in lists) and then
+compared in constant time, so no timing tells how much of a guessed key was right.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import logging
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+
+from .. import db
+
+log = logging.getLogger(__name__)
+
+SCOPES = ("admin", "write", "search")
+KEY_MARK = "fsk_"
+PREFIX_LENGTH = len(KEY_MARK) + 8  # "fsk_" and 48 random bits: unique enough to find the row, useless to guess
+_KEY_SHAPE = re.compile(r"fsk_[A-Za-z0-9_-]{43}")
+BOOTSTRAP_FILE = "admin-key"
+_BOOTSTRAP_LOCK = 7312002  # advisory lock: two workers starting at once make one admin key
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: int
+    prefix: str
+    name: str
+    scopes: tuple[str, ...]
+    session_ids: tuple[int, ...] | None  # None: every session
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+    def live(self, now: datetime) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+    def has_scope(self, scope: str) -> bool:
+        return "admin" in self.scopes or scope in self.scopes
+
+    def sees(self, session_id: int) -> bool:
+        return self.session_ids is None or session_id in self.session_ids
+
+    def as_json(self) -> dict:
+        def iso(moment: datetime | None) -> str | None:
+            return None if moment is None else moment.isoformat()
+
+        return {
+            "prefix": self.prefix,
+            "name": self.name,
+            "scopes": list(self.scopes),
+            "sessions": None if self.session_ids is None else list(self.session_ids),
+            "created_at": iso(self.created_at),
+            "expires_at": iso(self.expires_at),
+            "last_used_at": iso(self.last_used_at),
+            "revoked_at": iso(self.revoked_at),
+        }
+
+
+_COLUMNS = "id, prefix, name, scopes, session_ids, created_at, expires_at, last_used_at, revoked_at"
+
+
+def _record(row: asyncpg.Record) -> ApiKey:
+    values = dict(row)
+    values["scopes"] = tuple(values["scopes"])
+    values["session_ids"] = None if values["session_ids"] is None else tuple(values["session_ids"])
+    return ApiKey(**values)
+
+
+def new_key_text() -> str:
+    return KEY_MARK + base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
+
+
+def hash_of(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+def parse_duration(text: str) -> timedelta:
+    """'30d', '12h', '90m' or '45s' -> a positive timedelta."""
+    match = re.fullmatch(r"([1-9][0-9]{0,6})([dhms])", text.strip())
+    if not match:
+        raise ValueError("a duration looks like 30d, 12h, 90m or 45s")
+    unit = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}[match.group(2)]
+    return timedelta(**{unit: int(match.group(1))})
+
+
+def check_scopes(scopes: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if not scopes or unknown:
+        raise ValueError(f"scopes must be one or more of {', '.join(SCOPES)}")
+    return tuple(s for s in SCOPES if s in scopes)
+
+
+async def create(
+    conn: db.Connection,
+    scopes: list[str] | tuple[str, ...],
+    name: str = "",
+    session_ids: list[int] | tuple[int, ...] | None = None,
+    expires_in: timedelta | None = None,
+) -> tuple[str, ApiKey]:
+    """A new key: its text (shown once, never stored) and its record."""
+    scopes = check_scopes(scopes)
+    sessions = None if session_ids is None else sorted({int(s) for s in session_ids})
+    if sessions is not None and not sessions:
+        raise ValueError("a key bound to sessions needs at least one session id")
+    expires_at = None if expires_in is None else datetime.now(UTC) + expires_in
+    while True:
+        text = new_key_text()
+        try:
+            row = await conn.fetchrow(
+                f"INSERT INTO api_keys (prefix, key_hash, name, scopes, session_ids, expires_at) "
+                f"VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_COLUMNS}",
+                text[:PREFIX_LENGTH], hash_of(text), name, list(scopes), sessions, expires_at,
+            )
+        except asyncpg.UniqueViolationError:  # a prefix taken already: 2^-48 per key, simply draw again
+            continue
+        return text, _record(row)
+
+
+async def find(conn: db.Connection, key: str) -> ApiKey | None:
+    """The record of a presented key (live or not), or None when no key has this text."""
+    if not _KEY_SHAPE.fullmatch(key):
+        return None
+    row = await conn.fetchrow(f"SELECT {_COLUMNS}, key_hash FROM api_keys WHERE prefix = $1", key[:PREFIX_LENGTH])
+    if row is None:
+        return None
+    if not hmac.compare_digest(bytes(row["key_hash"]), hash_of(key)):
+        return None
+    values = dict(row)
+    del values["key_hash"]
+    return _record(values)  # type: ignore[arg-type]
+
+
+async def list_keys(conn: db.Connection) -> list[ApiKey]:
+    return [_record(r) for r in await conn.fetch(f"SELECT {_COLUMNS} FROM api_keys ORDER BY id")]
+
+
+async def get(conn: db.Connection, prefix: str) -> ApiKey | None:
+    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM api_keys WHERE prefix = $1", prefix)
+    return None if row is None else _record(row)
+
+
+async def revoke(conn: db.Connection, prefix: str) -> ApiKey | None:
+    row = await conn.fetchrow(
+        f"UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now()) WHERE prefix = $1 RETURNING {_COLUMNS}",
+        prefix,
+    )
+    return None if row is None else _record(row)
+
+
+async def record_last_used(conn: db.Connection, used: dict[str, float]) -> None:
+    """One statement for every key used since the last flush (prefix -> unix time)."""
+    if not used:
+        return
+    prefixes = list(used)
+    moments = [datetime.fromtimestamp(used[p], UTC) for p in prefixes]
+    await conn.execute(
+        "UPDATE api_keys k SET last_used_at = GREATEST(k.last_used_at, u.at) "
+        "FROM unnest($1::text[], $2::timestamptz[]) AS u(prefix, at) WHERE k.prefix = u.prefix",
+        prefixes,
+        moments,
+    )
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Mode 0600 from the first byte (no moment where another user could read it), then renamed in."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, (text + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(partial, 0o600)
+    os.replace(partial, path)
+
+
+async def bootstrap(pool: asyncpg.Pool, storage_root: Path) -> Path | None:
+    """With no key at all, make an admin key and write it to <storage>/admin-key; returns that path then.
+    Deleting the file later revokes nothing: it is only how the first key reaches its owner."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _BOOTSTRAP_LOCK)
+        if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM api_keys)"):
+            return None
+        text, _ = await create(conn, ["admin"], name="bootstrap admin")
+        path = storage_root / BOOTSTRAP_FILE
+        await asyncio.to_thread(storage_root.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(_write_private, path, text)  # in the transaction: no file, no key
+    log.warning("no API key existed: an admin key was written to %s (mode 0600)", path)
+    return path
+
+
+class KeyCache:
+    """Presented key text -> record, for a few seconds, so a request costs no query; last uses are gathered
+    here and written in one statement per flush. A revocation elsewhere takes effect within ttl_s; one made
+    through this process at once (forget())."""
+
+    def __init__(self, ttl_s: float, capacity: int = 10_000) -> None:
+        self._ttl_s = ttl_s
+        self._capacity = capacity
+        self._entries: dict[bytes, tuple[float, ApiKey | None]] = {}
+        self.used: dict[str, float] = {}
+
+    async def lookup(self, conn: db.Connection, key: str) -> ApiKey | None:
+        digest = hash_of(key)
+        now = time.monotonic()
+        hit = self._entries.get(digest)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        record = await find(conn, key)
+        if len(self._entries) >= self._capacity:
+            self._entries.clear()  # a flood of made-up keys must not grow memory
+        self._entries[digest] = (now + self._ttl_s, record)
+        return record
+
+    def touch(self, record: ApiKey) -> None:
+        self.used[record.prefix] = time.time()
+
+    def forget(self, prefix: str) -> None:
+        self._entries = {d: e for d, e in self._entries.items() if e[1] is None or e[1].prefix != prefix}
+
+    async def flush(self, conn: db.Connection) -> None:
+        used, self.used = self.used, {}
+        try:
+            await record_last_used(conn, used)
+        except BaseException:
+            for prefix, moment in used.items():  # kept for the next flush
+                self.used[prefix] = max(moment, self.used.get(prefix, 0.0))
+            raise

@@ -1,0 +1,101 @@
+"""Forgetting a person, and sessions that expire.
+
+forget(): every face of a session that matches a selfie loses its row (and so its embedding), its index
+entries in every process (announced through index_sync inside the same transaction) and its cached crops;
+the photos stay. The match is exact, over every embedding of the session in Postgres, not the approximate
+index: an erasure must not miss a face the index would rank past its shortlist. An audit row records
+when, by which key (prefix), how many; never the selfie, an embedding or a box.
+
+Expired sessions are deleted by whichever process first takes a transaction-scoped advisory lock; the
+others find the lock taken and skip that round, so each session is deleted once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import db
+from ..errors import NoFaceFound, SessionNotFound
+from ..index import sync as index_sync
+from ..layout import SessionLayout
+from . import face_sessions, matching
+from .services import Services
+
+log = logging.getLogger(__name__)
+
+_EXPIRY_LOCK = 7312004
+
+
+@dataclass(frozen=True)
+class Forgotten:
+    faces_erased: int
+    images_touched: int
+
+
+def _matching(ids: np.ndarray, vectors: np.ndarray, probe: np.ndarray, threshold: float) -> list[int]:
+    if not len(ids):
+        return []
+    distances = 1.0 - vectors @ probe.astype(np.float32)
+    return ids[distances <= threshold].tolist()
+
+
+def _remove_face_crops(layout: SessionLayout, session_id: int, crops: list[tuple[int, int]]) -> None:
+    folder = layout.derived_dir(session_id)
+    for image_id, face_id in crops:
+        # "face12-" never matches face 123's files: the id is always followed by "-"
+        for pattern in (f"{int(image_id)}-face{int(face_id)}-*", f".{int(image_id)}-face{int(face_id)}-*"):
+            for path in folder.glob(pattern):
+                path.unlink(missing_ok=True)
+
+
+async def forget(
+    services: Services, session_id: int, selfie: bytes, threshold: float, key_prefix: str | None
+) -> Forgotten:
+    await face_sessions.require_session(services, session_id)
+    face = await matching.probe_face(services, selfie)
+    if face is None:
+        raise NoFaceFound("no face was found in the selfie")
+    ids, vectors = await db.session_embeddings(services.pool, session_id, services.engine.embedding_dim)
+    matched = await asyncio.to_thread(_matching, ids, vectors, face.embedding, threshold)
+    async with services.pool.acquire() as conn, conn.transaction():
+        erased = await db.delete_faces(conn, session_id, matched)
+        face_ids = [face_id for _, face_id in erased]
+        await index_sync.announce_removed(conn, services.process_token, session_id, face_ids)
+        touched = len({image_id for image_id, _ in erased})
+        await db.record_forget(conn, key_prefix, session_id, len(erased), touched)
+    if face_ids:
+        await services.indexes.remove(session_id, np.asarray(face_ids, dtype=np.int64))
+        await asyncio.to_thread(_remove_face_crops, services.storage.layout, session_id, erased)
+    log.info("forget in session %d erased %d faces in %d images", session_id, len(erased), touched)
+    return Forgotten(len(erased), touched)
+
+
+async def delete_expired(services: Services) -> list[int] | None:
+    """Delete every expired session; None when another process holds the sweep right now."""
+    deleted: list[int] = []
+    async with services.pool.acquire() as conn, conn.transaction():
+        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _EXPIRY_LOCK):
+            return None
+        for session_id in await db.expired_sessions(conn):
+            # each in its own transaction, on other connections; the lock is held meanwhile
+            try:
+                await face_sessions.delete_session(services, session_id)
+            except SessionNotFound:
+                continue
+            deleted.append(session_id)
+    if deleted:
+        log.info("deleted %d expired sessions: %s", len(deleted), deleted)
+    return deleted
+
+
+async def delete_expired_forever(services: Services, every_s: float) -> None:
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await delete_expired(services)
+        except Exception:
+            log.exception("could not delete expired sessions; trying again in %.0f s", every_s)

@@ -1,0 +1,235 @@
+"""Who may do what, decided here: the table of every route's access, and the one middleware that checks it.
+
+Every route of create_app() has an entry (tests/test_access.py walks the router and fails on a missing one;
+a route missing anyway is treated as admin-only). Entries are a scope a key must hold, or:
+- PUBLIC: no key (health checks, the web page);
+- SIGNED: image bytes; a signed URL is the credential (serving.check_access verifies it), no key;
+- LEGACY: old /storage/... links: open while image URLs are unsigned (public images or auth off), else
+  they need a key with the search scope like any API call. Imported trees keep guessable names
+  (IMG_0001.jpg), so an open redirect to a signed URL would hand out every photo to whoever counts.
+A key bound to sessions gets 403 `forbidden` for anything of another session (not 404: the ids are
+sequential, so hiding existence would hide little, and one clear answer is easier to debug).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from aiohttp import web
+
+from ..config import Settings
+from ..core import api_keys, signing_store
+from ..errors import Forbidden, Unauthorized
+from .appkeys import ACCESS, SERVICES, URLS
+from .middleware import Handler
+
+log = logging.getLogger(__name__)
+
+PUBLIC = "public"
+SIGNED = "signed"
+LEGACY = "legacy"
+
+# (method, route as registered) -> what the request needs. HEAD is checked as GET.
+ROUTE_ACCESS: dict[tuple[str, str], str] = {
+    ("GET", "/healthz"): PUBLIC,
+    # the web page and its files: it asks the person for a key (or reads one from a guest link's fragment)
+    ("GET", "/"): PUBLIC,
+    ("GET", "/static/{version}/{name}"): PUBLIC,
+    ("POST", "/api/face/sessions"): "write",
+    ("GET", "/api/face/sessions"): "search",
+    ("GET", "/api/face/sessions/{session_id}"): "search",
+    ("DELETE", "/api/face/sessions/{session_id}"): "write",
+    ("POST", "/api/face/sessions/{session_id}/images"): "write",
+    ("GET", "/api/face/sessions/{session_id}/images"): "search",
+    ("POST", "/api/face/sessions/{session_id}/forget"): "write",
+    ("GET", "/api/face/image/{image_id}"): SIGNED,
+    ("DELETE", "/api/face/image/{image_id}"): "write",
+    ("GET", "/api/face/face/{face_id}"): SIGNED,
+    ("GET", "/api/face/resolve"): "search",
+    ("GET", "/storage/face_sessions/{session_id}/db/{name}"): LEGACY,
+    ("POST", "/api/face/search"): "search",
+    ("POST", "/api/face/keys"): "admin",
+    ("GET", "/api/face/keys"): "admin",
+    ("DELETE", "/api/face/keys/{prefix}"): "admin",
+}
+
+_KEY = web.RequestKey("api_key", api_keys.ApiKey)
+
+
+@dataclass
+class AccessState:
+    settings: Settings
+    keys: api_keys.KeyCache
+
+
+def route_key(route: web.AbstractRoute) -> tuple[str, str] | None:
+    resource = route.resource
+    if resource is None:
+        return None
+    return ("GET" if route.method == "HEAD" else route.method, resource.canonical)
+
+
+def required(request: web.Request) -> str | None:
+    """What this request's route needs; None when no route matched (its 404/405 tells nothing)."""
+    key = route_key(request.match_info.route)
+    if key is None:
+        return None
+    return ROUTE_ACCESS.get(key, "admin")  # fail closed
+
+
+def presented_key(request: web.Request) -> str:
+    authorization = request.headers.get("Authorization")
+    if authorization is not None:
+        scheme, _, token = authorization.strip().partition(" ")
+        return token.strip() if scheme.lower() == "bearer" else ""
+    return request.headers.get("X-API-Key", "").strip()
+
+
+async def authenticate(request: web.Request) -> api_keys.ApiKey:
+    text = presented_key(request)
+    if not text:
+        raise Unauthorized("this request needs an API key: Authorization: Bearer <key> (or X-API-Key)")
+    state = request.app[ACCESS]
+    record = await state.keys.lookup(request.app[SERVICES].pool, text)
+    if record is None or not record.live(datetime.now(UTC)):
+        raise Unauthorized("the API key is unknown, revoked or expired")
+    state.keys.touch(record)
+    return record
+
+
+def current_key(request: web.Request) -> api_keys.ApiKey | None:
+    """The key that authorised this request; None with auth off or on an open route."""
+    return request.get(_KEY)
+
+
+def require_session(request: web.Request, session_id: int) -> None:
+    """403 unless this request's key may see session_id (handlers that learn a session id from a body)."""
+    key = current_key(request)
+    if key is not None and not key.sees(session_id):
+        raise Forbidden(f"this key is not for session {session_id}")
+
+
+def visible_sessions(request: web.Request, session_ids: Iterable[int]) -> set[int]:
+    key = current_key(request)
+    return set(session_ids) if key is None else {s for s in session_ids if key.sees(s)}
+
+
+def _numeric(raw: str) -> int | None:
+    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 19 else None
+
+
+async def _check_sessions(request: web.Request, key: api_keys.ApiKey) -> None:
+    """Session binding for what the path names; search, resolve, listing and keys check in their handlers."""
+    if key.session_ids is None:
+        return
+    info = request.match_info
+    if "session_id" in info:
+        session_id = _numeric(info["session_id"])
+        if session_id is not None:
+            require_session(request, session_id)
+    elif "image_id" in info:
+        image_id = _numeric(info["image_id"])
+        if image_id is not None:
+            pool = request.app[SERVICES].pool
+            session_id = await pool.fetchval("SELECT face_session_id FROM face_session_images WHERE id = $1", image_id)
+            if session_id is not None:
+                require_session(request, session_id)
+    elif request.method == "POST" and info.route.resource is not None and info.route.resource.canonical == (
+        "/api/face/sessions"
+    ):
+        raise Forbidden("a key bound to sessions cannot create sessions")
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if not request.app[ACCESS].settings.auth:
+        return await handler(request)
+    needed = required(request)
+    if needed is None or needed in (PUBLIC, SIGNED):
+        return await handler(request)
+    if needed == LEGACY:
+        if request.app[URLS].keys is None:
+            return await handler(request)
+        needed = "search"
+    key = await authenticate(request)
+    if not key.has_scope(needed):
+        raise Forbidden(f"this key lacks the {needed!r} scope")
+    request[_KEY] = key
+    await _check_sessions(request, key)
+    return await handler(request)
+
+
+async def _flush_forever(app: web.Application) -> None:
+    state = app[ACCESS]
+    while True:
+        await asyncio.sleep(state.settings.api_key_flush_s)
+        try:
+            await state.keys.flush(app[SERVICES].pool)
+        except Exception:
+            log.exception("could not record keys' last use; trying again at the next flush")
+
+
+def signs_from_database(settings: Settings) -> bool:
+    return settings.auth and not settings.public_images and not settings.signing_keys
+
+
+async def _load_signing_keys(app: web.Application) -> None:
+    settings = app[ACCESS].settings
+    activation = timedelta(seconds=2 * settings.signing_key_refresh_s)
+    # with every key retired a new one is made: never None here, which would mean unsigned (open) images
+    await signing_store.ensure_key(app[SERVICES].pool)
+    app[URLS].keys = await signing_store.load(app[SERVICES].pool, activation)
+
+
+async def _refresh_signing_keys_forever(app: web.Application) -> None:
+    while True:
+        await asyncio.sleep(app[ACCESS].settings.signing_key_refresh_s)
+        try:
+            await _load_signing_keys(app)
+        except Exception:
+            log.exception("could not reload the URL signing keys; keeping the loaded ones")
+
+
+async def access_ctx(app: web.Application) -> AsyncIterator[None]:
+    """After the services: the first admin key, the URL signing keys, the batched writes of keys' last use."""
+    settings = app[ACCESS].settings
+    pool = app[SERVICES].pool
+    if settings.auth:
+        await api_keys.bootstrap(pool, settings.storage)
+    tasks = [asyncio.create_task(_flush_forever(app))]
+    if signs_from_database(settings):
+        await _load_signing_keys(app)
+        tasks.append(asyncio.create_task(_refresh_signing_keys_forever(app)))
+    yield
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    with contextlib.suppress(Exception):
+        await app[ACCESS].keys.flush(pool)
+
+
+def install(app: web.Application, settings: Settings) -> None:
+    app[ACCESS] = AccessState(settings, api_keys.KeyCache(settings.api_key_cache_s))
+    app.cleanup_ctx.append(access_ctx)
+
+
+def refuse_open_network(settings: Settings) -> None:
+    """With auth off, only a loopback address may be served: anyone else could then do anything."""
+    if settings.auth:
+        return
+    host = settings.host.strip("[]")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise SystemExit(
+            f"FACESERVE_AUTH=off is for local development only: listen on 127.0.0.1 (--host 127.0.0.1), "
+            f"not {settings.host!r}"
+        )
