@@ -84,8 +84,9 @@ def load_engine(settings: Settings) -> FaceEngine:
         detection_threshold=settings.detection_threshold,
         min_face_size=settings.min_face_size,
         intra_op_threads=settings.onnx_intra_op_threads,
+        device_id=settings.cuda_device_id,
     )
-    engine.warm_up()
+    engine.warm_up(settings.recogniser_max_batch)
     return engine
 
 
@@ -142,6 +143,7 @@ async def open_services(
                 gpu_float16=settings.gpu_float16,
             ),
             max_batch=settings.index_max_batch,
+            device_id=settings.cuda_device_id,
         )
         stack.callback(indexes.close)
         stack.push_async_callback(indexes.save_changed)
