@@ -170,10 +170,20 @@ class CupyFlatIndex:
         return int((~self._dead).sum())
 
 
+_gemm_ex_failed = False
+
+
 def similarities(xp: ModuleType, matrix: Any, queries: Any) -> Any:
     """(q, rows) float32 inner products of float32 queries with the matrix rows, accumulated in float32."""
+    global _gemm_ex_failed
     if matrix.dtype == xp.float16 and xp.__name__ == "cupy":
-        return _gemm_half_to_float(xp, matrix, queries.astype(xp.float16))
+        if not _gemm_ex_failed:
+            try:
+                return _gemm_half_to_float(xp, matrix, queries.astype(xp.float16))
+            except Exception:  # a CuPy without this binding: float16 scores instead
+                log.exception("cuBLAS GemmEx with float32 output failed; float16 scores from cupy.matmul instead")
+                _gemm_ex_failed = True
+        return (queries.astype(xp.float16) @ matrix.T).astype(xp.float32)
     if matrix.dtype == xp.float16:  # numpy has no float16 BLAS: the tests' path
         return queries @ matrix.astype(xp.float32).T
     return queries @ matrix.T
