@@ -19,6 +19,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from .cupy_index import CupyFlatIndex
 from .index_kinds import ExactIndex, IdIndex, TombstoneFlatIndex
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ class IndexStore:
         """Ids of the sessions with a saved index (current or not)."""
         return sorted(int(meta.parts[-3]) for meta in self._root.glob("*/index/meta.json") if meta.parts[-3].isdigit())
 
-    def save(self, session_id: int, index: IdIndex | ExactIndex | TombstoneFlatIndex) -> None:
+    def save(self, session_id: int, index: IdIndex | ExactIndex | TombstoneFlatIndex | CupyFlatIndex) -> None:
         folder = self.folder(session_id)
         folder.mkdir(parents=True, exist_ok=True)
         token = secrets.token_hex(6)
