@@ -19,7 +19,8 @@ GPU, to tell whether JPEG decode on the CPU is the bound.
 search: yaoming.jpg against --faces synthetic faces plus the real faces of players.jpg and gdp.jpg, in this
 process: the bare probe (decode + detect + embed), the index search alone (k=200), and probe + search with
 --clients concurrent callers through the service's own parts (inference threads, RecogniserBatcher,
-IndexRegistry with its automatic placement), against the bare probe's rate on the same threads.
+IndexRegistry with its automatic placement; `--xp numpy` puts its CuPy branch on numpy), against the bare
+probe's rate on the same threads.
 """
 
 from __future__ import annotations
@@ -283,6 +284,9 @@ def gallery_with_real_faces(engine: FaceEngine, n: int, cache: Path | None) -> t
 
 
 async def bench_search_async(args: argparse.Namespace) -> None:
+    if args.xp == "numpy":  # the rehearsal: the registry's CuPy branch, with numpy as its array module
+        cupy_index.load_cupy = lambda: np
+        cupy_index.device_count = lambda: 1
     engine = load_engine(args.max_batch)
     probe = (VECTRON / "yaoming.jpg").read_bytes()
     ids, vectors, real = gallery_with_real_faces(engine, args.faces, args.gallery_cache)
@@ -375,6 +379,7 @@ def main() -> None:
     search.add_argument("--max-batch", type=int, default=64)
     search.add_argument("--repeat", type=int, default=100)
     search.add_argument("--float16", action="store_true", help="GPU index in float16")
+    search.add_argument("--xp", default="cupy", choices=["cupy", "numpy"], help="numpy: CuPy's index on the CPU")
     for command in (index, search):
         command.add_argument("--gallery-cache", type=Path, help="keep drawn galleries here for the next step")
     args = parser.parse_args()

@@ -57,7 +57,7 @@ if [ $DRY = 0 ]; then
 else
     INDEX_ARGS=(--faces 20000 --per-person 8 --dtype float16 float32 --xp numpy --repeat 40 --batches 64 256)
     INGEST_ARGS=(--images 8 --megapixels 1.5 --threads 2 --max-batch 16)
-    SEARCH_ARGS=(--faces 20000 --threads 2 --clients 1 2 --repeat 6)
+    SEARCH_ARGS=(--faces 20000 --threads 2 --clients 1 2 --repeat 6 --xp numpy)
     DB_INGEST_ARGS=(--images 4 --megapixels 1.0 --inference-threads 2 --clients 1 2)
     DB_SEARCH_ARGS=(--faces 2000 --requests 8 --clients 1 2)
     STEP_LIMIT=(install 300 check 60 tests 300 index 300 ingest 300 search 300 db-ingest 600 db-search 600)
