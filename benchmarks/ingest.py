@@ -2,7 +2,7 @@
 model work (decode + detect + embed every face) on the same images, measured in the same run.
 
     python benchmarks/ingest.py [--images 24] [--megapixels 1.5] [--photos t1 players gdp] [--window-ms 0]
-                                [--max-batch 64]
+                                [--max-batch 64] [--inference-threads 2] [--clients 1 4]
 
 Images are the shipped photos (--photos: t1 has 6 faces, players 22, gdp several, yaoming 1) scaled to about
 --megapixels and re-encoded at different JPEG qualities, so every one is distinct (no dedupe short-cut). Two
@@ -108,9 +108,9 @@ async def upload_all(base: str, session_id: int, images: list[bytes], clients: i
 
 
 async def through_service(
-    settings: Settings, engine: FaceEngine, images: list[bytes], faces: int, salt: int
+    settings: Settings, engine: FaceEngine, images: list[bytes], faces: int, salt: int, clients_list: list[int]
 ) -> list[tuple[str, float, float]]:
-    """(path, images/s, faces per recogniser run) for uploads by 1 and 4 clients and for the import."""
+    """(path, images/s, faces per recogniser run) for uploads by each number of clients and for the import."""
     rows = []
     app = create_app(settings, engine)
     runner = web.AppRunner(app)
@@ -121,7 +121,7 @@ async def through_service(
     base = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
     async with aiohttp.ClientSession() as http, http.post(f"{base}/api/face/sessions", json={"name": "ingest"}) as r:
         session_id = (await r.json())["data"]["id"]
-    for clients in (1, 4):
+    for clients in clients_list:
         runs = recogniser.runs
         rate = await upload_all(base, session_id, distinct(images, salt + clients), clients)
         rows.append((f"upload endpoint, {clients} client{'s' if clients > 1 else ''}", rate, faces / (recogniser.runs - runs)))
@@ -139,8 +139,14 @@ async def through_service(
     return rows
 
 
-async def run(count: int, megapixels: float, photos: list[str], windows: list[float], max_batch: int) -> None:
-    base_settings = Settings(storage=Path("unused"), models_dir=ROOT / "models", recogniser_max_batch=max_batch)
+async def run(
+    count: int, megapixels: float, photos: list[str], windows: list[float], max_batch: int, threads: int,
+    clients: list[int],
+) -> None:
+    base_settings = Settings(
+        storage=Path("unused"), models_dir=ROOT / "models", recogniser_max_batch=max_batch,
+        inference_threads=threads, max_pending_images=max(16, 4 * max(clients)),
+    )
     engine = load_engine(base_settings)
     engine.warm_up()
     images = make_images([PHOTOS[name] for name in photos], count, megapixels)
@@ -152,7 +158,7 @@ async def run(count: int, megapixels: float, photos: list[str], windows: list[fl
     for w, window in enumerate(windows):
         folder = Path(tempfile.mkdtemp(prefix="faceserve-ingest-"))
         settings = dataclasses.replace(base_settings, storage=folder / "storage", recogniser_window_ms=window)
-        for label, rate, per_run in await through_service(settings, engine, images, faces, salt=10 * (w + 1)):
+        for label, rate, per_run in await through_service(settings, engine, images, faces, 10 * (w + 1), clients):
             rows.append((f"{label}, window {window:g} ms" if len(windows) > 1 else label, rate, per_run))
         shutil.rmtree(folder, ignore_errors=True)
     # bare again after the service rows: on shared cores one pass moved by up to 20 % between runs; the
@@ -165,7 +171,8 @@ async def run(count: int, megapixels: float, photos: list[str], windows: list[fl
     height, width = cv2.imdecode(np.frombuffer(images[0], np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8).shape
     print(
         f"{count} JPEGs of ~{megapixels} MP ({width * 8}x{height * 8}) from {', '.join(photos)}, "
-        f"{faces} faces in all; {time.strftime('%Y-%m-%d')}\n"
+        f"{faces} faces in all; providers {engine.providers}, {threads} inference threads; "
+        f"{time.strftime('%Y-%m-%d')}\n"
     )
     print("| path | images/s | vs bare | faces/run |")
     print("|---|---|---|---|")
@@ -180,8 +187,13 @@ def main() -> None:
     parser.add_argument("--photos", nargs="+", choices=sorted(PHOTOS), default=["t1", "players", "gdp"])
     parser.add_argument("--window-ms", type=float, nargs="+", default=[0.0])
     parser.add_argument("--max-batch", type=int, default=Settings.recogniser_max_batch)
+    parser.add_argument("--inference-threads", type=int, default=Settings.inference_threads)
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4], help="concurrent upload clients")
     args = parser.parse_args()
-    asyncio.run(run(args.images, args.megapixels, args.photos, args.window_ms, args.max_batch))
+    asyncio.run(
+        run(args.images, args.megapixels, args.photos, args.window_ms, args.max_batch, args.inference_threads,
+            args.clients)
+    )
 
 
 if __name__ == "__main__":

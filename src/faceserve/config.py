@@ -117,6 +117,8 @@ class Settings:
     model_pack: str = "buffalo_s"
     # "auto" = CUDA when onnxruntime offers it, CPU otherwise; or "cpu" / "cuda"
     device: str = "auto"
+    # which GPU ONNX Runtime and the CuPy index use, on a host with several
+    cuda_device_id: int = 0
     detector_input_size: int = 640
     detection_threshold: float = 0.5
     # faces smaller than this (shorter box side, pixels) are not indexed: too blurry to match reliably

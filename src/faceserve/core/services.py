@@ -85,7 +85,7 @@ async def _cancel(task: asyncio.Task) -> None:
 
 def load_engine(settings: Settings) -> FaceEngine:
     engine = FaceEngine.from_settings(settings)
-    engine.warm_up()
+    engine.warm_up(settings.recogniser_max_batch)
     return engine
 
 
@@ -133,6 +133,7 @@ async def open_services(
             store=store,
             policy=IndexPolicy.from_settings(settings),
             max_batch=settings.index_max_batch,
+            device_id=settings.cuda_device_id,
         )
         stack.callback(indexes.close)
         stack.push_async_callback(indexes.save_changed)

@@ -2,7 +2,8 @@
 
 The database is the only source of truth. On first use a session's index is loaded from its saved copy when
 that copy matches the database (index/store.py), else built from Postgres (index/kinds.py picks flat or
-pq-rerank, or a flat index on the GPU); afterwards add/remove keep it in step, and it is saved again at shutdown.
+pq-rerank, or a flat index on the GPU: faiss's when a GPU faiss sees a device, else CuPy's, cupy_flat.py);
+afterwards add/remove keep it in step, and it is saved again at shutdown.
 
 All FAISS calls on a served index run on one owner thread: GPU indexes are not thread-safe even for search,
 and CPU add/remove must not overlap a search. A CPU index that is not served yet is loaded, built and saved
@@ -25,12 +26,14 @@ import faiss
 import numpy as np
 
 from ..config import Settings
+from . import cupy_flat
+from .cupy_flat import CupyFlatIndex
 from .kinds import ExactIndex, IndexPolicy, PqRerankIndex, TombstoneFlatIndex, build_cpu, build_gpu
 from .store import IndexStore
 
 log = logging.getLogger(__name__)
 
-SessionIndex = PqRerankIndex | ExactIndex | TombstoneFlatIndex
+SessionIndex = PqRerankIndex | ExactIndex | TombstoneFlatIndex | CupyFlatIndex
 # session id -> (face ids, embeddings) read from the database
 Loader = Callable[[int], Awaitable[tuple[np.ndarray, np.ndarray]]]
 # session id -> (face count, max face id) in the database
@@ -42,11 +45,14 @@ def gpu_count() -> int:
     return int(get()) if get is not None else 0
 
 
-def choose_placement(device: str, gpus: int) -> str:
-    """'gpu' when faiss was built with GPU support and sees a GPU (and the config allows it), else 'cpu'."""
-    if device == "cpu" or gpus <= 0 or not hasattr(faiss, "GpuIndexFlatIP"):
+def choose_placement(device: str, gpus: int, cupy_gpus: int = 0) -> str:
+    """Unless the config says cpu: 'gpu' (faiss's GPU flat) when faiss was built with GPU support and sees a
+    GPU, else 'cupy' (cupy_flat.py) when CuPy sees one; 'cpu' otherwise."""
+    if device == "cpu":
         return "cpu"
-    return "gpu"
+    if gpus > 0 and hasattr(faiss, "GpuIndexFlatIP"):
+        return "gpu"
+    return "cupy" if cupy_gpus > 0 else "cpu"
 
 
 @dataclass
@@ -70,6 +76,7 @@ class IndexRegistry:
         store: IndexStore | None = None,
         policy: IndexPolicy | None = None,
         max_batch: int = Settings.index_max_batch,
+        device_id: int = Settings.cuda_device_id,
     ) -> None:
         self.dim = dim
         self._loader = loader
@@ -77,7 +84,8 @@ class IndexRegistry:
         self._store = store
         self.policy = policy or IndexPolicy()
         self._max_batch = max_batch
-        self.placement = choose_placement(device, gpu_count())
+        self.placement = choose_placement(device, gpu_count(), 0 if device == "cpu" else cupy_flat.device_count())
+        self._device_id = device_id
         self._gpu_resources = faiss.StandardGpuResources() if self.placement == "gpu" else None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="faiss")
         # CPU indexes not served yet: load, build, first save (one at a time: a build can take GBs)
@@ -97,7 +105,7 @@ class IndexRegistry:
 
     async def _run_unserved(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Work on an index no search sees yet: the build thread on CPU, the owner thread for a GPU."""
-        executor = self._thread if self._gpu_resources is not None else self._builder
+        executor = self._thread if self.placement != "cpu" else self._builder
         return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
 
     def _lock(self, session_id: int) -> asyncio.Lock:
@@ -108,18 +116,19 @@ class IndexRegistry:
     def _build(self, ids: np.ndarray, vectors: np.ndarray) -> SessionIndex:
         if self._gpu_resources is not None:
             return build_gpu(ids, vectors, self._gpu_resources, self.policy)
+        if self.placement == "cupy":
+            return cupy_flat.build(ids, vectors, self.policy.gpu_float16, self._device_id)
         return build_cpu(ids, vectors, self.policy)
 
     def _from_saved(self, saved: PqRerankIndex | ExactIndex) -> SessionIndex | None:
         """The saved index as this process serves it; None: rebuild from the database instead."""
-        if self._gpu_resources is None:
+        if self.placement == "cpu":
             if isinstance(saved, ExactIndex) and len(saved) >= self.policy.approximate_min_faces:
                 # saved exact, then grew past the threshold by adds: it gets the approximate kind now
                 return None
             return saved
         if isinstance(saved, ExactIndex):
-            ids, vectors = saved.export()
-            return build_gpu(ids, vectors, self._gpu_resources, self.policy)
+            return self._build(*saved.export())
         # a CPU approximate index (pq-rerank, older IVF) cannot hand back every vector; Postgres can
         return None
 

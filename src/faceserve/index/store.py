@@ -20,6 +20,7 @@ import faiss
 import numpy as np
 
 from ..layout import INDEX_DIR, SessionLayout
+from .cupy_flat import CupyFlatIndex
 from .kinds import ExactIndex, PqRerankIndex, TombstoneFlatIndex
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ class IndexStore:
         """Ids of the sessions with a saved index (current or not)."""
         return [session_id for session_id, _ in self._layout.sessions_with(f"{INDEX_DIR}/meta.json")]
 
-    def save(self, session_id: int, index: PqRerankIndex | ExactIndex | TombstoneFlatIndex) -> None:
+    def save(self, session_id: int, index: PqRerankIndex | ExactIndex | TombstoneFlatIndex | CupyFlatIndex) -> None:
         folder = self.folder(session_id)
         folder.mkdir(parents=True, exist_ok=True)
         token = secrets.token_hex(6)

@@ -48,6 +48,17 @@ def choose_providers(device: str, available: list[str] | None = None) -> list[st
     return [p for p in (_CUDA, _CPU) if p in available]
 
 
+def _load_cuda_libraries() -> None:
+    """onnxruntime-gpu finds CUDA and cuDNN installed as pip packages (nvidia-*) only when they are loaded
+    first; preload_dlls does that (onnxruntime >= 1.21), a no-op where the system provides them."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        try:
+            preload()
+        except Exception as exc:  # noqa: BLE001 - the session creation that follows reports what is missing
+            log.warning("onnxruntime could not preload the CUDA libraries: %s", exc)
+
+
 @dataclass(frozen=True)
 class DetectedFace:
     box: np.ndarray  # (4,) x1, y1, x2, y2 in pixels
@@ -66,9 +77,12 @@ class FaceEngine:
         detection_threshold: float,
         min_face_size: int,
         intra_op_threads: int,
+        device_id: int,
     ) -> None:
         self.pack = pack
         self.providers = choose_providers(device)
+        if _CUDA in self.providers:
+            _load_cuda_libraries()
         options = ort.SessionOptions()
         options.log_severity_level = 3  # the recogniser's declared batch of 1 makes ORT warn on every batch
         # idle ORT threads otherwise spin after each run and steal the cores the index search and the
@@ -76,7 +90,10 @@ class FaceEngine:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if intra_op_threads:
             options.intra_op_num_threads = intra_op_threads
-        provider_options = [_PROVIDER_OPTIONS[p] for p in self.providers]
+        provider_options = [
+            {**_PROVIDER_OPTIONS[p], "device_id": str(device_id)} if p == _CUDA else _PROVIDER_OPTIONS[p]
+            for p in self.providers
+        ]
 
         def session(path: str) -> ort.InferenceSession:
             return ort.InferenceSession(
@@ -102,6 +119,7 @@ class FaceEngine:
             detection_threshold=settings.detection_threshold,
             min_face_size=settings.min_face_size,
             intra_op_threads=settings.onnx_intra_op_threads,
+            device_id=settings.cuda_device_id,
         )
 
     @property
@@ -109,11 +127,14 @@ class FaceEngine:
         """Side of the aligned square crops the recogniser takes."""
         return self._crop_size
 
-    def warm_up(self) -> None:
-        """First runs allocate and pick kernels; do it at start, not on the first user's request."""
+    def warm_up(self, max_batch: int = 1) -> None:
+        """First runs allocate and pick kernels; do it at start, not on the first user's request. On CUDA
+        that happens again for every new input shape, so the recogniser runs once per batch size up to
+        max_batch (the detector sees one shape: every image is resized to its input size)."""
         blank = np.zeros((self._input_size[1], self._input_size[0], 3), dtype=np.uint8)
         self._detector.detect(blank, input_size=self._input_size)
-        self.embed_crops(np.zeros((1, self._crop_size, self._crop_size, 3), dtype=np.uint8))
+        for rows in range(1, (max_batch if _CUDA in self.providers else 1) + 1):
+            self.embed_crops(np.zeros((rows, self._crop_size, self._crop_size, 3), dtype=np.uint8), rows)
 
     def detect(self, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         boxes, landmarks = self._detector.detect(image_bgr, input_size=self._input_size)

@@ -1,0 +1,240 @@
+"""An exact GPU index on CuPy, for GPU deployments whose faiss has no GPU build.
+
+The GPU faiss wheels need CUDA 12's cuBLAS (~580 MB) beside a CUDA 13 stack (benchmarks/GPU_PLAN.md), while
+CuPy ships with the CUDA 13 images. The index is the session's faces as one matrix in GPU memory (float16
+halves it: 1 KB a 512-d face), a search is one GEMM (float16 or float32 in, float32 out) and an exact top k;
+it answers like index_kinds.TombstoneFlatIndex (the faiss GPU flat): rows map to face ids through a host
+array, deletes are tombstones masked out at search and compacted away once they reach a fifth of the rows.
+
+The exact top k without a full sort: scores are cut into blocks of _BLOCK columns; the k blocks with the
+largest maxima hold every one of the k best scores (a score outside them is beaten by k block maxima), so
+only k * _BLOCK candidates per query are sorted. The code is written against the array module `xp`: CuPy on
+a GPU, numpy in the tests on CPU, so the same lines are checked there against exact faiss search.
+Blocking: called on the index owner thread only (index.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# columns per block of the top-k selection; k * _BLOCK candidates per query are sorted
+_BLOCK = 256
+# largest similarity block one group of queries may allocate (bytes): bounds memory of a big batch
+_SCORES_BUDGET = 1 << 30
+
+
+def load_cupy() -> ModuleType | None:
+    """CuPy when it imports and sees a CUDA device, else None."""
+    try:
+        import cupy
+
+        return cupy if cupy.cuda.runtime.getDeviceCount() > 0 else None
+    except Exception:  # noqa: BLE001 - no CuPy, no driver, no device: all mean "not here"
+        return None
+
+
+def device_count() -> int:
+    cupy = load_cupy()
+    return int(cupy.cuda.runtime.getDeviceCount()) if cupy is not None else 0
+
+
+def _to_host(array: Any) -> np.ndarray:
+    return array.get() if hasattr(array, "get") else np.asarray(array)
+
+
+def _round_up(n: int, step: int) -> int:
+    return -(-n // step) * step
+
+
+class CupyFlatIndex:
+    """Exact inner product over a float16 or float32 matrix in GPU memory (`xp` = cupy), or in host memory
+    (`xp` = numpy: the tests). Face ids live on the host; only vectors and scores on the device."""
+
+    kind = "cupy-flat"
+    _COMPACT_RATIO = 0.2
+
+    def __init__(self, dim: int, xp: ModuleType, float16: bool = False, device_id: int = 0) -> None:
+        self.dim = dim
+        self.xp = xp
+        self.dtype = xp.float16 if float16 else xp.float32
+        self._device_id = device_id
+        with self._on_device():
+            self._matrix = xp.zeros((_BLOCK, dim), dtype=self.dtype)
+        self._n = 0  # rows used, dead ones included
+        self._row_ids = np.empty(0, dtype=np.int64)
+        self._dead = np.empty(0, dtype=bool)
+        self._dead_rows: Any = None  # device copy of the dead row numbers, None while there are none
+
+    @contextlib.contextmanager
+    def _on_device(self) -> Iterator[None]:
+        cuda = getattr(self.xp, "cuda", None)
+        with cuda.Device(self._device_id) if cuda is not None else contextlib.nullcontext():
+            yield
+
+    @property
+    def nbytes(self) -> int:
+        """Device memory the vectors take (capacity included)."""
+        return int(self._matrix.nbytes)
+
+    def _reserve(self, rows: int) -> None:
+        """Room for `rows` rows, a multiple of _BLOCK (a search reads whole blocks); grows by a quarter."""
+        capacity = len(self._matrix)
+        if rows <= capacity:
+            return
+        grown = self.xp.zeros((_round_up(max(rows, capacity + capacity // 4), _BLOCK), self.dim), dtype=self.dtype)
+        grown[: self._n] = self._matrix[: self._n]
+        self._matrix = grown
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        ids = np.asarray(ids, dtype=np.int64)
+        fresh = ~np.isin(ids, self._row_ids[~self._dead])
+        count = int(fresh.sum())
+        if not count:
+            return
+        with self._on_device():
+            self._reserve(self._n + count)
+            rows = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32)[fresh])
+            self._matrix[self._n : self._n + count] = self.xp.asarray(rows).astype(self.dtype)
+        self._n += count
+        self._row_ids = np.concatenate([self._row_ids, ids[fresh]])
+        self._dead = np.concatenate([self._dead, np.zeros(count, dtype=bool)])
+
+    def remove(self, ids: np.ndarray) -> None:
+        newly = np.isin(self._row_ids, np.asarray(ids, dtype=np.int64)) & ~self._dead
+        if not newly.any():
+            return
+        self._dead |= newly
+        with self._on_device():
+            if self._dead.sum() > self._COMPACT_RATIO * max(1, self._n):
+                self._compact()
+            else:
+                self._dead_rows = self.xp.asarray(np.flatnonzero(self._dead))
+
+    def _compact(self) -> None:
+        alive = np.flatnonzero(~self._dead)
+        self._matrix[: len(alive)] = self._matrix[self.xp.asarray(alive)]
+        self._matrix[len(alive) : self._n] = 0
+        self._n = len(alive)
+        self._row_ids = self._row_ids[alive]
+        self._dead = np.zeros(self._n, dtype=bool)
+        self._dead_rows = None
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(similarities, face ids) of the k best per query row, best first; -inf and -1 pad a short row."""
+        queries = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32).reshape(-1, self.dim))
+        sims = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        ids = np.full((len(queries), k), -1, dtype=np.int64)
+        if k <= 0 or not len(queries) or not self._n:
+            return sims, ids
+        width = _round_up(self._n, _BLOCK)
+        group = max(1, min(len(queries), _SCORES_BUDGET // (4 * width)))
+        take = min(k, width)
+        with self._on_device():
+            for start in range(0, len(queries), group):
+                found_sims, rows = self._search_group(queries[start : start + group], take, width)
+                sims[start : start + group, :take] = found_sims
+                ids[start : start + group, :take] = np.where(
+                    np.isfinite(found_sims), self._row_ids[np.clip(rows, 0, self._n - 1)], -1
+                )
+        sims[ids < 0] = -np.inf
+        return sims, ids
+
+    def _search_group(self, queries: np.ndarray, k: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        xp = self.xp
+        scores = similarities(xp, self._matrix[:width], xp.asarray(queries))
+        scores[:, self._n :] = -xp.inf  # rows past the last face: zeros, not faces
+        if self._dead_rows is not None:
+            scores[:, self._dead_rows] = -xp.inf
+        best, rows = top_k(xp, scores, k)
+        return _to_host(best), _to_host(rows)
+
+    def ids(self) -> np.ndarray:
+        return self._row_ids[~self._dead].copy()
+
+    def export(self) -> tuple[np.ndarray, np.ndarray]:
+        """(face ids, float32 vectors) of the live faces, on the host: what index_store.py saves."""
+        alive = np.flatnonzero(~self._dead)
+        with self._on_device():
+            vectors = _to_host(self._matrix[self.xp.asarray(alive)].astype(self.xp.float32))
+        return self._row_ids[alive], vectors
+
+    def __len__(self) -> int:
+        return int((~self._dead).sum())
+
+
+_gemm_ex_failed = False
+
+
+def similarities(xp: ModuleType, matrix: Any, queries: Any) -> Any:
+    """(q, rows) float32 inner products of float32 queries with the matrix rows, accumulated in float32."""
+    global _gemm_ex_failed
+    if matrix.dtype == xp.float16 and xp.__name__ == "cupy":
+        if not _gemm_ex_failed:
+            try:
+                return _gemm_half_to_float(xp, matrix, queries.astype(xp.float16))
+            except Exception:  # a CuPy without this binding: float16 scores instead
+                log.exception("cuBLAS GemmEx with float32 output failed; float16 scores from cupy.matmul instead")
+                _gemm_ex_failed = True
+        return (queries.astype(xp.float16) @ matrix.T).astype(xp.float32)
+    if matrix.dtype == xp.float16:  # numpy has no float16 BLAS: the tests' path
+        return queries @ matrix.astype(xp.float32).T
+    return queries @ matrix.T
+
+
+def _gemm_half_to_float(cupy: ModuleType, matrix: Any, queries: Any) -> Any:
+    """float16 matrix and queries, float32 scores: cuBLAS GemmEx, as CuPy's own float16 matmul calls it but
+    with a float32 output (cupy.matmul would round the scores to float16, ~5e-4 apart near 0.5)."""
+    from cupy_backends.cuda.libs import cublas
+
+    rows, q = len(matrix), len(queries)
+    scores = cupy.empty((q, rows), dtype=cupy.float32)
+    one, zero = np.array(1.0, dtype=np.float32), np.array(0.0, dtype=np.float32)
+    # row-major scores (q, rows) = column-major (rows, q) = matrix (rows x dim) @ queries^T (dim x q)
+    cublas.gemmEx(
+        cupy.cuda.device.get_cublas_handle(), cublas.CUBLAS_OP_T, cublas.CUBLAS_OP_N, rows, q, matrix.shape[1],
+        one.ctypes.data, matrix.data.ptr, cupy.cuda.runtime.CUDA_R_16F, matrix.shape[1],
+        queries.data.ptr, cupy.cuda.runtime.CUDA_R_16F, queries.shape[1],
+        zero.ctypes.data, scores.data.ptr, cupy.cuda.runtime.CUDA_R_32F, rows,
+        cupy.cuda.runtime.CUDA_R_32F, cublas.CUBLAS_GEMM_DEFAULT,
+    )
+    return scores
+
+
+def top_k(xp: ModuleType, scores: Any, k: int) -> tuple[Any, Any]:
+    """(values, columns) of the k largest scores per row, best first, exactly. The width of scores must be
+    a multiple of _BLOCK; masked columns hold -inf."""
+    q, width = scores.shape
+    blocks = width // _BLOCK
+    if blocks <= k or k * _BLOCK * 4 >= width:  # selection would keep most columns: sort whole rows
+        columns = xp.argsort(-scores, axis=1)[:, :k]
+        return xp.take_along_axis(scores, columns, 1), columns
+    grouped = scores.reshape(q, blocks, _BLOCK)
+    maxima = grouped.max(axis=2)
+    best_blocks = xp.argpartition(-maxima, k - 1, axis=1)[:, :k]
+    candidates = xp.take_along_axis(grouped, best_blocks[:, :, None], 1).reshape(q, k * _BLOCK)
+    columns = (best_blocks[:, :, None] * _BLOCK + xp.arange(_BLOCK)[None, None, :]).reshape(q, k * _BLOCK)
+    order = xp.argsort(-candidates, axis=1)[:, :k]
+    return xp.take_along_axis(candidates, order, 1), xp.take_along_axis(columns, order, 1)
+
+
+def build(
+    ids: np.ndarray, vectors: np.ndarray, float16: bool, device_id: int = 0, xp: ModuleType | None = None
+) -> CupyFlatIndex:
+    """A session's index on the GPU (xp defaults to CuPy), sized exactly: capacity grows only with adds."""
+    xp = xp if xp is not None else load_cupy()
+    if xp is None:
+        raise RuntimeError("the CuPy index needs CuPy and a CUDA device")
+    index = CupyFlatIndex(vectors.shape[1], xp, float16=float16, device_id=device_id)
+    if len(ids):
+        with index._on_device():
+            index._reserve(len(ids))
+        index.add(ids, vectors)
+    return index
