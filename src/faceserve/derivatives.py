@@ -26,6 +26,7 @@ from PIL import Image, ImageOps
 
 from .errors import BadRequest, FaceNotFound
 from .imaging import ACCEPTED_FORMATS
+from .inputs import ascii_number
 from .storage import SESSIONS_DIR
 
 DERIVED_DIR = "derived"
@@ -113,9 +114,9 @@ def negotiate_format(accept: str | None) -> str:
             name, _, value = param.partition("=")
             if name.strip() == "q":
                 try:
-                    return "webp" if float(value) > 0 else "jpeg"
-                except ValueError:
-                    return "jpeg"
+                    return "webp" if ascii_number(value.strip(), "q", 0.0, 1.0) > 0 else "jpeg"
+                except BadRequest:
+                    return "jpeg"  # a malformed weight: JPEG, which every client decodes
         return "webp"
     return "jpeg"
 

@@ -87,12 +87,13 @@ class ServedFile:
 
 
 class ServedFileCache:
-    """A bounded LRU of id -> ServedFile."""
+    """A bounded LRU of id -> ServedFile, with the ids of each session's entries (a session delete evicts them)."""
 
     def __init__(self, capacity: int, recheck_s: float = 1.0) -> None:
         self._capacity = capacity
         self._recheck_s = recheck_s
         self._entries: OrderedDict[int, ServedFile] = OrderedDict()
+        self._by_session: dict[int, set[int]] = {}
 
     def seen_present(self, entry: ServedFile) -> None:
         entry.present_until = time.monotonic() + self._recheck_s
@@ -105,11 +106,22 @@ class ServedFileCache:
 
     def put(self, entry: ServedFile) -> None:
         self._entries[entry.image_id] = entry
+        self._by_session.setdefault(entry.session_id, set()).add(entry.image_id)
         if len(self._entries) > self._capacity:
-            self._entries.popitem(last=False)
+            self.evict(next(iter(self._entries)))
 
     def evict(self, image_id: int) -> None:
-        self._entries.pop(image_id, None)
+        entry = self._entries.pop(image_id, None)
+        if entry is not None:
+            ids = self._by_session.get(entry.session_id)
+            if ids is not None:
+                ids.discard(image_id)
+                if not ids:
+                    del self._by_session[entry.session_id]
+
+    def evict_session(self, session_id: int) -> None:
+        for image_id in self._by_session.pop(session_id, set()):
+            self._entries.pop(image_id, None)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -154,7 +166,9 @@ def check_access(request: web.Request) -> str | None:
     """Redirect to the CDN, refuse a bad signature, or say how long the answer may be cached (None: a year)."""
     urls = request.app[URLS]
     secret = request.app[SERVICES].settings.cdn_origin_secret
-    if urls.cdn_base_url and secret and not hmac.compare_digest(request.headers.get("X-Origin-Pull", ""), secret):
+    # compared as bytes: compare_digest refuses str with non-ASCII characters, which a client may send
+    pulled = request.headers.get("X-Origin-Pull", "").encode("utf-8", "surrogateescape")
+    if urls.cdn_base_url and secret and not hmac.compare_digest(pulled, secret.encode()):
         raise web.HTTPPermanentRedirect(urls.cdn_base_url + request.path_qs, headers={"Cache-Control": _REDIRECT_CACHE})
     if urls.keys is None:
         return None

@@ -6,10 +6,12 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import db, ingest
+from .. import db, ingest, inputs
 from ..errors import BadRequest, SessionNotFound
 from .common import ok, path_id
 from .keys import SERVICES
+from .parsing import read_json
+from .serving import SERVED_FILES
 
 _MAX_NAME = 200
 
@@ -19,13 +21,12 @@ def session_json(session: db.FaceSession) -> dict[str, Any]:
 
 
 async def create_session(request: web.Request) -> web.Response:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise BadRequest("body must be JSON like {\"name\": \"...\"}") from None
+    body = await read_json(request)
     name = body.get("name") if isinstance(body, dict) else None
     if not isinstance(name, str) or not name.strip() or len(name) > _MAX_NAME:
         raise BadRequest(f"name must be a non-empty string of at most {_MAX_NAME} characters")
+    # a name is shown back as given: refused rather than silently changed
+    inputs.storable_text(name, "name")
     session = await db.create_session(request.app[SERVICES].pool, name.strip())
     return ok(session_json(session), status=201)
 
@@ -46,4 +47,6 @@ async def show_session(request: web.Request) -> web.Response:
 async def delete_session(request: web.Request) -> web.Response:
     session_id = path_id(request, "session_id", SessionNotFound)
     await ingest.delete_session(request.app[SERVICES], session_id)
+    # no 304 from this process's memory for its images from now on (other processes: served_recheck_s)
+    request.app[SERVED_FILES].evict_session(session_id)
     return ok({"id": session_id, "deleted": True})

@@ -28,7 +28,13 @@ async def parts(request: web.Request) -> AsyncIterator[BodyPartReader]:
 
 
 async def chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
-    while chunk := await part.read_chunk(_CHUNK):
+    while True:
+        try:
+            chunk = await part.read_chunk(_CHUNK)
+        except (ValueError, AssertionError, HttpProcessingError) as exc:  # as parts() says of the framing
+            raise BadRequest(f"malformed multipart body: {getattr(exc, 'message', exc)}") from None
+        if not chunk:
+            return
         yield chunk
 
 
