@@ -6,7 +6,9 @@ stays fast): FACESERVE_FUZZ_EXAMPLES=2000 python -m pytest tests/test_input_prop
 
 from __future__ import annotations
 
+import asyncio
 import io
+import json
 import os
 from pathlib import Path
 
@@ -80,3 +82,39 @@ async def assert_answer(response) -> dict | None:
     if response.content_type == "application/json":
         return await response.json()
     return None
+
+
+async def raw_request(client, head: bytes, body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+    """Send bytes as they are (a request line, header fields, a body) and read the answer: what a client
+    library would refuse to send is what a hostile client sends."""
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    try:
+        writer.write(head + b"Host: fuzz\r\nConnection: close\r\n\r\n" + body)
+        await writer.drain()
+        data = await reader.read()
+    finally:
+        writer.close()
+    fields, _, payload = data.partition(b"\r\n\r\n")
+    lines = fields.split(b"\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        headers[name.decode("latin-1").strip().lower()] = value.decode("latin-1").strip()
+    return int(lines[0].split()[1]), headers, payload
+
+
+def check_raw_answer(
+    status: int, headers: dict[str, str], payload: bytes, method: str = "GET"
+) -> dict | None:
+    """assert_answer for raw_request's answers."""
+    assert status < 500, (status, payload[:300])
+    is_json = headers.get("content-type", "").startswith("application/json")
+    if status >= 400:
+        assert is_json, (status, headers, payload[:300])
+        if method == "HEAD":
+            return None
+        body = json.loads(payload)
+        assert body["success"] is False and set(body) == {"success", "error"}, body
+        assert isinstance(body["error"]["code"], str) and isinstance(body["error"]["message"], str), body
+        return body
+    return json.loads(payload) if is_json and method != "HEAD" else None

@@ -46,7 +46,7 @@ async def upload_images(request: web.Request) -> web.Response:
     try:
         async for part in uploads.parts(request):
             if part.name != "file":
-                await part.release()
+                await uploads.skip(part)
                 continue
             if len(analyzed) >= settings.max_files_per_upload:
                 raise BadRequest(f"at most {settings.max_files_per_upload} files per request")

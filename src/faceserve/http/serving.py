@@ -34,6 +34,7 @@ from ..errors import ImageNotFound
 from . import conditional, derivatives
 from .common import path_id
 from .keys import SERVICES
+from .middleware import error_response
 from .urls import URLS
 
 CACHE_FOREVER = "public, max-age=31536000, immutable"
@@ -238,7 +239,9 @@ def without_body(status: int, entry: ServedFile, cache_control: str | None) -> w
         if cache_control is not None:
             headers["Cache-Control"] = cache_control  # never cached past the signature's expiry
         return web.Response(status=304, headers=headers)
-    return web.Response(status=412, headers={"ETag": entry.etag, "Cache-Control": "no-store"})
+    response = error_response(412, "precondition_failed", "a precondition (If-Match, If-Unmodified-Since) failed")
+    response.headers["ETag"] = entry.etag
+    return response
 
 
 class FileBody:
@@ -301,10 +304,9 @@ async def respond(
         try:
             byte_range = conditional.parse_range(request.headers["Range"], size)
         except conditional.Unsatisfiable:
-            return web.Response(
-                status=416,
-                headers={"Content-Range": f"bytes */{size}", "ETag": entry.etag, "Cache-Control": "no-store"},
-            )
+            response = error_response(416, "range_not_satisfiable", f"the range starts past the end ({size} bytes)")
+            response.headers.update({"Content-Range": f"bytes */{size}", "ETag": entry.etag})
+            return response
         if byte_range is not None:
             first, last = byte_range
             code = 206
