@@ -20,7 +20,7 @@ from fuzz_support import (
     small_png,
     stored_state,
 )
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from faceserve import inputs
@@ -33,7 +33,23 @@ _PIECES = [
     "%00", "/", "..", "\\", '"', "'", "🎉", "é", "db", "1/db/x.png", "face_sessions", "?", "#", "&", "=",
 ]  # fmt: skip
 any_text = st.text(st.characters(exclude_categories=()), max_size=40)
-hostile_text = st.one_of(any_text, st.lists(st.sampled_from(_PIECES), max_size=8).map("".join))
+# values that broke a handler once, drawn often so that a few dozen cases meet each class
+_KNOWN_BAD = [
+    "\x00",
+    "a\x00b.jpg",
+    "\ud800",
+    "x\udcff.png",
+    "٣",
+    "²",
+    "1_0",
+    " 1",
+    "+1",
+    "1/db/a\x00b",
+    "٣/db/x",
+]
+hostile_text = st.one_of(
+    any_text, st.lists(st.sampled_from(_PIECES), max_size=8).map("".join), st.sampled_from(_KNOWN_BAD)
+)
 # header field values an HTTP parser lets through (visible ASCII, space, tab, obs-text bytes): whatever
 # these do, the app answers them, not aiohttp's parser
 field_bytes = st.one_of(
@@ -74,6 +90,7 @@ _ROUTES = [
 
 
 @fuzz_settings(EXAMPLES)
+@example(route=_ROUTES[-1], method="GET", x="a\x00b.jpg", y="")
 @given(
     route=st.sampled_from(_ROUTES),
     method=st.sampled_from(["GET", "HEAD", "DELETE"]),
@@ -100,6 +117,8 @@ _QUERIES = {
 
 
 @fuzz_settings(EXAMPLES)
+@example(route="/api/face/resolve", values=["1/db/a\x00b"] * 6, present=[True] * 6)
+@example(route="/api/face/sessions/{session}/images", values=["٣"] * 6, present=[True] * 6)
 @given(
     route=st.sampled_from(sorted(_QUERIES)),
     values=st.lists(hostile_text, min_size=6, max_size=6),
@@ -124,6 +143,7 @@ async def test_any_query_is_answered_without_5xx(client, services, settings, see
 
 
 @fuzz_settings(EXAMPLES)
+@example(fields={b"Range": "bytes=٣-٥".encode()}, method="GET")
 @given(
     fields=st.dictionaries(
         st.sampled_from(
@@ -144,6 +164,8 @@ async def test_any_image_request_header_is_answered_without_5xx(client, seeded, 
 
 
 @fuzz_settings(EXAMPLES)
+@example(body=b'{"name": "a\\u0000b"}')
+@example(body=b"[" * 50_000)
 @given(
     body=st.one_of(
         st.builds(lambda name: json.dumps({"name": name}).encode(), hostile_text),
@@ -195,6 +217,7 @@ _parts = st.lists(
 
 
 @fuzz_settings(EXAMPLES)
+@example(parts=[(b"file", "a\udcff.png", "raw", small_png(1))], closed=False, cut=None, session=None)
 @given(
     parts=_parts,
     closed=st.booleans(),
@@ -230,6 +253,7 @@ async def test_any_upload_is_answered_without_5xx_and_an_error_stores_nothing(
 
 
 @fuzz_settings(EXAMPLES)
+@example(fields={b"session_id": "١".encode()}, probe=small_png(7))
 @given(
     fields=st.dictionaries(st.sampled_from([b"session_id", b"threshold", b"limit"]), field_bytes),
     probe=st.one_of(st.none(), st.just(small_png(7)), st.binary(max_size=64)),

@@ -32,10 +32,22 @@ _PIECES = [
 any_text = st.text(st.characters(exclude_categories=()))
 hostile_text = st.one_of(any_text, st.lists(st.sampled_from(_PIECES), max_size=12).map("".join))
 _ASCII_DIGITS = re.compile(r"[0-9]+")
+# digits of several scripts, superscripts and Unicode spaces, mixed with ASCII ones
+mixed_digits = st.text(st.sampled_from("0123456789٠٣٥۹०²³①\u00a0 _"), max_size=6)
+range_headers = st.builds(lambda first, last: f"bytes={first}-{last}", mixed_digits, mixed_digits)
+_OTHER_DIGITS = str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩")
+http_dates_in_other_digits = st.builds(
+    lambda moment, mask: "".join(
+        ch.translate(_OTHER_DIGITS) if ch.isdigit() and bit else ch
+        for ch, bit in zip(moment.strftime("%a, %d %b %Y %H:%M:%S GMT"), mask * 40, strict=False)
+    ),
+    st.datetimes(),
+    st.lists(st.booleans(), min_size=1, max_size=8),
+)
 
 
 @fuzz_settings(EXAMPLES)
-@given(hostile_text)
+@given(st.one_of(hostile_text, mixed_digits))
 def test_integers_are_ascii_digits_or_refused(raw):
     try:
         value = inputs.ascii_int(raw, "n", 0, 2**63 - 1)
@@ -103,7 +115,9 @@ def test_ascii_ranges_follow_rfc_9110(first, last, size):
 
 
 @fuzz_settings(EXAMPLES)
-@given(st.one_of(hostile_text, hostile_text.map(lambda s: "bytes=" + s)), st.integers(0, 10**6))
+@given(
+    st.one_of(hostile_text, hostile_text.map(lambda s: "bytes=" + s), range_headers), st.integers(0, 10**6)
+)
 def test_any_range_header_is_served_whole_ranged_or_416(header, size):
     result = _parse_range(header, size)
     if result is None or result == "unsatisfiable":
@@ -115,7 +129,7 @@ def test_any_range_header_is_served_whole_ranged_or_416(header, size):
 
 
 @fuzz_settings(EXAMPLES)
-@given(hostile_text)
+@given(st.one_of(hostile_text, http_dates_in_other_digits))
 def test_http_dates_parse_or_are_ignored(value):
     parsed = conditional.parse_http_date(value)
     assert parsed is None or (value.isascii() and parsed.tzinfo is not None)
