@@ -280,3 +280,21 @@ def test_json_depth_is_measured_outside_strings():
 
     assert json_depth(b'{"a": [1, {"b": "[[[[{{{"}]}') == 3
     assert json_depth(json.dumps({"a": '\\"[[['}).encode()) == 1
+
+
+async def test_import_keeps_a_file_name_that_is_not_utf8(tmp_path, settings, engine):
+    """A name on disk is bytes; one that is not UTF-8 is cleaned like an uploaded one, not a crash."""
+    import os
+
+    from faceserve.importer import import_tree
+    from faceserve.services import open_services
+
+    folder = tmp_path / "old" / "face_sessions" / "5" / "db"
+    folder.mkdir(parents=True)
+    (folder / os.fsdecode(b"caf\xe9\x01.png")).write_bytes(small_png(9))
+    async with open_services(settings, engine) as services:
+        report = await import_tree(services, tmp_path / "old")
+        assert report.failed == []
+        names = await services.pool.fetch("SELECT original_name, stored_name FROM face_session_images")
+    assert [r["original_name"] for r in names] == ["caf\ufffd.png"]
+    assert names[0]["stored_name"].isascii()
