@@ -298,3 +298,22 @@ async def test_import_keeps_a_file_name_that_is_not_utf8(tmp_path, settings, eng
         names = await services.pool.fetch("SELECT original_name, stored_name FROM face_session_images")
     assert [r["original_name"] for r in names] == ["caf\ufffd.png"]
     assert names[0]["stored_name"].isascii()
+
+
+@pytest.mark.parametrize("image_store", IMAGE_STORES)
+async def test_another_process_stops_serving_a_deleted_session_within_its_recheck(
+    settings, engine, aiohttp_client
+):
+    """Workers share no memory: another process's entries go stale, and its 304s from memory stop once
+    SERVED_RECHECK_S has passed and the recheck finds the bytes gone."""
+    deleting = await aiohttp_client(create_app(settings, engine))
+    serving = await aiohttp_client(create_app(replace(settings, served_recheck_s=0.3), engine))
+    session_id = await _session(deleting)
+    body = multipart([(b'name="file"; filename="a.png"', small_png(5))])
+    response = await _post_raw(deleting, f"/api/face/sessions/{session_id}/images", body)
+    image_id = (await response.json())["data"]["images"][0]["image_id"]
+    etag = (await serving.get(f"/api/face/image/{image_id}")).headers["ETag"]
+    assert (await deleting.delete(f"/api/face/sessions/{session_id}")).status == 200
+    await asyncio.sleep(0.4)
+    response = await serving.get(f"/api/face/image/{image_id}", headers={"If-None-Match": etag})
+    assert await _error_code(response, 404) == "image_not_found"
