@@ -168,6 +168,11 @@ class Settings:
     # a 304 is answered from memory if the image's bytes were seen present less than this many seconds ago
     served_recheck_s: float = 1.0
 
+    # JSON request bodies (session create): refused past this size (413) before they are read, and past this
+    # nesting before they are parsed (400), since json.loads recurses once per level
+    max_json_bytes: int = 64 * 1024
+    max_json_depth: int = 32
+
     page_default_limit: int = 100
     page_max_limit: int = 1000
 

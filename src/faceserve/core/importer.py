@@ -15,6 +15,7 @@ import aiofiles
 
 from .. import db, layout
 from ..errors import FaceServeError
+from ..inputs import cleaned_text
 from ..layout import PHOTOS_DIR, SESSIONS_DIR
 from ..media.files import is_plain_name, stored_name_for
 from . import ingest
@@ -56,7 +57,9 @@ async def _analyze(services: Services, session_id: int, path: Path, name: str | 
     pending = await services.storage.receive(session_id, _read(path), services.settings.max_upload_bytes)
     if name is None:
         name = stored_name_for(path.name, pending.sha256_hex, path.suffix.lstrip(".") or "img")
-    return await ingest.analyze_image(services, session_id, pending, path.name, stored_name=name)
+    # a name on disk need not be UTF-8 (it arrives surrogate-escaped): kept as the upload's names are
+    original_name = cleaned_text(path.name) or "image"
+    return await ingest.analyze_image(services, session_id, pending, original_name, stored_name=name)
 
 
 async def _record(

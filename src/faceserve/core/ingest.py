@@ -132,19 +132,43 @@ async def record_image(services: Services, session_id: int, analyzed: Analyzed) 
     return Ingested(db.ImageRecord(**{**image.__dict__, "face_count": len(faces)}), created=True)
 
 
-async def add_image(
-    services: Services,
-    session_id: int,
-    pending: PendingFile,
-    original_name: str,
-    stored_name: str | None = None,
-) -> Ingested:
-    """Turn a received file into an image with faces. The pending file is always committed or discarded.
+async def record_all(services: Services, session_id: int, analyzed: list[Analyzed]) -> list[Ingested]:
+    """Record every analysed file of one request, or none: when one fails, the images this call created are
+    deleted again (the rest of the pending files are the caller's to discard)."""
+    done: list[Ingested] = []
+    try:
+        for one in analyzed:
+            done.append(await record_image(services, session_id, one))
+    except BaseException:
+        for outcome in done:
+            if outcome.created:
+                try:
+                    await delete_image(services, outcome.image.id)
+                except ImageNotFound:
+                    pass  # gone with its session already
+        raise
+    return done
 
-    stored_name: keep this name on disk (import of an old tree); by default one is made from hash and name.
-    """
-    analyzed = await analyze_image(services, session_id, pending, original_name, stored_name)
-    return await record_image(services, session_id, analyzed)
+
+async def discard_analyzed(services: Services, analyzed: list[Analyzed]) -> None:
+    """Remove the pending files of a request that ends in an error (those recorded are renamed already)."""
+    for one in analyzed:
+        await services.storage.discard(one.pending.path)
+
+
+async def raise_if_session_gone(services: Services, session_id: int, error: Exception) -> None:
+    """An upload that failed because its session was deleted meanwhile (its folder removed under the pending
+    file, the row gone at insert) is a 404 session_not_found, whatever the failure looked like; the folder
+    that receiving made again is removed."""
+    if not isinstance(error, SessionNotFound):
+        try:
+            if await db.get_session(services.pool, session_id) is not None:
+                return
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return  # the database failing too: the original error says more
+    await asyncio.to_thread(services.storage.remove_session, session_id)
+    if not isinstance(error, SessionNotFound):
+        raise SessionNotFound(f"face session {session_id} was deleted during the upload") from error
 
 
 async def delete_image(services: Services, image_id: int) -> db.ImageRecord:

@@ -42,12 +42,13 @@ class ServedFile:
 
 
 class ServedFileCache:
-    """A bounded LRU of id -> ServedFile."""
+    """A bounded LRU of id -> ServedFile, with the ids of each session's entries (a session delete evicts them)."""
 
     def __init__(self, capacity: int, recheck_s: float) -> None:
         self._capacity = capacity
         self._recheck_s = recheck_s
         self._entries: OrderedDict[int, ServedFile] = OrderedDict()
+        self._by_session: dict[int, set[int]] = {}
 
     def seen_present(self, entry: ServedFile) -> None:
         entry.present_until = time.monotonic() + self._recheck_s
@@ -60,16 +61,23 @@ class ServedFileCache:
 
     def put(self, entry: ServedFile) -> None:
         self._entries[entry.image_id] = entry
+        self._by_session.setdefault(entry.session_id, set()).add(entry.image_id)
         if len(self._entries) > self._capacity:
-            self._entries.popitem(last=False)
+            self.evict(next(iter(self._entries)))
 
     def evict(self, image_id: int) -> None:
-        self._entries.pop(image_id, None)
+        entry = self._entries.pop(image_id, None)
+        if entry is not None:
+            ids = self._by_session.get(entry.session_id)
+            if ids is not None:
+                ids.discard(image_id)
+                if not ids:
+                    del self._by_session[entry.session_id]
 
     def evict_session(self, session_id: int) -> None:
         """Every entry of a deleted session: its images must stop answering at once, 304s included."""
-        for image_id in [i for i, e in self._entries.items() if e.session_id == session_id]:
-            del self._entries[image_id]
+        for image_id in self._by_session.pop(session_id, set()):
+            self._entries.pop(image_id, None)
 
     def __len__(self) -> int:
         return len(self._entries)

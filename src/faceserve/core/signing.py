@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 
 from ..errors import FaceServeError
+from ..inputs import is_ascii_digits
 
 
 class BadSignature(FaceServeError):
@@ -61,10 +62,14 @@ def sign(keys: SigningKeys, path: str, expires: int) -> str:
 def verify(keys: SigningKeys, path: str, query: dict[str, str], now: float) -> int:
     """Check a request's exp/kid/sig for path; returns the seconds the signature has left."""
     try:
-        expires = int(query["exp"])
-        key_id, signature = query["kid"], query["sig"]
-    except (KeyError, ValueError):
+        exp, key_id, signature = query["exp"], query["kid"], query["sig"]
+    except KeyError:
         raise BadSignature("this URL needs a valid signature (exp, kid, sig)") from None
+    # exp exactly as sign() writes it (int() would also take '٣', '1_0' or '01': other spellings of one URL);
+    # sig in ASCII, as compare_digest refuses other str
+    if len(exp) > 20 or not is_ascii_digits(exp) or str(int(exp)) != exp or not signature.isascii():
+        raise BadSignature("this URL needs a valid signature (exp, kid, sig)")
+    expires = int(exp)
     secret = keys.secret(key_id)
     if secret is None or not hmac.compare_digest(_mac(secret, path, expires), signature):
         raise BadSignature("the URL's signature does not match")

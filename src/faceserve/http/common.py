@@ -6,7 +6,8 @@ from typing import Any
 
 from aiohttp import web
 
-from ..errors import BadRequest, FaceServeError
+from .. import inputs
+from ..errors import FaceServeError
 from .appkeys import URLS
 
 _MAX_ID = 2**63 - 1
@@ -19,22 +20,18 @@ def ok(data: dict[str, Any], status: int = 200) -> web.Response:
 def path_id(request: web.Request, name: str, not_found: type[FaceServeError]) -> int:
     """A numeric id from the path; anything else is an unknown id (404), as the contract says."""
     raw = request.match_info[name]
-    if not raw.isascii() or not raw.isdigit() or int(raw) > _MAX_ID:
+    if len(raw) > len(str(_MAX_ID)) or not inputs.is_ascii_digits(raw) or int(raw) > _MAX_ID:
         raise not_found(f"{name} {raw!r} does not exist")
     return int(raw)
 
 
 def number(raw: str | None, name: str, kind: type[int | float], low: float, high: float) -> float | None:
-    """A number from a query or form field, within [low, high]; None when the field is absent or empty."""
+    """A number from a query or form field, in ASCII digits, within [low, high]; None when absent or empty."""
     if raw is None or raw == "":
         return None
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise BadRequest(f"{name} must be {'an integer' if kind is int else 'a number'}") from None
-    if not low <= value <= high:
-        raise BadRequest(f"{name} must be between {low} and {high}")
-    return value
+    if kind is int:
+        return inputs.ascii_int(raw, name, int(low), int(high))
+    return inputs.ascii_number(raw, name, low, high)
 
 
 def query_int(request: web.Request, name: str, default: int, minimum: int, maximum: int) -> int:

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 
+from ..inputs import is_ascii_digits
+
 
 def _tags(header: str) -> list[str]:
     """Entity tags of a list header such as If-None-Match: 'W/"a", "b"' -> ['W/"a"', '"b"']."""
@@ -47,6 +49,8 @@ def weak_match(header: str, etag: str) -> bool:
 
 
 def parse_http_date(value: str) -> datetime | None:
+    if not value.isascii():  # the email parser's int() would read other scripts' digits
+        return None
     try:
         parsed = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
@@ -75,6 +79,10 @@ def evaluate(method: str, headers: Mapping[str, str], etag: str, last_modified: 
     return 200
 
 
+# RFC 9110 optional whitespace; str.strip() would also take Unicode spaces such as U+00A0
+_OWS = " \t"
+
+
 class Unsatisfiable(Exception):
     pass
 
@@ -98,11 +106,12 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if header is None:
         return None
     unit, _, spec = header.partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec:
+    if unit.strip(_OWS).lower() != "bytes" or "," in spec:
         return None
-    first_raw, dash, last_raw = spec.strip().partition("-")
-    first_raw, last_raw = first_raw.strip(), last_raw.strip()
-    if not dash or not (first_raw.isdigit() or first_raw == "") or not (last_raw.isdigit() or last_raw == ""):
+    first_raw, dash, last_raw = spec.strip(_OWS).partition("-")
+    first_raw, last_raw = first_raw.strip(_OWS), last_raw.strip(_OWS)
+    # ASCII digits only (RFC 9110 DIGIT): anything else makes the range invalid, and an invalid one is ignored
+    if not dash or not all(is_ascii_digits(raw) or raw == "" for raw in (first_raw, last_raw)):
         return None
     if first_raw == "":
         if last_raw == "":

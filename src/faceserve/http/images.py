@@ -6,13 +6,14 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import db, layout
+from .. import db, inputs, layout
 from ..core import face_sessions, ingest
 from ..errors import BadRequest, ImageNotFound, SessionNotFound
 from . import multipart
 from .access import require_session
 from .appkeys import SERVICES, URLS
 from .common import image_url, ok, path_id, query_int
+from .parsing import path_text, query_text
 
 
 def image_json(request: web.Request, image: db.ImageRecord) -> dict[str, Any]:
@@ -31,30 +32,38 @@ def image_json(request: web.Request, image: db.ImageRecord) -> dict[str, Any]:
 
 
 async def upload_images(request: web.Request) -> web.Response:
-    """Each part named `file` is streamed to disk, checked, embedded and recorded before the next is read.
+    """Each part named `file` is streamed to disk, checked and embedded before the next is read; they are
+    recorded once the body has ended with its closing boundary.
 
-    A bad part stops the request with its error; parts before it are kept, and since the same bytes map to
-    the same image, a client can simply retry the whole request.
+    All or nothing: a request answered with an error (a bad part, a body cut short, a client gone) records
+    none of its files, so a client retries the whole request; the same bytes map to the same image.
     """
     services = request.app[SERVICES]
     settings = services.settings
     session_id = path_id(request, "session_id", SessionNotFound)
     await face_sessions.require_session(services, session_id)
-    results: list[dict[str, Any]] = []
-    async for part in multipart.parts(request):
-        if part.name != "file":
-            await part.release()
-            continue
-        if len(results) >= settings.max_files_per_upload:
-            raise BadRequest(f"at most {settings.max_files_per_upload} files per request")
-        original_name = part.filename or "upload"
-        with services.gate.admit():
-            pending = await services.storage.receive(session_id, multipart.chunks(part), settings.max_upload_bytes)
-            outcome = await ingest.add_image(services, session_id, pending, original_name)
-        results.append({**image_json(request, outcome.image), "created": outcome.created})
-    if not results:
-        raise BadRequest("no part named 'file' in the upload")
-    return ok({"images": results}, status=201)
+    analyzed: list[ingest.Analyzed] = []
+    try:
+        async for part in multipart.parts(request):
+            if part.name != "file":
+                await multipart.skip(part)
+                continue
+            if len(analyzed) >= settings.max_files_per_upload:
+                raise BadRequest(f"at most {settings.max_files_per_upload} files per request")
+            # informational only (the stored name is made from the hash): cleaned, never a reason to refuse
+            original_name = inputs.cleaned_text(part.filename or "") or "upload"
+            with services.gate.admit():
+                pending = await services.storage.receive(session_id, multipart.chunks(part), settings.max_upload_bytes)
+                analyzed.append(await ingest.analyze_image(services, session_id, pending, original_name))
+        if not analyzed:
+            raise BadRequest("no part named 'file' in the upload")
+        outcomes = await ingest.record_all(services, session_id, analyzed)
+    except BaseException as exc:
+        await ingest.discard_analyzed(services, analyzed)
+        if isinstance(exc, Exception):
+            await ingest.raise_if_session_gone(services, session_id, exc)
+        raise
+    return ok({"images": [{**image_json(request, o.image), "created": o.created} for o in outcomes]}, status=201)
 
 
 async def list_images(request: web.Request) -> web.Response:
@@ -83,7 +92,7 @@ def _file_path_of_identity(identity: str) -> str:
 
 
 async def resolve(request: web.Request) -> web.Response:
-    identity = request.query.get("path", "")
+    identity = query_text(request, "path")
     image = await db.find_image_by_path(request.app[SERVICES].pool, _file_path_of_identity(identity))
     if image is None:
         raise ImageNotFound(f"no image has the path {identity!r}")
@@ -94,7 +103,7 @@ async def resolve(request: web.Request) -> web.Response:
 async def legacy_redirect(request: web.Request) -> web.Response:
     """Old app builds asked for /storage/face_sessions/{id}/db/{name}; send them to the image by id."""
     session_id = path_id(request, "session_id", ImageNotFound)
-    name = request.match_info["name"]
+    name = path_text(request, "name")
     image = await db.find_image_by_path(request.app[SERVICES].pool, layout.file_path(session_id, name))
     if image is None:
         raise ImageNotFound(f"no image has the path {layout.identity(session_id, name)}")

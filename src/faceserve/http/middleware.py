@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import secrets
@@ -29,10 +30,20 @@ def _snake(reason: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", reason.lower()).strip("_") or "error"
 
 
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except asyncio.CancelledError:
+        # a server with handler_cancellation cancels the handler of a client that went away
+        if _client_gone(request):
+            log.info("client went away during %s %s", request.method, request.path)
+        raise
     except FaceServeError as exc:
         response = error_response(exc.status, exc.code, exc.message)
         if isinstance(exc, Busy):
@@ -48,7 +59,11 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         code = "payload_too_large" if exc.status == 413 else _snake(exc.reason)
         message = exc.reason if exc.status != 413 else "request body is too large"
         return error_response(exc.status, code, message)
-    except Exception:
+    except Exception as exc:
+        if isinstance(exc, ConnectionError) and _client_gone(request):
+            # a phone losing signal mid-upload is normal life, not a server error
+            log.info("client went away during %s %s", request.method, request.path)
+            return error_response(400, "client_closed_request", "the client closed the connection")
         request_id = secrets.token_hex(6)
         log.exception("unhandled error in %s %s (request %s)", request.method, request.path, request_id)
         return error_response(500, "internal_error", f"unexpected server error (request {request_id})")

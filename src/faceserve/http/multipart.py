@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 
 from aiohttp import BodyPartReader, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -18,17 +19,34 @@ async def parts(request: web.Request) -> AsyncIterator[BodyPartReader]:
     # never cached, as every client picks a new boundary (MultipartReader parses it again, cheaply)
     if not request.headers.get(hdrs.CONTENT_TYPE, "").lstrip().lower().startswith("multipart/"):
         raise BadRequest("body must be multipart/form-data")
-    try:
+    with _framing_errors():
         reader = await request.multipart()
         while (part := await reader.next()) is not None:
             if isinstance(part, BodyPartReader):
                 yield part
+
+
+@contextmanager
+def _framing_errors() -> Iterator[None]:
+    """What aiohttp's multipart reader raises on a malformed or cut body, wherever it reads, as a 400."""
+    try:
+        yield
     except (ValueError, AssertionError, HttpProcessingError) as exc:
         raise BadRequest(f"malformed multipart body: {getattr(exc, 'message', exc)}") from None
 
 
+async def skip(part: BodyPartReader) -> None:
+    """Read past a part the handler does not want."""
+    with _framing_errors():
+        await part.release()
+
+
 async def chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
-    while chunk := await part.read_chunk(_CHUNK):
+    while True:
+        with _framing_errors():
+            chunk = await part.read_chunk(_CHUNK)
+        if not chunk:
+            return
         yield chunk
 
 
@@ -44,6 +62,6 @@ async def read_all(part: BodyPartReader, max_bytes: int) -> bytes:
 async def read_field(part: BodyPartReader) -> str:
     data = await read_all(part, _MAX_FIELD)
     try:
-        return data.decode("utf-8").strip()
+        return data.decode("utf-8").strip(" \t\r\n")  # ASCII white space: U+00A0 is no empty field
     except UnicodeDecodeError:
         raise BadRequest(f"field {part.name} is not UTF-8 text") from None

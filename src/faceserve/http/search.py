@@ -25,7 +25,7 @@ async def search_faces(request: web.Request) -> web.Response:
         elif part.name in ("session_id", "threshold", "limit"):
             fields[part.name] = await multipart.read_field(part)
         else:
-            await part.release()
+            await multipart.skip(part)
     session_id = number(fields.get("session_id"), "session_id", int, 1, 2**63 - 1)
     if session_id is None:
         raise BadRequest("session_id is required")

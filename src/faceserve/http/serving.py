@@ -33,6 +33,7 @@ from ..core.served import ServedFile
 from ..errors import ImageNotFound
 from . import conditional
 from .appkeys import SERVICES, URLS
+from .middleware import error_response
 
 CACHE_FOREVER = "public, max-age=31536000, immutable"
 INLINE_BODY = 512 * 1024
@@ -96,7 +97,9 @@ def check_access(request: web.Request) -> str | None:
     """Redirect to the CDN, refuse a bad signature, or say how long the answer may be cached (None: a year)."""
     urls = request.app[URLS]
     secret = request.app[SERVICES].settings.cdn_origin_secret
-    if urls.cdn_base_url and secret and not hmac.compare_digest(request.headers.get("X-Origin-Pull", ""), secret):
+    # compared as bytes: compare_digest refuses str with non-ASCII characters, which a client may send
+    pulled = request.headers.get("X-Origin-Pull", "").encode("utf-8", "surrogateescape")
+    if urls.cdn_base_url and secret and not hmac.compare_digest(pulled, secret.encode()):
         raise web.HTTPPermanentRedirect(urls.cdn_base_url + request.path_qs, headers={"Cache-Control": _REDIRECT_CACHE})
     if urls.keys is None:
         return None
@@ -117,7 +120,9 @@ def without_body(status: int, entry: ServedFile, cache_control: str | None) -> w
         if cache_control is not None:
             headers["Cache-Control"] = cache_control  # never cached past the signature's expiry
         return web.Response(status=304, headers=headers)
-    return web.Response(status=412, headers={"ETag": entry.etag, "Cache-Control": "no-store"})
+    response = error_response(412, "precondition_failed", "a precondition (If-Match, If-Unmodified-Since) failed")
+    response.headers["ETag"] = entry.etag
+    return response
 
 
 class FileBody:
@@ -180,10 +185,9 @@ async def respond(
         try:
             byte_range = conditional.parse_range(request.headers["Range"], size)
         except conditional.Unsatisfiable:
-            return web.Response(
-                status=416,
-                headers={"Content-Range": f"bytes */{size}", "ETag": entry.etag, "Cache-Control": "no-store"},
-            )
+            response = error_response(416, "range_not_satisfiable", f"the range starts past the end ({size} bytes)")
+            response.headers.update({"Content-Range": f"bytes */{size}", "ETag": entry.etag})
+            return response
         if byte_range is not None:
             first, last = byte_range
             code = 206
@@ -195,13 +199,13 @@ async def respond(
         # one read for the body, sent together with the headers
         return web.Response(status=code, headers=headers, body=await body.read(first, length))
 
-    response = web.StreamResponse(status=code, headers=headers)
-    response.content_length = length
-    await response.prepare(request)
+    stream = web.StreamResponse(status=code, headers=headers)
+    stream.content_length = length
+    await stream.prepare(request)
     if request.method != "HEAD":
-        await body.send(request, response, first, length)
-    await response.write_eof()
-    return response
+        await body.send(request, stream, first, length)
+    await stream.write_eof()
+    return stream
 
 
 async def _send_file(request: web.Request, response: web.StreamResponse, fd: int, offset: int, count: int) -> None:

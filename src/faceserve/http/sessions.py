@@ -6,12 +6,13 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import db
+from .. import db, inputs
 from ..core import face_sessions
 from ..errors import BadRequest, SessionNotFound
 from .access import visible_sessions
 from .appkeys import SERVICES
 from .common import ok, path_id
+from .parsing import read_json
 
 _MAX_NAME = 200
 
@@ -21,13 +22,12 @@ def session_json(session: db.FaceSession) -> dict[str, Any]:
 
 
 async def create_session(request: web.Request) -> web.Response:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise BadRequest("body must be JSON like {\"name\": \"...\"}") from None
+    body = await read_json(request)
     name = body.get("name") if isinstance(body, dict) else None
     if not isinstance(name, str) or not name.strip() or len(name) > _MAX_NAME:
         raise BadRequest(f"name must be a non-empty string of at most {_MAX_NAME} characters")
+    # a name is shown back as given: refused rather than silently changed
+    inputs.storable_text(name, "name")
     days = body.get("expires_in_days")
     if days is not None and (not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= 36500):
         raise BadRequest("expires_in_days must be a whole number of days from 1 to 36500")

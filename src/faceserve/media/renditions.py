@@ -25,6 +25,7 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 from ..errors import BadRequest, FaceNotFound
+from ..inputs import ascii_number
 from ..layout import SessionLayout
 from .decoding import ACCEPTED_FORMATS
 
@@ -112,9 +113,9 @@ def negotiate_format(accept: str | None) -> str:
             name, _, value = param.partition("=")
             if name.strip() == "q":
                 try:
-                    return "webp" if float(value) > 0 else "jpeg"
-                except ValueError:
-                    return "jpeg"
+                    return "webp" if ascii_number(value.strip(), "q", 0.0, 1.0) > 0 else "jpeg"
+                except BadRequest:
+                    return "jpeg"  # a malformed weight: JPEG, which every client decodes
         return "webp"
     return "jpeg"
 
