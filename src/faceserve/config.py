@@ -26,6 +26,10 @@ class Settings:
     image_store: str = "file"
     db_pool_min: int = 1
     db_pool_max: int = 10
+    # how often the embedded Postgres is checked and, if its postmaster died, started again (db_recovery.py)
+    db_watch_interval_s: float = 1.0
+    # Retry-After of the 503 `unavailable` answered while the database is down or restarting
+    db_retry_after_s: int = 5
     # absolute base for image URLs in responses ("https://photos.example.com"); request host when unset
     public_base_url: str | None = None
     # image URLs in responses point here instead ("https://cdn.example.com"); API URLs stay on the origin

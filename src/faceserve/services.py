@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import asyncpg
 import numpy as np
 
-from . import db, index_sync
+from . import db, db_recovery, index_sync
 from .config import Settings
 from .errors import Busy
 from .faces import FaceEngine
@@ -106,7 +106,10 @@ async def open_services(
 
         dsn = settings.database_url
         if dsn is None:
-            dsn = await stack.enter_async_context(db.embedded_postgres(settings.pgdata))
+            # restarted by itself if it dies while serving (db_recovery.py)
+            dsn = await stack.enter_async_context(
+                db_recovery.embedded_postgres(settings.pgdata, settings.db_watch_interval_s)
+            )
         pool = await db.create_pool(dsn, settings.db_pool_min, settings.db_pool_max)
         stack.push_async_callback(pool.close)
         stores = ImageStores(settings.image_store, storage, pool)

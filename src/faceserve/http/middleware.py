@@ -9,7 +9,10 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from ..errors import Busy, FaceServeError
+from ..config import Settings
+from ..db_recovery import is_database_unavailable
+from ..errors import Busy, FaceServeError, Unavailable
+from .keys import SERVICES
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +38,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except FaceServeError as exc:
         response = error_response(exc.status, exc.code, exc.message)
-        if isinstance(exc, Busy):
+        if isinstance(exc, (Busy, Unavailable)):
             response.headers["Retry-After"] = str(exc.retry_after)
         return response
     except web.HTTPException as exc:
@@ -44,7 +47,15 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         code = "payload_too_large" if exc.status == 413 else _snake(exc.reason)
         message = exc.reason if exc.status != 413 else "request body is too large"
         return error_response(exc.status, code, message)
-    except Exception:
+    except Exception as exc:
+        if is_database_unavailable(exc):
+            # the database is down or restarting (db_recovery.py): normal life for a moment, not a crash
+            log.warning("%s %s: database unavailable (%s)", request.method, request.path, type(exc).__name__)
+            response = error_response(503, Unavailable.code, "the database is unavailable; try again shortly")
+            services = request.app.get(SERVICES)
+            retry_after = services.settings.db_retry_after_s if services is not None else Settings.db_retry_after_s
+            response.headers["Retry-After"] = str(retry_after)
+            return response
         request_id = secrets.token_hex(6)
         log.exception("unhandled error in %s %s (request %s)", request.method, request.path, request_id)
         return error_response(500, "internal_error", f"unexpected server error (request {request_id})")
