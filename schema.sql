@@ -76,3 +76,53 @@ BEGIN
     END IF;
 END
 $$;
+
+-- faults: crash-safe deletes. A delete records what it removes in the transaction that deletes the rows;
+-- the files go after the commit, and what a crash left behind is removed at the next start
+-- (tombstones.py). The records stay as tombstones, so `faceserve import` never brings a deleted photo or
+-- session back.
+CREATE TABLE IF NOT EXISTS deleted_images (
+    image_id         bigint      PRIMARY KEY,
+    face_session_id  bigint      NOT NULL,
+    file_path        text        NOT NULL,
+    sha256           bytea       NOT NULL,
+    deleted_at       timestamptz NOT NULL DEFAULT now(),
+    -- false until the file and its derived copies are gone
+    files_removed    boolean     NOT NULL DEFAULT false
+);
+
+CREATE INDEX IF NOT EXISTS deleted_images_session_sha256_idx ON deleted_images (face_session_id, sha256);
+CREATE INDEX IF NOT EXISTS deleted_images_file_path_idx ON deleted_images (file_path);
+CREATE INDEX IF NOT EXISTS deleted_images_pending_idx ON deleted_images (image_id) WHERE NOT files_removed;
+
+CREATE TABLE IF NOT EXISTS deleted_sessions (
+    id             bigint      PRIMARY KEY,
+    deleted_at     timestamptz NOT NULL DEFAULT now(),
+    -- false until the session's folder is gone
+    files_removed  boolean     NOT NULL DEFAULT false
+);
+
+-- faults: crash-safe deletes. A delete records what it removes in the transaction that deletes the rows;
+-- the files go after the commit, and what a crash left behind is removed at the next start
+-- (tombstones.py). The records stay as tombstones, so `faceserve import` never brings a deleted photo or
+-- session back.
+CREATE TABLE IF NOT EXISTS deleted_images (
+    image_id         bigint      PRIMARY KEY,
+    face_session_id  bigint      NOT NULL,
+    file_path        text        NOT NULL,
+    sha256           bytea       NOT NULL,
+    deleted_at       timestamptz NOT NULL DEFAULT now(),
+    -- false until the file and its derived copies are gone
+    files_removed    boolean     NOT NULL DEFAULT false
+);
+
+CREATE INDEX IF NOT EXISTS deleted_images_session_sha256_idx ON deleted_images (face_session_id, sha256);
+CREATE INDEX IF NOT EXISTS deleted_images_file_path_idx ON deleted_images (file_path);
+CREATE INDEX IF NOT EXISTS deleted_images_pending_idx ON deleted_images (image_id) WHERE NOT files_removed;
+
+CREATE TABLE IF NOT EXISTS deleted_sessions (
+    id             bigint      PRIMARY KEY,
+    deleted_at     timestamptz NOT NULL DEFAULT now(),
+    -- false until the session's folder is gone
+    files_removed  boolean     NOT NULL DEFAULT false
+);

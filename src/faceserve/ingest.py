@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
 import numpy as np
 
-from . import db, derivatives, imaging, index_sync
+from . import db, db_recovery, derivatives, imaging, index_sync, tombstones
 from .errors import ImageNotFound, SessionNotFound
 from .faces import DetectedFace, FaceEngine, detected_faces
 from .services import Services
@@ -158,12 +159,16 @@ async def delete_image(services: Services, image_id: int) -> db.ImageRecord:
         if deleted is None:
             raise ImageNotFound(f"image {image_id} does not exist")
         image, face_ids = deleted
+        # the files go after the commit; if this process dies first, the next start removes them
+        await tombstones.record_image_deleted(conn, image)
         await index_sync.announce_removed(conn, services.process_token, image.face_session_id, face_ids)
     # search joins hits against the database, so the deleted faces stop matching at the commit above;
     # the index drops them too so they stop taking result slots
     await services.indexes.remove(image.face_session_id, np.asarray(face_ids, dtype=np.int64))
-    await services.stores.of(image).remove(image)
+    if not await tombstones.path_in_use(services.pool, image.file_path):  # not the same bytes uploaded anew
+        await services.stores.of(image).remove(image)
     await asyncio.to_thread(derivatives.remove_derivatives, services.storage.root, image.face_session_id, image.id)
+    await _mark_done(tombstones.image_files_removed(services.pool, image.id))
     return image
 
 
@@ -171,6 +176,19 @@ async def delete_session(services: Services, session_id: int) -> None:
     async with services.pool.acquire() as conn, conn.transaction():
         if not await db.delete_session(conn, session_id):
             raise SessionNotFound(f"face session {session_id} does not exist")
+        await tombstones.record_session_deleted(conn, session_id)
         await index_sync.announce_dropped(conn, services.process_token, session_id)
     await services.indexes.drop(session_id)
     await asyncio.to_thread(services.storage.remove_session, session_id)
+    await _mark_done(tombstones.session_files_removed(services.pool, session_id))
+
+
+async def _mark_done(marking: Awaitable[None]) -> None:
+    """The delete is committed and its files are gone: a database lost just now only means the next start
+    removes them once more (nothing), so the client still hears of its delete."""
+    try:
+        await marking
+    except Exception as exc:
+        if not db_recovery.is_database_unavailable(exc):
+            raise
+        log.warning("could not mark a finished delete (%s); the next start will", type(exc).__name__)

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import asyncpg
 import numpy as np
 
-from . import db, db_recovery, index_sync
+from . import db, db_recovery, index_sync, tombstones
 from .config import Settings
 from .errors import Busy
 from .faces import FaceEngine
@@ -112,6 +112,8 @@ async def open_services(
             )
         pool = await db.create_pool(dsn, settings.db_pool_min, settings.db_pool_max)
         stack.push_async_callback(pool.close)
+        # deletes committed by a process that died before removing their files (tombstones.py)
+        await tombstones.finish_pending_removals(pool, storage)
         stores = ImageStores(settings.image_store, storage, pool)
 
         inference = ThreadPoolExecutor(max_workers=settings.inference_threads, thread_name_prefix="inference")
