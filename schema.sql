@@ -126,3 +126,21 @@ CREATE TABLE IF NOT EXISTS deleted_sessions (
     -- false until the session's folder is gone
     files_removed  boolean     NOT NULL DEFAULT false
 );
+
+-- faults: an upload puts its file in place inside the transaction that records its row, so a process
+-- killed between the two left a file with no row. Each upload first records the path it is about to
+-- fill (committed on its own); its row's transaction removes the record; a start removes the file of each
+-- record left over whose path has no row (upload_intents.py).
+CREATE TABLE IF NOT EXISTS pending_uploads (
+    file_path   text        PRIMARY KEY,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- faults: an upload puts its file in place inside the transaction that records its row, so a process
+-- killed between the two left a file with no row. Each upload first records the path it is about to
+-- fill (committed on its own); its row's transaction removes the record; a start removes the file of each
+-- record left over whose path has no row (upload_intents.py).
+CREATE TABLE IF NOT EXISTS pending_uploads (
+    file_path   text        PRIMARY KEY,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);

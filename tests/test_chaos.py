@@ -54,6 +54,9 @@ class Ledger:
     uploaded: dict[int, str] = field(default_factory=dict)  # image id -> identity (201 answered)
     deleted: set[int] = field(default_factory=set)  # 200 answered to DELETE
     sessions_deleted: set[int] = field(default_factory=set)
+    # deletes sent: one cut short by the kill may have committed or not, either is right
+    delete_sent: set[int] = field(default_factory=set)
+    session_delete_sent: set[int] = field(default_factory=set)
     statuses: dict[int, int] = field(default_factory=dict)
 
 
@@ -95,6 +98,7 @@ async def traffic(
                     await _upload(ledger, http, base, session_id, variant(yao, counter[0]))
                 elif roll < 0.8:
                     image_id = rng.choice(live)
+                    ledger.delete_sent.add(image_id)
                     status, _ = await _call(ledger, http, "DELETE", f"{base}/api/face/image/{image_id}")
                     if status in (200, 404):  # 404: another client's delete won
                         ledger.deleted.add(image_id)
@@ -111,6 +115,7 @@ async def traffic(
                         other = body["data"]["id"]
                         counter[0] += 1
                         await _upload(ledger, http, base, other, variant(yao, counter[0]))
+                        ledger.session_delete_sent.add(other)
                         status, _ = await _call(ledger, http, "DELETE", f"{base}/api/face/sessions/{other}")
                         if status == 200:
                             ledger.sessions_deleted.add(other)
@@ -146,8 +151,9 @@ async def check(ledger: Ledger, base: str, storage: Path, session_id: int, yao: 
         images = await _all_images(http, base)
         # no acknowledged write lost
         for image_id, identity in ledger.uploaded.items():
-            if image_id not in ledger.deleted and identity.split("/")[0] not in map(
-                str, ledger.sessions_deleted
+            if (
+                image_id not in ledger.delete_sent
+                and int(identity.split("/")[0]) not in ledger.session_delete_sent
             ):
                 assert images.get(image_id) == identity, f"acknowledged upload {image_id} is gone"
         for image_id in ledger.deleted:

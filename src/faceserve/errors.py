@@ -32,6 +32,13 @@ class FaceNotFound(FaceServeError):
     code = "face_not_found"
 
 
+class RequestTimeout(FaceServeError):
+    """The request body stalled or came too slowly (http/pace.py)."""
+
+    status = 408
+    code = "request_timeout"
+
+
 class PayloadTooLarge(FaceServeError):
     status = 413
     code = "payload_too_large"

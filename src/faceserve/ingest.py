@@ -11,9 +11,10 @@ from pathlib import Path
 import asyncpg
 import numpy as np
 
-from . import db, db_recovery, derivatives, imaging, index_sync, tombstones
+from . import db, db_recovery, derivatives, imaging, index_sync, tombstones, upload_intents
 from .errors import ImageNotFound, SessionNotFound
 from .faces import DetectedFace, FaceEngine, detected_faces
+from .image_store import FILE
 from .services import Services
 from .storage import PendingFile, stored_name_for
 
@@ -88,12 +89,18 @@ async def record_image(services: Services, session_id: int, analyzed: Analyzed) 
     pending, faces = analyzed.pending, analyzed.faces
     store = services.stores.configured
     undo_save = None
+    intent: str | None = None
     try:
         if analyzed.existing is not None:
             return Ingested(analyzed.existing, created=False)
         assert analyzed.info is not None
         name = analyzed.stored_name or stored_name_for(analyzed.original_name, pending.sha256_hex, analyzed.info.extension)
         file_path = services.storage.relative_path(session_id, name)
+        if store.kind == FILE:
+            # committed before the file is put in place: a start removes it if this process dies before the
+            # row commits (upload_intents.py)
+            await upload_intents.record(services.pool, file_path)
+            intent = file_path
         async with services.pool.acquire() as conn, conn.transaction():
             try:
                 image = await db.insert_image(
@@ -111,6 +118,8 @@ async def record_image(services: Services, session_id: int, analyzed: Analyzed) 
                 )
             except asyncpg.ForeignKeyViolationError as exc:
                 raise SessionNotFound(f"face session {session_id} does not exist") from exc
+            if intent is not None:
+                await upload_intents.done(conn, intent)
             if image is None:  # the same bytes arrived concurrently and won the race
                 winner = await db.find_image_by_sha256(conn, session_id, pending.sha256)
                 assert winner is not None
@@ -125,9 +134,13 @@ async def record_image(services: Services, session_id: int, analyzed: Analyzed) 
             # bytes kept inside the transaction: if the commit fails they are dropped below (image_store.py)
             undo_save = await store.save(conn, pending, image)
         undo_save = None
+        intent = None
     except BaseException:
         if undo_save is not None:
             undo_save()
+        if intent is not None:
+            # the file is gone (or never came): the record may go; if the database is down, the next start
+            await _mark_done(upload_intents.done(services.pool, intent))
         raise
     finally:
         await services.storage.discard(pending.path)

@@ -15,11 +15,10 @@ import time
 from contextlib import ExitStack
 from dataclasses import replace
 
-from aiohttp import web
-
-from . import db_recovery
+from . import db_recovery, start_sweep
 from .app import create_app
 from .config import Settings
+from .http import listener
 from .models import locate_pack
 from .storage import Storage
 
@@ -42,14 +41,12 @@ def _new_loop(kind: str) -> asyncio.AbstractEventLoop:
 def _run_one(settings: Settings, *, reuse_port: bool, sweep_partial_uploads: bool) -> None:
     loop = _new_loop(settings.event_loop)
     asyncio.set_event_loop(loop)
-    web.run_app(
+    listener.run(  # web.run_app with limits on connections and idle time (http/listener.py)
         create_app(settings, sweep_partial_uploads=sweep_partial_uploads),
-        host=settings.host,
-        port=settings.port,
-        reuse_port=reuse_port or None,
-        access_log=None,
+        settings,
+        reuse_port=reuse_port,
         loop=loop,
-        print=None if reuse_port else print,
+        announce=None if reuse_port else print,
     )
 
 
@@ -76,6 +73,8 @@ def serve(settings: Settings) -> None:
             stack.callback(postgres.stop)
             settings = replace(settings, database_url=postgres.uri)
         Storage(settings.storage).sweep_partial_uploads()
+        assert settings.database_url is not None
+        start_sweep.finish_interrupted_blocking(settings.database_url, Storage(settings.storage))
         locate_pack(settings.models_dir, settings.model_pack)  # lay models out once, before workers race
         context = multiprocessing.get_context("spawn")
         workers = [

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import asyncpg
 import numpy as np
 
-from . import db, db_recovery, index_sync, tombstones
+from . import db, db_recovery, index_sync, start_sweep
 from .config import Settings
 from .errors import Busy
 from .faces import FaceEngine
@@ -62,6 +62,10 @@ class Services:
     # embeds the aligned faces of concurrent uploads and searches in shared recogniser runs
     recogniser: RecogniserBatcher
     gate: AdmissionGate
+    # searches being decoded, detected and matched at once; past it a search gets 503 busy
+    search_gate: AdmissionGate
+    # resized copies and face crops rendered at once (http/derivatives.py)
+    renders: asyncio.Semaphore
     # names this process in index change notifications (index_sync.py)
     process_token: str
     follower: index_sync.IndexFollower
@@ -112,8 +116,9 @@ async def open_services(
             )
         pool = await db.create_pool(dsn, settings.db_pool_min, settings.db_pool_max)
         stack.push_async_callback(pool.close)
-        # deletes committed by a process that died before removing their files (tombstones.py)
-        await tombstones.finish_pending_removals(pool, storage)
+        if sweep_partial_uploads:
+            # files of deletes and uploads that a killed run left half done (start_sweep.py)
+            await start_sweep.finish_interrupted(pool, storage)
         stores = ImageStores(settings.image_store, storage, pool)
 
         inference = ThreadPoolExecutor(max_workers=settings.inference_threads, thread_name_prefix="inference")
@@ -159,4 +164,19 @@ async def open_services(
             live = [s.id for s in await db.list_sessions(pool) if s.id in saved]
             stack.push_async_callback(_cancel, indexes.preload(sorted(live, reverse=True)))  # newest first
         gate = AdmissionGate(settings.max_pending_images, settings.retry_after_s)
-        yield Services(settings, pool, storage, stores, engine, indexes, inference, recogniser, gate, token, follower)
+        search_gate = AdmissionGate(settings.max_pending_searches, settings.retry_after_s)
+        yield Services(
+            settings,
+            pool,
+            storage,
+            stores,
+            engine,
+            indexes,
+            inference,
+            recogniser,
+            gate,
+            search_gate,
+            asyncio.Semaphore(settings.max_concurrent_renders),
+            token,
+            follower,
+        )

@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from .. import db, ingest
-from ..errors import BadRequest, ImageNotFound, SessionNotFound
+from ..errors import BadRequest, Busy, ImageNotFound, SessionNotFound
 from ..storage import Storage
 from . import uploads
 from .common import image_url, ok, path_id, query_int
@@ -48,9 +48,15 @@ async def upload_images(request: web.Request) -> web.Response:
         if len(results) >= settings.max_files_per_upload:
             raise BadRequest(f"at most {settings.max_files_per_upload} files per request")
         original_name = part.filename or "upload"
-        with services.gate.admit():
-            pending = await services.storage.receive(session_id, uploads.chunks(part), settings.max_upload_bytes)
-            outcome = await ingest.add_image(services, session_id, pending, original_name)
+        # received first (at the body's minimum pace, http/pace.py), then admitted: a slow client holds a
+        # connection and a .part file while its bytes arrive, never a slot of the images being processed
+        pending = await services.storage.receive(session_id, uploads.chunks(part), settings.max_upload_bytes)
+        try:
+            with services.gate.admit():
+                outcome = await ingest.add_image(services, session_id, pending, original_name)
+        except Busy:
+            await services.storage.discard(pending.path)  # refused before add_image took the file over
+            raise
         results.append({**image_json(request, outcome.image), "created": outcome.created})
     if not results:
         raise BadRequest("no part named 'file' in the upload")
