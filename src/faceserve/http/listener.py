@@ -42,7 +42,9 @@ class ConnectionCap:
             if self.refused % _LOG_EVERY == 0:
                 log.warning("%d connections open: closing new ones (%d so far)", self.limit, self.refused + 1)
             self.refused += 1
-            transport.abort()  # connection_lost follows and removes it from the server
+            # after the handler has started its task (it expects its server until connection_lost), which
+            # connection_lost then ends; the server forgets the connection there
+            asyncio.get_running_loop().call_soon(transport.abort)
 
 
 async def start(
