@@ -28,6 +28,7 @@ TRIALS = int(os.environ.get("FACESERVE_CHAOS_TRIALS", "2"))
 SEED = int(os.environ.get("FACESERVE_CHAOS_SEED", str(random.SystemRandom().randrange(1 << 30))))
 _CLIENTS = 4
 _BACK_WITHIN_S = 30
+_SETTLE_S = 10
 
 
 @pytest.fixture
@@ -166,7 +167,12 @@ async def check(ledger: Ledger, base: str, storage: Path, session_id: int, yao: 
             assert not (storage / "face_sessions" / str(sid) / "db").exists() or not any(
                 (storage / "face_sessions" / str(sid) / "db").iterdir()
             )
-        # files on disk = rows
+        # files on disk = rows; after a Postgres outage, uploads whose commit answer was lost keep their file
+        # until the database tells whether the row made it (upload_intents.settle, retried every second)
+        for _ in range(_SETTLE_S * 10):
+            if _files_on_disk(storage) == set(images.values()):
+                break
+            await asyncio.sleep(0.1)
         assert _files_on_disk(storage) == set(images.values())
         # index = rows: every live image of the session shows Yao Ming, and a search finds each exactly once
         form = aiohttp.FormData()

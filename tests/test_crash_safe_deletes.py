@@ -133,3 +133,24 @@ async def test_the_same_bytes_uploaded_again_after_a_delete_are_kept(
         assert (
             _files(services.storage.root) == await _rows(services) == {f"face_sessions/{again['identity']}"}
         )
+
+
+async def test_an_upload_whose_commit_answer_was_lost_keeps_its_file_only_if_its_row_exists(
+    client: TestClient, services, photos: dict[str, Path]
+) -> None:
+    """Postgres died while an upload committed: once it answers, the file stays if the row made it."""
+    from faceserve import upload_intents
+
+    session_id = (await (await client.post("/api/face/sessions", json={"name": "a"})).json())["data"]["id"]
+    committed = await _upload(client, session_id, "t1.jpg", photos["t1"].read_bytes())
+    committed_path = f"face_sessions/{committed['identity']}"
+    lost_path = services.storage.relative_path(session_id, "0123456789abcdef_lost.jpg")
+    shutil.copyfile(photos["gdp"], services.storage.absolute(lost_path))
+    for path in (committed_path, lost_path):
+        await upload_intents.record(services.pool, path)  # what both uploads left when the answer was lost
+
+    for path in (committed_path, lost_path):
+        await upload_intents.settle(services.pool, services.storage, path)
+
+    assert _files(services.storage.root) == await _rows(services) == {committed_path}
+    assert await services.pool.fetchval("SELECT count(*) FROM pending_uploads") == 0

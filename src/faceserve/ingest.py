@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,7 +136,11 @@ async def record_image(services: Services, session_id: int, analyzed: Analyzed) 
             undo_save = await store.save(conn, pending, image)
         undo_save = None
         intent = None
-    except BaseException:
+    except BaseException as exc:
+        if undo_save is not None and intent is not None and db_recovery.is_database_unavailable(exc):
+            # lost while committing: the row may exist, so the file stays until that is known
+            upload_intents.settle_later(services.pool, services.storage, intent)
+            raise
         if undo_save is not None:
             undo_save()
         if intent is not None:
@@ -167,6 +172,11 @@ async def add_image(
 
 
 async def delete_image(services: Services, image_id: int) -> db.ImageRecord:
+    with _finish_deletes_if_database_lost(services):
+        return await _delete_image(services, image_id)
+
+
+async def _delete_image(services: Services, image_id: int) -> db.ImageRecord:
     async with services.pool.acquire() as conn, conn.transaction():
         deleted = await db.delete_image(conn, image_id)
         if deleted is None:
@@ -186,6 +196,23 @@ async def delete_image(services: Services, image_id: int) -> db.ImageRecord:
 
 
 async def delete_session(services: Services, session_id: int) -> None:
+    with _finish_deletes_if_database_lost(services):
+        await _delete_session(services, session_id)
+
+
+@contextmanager
+def _finish_deletes_if_database_lost(services: Services) -> Iterator[None]:
+    """A delete whose commit, or the removal of files after it, met a lost database may have committed
+    with its files still there: they are removed as soon as the database answers (tombstones.py)."""
+    try:
+        yield
+    except Exception as exc:
+        if db_recovery.is_database_unavailable(exc):
+            tombstones.finish_later(services.pool, services.storage)
+        raise
+
+
+async def _delete_session(services: Services, session_id: int) -> None:
     async with services.pool.acquire() as conn, conn.transaction():
         if not await db.delete_session(conn, session_id):
             raise SessionNotFound(f"face session {session_id} does not exist")

@@ -14,7 +14,9 @@ import asyncio
 import logging
 import shutil
 
-from . import db, derivatives
+import asyncpg
+
+from . import db, db_recovery, derivatives
 from .storage import Storage
 
 log = logging.getLogger(__name__)
@@ -123,3 +125,25 @@ async def content_was_deleted(conn: db.Connection, session_id: int, sha256: byte
             sha256,
         )
     )
+
+
+_finishing: set[asyncio.Task[None]] = set()
+
+
+async def finish_when_back(pool: asyncpg.Pool, storage: Storage, retry_s: float = 1.0) -> None:
+    """The database was lost during or just after a delete, so its files may still be there (its commit
+    may have happened): once the database answers, finish every delete left undone, as a start does."""
+    while True:
+        try:
+            await finish_pending_removals(pool, storage)
+            return
+        except Exception as exc:
+            if not db_recovery.is_database_unavailable(exc):
+                raise
+            await asyncio.sleep(retry_s)
+
+
+def finish_later(pool: asyncpg.Pool, storage: Storage) -> None:
+    task = asyncio.create_task(finish_when_back(pool, storage))
+    _finishing.add(task)  # a reference, so the task is not collected while it waits
+    task.add_done_callback(_finishing.discard)

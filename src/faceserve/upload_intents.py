@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from . import db
+import asyncpg
+
+from . import db, db_recovery
 from .storage import Storage
 
 log = logging.getLogger(__name__)
@@ -44,3 +46,31 @@ async def finish_interrupted_uploads(conn: db.Connection, storage: Storage) -> i
     if rows:
         log.info("removed the files of %d uploads an earlier run did not finish", len(rows))
     return len(rows)
+
+
+_settling: set[asyncio.Task[None]] = set()
+
+
+async def settle(pool: asyncpg.Pool, storage: Storage, file_path: str, retry_s: float = 1.0) -> None:
+    """The database was lost while an upload committed, so whether its row exists is unknown: once the
+    database answers again, keep the file if the row (or a newer upload of the same path) is there and
+    remove it otherwise. Left unfinished (the process stops first), the next start does the same."""
+    while True:
+        try:
+            async with pool.acquire() as conn:
+                if not await conn.fetchval(
+                    "SELECT EXISTS (SELECT 1 FROM face_session_images WHERE file_path = $1)", file_path
+                ):
+                    await asyncio.to_thread(storage.absolute(file_path).unlink, missing_ok=True)
+                await done(conn, file_path)
+            return
+        except Exception as exc:
+            if not db_recovery.is_database_unavailable(exc):
+                raise
+            await asyncio.sleep(retry_s)
+
+
+def settle_later(pool: asyncpg.Pool, storage: Storage, file_path: str) -> None:
+    task = asyncio.create_task(settle(pool, storage, file_path))
+    _settling.add(task)  # a reference, so the task is not collected while it waits
+    task.add_done_callback(_settling.discard)
