@@ -75,6 +75,10 @@ class Settings:
     image_store: str = "file"
     db_pool_min: int = 1
     db_pool_max: int = 10
+    # how often the embedded Postgres is checked and, if its postmaster died, started again (db_recovery.py)
+    db_watch_interval_s: float = 1.0
+    # Retry-After of the 503 `unavailable` answered while the database is down or restarting
+    db_retry_after_s: int = 5
     # absolute base for image URLs in responses ("https://photos.example.com"); request host when unset
     public_base_url: str | None = None
     # image URLs in responses point here instead ("https://cdn.example.com"); API URLs stay on the origin
@@ -124,8 +128,16 @@ class Settings:
     # faces smaller than this (shorter box side, pixels) are not indexed: too blurry to match reliably
     min_face_size: int = 20
     inference_threads: int = 2
-    # images being received or analysed at once; past it an upload is answered 503 with Retry-After
+    # images being analysed at once (taken when fully received, so slow clients hold none); past it an
+    # upload is answered 503 with Retry-After
     max_pending_images: int = 16
+    # searches being analysed at once (their probes received); past it a search is answered 503 busy
+    max_pending_searches: int = 16
+    # largest probe photo a search takes (a selfie needs far less than an upload may be): 413 beyond
+    max_probe_bytes: int = 10 * 1024 * 1024
+    # resized copies and face crops rendered at once per process; more wait their turn, so memory stays
+    # bounded whatever the size of the originals (a 7000x7000 PNG decodes to 150 MB)
+    max_concurrent_renders: int = 2
     retry_after_s: int = 2
     onnx_intra_op_threads: int = 0
     # most faces in one recogniser run; concurrent images and searches are embedded together (vision/batcher.py)
@@ -157,6 +169,19 @@ class Settings:
     match_threshold: float = 0.6
     search_default_limit: int = 50
     search_max_limit: int = 500
+
+    # an idle keep-alive connection is closed after this many seconds, and so is one that stalls while
+    # sending a request header (http/listener.py)
+    keepalive_timeout_s: float = 15.0
+    # connections one process keeps open; past it new ones are closed at once (well below `ulimit -n`)
+    max_connections: int = 4096
+    # pending connections the kernel queues for accept(): bursts of new clients wait here, not refused
+    listen_backlog: int = 2048
+    # a request body must keep coming: a read that waits longer than this fails with 408 ...
+    body_idle_timeout_s: float = 10.0
+    # ... and after the first body_grace_s a body arriving slower than this on average fails with 408
+    body_min_bytes_per_s: int = 8 * 1024
+    body_grace_s: float = 10.0
 
     max_upload_bytes: int = 50 * 1024 * 1024
     # decompression-bomb guard, checked from the image header before any pixel is decoded

@@ -32,6 +32,13 @@ class FaceNotFound(FaceServeError):
     code = "face_not_found"
 
 
+class RequestTimeout(FaceServeError):
+    """The request body stalled or came too slowly (http/pace.py)."""
+
+    status = 408
+    code = "request_timeout"
+
+
 class PayloadTooLarge(FaceServeError):
     status = 413
     code = "payload_too_large"
@@ -57,6 +64,17 @@ class NoFaceFound(FaceServeError):
 class NotReady(FaceServeError):
     status = 503
     code = "not_ready"
+
+
+class Unavailable(FaceServeError):
+    """The database is down or restarting: the client should come back after retry_after seconds."""
+
+    status = 503
+    code = "unavailable"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class Busy(FaceServeError):

@@ -15,11 +15,11 @@ import time
 from contextlib import ExitStack
 from dataclasses import replace
 
-from aiohttp import web
-
-from . import db
 from .app import create_app
 from .config import Settings
+from .core import start_sweep
+from .db import recovery as db_recovery
+from .http import listener
 from .http.access import refuse_open_network
 from .media.files import Storage
 from .vision.packs import locate_pack
@@ -43,14 +43,12 @@ def _new_loop(kind: str) -> asyncio.AbstractEventLoop:
 def _run_one(settings: Settings, *, reuse_port: bool, sweep_partial_uploads: bool) -> None:
     loop = _new_loop(settings.event_loop)
     asyncio.set_event_loop(loop)
-    web.run_app(
+    listener.run(  # web.run_app with limits on connections and idle time (http/listener.py)
         create_app(settings, sweep_partial_uploads=sweep_partial_uploads),
-        host=settings.host,
-        port=settings.port,
-        reuse_port=reuse_port or None,
-        access_log=None,
+        settings,
+        reuse_port=reuse_port,
         loop=loop,
-        print=None if reuse_port else print,
+        announce=None if reuse_port else print,
     )
 
 
@@ -59,16 +57,27 @@ def _worker(settings: Settings, level: int) -> None:
     _run_one(settings, reuse_port=True, sweep_partial_uploads=False)
 
 
+def _restart_postgres_if_down(postgres: db_recovery.EmbeddedPostgres) -> None:
+    try:
+        postgres.restart_if_down()
+    except Exception:
+        log.exception("could not restart the embedded Postgres; trying again")
+
+
 def serve(settings: Settings) -> None:
     refuse_open_network(settings)
     if settings.workers <= 1:
         _run_one(settings, reuse_port=False, sweep_partial_uploads=True)
         return
     with ExitStack() as stack:
+        postgres = None
         if settings.database_url is None:
-            uri = stack.enter_context(db.embedded_postgres_blocking(settings.pgdata))
-            settings = replace(settings, database_url=uri)
+            postgres = db_recovery.EmbeddedPostgres(settings.pgdata)
+            stack.callback(postgres.stop)
+            settings = replace(settings, database_url=postgres.uri)
         Storage(settings.storage).sweep_partial_uploads()
+        assert settings.database_url is not None
+        start_sweep.finish_interrupted_blocking(settings.database_url, Storage(settings.storage))
         locate_pack(settings.models_dir, settings.model_pack)  # lay models out once, before workers race
         context = multiprocessing.get_context("spawn")
         workers = [
@@ -82,8 +91,13 @@ def serve(settings: Settings) -> None:
         print(f"faceserve: {len(workers)} workers on http://{settings.host}:{settings.port}", flush=True)
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
         try:
+            last_check = time.monotonic()
             while all(p.is_alive() for p in workers):
                 time.sleep(_WATCH_INTERVAL_S)
+                if postgres is not None and time.monotonic() - last_check >= settings.db_watch_interval_s:
+                    # the workers' pools reconnect by themselves once it is back (db_recovery.py)
+                    _restart_postgres_if_down(postgres)
+                    last_check = time.monotonic()
             log.error("a worker exited; stopping the others")
         except KeyboardInterrupt:
             pass

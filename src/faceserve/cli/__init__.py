@@ -71,7 +71,8 @@ async def _import(settings: Settings, source: Path) -> int:
         print(f"failed: {label}: {message}")
     print(
         f"sessions created: {report.sessions_created}, images imported: {report.images_created}, "
-        f"already present: {report.already_present}, failed: {len(report.failed)}"
+        f"already present: {report.already_present}, failed: {len(report.failed)}, "
+        f"skipped as deleted: {report.deleted_skipped}"
     )
     return 0
 

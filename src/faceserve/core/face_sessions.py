@@ -7,6 +7,8 @@ import asyncio
 from .. import db
 from ..errors import SessionNotFound
 from ..index import sync as index_sync
+from . import tombstones
+from .ingest import finish_deletes_if_database_lost, mark_done
 from .services import Services
 
 
@@ -18,10 +20,19 @@ async def require_session(services: Services, session_id: int) -> db.FaceSession
 
 
 async def delete_session(services: Services, session_id: int) -> None:
+    with finish_deletes_if_database_lost(services):
+        await _delete_session(services, session_id)
+
+
+async def _delete_session(services: Services, session_id: int) -> None:
     async with services.pool.acquire() as conn, conn.transaction():
         if not await db.delete_session(conn, session_id):
             raise SessionNotFound(f"face session {session_id} does not exist")
+        # the tombstone makes the removal of its files crash-safe and keeps `faceserve import` from
+        # bringing the session back (tombstones.py)
+        await tombstones.record_session_deleted(conn, session_id)
         await index_sync.announce_dropped(conn, services.process_token, session_id)
     services.served.evict_session(session_id)
     await services.indexes.drop(session_id)
     await asyncio.to_thread(services.storage.remove_session, session_id)
+    await mark_done(tombstones.session_files_removed(services.pool, session_id))

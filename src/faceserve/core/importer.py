@@ -18,7 +18,7 @@ from ..errors import FaceServeError
 from ..inputs import cleaned_text
 from ..layout import PHOTOS_DIR, SESSIONS_DIR
 from ..media.files import is_plain_name, stored_name_for
-from . import ingest
+from . import ingest, tombstones
 from .services import Services
 
 log = logging.getLogger(__name__)
@@ -30,11 +30,13 @@ class ImportReport:
     sessions_created: int = 0
     images_created: int = 0
     already_present: int = 0
+    # files of photos or sessions deleted through the API: never taken in again (tombstones.py)
+    deleted_skipped: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def seen(self) -> int:
-        return self.images_created + self.already_present + len(self.failed)
+        return self.images_created + self.already_present + self.deleted_skipped + len(self.failed)
 
 
 def sessions_in(source: Path) -> list[tuple[int, Path]]:
@@ -53,8 +55,15 @@ async def _read(path: Path) -> AsyncIterator[bytes]:
             yield chunk
 
 
+class _Deleted(Exception):
+    """These bytes were deleted from the session: skipped."""
+
+
 async def _analyze(services: Services, session_id: int, path: Path, name: str | None) -> ingest.Analyzed:
     pending = await services.storage.receive(session_id, _read(path), services.settings.max_upload_bytes)
+    if await tombstones.content_was_deleted(services.pool, session_id, pending.sha256):
+        await services.storage.discard(pending.path)
+        raise _Deleted
     if name is None:
         name = stored_name_for(path.name, pending.sha256_hex, path.suffix.lstrip(".") or "img")
     # a name on disk need not be UTF-8 (it arrives surrogate-escaped): kept as the upload's names are
@@ -68,6 +77,9 @@ async def _record(
     try:
         analyzed = await work
         outcome = await ingest.record_image(services, session_id, analyzed)
+    except _Deleted:
+        report.deleted_skipped += 1
+        return
     except (FaceServeError, OSError) as exc:
         message = exc.message if isinstance(exc, FaceServeError) else str(exc)
         report.failed.append((label, message))
@@ -91,10 +103,14 @@ async def import_tree(
     report = ImportReport()
     window_size = services.settings.inference_threads + 1
     for session_id, folder in sessions_in(source):
+        if await tombstones.session_was_deleted(services.pool, session_id):
+            report.deleted_skipped += sum(1 for p in folder.iterdir() if not p.name.startswith(".") and p.is_file())
+            continue
         if await db.get_session(services.pool, session_id) is None:
             await db.create_session(services.pool, f"session {session_id}", session_id=session_id)
             report.sessions_created += 1
         recorded = await db.session_file_paths(services.pool, session_id)
+        deleted = await tombstones.deleted_paths(services.pool, session_id)
         window: deque[tuple[str, asyncio.Task[ingest.Analyzed]]] = deque()
         try:
             for path in sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file()):
@@ -102,6 +118,11 @@ async def import_tree(
                 name = path.name if is_plain_name(path.name) else None
                 if name is not None and layout.file_path(session_id, name) in recorded:
                     report.already_present += 1
+                    if progress is not None:
+                        progress(report, label)
+                    continue
+                if name is not None and layout.file_path(session_id, name) in deleted:
+                    report.deleted_skipped += 1
                     if progress is not None:
                         progress(report, label)
                     continue

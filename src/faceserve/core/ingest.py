@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,11 +13,14 @@ import asyncpg
 import numpy as np
 
 from .. import db, layout
+from ..db import recovery as db_recovery
 from ..errors import ImageNotFound, SessionNotFound
 from ..index import sync as index_sync
 from ..media import decoding, renditions
 from ..media.files import PendingFile, stored_name_for
+from ..media.stores import FILE
 from ..vision.engine import DetectedFace, FaceEngine, detected_faces
+from . import tombstones, upload_intents
 from .services import Services
 
 log = logging.getLogger(__name__)
@@ -82,12 +87,18 @@ async def record_image(services: Services, session_id: int, analyzed: Analyzed) 
     pending, faces = analyzed.pending, analyzed.faces
     store = services.stores.configured
     undo_save = None
+    intent: str | None = None
     try:
         if analyzed.existing is not None:
             return Ingested(analyzed.existing, created=False)
         assert analyzed.info is not None
         name = analyzed.stored_name or stored_name_for(analyzed.original_name, pending.sha256_hex, analyzed.info.extension)
         file_path = layout.file_path(session_id, name)
+        if store.kind == FILE:
+            # committed before the file is put in place: a start removes it if this process dies before the
+            # row commits (core/upload_intents.py)
+            await upload_intents.record(services.pool, file_path)
+            intent = file_path
         async with services.pool.acquire() as conn, conn.transaction():
             try:
                 image = await db.insert_image(
@@ -105,6 +116,8 @@ async def record_image(services: Services, session_id: int, analyzed: Analyzed) 
                 )
             except asyncpg.ForeignKeyViolationError as exc:
                 raise SessionNotFound(f"face session {session_id} does not exist") from exc
+            if intent is not None:
+                await upload_intents.done(conn, intent)
             if image is None:  # the same bytes arrived concurrently and won the race
                 winner = await db.find_image_by_sha256(conn, session_id, pending.sha256)
                 assert winner is not None
@@ -119,9 +132,17 @@ async def record_image(services: Services, session_id: int, analyzed: Analyzed) 
             # bytes kept inside the transaction: if the commit fails they are dropped below (media/stores.py)
             undo_save = await store.save(conn, pending, image)
         undo_save = None
-    except BaseException:
+        intent = None
+    except BaseException as exc:
+        if undo_save is not None and intent is not None and db_recovery.is_database_unavailable(exc):
+            # lost while committing: the row may exist, so the file stays until that is known
+            upload_intents.settle_later(services.pool, services.storage, intent)
+            raise
         if undo_save is not None:
             undo_save()
+        if intent is not None:
+            # the file is gone (or never came): the record may go; if the database is down, the next start
+            await mark_done(upload_intents.done(services.pool, intent))
         raise
     finally:
         await services.storage.discard(pending.path)
@@ -172,16 +193,48 @@ async def raise_if_session_gone(services: Services, session_id: int, error: Exce
 
 
 async def delete_image(services: Services, image_id: int) -> db.ImageRecord:
+    with finish_deletes_if_database_lost(services):
+        return await _delete_image(services, image_id)
+
+
+async def _delete_image(services: Services, image_id: int) -> db.ImageRecord:
     async with services.pool.acquire() as conn, conn.transaction():
         deleted = await db.delete_image(conn, image_id)
         if deleted is None:
             raise ImageNotFound(f"image {image_id} does not exist")
         image, face_ids = deleted
+        # the files go after the commit; if this process dies first, the next start removes them
+        await tombstones.record_image_deleted(conn, image)
         await index_sync.announce_removed(conn, services.process_token, image.face_session_id, face_ids)
     # search joins hits against the database, so the deleted faces stop matching at the commit above;
     # the index drops them too so they stop taking result slots
     services.served.evict(image.id)
     await services.indexes.remove(image.face_session_id, np.asarray(face_ids, dtype=np.int64))
-    await services.stores.of(image).remove(image)
+    if not await tombstones.path_in_use(services.pool, image.file_path):  # not the same bytes uploaded anew
+        await services.stores.of(image).remove(image)
     await asyncio.to_thread(renditions.remove_derivatives, services.storage.layout, image.face_session_id, image.id)
+    await mark_done(tombstones.image_files_removed(services.pool, image.id))
     return image
+
+
+@contextmanager
+def finish_deletes_if_database_lost(services: Services) -> Iterator[None]:
+    """A delete whose commit, or the removal of files after it, met a lost database may have committed
+    with its files still there: they are removed as soon as the database answers (tombstones.py)."""
+    try:
+        yield
+    except Exception as exc:
+        if db_recovery.is_database_unavailable(exc):
+            tombstones.finish_later(services.pool, services.storage)
+        raise
+
+
+async def mark_done(marking: Awaitable[None]) -> None:
+    """The delete is committed and its files are gone: a database lost just now only means the next start
+    removes them once more (nothing), so the client still hears of its delete."""
+    try:
+        await marking
+    except Exception as exc:
+        if not db_recovery.is_database_unavailable(exc):
+            raise
+        log.warning("could not mark a finished delete (%s); the next start will", type(exc).__name__)

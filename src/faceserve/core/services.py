@@ -15,6 +15,7 @@ import numpy as np
 
 from .. import db
 from ..config import Settings
+from ..db import recovery as db_recovery
 from ..errors import Busy
 from ..index import sync as index_sync
 from ..index.kinds import IndexPolicy
@@ -25,6 +26,7 @@ from ..media.stores import ImageStores
 from ..runtime import conflicting_builds
 from ..vision.batcher import RecogniserBatcher
 from ..vision.engine import FaceEngine
+from . import start_sweep
 from .served import ServedFileCache
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,10 @@ class Services:
     gate: AdmissionGate
     # serving facts of recently served images; deletions here evict from it (served.py)
     served: ServedFileCache
+    # searches being decoded, detected and matched at once; past it a search gets 503 busy
+    search_gate: AdmissionGate
+    # resized copies and face crops rendered at once (http/downloads.py)
+    renders: asyncio.Semaphore
     # names this process in index change notifications (index/sync.py)
     process_token: str
     follower: index_sync.IndexFollower
@@ -104,9 +110,17 @@ async def open_services(
         if sweep_partial_uploads:
             await asyncio.to_thread(storage.sweep_partial_uploads)
 
-        dsn = await stack.enter_async_context(db.database_uri(settings.database_url, settings.pgdata))
+        dsn = settings.database_url
+        if dsn is None:
+            # restarted by itself if it dies while serving (db/recovery.py)
+            dsn = await stack.enter_async_context(
+                db_recovery.embedded_postgres(settings.pgdata, settings.db_watch_interval_s)
+            )
         pool = await db.create_pool(dsn, settings.db_pool_min, settings.db_pool_max)
         stack.push_async_callback(pool.close)
+        if sweep_partial_uploads:
+            # files of deletes and uploads that a killed run left half done (start_sweep.py)
+            await start_sweep.finish_interrupted(pool, storage)
         stores = ImageStores(settings.image_store, storage, pool)
 
         inference = ThreadPoolExecutor(max_workers=settings.inference_threads, thread_name_prefix="inference")
@@ -146,6 +160,7 @@ async def open_services(
             live = [s.id for s in await db.list_sessions(pool) if s.id in saved]
             stack.push_async_callback(_cancel, indexes.preload(sorted(live, reverse=True)))  # newest first
         gate = AdmissionGate.from_settings(settings)
+        search_gate = AdmissionGate(settings.max_pending_searches, settings.retry_after_s)
         yield Services(
             settings,
             pool,
@@ -157,6 +172,8 @@ async def open_services(
             recogniser,
             gate,
             ServedFileCache.from_settings(settings),
+            search_gate,
+            asyncio.Semaphore(settings.max_concurrent_renders),
             token,
             follower,
         )

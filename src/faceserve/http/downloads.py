@@ -12,6 +12,7 @@ upload's face detection, which takes far longer per image.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import time
@@ -145,7 +146,10 @@ async def _serve(
     if fd is None:
         try:
             await _render_once(
-                path, functools.partial(_render_and_check, services.stores.of(original), original, path, render)
+                path,
+                functools.partial(
+                    _render_and_check, services.stores.of(original), original, path, render, services.renders
+                ),
             )
         except ImageNotFound:
             request.app[SERVICES].served.evict(image_id)
@@ -178,13 +182,19 @@ async def _render_once(path: Path, render_and_check: Callable[[], Awaitable[None
 
 
 async def _render_and_check(
-    store: ImageStore, image: StoredImage, path: Path, render: Callable[[Path | bytes], bytes]
+    store: ImageStore,
+    image: StoredImage,
+    path: Path,
+    render: Callable[[Path | bytes], bytes],
+    renders: asyncio.Semaphore | None = None,
 ) -> None:
-    source = await store.source(image)
-    try:
-        await asyncio.to_thread(renditions.ensure_cached, path, functools.partial(render, source))
-    except FileNotFoundError:
-        raise ImageNotFound(f"the file of image {image.id} is gone") from None
+    # a few renders at a time: each may decode a large original (max_concurrent_renders)
+    async with renders or contextlib.nullcontext():
+        source = await store.source(image)
+        try:
+            await asyncio.to_thread(renditions.ensure_cached, path, functools.partial(render, source))
+        except FileNotFoundError:
+            raise ImageNotFound(f"the file of image {image.id} is gone") from None
     if not await store.exists(image):
         # deleted while this render ran, after its derivatives were removed: do not leave one behind
         await asyncio.to_thread(path.unlink, missing_ok=True)

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from .. import db, inputs, layout
 from ..core import face_sessions, ingest
-from ..errors import BadRequest, ImageNotFound, SessionNotFound
+from ..errors import BadRequest, Busy, ImageNotFound, SessionNotFound
 from . import multipart
 from .access import require_session
 from .appkeys import SERVICES, URLS
@@ -52,9 +52,15 @@ async def upload_images(request: web.Request) -> web.Response:
                 raise BadRequest(f"at most {settings.max_files_per_upload} files per request")
             # informational only (the stored name is made from the hash): cleaned, never a reason to refuse
             original_name = inputs.cleaned_text(part.filename or "") or "upload"
-            with services.gate.admit():
-                pending = await services.storage.receive(session_id, multipart.chunks(part), settings.max_upload_bytes)
-                analyzed.append(await ingest.analyze_image(services, session_id, pending, original_name))
+            # received first (at the body's minimum pace, http/pace.py), then admitted: a slow client holds a
+            # connection and a .part file while its bytes arrive, never a slot of the images being processed
+            pending = await services.storage.receive(session_id, multipart.chunks(part), settings.max_upload_bytes)
+            try:
+                with services.gate.admit():
+                    analyzed.append(await ingest.analyze_image(services, session_id, pending, original_name))
+            except Busy:
+                await services.storage.discard(pending.path)  # refused before analyze_image took the file over
+                raise
         if not analyzed:
             raise BadRequest("no part named 'file' in the upload")
         outcomes = await ingest.record_all(services, session_id, analyzed)

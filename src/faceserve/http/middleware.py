@@ -10,7 +10,10 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from ..errors import Busy, FaceServeError, RateLimited, Unauthorized
+from ..config import Settings
+from ..db.recovery import is_database_unavailable
+from ..errors import Busy, FaceServeError, RateLimited, Unauthorized, Unavailable
+from .appkeys import SERVICES
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +49,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise
     except FaceServeError as exc:
         response = error_response(exc.status, exc.code, exc.message)
-        if isinstance(exc, Busy):
+        if isinstance(exc, (Busy, Unavailable)):
             response.headers["Retry-After"] = str(exc.retry_after)
         elif isinstance(exc, Unauthorized):
             response.headers["WWW-Authenticate"] = 'Bearer realm="faceserve"'
@@ -64,6 +67,14 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             # a phone losing signal mid-upload is normal life, not a server error
             log.info("client went away during %s %s", request.method, request.path)
             return error_response(400, "client_closed_request", "the client closed the connection")
+        if is_database_unavailable(exc):
+            # the database is down or restarting (db_recovery.py): normal life for a moment, not a crash
+            log.warning("%s %s: database unavailable (%s)", request.method, request.path, type(exc).__name__)
+            response = error_response(503, Unavailable.code, "the database is unavailable; try again shortly")
+            services = request.app.get(SERVICES)
+            retry_after = services.settings.db_retry_after_s if services is not None else Settings.db_retry_after_s
+            response.headers["Retry-After"] = str(retry_after)
+            return response
         request_id = secrets.token_hex(6)
         log.exception("unhandled error in %s %s (request %s)", request.method, request.path, request_id)
         return error_response(500, "internal_error", f"unexpected server error (request {request_id})")

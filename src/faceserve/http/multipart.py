@@ -8,7 +8,10 @@ from contextlib import contextmanager
 from aiohttp import BodyPartReader, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from ..config import Settings
 from ..errors import BadRequest, PayloadTooLarge
+from . import pace
+from .appkeys import SERVICES
 
 _CHUNK = 256 * 1024
 _MAX_FIELD = 1024
@@ -19,9 +22,12 @@ async def parts(request: web.Request) -> AsyncIterator[BodyPartReader]:
     # never cached, as every client picks a new boundary (MultipartReader parses it again, cheaply)
     if not request.headers.get(hdrs.CONTENT_TYPE, "").lstrip().lower().startswith("multipart/"):
         raise BadRequest("body must be multipart/form-data")
+    # every read of this body keeps a minimum pace (http/pace.py)
+    body_pace = pace.BodyPace.from_settings(request.app[SERVICES].settings)
+    pace.current.set(body_pace)
     with _framing_errors():
         reader = await request.multipart()
-        while (part := await reader.next()) is not None:
+        while (part := await body_pace.read(reader.next())) is not None:
             if isinstance(part, BodyPartReader):
                 yield part
 
@@ -42,11 +48,13 @@ async def skip(part: BodyPartReader) -> None:
 
 
 async def chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
+    body_pace = pace.current.get() or pace.BodyPace.from_settings(Settings())
     while True:
         with _framing_errors():
-            chunk = await part.read_chunk(_CHUNK)
+            chunk = await body_pace.read(part.read_chunk(_CHUNK))
         if not chunk:
             return
+        body_pace.count(len(chunk))
         yield chunk
 
 

@@ -21,7 +21,7 @@ async def search_faces(request: web.Request) -> web.Response:
     probe: bytes | None = None
     async for part in multipart.parts(request):
         if part.name == "image":
-            probe = await multipart.read_all(part, settings.max_upload_bytes)
+            probe = await multipart.read_all(part, settings.max_probe_bytes)
         elif part.name in ("session_id", "threshold", "limit"):
             fields[part.name] = await multipart.read_field(part)
         else:
@@ -36,13 +36,16 @@ async def search_faces(request: web.Request) -> web.Response:
     limit = number(fields.get("limit"), "limit", int, 1, settings.search_max_limit)
 
     parsed_ms = 1000 * (time.perf_counter() - start)
-    result = await matching.search_session(
-        services,
-        int(session_id),
-        probe,
-        settings.match_threshold if threshold is None else float(threshold),
-        settings.search_default_limit if limit is None else int(limit),
-    )
+    # admitted once the probe is in, like uploads: bounds the decodes and detections in flight, not the
+    # waiting for slow clients
+    with services.search_gate.admit():
+        result = await matching.search_session(
+            services,
+            int(session_id),
+            probe,
+            settings.match_threshold if threshold is None else float(threshold),
+            settings.search_default_limit if limit is None else int(limit),
+        )
     response = ok(
         {
             "matches": [

@@ -1,0 +1,77 @@
+"""Crash-safe uploads: no file in place without its row, even after a SIGKILL.
+
+An upload renames its received file into place inside the transaction that inserts its row (so both
+commit together or the file is removed). A process killed after the rename and before the commit leaves a
+file with no row, which nothing would ever remove and `faceserve import` would take in. So an upload
+records the path first (committed on its own, one short round trip), the row's transaction deletes that
+record, and finish_interrupted_uploads, run at start before serving, removes the file of every record left
+whose path has no row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import asyncpg
+
+from .. import db
+from ..db import recovery as db_recovery
+from ..media.files import Storage
+
+log = logging.getLogger(__name__)
+
+
+async def record(conn: db.Connection, file_path: str) -> None:
+    """Before the file is put in place, in a transaction of its own."""
+    await conn.execute(
+        "INSERT INTO pending_uploads (file_path) VALUES ($1) ON CONFLICT DO NOTHING", file_path
+    )
+
+
+async def done(conn: db.Connection, file_path: str) -> None:
+    """In the transaction that inserts the row (or after the upload gave up)."""
+    await conn.execute("DELETE FROM pending_uploads WHERE file_path = $1", file_path)
+
+
+async def finish_interrupted_uploads(conn: db.Connection, storage: Storage) -> int:
+    """Remove files put in place by uploads that never committed; returns how many. Run at start only:
+    an upload in flight has a record too."""
+    rows = await conn.fetch(
+        "SELECT p.file_path FROM pending_uploads p "
+        "WHERE NOT EXISTS (SELECT 1 FROM face_session_images i WHERE i.file_path = p.file_path)"
+    )
+    for row in rows:
+        await asyncio.to_thread(storage.absolute(row["file_path"]).unlink, missing_ok=True)
+    await conn.execute("DELETE FROM pending_uploads")
+    if rows:
+        log.info("removed the files of %d uploads an earlier run did not finish", len(rows))
+    return len(rows)
+
+
+_settling: set[asyncio.Task[None]] = set()
+
+
+async def settle(pool: asyncpg.Pool, storage: Storage, file_path: str, retry_s: float = 1.0) -> None:
+    """The database was lost while an upload committed, so whether its row exists is unknown: once the
+    database answers again, keep the file if the row (or a newer upload of the same path) is there and
+    remove it otherwise. Left unfinished (the process stops first), the next start does the same."""
+    while True:
+        try:
+            async with pool.acquire() as conn:
+                if not await conn.fetchval(
+                    "SELECT EXISTS (SELECT 1 FROM face_session_images WHERE file_path = $1)", file_path
+                ):
+                    await asyncio.to_thread(storage.absolute(file_path).unlink, missing_ok=True)
+                await done(conn, file_path)
+            return
+        except Exception as exc:
+            if not db_recovery.is_database_unavailable(exc):
+                raise
+            await asyncio.sleep(retry_s)
+
+
+def settle_later(pool: asyncpg.Pool, storage: Storage, file_path: str) -> None:
+    task = asyncio.create_task(settle(pool, storage, file_path))
+    _settling.add(task)  # a reference, so the task is not collected while it waits
+    task.add_done_callback(_settling.discard)

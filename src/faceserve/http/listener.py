@@ -1,0 +1,105 @@
+"""The listening side of a process: aiohttp's runner with limits against slow and greedy clients.
+
+- keepalive_timeout_s: aiohttp closes a connection whose handler waits for a request longer than this:
+  an idle keep-alive connection, and equally one that sent part of a request header and stalls (aiohttp
+  arms this timer from the moment a connection opens), so it is the header timeout too.
+- max_connections: connections past this many in one process are closed at once, before any byte is
+  read, so a crowd of idle or trickling clients cannot exhaust file descriptors; those within keep working.
+- Request bodies have their own minimum rate (http/uploads.py).
+
+This is web.run_app with those hooks: run_app offers no way to reach the server it makes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from ..config import Settings
+
+log = logging.getLogger(__name__)
+_LOG_EVERY = 1000
+
+
+class ConnectionCap:
+    """Closes connections of an aiohttp Server past `limit` as soon as they are made."""
+
+    def __init__(self, server: web.Server, limit: int) -> None:
+        self.server = server
+        self.limit = limit
+        self.refused = 0
+        self._made = server.connection_made
+        server.connection_made = self.connection_made  # type: ignore[method-assign]
+
+    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
+        self._made(handler, transport)
+        if len(self.server.connections) > self.limit:
+            if self.refused % _LOG_EVERY == 0:
+                log.warning("%d connections open: closing new ones (%d so far)", self.limit, self.refused + 1)
+            self.refused += 1
+            # after the handler has started its task (it expects its server until connection_lost), which
+            # connection_lost then ends; the server forgets the connection there
+            asyncio.get_running_loop().call_soon(transport.abort)
+
+
+async def start(
+    app: web.Application, settings: Settings, *, reuse_port: bool = False, handle_signals: bool = True
+) -> web.AppRunner:
+    """Open the app's services and listen on settings.host:port with the limits above. With handle_signals,
+    SIGINT and SIGTERM raise GracefulExit out of the loop."""
+    runner = web.AppRunner(
+        app, access_log=None, keepalive_timeout=settings.keepalive_timeout_s, handle_signals=handle_signals
+    )
+    await runner.setup()
+    try:
+        assert runner.server is not None
+        ConnectionCap(runner.server, settings.max_connections)
+        site = web.TCPSite(
+            runner,
+            settings.host,
+            settings.port,
+            reuse_port=reuse_port or None,
+            backlog=settings.listen_backlog,
+        )
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner
+
+
+def run(
+    app: web.Application,
+    settings: Settings,
+    *,
+    reuse_port: bool,
+    loop: asyncio.AbstractEventLoop,
+    announce: Callable[[str], Any] | None = print,
+) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down gracefully (the app's cleanup closes the services)."""
+
+    async def main() -> None:
+        runner = await start(app, settings, reuse_port=reuse_port)
+        try:
+            if announce is not None:
+                announce(f"======== Running on http://{settings.host}:{settings.port} ========")
+            await asyncio.Future()  # until a signal raises GracefulExit out of the loop
+        finally:
+            await runner.cleanup()
+
+    asyncio.set_event_loop(loop)
+    task = loop.create_task(main())
+    try:
+        loop.run_until_complete(task)
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
+    finally:
+        task.cancel()
+        loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()

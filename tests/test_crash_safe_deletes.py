@@ -1,0 +1,162 @@
+"""Deletes survive a crash between their commit and the removal of their files, and stay deleted.
+
+The state a SIGKILL leaves between the commit of a delete and the removal of its files is made here by
+running the delete's transaction alone (tests/test_chaos.py kills a real service instead); the next start
+must remove those files, and `faceserve import` must never take a deleted photo or session in again.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from aiohttp.test_utils import TestClient, TestServer
+from helpers import authorize
+
+from faceserve import db, layout
+from faceserve.app import create_app
+from faceserve.config import Settings
+from faceserve.core import tombstones
+from faceserve.core.importer import import_tree
+from faceserve.core.services import open_services
+from faceserve.http.appkeys import SERVICES
+from faceserve.index import sync as index_sync
+from faceserve.vision.engine import FaceEngine
+
+
+async def _upload(client: TestClient, session_id: int, name: str, data: bytes) -> dict:
+    import aiohttp
+
+    form = aiohttp.FormData()
+    form.add_field("file", data, filename=name, content_type="application/octet-stream")
+    response = await client.post(f"/api/face/sessions/{session_id}/images", data=form)
+    assert response.status == 201, await response.text()
+    return (await response.json())["data"]["images"][0]
+
+
+def _files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in (root / "face_sessions").glob("*/db/*") if p.is_file()}
+
+
+async def _rows(services) -> set[str]:
+    return {r["file_path"] for r in await services.pool.fetch("SELECT file_path FROM face_session_images")}
+
+
+async def test_a_delete_cut_short_after_its_commit_is_finished_at_the_next_start(
+    settings: Settings, engine: FaceEngine, photos: dict[str, Path]
+) -> None:
+    async with TestClient(TestServer(create_app(settings, engine))) as client:
+        authorize(client)
+        services = client.server.app[SERVICES]
+        session_id = (await (await client.post("/api/face/sessions", json={"name": "a"})).json())["data"][
+            "id"
+        ]
+        kept = await _upload(client, session_id, "gdp.jpg", photos["gdp"].read_bytes())
+        doomed = await _upload(client, session_id, "t1.jpg", photos["t1"].read_bytes())
+        assert (
+            await client.get(f"/api/face/image/{doomed['image_id']}?w=64")
+        ).status == 200  # a derived copy
+        other = (await (await client.post("/api/face/sessions", json={"name": "b"})).json())["data"]["id"]
+        await _upload(client, other, "yao.jpg", photos["yaoming"].read_bytes())
+        # what a delete had committed when the process was killed: rows gone, files still there
+        async with services.pool.acquire() as conn, conn.transaction():
+            image, face_ids = await db.delete_image(conn, doomed["image_id"])
+            await tombstones.record_image_deleted(conn, image)
+            await index_sync.announce_removed(conn, services.process_token, session_id, face_ids)
+        async with services.pool.acquire() as conn, conn.transaction():
+            assert await db.delete_session(conn, other)
+            await tombstones.record_session_deleted(conn, other)
+        root = services.storage.root
+        assert len(_files(root)) == 3 and len(await _rows(services)) == 1
+        derived = root / "face_sessions" / str(session_id) / "derived"
+        assert any(p.name.startswith(f"{doomed['image_id']}-") for p in derived.iterdir())
+
+    async with open_services(settings, engine) as services:  # the next start
+        assert (
+            _files(root)
+            == await _rows(services)
+            == {f"face_sessions/{session_id}/db/{kept['identity'].split('/')[-1]}"}
+        )
+        assert not any(p.name.startswith(f"{doomed['image_id']}-") for p in derived.iterdir())
+        assert not (root / "face_sessions" / str(other)).exists()
+        pending = await services.pool.fetchval(
+            "SELECT (SELECT count(*) FROM deleted_images WHERE NOT files_removed) + "
+            "       (SELECT count(*) FROM deleted_sessions WHERE NOT files_removed)"
+        )
+        assert pending == 0
+
+
+async def test_import_never_brings_deleted_photos_or_sessions_back(
+    tmp_path: Path, settings: Settings, engine: FaceEngine, photos: dict[str, Path]
+) -> None:
+    async with TestClient(TestServer(create_app(settings, engine))) as client:
+        authorize(client)
+        services = client.server.app[SERVICES]
+        session_id = (await (await client.post("/api/face/sessions", json={"name": "a"})).json())["data"][
+            "id"
+        ]
+        gone = await _upload(client, session_id, "t1.jpg", photos["t1"].read_bytes())
+        await _upload(client, session_id, "gdp.jpg", photos["gdp"].read_bytes())
+        dropped = (await (await client.post("/api/face/sessions", json={"name": "b"})).json())["data"]["id"]
+        await _upload(client, dropped, "yao.jpg", photos["yaoming"].read_bytes())
+        # an old tree (a backup of the storage) taken before the deletes
+        backup = tmp_path / "backup"
+        shutil.copytree(services.storage.layout.sessions_root, backup / "face_sessions")
+        assert (await client.delete(f"/api/face/image/{gone['image_id']}")).status == 200
+        assert (await client.delete(f"/api/face/sessions/{dropped}")).status == 200
+        # the deleted photo's bytes again under another name in the old tree
+        shutil.copyfile(photos["t1"], backup / "face_sessions" / str(session_id) / "db" / "renamed.jpg")
+        rows_before = await _rows(services)
+
+    async with open_services(settings, engine) as services:
+        report = await import_tree(services, backup)
+        assert (report.images_created, report.sessions_created, report.failed) == (0, 0, [])
+        # the deleted file, its copy under another name, and the dropped session's photo
+        assert report.deleted_skipped == 3
+        assert await _rows(services) == rows_before
+        assert await db.get_session(services.pool, dropped) is None
+        assert _files(services.storage.root) == rows_before
+
+
+async def test_the_same_bytes_uploaded_again_after_a_delete_are_kept(
+    settings: Settings, engine: FaceEngine, photos: dict[str, Path]
+) -> None:
+    """A tombstone does not block a deliberate upload, and finishing old deletes never removes its file."""
+    async with TestClient(TestServer(create_app(settings, engine))) as client:
+        authorize(client)
+        services = client.server.app[SERVICES]
+        session_id = (await (await client.post("/api/face/sessions", json={"name": "a"})).json())["data"][
+            "id"
+        ]
+        first = await _upload(client, session_id, "t1.jpg", photos["t1"].read_bytes())
+        async with services.pool.acquire() as conn, conn.transaction():
+            image, _ = await db.delete_image(conn, first["image_id"])
+            await tombstones.record_image_deleted(conn, image)
+        again = await _upload(client, session_id, "t1.jpg", photos["t1"].read_bytes())
+        assert again["identity"] == first["identity"] and again["image_id"] != first["image_id"]
+
+    async with open_services(settings, engine) as services:
+        assert (
+            _files(services.storage.root) == await _rows(services) == {f"face_sessions/{again['identity']}"}
+        )
+
+
+async def test_an_upload_whose_commit_answer_was_lost_keeps_its_file_only_if_its_row_exists(
+    client: TestClient, services, photos: dict[str, Path]
+) -> None:
+    """Postgres died while an upload committed: once it answers, the file stays if the row made it."""
+    from faceserve.core import upload_intents
+
+    session_id = (await (await client.post("/api/face/sessions", json={"name": "a"})).json())["data"]["id"]
+    committed = await _upload(client, session_id, "t1.jpg", photos["t1"].read_bytes())
+    committed_path = f"face_sessions/{committed['identity']}"
+    lost_path = layout.file_path(session_id, "0123456789abcdef_lost.jpg")
+    shutil.copyfile(photos["gdp"], services.storage.absolute(lost_path))
+    for path in (committed_path, lost_path):
+        await upload_intents.record(services.pool, path)  # what both uploads left when the answer was lost
+
+    for path in (committed_path, lost_path):
+        await upload_intents.settle(services.pool, services.storage, path)
+
+    assert _files(services.storage.root) == await _rows(services) == {committed_path}
+    assert await services.pool.fetchval("SELECT count(*) FROM pending_uploads") == 0
