@@ -99,7 +99,9 @@ def settings(tmp_path: Path, database_url: str, models_dir: Path, image_store: s
 
 @pytest.fixture
 async def client(settings: Settings, engine: FaceEngine, aiohttp_client) -> TestClient:
-    return await aiohttp_client(create_app(settings, engine))
+    from contract import check_answers  # every answer is checked against openapi.json
+
+    return check_answers(await aiohttp_client(create_app(settings, engine)))
 
 
 @pytest.fixture

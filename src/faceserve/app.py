@@ -8,7 +8,7 @@ from aiohttp import web
 
 from .config import Settings
 from .faces import FaceEngine
-from .http import derivatives, health, images, middleware, search, serving, sessions
+from .http import derivatives, docs, health, images, middleware, observability, search, serving, sessions
 from .http.keys import SERVICES
 from .http.urls import URLS, UrlPolicy
 from .services import open_services
@@ -21,7 +21,7 @@ def create_app(
     settings: Settings, engine: FaceEngine | None = None, sweep_partial_uploads: bool = True
 ) -> web.Application:
     app = web.Application(
-        middlewares=[middleware.errors], client_max_size=settings.max_upload_bytes + _BODY_OVERHEAD
+        middlewares=[observability.observe, middleware.errors], client_max_size=settings.max_upload_bytes + _BODY_OVERHEAD
     )
 
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -30,6 +30,7 @@ def create_app(
             yield
 
     app.cleanup_ctx.append(services_ctx)
+    app.cleanup_ctx.append(observability.sampling)
     app[serving.SERVED_FILES] = serving.ServedFileCache(settings.served_cache_entries, settings.served_recheck_s)
     app[URLS] = UrlPolicy.from_settings(settings)
     app.router.add_get("/healthz", health.healthz)
@@ -45,4 +46,7 @@ def create_app(
     app.router.add_get("/api/face/resolve", images.resolve)
     app.router.add_get("/storage/face_sessions/{session_id}/db/{name}", images.legacy_redirect)
     app.router.add_post("/api/face/search", search.search_faces)
+    app.router.add_get("/openapi.json", docs.openapi_json)
+    app.router.add_get("/docs", docs.docs_page)
+    app.router.add_get("/metrics", observability.metrics_page)
     return app

@@ -92,6 +92,9 @@ class Settings:
     # a 304 is answered from memory if the image's bytes were seen present less than this many seconds ago
     served_recheck_s: float = 1.0
 
+    # seconds between samples of live gauges (pools, queues, indexes) for /metrics, in each worker
+    metrics_sample_s: float = 5.0
+
     page_default_limit: int = 100
     page_max_limit: int = 1000
 

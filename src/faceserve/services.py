@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import asyncpg
 import numpy as np
 
-from . import db, index_sync
+from . import db, index_sync, metrics
 from .config import Settings
 from .errors import Busy
 from .faces import FaceEngine
@@ -41,6 +41,7 @@ class AdmissionGate:
     @contextmanager
     def admit(self) -> Iterator[None]:
         if self.in_flight >= self.limit:
+            metrics.UPLOADS_REJECTED.inc()
             raise Busy(f"{self.in_flight} images are being processed; try again shortly", self.retry_after_s)
         self.in_flight += 1
         try:

@@ -45,6 +45,6 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         message = exc.reason if exc.status != 413 else "request body is too large"
         return error_response(exc.status, code, message)
     except Exception:
-        request_id = secrets.token_hex(6)
+        request_id = request.get("request_id") or secrets.token_hex(6)  # observability's, when it ran
         log.exception("unhandled error in %s %s (request %s)", request.method, request.path, request_id)
         return error_response(500, "internal_error", f"unexpected server error (request {request_id})")

@@ -6,7 +6,7 @@ import time
 
 from aiohttp import web
 
-from .. import search
+from .. import metrics, search
 from ..errors import BadRequest
 from . import uploads
 from .common import image_url, number, ok
@@ -62,5 +62,6 @@ async def search_faces(request: web.Request) -> web.Response:
         }
     )
     timings = {"parse": parsed_ms, **result.timings}  # parse: receiving and reading the form
+    metrics.observe_search_steps(timings)
     response.headers["Server-Timing"] = ", ".join(f"{step};dur={ms:.2f}" for step, ms in timings.items())
     return response

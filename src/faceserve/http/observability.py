@@ -1,0 +1,84 @@
+"""Per request: a request id (the client's X-Request-ID when it is sane, else a new one) and one latency
+observation by route template and status. GET /metrics renders every worker's samples."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from .. import metrics
+from .keys import SERVICES
+from .middleware import Handler
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# a client's id is echoed into headers and logs: only short plain tokens are taken as they are
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# requests no route matched are counted under one name: random paths must not make new series
+UNMATCHED = "unmatched"
+
+
+def request_id_of(request: web.BaseRequest) -> str:
+    return request.get("request_id") or ""
+
+
+def route_of(request: web.BaseRequest) -> str:
+    match_info = getattr(request, "match_info", None)
+    route = getattr(match_info, "route", None)
+    resource = getattr(route, "resource", None)
+    return resource.canonical if resource is not None else UNMATCHED
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    given = request.headers.get(REQUEST_ID_HEADER, "")
+    request_id = given if _SANE_REQUEST_ID.fullmatch(given) else secrets.token_hex(8)
+    request["request_id"] = request_id
+    start = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        if not response.prepared:
+            response.headers[REQUEST_ID_HEADER] = request_id
+        return response
+    except web.HTTPException as exc:  # redirects and 304s raised by handlers (errors are answered inside)
+        status = exc.status
+        exc.headers[REQUEST_ID_HEADER] = request_id
+        raise
+    finally:
+        metrics.HTTP_REQUESTS.labels(request.method, route_of(request), str(status)).observe(
+            time.perf_counter() - start
+        )
+
+
+async def metrics_page(request: web.Request) -> web.Response:
+    services = request.app.get(SERVICES)
+    if services is not None:
+        metrics.sample(services)  # this process's live state as of now; the others' as of their last sample
+    body = await asyncio.to_thread(metrics.render)
+    response = web.Response(body=body, headers={"Cache-Control": "no-store"})
+    response.headers["Content-Type"] = metrics.CONTENT_TYPE
+    return response
+
+
+async def sampling(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: sample the live gauges of this process every metrics_sample_s while it serves."""
+
+    async def loop() -> None:
+        while True:
+            services = app.get(SERVICES)
+            if services is not None:
+                metrics.sample(services)
+                await asyncio.sleep(services.settings.metrics_sample_s)
+            else:
+                await asyncio.sleep(1)
+
+    task = asyncio.create_task(loop())
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

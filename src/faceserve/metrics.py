@@ -1,0 +1,174 @@
+"""Prometheus metrics of the service, and their rendering for GET /metrics.
+
+Run by the CLI, every process writes its samples to files under PROMETHEUS_MULTIPROC_DIR (a fresh folder the
+service makes and removes, see multiproc_dir), and a scrape of any worker reads them all, so `--workers N`
+report together. Without that variable (tests, embedding) the samples stay in this process.
+
+prometheus_client picks its storage when it is first imported, so the CLI sets the variable before anything
+imports this module. Gauges of live state (pools, queues, indexes) are sampled by each worker every few
+seconds (`sample`), never computed per request; per request there is one histogram observation.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+if TYPE_CHECKING:
+    from .services import Services
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# ~1 ms (a 304 from memory) to a minute (a large batch upload)
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_STEP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# index sizes are reported by bucket, never by session id: the number of series stays small
+_SIZE_BUCKETS = ((1_000, "lt1k"), (10_000, "lt10k"), (100_000, "lt100k"), (1_000_000, "lt1m"))
+
+HTTP_REQUESTS = Histogram(
+    "faceserve_http_request_duration_seconds",
+    "Time to answer a request, by method, route template and status (its _count is the request count)",
+    ["method", "route", "status"],
+    buckets=_LATENCY_BUCKETS,
+)
+SEARCH_STEPS = Histogram(
+    "faceserve_search_step_seconds",
+    "Time of each search step, as in the Server-Timing header (parse, decode, detect, embed, index, db)",
+    ["step"],
+    buckets=_STEP_BUCKETS,
+)
+RECOGNISER_BATCH = Histogram(
+    "faceserve_recogniser_batch_faces", "Faces embedded in one recogniser run", buckets=_BATCH_BUCKETS
+)
+UPLOADS_REJECTED = Counter(
+    "faceserve_uploads_rejected_total", "Uploaded images refused with 503 busy because too many were in flight"
+)
+RATE_LIMITED = Counter(
+    "faceserve_rate_limited_total", "Requests refused with 429 by a rate limit, by budget", ["budget"]
+)
+UPLOADS_IN_FLIGHT = Gauge(
+    "faceserve_uploads_in_flight", "Images being received or analysed", multiprocess_mode="livesum"
+)
+INFERENCE_QUEUE = Gauge(
+    "faceserve_inference_queue_depth",
+    "Work waiting for an inference thread, and callers waiting for a recogniser run",
+    ["queue"],
+    multiprocess_mode="livesum",
+)
+DB_POOL = Gauge(
+    "faceserve_db_pool_connections", "Database pool connections, by state", ["state"], multiprocess_mode="livesum"
+)
+# every worker holds its own copy of the indexes it serves: the largest report is the deployment's
+INDEX_SESSIONS = Gauge(
+    "faceserve_index_sessions",
+    "Session indexes in memory, by kind and size bucket (faces)",
+    ["kind", "size"],
+    multiprocess_mode="livemax",
+)
+INDEX_FACES = Gauge(
+    "faceserve_index_faces", "Faces in the session indexes in memory, by kind", ["kind"], multiprocess_mode="livemax"
+)
+
+
+def size_bucket(faces: int) -> str:
+    for limit, name in _SIZE_BUCKETS:
+        if faces < limit:
+            return name
+    return "ge1m"
+
+
+def observe_search_steps(timings_ms: Mapping[str, float]) -> None:
+    for step, ms in timings_ms.items():
+        SEARCH_STEPS.labels(step).observe(ms / 1000)
+
+
+class _IndexSeries:
+    """Label sets reported before: a kind or bucket that empties is set to 0, not left at its last value."""
+
+    def __init__(self) -> None:
+        self.sessions: set[tuple[str, str]] = set()
+        self.faces: set[str] = set()
+
+
+_index_series = _IndexSeries()
+
+
+def sample(services: Services) -> None:
+    """Set the gauges of live state from this process's services (cheap: counters and a dict walk)."""
+    UPLOADS_IN_FLIGHT.set(services.gate.in_flight)
+    INFERENCE_QUEUE.labels("inference_threads").set(services.inference._work_queue.qsize())
+    INFERENCE_QUEUE.labels("recogniser").set(services.recogniser.waiting)
+    size, idle = services.pool.get_size(), services.pool.get_idle_size()
+    DB_POOL.labels("in_use").set(size - idle)
+    DB_POOL.labels("idle").set(idle)
+    DB_POOL.labels("max").set(services.pool.get_max_size())
+    _sample_indexes(services.indexes.loaded())
+
+
+def _sample_indexes(loaded: Iterable[tuple[str, int]]) -> None:
+    sessions: dict[tuple[str, str], int] = {}
+    faces: dict[str, int] = {}
+    for kind, count in loaded:
+        key = (kind, size_bucket(count))
+        sessions[key] = sessions.get(key, 0) + 1
+        faces[kind] = faces.get(kind, 0) + count
+    for key in _index_series.sessions | sessions.keys():
+        INDEX_SESSIONS.labels(*key).set(sessions.get(key, 0))
+    for kind in _index_series.faces | faces.keys():
+        INDEX_FACES.labels(kind).set(faces.get(kind, 0))
+    _index_series.sessions |= sessions.keys()
+    _index_series.faces |= faces.keys()
+
+
+def render() -> bytes:
+    """Every process's samples in the text format (reads files in multiprocess mode: call off the loop)."""
+    directory = os.environ.get(MULTIPROC_ENV)
+    if not directory:
+        return generate_latest(REGISTRY)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=directory)
+    return generate_latest(registry)
+
+
+def process_exited(pid: int) -> None:
+    """A worker is gone: its live gauges stop counting (its counters and histograms stay)."""
+    if os.environ.get(MULTIPROC_ENV):
+        multiprocess.mark_process_dead(pid)
+
+
+@contextmanager
+def multiproc_dir() -> Iterator[str]:
+    """The folder where every process of this service writes its samples: the operator's
+    PROMETHEUS_MULTIPROC_DIR if set (emptied of old files), else a fresh one removed at exit."""
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        os.makedirs(given, exist_ok=True)
+        for name in os.listdir(given):  # samples of an earlier run would be counted as this one's
+            if name.endswith(".db"):
+                os.unlink(os.path.join(given, name))
+        yield given
+        return
+    folder = tempfile.mkdtemp(prefix="faceserve-metrics-")
+    os.environ[MULTIPROC_ENV] = folder
+    try:
+        yield folder
+    finally:
+        os.environ.pop(MULTIPROC_ENV, None)
+        shutil.rmtree(folder, ignore_errors=True)
