@@ -1,7 +1,7 @@
 """Prometheus metrics of the service, and their rendering for GET /metrics.
 
 Run by the CLI, every process writes its samples to files under PROMETHEUS_MULTIPROC_DIR (a fresh folder the
-service makes and removes, see multiproc_dir), and a scrape of any worker reads them all, so `--workers N`
+service makes and removes, see cli.metrics_folder), and a scrape of any worker reads them all, so `--workers N`
 report together. Without that variable (tests, embedding) the samples stay in this process.
 
 prometheus_client picks its storage when it is first imported, so the CLI sets the variable before anything
@@ -12,10 +12,7 @@ seconds (`sample`), never computed per request; per request there is one histogr
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -151,24 +148,3 @@ def process_exited(pid: int) -> None:
     """A worker is gone: its live gauges stop counting (its counters and histograms stay)."""
     if os.environ.get(MULTIPROC_ENV):
         multiprocess.mark_process_dead(pid)
-
-
-@contextmanager
-def multiproc_dir() -> Iterator[str]:
-    """The folder where every process of this service writes its samples: the operator's
-    PROMETHEUS_MULTIPROC_DIR if set (emptied of old files), else a fresh one removed at exit."""
-    given = os.environ.get(MULTIPROC_ENV)
-    if given:
-        os.makedirs(given, exist_ok=True)
-        for name in os.listdir(given):  # samples of an earlier run would be counted as this one's
-            if name.endswith(".db"):
-                os.unlink(os.path.join(given, name))
-        yield given
-        return
-    folder = tempfile.mkdtemp(prefix="faceserve-metrics-")
-    os.environ[MULTIPROC_ENV] = folder
-    try:
-        yield folder
-    finally:
-        os.environ.pop(MULTIPROC_ENV, None)
-        shutil.rmtree(folder, ignore_errors=True)

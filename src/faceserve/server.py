@@ -17,7 +17,7 @@ from dataclasses import replace
 
 from aiohttp import web
 
-from . import db
+from . import access_log, db, logs, metrics, startup
 from .app import create_app
 from .config import Settings
 from .models import locate_pack
@@ -42,23 +42,28 @@ def _new_loop(kind: str) -> asyncio.AbstractEventLoop:
 def _run_one(settings: Settings, *, reuse_port: bool, sweep_partial_uploads: bool) -> None:
     loop = _new_loop(settings.event_loop)
     asyncio.set_event_loop(loop)
+    app = create_app(settings, sweep_partial_uploads=sweep_partial_uploads)
+    app.on_startup.append(startup.say_ready)  # after cleanup_ctx has opened the services
     web.run_app(
-        create_app(settings, sweep_partial_uploads=sweep_partial_uploads),
+        app,
         host=settings.host,
         port=settings.port,
         reuse_port=reuse_port or None,
-        access_log=None,
+        access_log=access_log.LOGGER if settings.access_log else None,
+        access_log_class=access_log.AccessLogger,
+        access_log_format=settings.log_format,
         loop=loop,
-        print=None if reuse_port else print,
+        print=None,  # startup.say_ready says where it listens, in the log's format
     )
 
 
-def _worker(settings: Settings, level: int) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
+def _worker(settings: Settings) -> None:
+    logs.configure(settings.log_level, settings.log_format)
     _run_one(settings, reuse_port=True, sweep_partial_uploads=False)
 
 
 def serve(settings: Settings) -> None:
+    startup.say_starting(settings)
     if settings.workers <= 1:
         _run_one(settings, reuse_port=False, sweep_partial_uploads=True)
         return
@@ -70,14 +75,11 @@ def serve(settings: Settings) -> None:
         locate_pack(settings.models_dir, settings.model_pack)  # lay models out once, before workers race
         context = multiprocessing.get_context("spawn")
         workers = [
-            context.Process(
-                target=_worker, args=(settings, logging.getLogger().level), name=f"worker-{i}", daemon=False
-            )
+            context.Process(target=_worker, args=(settings,), name=f"worker-{i}", daemon=False)
             for i in range(settings.workers)
         ]
         for process in workers:
             process.start()
-        print(f"faceserve: {len(workers)} workers on http://{settings.host}:{settings.port}", flush=True)
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
         try:
             while all(p.is_alive() for p in workers):
@@ -93,3 +95,5 @@ def serve(settings: Settings) -> None:
                 process.join(_STOP_TIMEOUT_S)
                 if process.is_alive():
                     process.kill()
+                if process.pid is not None:
+                    metrics.process_exited(process.pid)
