@@ -36,7 +36,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +49,7 @@ SOURCE_PHOTO = Path(insightface.__file__).parent / "data" / "images" / "t1.jpg"
 TARGET_BYTES = 100_000
 CACHE_CONTROL = "public, max-age=31536000, immutable"
 CASES = ("200", "304")
-SERVERS = ("faceserve", "nginx")
+SERVERS = ("faceserve", "baseline", "nginx")
 
 NGINX_CONF = """\
 {user}
@@ -155,8 +155,11 @@ def supports_workers_flag() -> bool:
 
 
 @contextmanager
-def running_faceserve(storage: Path, port: int, workers: int, image_store: str) -> Iterator[str]:
-    command = [*faceserve_command(), "--log-level", "WARNING", "serve", "--host", "127.0.0.1"]
+def running_faceserve(
+    storage: Path, port: int, workers: int, image_store: str, log_level: str = "WARNING", source: Path | None = None
+) -> Iterator[str]:
+    """source: another checkout's src/ folder to run instead of the installed faceserve (--baseline-src)."""
+    command = [*faceserve_command(), "--log-level", log_level, "serve", "--host", "127.0.0.1"]
     command += ["--port", str(port), "--storage", str(storage), "--models-dir", str(ROOT / "models")]
     if supports_workers_flag():
         command += ["--workers", str(workers)]
@@ -165,6 +168,8 @@ def running_faceserve(storage: Path, port: int, workers: int, image_store: str) 
     # no DATABASE_URL: faceserve starts its own embedded Postgres under storage/pgdata
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "FACESERVE_DATABASE_URL")}
     env["FACESERVE_IMAGE_STORE"] = image_store
+    if source is not None:
+        env["PYTHONPATH"] = str(source)
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sys.stderr)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -320,14 +325,23 @@ def table(results: dict[tuple[str, str], list[WrkResult]], workers: int, image_s
     for case in CASES:
         nginx_rps = statistics.median(r.rps for r in results[(case, "nginx")])
         for server in SERVERS:
+            if (case, server) not in results:
+                continue
             runs = results[(case, server)]
             rps = statistics.median(r.rps for r in runs)
             p99 = statistics.median(r.p99_ms for r in runs)
             errors = sum(r.errors for r in runs)
             label = f"faceserve --workers {workers}, {image_store} store" if server == "faceserve" else server
+            if server == "baseline":
+                label = f"baseline (--baseline-src) --workers {workers}, {image_store} store"
             lines.append(
                 f"| {case} | {label} | {rps:,.0f} | {p99:.2f} ms | {errors} | {rps / nginx_rps:.2f} |"
             )
+    for case in CASES:
+        if (case, "baseline") in results:
+            ours = statistics.median(r.rps for r in results[(case, "faceserve")])
+            theirs = statistics.median(r.rps for r in results[(case, "baseline")])
+            lines.append(f"\n{case}: faceserve / baseline req/s = {ours / theirs:.3f}")
     return "\n".join(lines)
 
 
@@ -348,6 +362,17 @@ def parse_args() -> argparse.Namespace:
         default="file",
         help="FACESERVE_IMAGE_STORE for faceserve (default file); nginx always serves a file",
     )
+    parser.add_argument(
+        "--log-level",
+        default="WARNING",
+        help="faceserve --log-level (default WARNING: no access log; INFO writes one line per request)",
+    )
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        help="another checkout's src/ folder (say, main's): run it too, alternated with the others, to "
+        "measure what a change costs under the same load (`git archive <commit> | tar -x -C DIR`)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args()
     if args.turns < 1 or args.seconds < 1 or args.connections < 2:
@@ -362,8 +387,20 @@ def main() -> None:
     try:
         photo = make_jpeg()
         storage = folder / "storage"
-        with running_faceserve(storage, free_port(), args.workers, args.image_store) as base:
+        with ExitStack() as servers:
+            base = servers.enter_context(
+                running_faceserve(storage, free_port(), args.workers, args.image_store, args.log_level)
+            )
             image = upload(base, "bench.jpg", photo)
+            baseline = None
+            if args.baseline_src is not None:
+                baseline = servers.enter_context(
+                    running_faceserve(
+                        folder / "baseline-storage", free_port(), args.workers, args.image_store,
+                        args.log_level, args.baseline_src.resolve(),
+                    )
+                )
+                baseline_image = upload(baseline, "bench.jpg", photo)
             nginx_root = storage
             if not (storage / "face_sessions" / image["identity"]).exists():
                 # the bytes are in Postgres: nginx gets the same bytes as a file of its own
@@ -376,6 +413,9 @@ def main() -> None:
                     checked_target("faceserve", f"{base}/api/face/image/{image['image_id']}", photo),
                     checked_target("nginx", f"{nginx_base}/face_sessions/{image['identity']}", photo),
                 ]
+                if baseline is not None:
+                    url = f"{baseline}/api/face/image/{baseline_image['image_id']}"
+                    targets.insert(1, checked_target("baseline", url, photo))
                 results = measure(targets, args.turns, args.seconds, args.connections)
     finally:
         if args.keep:

@@ -98,10 +98,19 @@ def settings(tmp_path: Path, database_url: str, models_dir: Path, image_store: s
 
 
 @pytest.fixture
-async def client(settings: Settings, engine: FaceEngine, aiohttp_client) -> TestClient:
-    from contract import check_answers  # every answer is checked against openapi.json
+def aiohttp_client(aiohttp_client):
+    """pytest-aiohttp's, with every answer checked against openapi.json (tests/contract.py)."""
+    from contract import check_answers
 
-    return check_answers(await aiohttp_client(create_app(settings, engine)))
+    async def checked_client(*args, **kwargs) -> TestClient:
+        return check_answers(await aiohttp_client(*args, **kwargs))
+
+    return checked_client
+
+
+@pytest.fixture
+async def client(settings: Settings, engine: FaceEngine, aiohttp_client) -> TestClient:
+    return await aiohttp_client(create_app(settings, engine))
 
 
 @pytest.fixture

@@ -81,3 +81,72 @@ async def test_request_id_is_honoured_or_generated(client) -> None:
     odd = await client.get("/api/face/sessions", headers={"X-Request-ID": "a b" + "x" * 300})
     assert odd.headers["X-Request-ID"] != "a b"
     assert odd.headers["X-Request-ID"].isalnum()
+
+
+def test_workers_report_together(tmp_path, database_url, models_dir) -> None:
+    """`faceserve serve --workers 2`: a scrape of either worker counts the requests both answered, and the
+    pools of both (10 connections each at most) add up."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"),
+        "DATABASE_URL": database_url,
+        "FACESERVE_MODELS_DIR": str(models_dir),
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    base = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "faceserve", "--log-level", "WARNING", "serve", "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "2", "--storage", str(tmp_path / "storage")],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert server.poll() is None, server.stderr.read().decode() if server.stderr else ""
+            try:
+                with urllib.request.urlopen(f"{base}/healthz", timeout=2):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "workers did not start"
+                time.sleep(0.3)
+
+        def scrape() -> dict:
+            with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+                return _samples(response.read().decode())
+
+        # both workers sample their pool at start; wait until both have (each new connection may land on either)
+        deadline = time.monotonic() + 60
+        while _value(scrape(), "faceserve_db_pool_connections", state="max") != 20:
+            assert time.monotonic() < deadline, "the second worker's samples never showed"
+            time.sleep(0.5)
+        for _ in range(20):  # a new connection each: SO_REUSEPORT spreads them over the workers
+            with urllib.request.urlopen(f"{base}/api/face/sessions", timeout=10) as response:
+                assert response.status == 200
+        def count() -> float:
+            return _value(
+                scrape(), "faceserve_http_request_duration_seconds_count",
+                method="GET", route="/api/face/sessions", status="200",
+            )
+
+        # each worker hands its counts over every second (METRICS_SAMPLE_S): within a few, all 20 show
+        deadline = time.monotonic() + 30
+        while (seen := count()) != 20:
+            assert seen < 20 and time.monotonic() < deadline, seen
+            time.sleep(0.5)
+        for _ in range(3):  # whichever worker answers the scrape, it counts all 20, once
+            assert count() == 20
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(60)

@@ -98,8 +98,9 @@ class Settings:
     log_format: str = "text"
     # one line per request on the faceserve.access logger (INFO); off saves ~5-10 % req/s on tiny images
     access_log: bool = True
-    # seconds between samples of live gauges (pools, queues, indexes) for /metrics, in each worker
-    metrics_sample_s: float = 5.0
+    # seconds between samples of live gauges (pools, queues, indexes) for /metrics, in each worker; request
+    # times counted in memory are handed to the shared histogram as often (a scrape lags by at most this)
+    metrics_sample_s: float = 1.0
 
     page_default_limit: int = 100
     page_max_limit: int = 1000
