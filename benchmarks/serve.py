@@ -88,6 +88,8 @@ class Target:
     server: str
     url: str
     etag: str
+    # the server's process (faceserve: its workers are counted too); None: not measured (nginx)
+    pid: int | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,9 @@ class WrkResult:
     rps: float
     p99_ms: float
     errors: int
+    requests: int = 0
+    # server CPU time per request: unlike req/s, barely moved by other work sharing the cores
+    cpu_us: float | None = None
 
 
 def require_tools() -> None:
@@ -174,6 +179,7 @@ def running_faceserve(
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until_up(f"{base}/healthz", process, timeout_s=300)
+        _SERVER_PIDS[base] = process.pid
         yield base
     finally:
         stop(process, signal.SIGTERM, timeout_s=60)
@@ -268,7 +274,7 @@ def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[st
         connection.close()
 
 
-def checked_target(server: str, url: str, expected: bytes) -> Target:
+def checked_target(server: str, url: str, expected: bytes, base: str | None = None) -> Target:
     """Check what wrk will measure: the file with our caching header, and a 304 for the server's own ETag."""
     status, headers, body = fetch(url)
     if status != 200 or body != expected or headers.get("Cache-Control") != CACHE_CONTROL:
@@ -279,10 +285,30 @@ def checked_target(server: str, url: str, expected: bytes) -> Target:
     status, _, body = fetch(url, {"If-None-Match": etag})
     if status != 304 or body:
         raise RuntimeError(f"{server}: revalidation gave {status} with {len(body)} bytes")
-    return Target(server, url, etag)
+    return Target(server, url, etag, _SERVER_PIDS.get(base) if base else None)
 
 
 _LATENCY_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+_SERVER_PIDS: dict[str, int] = {}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its children (the workers), embedded Postgres excepted."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            if "postgres" in process.name():
+                continue
+            times = process.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            continue
+    return total
 
 
 def parse_wrk(output: str) -> WrkResult:
@@ -294,17 +320,28 @@ def parse_wrk(output: str) -> WrkResult:
     sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
     errors = int(non_2xx_3xx.group(1)) if non_2xx_3xx else 0
     errors += sum(int(n) for n in sockets.groups()) if sockets else 0
-    return WrkResult(float(rps.group(1)), float(p99.group(1)) * _LATENCY_UNITS_MS[p99.group(2)], errors)
+    requests = re.search(r"(\d+) requests in", output)
+    return WrkResult(
+        float(rps.group(1)),
+        float(p99.group(1)) * _LATENCY_UNITS_MS[p99.group(2)],
+        errors,
+        int(requests.group(1)) if requests else 0,
+    )
 
 
 def run_wrk(target: Target, case: str, seconds: int, connections: int) -> WrkResult:
     command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency"]
     if case == "304":
         command += ["-H", f"If-None-Match: {target.etag}"]
+    cpu_before = cpu_seconds(target.pid) if target.pid is not None else 0.0
     done = subprocess.run(
         command + [target.url], capture_output=True, text=True, timeout=seconds + 60, check=True
     )
-    return parse_wrk(done.stdout)
+    result = parse_wrk(done.stdout)
+    if target.pid is None or not result.requests:
+        return result
+    cpu_us = 1e6 * (cpu_seconds(target.pid) - cpu_before) / result.requests
+    return WrkResult(result.rps, result.p99_ms, result.errors, result.requests, cpu_us)
 
 
 def measure(
@@ -321,7 +358,10 @@ def measure(
 
 
 def table(results: dict[tuple[str, str], list[WrkResult]], workers: int, image_store: str) -> str:
-    lines = ["| case | server | req/s | p99 | errors | ratio to nginx |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| case | server | req/s | p99 | errors | ratio to nginx | server CPU per request |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for case in CASES:
         nginx_rps = statistics.median(r.rps for r in results[(case, "nginx")])
         for server in SERVERS:
@@ -334,14 +374,21 @@ def table(results: dict[tuple[str, str], list[WrkResult]], workers: int, image_s
             label = f"faceserve --workers {workers}, {image_store} store" if server == "faceserve" else server
             if server == "baseline":
                 label = f"baseline (--baseline-src) --workers {workers}, {image_store} store"
+            cpu = [r.cpu_us for r in runs if r.cpu_us is not None]
+            cpu_text = f"{statistics.median(cpu):.1f} us" if cpu else "-"
             lines.append(
-                f"| {case} | {label} | {rps:,.0f} | {p99:.2f} ms | {errors} | {rps / nginx_rps:.2f} |"
+                f"| {case} | {label} | {rps:,.0f} | {p99:.2f} ms | {errors} | {rps / nginx_rps:.2f} | {cpu_text} |"
             )
     for case in CASES:
         if (case, "baseline") in results:
             ours = statistics.median(r.rps for r in results[(case, "faceserve")])
             theirs = statistics.median(r.rps for r in results[(case, "baseline")])
-            lines.append(f"\n{case}: faceserve / baseline req/s = {ours / theirs:.3f}")
+            ours_cpu = statistics.median(r.cpu_us or 0.0 for r in results[(case, "faceserve")])
+            theirs_cpu = statistics.median(r.cpu_us or 0.0 for r in results[(case, "baseline")])
+            lines.append(
+                f"\n{case}: faceserve / baseline req/s = {ours / theirs:.3f}; "
+                f"CPU per request = {ours_cpu / theirs_cpu:.3f}"
+            )
     return "\n".join(lines)
 
 
@@ -410,12 +457,12 @@ def main() -> None:
                 copy.write_bytes(photo)
             with running_nginx(folder / "nginx", free_port(), nginx_root, args.nginx_workers) as nginx_base:
                 targets = [
-                    checked_target("faceserve", f"{base}/api/face/image/{image['image_id']}", photo),
+                    checked_target("faceserve", f"{base}/api/face/image/{image['image_id']}", photo, base),
                     checked_target("nginx", f"{nginx_base}/face_sessions/{image['identity']}", photo),
                 ]
                 if baseline is not None:
                     url = f"{baseline}/api/face/image/{baseline_image['image_id']}"
-                    targets.insert(1, checked_target("baseline", url, photo))
+                    targets.insert(1, checked_target("baseline", url, photo, baseline))
                 results = measure(targets, args.turns, args.seconds, args.connections)
     finally:
         if args.keep:
