@@ -99,10 +99,10 @@ class RequestTimes:
         self._histogram = histogram
         self._bounds = list(_LATENCY_BUCKETS) + [float("inf")]
         # (method, route, status) -> [count per bucket..., sum of seconds]
-        self._pending: dict[tuple[str, str, str], list[float]] = {}
+        self._pending: dict[tuple[str, str, int], list[float]] = {}
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        key = (method, route, str(status))
+        key = (method, route, status)
         counts = self._pending.get(key)
         if counts is None:
             counts = self._pending[key] = [0] * (len(self._bounds) + 1)
@@ -111,8 +111,8 @@ class RequestTimes:
 
     def flush(self) -> None:
         pending, self._pending = self._pending, {}
-        for key, counts in pending.items():
-            child = self._histogram.labels(*key)
+        for (method, route, status), counts in pending.items():
+            child = self._histogram.labels(method, route, str(status))
             for bucket, count in enumerate(counts[:-1]):
                 if count:
                     child._buckets[bucket].inc(count)

@@ -4,6 +4,7 @@ observation by route template and status. GET /metrics renders every worker's sa
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import re
 import time
@@ -20,6 +21,10 @@ REQUEST_ID_HEADER = "X-Request-ID"
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # requests no route matched are counted under one name: random paths must not make new series
 UNMATCHED = "unmatched"
+# request ids name requests in logs and guard nothing: a random prefix per process (workers are spawned,
+# so each draws its own) and a counter, cheaper than random bytes per request
+_ID_PREFIX = f"{random.getrandbits(32):08x}"
+_ids = itertools.count(1)
 
 
 def request_id_of(request: web.BaseRequest) -> str:
@@ -27,17 +32,17 @@ def request_id_of(request: web.BaseRequest) -> str:
 
 
 def route_of(request: web.BaseRequest) -> str:
-    match_info = getattr(request, "match_info", None)
-    route = getattr(match_info, "route", None)
-    resource = getattr(route, "resource", None)
+    try:
+        resource = request.match_info.route.resource  # type: ignore[attr-defined]
+    except AttributeError:  # a request that never reached the router
+        return UNMATCHED
     return resource.canonical if resource is not None else UNMATCHED
 
 
 @web.middleware
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     given = request.headers.get(REQUEST_ID_HEADER, "")
-    # ids name requests in logs, they guard nothing: a fast PRNG, not a getrandom() syscall per request
-    request_id = given if given and _SANE_REQUEST_ID.fullmatch(given) else f"{random.getrandbits(64):016x}"
+    request_id = given if given and _SANE_REQUEST_ID.fullmatch(given) else f"{_ID_PREFIX}{next(_ids):08x}"
     request["request_id"] = request_id
     start = time.perf_counter()
     status = 500
