@@ -151,21 +151,3 @@ def test_workers_report_together(tmp_path, database_url, models_dir) -> None:
         server.send_signal(signal.SIGTERM)
         server.wait(60)
 
-
-async def test_streamed_answers_carry_the_request_id_too(client, services) -> None:
-    """A body over 512 KiB is streamed from inside the handler; its headers still name the request."""
-    import io
-
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.effect_noise((900, 900), 64).convert("RGB").save(buffer, "PNG")  # noise: > 512 KiB as PNG
-    assert len(buffer.getvalue()) > 512 * 1024
-    response = await client.post("/api/face/sessions", json={"name": "big"})
-    session_id = (await response.json())["data"]["id"]
-    form = aiohttp.FormData()
-    form.add_field("file", buffer.getvalue(), filename="noise.png")
-    [image] = (await (await client.post(f"/api/face/sessions/{session_id}/images", data=form)).json())["data"]["images"]
-    got = await client.get(f"/api/face/image/{image['image_id']}", headers={"X-Request-ID": "big-1"})
-    assert got.status == 200 and len(await got.read()) == len(buffer.getvalue())
-    assert got.headers["X-Request-ID"] == "big-1"

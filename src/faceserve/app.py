@@ -31,7 +31,6 @@ def create_app(
 
     app.cleanup_ctx.append(services_ctx)
     app.cleanup_ctx.append(observability.sampling)
-    app.on_response_prepare.append(observability.add_request_id)
     app[serving.SERVED_FILES] = serving.ServedFileCache(settings.served_cache_entries, settings.served_recheck_s)
     app[URLS] = UrlPolicy.from_settings(settings)
     app.router.add_get("/healthz", health.healthz)

@@ -49,22 +49,18 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         response = await handler(request)
         status = response.status
+        if not response.prepared:  # a body streamed by its handler (over 512 KiB) has sent its headers
+            response.headers[REQUEST_ID_HEADER] = request_id
         return response
     except web.HTTPException as exc:  # redirects and 304s raised by handlers (errors are answered inside)
         status = exc.status
+        exc.headers[REQUEST_ID_HEADER] = request_id
         raise
     except asyncio.CancelledError:
         status = 499  # the client went away first (nginx's number for it)
         raise
     finally:
         metrics.HTTP_REQUESTS.observe(request.method, route_of(request), status, time.perf_counter() - start)
-
-
-async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: every answer says its request id, streamed ones (prepared in handlers) too."""
-    request_id = request.get("request_id")
-    if request_id:
-        response.headers[REQUEST_ID_HEADER] = request_id
 
 
 async def metrics_page(request: web.Request) -> web.Response:
