@@ -11,3 +11,4 @@ faiss.GpuIndexFlatConfig.useFloat16  # GPU flat index storage
 onnxruntime.SessionOptions.log_severity_level
 onnxruntime.SessionOptions.intra_op_num_threads
 pytestmark  # pytest reads a test module's marks from it
+web.AbstractAccessLogger.enabled  # aiohttp asks it before building a log line

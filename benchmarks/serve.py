@@ -36,7 +36,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +49,7 @@ SOURCE_PHOTO = Path(insightface.__file__).parent / "data" / "images" / "t1.jpg"
 TARGET_BYTES = 100_000
 CACHE_CONTROL = "public, max-age=31536000, immutable"
 CASES = ("200", "304")
-SERVERS = ("faceserve", "nginx")
+SERVERS = ("faceserve", "baseline", "nginx")
 
 NGINX_CONF = """\
 {user}
@@ -88,6 +88,8 @@ class Target:
     server: str
     url: str
     etag: str
+    # the server's process (faceserve: its workers are counted too); None: not measured (nginx)
+    pid: int | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,9 @@ class WrkResult:
     rps: float
     p99_ms: float
     errors: int
+    requests: int = 0
+    # server CPU time per request: unlike req/s, barely moved by other work sharing the cores
+    cpu_us: float | None = None
 
 
 def require_tools() -> None:
@@ -156,9 +161,16 @@ def supports_workers_flag() -> bool:
 
 @contextmanager
 def running_faceserve(
-    storage: Path, port: int, workers: int, image_store: str, extra_env: dict[str, str] | None = None
+    storage: Path,
+    port: int,
+    workers: int,
+    image_store: str,
+    extra_env: dict[str, str] | None = None,
+    log_level: str = "WARNING",
+    source: Path | None = None,
 ) -> Iterator[str]:
-    command = [*faceserve_command(), "--log-level", "WARNING", "serve", "--host", "127.0.0.1"]
+    """source: another checkout's src/ folder to run instead of the installed faceserve (--baseline-src)."""
+    command = [*faceserve_command(), "--log-level", log_level, "serve", "--host", "127.0.0.1"]
     command += ["--port", str(port), "--storage", str(storage), "--models-dir", str(ROOT / "models")]
     if supports_workers_flag():
         command += ["--workers", str(workers)]
@@ -170,10 +182,13 @@ def running_faceserve(
     # nginx serves the file unsigned: so does faceserve here (signature checks are one HMAC per request)
     env["FACESERVE_PUBLIC_IMAGES"] = "true"
     env.update(extra_env or {})
+    if source is not None:
+        env["PYTHONPATH"] = str(source)
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sys.stderr)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until_up(f"{base}/healthz", process, timeout_s=300)
+        _SERVER_PIDS[base] = process.pid
         yield base
     finally:
         stop(process, signal.SIGTERM, timeout_s=60)
@@ -273,7 +288,7 @@ def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[st
         connection.close()
 
 
-def checked_target(server: str, url: str, expected: bytes) -> Target:
+def checked_target(server: str, url: str, expected: bytes, base: str | None = None) -> Target:
     """Check what wrk will measure: the file with our caching header, and a 304 for the server's own ETag."""
     status, headers, body = fetch(url)
     if status != 200 or body != expected or headers.get("Cache-Control") != CACHE_CONTROL:
@@ -284,10 +299,30 @@ def checked_target(server: str, url: str, expected: bytes) -> Target:
     status, _, body = fetch(url, {"If-None-Match": etag})
     if status != 304 or body:
         raise RuntimeError(f"{server}: revalidation gave {status} with {len(body)} bytes")
-    return Target(server, url, etag)
+    return Target(server, url, etag, _SERVER_PIDS.get(base) if base else None)
 
 
 _LATENCY_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+_SERVER_PIDS: dict[str, int] = {}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its children (the workers), embedded Postgres excepted."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            if "postgres" in process.name():
+                continue
+            times = process.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            continue
+    return total
 
 
 def parse_wrk(output: str) -> WrkResult:
@@ -299,17 +334,28 @@ def parse_wrk(output: str) -> WrkResult:
     sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
     errors = int(non_2xx_3xx.group(1)) if non_2xx_3xx else 0
     errors += sum(int(n) for n in sockets.groups()) if sockets else 0
-    return WrkResult(float(rps.group(1)), float(p99.group(1)) * _LATENCY_UNITS_MS[p99.group(2)], errors)
+    requests = re.search(r"(\d+) requests in", output)
+    return WrkResult(
+        float(rps.group(1)),
+        float(p99.group(1)) * _LATENCY_UNITS_MS[p99.group(2)],
+        errors,
+        int(requests.group(1)) if requests else 0,
+    )
 
 
 def run_wrk(target: Target, case: str, seconds: int, connections: int) -> WrkResult:
     command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency"]
     if case == "304":
         command += ["-H", f"If-None-Match: {target.etag}"]
+    cpu_before = cpu_seconds(target.pid) if target.pid is not None else 0.0
     done = subprocess.run(
         command + [target.url], capture_output=True, text=True, timeout=seconds + 60, check=True
     )
-    return parse_wrk(done.stdout)
+    result = parse_wrk(done.stdout)
+    if target.pid is None or not result.requests:
+        return result
+    cpu_us = 1e6 * (cpu_seconds(target.pid) - cpu_before) / result.requests
+    return WrkResult(result.rps, result.p99_ms, result.errors, result.requests, cpu_us)
 
 
 def measure(
@@ -326,17 +372,36 @@ def measure(
 
 
 def table(results: dict[tuple[str, str], list[WrkResult]], workers: int, image_store: str) -> str:
-    lines = ["| case | server | req/s | p99 | errors | ratio to nginx |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| case | server | req/s | p99 | errors | ratio to nginx | server CPU per request |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for case in CASES:
         nginx_rps = statistics.median(r.rps for r in results[(case, "nginx")])
         for server in SERVERS:
+            if (case, server) not in results:
+                continue
             runs = results[(case, server)]
             rps = statistics.median(r.rps for r in runs)
             p99 = statistics.median(r.p99_ms for r in runs)
             errors = sum(r.errors for r in runs)
             label = f"faceserve --workers {workers}, {image_store} store" if server == "faceserve" else server
+            if server == "baseline":
+                label = f"baseline (--baseline-src) --workers {workers}, {image_store} store"
+            cpu = [r.cpu_us for r in runs if r.cpu_us is not None]
+            cpu_text = f"{statistics.median(cpu):.1f} us" if cpu else "-"
             lines.append(
-                f"| {case} | {label} | {rps:,.0f} | {p99:.2f} ms | {errors} | {rps / nginx_rps:.2f} |"
+                f"| {case} | {label} | {rps:,.0f} | {p99:.2f} ms | {errors} | {rps / nginx_rps:.2f} | {cpu_text} |"
+            )
+    for case in CASES:
+        if (case, "baseline") in results:
+            ours = statistics.median(r.rps for r in results[(case, "faceserve")])
+            theirs = statistics.median(r.rps for r in results[(case, "baseline")])
+            ours_cpu = statistics.median(r.cpu_us or 0.0 for r in results[(case, "faceserve")])
+            theirs_cpu = statistics.median(r.cpu_us or 0.0 for r in results[(case, "baseline")])
+            lines.append(
+                f"\n{case}: faceserve / baseline req/s = {ours / theirs:.3f}; "
+                f"CPU per request = {ours_cpu / theirs_cpu:.3f}"
             )
     return "\n".join(lines)
 
@@ -358,6 +423,17 @@ def parse_args() -> argparse.Namespace:
         default="file",
         help="FACESERVE_IMAGE_STORE for faceserve (default file); nginx always serves a file",
     )
+    parser.add_argument(
+        "--log-level",
+        default="WARNING",
+        help="faceserve --log-level (default WARNING: no access log; INFO writes one line per request)",
+    )
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        help="another checkout's src/ folder (say, main's): run it too, alternated with the others, to "
+        "measure what a change costs under the same load (`git archive <commit> | tar -x -C DIR`)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args()
     if args.turns < 1 or args.seconds < 1 or args.connections < 2:
@@ -372,8 +448,25 @@ def main() -> None:
     try:
         photo = make_jpeg()
         storage = folder / "storage"
-        with running_faceserve(storage, free_port(), args.workers, args.image_store) as base:
+        with ExitStack() as servers:
+            base = servers.enter_context(
+                running_faceserve(
+                    storage, free_port(), args.workers, args.image_store, log_level=args.log_level
+                )
+            )
             image = upload(base, "bench.jpg", photo, admin_headers(storage))
+            baseline = None
+            if args.baseline_src is not None:
+                baseline = servers.enter_context(
+                    running_faceserve(
+                        folder / "baseline-storage", free_port(), args.workers, args.image_store,
+                        log_level=args.log_level, source=args.baseline_src.resolve(),
+                    )
+                )
+                baseline_key = folder / "baseline-storage" / "admin-key"  # none before access control
+                baseline_image = upload(
+                    baseline, "bench.jpg", photo, admin_headers(folder / "baseline-storage") if baseline_key.exists() else {}
+                )
             nginx_root = storage
             if not (storage / "face_sessions" / image["identity"]).exists():
                 # the bytes are in Postgres: nginx gets the same bytes as a file of its own
@@ -383,9 +476,12 @@ def main() -> None:
                 copy.write_bytes(photo)
             with running_nginx(folder / "nginx", free_port(), nginx_root, args.nginx_workers) as nginx_base:
                 targets = [
-                    checked_target("faceserve", f"{base}/api/face/image/{image['image_id']}", photo),
+                    checked_target("faceserve", f"{base}/api/face/image/{image['image_id']}", photo, base),
                     checked_target("nginx", f"{nginx_base}/face_sessions/{image['identity']}", photo),
                 ]
+                if baseline is not None:
+                    url = f"{baseline}/api/face/image/{baseline_image['image_id']}"
+                    targets.insert(1, checked_target("baseline", url, photo, baseline))
                 results = measure(targets, args.turns, args.seconds, args.connections)
     finally:
         if args.keep:

@@ -104,10 +104,11 @@ def settings(tmp_path: Path, database_url: str, models_dir: Path, image_store: s
 @pytest.fixture
 def aiohttp_client(aiohttp_client):
     """pytest-aiohttp's, with the admin key on every request (tests about access make anonymous ones with a
-    plain aiohttp.ClientSession)."""
+    plain aiohttp.ClientSession) and every answer checked against openapi.json (tests/contract.py)."""
+    from contract import check_answers
 
     async def make(app, *args, **kwargs) -> TestClient:
-        return authorize(await aiohttp_client(app, *args, **kwargs))
+        return check_answers(authorize(await aiohttp_client(app, *args, **kwargs)))
 
     return make
 

@@ -43,4 +43,4 @@ def test_a_bad_setting_is_one_line_and_exit_code_2(database_url):
         check=False,
     )
     assert env_result.returncode == 2
-    assert env_result.stderr.strip() == "faceserve: FACESERVE_DEVICE must be one of auto, cpu, cuda (got 'gpu')"
+    assert env_result.stderr.strip() == "faceserve: error: FACESERVE_DEVICE must be one of auto, cpu, cuda (got 'gpu')"

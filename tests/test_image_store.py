@@ -189,7 +189,7 @@ async def test_import_of_an_old_tree_into_postgres_keeps_names_and_old_urls(
     copy_photo(photos["t1"], old / "copy_of_001.jpg")  # same bytes: an alias, no second blob
     async with open_services(settings, engine) as services:
         report = await import_tree(services, tmp_path / "old")
-        assert (report.images_created, report.already_present) == (1, 1)
+        assert (report.images_created, report.duplicates) == (1, 1)
         assert await services.pool.fetchval("SELECT count(*) FROM image_blobs") == 1
     assert _originals_on_disk(settings) == []
     client = await aiohttp_client(create_app(settings, engine))

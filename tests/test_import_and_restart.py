@@ -38,7 +38,8 @@ async def test_import_twice_changes_nothing_the_second_time(tmp_path, photos, se
     source = _old_tree(tmp_path / "old", photos)
     async with open_services(settings, engine) as services:
         first = await import_tree(services, source)
-        assert (first.sessions_created, first.images_created, first.already_present) == (2, 3, 1)
+        # copy_of_001.jpg and party_001.jpg hold the same bytes: one image, the second name a duplicate
+        assert (first.sessions_created, first.images_created, first.duplicates, first.already_present) == (2, 3, 1, 0)
         assert [label for label, _ in first.failed] == ["3/db/notes.txt"]
         after_first = await _snapshot(services)
         image = await db.find_image_by_path(services.pool, "face_sessions/3/db/party 002.JPG")
@@ -78,10 +79,11 @@ async def test_import_in_place_of_the_storage_folder(photos, settings, engine, c
     os.environ["DATABASE_URL"] = settings.database_url
     os.environ["FACESERVE_MODELS_DIR"] = str(settings.models_dir)
     try:
-        assert await _run_cli(argv) == 0
-        assert "images imported: 3, already present: 1, failed: 1" in capsys.readouterr().out
-        assert await _run_cli(argv) == 0
-        assert "images imported: 0, already present: 4, failed: 1" in capsys.readouterr().out
+        # notes.txt fails to import, every time: the exit code says so
+        assert await _run_cli(argv) == 1
+        assert "images imported: 3, duplicates: 1, already present: 0, failed: 1" in capsys.readouterr().out
+        assert await _run_cli(argv) == 1
+        assert "images imported: 0, duplicates: 0, already present: 4, failed: 1" in capsys.readouterr().out
     finally:
         del os.environ["DATABASE_URL"], os.environ["FACESERVE_MODELS_DIR"]
     assert files_under(settings.storage / "face_sessions") == before

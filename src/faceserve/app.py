@@ -12,12 +12,14 @@ from .core import privacy
 from .core.services import open_services
 from .http import (
     access,
+    docs,
     downloads,
     forget,
     health,
     images,
     keys,
     middleware,
+    observability,
     page,
     ratelimit,
     search,
@@ -38,7 +40,8 @@ def create_app(
     limiter = ratelimit.Limiter.from_settings(settings)
     guards = [access.guard, ratelimit.middleware(limiter)] if settings.rate_limits else [access.guard]
     app = web.Application(
-        middlewares=[middleware.errors, *guards], client_max_size=settings.max_upload_bytes + _BODY_OVERHEAD
+        middlewares=[observability.observe, middleware.errors, *guards],
+        client_max_size=settings.max_upload_bytes + _BODY_OVERHEAD,
     )
 
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -58,6 +61,7 @@ def create_app(
     app.cleanup_ctx.append(expire_sessions_ctx)
     access.install(app, settings)  # its context runs after the services'
     ratelimit.install(app, limiter)
+    app.cleanup_ctx.append(observability.sampling)
     app[URLS] = UrlPolicy.from_settings(settings)
     app[PAGE] = page.load(settings)
     app.router.add_get("/healthz", health.healthz)
@@ -79,4 +83,7 @@ def create_app(
     app.router.add_post("/api/face/keys", keys.create_key)
     app.router.add_get("/api/face/keys", keys.list_keys)
     app.router.add_delete("/api/face/keys/{prefix}", keys.revoke_key)
+    app.router.add_get("/openapi.json", docs.openapi_json)
+    app.router.add_get("/docs", docs.docs_page)
+    app.router.add_get("/metrics", observability.metrics_page)
     return app

@@ -21,6 +21,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "event_loop": ("uvloop", "asyncio"),
     "image_store": ("file", "postgres"),
     "device": ("auto", "cpu", "cuda"),
+    "log_level": ("DEBUG", "INFO", "WARNING", "ERROR"),
+    "log_format": ("text", "json"),
 }
 # settings that count something: at least this
 MINIMUM: dict[str, float] = {
@@ -53,6 +55,7 @@ MINIMUM: dict[str, float] = {
     "min_face_size": 0,
     "detector_input_size": 32,
     "face_crop_padding": 0,
+    "metrics_sample_s": 0.05,
 }
 # old names still read from the environment, with a warning: {old: new}
 RENAMED = {"ivf_min_faces": "approximate_min_faces", "ivf_nprobe_margin": "shortlist_margin"}
@@ -197,6 +200,15 @@ class Settings:
     # nesting before they are parsed (400), since json.loads recurses once per level
     max_json_bytes: int = 64 * 1024
     max_json_depth: int = 32
+    # DEBUG shows libraries' chatter too (initdb, loaders, warnings); INFO and up keep to faceserve's own
+    log_level: str = "INFO"
+    # "text" for people, "json" (one object a line) for log shippers
+    log_format: str = "text"
+    # one line per request on the faceserve.access logger (INFO); off saves ~5-10 % req/s on tiny images
+    access_log: bool = True
+    # seconds between samples of live gauges (pools, queues, indexes) for /metrics, in each worker; request
+    # times counted in memory are handed to the shared histogram as often (a scrape lags by at most this)
+    metrics_sample_s: float = 1.0
 
     page_default_limit: int = 100
     page_max_limit: int = 1000

@@ -15,11 +15,12 @@ import time
 from contextlib import ExitStack
 from dataclasses import replace
 
+from . import logs, metrics
 from .app import create_app
 from .config import Settings
 from .core import start_sweep
 from .db import recovery as db_recovery
-from .http import listener
+from .http import access_log, listener, startup
 from .http.access import refuse_open_network
 from .media.files import Storage
 from .vision.packs import locate_pack
@@ -43,17 +44,24 @@ def _new_loop(kind: str) -> asyncio.AbstractEventLoop:
 def _run_one(settings: Settings, *, reuse_port: bool, sweep_partial_uploads: bool) -> None:
     loop = _new_loop(settings.event_loop)
     asyncio.set_event_loop(loop)
+    app = create_app(settings, sweep_partial_uploads=sweep_partial_uploads)
+    app.on_startup.append(startup.say_ready)  # after cleanup_ctx has opened the services
     listener.run(  # web.run_app with limits on connections and idle time (http/listener.py)
-        create_app(settings, sweep_partial_uploads=sweep_partial_uploads),
+        app,
         settings,
         reuse_port=reuse_port,
         loop=loop,
-        announce=None if reuse_port else print,
+        announce=None,  # startup.say_ready says where it listens, in the log's format
+        access_log={
+            "access_log": access_log.LOGGER if settings.access_log else None,
+            "access_log_class": access_log.AccessLogger,
+            "access_log_format": settings.log_format,
+        },
     )
 
 
-def _worker(settings: Settings, level: int) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
+def _worker(settings: Settings) -> None:
+    logs.configure(settings.log_level, settings.log_format)
     _run_one(settings, reuse_port=True, sweep_partial_uploads=False)
 
 
@@ -66,6 +74,7 @@ def _restart_postgres_if_down(postgres: db_recovery.EmbeddedPostgres) -> None:
 
 def serve(settings: Settings) -> None:
     refuse_open_network(settings)
+    startup.say_starting(settings)
     if settings.workers <= 1:
         _run_one(settings, reuse_port=False, sweep_partial_uploads=True)
         return
@@ -81,14 +90,11 @@ def serve(settings: Settings) -> None:
         locate_pack(settings.models_dir, settings.model_pack)  # lay models out once, before workers race
         context = multiprocessing.get_context("spawn")
         workers = [
-            context.Process(
-                target=_worker, args=(settings, logging.getLogger().level), name=f"worker-{i}", daemon=False
-            )
+            context.Process(target=_worker, args=(settings,), name=f"worker-{i}", daemon=False)
             for i in range(settings.workers)
         ]
         for process in workers:
             process.start()
-        print(f"faceserve: {len(workers)} workers on http://{settings.host}:{settings.port}", flush=True)
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
         try:
             last_check = time.monotonic()
@@ -109,3 +115,5 @@ def serve(settings: Settings) -> None:
                 process.join(_STOP_TIMEOUT_S)
                 if process.is_alive():
                     process.kill()
+                if process.pid is not None:
+                    metrics.process_exited(process.pid)

@@ -1,18 +1,55 @@
 """Command line: `faceserve serve` runs the service, `faceserve import DIR` takes in an old tree,
-`faceserve db upgrade|status` moves or shows the database schema, `keys` and `signing` (admin.py) manage
-access."""
+`faceserve doctor` checks what a deployment needs, `faceserve db upgrade|status` moves or shows the database
+schema, `faceserve keys ...` and `faceserve signing ...` (admin.py) manage access.
+
+Exit codes: 0 done; 1 it ran and something failed (port in use, database down, files that failed to
+import, a failed doctor check); 2 bad usage (flags, settings, a source without the face_sessions layout);
+130 interrupted. Errors are one line on stderr, never a traceback (--log-level DEBUG adds it).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
+import shutil
+import socket
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..config import Settings, SettingsError, load_settings
+from .. import __version__
+from ..config import Settings, load_settings
+from ..logs import FORMATS, LEVELS
 from . import admin
+
+log = logging.getLogger("faceserve")
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+_METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+class UsageError(Exception):
+    """Bad input from the operator: a one-line message and exit code 2."""
+
+
+class CannotListen(Exception):
+    """The address is taken (or not ours): a one-line message and exit code 1."""
+
+
+def _port(raw: str) -> int:
+    if not raw.isdigit() or not 1 <= int(raw) <= 65535:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a port (1-65535)")
+    return int(raw)
+
+
+def _positive(raw: str) -> int:
+    if not raw.isdigit() or int(raw) < 1:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number of at least 1")
+    return int(raw)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -23,18 +60,33 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="faceserve", description=__doc__)
-    parser.add_argument("--log-level", default="INFO")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="faceserve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"faceserve {__version__}")
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LEVELS,
+        help="DEBUG shows libraries' start-up chatter and tracebacks too (default INFO, or FACESERVE_LOG_LEVEL)",
+    )
+    parser.add_argument(
+        "--log-format", choices=FORMATS, help="text, or json: one object a line (default text, or FACESERVE_LOG_FORMAT)"
+    )
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="{serve,import,doctor,db,keys,signing}"
+    )
     serve = commands.add_parser("serve", help="run the HTTP service")
     serve.add_argument("--host", help="address to listen on (default 0.0.0.0)")
-    serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument("--port", type=_port, help="port (default 8000)")
     serve.add_argument("--public-base-url", help="absolute base of image URLs in responses")
-    serve.add_argument("--workers", type=int, help="processes sharing the port (default 1)")
+    serve.add_argument("--workers", type=_positive, help="processes sharing the port (default 1)")
     _common(serve)
     importer = commands.add_parser("import", help="import a face_sessions/{id}/db/* tree")
     importer.add_argument("source", type=Path, help="folder holding face_sessions/ (or that folder itself)")
     _common(importer)
+    doctor = commands.add_parser("doctor", help="check the database, models, providers, faiss, disk and clock")
+    _common(doctor)
     database = commands.add_parser("db", help="the database schema: apply or show its migrations")
     database.add_argument("action", choices=["upgrade", "status"])
     database.add_argument("--storage", type=Path, help="storage root whose embedded Postgres to use")
@@ -45,36 +97,91 @@ def _parser() -> argparse.ArgumentParser:
 def _settings(args: argparse.Namespace) -> Settings:
     names = ("host", "port", "public_base_url", "workers", "storage", "models_dir", "model_pack", "device")
     overrides: dict[str, Any] = {n: getattr(args, n, None) for n in names}
-    return load_settings(overrides)
+    overrides["log_level"], overrides["log_format"] = args.log_level, args.log_format
+    try:
+        return load_settings(overrides)
+    except ValueError as exc:  # SettingsError: names the setting and what it accepts
+        raise UsageError(str(exc)) from None
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Before minutes of loading: fail at once, in one line, when something already listens there."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp does: TIME_WAIT is no obstacle
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise CannotListen(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+@contextmanager
+def metrics_folder() -> Iterator[str]:
+    """PROMETHEUS_MULTIPROC_DIR for every process of this service, set before prometheus_client loads:
+    the operator's (emptied of an earlier run's samples), or a fresh folder removed at exit."""
+    given = os.environ.get(_METRICS_ENV)
+    if given:
+        os.makedirs(given, exist_ok=True)
+        for name in os.listdir(given):
+            if name.endswith(".db"):
+                os.unlink(os.path.join(given, name))
+        yield given
+        return
+    folder = tempfile.mkdtemp(prefix="faceserve-metrics-")
+    os.environ[_METRICS_ENV] = folder
+    try:
+        yield folder
+    finally:
+        os.environ.pop(_METRICS_ENV, None)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _serve(settings: Settings) -> int:
+    _check_port_free(settings.host, settings.port)
+    with metrics_folder():
+        from ..server import serve  # imports prometheus_client: after the folder is set
+
+        serve(settings)
+    return 0
 
 
 async def _import(settings: Settings, source: Path) -> int:
-    from ..core.importer import ImportReport, import_tree
+    from tqdm import tqdm
+
+    from ..core.importer import FAILED, ImportReport, count_files, import_tree
     from ..core.services import open_services
 
+    total = count_files(source)  # raises NoSessionsFound before anything starts
     interactive = sys.stderr.isatty()
+    bar = tqdm(total=total, unit="file", file=sys.stderr, disable=not interactive, dynamic_ncols=True)
 
-    def progress(report: ImportReport, label: str) -> None:
+    def progress(report: ImportReport, label: str, outcome: str) -> None:
         if interactive:
-            line = (
-                f"\r{report.seen} files: {report.images_created} imported, {report.already_present} already there, "
-                f"{len(report.failed)} failed  {label[-40:]:<40}"
+            bar.set_postfix_str(
+                f"{report.images_created} new, {report.duplicates} dup, {len(report.failed)} failed", refresh=False
             )
-            sys.stderr.write(line)
-            sys.stderr.flush()
+            bar.update(1)
+            if outcome == FAILED:
+                bar.write(f"failed: {label}: {report.failed[-1][1]}", file=sys.stderr)
+        else:  # piped: plain lines a log or a script can read
+            detail = f": {report.failed[-1][1]}" if outcome == FAILED else ""
+            print(f"[{report.seen}/{total}] {label}: {outcome}{detail}", file=sys.stderr, flush=True)
 
-    async with open_services(settings) as services:
-        report = await import_tree(services, source.resolve(), progress)
-    if interactive:
-        sys.stderr.write("\n")
-    for label, message in report.failed:
-        print(f"failed: {label}: {message}")
+    try:
+        async with open_services(settings) as services:
+            report = await import_tree(services, source.resolve(), progress)
+    finally:
+        bar.close()
     print(
         f"sessions created: {report.sessions_created}, images imported: {report.images_created}, "
-        f"already present: {report.already_present}, failed: {len(report.failed)}, "
-        f"skipped as deleted: {report.deleted_skipped}"
+        f"duplicates: {report.duplicates}, already present: {report.already_present}, "
+        f"failed: {len(report.failed)}, skipped as deleted: {report.deleted_skipped}"
     )
-    return 0
+    return EXIT_FAILED if report.failed else 0
 
 
 async def _database(settings: Settings, action: str) -> int:
@@ -102,27 +209,44 @@ async def _database(settings: Settings, action: str) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        settings = _settings(args)
-    except SettingsError as exc:
-        print(f"faceserve: {exc}", file=sys.stderr)
-        return 2
+def _run(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from .. import logs
+
+    logs.configure(settings.log_level.upper(), settings.log_format)
     if args.command == "db":
         return asyncio.run(_database(settings, args.action))
-    if args.command == "serve":
-        from ..server import serve
-
-        serve(settings)
-        return 0
     if args.command in admin.COMMANDS:
         return asyncio.run(admin.COMMANDS[args.command](settings, args))
+    if args.command == "serve":
+        return _serve(settings)
+    if args.command == "doctor":
+        from . import doctor
+
+        return doctor.run(settings)
     if not args.source.is_dir():
-        print(f"{args.source} is not a folder", file=sys.stderr)
-        return 2
-    return asyncio.run(_import(settings, args.source))
+        raise UsageError(f"{args.source} is not a folder")
+    from ..core.importer import NoSessionsFound
+
+    try:
+        return asyncio.run(_import(settings, args.source))
+    except NoSessionsFound as exc:
+        raise UsageError(str(exc)) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)  # bad flags: argparse's usage line and one error line, exit 2
+    try:
+        return _run(args)
+    except UsageError as exc:
+        print(f"faceserve: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        log.debug("traceback", exc_info=True)
+        print(f"faceserve: error: {str(exc) or type(exc).__name__}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

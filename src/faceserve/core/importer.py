@@ -25,18 +25,31 @@ log = logging.getLogger(__name__)
 _CHUNK = 1024 * 1024
 
 
+# what became of one file, as the progress callback hears it
+IMPORTED, DUPLICATE, ALREADY_PRESENT, FAILED = "imported", "duplicate", "already present", "failed"
+DELETED = "skipped as deleted"
+Progress = Callable[["ImportReport", str, str], None]
+
+
+class NoSessionsFound(ValueError):
+    """The source has no face_sessions/{id}/db/ folder: most likely the wrong folder was named."""
+
+
 @dataclass
 class ImportReport:
     sessions_created: int = 0
     images_created: int = 0
+    # files whose path is recorded already (a second run)
     already_present: int = 0
     # files of photos or sessions deleted through the API: never taken in again (tombstones.py)
     deleted_skipped: int = 0
+    # files with the same bytes as an image of the session under another name: kept as an alias of it
+    duplicates: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def seen(self) -> int:
-        return self.images_created + self.already_present + self.deleted_skipped + len(self.failed)
+        return self.images_created + self.already_present + self.duplicates + self.deleted_skipped + len(self.failed)
 
 
 def sessions_in(source: Path) -> list[tuple[int, Path]]:
@@ -47,6 +60,22 @@ def sessions_in(source: Path) -> list[tuple[int, Path]]:
         if child.name.isascii() and child.name.isdigit() and (child / PHOTOS_DIR).is_dir():
             found.append((int(child.name), child / PHOTOS_DIR))
     return sorted(found)
+
+
+def files_in(folder: Path) -> list[Path]:
+    """The files of one session's db folder, in the order they are imported (hidden ones skipped)."""
+    return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file())
+
+
+def count_files(source: Path) -> int:
+    """How many files import_tree will look at (a progress bar's total); raises NoSessionsFound."""
+    sessions = sessions_in(source)
+    if not sessions:
+        raise NoSessionsFound(
+            f"{source} has no face_sessions/{{session id}}/db/ folders (nor {{session id}}/db/ ones): "
+            "name the folder that holds face_sessions/, or face_sessions/ itself"
+        )
+    return sum(len(files_in(folder)) for _, folder in sessions)
 
 
 async def _read(path: Path) -> AsyncIterator[bytes]:
@@ -73,31 +102,32 @@ async def _analyze(services: Services, session_id: int, path: Path, name: str | 
 
 async def _record(
     services: Services, session_id: int, label: str, work: asyncio.Task[ingest.Analyzed], report: ImportReport
-) -> None:
+) -> str:
     try:
         analyzed = await work
         outcome = await ingest.record_image(services, session_id, analyzed)
     except _Deleted:
         report.deleted_skipped += 1
-        return
+        return DELETED
     except (FaceServeError, OSError) as exc:
         message = exc.message if isinstance(exc, FaceServeError) else str(exc)
         report.failed.append((label, message))
-        log.warning("skipped %s: %s", label, message)
-        return
+        log.debug("skipped %s: %s", label, message)  # the CLI reports failures itself, once
+        return FAILED
     if outcome.created:
         report.images_created += 1
-        return
+        return IMPORTED
     # the same bytes under another name: keep old links to this name working
     alias = layout.file_path(session_id, analyzed.stored_name or "")
     if alias != outcome.image.file_path:
         await db.add_alias(services.pool, alias, outcome.image.id)
+        report.duplicates += 1
+        return DUPLICATE
     report.already_present += 1
+    return ALREADY_PRESENT
 
 
-async def import_tree(
-    services: Services, source: Path, progress: Callable[[ImportReport, str], None] | None = None
-) -> ImportReport:
+async def import_tree(services: Services, source: Path, progress: Progress | None = None) -> ImportReport:
     """Files are read and analysed a few at a time (reading one while the models work on another), and
     recorded strictly in name order, so which of two identical files keeps the bytes never varies."""
     report = ImportReport()
@@ -113,30 +143,30 @@ async def import_tree(
         deleted = await tombstones.deleted_paths(services.pool, session_id)
         window: deque[tuple[str, asyncio.Task[ingest.Analyzed]]] = deque()
         try:
-            for path in sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file()):
+            for path in files_in(folder):
                 label = layout.identity(session_id, path.name)
                 name = path.name if is_plain_name(path.name) else None
                 if name is not None and layout.file_path(session_id, name) in recorded:
                     report.already_present += 1
                     if progress is not None:
-                        progress(report, label)
+                        progress(report, label, ALREADY_PRESENT)
                     continue
                 if name is not None and layout.file_path(session_id, name) in deleted:
                     report.deleted_skipped += 1
                     if progress is not None:
-                        progress(report, label)
+                        progress(report, label, DELETED)
                     continue
                 window.append((label, asyncio.create_task(_analyze(services, session_id, path, name))))
                 if len(window) >= window_size:
                     label, work = window.popleft()
-                    await _record(services, session_id, label, work, report)
+                    outcome = await _record(services, session_id, label, work, report)
                     if progress is not None:
-                        progress(report, label)
+                        progress(report, label, outcome)
             while window:
                 label, work = window.popleft()
-                await _record(services, session_id, label, work, report)
+                outcome = await _record(services, session_id, label, work, report)
                 if progress is not None:
-                    progress(report, label)
+                    progress(report, label, outcome)
         finally:
             await _abandon(services, window)
     return report

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import asyncpg
 import numpy as np
 
-from .. import db
+from .. import db, metrics
 from ..config import Settings
 from ..db import recovery as db_recovery
 from ..errors import Busy
@@ -48,6 +48,7 @@ class AdmissionGate:
     @contextmanager
     def admit(self) -> Iterator[None]:
         if self.in_flight >= self.limit:
+            metrics.UPLOADS_REJECTED.inc()
             raise Busy(f"{self.in_flight} images are being processed; try again shortly", self.retry_after_s)
         self.in_flight += 1
         try:

@@ -41,6 +41,11 @@ ROUTE_ACCESS: dict[tuple[str, str], str] = {
     # the web page and its files: it asks the person for a key (or reads one from a guest link's fragment)
     ("GET", "/"): PUBLIC,
     ("GET", "/static/{version}/{name}"): PUBLIC,
+    # the contract and its page describe the API, nothing of anyone's data
+    ("GET", "/openapi.json"): PUBLIC,
+    ("GET", "/docs"): PUBLIC,
+    # counts and timings of the whole service: for the operator's scraper (a bearer token in its config)
+    ("GET", "/metrics"): "admin",
     ("POST", "/api/face/sessions"): "write",
     ("GET", "/api/face/sessions"): "search",
     ("GET", "/api/face/sessions/{session_id}"): "search",

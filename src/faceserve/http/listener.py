@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -48,12 +48,20 @@ class ConnectionCap:
 
 
 async def start(
-    app: web.Application, settings: Settings, *, reuse_port: bool = False, handle_signals: bool = True
+    app: web.Application,
+    settings: Settings,
+    *,
+    reuse_port: bool = False,
+    handle_signals: bool = True,
+    access_log: Mapping[str, Any] | None = None,
 ) -> web.AppRunner:
     """Open the app's services and listen on settings.host:port with the limits above. With handle_signals,
-    SIGINT and SIGTERM raise GracefulExit out of the loop."""
+    SIGINT and SIGTERM raise GracefulExit out of the loop. access_log: aiohttp's access_log* arguments."""
     runner = web.AppRunner(
-        app, access_log=None, keepalive_timeout=settings.keepalive_timeout_s, handle_signals=handle_signals
+        app,
+        keepalive_timeout=settings.keepalive_timeout_s,
+        handle_signals=handle_signals,
+        **(access_log or {"access_log": None}),
     )
     await runner.setup()
     try:
@@ -80,11 +88,12 @@ def run(
     reuse_port: bool,
     loop: asyncio.AbstractEventLoop,
     announce: Callable[[str], Any] | None = print,
+    access_log: Mapping[str, Any] | None = None,
 ) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully (the app's cleanup closes the services)."""
 
     async def main() -> None:
-        runner = await start(app, settings, reuse_port=reuse_port)
+        runner = await start(app, settings, reuse_port=reuse_port, access_log=access_log)
         try:
             if announce is not None:
                 announce(f"======== Running on http://{settings.host}:{settings.port} ========")

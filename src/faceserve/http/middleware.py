@@ -75,6 +75,6 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             retry_after = services.settings.db_retry_after_s if services is not None else Settings.db_retry_after_s
             response.headers["Retry-After"] = str(retry_after)
             return response
-        request_id = secrets.token_hex(6)
+        request_id = request.get("request_id") or secrets.token_hex(6)  # observability's, when it ran
         log.exception("unhandled error in %s %s (request %s)", request.method, request.path, request_id)
         return error_response(500, "internal_error", f"unexpected server error (request {request_id})")

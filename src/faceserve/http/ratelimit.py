@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from .. import metrics
 from ..config import Settings
 from ..core import token_buckets
 from ..errors import RateLimited
@@ -108,6 +109,7 @@ async def _limited(limiter: Limiter, budget: str, request: web.Request, handler:
     }
     if not decision.allowed:
         fields["Retry-After"] = str(decision.retry_after_s)
+        metrics.RATE_LIMITED.labels(budget).inc()
         raise RateLimited(f"the {budget} budget of this client is spent; retry in {decision.retry_after_s} s", fields)
     request[_FIELDS] = fields
     return await handler(request)

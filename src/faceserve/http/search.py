@@ -6,6 +6,7 @@ import time
 
 from aiohttp import web
 
+from .. import metrics
 from ..core import matching
 from ..errors import BadRequest
 from . import access, multipart
@@ -67,5 +68,6 @@ async def search_faces(request: web.Request) -> web.Response:
         }
     )
     timings = {"parse": parsed_ms, **result.timings}  # parse: receiving and reading the form
+    metrics.observe_search_steps(timings)
     response.headers["Server-Timing"] = ", ".join(f"{step};dur={ms:.2f}" for step, ms in timings.items())
     return response

@@ -180,6 +180,10 @@ class IndexRegistry:
         self.preloading = asyncio.create_task(run())
         return self.preloading
 
+    def loaded(self) -> list[tuple[str, int]]:
+        """(kind, faces) of every index in memory, for metrics."""
+        return [(index.kind, len(index)) for index in list(self._indexes.values())]
+
     def is_loaded(self, session_id: int) -> bool:
         return session_id in self._indexes
 

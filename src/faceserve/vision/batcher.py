@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import metrics
 from .engine import FaceEngine
 
 
@@ -114,6 +115,7 @@ class RecogniserBatcher:
                 if not (batch := self._next_batch()):
                     break
                 crops = batch[0].crops if len(batch) == 1 else np.concatenate([w.crops for w in batch])
+                metrics.RECOGNISER_BATCH.observe(len(crops))
                 try:
                     # one recogniser run for the batch (more only for a lone caller with over max_rows faces)
                     embeddings = await loop.run_in_executor(

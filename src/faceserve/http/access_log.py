@@ -1,0 +1,47 @@
+"""One access-log line per request, on the `faceserve.access` logger: text, or JSON fields that
+logs.JsonFormatter puts on the line. What is logged: method, route template, path without its query
+(signed URLs carry signatures there), status, bytes sent (headers included, as aiohttp counts them), milliseconds, request id, the API key's public
+prefix when one was used. Never a header value, a body, a key or a face."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web import BaseRequest, StreamResponse
+
+from .observability import request_id_of, route_of
+
+LOGGER = logging.getLogger("faceserve.access")
+
+
+class AccessLogger(AbstractAccessLogger):
+    """aiohttp calls log() once a response is sent; log_format is "text" or "json" (--log-format)."""
+
+    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        fields: dict[str, Any] = {
+            "method": request.method,
+            "route": route_of(request),
+            "path": request.path,
+            "status": response.status,
+            "bytes": response.body_length,
+            "ms": round(time * 1000, 2),
+            "request_id": request_id_of(request),
+            "remote": request.remote,
+        }
+        key_prefix = request.get("key_prefix")  # set by API-key authentication, when a key was used
+        if key_prefix:
+            fields["key_prefix"] = key_prefix
+        if self.log_format == "json":
+            self.logger.info("access", extra={"fields": fields})
+        else:
+            self.logger.info(
+                '%s "%s %s" %s %s %.1fms %s',
+                fields["remote"], fields["method"], fields["path"], fields["status"], fields["bytes"],
+                fields["ms"], fields["request_id"],
+            )
+
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.INFO)
