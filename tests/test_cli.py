@@ -46,7 +46,7 @@ def test_version() -> None:
         (["serve", "--port", "99999"], {}, "is not a port"),
         (["serve", "--workers", "0"], {}, "at least 1"),
         (["--log-format", "xml", "serve"], {}, "invalid choice: 'xml'"),
-        (["serve"], {"FACESERVE_PORT": "eighty"}, "FACESERVE_PORT='eighty' is not a valid int"),
+        (["serve"], {"FACESERVE_PORT": "eighty"}, "FACESERVE_PORT must be an integer (got 'eighty')"),
         (["serve"], {"FACESERVE_LOG_LEVEL": "chatty"}, "FACESERVE_LOG_LEVEL must be one of"),
     ],
 )
