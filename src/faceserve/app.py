@@ -47,4 +47,6 @@ def create_app(
     app.router.add_get("/api/face/resolve", images.resolve)
     app.router.add_get("/storage/face_sessions/{session_id}/db/{name}", images.legacy_redirect)
     app.router.add_post("/api/face/search", search.search_faces)
+    # the same search with the session in the path, where a balancer can route by it
+    app.router.add_post("/api/face/sessions/{session_id}/search", search.search_faces)
     return app
