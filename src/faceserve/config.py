@@ -46,6 +46,7 @@ MINIMUM: dict[str, float] = {
     "max_files_per_upload": 1,
     "served_cache_entries": 1,
     "served_recheck_s": 0,
+    "partial_upload_min_idle_s": 0,
     "page_default_limit": 1,
     "page_max_limit": 1,
     "signed_url_ttl": 1,
@@ -136,6 +137,12 @@ class Settings:
     max_image_pixels: int = 50_000_000
     max_files_per_upload: int = 100
 
+    # behind nginx: image bodies on disk are handed to this internal location with X-Accel-Redirect
+    # ("/_faceserve_files/", aliasing <storage>/face_sessions/), so nginx, not Python, sends them; unset: off
+    accel_redirect: str | None = None
+    # a .part file is swept at start only when unwritten this long: 0 for storage of one node; on storage
+    # shared by a fleet, a node starting must not delete an upload another node is writing (e.g. 3600)
+    partial_upload_min_idle_s: float = 0.0
     # rows of serving metadata kept per process (about 400 bytes each)
     served_cache_entries: int = 200_000
     # a 304 is answered from memory if the image's bytes were seen present less than this many seconds ago
@@ -163,6 +170,12 @@ class Settings:
             raise SettingsError(f"{env_name('port')} must be at most 65535 (got {self.port})")
         if self.db_pool_min > self.db_pool_max:
             raise SettingsError(f"{env_name('db_pool_min')} must not exceed {env_name('db_pool_max')}")
+        if self.accel_redirect is not None and not (
+            self.accel_redirect.startswith("/") and self.accel_redirect.endswith("/")
+        ):
+            raise SettingsError(
+                f"{env_name('accel_redirect')} must start and end with / (got {self.accel_redirect!r})"
+            )
         if not self.derivative_sizes or min(self.derivative_sizes) < 1:
             raise SettingsError(f"{env_name('derivative_sizes')} must list positive widths")
 

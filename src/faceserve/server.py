@@ -66,7 +66,7 @@ def serve(settings: Settings) -> None:
         if settings.database_url is None:
             uri = stack.enter_context(db.embedded_postgres_blocking(settings.pgdata))
             settings = replace(settings, database_url=uri)
-        Storage(settings.storage).sweep_partial_uploads()
+        Storage(settings.storage).sweep_partial_uploads(settings.partial_upload_min_idle_s)
         locate_pack(settings.models_dir, settings.model_pack)  # lay models out once, before workers race
         context = multiprocessing.get_context("spawn")
         workers = [

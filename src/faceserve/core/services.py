@@ -102,7 +102,7 @@ async def open_services(
         storage = Storage(settings.storage)
         storage.layout.sessions_root.mkdir(parents=True, exist_ok=True)
         if sweep_partial_uploads:
-            await asyncio.to_thread(storage.sweep_partial_uploads)
+            await asyncio.to_thread(storage.sweep_partial_uploads, settings.partial_upload_min_idle_s)
 
         dsn = await stack.enter_async_context(db.database_uri(settings.database_url, settings.pgdata))
         pool = await db.create_pool(dsn, settings.db_pool_min, settings.db_pool_max)
