@@ -16,6 +16,10 @@ and a Range header is handed off only when it is one well-formed satisfiable ran
 same way. Requests with If-Match, If-Unmodified-Since or If-Range (resumed downloads; nginx would test them
 against its own validators), HEAD, and ranges nginx would read otherwise (it answers 416 where RFC 9110 lets
 the origin ignore a malformed range) are served by the origin as before.
+
+Only requests that say they come through such a location are handed off: nginx's file tier sends
+`X-Sendfile-Type: X-Accel-Redirect` (the convention of Rack::Sendfile), so a request straight to a node
+(a health check, an operator's curl, the tests' direct baseline) still gets its bytes.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from aiohttp import web
 from ..core.served import ServedFile
 from . import conditional
 
+_ACCEL = "X-Accel-Redirect"
 _NGINX_REVALIDATES_AGAINST_ITS_OWN_VALIDATORS = ("If-Match", "If-Unmodified-Since", "If-Range")
 # what an X-Accel-Redirect URI may carry unescaped (stored names are made of these; imported ones may not be)
 _PLAIN_PATH = re.compile(r"[A-Za-z0-9._/-]+")
@@ -44,9 +49,9 @@ def hand_off(
     cache_control: str | None,
 ) -> web.Response | None:
     """The bodiless answer that tells nginx to send entry's file, or None when the origin must answer."""
-    if status != 200 or request.method != "GET":
-        return None
     headers = request.headers
+    if status != 200 or request.method != "GET" or headers.get("X-Sendfile-Type") != _ACCEL:
+        return None
     if any(name in headers for name in _NGINX_REVALIDATES_AGAINST_ITS_OWN_VALIDATORS):
         return None
     if "Range" in headers:
@@ -65,5 +70,5 @@ def hand_off(
     if cache_control is not None:
         answer["Cache-Control"] = cache_control  # never cached past the signature's expiry
     answer["Content-Type"] = entry.content_type
-    answer["X-Accel-Redirect"] = prefix + relative
+    answer[_ACCEL] = prefix + relative
     return web.Response(status=200, headers=answer)
