@@ -165,7 +165,8 @@ class Fleet:
                 node.process.kill()
                 node.process.wait()
 
-    def start_nginx(self, node_names: list[str], extra: dict[str, str] | None = None) -> None:
+    def start_nginx(self, node_names: list[str], template: str | None = None) -> None:
+        """nginx from deploy/nginx.conf (or template, a changed copy of it) in front of these nodes."""
         self.nginx_port = free_port()
         servers = "\n        ".join(
             f"server 127.0.0.1:{self.nodes[n].port} max_fails=1 fail_timeout=10s;" for n in node_names
@@ -180,10 +181,9 @@ class Fleet:
             "STORAGE": str(self.storage),
             "API_RATE": "100000r/s",
             "IMAGE_RATE": "100000r/s",
-            **(extra or {}),
         }
         conf = self.run_dir / "nginx.conf"
-        conf.write_text(render_nginx_conf(values))
+        conf.write_text(render_nginx_conf(values, template))
         self.nginx = subprocess.Popen(
             [nginx_binary(), "-p", str(self.run_dir), "-c", str(conf), "-g", "daemon off;"],
             stderr=subprocess.PIPE,

@@ -26,6 +26,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 MINIMUM: dict[str, float] = {
     "port": 0,
     "workers": 1,
+    "listen_backlog": 1,
     "db_pool_min": 0,
     "db_pool_max": 1,
     "inference_threads": 1,
@@ -65,6 +66,9 @@ class Settings:
     port: int = 8000
     # processes serving the port together (SO_REUSEPORT); each loads its own models and indexes
     workers: int = 1
+    # connections waiting to be accepted: behind nginx a burst of 1,000 clients overflowed aiohttp's 128
+    # (nginx's connects timed out and it marked the node down); the kernel caps it at net.core.somaxconn
+    listen_backlog: int = 2048
     # "uvloop" or "asyncio"; asyncio can sendfile() large bodies, uvloop is faster at everything else
     event_loop: str = "uvloop"
     # storage root: face_sessions/{id}/db/ holds the photos, pgdata/ the embedded Postgres

@@ -47,6 +47,7 @@ def _run_one(settings: Settings, *, reuse_port: bool, sweep_partial_uploads: boo
         host=settings.host,
         port=settings.port,
         reuse_port=reuse_port or None,
+        backlog=settings.listen_backlog,
         access_log=None,
         loop=loop,
         print=None if reuse_port else print,
