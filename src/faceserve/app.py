@@ -86,4 +86,6 @@ def create_app(
     app.router.add_get("/openapi.json", docs.openapi_json)
     app.router.add_get("/docs", docs.docs_page)
     app.router.add_get("/metrics", observability.metrics_page)
+    # the same search with the session in the path, where a balancer can route by it
+    app.router.add_post("/api/face/sessions/{session_id}/search", search.search_faces)
     return app

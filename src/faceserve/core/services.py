@@ -109,7 +109,7 @@ async def open_services(
         storage = Storage(settings.storage)
         storage.layout.sessions_root.mkdir(parents=True, exist_ok=True)
         if sweep_partial_uploads:
-            await asyncio.to_thread(storage.sweep_partial_uploads)
+            await asyncio.to_thread(storage.sweep_partial_uploads, settings.partial_upload_min_idle_s)
 
         dsn = settings.database_url
         if dsn is None:

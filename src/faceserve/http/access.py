@@ -59,6 +59,7 @@ ROUTE_ACCESS: dict[tuple[str, str], str] = {
     ("GET", "/api/face/resolve"): "search",
     ("GET", "/storage/face_sessions/{session_id}/db/{name}"): LEGACY,
     ("POST", "/api/face/search"): "search",
+    ("POST", "/api/face/sessions/{session_id}/search"): "search",
     ("POST", "/api/face/keys"): "admin",
     ("GET", "/api/face/keys"): "admin",
     ("DELETE", "/api/face/keys/{prefix}"): "admin",
