@@ -8,7 +8,7 @@ from aiohttp import web
 
 from .config import Settings
 from .core.services import open_services
-from .http import downloads, health, images, middleware, page, search, sessions
+from .http import downloads, health, images, middleware, page, people, search, sessions
 from .http.appkeys import PAGE, SERVICES, URLS
 from .http.urls import UrlPolicy
 from .vision.engine import FaceEngine
@@ -47,4 +47,8 @@ def create_app(
     app.router.add_get("/api/face/resolve", images.resolve)
     app.router.add_get("/storage/face_sessions/{session_id}/db/{name}", images.legacy_redirect)
     app.router.add_post("/api/face/search", search.search_faces)
+    app.router.add_get("/api/face/sessions/{session_id}/people", people.list_people)
+    app.router.add_get("/api/face/sessions/{session_id}/people/{person_id}/images", people.person_images)
+    app.router.add_post("/api/face/sessions/{session_id}/people/{person_id}/merge", people.merge_people)
+    app.router.add_post("/api/face/sessions/{session_id}/people/{person_id}/split", people.split_person)
     return app

@@ -1,5 +1,6 @@
 """Command line: `faceserve serve` runs the service, `faceserve import DIR` takes in an old tree,
-`faceserve db upgrade|status` moves or shows the database schema."""
+`faceserve db upgrade|status` moves or shows the database schema, `faceserve people --session ID
+[--recluster]` shows (or clusters again) the people of a session."""
 
 from __future__ import annotations
 
@@ -36,6 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     database = commands.add_parser("db", help="the database schema: apply or show its migrations")
     database.add_argument("action", choices=["upgrade", "status"])
     database.add_argument("--storage", type=Path, help="storage root whose embedded Postgres to use")
+    people = commands.add_parser("people", help="the people of a session; --recluster groups its faces again")
+    people.add_argument("--session", type=int, required=True, help="face session id")
+    people.add_argument("--recluster", action="store_true", help="run a full clustering now, with progress")
+    people.add_argument("--top", type=int, default=20, help="people to list, most photographed first")
+    _common(people)
     return parser
 
 
@@ -98,6 +104,47 @@ async def _database(settings: Settings, action: str) -> int:
     return 0
 
 
+async def _people(settings: Settings, session_id: int, recluster: bool, top: int) -> int:
+    from . import db
+    from .core import people
+    from .core.face_sessions import require_session
+    from .core.services import open_services
+    from .errors import SessionNotFound
+
+    interactive = sys.stderr.isatty()
+    last_stage = ""
+
+    def progress(stage: str, done: int, total: int) -> None:
+        nonlocal last_stage
+        if interactive:
+            sys.stderr.write(f"\r{stage:<12} {done:>10,} / {total:,}    ")
+        elif stage != last_stage:
+            sys.stderr.write(f"{stage}...\n")
+        last_stage = stage
+        sys.stderr.flush()
+
+    async with open_services(settings, sweep_partial_uploads=False) as services:
+        try:
+            await require_session(services, session_id)
+        except SessionNotFound as exc:
+            print(exc.message, file=sys.stderr)
+            return 1
+        if recluster:
+            report = await people.recluster(services, session_id, progress)
+            if interactive:
+                sys.stderr.write("\n")
+            if report is None:
+                print(f"session {session_id} is being clustered by another process; try again later")
+                return 1
+            print(
+                f"clustered {report.faces} faces in {report.seconds:.1f} s: {report.people} people, "
+                f"{report.placed_faces} faces placed"
+            )
+        for person in await db.list_people(services.pool, session_id, None, top):
+            print(f"person {person.id}: {person.image_count} photos, {person.face_count} faces")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -108,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "db":
         return asyncio.run(_database(settings, args.action))
+    if args.command == "people":
+        return asyncio.run(_people(settings, args.session, args.recluster, args.top))
     if args.command == "serve":
         from .server import serve
 

@@ -32,6 +32,11 @@ class FaceNotFound(FaceServeError):
     code = "face_not_found"
 
 
+class PersonNotFound(FaceServeError):
+    status = 404
+    code = "person_not_found"
+
+
 class PayloadTooLarge(FaceServeError):
     status = 413
     code = "payload_too_large"
