@@ -15,9 +15,9 @@ The labelled face of a one-person photo is its largest; any other face in it is 
 players.jpg Yao Ming is the face nearest to yaoming.jpg's (the README's cross-photo pair, 0.63).
 
 scale: synthetic people galleries (gallery.py, 8 photos a person) with their known labels: time of the
-graph and of the clustering, peak memory of the run (VmHWM reset after the gallery is made, so it counts
-the clustering's own copy of the vectors, the graph and the IVF codes) against the memory of the session's
-served index, BCubed F1 of both methods on the same graph, and the time to place one new face (index
+graph and of the clustering, its memory (its own copy of the vectors, as the service reads them from
+Postgres, plus the peak of all it allocates beyond: VmHWM reset once the gallery is made) against the memory
+of the session's served index, BCubed F1 of both methods on the same graph, and the time to place one new face (index
 search + neighbours' vote, as core/people.py place_new_faces does before its one database write).
 """
 
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from clustering_metrics import Scores, immich_baseline, scores
 
-from faceserve.index.clustering import ClusterParams, cluster, eligible, ivf_knn_graph, knn_graph
+from faceserve.index.clustering import ClusterParams, cell_knn_graph, cluster, eligible, knn_graph
 from faceserve.index.kinds import IndexPolicy, build_cpu, flat
 
 FACE_RECOGNITION = {
@@ -171,20 +171,24 @@ def _rss_kib(field: str) -> int:
 def scale_one(n: int, incremental: int) -> dict:
     from gallery import labelled_people
 
-    base = _rss_kib("VmRSS")
     vectors, truth = labelled_people(n)
-    Path("/proc/self/clear_refs").write_text("5")  # peak RSS from here on: the clustering's own
-    params = ClusterParams()
-    held = np.random.default_rng(7).choice(n, min(incremental, n // 10), replace=False)
+    # held-out faces arrive later, one by one, as new photos' faces (none when incremental is 0)
+    held = np.sort(np.random.default_rng(7).choice(n, min(incremental, n // 10), replace=False))
     kept = np.setdiff1d(np.arange(n), held)
-    start = time.perf_counter()
-    ids = np.arange(n, dtype=np.int64)
+    vectors, truth = vectors[kept], truth[kept]  # the session before they arrive
+    Path("/proc/self/clear_refs").write_text("5")  # peak RSS from here on
+    base = _rss_kib("VmRSS")
+    params = ClusterParams()
     policy = IndexPolicy()
-    if n >= policy.approximate_min_faces:
-        rows, sims = ivf_knn_graph(vectors, params.neighbours, params.batch)
-        graph_kind = "ivf-sq8"
+    dim = vectors.shape[1]
+    start = time.perf_counter()
+    if len(kept) >= policy.approximate_min_faces:
+        rows, sims = cell_knn_graph(vectors, params.neighbours)
+        graph_kind = "cells"
     else:
-        rows, sims = knn_graph(flat(ids, vectors).search, vectors, ids, params.neighbours, params.batch)
+        ids = np.arange(len(kept), dtype=np.int64)
+        # the registry runs at most INDEX_MAX_BATCH (256) query rows at a time on a served index
+        rows, sims = knn_graph(flat(ids, vectors).search, vectors, ids, params.neighbours, 256)
         graph_kind = "served flat"
     graph_s = time.perf_counter() - start
     start = time.perf_counter()
@@ -192,34 +196,40 @@ def scale_one(n: int, incremental: int) -> dict:
     cluster_s = time.perf_counter() - start
     peak = _rss_kib("VmHWM")
     baseline_start = time.perf_counter()
-    immich = immich_baseline(rows, sims, np.ones(n, dtype=bool))
+    immich = immich_baseline(rows, sims, np.ones(len(kept), dtype=bool))
     immich_s = time.perf_counter() - baseline_start
-    index_bytes = n * (PQ_RERANK_BYTES_PER_FACE if n >= policy.approximate_min_faces else 4 * vectors.shape[1] + 8)
+    index_bytes = n * (PQ_RERANK_BYTES_PER_FACE if n >= policy.approximate_min_faces else 4 * dim + 8)
     result = {
         "faces": n,
         "graph": graph_kind,
         "graph_s": graph_s,
         "cluster_s": cluster_s,
-        "peak_mib": (peak - base) / 1024,
+        # the clustering's own: its copy of the vectors (the service reads them from Postgres) and the
+        # peak of everything it allocated beyond that
+        "peak_mib": (peak - base) / 1024 + len(kept) * dim * 4 / 2**20,
         "index_mib": index_bytes / 2**20,
         "ours": scores(ours, truth).__dict__,
         "immich": scores(immich, truth).__dict__,
         "immich_s": immich_s,
     }
-    if incremental:
+    if len(held):
         del vectors, rows, sims
-        result.update(_incremental(labelled_people(n)[0], truth, kept, held, params, policy))
+        everyone, every_truth = labelled_people(n)
+        result.update(_incremental(everyone, every_truth, kept, held, ours, params, policy))
     return result
 
 
 def _incremental(
-    vectors: np.ndarray, truth: np.ndarray, kept: np.ndarray, held: np.ndarray, params: ClusterParams, policy: IndexPolicy
+    vectors: np.ndarray,
+    truth: np.ndarray,
+    kept: np.ndarray,
+    held: np.ndarray,
+    labels: np.ndarray,
+    params: ClusterParams,
+    policy: IndexPolicy,
 ) -> dict:
-    """Cluster all but the held-out faces, then place each held-out face alone as a new photo's would be."""
-    rows, sims = knn_graph(
-        flat(kept.astype(np.int64), vectors[kept]).search, vectors[kept], kept.astype(np.int64), params.neighbours, 4096
-    ) if len(kept) < policy.approximate_min_faces else ivf_knn_graph(vectors[kept], params.neighbours, params.batch)
-    labels = cluster(vectors[kept].copy(), rows, sims, params)
+    """Each held-out face alone, as a new photo's face: the session's served index (as built for its size)
+    finds its neighbours, and they vote for a person (core/people.py place_new_faces, without the database)."""
     person = np.full(len(vectors), -1)
     person[kept] = labels
     index = build_cpu(kept.astype(np.int64), vectors[kept], policy)

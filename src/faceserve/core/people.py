@@ -25,10 +25,10 @@ from ..errors import BadRequest, PersonNotFound
 from ..index.clustering import (
     ClusterParams,
     RowsOfIds,
+    cell_knn_graph,
     clarity,
     cluster,
     eligible,
-    ivf_knn_graph,
     neighbour_lists,
 )
 from ..vision.engine import DetectedFace
@@ -99,7 +99,7 @@ async def _recluster(services: Services, session_id: int, progress: Progress | N
             loop.call_soon_threadsafe(report, "neighbours", done, total)
 
         rows, sims = await asyncio.to_thread(
-            ivf_knn_graph, vectors, params.neighbours, params.batch, progress=graph_progress
+            cell_knn_graph, vectors, params.neighbours, progress=graph_progress
         )
     else:
         rows, sims = await _graph_from_index(services, session_id, ids, vectors, params, report)
