@@ -205,6 +205,11 @@ async def place_new_faces(
     usable = eligible(boxes, np.array([f.det_score for f in faces]), params)
     if not usable.any():
         return result
+    if not services.indexes.is_loaded(session_id):
+        # an upload never opens a session's index (a big one takes seconds): its faces wait for the next
+        # clustering, which opens it, or join once a search or the preload has opened it
+        await _count_changes(services, session_id, int(usable.sum()))
+        return result
     chosen = np.flatnonzero(usable)
     own = {int(i) for i in face_ids}
     sims, neighbours = await services.indexes.search(
@@ -247,6 +252,12 @@ async def place_new_faces(
     if _due(services.settings, changed, clustered):
         schedule_recluster(services, session_id)
     return result
+
+
+async def _count_changes(services: Services, session_id: int, faces: int) -> None:
+    changed, clustered = await db.note_changed_faces(services.pool, session_id, faces)
+    if _due(services.settings, changed, clustered):
+        schedule_recluster(services, session_id)
 
 
 def _due(settings: Settings, changed: int, clustered: int) -> bool:

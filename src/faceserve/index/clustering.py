@@ -269,7 +269,7 @@ def _pair_keys(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
     return np.minimum(a[differ], b[differ]) * n + np.maximum(a[differ], b[differ])
 
 
-def _linkage(sums: np.ndarray, size: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 65_536) -> np.ndarray:
+def _linkage(sums: np.ndarray, size: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 8192) -> np.ndarray:
     """Mean pairwise similarity of groups a and b: (sum_a . sum_b) / (|a| |b|)."""
     out = np.empty(len(a), dtype=np.float32)
     for start in range(0, len(a), chunk):
