@@ -277,3 +277,26 @@ async def test_one_clustering_of_a_session_at_a_time(client: TestClient, event: 
         assert await people.recluster(services, session_id) is None
         await db.unlock_clustering(elsewhere, session_id)
     assert await people.recluster(services, session_id) is not None
+
+
+async def test_a_big_sessions_graph_comes_from_cells_of_its_own(
+    settings: Settings, engine, aiohttp_client, photos: dict[str, Path]
+) -> None:
+    # a session at or past APPROXIMATE_MIN_FACES builds its graph apart from the served index (clustering.py)
+    app = create_app(dataclasses.replace(settings, approximate_min_faces=10), engine)
+    client = await aiohttp_client(app)
+    session_id = await create_session(client)
+    await upload(
+        client,
+        session_id,
+        ("players.jpg", photos["players"].read_bytes()),
+        ("yaoming.jpg", photos["yaoming"].read_bytes()),
+        ("t1.jpg", photos["t1"].read_bytes()),
+        ("t1-mirror.jpg", mirrored(photos["t1"])),
+    )
+    stages: list[str] = []
+    report = await people.recluster(app[SERVICES], session_id, lambda stage, done, total: stages.append(stage))
+    assert report is not None and report.faces == 31 and report.people == 7
+    assert "neighbours" in stages and "merging" in stages
+    found = await list_all(client, session_id)
+    assert len(found) == 7 and all(p["image_count"] == 2 for p in found)
