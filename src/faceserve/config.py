@@ -58,6 +58,10 @@ MINIMUM: dict[str, float] = {
     "detector_input_size": 32,
     "face_crop_padding": 0,
     "metrics_sample_s": 0.05,
+    "people_neighbours": 1,
+    "people_min_faces": 1,
+    "people_min_face_size": 0,
+    "people_recluster_min_changes": 1,
 }
 # old names still read from the environment, with a warning: {old: new}
 RENAMED = {"ivf_min_faces": "approximate_min_faces", "ivf_nprobe_margin": "shortlist_margin"}
@@ -227,6 +231,22 @@ class Settings:
     derivative_quality: int = 82
     # face crops pad the detector's box by this share of its size on each side
     face_crop_padding: float = 0.4
+
+    # people of a session (index/clustering.py): two groups of faces become one person when the mean
+    # similarity over all their pairs reaches this (chosen on labelled photos: benchmarks/people.py)
+    people_link_similarity: float = 0.45
+    # neighbours per face in the k-nearest-neighbour graph clustering runs on
+    people_neighbours: int = 16
+    # a group of fewer faces is no person yet: its faces wait for company
+    people_min_faces: int = 2
+    # faces smaller than this (shorter box side, px) or with a lower detection score never found, join or
+    # link a person: too blurry for their embedding to be trusted on its own
+    people_min_face_size: int = 32
+    people_min_det_score: float = 0.6
+    # a full re-clustering runs in the background once this many faces, and this share of the session's
+    # faces at its last clustering, were added or removed (new faces join existing people at once meanwhile)
+    people_recluster_min_changes: int = 20
+    people_recluster_share: float = 0.1
 
     def __post_init__(self) -> None:
         for name, allowed in CHOICES.items():
