@@ -41,6 +41,13 @@ def uniform(n: int, dim: int = 512, seed: int = 0) -> np.ndarray:
 
 def people(n: int, dim: int = 512, per_person: int = 8, seed: int = 0, chunk: int = 65536) -> np.ndarray:
     """n faces of about n / per_person people, rows in random order."""
+    return labelled_people(n, dim, per_person, seed, chunk)[0]
+
+
+def labelled_people(
+    n: int, dim: int = 512, per_person: int = 8, seed: int = 0, chunk: int = 65536
+) -> tuple[np.ndarray, np.ndarray]:
+    """people() with the person of each row: (faces n x dim, person ids n), for clustering benchmarks."""
     rng = np.random.default_rng(seed)
     persons = max(1, n // per_person)
     centres = _normalise(rng.standard_normal((persons, dim), dtype=np.float32) * _spectrum(dim) @ _rotation(dim, rng))
@@ -52,7 +59,7 @@ def people(n: int, dim: int = 512, per_person: int = 8, seed: int = 0, chunk: in
         sigma = rng.uniform(0.5, 1.0, (stop - start, 1)).astype(np.float32)
         noise = rng.standard_normal((stop - start, dim), dtype=np.float32) / np.sqrt(dim, dtype=np.float32)
         out[start:stop] = centres[owner[start:stop]] + sigma * noise
-    return _normalise(out)
+    return _normalise(out), owner
 
 
 def queries_like(gallery: np.ndarray, n: int, seed: int = 1) -> np.ndarray:

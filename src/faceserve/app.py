@@ -21,6 +21,7 @@ from .http import (
     middleware,
     observability,
     page,
+    people,
     ratelimit,
     search,
     sessions,
@@ -86,4 +87,10 @@ def create_app(
     app.router.add_get("/openapi.json", docs.openapi_json)
     app.router.add_get("/docs", docs.docs_page)
     app.router.add_get("/metrics", observability.metrics_page)
+    # the same search with the session in the path, where a balancer can route by it
+    app.router.add_post("/api/face/sessions/{session_id}/search", search.search_faces)
+    app.router.add_get("/api/face/sessions/{session_id}/people", people.list_people)
+    app.router.add_get("/api/face/sessions/{session_id}/people/{person_id}/images", people.person_images)
+    app.router.add_post("/api/face/sessions/{session_id}/people/{person_id}/merge", people.merge_people)
+    app.router.add_post("/api/face/sessions/{session_id}/people/{person_id}/split", people.split_person)
     return app

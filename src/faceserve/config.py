@@ -28,6 +28,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 MINIMUM: dict[str, float] = {
     "port": 0,
     "workers": 1,
+    "listen_backlog": 1,
     "db_pool_min": 0,
     "db_pool_max": 1,
     "inference_threads": 1,
@@ -48,6 +49,7 @@ MINIMUM: dict[str, float] = {
     "max_files_per_upload": 1,
     "served_cache_entries": 1,
     "served_recheck_s": 0,
+    "partial_upload_min_idle_s": 0,
     "page_default_limit": 1,
     "page_max_limit": 1,
     "signed_url_ttl": 1,
@@ -56,6 +58,10 @@ MINIMUM: dict[str, float] = {
     "detector_input_size": 32,
     "face_crop_padding": 0,
     "metrics_sample_s": 0.05,
+    "people_neighbours": 1,
+    "people_min_faces": 1,
+    "people_min_face_size": 0,
+    "people_recluster_min_changes": 1,
 }
 # old names still read from the environment, with a warning: {old: new}
 RENAMED = {"ivf_min_faces": "approximate_min_faces", "ivf_nprobe_margin": "shortlist_margin"}
@@ -67,6 +73,9 @@ class Settings:
     port: int = 8000
     # processes serving the port together (SO_REUSEPORT); each loads its own models and indexes
     workers: int = 1
+    # connections waiting to be accepted: behind nginx a burst of 1,000 clients overflowed aiohttp's 128
+    # (nginx's connects timed out and it marked the node down); the kernel caps it at net.core.somaxconn
+    listen_backlog: int = 2048
     # "uvloop" or "asyncio"; asyncio can sendfile() large bodies, uvloop is faster at everything else
     event_loop: str = "uvloop"
     # storage root: face_sessions/{id}/db/ holds the photos, pgdata/ the embedded Postgres
@@ -178,8 +187,6 @@ class Settings:
     keepalive_timeout_s: float = 15.0
     # connections one process keeps open; past it new ones are closed at once (well below `ulimit -n`)
     max_connections: int = 4096
-    # pending connections the kernel queues for accept(): bursts of new clients wait here, not refused
-    listen_backlog: int = 2048
     # a request body must keep coming: a read that waits longer than this fails with 408 ...
     body_idle_timeout_s: float = 10.0
     # ... and after the first body_grace_s a body arriving slower than this on average fails with 408
@@ -191,6 +198,12 @@ class Settings:
     max_image_pixels: int = 50_000_000
     max_files_per_upload: int = 100
 
+    # behind nginx: image bodies on disk are handed to this internal location with X-Accel-Redirect
+    # ("/_faceserve_files/", aliasing <storage>/face_sessions/), so nginx, not Python, sends them; unset: off
+    accel_redirect: str | None = None
+    # a .part file is swept at start only when unwritten this long: 0 for storage of one node; on storage
+    # shared by a fleet, a node starting must not delete an upload another node is writing (e.g. 3600)
+    partial_upload_min_idle_s: float = 0.0
     # rows of serving metadata kept per process (about 400 bytes each)
     served_cache_entries: int = 200_000
     # a 304 is answered from memory if the image's bytes were seen present less than this many seconds ago
@@ -219,6 +232,22 @@ class Settings:
     # face crops pad the detector's box by this share of its size on each side
     face_crop_padding: float = 0.4
 
+    # people of a session (index/clustering.py): two groups of faces become one person when the mean
+    # similarity over all their pairs reaches this (chosen on labelled photos: benchmarks/people.py)
+    people_link_similarity: float = 0.45
+    # neighbours per face in the k-nearest-neighbour graph clustering runs on
+    people_neighbours: int = 16
+    # a group of fewer faces is no person yet: its faces wait for company
+    people_min_faces: int = 2
+    # faces smaller than this (shorter box side, px) or with a lower detection score never found, join or
+    # link a person: too blurry for their embedding to be trusted on its own
+    people_min_face_size: int = 32
+    people_min_det_score: float = 0.6
+    # a full re-clustering runs in the background once this many faces, and this share of the session's
+    # faces at its last clustering, were added or removed (new faces join existing people at once meanwhile)
+    people_recluster_min_changes: int = 20
+    people_recluster_share: float = 0.1
+
     def __post_init__(self) -> None:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
@@ -232,6 +261,12 @@ class Settings:
             raise SettingsError(f"{env_name('port')} must be at most 65535 (got {self.port})")
         if self.db_pool_min > self.db_pool_max:
             raise SettingsError(f"{env_name('db_pool_min')} must not exceed {env_name('db_pool_max')}")
+        if self.accel_redirect is not None and not (
+            self.accel_redirect.startswith("/") and self.accel_redirect.endswith("/")
+        ):
+            raise SettingsError(
+                f"{env_name('accel_redirect')} must start and end with / (got {self.accel_redirect!r})"
+            )
         if not self.derivative_sizes or min(self.derivative_sizes) < 1:
             raise SettingsError(f"{env_name('derivative_sizes')} must list positive widths")
 

@@ -39,6 +39,11 @@ class RequestTimeout(FaceServeError):
     code = "request_timeout"
 
 
+class PersonNotFound(FaceServeError):
+    status = 404
+    code = "person_not_found"
+
+
 class PayloadTooLarge(FaceServeError):
     status = 413
     code = "payload_too_large"

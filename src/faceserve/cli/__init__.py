@@ -1,6 +1,6 @@
 """Command line: `faceserve serve` runs the service, `faceserve import DIR` takes in an old tree,
 `faceserve doctor` checks what a deployment needs, `faceserve db upgrade|status` moves or shows the database
-schema, `faceserve keys ...` and `faceserve signing ...` (admin.py) manage access.
+schema, `faceserve people --session ID [--recluster]` shows (or clusters again) the people of a session, `faceserve keys ...` and `faceserve signing ...` (admin.py) manage access.
 
 Exit codes: 0 done; 1 it ran and something failed (port in use, database down, files that failed to
 import, a failed doctor check); 2 bad usage (flags, settings, a source without the face_sessions layout);
@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
         "--log-format", choices=FORMATS, help="text, or json: one object a line (default text, or FACESERVE_LOG_FORMAT)"
     )
     commands = parser.add_subparsers(
-        dest="command", required=True, metavar="{serve,import,doctor,db,keys,signing}"
+        dest="command", required=True, metavar="{serve,import,doctor,db,people,keys,signing}"
     )
     serve = commands.add_parser("serve", help="run the HTTP service")
     serve.add_argument("--host", help="address to listen on (default 0.0.0.0)")
@@ -90,6 +90,11 @@ def _parser() -> argparse.ArgumentParser:
     database = commands.add_parser("db", help="the database schema: apply or show its migrations")
     database.add_argument("action", choices=["upgrade", "status"])
     database.add_argument("--storage", type=Path, help="storage root whose embedded Postgres to use")
+    people = commands.add_parser("people", help="the people of a session; --recluster groups its faces again")
+    people.add_argument("--session", type=int, required=True, help="face session id")
+    people.add_argument("--recluster", action="store_true", help="run a full clustering now, with progress")
+    people.add_argument("--top", type=int, default=20, help="people to list, most photographed first")
+    _common(people)
     admin.add_commands(commands, _common)
     return parser
 
@@ -209,6 +214,42 @@ async def _database(settings: Settings, action: str) -> int:
     return 0
 
 
+async def _people(settings: Settings, session_id: int, recluster: bool, top: int) -> int:
+    from .. import db
+    from ..core import people
+    from ..core.face_sessions import require_session
+    from ..core.services import open_services
+
+    interactive = sys.stderr.isatty()
+    last_stage = ""
+
+    def progress(stage: str, done: int, total: int) -> None:
+        nonlocal last_stage
+        if interactive:
+            sys.stderr.write(f"\r{stage:<12} {done:>10,} / {total:,}    ")
+        elif stage != last_stage:
+            sys.stderr.write(f"{stage}...\n")
+        last_stage = stage
+        sys.stderr.flush()
+
+    async with open_services(settings, sweep_partial_uploads=False) as services:
+        await require_session(services, session_id)  # SessionNotFound: one line, exit 1
+        if recluster:
+            report = await people.recluster(services, session_id, progress)
+            if interactive:
+                sys.stderr.write("\n")
+            if report is None:
+                print(f"session {session_id} is being clustered by another process; try again later")
+                return EXIT_FAILED
+            print(
+                f"clustered {report.faces} faces in {report.seconds:.1f} s: {report.people} people, "
+                f"{report.placed_faces} faces placed"
+            )
+        for person in await db.list_people(services.pool, session_id, None, top):
+            print(f"person {person.id}: {person.image_count} photos, {person.face_count} faces")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     from .. import logs
@@ -216,6 +257,8 @@ def _run(args: argparse.Namespace) -> int:
     logs.configure(settings.log_level.upper(), settings.log_format)
     if args.command == "db":
         return asyncio.run(_database(settings, args.action))
+    if args.command == "people":
+        return asyncio.run(_people(settings, args.session, args.recluster, args.top))
     if args.command in admin.COMMANDS:
         return asyncio.run(admin.COMMANDS[args.command](settings, args))
     if args.command == "serve":

@@ -20,7 +20,7 @@ from ..media import decoding, renditions
 from ..media.files import PendingFile, stored_name_for
 from ..media.stores import FILE
 from ..vision.engine import DetectedFace, FaceEngine, detected_faces
-from . import tombstones, upload_intents
+from . import people, tombstones, upload_intents
 from .services import Services
 
 log = logging.getLogger(__name__)
@@ -150,6 +150,10 @@ async def record_image(services: Services, session_id: int, analyzed: Analyzed) 
     if faces:
         vectors = np.stack([f.embedding for f in faces])
         await services.indexes.add(session_id, np.asarray(face_ids, dtype=np.int64), vectors)
+        try:  # the photo is in: a failure here leaves its faces waiting for the next clustering
+            await people.place_new_faces(services, session_id, image.id, face_ids, faces)
+        except Exception:
+            log.exception("new faces of image %d could not join people", image.id)
     return Ingested(db.ImageRecord(**{**image.__dict__, "face_count": len(faces)}), created=True)
 
 
@@ -199,12 +203,14 @@ async def delete_image(services: Services, image_id: int) -> db.ImageRecord:
 
 async def _delete_image(services: Services, image_id: int) -> db.ImageRecord:
     async with services.pool.acquire() as conn, conn.transaction():
+        persons = await db.persons_of_image(conn, image_id)
         deleted = await db.delete_image(conn, image_id)
         if deleted is None:
             raise ImageNotFound(f"image {image_id} does not exist")
         image, face_ids = deleted
         # the files go after the commit; if this process dies first, the next start removes them
         await tombstones.record_image_deleted(conn, image)
+        await people.faces_removed(conn, image.face_session_id, persons, len(face_ids))
         await index_sync.announce_removed(conn, services.process_token, image.face_session_id, face_ids)
     # search joins hits against the database, so the deleted faces stop matching at the commit above;
     # the index drops them too so they stop taking result slots

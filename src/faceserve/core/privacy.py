@@ -22,7 +22,7 @@ from .. import db
 from ..errors import NoFaceFound, SessionNotFound
 from ..index import sync as index_sync
 from ..layout import SessionLayout
-from . import face_sessions, matching
+from . import face_sessions, matching, people
 from .services import Services
 
 log = logging.getLogger(__name__)
@@ -62,11 +62,14 @@ async def forget(
     ids, vectors = await db.session_embeddings(services.pool, session_id, services.engine.embedding_dim)
     matched = await asyncio.to_thread(_matching, ids, vectors, face.embedding, threshold)
     async with services.pool.acquire() as conn, conn.transaction():
+        persons = list((await db.persons_of_faces(conn, matched)).values())
         erased = await db.delete_faces(conn, session_id, matched)
         face_ids = [face_id for _, face_id in erased]
         await index_sync.announce_removed(conn, services.process_token, session_id, face_ids)
         touched = len({image_id for image_id, _ in erased})
         await db.record_forget(conn, key_prefix, session_id, len(erased), touched)
+        # the people those faces were in shrink, and one left with none disappears
+        await people.faces_removed(conn, session_id, persons, len(erased))
     if face_ids:
         await services.indexes.remove(session_id, np.asarray(face_ids, dtype=np.int64))
         await asyncio.to_thread(_remove_face_crops, services.storage.layout, session_id, erased)

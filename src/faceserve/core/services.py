@@ -57,6 +57,34 @@ class AdmissionGate:
             self.in_flight -= 1
 
 
+class BackgroundJobs:
+    """Work a request starts and does not wait for (a session's re-clustering): at most one per key in this
+    process, cancelled when the services close."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[Any, asyncio.Task] = {}
+
+    def start(self, key: Any, job: Callable[[], Any]) -> bool:
+        """Start job() unless one with this key is still running; True when started."""
+        running = self._tasks.get(key)
+        if running is not None and not running.done():
+            return False
+        task = asyncio.create_task(job())
+        self._tasks[key] = task
+        task.add_done_callback(lambda done: self._tasks.pop(key, None) if self._tasks.get(key) is done else None)
+        return True
+
+    async def wait(self, key: Any) -> None:
+        """Until the job with this key (if any) has ended."""
+        running = self._tasks.get(key)
+        if running is not None:
+            await asyncio.gather(running, return_exceptions=True)
+
+    async def close(self) -> None:
+        for task in list(self._tasks.values()):
+            await _cancel(task)
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -79,6 +107,8 @@ class Services:
     # names this process in index change notifications (index/sync.py)
     process_token: str
     follower: index_sync.IndexFollower
+    # background work of this process (core/people.py re-clusterings), cancelled before the parts close
+    jobs: BackgroundJobs
 
     async def infer(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking work (decode, detection, embedding) on the inference threads."""
@@ -109,7 +139,7 @@ async def open_services(
         storage = Storage(settings.storage)
         storage.layout.sessions_root.mkdir(parents=True, exist_ok=True)
         if sweep_partial_uploads:
-            await asyncio.to_thread(storage.sweep_partial_uploads)
+            await asyncio.to_thread(storage.sweep_partial_uploads, settings.partial_upload_min_idle_s)
 
         dsn = settings.database_url
         if dsn is None:
@@ -162,6 +192,8 @@ async def open_services(
             stack.push_async_callback(_cancel, indexes.preload(sorted(live, reverse=True)))  # newest first
         gate = AdmissionGate.from_settings(settings)
         search_gate = AdmissionGate(settings.max_pending_searches, settings.retry_after_s)
+        jobs = BackgroundJobs()
+        stack.push_async_callback(jobs.close)  # first to close: its jobs use the pool and the indexes
         yield Services(
             settings,
             pool,
@@ -177,4 +209,5 @@ async def open_services(
             asyncio.Semaphore(settings.max_concurrent_renders),
             token,
             follower,
+            jobs,
         )

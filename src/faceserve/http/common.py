@@ -41,3 +41,7 @@ def query_int(request: web.Request, name: str, default: int, minimum: int, maxim
 
 def image_url(request: web.Request, image_id: int) -> str:
     return request.app[URLS].image_url(request, image_id)
+
+
+def face_url(request: web.Request, face_id: int) -> str:
+    return request.app[URLS].face_url(request, face_id)

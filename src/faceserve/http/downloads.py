@@ -27,7 +27,7 @@ from ..core.served import ServedFile
 from ..errors import FaceNotFound, ImageNotFound
 from ..media import renditions, stores
 from ..media.stores import ImageStore, StoredImage
-from . import conditional, serving
+from . import accel, conditional, serving
 from .appkeys import SERVICES
 from .common import path_id
 
@@ -59,9 +59,25 @@ async def serve_image(request: web.Request) -> web.StreamResponse:
         raise ImageNotFound(f"the file of image {image_id} is gone") from None
     request.app[SERVICES].served.seen_present(entry)
     try:
+        handed_off = _hand_off(request, entry, fd, status, cache_control)
+        if handed_off is not None:
+            return handed_off
         return await serving.respond(request, entry, serving.FileBody(fd), status, cache_control)
     finally:
         os.close(fd)
+
+
+def _hand_off(
+    request: web.Request, entry: ServedFile, fd: int, status: int, cache_control: str | None
+) -> web.Response | None:
+    """nginx sends the body when FACESERVE_ACCEL_REDIRECT is set and the answer allows it (accel.py)."""
+    services = request.app[SERVICES]
+    prefix = services.settings.accel_redirect
+    if prefix is None:
+        return None
+    return accel.hand_off(
+        request, prefix, services.storage.layout.sessions_root, entry, fd, status, cache_control
+    )
 
 
 async def _respond_blob(
@@ -159,6 +175,10 @@ async def _serve(
             request.app[SERVICES].served.evict(image_id)
             raise ImageNotFound(f"image {image_id} was deleted")
     try:
+        status = conditional.evaluate(request.method, request.headers, entry.etag, entry.last_modified)
+        handed_off = _hand_off(request, entry, fd, status, cache_control)
+        if handed_off is not None:
+            return handed_off
         return await serving.respond_file(request, entry, fd, cache_control)
     finally:
         os.close(fd)

@@ -29,5 +29,7 @@ async def healthz(request: web.Request) -> web.Response:
             "models": services.engine.pack.name,
             "providers": services.engine.providers,
             "index": services.indexes.placement,
+            # how many sessions' indexes this process holds (a fleet shards them by session: README)
+            "sessions_loaded": len(services.indexes.loaded_sessions()),
         }
     )

@@ -1,4 +1,6 @@
-"""POST /api/face/search: the probe's largest face against one session."""
+"""POST /api/face/search and POST /api/face/sessions/{session_id}/search: the probe's largest face against
+one session. The second names the session in its path, so a balancer can route by it (README, A fleet
+behind nginx); a session_id form field there must agree with the path."""
 
 from __future__ import annotations
 
@@ -8,16 +10,18 @@ from aiohttp import web
 
 from .. import metrics
 from ..core import matching
-from ..errors import BadRequest
+from ..errors import BadRequest, SessionNotFound
 from . import access, multipart
 from .appkeys import SERVICES, URLS
-from .common import image_url, number, ok
+from .common import image_url, number, ok, path_id
 
 
 async def search_faces(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     settings = services.settings
     start = time.perf_counter()
+    # the session route: a bad id is a 404 before the body is read
+    in_path = path_id(request, "session_id", SessionNotFound) if "session_id" in request.match_info else None
     fields: dict[str, str] = {}
     probe: bytes | None = None
     async for part in multipart.parts(request):
@@ -28,6 +32,12 @@ async def search_faces(request: web.Request) -> web.Response:
         else:
             await multipart.skip(part)
     session_id = number(fields.get("session_id"), "session_id", int, 1, 2**63 - 1)
+    if in_path is not None:
+        if session_id is not None and session_id != in_path:
+            raise BadRequest(
+                f"session_id {session_id} in the form disagrees with session {in_path} in the path"
+            )
+        session_id = in_path
     if session_id is None:
         raise BadRequest("session_id is required")
     access.require_session(request, int(session_id))

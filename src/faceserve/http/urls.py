@@ -46,6 +46,7 @@ class UrlPolicy:
         return base + self.signed_path(f"/api/face/image/{image_id}")
 
     def face_url(self, request: web.Request, face_id: int) -> str:
+        """A face crop (a part of a photo): the same base and signature as the photo's own URL."""
         base = self.cdn_base_url or self.origin(request)
         return base + self.signed_path(f"/api/face/face/{face_id}")
 

@@ -263,6 +263,9 @@ class TombstoneFlatIndex:
         alive = ~self._dead
         return self._row_ids[alive], self._index.reconstruct_n(0, self._index.ntotal)[alive]
 
+    def ids(self) -> np.ndarray:
+        return self._row_ids[~self._dead].copy()
+
     def __len__(self) -> int:
         return int((~self._dead).sum())
 

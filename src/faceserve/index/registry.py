@@ -187,6 +187,18 @@ class IndexRegistry:
     def is_loaded(self, session_id: int) -> bool:
         return session_id in self._indexes
 
+    def loaded_sessions(self) -> list[int]:
+        return list(self._indexes)
+
+    async def loaded_stats(self, session_id: int) -> tuple[int, int] | None:
+        """(count, max id) of a loaded index, as db.session_face_stats gives them for the database: equal
+        pairs mean equal sets, since ids only grow (an add raises the max, a delete lowers the count)."""
+        index = self._indexes.get(session_id)
+        if index is None:
+            return None
+        ids = await self._run(index.ids)
+        return len(ids), int(ids.max()) if len(ids) else 0
+
     async def add(self, session_id: int, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Add committed faces. An index not built yet needs nothing: it will read them from the database."""
         if not len(ids):

@@ -3,8 +3,11 @@
 With several workers (or hosts) on one database, a face added by one process must become searchable in the
 others. Each change is announced inside the transaction that makes it (Postgres delivers the notification
 at commit, and never for a rolled-back one); every process applies the changes of the others, in order.
-Losing the listening connection may lose notifications, so after a reconnect all indexes are dropped and
-rebuilt from the database on next use.
+Losing the listening connection loses the notifications sent meanwhile (a node restarted, Postgres
+restarted, a network cut), so after a reconnect each loaded index is compared with the database by
+(face count, highest face id) and those that differ are dropped, to be reopened from Postgres on next use.
+Indexes stay in use while the connection is away: a hit on a face deleted meanwhile is still filtered out
+by the join against Postgres that every search makes.
 """
 
 from __future__ import annotations
@@ -122,12 +125,33 @@ class IndexFollower:
         while True:
             await self._lost.wait()
             self._lost.clear()
-            log.warning("lost the index notification connection; indexes will be rebuilt from the database")
-            await self._indexes.drop_all()
+            log.warning("lost the index notification connection; reconnecting")
             while True:
                 try:
                     await self._listen()
                     break
-                except (OSError, asyncpg.PostgresError):
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                     await asyncio.sleep(_RECONNECT_DELAY_S)
-            await self._indexes.drop_all()  # changes made while we were away
+            log.info("index notifications resumed")
+            # listening again first, then comparing: a change from here on arrives as a notification
+            while True:
+                try:
+                    await self.catch_up()
+                    break
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                    await asyncio.sleep(_RECONNECT_DELAY_S)
+
+    async def catch_up(self) -> int:
+        """Drop the loaded indexes the database disagrees with (changes made while no one listened); they
+        reopen from Postgres on next use. Answers how many were dropped."""
+        await self.drain()
+        dropped = 0
+        for session_id in self._indexes.loaded_sessions():
+            here = await self._indexes.loaded_stats(session_id)
+            there = await db.session_face_stats(self._pool, session_id, self._indexes.dim)
+            if here is not None and here != there:
+                await self._indexes.drop(session_id)
+                dropped += 1
+        if dropped:
+            log.info("%d session indexes changed while notifications were lost; reopening them", dropped)
+        return dropped

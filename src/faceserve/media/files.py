@@ -13,6 +13,7 @@ import os
 import re
 import secrets
 import shutil
+import time
 import unicodedata
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -129,10 +130,17 @@ class Storage:
     def remove_session(self, session_id: int) -> None:
         shutil.rmtree(self.layout.session_dir(session_id), ignore_errors=True)
 
-    def sweep_partial_uploads(self) -> int:
-        """Delete .part files left by a crash mid-upload. Run at start, before serving."""
+    def sweep_partial_uploads(self, min_idle_s: float) -> int:
+        """Delete .part files left by a crash mid-upload. Run at start, before serving. On storage shared by
+        several nodes another node may be writing one: only those unwritten for min_idle_s go."""
         removed = 0
+        written_after = time.time() - min_idle_s
         for _, part in self.layout.sessions_with(f"{PHOTOS_DIR}/{_PART_PREFIX}*{_PART_SUFFIX}"):
+            try:
+                if min_idle_s and part.stat().st_mtime > written_after:
+                    continue
+            except FileNotFoundError:
+                continue  # its upload finished meanwhile
             part.unlink(missing_ok=True)
             removed += 1
         if removed:

@@ -1,0 +1,74 @@
+"""Hand an image body to nginx (X-Accel-Redirect) once the origin has decided the answer.
+
+With `accel_redirect` set (e.g. "/_faceserve_files/", an `internal` nginx location aliasing the storage's
+face_sessions/ folder), the origin still does everything but copy bytes: the access check, the row, the
+preconditions and the choice of file. For a 200 or a 206 of a file on disk it answers with no body and
+`X-Accel-Redirect`, so nginx sends the file (sendfile, its own connection to a slow client) and the Python
+process is free at once. deploy/nginx.conf restores what nginx would otherwise replace: it keeps an
+upstream's Content-Type, Cache-Control and Accept-Ranges across the redirect but makes its own ETag and
+Last-Modified (mtime and size), so the internal location has `etag off` and puts faceserve's back with
+add_header.
+
+nginx evaluates the client's If-* and Range headers again on the file, by its own rules. The origin only
+hands off requests where those rules cannot give another answer than its own: If-None-Match and
+If-Modified-Since already failed here (and the location ignores them: no nginx ETag, `if_modified_since off`),
+and a Range header is handed off only when it is one well-formed satisfiable range, which nginx reads the
+same way. Requests with If-Match, If-Unmodified-Since or If-Range (resumed downloads; nginx would test them
+against its own validators), HEAD, and ranges nginx would read otherwise (it answers 416 where RFC 9110 lets
+the origin ignore a malformed range) are served by the origin as before.
+
+Only requests that say they come through such a location are handed off: nginx's file tier sends
+`X-Sendfile-Type: X-Accel-Redirect` (the convention of Rack::Sendfile), so a request straight to a node
+(a health check, an operator's curl, the tests' direct baseline) still gets its bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from aiohttp import web
+
+from ..core.served import ServedFile
+from . import conditional
+
+_ACCEL = "X-Accel-Redirect"
+_NGINX_REVALIDATES_AGAINST_ITS_OWN_VALIDATORS = ("If-Match", "If-Unmodified-Since", "If-Range")
+# what an X-Accel-Redirect URI may carry unescaped (stored names are made of these; imported ones may not be)
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9._/-]+")
+
+
+def hand_off(
+    request: web.Request,
+    prefix: str,
+    sessions_root: Path,
+    entry: ServedFile,
+    fd: int,
+    status: int,
+    cache_control: str | None,
+) -> web.Response | None:
+    """The bodiless answer that tells nginx to send entry's file, or None when the origin must answer."""
+    headers = request.headers
+    if status != 200 or request.method != "GET" or headers.get("X-Sendfile-Type") != _ACCEL:
+        return None
+    if any(name in headers for name in _NGINX_REVALIDATES_AGAINST_ITS_OWN_VALIDATORS):
+        return None
+    if "Range" in headers:
+        try:
+            if conditional.parse_range(headers["Range"], os.fstat(fd).st_size) is None:
+                return None  # ignored here; nginx might answer 416
+        except conditional.Unsatisfiable:
+            return None  # the origin's 416 carries its own headers
+    try:
+        relative = entry.path.relative_to(sessions_root).as_posix()
+    except ValueError:
+        return None
+    if not _PLAIN_PATH.fullmatch(relative) or ".." in relative:
+        return None
+    answer = dict(entry.headers)
+    if cache_control is not None:
+        answer["Cache-Control"] = cache_control  # never cached past the signature's expiry
+    answer["Content-Type"] = entry.content_type
+    answer[_ACCEL] = prefix + relative
+    return web.Response(status=200, headers=answer)

@@ -1,0 +1,306 @@
+"""A fleet on loopback, as README "A fleet behind nginx" deploys it: one real Postgres, two `faceserve serve`
+nodes (subprocesses) on it with one shared storage folder, and nginx from deploy/nginx.conf in front.
+
+Every effect one node has on another travels through Postgres: nothing here lets nodes talk to each other.
+Needs the nginx binary (`apt-get install -y nginx`; .ci/run installs it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import asyncpg
+import pytest
+from fleet import ACCEL_PREFIX, Fleet
+
+from faceserve.vision.packs import locate_pack
+
+PROPAGATION_LIMIT_S = 1.0
+# headers whose values must be the same whoever sends the body (Date and Server are the sender's own)
+SERVED_HEADERS = (
+    "ETag",
+    "Cache-Control",
+    "Content-Type",
+    "Last-Modified",
+    "Accept-Ranges",
+    "Content-Range",
+    "Content-Length",
+    "X-Content-Type-Options",
+    "Vary",
+)
+
+
+def _database(uri: str, name: str) -> str:
+    return urlunsplit(urlsplit(uri)._replace(path="/" + name))
+
+
+async def _create_database(uri: str, name: str) -> None:
+    admin = await asyncpg.connect(uri)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+
+
+async def _drop_database(uri: str, name: str) -> None:
+    admin = await asyncpg.connect(uri)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(scope="module")
+def fleet(postgres_uri: str, models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    name = "faceserve_fleet_" + secrets.token_hex(4)
+    asyncio.run(_create_database(postgres_uri, name))
+    locate_pack(models_dir, "buffalo_s")  # laid out once, before two nodes race to do it
+    root = tmp_path_factory.mktemp("fleet")
+    run_dir = root / "nginx"
+    run_dir.mkdir()
+    fleet = Fleet(_database(postgres_uri, name), root / "shared-storage", models_dir, run_dir)
+    try:
+        fleet.start_node("a")
+        fleet.start_node("b")
+        fleet.wait_ready("a", "b")
+        fleet.start_nginx(["a", "b"])
+        yield fleet
+    finally:
+        fleet.close()
+        asyncio.run(_drop_database(postgres_uri, name))
+
+
+async def _create_session(http: aiohttp.ClientSession, base: str, name: str = "party") -> int:
+    async with http.post(base + "/api/face/sessions", json={"name": name}) as response:
+        assert response.status == 201, await response.text()
+        return (await response.json())["data"]["id"]
+
+
+async def _upload(http: aiohttp.ClientSession, base: str, session_id: int, path: Path) -> dict:
+    form = aiohttp.FormData()
+    form.add_field("file", path.read_bytes(), filename=path.name, content_type="image/jpeg")
+    async with http.post(f"{base}/api/face/sessions/{session_id}/images", data=form) as response:
+        body = await response.json()
+        assert response.status == 201, body
+        return body["data"]["images"][0]
+
+
+async def _search(
+    http: aiohttp.ClientSession, base: str, session_id: int, probe: bytes, by_path: bool = True
+) -> tuple[int, list[dict]]:
+    form = aiohttp.FormData()
+    if not by_path:
+        form.add_field("session_id", str(session_id))
+    form.add_field("image", probe, filename="probe.jpg", content_type="image/jpeg")
+    url = f"{base}/api/face/sessions/{session_id}/search" if by_path else f"{base}/api/face/search"
+    async with http.post(url, data=form) as response:
+        body = await response.json()
+        return response.status, body["data"]["matches"] if response.status == 200 else body
+
+
+async def _sessions_loaded(http: aiohttp.ClientSession, base: str) -> int:
+    async with http.get(base + "/healthz") as response:
+        return (await response.json())["data"]["sessions_loaded"]
+
+
+async def _wait_for(check, what: str, limit_s: float = PROPAGATION_LIMIT_S) -> None:
+    """Fails unless a check started within limit_s is true. Timed by when each check starts: what is
+    measured is the change reaching the node, not how long a search takes on a busy machine."""
+    start = time.monotonic()
+    while True:
+        asked = time.monotonic()
+        if asked - start > limit_s:
+            raise AssertionError(f"{what} not seen within {limit_s} s")
+        if await check():
+            return
+
+
+async def test_an_add_and_a_delete_reach_the_other_node_within_a_second(fleet: Fleet, photos) -> None:
+    a, b = fleet.nodes["a"].url, fleet.nodes["b"].url
+    probe = photos["yaoming"].read_bytes()
+    async with aiohttp.ClientSession() as http:
+        session_id = await _create_session(http, a)
+        await _upload(http, a, session_id, photos["t1"])
+        # B opens the session's index now, so the next upload reaches it as a notification, not a rebuild
+        assert await _search(http, b, session_id, probe) == (200, [])
+
+        players = await _upload(http, a, session_id, photos["players"])
+
+        async def b_finds_it() -> bool:
+            status, matches = await _search(http, b, session_id, probe)
+            return status == 200 and [m["image_id"] for m in matches] == [players["image_id"]]
+
+        await _wait_for(b_finds_it, "the upload through A in B's search")
+
+        async with http.delete(f"{b}/api/face/image/{players['image_id']}") as response:
+            assert response.status == 200
+
+        async def a_lost_it() -> bool:
+            status, matches = await _search(http, a, session_id, probe)
+            async with http.get(f"{a}/api/face/image/{players['image_id']}") as image:
+                return status == 200 and matches == [] and image.status == 404
+
+        await _wait_for(a_lost_it, "the delete through B in A's answers")
+
+
+def _served(status: int, headers, body: bytes) -> dict:
+    return {"status": status, "body": body, **{h: headers.get(h) for h in SERVED_HEADERS}}
+
+
+async def _fetch(http: aiohttp.ClientSession, method: str, url: str, headers: dict[str, str]) -> dict:
+    async with http.request(method, url, headers=headers) as response:
+        return _served(response.status, response.headers, await response.read())
+
+
+def _rfc_cases(etag: str, last_modified: str, size: int) -> list[tuple[str, dict[str, str]]]:
+    """The requests of tests/test_serving.py: plain, HEAD, 304, 412, 206, 416, If-Range."""
+    return [
+        ("GET", {}),
+        ("HEAD", {}),
+        ("GET", {"If-None-Match": etag}),
+        ("GET", {"If-None-Match": f"W/{etag}"}),
+        ("GET", {"If-None-Match": f'"other", {etag}'}),
+        ("GET", {"If-None-Match": "*"}),
+        ("GET", {"If-None-Match": '"something-else"'}),
+        ("GET", {"If-Modified-Since": last_modified}),
+        ("GET", {"If-Modified-Since": "Mon, 01 Jan 2001 00:00:00 GMT"}),
+        ("GET", {"If-Match": '"nope"'}),
+        ("GET", {"If-Match": etag}),
+        ("GET", {"Range": "bytes=10-19"}),
+        ("GET", {"Range": "bytes=-100"}),
+        ("GET", {"Range": f"bytes={size - 5}-"}),
+        ("GET", {"Range": f"bytes={size}-"}),
+        ("GET", {"Range": "items=0-5"}),
+        ("GET", {"Range": "bytes=0-9", "If-Range": '"stale"'}),
+        ("GET", {"Range": "bytes=0-9", "If-Range": etag}),
+        ("GET", {"Range": "bytes=0-9", "If-None-Match": '"something-else"'}),
+    ]
+
+
+async def test_images_through_nginx_are_served_as_directly(fleet: Fleet, photos) -> None:
+    """Originals, resized copies and face crops: the same status, bytes and headers straight from a node,
+    through the file tier (the node hands the body to nginx with X-Accel-Redirect) and through the cache."""
+    node = fleet.nodes["a"].url
+    async with (
+        aiohttp.ClientSession() as http,
+        aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(fleet.files_socket))) as files,
+    ):
+        session_id = await _create_session(http, fleet.url)
+        image = await _upload(http, fleet.url, session_id, photos["t1"])
+        status, matches = await _search(http, fleet.url, session_id, photos["t1"].read_bytes())
+        assert status == 200 and matches
+        paths = [
+            f"/api/face/image/{image['image_id']}",
+            f"/api/face/image/{image['image_id']}?w=320",
+            f"/api/face/face/{matches[0]['face_id']}",
+        ]
+        for path in paths:
+            # asked as the file tier asks, a node answers with no body and where nginx finds the file
+            async with http.get(node + path, headers={"X-Sendfile-Type": "X-Accel-Redirect"}) as response:
+                assert response.status == 200
+                assert response.headers["X-Accel-Redirect"].startswith(ACCEL_PREFIX)
+                assert await response.read() == b""
+            direct = await _fetch(http, "GET", node + path, {})
+            assert direct["status"] == 200 and len(direct["body"]) > 100
+            cases = _rfc_cases(direct["ETag"], direct["Last-Modified"], len(direct["body"]))
+            for method, headers in cases:
+                expected = await _fetch(http, method, node + path, headers)
+                accel = await _fetch(files, method, "http://localhost" + path, headers)
+                assert accel == expected, (path, method, headers)
+                for _ in range(2):  # a miss that fills the cache, then a hit
+                    cached = await _fetch(http, method, fleet.url + path, headers)
+                    if expected["status"] in (206, 304):
+                        # nginx's cache leaves Accept-Ranges out of its 206 and 304 (optional there: RFC
+                        # 9110 14.3, 15.4.5); everything else is the node's
+                        assert cached == {**expected, "Accept-Ranges": None}, (path, method, headers)
+                    elif expected["status"] == 200:
+                        assert cached == expected, (path, method, headers)
+                    else:  # nginx's own 412 and 416 pages: the status and the range they refuse
+                        assert (cached["status"], cached["Content-Range"]) == (
+                            expected["status"],
+                            expected["Content-Range"],
+                        ), (path, method, headers)
+
+
+async def test_session_routes_keep_each_session_on_one_node(fleet: Fleet, photos) -> None:
+    """hash $session consistent: every search of a session lands on one node, which alone loads its index."""
+    nodes = [fleet.nodes["a"].url, fleet.nodes["b"].url]
+    probe = photos["yaoming"].read_bytes()
+    async with aiohttp.ClientSession() as http:
+        sessions = [await _create_session(http, fleet.url, f"event {i}") for i in range(6)]
+        for session_id in sessions:
+            await _upload(http, fleet.url, session_id, photos["yaoming"])
+        before = [await _sessions_loaded(http, n) for n in nodes]
+        for _ in range(3):
+            for session_id in sessions:
+                status, matches = await _search(http, fleet.url, session_id, probe)
+                assert status == 200 and len(matches) == 1
+        after = [await _sessions_loaded(http, n) for n in nodes]
+    assert sum(after) - sum(before) == len(sessions)  # each loaded once, by one node
+
+
+async def test_a_node_started_later_catches_up_from_postgres(fleet: Fleet, photos) -> None:
+    probe = photos["yaoming"].read_bytes()
+    async with aiohttp.ClientSession() as http:
+        session_id = await _create_session(http, fleet.url, "before c")
+        players = await _upload(http, fleet.url, session_id, photos["players"])
+        gone = await _upload(http, fleet.url, session_id, photos["yaoming"])
+        async with http.delete(f"{fleet.url}/api/face/image/{gone['image_id']}") as response:
+            assert response.status == 200
+        fleet.start_node("c")
+        try:
+            await asyncio.to_thread(fleet.wait_ready, "c")
+            c = fleet.nodes["c"].url
+            status, matches = await _search(http, c, session_id, probe)
+            assert status == 200 and [m["image_id"] for m in matches] == [players["image_id"]]
+            # and it follows changes from here on, as the others do
+            again = await _upload(http, fleet.nodes["a"].url, session_id, photos["yaoming"])
+
+            async def c_finds_it() -> bool:
+                status, matches = await _search(http, c, session_id, probe)
+                return status == 200 and again["image_id"] in [m["image_id"] for m in matches]
+
+            await _wait_for(c_finds_it, "an upload through A in the late node's search")
+        finally:
+            fleet.stop_node("c")
+
+
+async def test_a_node_killed_under_search_load_costs_no_client_an_error(fleet: Fleet, photos) -> None:
+    """kill -9 the node that owns a session while clients search it through nginx: nginx sends the requests
+    that failed on it to the other node, which opens the session from Postgres; no client sees an error."""
+    probe = photos["yaoming"].read_bytes()
+    async with aiohttp.ClientSession() as http:
+        session_id = await _create_session(http, fleet.url, "killed")
+        players = await _upload(http, fleet.url, session_id, photos["players"])
+        loaded = {name: await _sessions_loaded(http, node.url) for name, node in fleet.nodes.items()}
+        assert (await _search(http, fleet.url, session_id, probe))[0] == 200
+        now = {name: await _sessions_loaded(http, node.url) for name, node in fleet.nodes.items()}
+        [owner] = [name for name in now if now[name] > loaded[name]]
+
+        answers: list[tuple[int, list]] = []
+        stop = asyncio.Event()
+
+        async def client(by_path: bool) -> None:
+            while not stop.is_set():
+                answers.append(await _search(http, fleet.url, session_id, probe, by_path=by_path))
+
+        clients = [asyncio.create_task(client(by_path=i % 4 != 0)) for i in range(8)]
+        await asyncio.sleep(1.0)
+        before_kill = len(answers)
+        killed_port = fleet.nodes[owner].port
+        await asyncio.to_thread(fleet.kill, owner)
+        await asyncio.sleep(3.0)
+        stop.set()
+        await asyncio.gather(*clients)
+
+    assert before_kill > 0 and len(answers) > before_kill + 8  # searches went on after the kill
+    wrong = [a for a in answers if a[0] != 200 or [m["image_id"] for m in a[1]] != [players["image_id"]]]
+    assert wrong == [], (wrong[:3], fleet.nginx_error_log()[-3000:])
+    # the dead node was tried and failed over from, not merely avoided
+    assert f"127.0.0.1:{killed_port}" in fleet.nginx_error_log()

@@ -1,0 +1,302 @@
+"""People of a session on real photos and the real service: clustering, listing and paging, a person's
+photos, new photos joining at once, an organiser's merge and split surviving re-clustering, deletes."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import pytest
+from aiohttp.test_utils import TestClient
+from helpers import create_session, upload
+from yarl import URL
+
+from faceserve import db
+from faceserve.app import create_app
+from faceserve.config import Settings
+from faceserve.core import people
+from faceserve.http.appkeys import SERVICES
+
+
+def _jpeg(pixels) -> bytes:
+    return cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes()
+
+
+def mirrored(path: Path) -> bytes:
+    """Another photo of the same people: the picture flipped left to right."""
+    return _jpeg(cv2.flip(cv2.imread(str(path)), 1))
+
+
+def rescaled(path: Path, factor: float) -> bytes:
+    pixels = cv2.imread(str(path))
+    return _jpeg(cv2.resize(pixels, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA))
+
+
+async def list_all(client: TestClient, session_id: int, limit: int = 100) -> list[dict]:
+    found, after = [], ""
+    while True:
+        response = await client.get(f"/api/face/sessions/{session_id}/people", params={"limit": limit, "after": after})
+        body = await response.json()
+        assert response.status == 200, body
+        found += body["data"]["people"]
+        if body["data"]["next_after"] is None:
+            return found
+        after = body["data"]["next_after"]
+
+
+async def images_of(client: TestClient, session_id: int, person_id: int, limit: int = 100) -> list[dict]:
+    found, after = [], 0
+    while True:
+        response = await client.get(
+            f"/api/face/sessions/{session_id}/people/{person_id}/images", params={"limit": limit, "after": after}
+        )
+        body = await response.json()
+        assert response.status == 200, body
+        found += body["data"]["images"]
+        if body["data"]["next_after"] is None:
+            return found
+        after = body["data"]["next_after"]
+
+
+async def recluster(client: TestClient, session_id: int) -> people.ClusteringReport:
+    report = await people.recluster(client.server.app[SERVICES], session_id)
+    assert report is not None
+    return report
+
+
+async def person_with_image(client: TestClient, session_id: int, image_id: int) -> dict | None:
+    for person in await list_all(client, session_id):
+        if image_id in {i["image_id"] for i in await images_of(client, session_id, person["person_id"])}:
+            return person
+    return None
+
+
+@pytest.fixture
+async def event(client: TestClient, photos: dict[str, Path]) -> dict:
+    """Yao Ming in two photos (players.jpg, yaoming.jpg), the six people of t1.jpg in it and its mirror."""
+    session_id = await create_session(client)
+    images = await upload(
+        client,
+        session_id,
+        ("players.jpg", photos["players"].read_bytes()),
+        ("yaoming.jpg", photos["yaoming"].read_bytes()),
+        ("t1.jpg", photos["t1"].read_bytes()),
+        ("t1-mirror.jpg", mirrored(photos["t1"])),
+    )
+    ids = {image["original_name"]: image["image_id"] for image in images}
+    await recluster(client, session_id)
+    return {"session_id": session_id, **ids}
+
+
+async def test_clustering_finds_the_people_in_several_photos(client: TestClient, event: dict) -> None:
+    session_id = event["session_id"]
+    found = await list_all(client, session_id)
+    # Yao Ming and the six people of t1.jpg; everyone else in players.jpg is in one photo only
+    assert len(found) == 7
+    assert all(p["image_count"] == 2 and p["face_count"] == 2 for p in found)
+    photo_sets = []
+    for person in found:
+        images = await images_of(client, session_id, person["person_id"])
+        photo_sets.append(frozenset(i["image_id"] for i in images))
+        for image in images:
+            assert image["url"].endswith(f"/api/face/image/{image['image_id']}")
+            assert image["identity"].startswith(f"{session_id}/db/")
+            assert len(image["box"]) == 4
+    assert photo_sets.count(frozenset({event["players.jpg"], event["yaoming.jpg"]})) == 1
+    assert photo_sets.count(frozenset({event["t1.jpg"], event["t1-mirror.jpg"]})) == 6
+    # the cover is one of the person's faces, served as a crop
+    yao = await person_with_image(client, session_id, event["yaoming.jpg"])
+    assert yao is not None
+    cover = await client.get(URL(yao["cover_url"]).path_qs)
+    assert cover.status == 200 and cover.content_type == "image/jpeg"
+    # yaoming.jpg's face (105 px, frontal) is clearer than the 40 px one in the team photo
+    yao_faces = {i["image_id"]: i["face_id"] for i in await images_of(client, session_id, yao["person_id"])}
+    assert yao["cover_face_id"] == yao_faces[event["yaoming.jpg"]]
+
+
+async def test_people_pages_follow_one_another(client: TestClient, event: dict) -> None:
+    session_id = event["session_id"]
+    whole = await list_all(client, session_id)
+    paged = await list_all(client, session_id, limit=3)
+    assert [p["person_id"] for p in paged] == [p["person_id"] for p in whole]
+    yao = await person_with_image(client, session_id, event["yaoming.jpg"])
+    assert yao is not None
+    one_by_one = await images_of(client, session_id, yao["person_id"], limit=1)
+    assert [i["image_id"] for i in one_by_one] == sorted([event["players.jpg"], event["yaoming.jpg"]])
+    bad = await client.get(f"/api/face/sessions/{session_id}/people", params={"after": "x"})
+    assert bad.status == 400
+
+
+async def test_a_new_photo_joins_its_person_at_once(client: TestClient, event: dict, photos: dict[str, Path]) -> None:
+    session_id = event["session_id"]
+    (image,) = await upload(client, session_id, ("yao-again.jpg", rescaled(photos["yaoming"], 0.8)))
+    yao = await person_with_image(client, session_id, image["image_id"])
+    assert yao is not None and yao["image_count"] == 3
+    ids = {i["image_id"] for i in await images_of(client, session_id, yao["person_id"])}
+    assert ids == {event["players.jpg"], event["yaoming.jpg"], image["image_id"]}
+    # most photos first
+    assert (await list_all(client, session_id))[0]["person_id"] == yao["person_id"]
+
+
+async def test_a_face_below_the_floor_joins_no_one(
+    client: TestClient, event: dict, photos: dict[str, Path], settings: Settings
+) -> None:
+    session_id = event["session_id"]
+    # yaoming.jpg's face is 105 px: at a quarter it is below PEOPLE_MIN_FACE_SIZE (still indexed, >= 20 px)
+    small = rescaled(photos["yaoming"], 0.28)
+    (image,) = await upload(client, session_id, ("yao-tiny.jpg", small))
+    assert image["faces"] == 1
+    assert await person_with_image(client, session_id, image["image_id"]) is None
+    await recluster(client, session_id)
+    assert await person_with_image(client, session_id, image["image_id"]) is None
+
+
+async def test_merge_and_split_survive_reclustering(client: TestClient, event: dict) -> None:
+    session_id = event["session_id"]
+    base = f"/api/face/sessions/{session_id}/people"
+    yao = await person_with_image(client, session_id, event["yaoming.jpg"])
+    assert yao is not None
+    yao_images = await images_of(client, session_id, yao["person_id"])
+    team_face = next(i["face_id"] for i in yao_images if i["image_id"] == event["players.jpg"])
+
+    # the organiser says the team photo's face is someone else
+    response = await client.post(f"{base}/{yao['person_id']}/split", json={"face_ids": [team_face]})
+    body = await response.json()
+    assert response.status == 201, body
+    split_off = body["data"]["new_person"]["person_id"]
+    assert body["data"]["person"]["face_count"] == 1 and body["data"]["new_person"]["face_count"] == 1
+
+    # and that two of t1's people are one
+    t1_people = [p for p in await list_all(client, session_id) if p["person_id"] not in (yao["person_id"], split_off)]
+    first, second = t1_people[0]["person_id"], t1_people[1]["person_id"]
+    response = await client.post(f"{base}/{first}/merge", json={"other": second})
+    body = await response.json()
+    assert response.status == 200, body
+    assert body["data"]["person"]["face_count"] == 4 and body["data"]["person"]["image_count"] == 2
+    gone = await client.get(f"{base}/{second}/images")
+    assert gone.status == 404 and (await gone.json())["error"]["code"] == "person_not_found"
+
+    before = {p["person_id"]: p for p in await list_all(client, session_id)}
+    await recluster(client, session_id)
+    after = {p["person_id"]: p for p in await list_all(client, session_id)}
+    assert after == before
+    assert [i["face_id"] for i in await images_of(client, session_id, split_off)] == [team_face]
+    assert len(await images_of(client, session_id, first)) == 2
+
+
+async def test_merge_and_split_refuse_bad_requests(client: TestClient, event: dict) -> None:
+    session_id = event["session_id"]
+    base = f"/api/face/sessions/{session_id}/people"
+    person = (await list_all(client, session_id))[0]["person_id"]
+    faces = [i["face_id"] for i in await images_of(client, session_id, person)]
+    for path, body, status in [
+        (f"{base}/{person}/merge", {"other": person}, 400),
+        (f"{base}/{person}/merge", {"other": "7"}, 400),
+        (f"{base}/{person}/merge", {"other": 999_999}, 404),
+        (f"{base}/999999/merge", {"other": person}, 404),
+        (f"{base}/{person}/split", {"face_ids": []}, 400),
+        (f"{base}/{person}/split", {"face_ids": faces}, 400),  # nothing would be left
+        (f"{base}/{person}/split", {"face_ids": [999_999]}, 400),
+        (f"{base}/{person}/split", [1], 400),
+    ]:
+        response = await client.post(path, json=body)
+        assert response.status == status, (path, body, await response.text())
+    not_json = await client.post(f"{base}/{person}/merge", data=b"{nope")
+    assert not_json.status == 400
+    other_session = await create_session(client, "other")
+    elsewhere = await client.get(f"/api/face/sessions/{other_session}/people/{person}/images")
+    assert elsewhere.status == 404
+    missing = await client.get("/api/face/sessions/999999/people")
+    assert missing.status == 404
+    # nothing changed
+    assert sorted(i["face_id"] for i in await images_of(client, session_id, person)) == sorted(faces)
+
+
+async def test_deleting_photos_updates_people_at_once(client: TestClient, event: dict) -> None:
+    session_id = event["session_id"]
+    yao = await person_with_image(client, session_id, event["yaoming.jpg"])
+    assert yao is not None
+    assert (await client.delete(f"/api/face/image/{event['yaoming.jpg']}")).status == 200
+    left = {p["person_id"]: p for p in await list_all(client, session_id)}
+    assert left[yao["person_id"]]["image_count"] == 1 and left[yao["person_id"]]["face_count"] == 1
+    assert [i["image_id"] for i in await images_of(client, session_id, yao["person_id"])] == [event["players.jpg"]]
+    assert (await client.delete(f"/api/face/image/{event['players.jpg']}")).status == 200
+    # emptied: gone
+    assert yao["person_id"] not in {p["person_id"] for p in await list_all(client, session_id)}
+    gone = await client.get(f"/api/face/sessions/{session_id}/people/{yao['person_id']}/images")
+    assert gone.status == 404
+
+
+async def test_cli_reclusters_with_progress(client: TestClient, event: dict, settings: Settings) -> None:
+    session_id = event["session_id"]
+    yao = await person_with_image(client, session_id, event["yaoming.jpg"])
+    assert yao is not None
+    env = {**os.environ, "DATABASE_URL": settings.database_url or ""}
+    command = [sys.executable, "-m", "faceserve", "people", "--session", str(session_id), "--recluster",
+               "--storage", str(settings.storage), "--models-dir", str(settings.models_dir)]
+    done = await asyncio.to_thread(subprocess.run, command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "neighbours..." in done.stderr and "merging..." in done.stderr
+    assert "clustered 31 faces" in done.stdout  # 18 in players.jpg, 1 in yaoming.jpg, 6 in each t1
+    assert "7 people" in done.stdout
+    # the same people, the same ids: the clustering kept them
+    assert f"person {yao['person_id']}: 2 photos, 2 faces" in done.stdout
+    missing = await asyncio.to_thread(
+        subprocess.run, [*command[:5], "999999", *command[6:]], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert missing.returncode == 1 and "999999 does not exist" in missing.stderr
+
+
+async def test_enough_new_faces_recluster_in_the_background(
+    settings: Settings, engine, aiohttp_client, photos: dict[str, Path]
+) -> None:
+    app = create_app(dataclasses.replace(settings, people_recluster_min_changes=6), engine)
+    client = await aiohttp_client(app)
+    services = app[SERVICES]
+    session_id = await create_session(client)
+    await upload(client, session_id, ("t1.jpg", photos["t1"].read_bytes()))
+    await services.jobs.wait(("people", session_id))
+    assert await list_all(client, session_id) == []  # six people, each in one photo: nobody yet
+    # the mirror's faces find no person to join; the six changed faces start a clustering that pairs them
+    await upload(client, session_id, ("t1-mirror.jpg", mirrored(photos["t1"])))
+    await services.jobs.wait(("people", session_id))
+    found = await list_all(client, session_id)
+    assert len(found) == 6 and all(p["image_count"] == 2 for p in found)
+
+
+async def test_one_clustering_of_a_session_at_a_time(client: TestClient, event: dict) -> None:
+    services = client.server.app[SERVICES]
+    session_id = event["session_id"]
+    async with services.pool.acquire() as elsewhere:  # another worker or node, clustering this session
+        assert await db.try_lock_clustering(elsewhere, session_id)
+        assert await people.recluster(services, session_id) is None
+        await db.unlock_clustering(elsewhere, session_id)
+    assert await people.recluster(services, session_id) is not None
+
+
+async def test_a_big_sessions_graph_comes_from_cells_of_its_own(
+    settings: Settings, engine, aiohttp_client, photos: dict[str, Path]
+) -> None:
+    # a session at or past APPROXIMATE_MIN_FACES builds its graph apart from the served index (clustering.py)
+    app = create_app(dataclasses.replace(settings, approximate_min_faces=10), engine)
+    client = await aiohttp_client(app)
+    session_id = await create_session(client)
+    await upload(
+        client,
+        session_id,
+        ("players.jpg", photos["players"].read_bytes()),
+        ("yaoming.jpg", photos["yaoming"].read_bytes()),
+        ("t1.jpg", photos["t1"].read_bytes()),
+        ("t1-mirror.jpg", mirrored(photos["t1"])),
+    )
+    stages: list[str] = []
+    report = await people.recluster(app[SERVICES], session_id, lambda stage, done, total: stages.append(stage))
+    assert report is not None and report.faces == 31 and report.people == 7
+    assert "neighbours" in stages and "merging" in stages
+    found = await list_all(client, session_id)
+    assert len(found) == 7 and all(p["image_count"] == 2 for p in found)
