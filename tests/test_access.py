@@ -76,6 +76,7 @@ def _concrete(path: str) -> str:
         path.replace("{session_id}", "1")
         .replace("{image_id}", "1")
         .replace("{face_id}", "1")
+        .replace("{person_id}", "1")
         .replace("{prefix}", "fsk_abcdefgh")
         .replace("{name}", "IMG_0001.jpg")
     )

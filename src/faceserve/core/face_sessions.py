@@ -8,7 +8,6 @@ from .. import db
 from ..errors import SessionNotFound
 from ..index import sync as index_sync
 from . import tombstones
-from .ingest import finish_deletes_if_database_lost, mark_done
 from .services import Services
 
 
@@ -20,7 +19,7 @@ async def require_session(services: Services, session_id: int) -> db.FaceSession
 
 
 async def delete_session(services: Services, session_id: int) -> None:
-    with finish_deletes_if_database_lost(services):
+    with tombstones.finish_deletes_if_database_lost(services.pool, services.storage):
         await _delete_session(services, session_id)
 
 
@@ -35,4 +34,4 @@ async def _delete_session(services: Services, session_id: int) -> None:
     services.served.evict_session(session_id)
     await services.indexes.drop(session_id)
     await asyncio.to_thread(services.storage.remove_session, session_id)
-    await mark_done(tombstones.session_files_removed(services.pool, session_id))
+    await tombstones.mark_done(tombstones.session_files_removed(services.pool, session_id))

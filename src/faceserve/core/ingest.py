@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -142,7 +140,7 @@ async def record_image(services: Services, session_id: int, analyzed: Analyzed) 
             undo_save()
         if intent is not None:
             # the file is gone (or never came): the record may go; if the database is down, the next start
-            await mark_done(upload_intents.done(services.pool, intent))
+            await tombstones.mark_done(upload_intents.done(services.pool, intent))
         raise
     finally:
         await services.storage.discard(pending.path)
@@ -197,7 +195,7 @@ async def raise_if_session_gone(services: Services, session_id: int, error: Exce
 
 
 async def delete_image(services: Services, image_id: int) -> db.ImageRecord:
-    with finish_deletes_if_database_lost(services):
+    with tombstones.finish_deletes_if_database_lost(services.pool, services.storage):
         return await _delete_image(services, image_id)
 
 
@@ -219,28 +217,5 @@ async def _delete_image(services: Services, image_id: int) -> db.ImageRecord:
     if not await tombstones.path_in_use(services.pool, image.file_path):  # not the same bytes uploaded anew
         await services.stores.of(image).remove(image)
     await asyncio.to_thread(renditions.remove_derivatives, services.storage.layout, image.face_session_id, image.id)
-    await mark_done(tombstones.image_files_removed(services.pool, image.id))
+    await tombstones.mark_done(tombstones.image_files_removed(services.pool, image.id))
     return image
-
-
-@contextmanager
-def finish_deletes_if_database_lost(services: Services) -> Iterator[None]:
-    """A delete whose commit, or the removal of files after it, met a lost database may have committed
-    with its files still there: they are removed as soon as the database answers (tombstones.py)."""
-    try:
-        yield
-    except Exception as exc:
-        if db_recovery.is_database_unavailable(exc):
-            tombstones.finish_later(services.pool, services.storage)
-        raise
-
-
-async def mark_done(marking: Awaitable[None]) -> None:
-    """The delete is committed and its files are gone: a database lost just now only means the next start
-    removes them once more (nothing), so the client still hears of its delete."""
-    try:
-        await marking
-    except Exception as exc:
-        if not db_recovery.is_database_unavailable(exc):
-            raise
-        log.warning("could not mark a finished delete (%s); the next start will", type(exc).__name__)

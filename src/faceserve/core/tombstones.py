@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Iterator
+from contextlib import contextmanager
 
 import asyncpg
 
@@ -148,3 +150,26 @@ def finish_later(pool: asyncpg.Pool, storage: Storage) -> None:
     task = asyncio.create_task(finish_when_back(pool, storage))
     _finishing.add(task)  # a reference, so the task is not collected while it waits
     task.add_done_callback(_finishing.discard)
+
+
+@contextmanager
+def finish_deletes_if_database_lost(pool: asyncpg.Pool, storage: Storage) -> Iterator[None]:
+    """A delete whose commit, or the removal of files after it, met a lost database may have committed
+    with its files still there: they are removed as soon as the database answers (finish_later)."""
+    try:
+        yield
+    except Exception as exc:
+        if db_recovery.is_database_unavailable(exc):
+            finish_later(pool, storage)
+        raise
+
+
+async def mark_done(marking: Awaitable[None]) -> None:
+    """The delete is committed and its files are gone: a database lost just now only means the next start
+    removes them once more (nothing), so the client still hears of its delete."""
+    try:
+        await marking
+    except Exception as exc:
+        if not db_recovery.is_database_unavailable(exc):
+            raise
+        log.warning("could not mark a finished delete (%s); the next start will", type(exc).__name__)
