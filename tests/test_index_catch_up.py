@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncpg
 from aiohttp.test_utils import TestClient, TestServer
-from helpers import create_session, search, upload, wait_until
+from helpers import authorize, create_session, search, upload, wait_until
 
 from faceserve.app import create_app
 from faceserve.http.appkeys import SERVICES
@@ -30,6 +30,8 @@ async def test_changes_missed_while_not_listening_are_caught_up(settings, engine
         TestClient(TestServer(create_app(settings, engine))) as first,
         TestClient(TestServer(create_app(settings, engine, sweep_partial_uploads=False))) as second,
     ):
+        authorize(first)
+        authorize(second)
         changed = await create_session(first, "changed")
         unchanged = await create_session(first, "unchanged")
         await upload(first, changed, ("t1.jpg", photos["t1"].read_bytes()))
