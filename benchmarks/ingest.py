@@ -90,7 +90,7 @@ def bare_batched(engine: FaceEngine, images: list[bytes], max_pixels: int, max_r
     return len(images) / (time.perf_counter() - start), math.ceil(len(faces) / max_rows)
 
 
-async def upload_all(base: str, session_id: int, images: list[bytes], clients: int) -> float:
+async def upload_all(base: str, session_id: int, images: list[bytes], clients: int, headers: dict[str, str]) -> float:
     queue = list(enumerate(images))
 
     async def client(http: aiohttp.ClientSession) -> None:
@@ -102,7 +102,7 @@ async def upload_all(base: str, session_id: int, images: list[bytes], clients: i
                 assert r.status == 201, await r.text()
 
     start = time.perf_counter()
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=headers) as http:
         await asyncio.gather(*(client(http) for _ in range(clients)))
     return len(images) / (time.perf_counter() - start)
 
@@ -119,11 +119,13 @@ async def through_service(
     await site.start()
     recogniser = app[SERVICES].recogniser
     base = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
-    async with aiohttp.ClientSession() as http, http.post(f"{base}/api/face/sessions", json={"name": "ingest"}) as r:
+    # uploads need a key: the bootstrap admin key the app wrote at start-up
+    headers = {"Authorization": f"Bearer {(settings.storage / 'admin-key').read_text().strip()}"}
+    async with aiohttp.ClientSession(headers=headers) as http, http.post(f"{base}/api/face/sessions", json={"name": "ingest"}) as r:
         session_id = (await r.json())["data"]["id"]
     for clients in clients_list:
         runs = recogniser.runs
-        rate = await upload_all(base, session_id, distinct(images, salt + clients), clients)
+        rate = await upload_all(base, session_id, distinct(images, salt + clients), clients, headers)
         rows.append((f"upload endpoint, {clients} client{'s' if clients > 1 else ''}", rate, faces / (recogniser.runs - runs)))
     await runner.cleanup()
 

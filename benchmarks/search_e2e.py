@@ -95,7 +95,14 @@ def multipart_body(session_id: int, probe: bytes) -> tuple[bytes, str]:
     return head + probe + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
-async def load(base: str, session_id: int, probe: bytes, concurrency: int, requests: int) -> tuple[list, list]:
+def admin_headers(storage: Path) -> dict[str, str]:
+    """The bootstrap admin key the server wrote on its first start (searching and uploading need a key)."""
+    return {"Authorization": f"Bearer {(storage / 'admin-key').read_text().strip()}"}
+
+
+async def load(
+    base: str, session_id: int, probe: bytes, concurrency: int, requests: int, headers: dict[str, str]
+) -> tuple[list, list]:
     latencies: list[float] = []
     timings: list[dict[str, float]] = []
 
@@ -112,7 +119,7 @@ async def load(base: str, session_id: int, probe: bytes, concurrency: int, reque
                 )
 
     connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as http:
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as http:
         await asyncio.gather(*(client(http, requests // concurrency) for _ in range(concurrency)))
     return latencies, timings
 
@@ -180,6 +187,8 @@ async def main_async(args: argparse.Namespace) -> None:
                     except aiohttp.ClientError:
                         pass
                     await asyncio.sleep(0.5)
+                headers = admin_headers(folder)
+                http.headers.update(headers)
                 async with http.post(f"{base}/api/face/sessions", json={"name": "e2e"}) as r:
                     session_id = (await r.json())["data"]["id"]
                 await fill(dsn, session_id, args.faces)
@@ -189,17 +198,17 @@ async def main_async(args: argparse.Namespace) -> None:
                 async with http.post(f"{base}/api/face/sessions/{session_id}/images", data=form) as r:
                     assert r.status == 201
             start = time.perf_counter()
-            await load(base, session_id, probe, 1, 1)  # builds the index from Postgres (binary COPY)
+            await load(base, session_id, probe, 1, 1, headers)  # builds the index from Postgres (binary COPY)
             first_ms = 1000 * (time.perf_counter() - start)
             rows = []
             for concurrency in args.clients:
-                await load(base, session_id, probe, concurrency, concurrency)  # warm
+                await load(base, session_id, probe, concurrency, concurrency, headers)  # warm
                 latencies, timings = [], []
                 bare_from, rates_from = len(bare_engine.samples), len(bare_engine.rates)
                 rounds = 8
                 for _ in range(rounds):
                     requests = max(args.requests // rounds, concurrency)
-                    round_latencies, round_timings = await load(base, session_id, probe, concurrency, requests)
+                    round_latencies, round_timings = await load(base, session_id, probe, concurrency, requests, headers)
                     latencies += round_latencies
                     timings += round_timings
                     bare_engine.sample(4)
