@@ -316,12 +316,21 @@ async def bench_search_async(args: argparse.Namespace) -> None:
             await registry.search(1, embedding, 200)
             searches.append(time.perf_counter() - start)
 
+        steps: dict[str, list[float]] = {"decode": [], "detect+align": [], "embed": [], "index": []}
+
         async def probe_and_search() -> None:
+            marks = [time.perf_counter()]
             pixels = await loop.run_in_executor(inference, decode, probe)
+            marks.append(time.perf_counter())
             found = await loop.run_in_executor(inference, engine.find_largest, pixels)
             assert found is not None
+            marks.append(time.perf_counter())
             embedded = await batcher.embed(found[2])
+            marks.append(time.perf_counter())
             await registry.search(1, embedded, 200)
+            marks.append(time.perf_counter())
+            for name, begin, end in zip(steps, marks, marks[1:]):
+                steps[name].append(end - begin)
 
         with ThreadPoolExecutor(args.threads) as pool:
             count = args.threads * 8
@@ -337,10 +346,14 @@ async def bench_search_async(args: argparse.Namespace) -> None:
         for clients in args.clients:
             latencies: list[float] = []
             per_client = max(4, args.repeat // clients)
+            for values in steps.values():
+                values.clear()
             start = time.perf_counter()
             await asyncio.gather(*(client(per_client, latencies) for _ in range(clients)))
             elapsed = time.perf_counter() - start
-            rows.append((clients, len(latencies) / elapsed, statistics.median(latencies), np.percentile(latencies, 99)))
+            medians = {name: statistics.median(values) for name, values in steps.items()}
+            rows.append((clients, len(latencies) / elapsed, statistics.median(latencies), np.percentile(latencies, 99),
+                         medians))
     finally:
         await batcher.close()
         registry.close()
@@ -352,11 +365,12 @@ async def bench_search_async(args: argparse.Namespace) -> None:
     print(f"index built in {build_s:.1f} s; yaoming.jpg finds a real face first: {'yes' if yao_first else 'NO'}; "
           f"bare probe (decode+detect+embed) p50 {1000 * np.median(bare):.2f} ms, {bare_rate:,.1f} probes/s on "
           f"{args.threads} threads; index search alone (k=200) p50 {1000 * np.median(searches):.3f} ms\n")
-    print("| clients | probes+searches/s | / bare probes/s | p50 ms | p99 ms | p50 / bare p50 |")
-    print("|---|---|---|---|---|---|")
-    for clients, throughput, p50, p99 in rows:
+    print("| clients | probes+searches/s | / bare probes/s | p50 ms | p99 ms | p50 / bare p50 | "
+          + " | ".join(f"{name} p50 ms" for name in steps) + " |")
+    print("|---|---|---|---|---|---|" + "---|" * len(steps))
+    for clients, throughput, p50, p99, medians in rows:
         print(f"| {clients} | {throughput:,.1f} | {throughput / bare_rate:.2f} | {1000 * p50:.2f} | {1000 * p99:.2f} | "
-              f"{p50 / np.median(bare):.2f} |")
+              f"{p50 / np.median(bare):.2f} | " + " | ".join(f"{1000 * medians[name]:.2f}" for name in steps) + " |")
 
 
 def main() -> None:

@@ -53,7 +53,7 @@ if [ $DRY = 0 ]; then
     DB_INGEST_ARGS=(--images 64 --megapixels 1.5 --inference-threads 8 --clients 1 16)
     DB_SEARCH_ARGS=(--faces 100000 --requests 128 --clients 1 8 32 --env FACESERVE_INFERENCE_THREADS=8)
     # seconds each step may take at most; a step past its limit fails alone and the run goes on
-    STEP_LIMIT=(install 90 check 30 tests 90 index 120 ingest 60 search 90 db-ingest 90 db-search 120)
+    STEP_LIMIT=(install 90 check 30 tests 90 index 120 ingest 90 search 90 db-ingest 120 db-search 120)
 else
     INDEX_ARGS=(--faces 20000 --per-person 8 --dtype float16 float32 --xp numpy --repeat 40 --batches 64 256)
     INGEST_ARGS=(--images 8 --megapixels 1.5 --threads 2 --max-batch 16)

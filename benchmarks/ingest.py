@@ -147,7 +147,7 @@ async def run(
 ) -> None:
     base_settings = Settings(
         storage=Path("unused"), models_dir=ROOT / "models", recogniser_max_batch=max_batch,
-        inference_threads=threads, max_pending_images=max(16, 4 * max(clients)),
+        inference_threads=threads, max_pending_images=max(16, 4 * max(clients)), rate_limits=False,
     )
     engine = load_engine(base_settings)
     engine.warm_up()

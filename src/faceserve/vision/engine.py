@@ -107,6 +107,10 @@ class FaceEngine:
         self._crop_size = int(self._recogniser.input_size[0])
         self.embedding_dim = int(self._recogniser.output_shape[-1])
         self.min_face_size = min_face_size
+        # On CUDA every new input shape costs its own kernel plans (~0.7 s for the recogniser on an H200,
+        # measured by benchmarks/gpu_run.sh): batches are padded up to a power of two, so a handful of
+        # shapes, all made at warm-up, serve every batch. On the CPU padding would only add work.
+        self.pad_to_buckets = _CUDA in self.providers
         log.info("models %s on %s, embeddings of %d", pack.name, self.providers, self.embedding_dim)
 
     @classmethod
@@ -129,11 +133,12 @@ class FaceEngine:
 
     def warm_up(self, max_batch: int = 1) -> None:
         """First runs allocate and pick kernels; do it at start, not on the first user's request. On CUDA
-        that happens again for every new input shape, so the recogniser runs once per batch size up to
-        max_batch (the detector sees one shape: every image is resized to its input size)."""
+        that happens again for every new input shape, so the recogniser runs once per batch shape it will
+        see: the powers of two up to max_batch (the detector sees one shape: every image is resized to its
+        input size)."""
         blank = np.zeros((self._input_size[1], self._input_size[0], 3), dtype=np.uint8)
         self._detector.detect(blank, input_size=self._input_size)
-        for rows in range(1, (max_batch if _CUDA in self.providers else 1) + 1):
+        for rows in batch_buckets(max_batch if self.pad_to_buckets else 1):
             self.embed_crops(np.zeros((rows, self._crop_size, self._crop_size, 3), dtype=np.uint8), rows)
 
     def detect(self, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -160,7 +165,10 @@ class FaceEngine:
         out = np.empty((len(crops), self.embedding_dim), dtype=np.float32)
         for start in range(0, len(crops), chunk_rows):
             chunk = list(crops[start : start + chunk_rows])
-            out[start : start + len(chunk)] = self._recogniser.get_feat(chunk)
+            rows = len(chunk)
+            if self.pad_to_buckets:  # blank crops up to the batch shape warm_up made; their rows are dropped
+                chunk += [np.zeros_like(chunk[0])] * (bucket_of(rows) - rows)
+            out[start : start + rows] = self._recogniser.get_feat(chunk)[:rows]
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         np.maximum(norms, 1e-12, out=norms)
         return out / norms
@@ -187,6 +195,16 @@ class FaceEngine:
             return None
         box, landmarks, crop = found
         return detected_faces(box, landmarks, self.embed_crops(crop))[0]
+
+
+def bucket_of(rows: int) -> int:
+    """The batch shape a batch of `rows` runs as when padded: the next power of two."""
+    return 1 << max(0, rows - 1).bit_length()
+
+
+def batch_buckets(max_rows: int) -> list[int]:
+    """Every padded batch shape of up to max_rows rows: 1, 2, 4, ... up to bucket_of(max_rows)."""
+    return [1 << i for i in range(bucket_of(max(1, max_rows)).bit_length())]
 
 
 def detected_faces(boxes: np.ndarray, landmarks: np.ndarray, embeddings: np.ndarray) -> list[DetectedFace]:
