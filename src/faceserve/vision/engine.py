@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -67,6 +69,26 @@ class DetectedFace:
     embedding: np.ndarray  # (dim,) float32, L2-normalised
 
 
+class OneThreadSession:
+    """An ONNX Runtime session whose runs all happen on one thread, whichever thread asks.
+
+    On CUDA, ONNX Runtime keeps per-thread state (handles, kernel plans for each input shape): on an H200,
+    16 inference threads feeding the recogniser batches of varying shapes made each (thread, shape) pair pay
+    its own set-up, and an embedding that takes 3.6 ms from one caller took 3.2 s at p50 with 16 callers
+    (benchmarks/RESULTS.md, GPU). The GPU runs one kernel stream anyway; the callers' CPU work (decoding,
+    resizing, alignment, NMS) stays on their own threads."""
+
+    def __init__(self, session: ort.InferenceSession, runner: ThreadPoolExecutor) -> None:
+        self.session = session
+        self._runner = runner
+
+    def run(self, output_names: Any, input_feed: Any, run_options: Any = None) -> Any:
+        return self._runner.submit(self.session.run, output_names, input_feed, run_options).result()
+
+    def __getattr__(self, name: str) -> Any:  # get_inputs, get_outputs, get_providers, ...
+        return getattr(self.session, name)
+
+
 class FaceEngine:
     def __init__(
         self,
@@ -78,11 +100,19 @@ class FaceEngine:
         min_face_size: int,
         intra_op_threads: int,
         device_id: int,
+        runs_on_one_thread: bool | None = None,
     ) -> None:
+        """runs_on_one_thread: every model run on one dedicated thread (OneThreadSession); by default on
+        CUDA only, where per-thread state makes it pay."""
         self.pack = pack
         self.providers = choose_providers(device)
         if _CUDA in self.providers:
             _load_cuda_libraries()
+            # onnxruntime >= 1.31 warns on every CUDA session that no plugin device is registered
+            ort.set_default_logger_severity(3)
+        if runs_on_one_thread is None:
+            runs_on_one_thread = _CUDA in self.providers
+        self._runner = ThreadPoolExecutor(1, thread_name_prefix="model-runs") if runs_on_one_thread else None
         options = ort.SessionOptions()
         options.log_severity_level = 3  # the recogniser's declared batch of 1 makes ORT warn on every batch
         # idle ORT threads otherwise spin after each run and steal the cores the index search and the
@@ -95,10 +125,11 @@ class FaceEngine:
             for p in self.providers
         ]
 
-        def session(path: str) -> ort.InferenceSession:
-            return ort.InferenceSession(
+        def session(path: str) -> ort.InferenceSession | OneThreadSession:
+            made = ort.InferenceSession(
                 path, sess_options=options, providers=self.providers, provider_options=provider_options
             )
+            return made if self._runner is None else OneThreadSession(made, self._runner)
 
         self._detector = SCRFD(model_file=str(pack.detector), session=session(str(pack.detector)))
         self._detector.prepare(0, det_thresh=detection_threshold)
@@ -114,7 +145,7 @@ class FaceEngine:
         log.info("models %s on %s, embeddings of %d", pack.name, self.providers, self.embedding_dim)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> FaceEngine:
+    def from_settings(cls, settings: Settings, runs_on_one_thread: bool | None = None) -> FaceEngine:
         """The configured pack (laid out from the installed wheel when missing), not yet warmed up."""
         return cls(
             locate_pack(settings.models_dir, settings.model_pack),
@@ -124,6 +155,7 @@ class FaceEngine:
             min_face_size=settings.min_face_size,
             intra_op_threads=settings.onnx_intra_op_threads,
             device_id=settings.cuda_device_id,
+            runs_on_one_thread=runs_on_one_thread,
         )
 
     @property
