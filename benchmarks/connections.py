@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve import checked_target, free_port, make_jpeg, running_faceserve, upload
+from serve import admin_headers, checked_target, free_port, make_jpeg, running_faceserve, upload
 
 _UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
 
@@ -70,7 +70,7 @@ def main() -> None:
         tempfile.TemporaryDirectory(prefix="faceserve-connections-") as folder,
         running_faceserve(Path(folder) / "storage", free_port(), args.workers, "file") as base,
     ):
-        image = upload(base, "bench.jpg", photo)
+        image = upload(base, "bench.jpg", photo, admin_headers(Path(folder) / "storage"))
         target = checked_target("faceserve", f"{base}/api/face/image/{image['image_id']}", photo)
         print(
             f"wrk -t2 -c{args.connections} -d{args.seconds}s on GET /api/face/image/{{id}} "

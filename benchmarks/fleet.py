@@ -54,7 +54,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from fleet import Fleet
+from fleet import Fleet  # type: ignore[attr-defined]  # tests/fleet.py: mypy takes this file for it
 from search_e2e import fill, multipart_body
 from serve import (
     SOURCE_PHOTO,
@@ -327,7 +327,10 @@ async def _propagation(database_url: str, folder: Path, trials: int) -> tuple[li
     from faceserve.http.appkeys import SERVICES
     from faceserve.vision.engine import FaceEngine
 
-    settings = Settings(storage=folder / "propagation", database_url=database_url, models_dir=ROOT / "models")
+    # propagation, not access: no keys (as the fleet tests run their nodes)
+    settings = Settings(
+        storage=folder / "propagation", database_url=database_url, models_dir=ROOT / "models", auth=False
+    )
     engine = FaceEngine.from_settings(settings)  # one copy of the models for both instances
     engine.warm_up()
     photo = cv2.imdecode(np.frombuffer(_probe(), np.uint8), cv2.IMREAD_COLOR)
@@ -337,7 +340,7 @@ async def _propagation(database_url: str, folder: Path, trials: int) -> tuple[li
         TestClient(TestServer(create_app(settings, engine, sweep_partial_uploads=False))) as second,
     ):
         session_id = (await (await first.post("/api/face/sessions", json={"name": "p"})).json())["data"]["id"]
-        indexes = second.server.app[SERVICES].indexes
+        indexes = second.app[SERVICES].indexes
         index = await indexes.get(session_id)
         for trial in range(trials):
             varied = photo.copy()

@@ -64,7 +64,7 @@ def paced(url: str, rate: float, seconds: float) -> tuple[int, int, int]:
 
 def accuracy(folder: Path, workers: int, quota: Quota, seconds: float) -> tuple[int, int, int, float]:
     storage = folder / f"accuracy-{workers}"
-    env = {"FACESERVE_RATE_LIMIT_READ": f"{quota.requests}/{quota.window_s}"}
+    env = {"FACESERVE_RATE_LIMITS": "true", "FACESERVE_RATE_LIMIT_READ": f"{quota.requests}/{quota.window_s}"}
     with running_faceserve(storage, free_port(), workers, "file", env) as base:
         image = upload(base, "bench.jpg", make_jpeg(), admin_headers(storage))
         url = f"{base}{urllib.parse.urlsplit(image['url']).path}"

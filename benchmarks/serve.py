@@ -181,6 +181,9 @@ def running_faceserve(
     env["FACESERVE_IMAGE_STORE"] = image_store
     # nginx serves the file unsigned: so does faceserve here (signature checks are one HMAC per request)
     env["FACESERVE_PUBLIC_IMAGES"] = "true"
+    # one address (wrk's) sends every request: per-client budgets would measure the limiter, not serving
+    # (ratelimit.py turns them back on through extra_env)
+    env["FACESERVE_RATE_LIMITS"] = "false"
     env.update(extra_env or {})
     if source is not None:
         env["PYTHONPATH"] = str(source)

@@ -239,7 +239,7 @@ async def resizes(base: str, image_id: int, count: int) -> str:
 
 async def run(base: str, args: argparse.Namespace) -> None:
     photo = make_jpeg()
-    first = upload(base, "seed.jpg", photo)
+    first = upload(base, "seed.jpg", photo, {})
     session_id = int(first["identity"].split("/")[0])
     keepalive_s = float(os.environ.get("FACESERVE_KEEPALIVE_TIMEOUT_S", "15"))
     print("| check | result |")
@@ -249,11 +249,11 @@ async def run(base: str, args: argparse.Namespace) -> None:
     if "stalled" in args.checks:
         print(await stalled(base, args.stalled, keepalive_s), flush=True)
     if "probes" in args.checks:
-        yao = upload(base, "yao.jpg", YAO.read_bytes())
+        yao = upload(base, "yao.jpg", YAO.read_bytes(), {})
         probe = noisy_probe(9 * 2**20)
         print(await probes(base, int(yao["identity"].split("/")[0]), args.probes, probe), flush=True)
     if "resizes" in args.checks:
-        big = upload(base, "huge.jpg", huge_jpeg())
+        big = upload(base, "huge.jpg", huge_jpeg(), {})
         print(await resizes(base, big["image_id"], args.resizes), flush=True)
 
 
@@ -270,7 +270,11 @@ def main() -> None:
     args = parser.parse_args()
     with (
         tempfile.TemporaryDirectory(prefix="faceserve-slow-") as folder,
-        running_faceserve(Path(folder) / "storage", free_port(), args.workers, "file") as base,
+        # slow clients, not access: no keys (as the fault tests run their services), so the raw-socket
+        # uploads need no Authorization header
+        running_faceserve(
+            Path(folder) / "storage", free_port(), args.workers, "file", extra_env={"FACESERVE_AUTH": "off"}
+        ) as base,
     ):
         asyncio.run(run(base, args))
 
