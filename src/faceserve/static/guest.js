@@ -15,7 +15,10 @@ let previewUrl = null;
 let people = null; // a guest without a selfie at hand finds themselves among the people of the event
 
 export function initGuest() {
-  people = peopleView($("guest-people"), { editable: false, heading: "Or find yourself among the people here" });
+  people = peopleView($("guest-people"), {
+    editable: false,
+    heading: "Or find yourself among the people here",
+  });
   $("selfie").addEventListener("change", async (event) => {
     const file = event.target.files[0];
     event.target.value = ""; // the same photo picked again must search again

@@ -65,7 +65,12 @@ export function peopleView(root, { editable, heading }) {
   const mergeCount = el("span", { class: "merge-count" });
   const mergeButton = el("button", { type: "button", class: "merge", disabled: true }, "Merge");
   const clearButton = el("button", { type: "button", class: "secondary" }, "Clear");
-  const mergeBar = el("div", { class: "merge-bar", hidden: true }, mergeCount, el("div", { class: "row" }, clearButton, mergeButton));
+  const mergeBar = el(
+    "div",
+    { class: "merge-bar", hidden: true },
+    mergeCount,
+    el("div", { class: "row" }, clearButton, mergeButton),
+  );
   const gridView = el(
     "div",
     { class: "people-grid-view" },
@@ -74,7 +79,8 @@ export function peopleView(root, { editable, heading }) {
       "p",
       { class: "hint" },
       editable
-        ? "Open someone to see their photos and take out a face that is not theirs. Select two people who are one person to merge them."
+        ? "Open someone to see their photos and take out a face that is not theirs. " +
+          "Select two people who are one person to merge them."
         : "Pick someone to see their photos.",
     ),
     grid,
@@ -109,7 +115,11 @@ export function peopleView(root, { editable, heading }) {
   function personItem(entry, rank) {
     const open = el(
       "button",
-      { type: "button", class: "person-open", "aria-label": `Person ${rank}: ${plural(entry.image_count, "photo")}` },
+      {
+        type: "button",
+        class: "person-open",
+        "aria-label": `Person ${rank}: ${plural(entry.image_count, "photo")}`,
+      },
       coverImage(entry, "cover"),
       el("span", { class: "count" }, plural(entry.image_count, "photo")),
     );
@@ -124,6 +134,7 @@ export function peopleView(root, { editable, heading }) {
   }
 
   async function loadPeople(reset) {
+    if (reset) generation += 1; // a page still on its way belongs to the grid this one replaces
     const mine = generation;
     if (reset) {
       cursor = null;
@@ -194,7 +205,13 @@ export function peopleView(root, { editable, heading }) {
     const done = await confirmAction({
       title: "Merge these two people?",
       body: [
-        el("div", { class: "pair" }, coverImage(keep, "cover"), el("span", { "aria-hidden": "true" }, "+"), coverImage(other, "cover")),
+        el(
+          "div",
+          { class: "pair" },
+          coverImage(keep, "cover"),
+          el("span", { "aria-hidden": "true" }, "+"),
+          coverImage(other, "cover"),
+        ),
         el(
           "p",
           {},
@@ -255,7 +272,9 @@ export function peopleView(root, { editable, heading }) {
     } catch (error) {
       if (mine !== generation) return;
       photosStatus.textContent =
-        error.code === "person_not_found" ? "This person is gone (merged or regrouped): go back to all people." : describeError(error);
+        error.code === "person_not_found"
+          ? "This person is gone (merged or regrouped): go back to all people."
+          : describeError(error);
       morePhotos.hidden = true;
       return;
     }
