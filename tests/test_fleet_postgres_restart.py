@@ -6,9 +6,9 @@ other's loaded index (its listening connection came back and caught up)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,14 +20,6 @@ from service_process import shared_temp_dir
 from faceserve.vision.packs import locate_pack
 
 RECOVERY_LIMIT_S = 30.0
-
-# Opt-in until the fleet issue is closed: after the access, faults and fleet branches met, the clients still
-# get 503 once both nodes answer searches again (seen on this machine); run with FACESERVE_FLEET_RESTART=1.
-pytestmark = pytest.mark.skipif(
-    not os.environ.get("FACESERVE_FLEET_RESTART"),
-    reason="Postgres restart under fleet load: known to end in 503s since the merge; FACESERVE_FLEET_RESTART=1 runs it",
-)
-
 
 @pytest.fixture(scope="module")
 def own_postgres():
@@ -118,13 +110,20 @@ async def test_every_node_recovers_after_a_postgres_restart_under_load(fleet: Fl
         ):
             assert time.monotonic() < deadline, "a node did not recover from the restart"
             await asyncio.sleep(0.2)
+        recovered_s = RECOVERY_LIMIT_S - (deadline - time.monotonic())
         await asyncio.sleep(1.0)
         stop.set()
         await asyncio.gather(*clients)
         assert answers[-4:] == [200] * 4 and len(answers) > restarted
+        # the nodes' 503s while Postgres was away went to the clients as answers: nginx did not count them as
+        # node failures (max_fails), which marked every node down and left no node to answer after they were
+        # back (deploy/nginx.conf, proxy_next_upstream)
+        assert "no live upstreams" not in fleet.nginx_error_log()
+        print(f"both nodes answered {recovered_s:.2f} s after the restart; answers through nginx by status: "
+              f"{dict(Counter(answers))}")  # fmt: skip
         # the restart did cut them off: each node's listening connection was lost and came back
         for node in fleet.nodes.values():
-            assert "lost the index notification connection" in node.log_tail(100_000), node.name
+            assert "lost the notification connection" in node.log_tail(100_000), node.name
 
         # and notifications flow again: an upload through A reaches B's loaded index
         again = await _upload(http, a, session_id, photos["yaoming"])

@@ -31,7 +31,6 @@ KEY_MARK = "fsk_"
 PREFIX_LENGTH = len(KEY_MARK) + 8  # "fsk_" and 48 random bits: unique enough to find the row, useless to guess
 _KEY_SHAPE = re.compile(r"fsk_[A-Za-z0-9_-]{43}")
 BOOTSTRAP_FILE = "admin-key"
-_BOOTSTRAP_LOCK = 7312002  # advisory lock: two workers starting at once make one admin key
 
 
 @dataclass(frozen=True)
@@ -69,9 +68,6 @@ class ApiKey:
             "last_used_at": iso(self.last_used_at),
             "revoked_at": iso(self.revoked_at),
         }
-
-
-_COLUMNS = "id, prefix, name, scopes, session_ids, created_at, expires_at, last_used_at, revoked_at"
 
 
 def _record(row: asyncpg.Record) -> ApiKey:
@@ -121,10 +117,8 @@ async def create(
     while True:
         text = new_key_text()
         try:
-            row = await conn.fetchrow(
-                f"INSERT INTO api_keys (prefix, key_hash, name, scopes, session_ids, expires_at) "
-                f"VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_COLUMNS}",
-                text[:PREFIX_LENGTH], hash_of(text), name, list(scopes), sessions, expires_at,
+            row = await db.insert_api_key(
+                conn, text[:PREFIX_LENGTH], hash_of(text), name, list(scopes), sessions, expires_at
             )
         except asyncpg.UniqueViolationError:  # a prefix taken already: 2^-48 per key, simply draw again
             continue
@@ -135,7 +129,7 @@ async def find(conn: db.Connection, key: str) -> ApiKey | None:
     """The record of a presented key (live or not), or None when no key has this text."""
     if not _KEY_SHAPE.fullmatch(key):
         return None
-    row = await conn.fetchrow(f"SELECT {_COLUMNS}, key_hash FROM api_keys WHERE prefix = $1", key[:PREFIX_LENGTH])
+    row = await db.api_key_with_hash(conn, key[:PREFIX_LENGTH])
     if row is None:
         return None
     if not hmac.compare_digest(bytes(row["key_hash"]), hash_of(key)):
@@ -146,19 +140,17 @@ async def find(conn: db.Connection, key: str) -> ApiKey | None:
 
 
 async def list_keys(conn: db.Connection) -> list[ApiKey]:
-    return [_record(r) for r in await conn.fetch(f"SELECT {_COLUMNS} FROM api_keys ORDER BY id")]
+    return [_record(r) for r in await db.list_api_keys(conn)]
 
 
 async def get(conn: db.Connection, prefix: str) -> ApiKey | None:
-    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM api_keys WHERE prefix = $1", prefix)
+    row = await db.get_api_key(conn, prefix)
     return None if row is None else _record(row)
 
 
 async def revoke(conn: db.Connection, prefix: str) -> ApiKey | None:
-    row = await conn.fetchrow(
-        f"UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now()) WHERE prefix = $1 RETURNING {_COLUMNS}",
-        prefix,
-    )
+    """Revoked from now on, in every process: each drops the key from its cache when told (KeyCache)."""
+    row = await db.revoke_api_key(conn, prefix)
     return None if row is None else _record(row)
 
 
@@ -168,12 +160,7 @@ async def record_last_used(conn: db.Connection, used: dict[str, float]) -> None:
         return
     prefixes = list(used)
     moments = [datetime.fromtimestamp(used[p], UTC) for p in prefixes]
-    await conn.execute(
-        "UPDATE api_keys k SET last_used_at = GREATEST(k.last_used_at, u.at) "
-        "FROM unnest($1::text[], $2::timestamptz[]) AS u(prefix, at) WHERE k.prefix = u.prefix",
-        prefixes,
-        moments,
-    )
+    await db.record_keys_last_used(conn, prefixes, moments)
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -193,8 +180,8 @@ async def bootstrap(pool: asyncpg.Pool, storage_root: Path) -> Path | None:
     """With no key at all, make an admin key and write it to <storage>/admin-key; returns that path then.
     Deleting the file later revokes nothing: it is only how the first key reaches its owner."""
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _BOOTSTRAP_LOCK)
-        if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM api_keys)"):
+        await db.lock_key_bootstrap(conn)
+        if await db.any_api_key(conn):
             return None
         text, _ = await create(conn, ["admin"], name="bootstrap admin")
         path = storage_root / BOOTSTRAP_FILE
@@ -206,13 +193,16 @@ async def bootstrap(pool: asyncpg.Pool, storage_root: Path) -> Path | None:
 
 class KeyCache:
     """Presented key text -> record, for a few seconds, so a request costs no query; last uses are gathered
-    here and written in one statement per flush. A revocation elsewhere takes effect within ttl_s; one made
-    through this process at once (forget())."""
+    here and written in one statement per flush. A revocation anywhere is announced through Postgres and
+    forgotten here at once (forget(), http/access.py); ttl_s bounds how long a record lives when that
+    announcement was lost (clear() after the listening connection comes back)."""
 
     def __init__(self, ttl_s: float, capacity: int = 10_000) -> None:
         self._ttl_s = ttl_s
         self._capacity = capacity
         self._entries: dict[bytes, tuple[float, ApiKey | None]] = {}
+        # counts forget() and clear(): a lookup whose query raced one of them keeps its answer uncached
+        self._generation = 0
         self.used: dict[str, float] = {}
 
     async def lookup(self, conn: db.Connection, key: str) -> ApiKey | None:
@@ -221,7 +211,10 @@ class KeyCache:
         hit = self._entries.get(digest)
         if hit is not None and hit[0] > now:
             return hit[1]
+        generation = self._generation
         record = await find(conn, key)
+        if generation != self._generation:
+            return record  # read before a revocation was announced, perhaps: not to be kept
         if len(self._entries) >= self._capacity:
             self._entries.clear()  # a flood of made-up keys must not grow memory
         self._entries[digest] = (now + self._ttl_s, record)
@@ -231,7 +224,12 @@ class KeyCache:
         self.used[record.prefix] = time.time()
 
     def forget(self, prefix: str) -> None:
+        self._generation += 1
         self._entries = {d: e for d, e in self._entries.items() if e[1] is None or e[1].prefix != prefix}
+
+    def clear(self) -> None:
+        self._generation += 1
+        self._entries.clear()
 
     async def flush(self, conn: db.Connection) -> None:
         used, self.used = self.used, {}

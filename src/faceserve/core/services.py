@@ -106,6 +106,8 @@ class Services:
     renders: asyncio.Semaphore
     # names this process in index change notifications (index/sync.py)
     process_token: str
+    # the connection that hears other processes' changes: indexes, API keys, signing keys (db/notifications.py)
+    listener: db.NotificationListener
     follower: index_sync.IndexFollower
     # background work of this process (core/people.py re-clusterings), cancelled before the parts close
     jobs: BackgroundJobs
@@ -183,7 +185,10 @@ async def open_services(
         stack.callback(indexes.close)
         stack.push_async_callback(indexes.save_changed)
         token = index_sync.new_token()
-        follower = index_sync.IndexFollower(dsn, token, pool, indexes)
+        listener = db.NotificationListener(dsn)
+        await listener.start()
+        stack.push_async_callback(listener.close)
+        follower = index_sync.IndexFollower(listener, token, pool, indexes)
         await follower.start()
         stack.push_async_callback(follower.close)
         if settings.index_preload:
@@ -208,6 +213,7 @@ async def open_services(
             search_gate,
             asyncio.Semaphore(settings.max_concurrent_renders),
             token,
+            listener,
             follower,
             jobs,
         )

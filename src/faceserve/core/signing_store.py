@@ -13,8 +13,6 @@ from datetime import UTC, datetime, timedelta
 from .. import db
 from .signing import SigningKeys
 
-_CREATE_LOCK = 7312003  # advisory lock: workers starting together make one key, not one each
-
 
 def _new_kid() -> str:
     return "k" + secrets.token_hex(4)
@@ -22,36 +20,29 @@ def _new_kid() -> str:
 
 async def ensure_key(pool: db.Connection) -> None:
     async with pool.acquire() as conn, conn.transaction():  # type: ignore[union-attr]
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _CREATE_LOCK)
-        if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM url_signing_keys WHERE retired_at IS NULL)"):
-            await conn.execute(
-                "INSERT INTO url_signing_keys (kid, secret) VALUES ($1, $2)", _new_kid(), secrets.token_bytes(32)
-            )
+        await db.lock_signing_key_creation(conn)
+        if not await db.any_live_signing_key(conn):
+            await db.insert_signing_key(conn, _new_kid(), secrets.token_bytes(32))
 
 
 async def rotate(conn: db.Connection) -> str:
     kid = _new_kid()
-    await conn.execute("INSERT INTO url_signing_keys (kid, secret) VALUES ($1, $2)", kid, secrets.token_bytes(32))
+    await db.insert_signing_key(conn, kid, secrets.token_bytes(32))
     return kid
 
 
 async def retire(conn: db.Connection, kid: str) -> bool:
-    done = await conn.fetchval(
-        "UPDATE url_signing_keys SET retired_at = COALESCE(retired_at, now()) WHERE kid = $1 RETURNING kid", kid
-    )
-    return done is not None
+    return await db.retire_signing_key(conn, kid)
 
 
 async def list_keys(conn: db.Connection) -> list[tuple[str, datetime, datetime | None]]:
-    rows = await conn.fetch("SELECT kid, created_at, retired_at FROM url_signing_keys ORDER BY created_at")
+    rows = await db.list_signing_keys(conn)
     return [(r["kid"], r["created_at"], r["retired_at"]) for r in rows]
 
 
 async def load(conn: db.Connection, activation: timedelta) -> SigningKeys | None:
     """Every live key; the newest one older than `activation` signs (the oldest while none is)."""
-    rows = await conn.fetch(
-        "SELECT kid, secret, created_at FROM url_signing_keys WHERE retired_at IS NULL ORDER BY created_at DESC"
-    )
+    rows = await db.live_signing_keys(conn)
     if not rows:
         return None
     cutoff = datetime.now(UTC) - activation

@@ -3,6 +3,17 @@
 Callers use the package as one namespace (`db.get_image(pool, 1)`); the modules say where each query lives.
 """
 
+from .access_keys import (
+    API_KEYS_CHANNEL,
+    any_api_key,
+    api_key_with_hash,
+    get_api_key,
+    insert_api_key,
+    list_api_keys,
+    lock_key_bootstrap,
+    record_keys_last_used,
+    revoke_api_key,
+)
 from .audit import record_forget
 from .blobs import blob, blob_range, blob_size, insert_blob
 from .faces import (
@@ -30,6 +41,7 @@ from .images import (
     list_images,
     session_file_paths,
 )
+from .notifications import NotificationListener, Subscription
 from .people import (
     Assignment,
     FaceFacts,
@@ -77,8 +89,19 @@ from .sessions import (
     session_counts,
     set_expiry,
 )
+from .signing_keys import (
+    SIGNING_KEYS_CHANNEL,
+    any_live_signing_key,
+    insert_signing_key,
+    list_signing_keys,
+    live_signing_keys,
+    lock_signing_key_creation,
+    retire_signing_key,
+)
 
 __all__ = [
+    "API_KEYS_CHANNEL",
+    "SIGNING_KEYS_CHANNEL",
     "Assignment",
     "Connection",
     "FaceFacts",
@@ -87,10 +110,15 @@ __all__ = [
     "FaceSession",
     "ImageRecord",
     "NewFace",
+    "NotificationListener",
     "Person",
     "PersonImage",
     "ServedImage",
+    "Subscription",
     "add_alias",
+    "any_api_key",
+    "any_live_signing_key",
+    "api_key_with_hash",
     "blob",
     "blob_range",
     "blob_size",
@@ -109,18 +137,26 @@ __all__ = [
     "faces_with_images",
     "find_image_by_path",
     "find_image_by_sha256",
+    "get_api_key",
     "get_face",
     "get_image",
     "get_person",
     "get_served_image",
     "get_session",
+    "insert_api_key",
     "insert_blob",
     "insert_faces",
     "insert_image",
+    "insert_signing_key",
+    "list_api_keys",
     "list_images",
     "list_people",
     "list_sessions",
+    "list_signing_keys",
+    "live_signing_keys",
+    "lock_key_bootstrap",
     "lock_people_writes",
+    "lock_signing_key_creation",
     "move_faces",
     "note_changed_faces",
     "note_clustered",
@@ -133,8 +169,11 @@ __all__ = [
     "ping",
     "place_faces",
     "record_forget",
+    "record_keys_last_used",
     "refresh_people",
     "refresh_session_people",
+    "retire_signing_key",
+    "revoke_api_key",
     "session_assignments",
     "session_counts",
     "session_embeddings",

@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 
+from .. import db
 from ..config import Settings
 from ..core import api_keys, signing_store
 from ..errors import Forbidden, Unauthorized
@@ -197,25 +198,55 @@ async def _load_signing_keys(app: web.Application) -> None:
     app[URLS].keys = await signing_store.load(app[SERVICES].pool, activation)
 
 
-async def _refresh_signing_keys_forever(app: web.Application) -> None:
+async def _refresh_signing_keys_forever(app: web.Application, changed: asyncio.Event) -> None:
+    """Reload when a change is announced (a rotation or retirement by any process, or the listening
+    connection back after it was lost), and every SIGNING_KEY_REFRESH_S anyway: a rotated-in key starts
+    signing once older than twice that, so even a process that heard nothing has it by then."""
     while True:
-        await asyncio.sleep(app[ACCESS].settings.signing_key_refresh_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), app[ACCESS].settings.signing_key_refresh_s)
+        changed.clear()
         try:
             await _load_signing_keys(app)
         except Exception:
             log.exception("could not reload the URL signing keys; keeping the loaded ones")
 
 
+async def _follow_changes(app: web.Application, signing_keys_changed: asyncio.Event | None) -> None:
+    """What other processes do to keys reaches this one through Postgres (db/notifications.py): a revoked
+    API key is dropped from the cache at once, and the signing keys are reloaded."""
+    keys = app[ACCESS].keys
+    listener = app[SERVICES].listener
+
+    async def forget_every_key() -> None:
+        keys.clear()  # revocations announced while no one listened are lost: ask Postgres afresh
+
+    await listener.subscribe(db.Subscription(db.API_KEYS_CHANNEL, keys.forget, forget_every_key))
+    if signing_keys_changed is not None:
+        changed = signing_keys_changed
+
+        async def reload_signing_keys() -> None:
+            changed.set()
+
+        await listener.subscribe(
+            db.Subscription(db.SIGNING_KEYS_CHANNEL, lambda _payload: changed.set(), reload_signing_keys)
+        )
+
+
 async def access_ctx(app: web.Application) -> AsyncIterator[None]:
-    """After the services: the first admin key, the URL signing keys, the batched writes of keys' last use."""
+    """After the services: the first admin key, the URL signing keys, the batched writes of keys' last use,
+    and the changes other processes make to either."""
     settings = app[ACCESS].settings
     pool = app[SERVICES].pool
     if settings.auth:
         await api_keys.bootstrap(pool, settings.storage)
     tasks = [asyncio.create_task(_flush_forever(app))]
+    signing_keys_changed: asyncio.Event | None = None
     if signs_from_database(settings):
         await _load_signing_keys(app)
-        tasks.append(asyncio.create_task(_refresh_signing_keys_forever(app)))
+        signing_keys_changed = asyncio.Event()
+        tasks.append(asyncio.create_task(_refresh_signing_keys_forever(app, signing_keys_changed)))
+    await _follow_changes(app, signing_keys_changed)
     yield
     for task in tasks:
         task.cancel()

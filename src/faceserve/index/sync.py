@@ -3,9 +3,10 @@
 With several workers (or hosts) on one database, a face added by one process must become searchable in the
 others. Each change is announced inside the transaction that makes it (Postgres delivers the notification
 at commit, and never for a rolled-back one); every process applies the changes of the others, in order.
-Losing the listening connection loses the notifications sent meanwhile (a node restarted, Postgres
-restarted, a network cut), so after a reconnect each loaded index is compared with the database by
-(face count, highest face id) and those that differ are dropped, to be reopened from Postgres on next use.
+The listening connection is db/notifications.py's. Losing it loses the notifications sent meanwhile (a node
+restarted, Postgres restarted, a network cut), so after a reconnect each loaded index is compared with the
+database by (face count, highest face id) and those that differ are dropped, to be reopened from Postgres on
+next use.
 Indexes stay in use while the connection is away: a hit on a face deleted meanwhile is still filtered out
 by the join against Postgres that every search makes.
 """
@@ -27,7 +28,6 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "faceserve_faces"
 _MAX_PAYLOAD = 7900  # Postgres allows 8000 bytes
-_RECONNECT_DELAY_S = 1.0
 
 
 def new_token() -> str:
@@ -63,39 +63,33 @@ async def announce_dropped(conn: db.Connection, token: str, session_id: int) -> 
 
 
 class IndexFollower:
-    """Listens on a connection of its own and applies other processes' changes to this one's indexes."""
+    """Applies other processes' changes to this one's indexes, as the listener (db/notifications.py) hears
+    them, and catches up after it lost its connection."""
 
-    def __init__(self, dsn: str, token: str, pool: asyncpg.Pool, indexes: IndexRegistry) -> None:
-        self._dsn = dsn
+    def __init__(
+        self, listener: db.NotificationListener, token: str, pool: asyncpg.Pool, indexes: IndexRegistry
+    ) -> None:
+        self._listener = listener
         self._token = token
         self._pool = pool
         self._indexes = indexes
         self._queue: asyncio.Queue[str] = asyncio.Queue()
-        self._conn: asyncpg.Connection | None = None
-        self._lost = asyncio.Event()
-        self._tasks: list[asyncio.Task] = []
+        self._applying: asyncio.Task | None = None
 
     async def start(self) -> None:
-        await self._listen()
-        self._tasks = [asyncio.create_task(self._apply_forever()), asyncio.create_task(self._reconnect_forever())]
+        self._applying = asyncio.create_task(self._apply_forever())
+        await self._listener.subscribe(db.Subscription(CHANNEL, self._received, self.catch_up))
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._conn is not None and not self._conn.is_closed():
-            await self._conn.close()
+        if self._applying is not None:
+            self._applying.cancel()
+            await asyncio.gather(self._applying, return_exceptions=True)
 
     async def drain(self) -> None:
         """Wait until every notification received so far is applied (tests, orderly shutdown)."""
         await self._queue.join()
 
-    async def _listen(self) -> None:
-        self._conn = await asyncpg.connect(self._dsn)
-        self._conn.add_termination_listener(lambda _conn: self._lost.set())
-        await self._conn.add_listener(CHANNEL, self._received)
-
-    def _received(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+    def _received(self, payload: str) -> None:
         if not payload.startswith(self._token + " "):
             self._queue.put_nowait(payload)
 
@@ -120,26 +114,6 @@ class IndexFollower:
             await self._indexes.remove(session_id, face_ids)
         elif kind == "!":
             await self._indexes.drop(session_id)
-
-    async def _reconnect_forever(self) -> None:
-        while True:
-            await self._lost.wait()
-            self._lost.clear()
-            log.warning("lost the index notification connection; reconnecting")
-            while True:
-                try:
-                    await self._listen()
-                    break
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                    await asyncio.sleep(_RECONNECT_DELAY_S)
-            log.info("index notifications resumed")
-            # listening again first, then comparing: a change from here on arrives as a notification
-            while True:
-                try:
-                    await self.catch_up()
-                    break
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                    await asyncio.sleep(_RECONNECT_DELAY_S)
 
     async def catch_up(self) -> int:
         """Drop the loaded indexes the database disagrees with (changes made while no one listened); they
