@@ -32,7 +32,7 @@ def test_environment_then_overrides():
     ("env", "message"),
     [
         ({"FACESERVE_DEVICE": "gpu"}, "FACESERVE_DEVICE must be one of auto, cpu, cuda"),
-        ({"FACESERVE_EVENT_LOOP": "trio"}, "FACESERVE_EVENT_LOOP must be one of uvloop, asyncio"),
+        ({"FACESERVE_EVENT_LOOP": "trio"}, "FACESERVE_EVENT_LOOP must be one of asyncio, uvloop"),
         ({"FACESERVE_PORT": "eighty"}, "FACESERVE_PORT must be an integer"),
         ({"FACESERVE_PORT": "70000"}, "FACESERVE_PORT must be at most 65535"),
         ({"FACESERVE_WORKERS": "0"}, "FACESERVE_WORKERS must be at least 1"),

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from dataclasses import replace
 
 import pytest
 from helpers import IMAGE_STORES, create_session, lose_stored_bytes, upload
 
+from faceserve import db
 from faceserve.app import create_app
-from faceserve.http.serving import CACHE_FOREVER
+from faceserve.http.appkeys import SERVICES
+from faceserve.http.serving import CACHE_FOREVER, served_file
 
 
 @pytest.fixture(params=IMAGE_STORES)
@@ -176,3 +179,54 @@ async def test_unknown_route_is_json_not_html(client):
     response = await client.get("/nope")
     assert response.status == 404
     assert (await response.json())["success"] is False
+
+
+def _slow_row_reads(monkeypatch, after_read=None) -> list[int]:
+    """Counts the rows serving reads from Postgres (the real query), each taking a while, as under load."""
+    reads: list[int] = []
+    real = db.get_served_image
+
+    async def counted(pool, image_id):
+        reads.append(image_id)
+        await asyncio.sleep(0.05)
+        row = await real(pool, image_id)
+        if after_read is not None:
+            after_read(image_id)
+        return row
+
+    monkeypatch.setattr(db, "get_served_image", counted)
+    return reads
+
+
+async def test_a_photo_opened_by_many_phones_at_once_is_read_from_postgres_once(client, photos, monkeypatch):
+    image, data = await _one_image(client, photos)
+    client.server.app[SERVICES].served.evict(image["image_id"])  # a cold process
+    reads = _slow_row_reads(monkeypatch)
+    responses = await asyncio.gather(*(client.get(f"/api/face/image/{image['image_id']}") for _ in range(40)))
+    assert [r.status for r in responses] == [200] * 40
+    assert all([await r.read() == data for r in responses])
+    assert reads == [image["image_id"]]
+
+
+async def test_a_caller_that_goes_away_does_not_cancel_the_shared_read(client, photos, monkeypatch):
+    image, _ = await _one_image(client, photos)
+    client.server.app[SERVICES].served.evict(image["image_id"])
+    reads = _slow_row_reads(monkeypatch)
+    request = type("Request", (), {"app": client.server.app})()  # served_file reads request.app only
+    first = asyncio.create_task(served_file(request, image["image_id"]))
+    await asyncio.sleep(0.01)
+    others = [asyncio.create_task(served_file(request, image["image_id"])) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    first.cancel()  # the phone that asked first hangs up
+    entries = await asyncio.gather(*others)
+    assert {entry.image_id for entry in entries} == {image["image_id"]} and len(reads) == 1
+
+
+async def test_a_delete_during_the_read_leaves_nothing_cached(client, photos, monkeypatch):
+    image, _ = await _one_image(client, photos)
+    served = client.server.app[SERVICES].served
+    served.evict(image["image_id"])
+    _slow_row_reads(monkeypatch, after_read=served.evict)  # a delete on this process evicts meanwhile
+    request = type("Request", (), {"app": client.server.app})()
+    assert (await served_file(request, image["image_id"])).image_id == image["image_id"]
+    assert served.get(image["image_id"]) is None

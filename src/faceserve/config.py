@@ -18,7 +18,7 @@ class SettingsError(ValueError):
 
 # settings that take one of a few words
 CHOICES: dict[str, tuple[str, ...]] = {
-    "event_loop": ("uvloop", "asyncio"),
+    "event_loop": ("asyncio", "uvloop"),
     "image_store": ("file", "postgres"),
     "device": ("auto", "cpu", "cuda"),
     "log_level": ("DEBUG", "INFO", "WARNING", "ERROR"),
@@ -76,8 +76,10 @@ class Settings:
     # connections waiting to be accepted: behind nginx a burst of 1,000 clients overflowed aiohttp's 128
     # (nginx's connects timed out and it marked the node down); the kernel caps it at net.core.somaxconn
     listen_backlog: int = 2048
-    # "uvloop" or "asyncio"; asyncio can sendfile() large bodies, uvloop is faster at everything else
-    event_loop: str = "uvloop"
+    # "asyncio" or "uvloop". asyncio: with 1,000 connections every request was answered within 0.63 s, while
+    # uvloop left some connections waiting up to 8 s (p99 4-6 s) at about the same req/s
+    # (benchmarks/connections.py, RESULTS.md); asyncio can also sendfile() large bodies
+    event_loop: str = "asyncio"
     # storage root: face_sessions/{id}/db/ holds the photos, pgdata/ the embedded Postgres
     storage: Path = Path("storage")
     # with no database_url an embedded Postgres is started under storage/pgdata

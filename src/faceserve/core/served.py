@@ -3,12 +3,18 @@
 Image ids are never reused and files are immutable, so an entry only goes stale when its image (or its
 session) is deleted: deletion (ingest.py, face_sessions.py) evicts it in this process; other processes notice through the
 file's absence, or within `served_recheck_s` for answers without a body.
+
+A miss is loaded once however many requests ask at the same moment (get_or_load): a photo shared at an
+event is opened by hundreds of phones at once, and each doing its own query queued them behind the pool for
+seconds (benchmarks/connections.py, 1,000 connections on a cold process).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -49,6 +55,8 @@ class ServedFileCache:
         self._recheck_s = recheck_s
         self._entries: OrderedDict[int, ServedFile] = OrderedDict()
         self._by_session: dict[int, set[int]] = {}
+        self._loading: dict[int, asyncio.Task[ServedFile | None]] = {}
+        self._evicted_while_loading: set[int] = set()
 
     def seen_present(self, entry: ServedFile) -> None:
         entry.present_until = time.monotonic() + self._recheck_s
@@ -59,6 +67,32 @@ class ServedFileCache:
             self._entries.move_to_end(image_id)
         return entry
 
+    async def get_or_load(
+        self, image_id: int, load: Callable[[], Awaitable[ServedFile | None]]
+    ) -> ServedFile | None:
+        """The entry, loaded by `load` (None: no such image) on a miss; callers missing together share one
+        load, which a caller that goes away does not cancel for the others."""
+        entry = self.get(image_id)
+        if entry is not None:
+            return entry
+        task = self._loading.get(image_id)
+        if task is None:
+            task = asyncio.ensure_future(self._load(image_id, load))
+            task.add_done_callback(_retrieve)
+            self._loading[image_id] = task
+        return await asyncio.shield(task)
+
+    async def _load(self, image_id: int, load: Callable[[], Awaitable[ServedFile | None]]) -> ServedFile | None:
+        try:
+            entry = await load()
+            # a delete that evicted this id while its row was being read: serve what was read, keep nothing
+            if entry is not None and image_id not in self._evicted_while_loading:
+                self.put(entry)
+            return entry
+        finally:
+            del self._loading[image_id]
+            self._evicted_while_loading.discard(image_id)
+
     def put(self, entry: ServedFile) -> None:
         self._entries[entry.image_id] = entry
         self._by_session.setdefault(entry.session_id, set()).add(entry.image_id)
@@ -66,6 +100,8 @@ class ServedFileCache:
             self.evict(next(iter(self._entries)))
 
     def evict(self, image_id: int) -> None:
+        if image_id in self._loading:
+            self._evicted_while_loading.add(image_id)
         entry = self._entries.pop(image_id, None)
         if entry is not None:
             ids = self._by_session.get(entry.session_id)
@@ -78,6 +114,8 @@ class ServedFileCache:
         """Every entry of a deleted session: its images must stop answering at once, 304s included."""
         for image_id in self._by_session.pop(session_id, set()):
             self._entries.pop(image_id, None)
+        # loads under way of this session's images cannot be told apart by id here: keep none of them
+        self._evicted_while_loading.update(self._loading)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -85,3 +123,9 @@ class ServedFileCache:
     @classmethod
     def from_settings(cls, settings: Settings) -> ServedFileCache:
         return cls(settings.served_cache_entries, settings.served_recheck_s)
+
+
+def _retrieve(task: asyncio.Task[ServedFile | None]) -> None:
+    """A load's error reaches its callers; if every caller went away first, nobody is left to log it."""
+    if not task.cancelled():
+        task.exception()

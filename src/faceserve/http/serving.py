@@ -62,30 +62,31 @@ def common_headers(etag: str, last_modified: datetime) -> dict[str, str]:
 
 
 async def served_file(request: web.Request, image_id: int) -> ServedFile:
-    cache = request.app[SERVICES].served
-    entry = cache.get(image_id)
-    if entry is not None:
-        return entry
     services = request.app[SERVICES]
-    image = await db.get_served_image(services.pool, image_id)
-    if image is None:
+
+    async def load() -> ServedFile | None:
+        image = await db.get_served_image(services.pool, image_id)
+        if image is None:
+            return None
+        etag = etag_of(image)
+        last_modified = image.created_at.replace(microsecond=0)
+        return ServedFile(
+            image_id=image_id,
+            path=services.storage.absolute(image.file_path),
+            content_type=image.content_type,
+            etag=etag,
+            last_modified=last_modified,
+            headers=tuple(common_headers(etag, last_modified).items()),
+            bytes_in=image.bytes_in,
+            byte_size=image.byte_size,
+            file_path=image.file_path,
+            session_id=image.face_session_id,
+            sha256_hex=image.sha256.hex(),
+        )
+
+    entry = await services.served.get_or_load(image_id, load)
+    if entry is None:
         raise ImageNotFound(f"image {image_id} does not exist")
-    etag = etag_of(image)
-    last_modified = image.created_at.replace(microsecond=0)
-    entry = ServedFile(
-        image_id=image_id,
-        path=services.storage.absolute(image.file_path),
-        content_type=image.content_type,
-        etag=etag,
-        last_modified=last_modified,
-        headers=tuple(common_headers(etag, last_modified).items()),
-        bytes_in=image.bytes_in,
-        byte_size=image.byte_size,
-        file_path=image.file_path,
-        session_id=image.face_session_id,
-        sha256_hex=image.sha256.hex(),
-    )
-    cache.put(entry)
     return entry
 
 
