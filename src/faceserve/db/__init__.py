@@ -4,6 +4,7 @@ Callers use the package as one namespace (`db.get_image(pool, 1)`); the modules 
 """
 
 from .audit import record_forget
+from .binary_copy import copy_records
 from .blobs import blob, blob_range, blob_size, insert_blob
 from .faces import (
     FaceHit,
@@ -31,7 +32,7 @@ from .images import (
     session_file_paths,
 )
 from .people import (
-    Assignment,
+    Assignments,
     FaceFacts,
     Person,
     PersonImage,
@@ -79,7 +80,7 @@ from .sessions import (
 )
 
 __all__ = [
-    "Assignment",
+    "Assignments",
     "Connection",
     "FaceFacts",
     "FaceHit",
@@ -95,6 +96,7 @@ __all__ = [
     "blob_range",
     "blob_size",
     "changed_faces",
+    "copy_records",
     "create_people",
     "create_pool",
     "create_session",

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
 import numpy as np
 
+from .binary_copy import copy_records
 from .pool import Connection
 
 
@@ -47,37 +47,22 @@ def _pg_array(values: Sequence[float]) -> str:
     return "{" + ",".join(repr(float(v)) for v in values) + "}"
 
 
-_COPY_HEADER = 19  # "PGCOPY\n\377\r\n\0", flags, header extension length
-_COPY_TRAILER = 2
-
-
 async def session_embeddings(conn: Connection, session_id: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
     """(ids int64, embeddings float32 n x dim) of a session's faces, for building its index.
 
     Binary COPY: rows arrive as fixed-size records, parsed by numpy in one pass, not row by row."""
-    buffer = io.BytesIO()
-    await conn.copy_from_query(
+    rows = await copy_records(
+        conn,
+        [("id", ">i8", 0), ("embedding", f"({dim},)<f4", 0)],
         "SELECT id, embedding FROM faces WHERE face_session_id = $1 AND embedding_dim = $2 ORDER BY id",
         session_id,
         dim,
-        output=buffer,
-        format="binary",
     )
-    # a million faces is 2 GB to copy out: off the event loop
-    return await asyncio.to_thread(_parse_binary_copy, buffer, dim)
+    # a million faces is 2 GB to copy out of the COPY buffer: off the event loop
+    return await asyncio.to_thread(_ids_and_embeddings, rows)
 
 
-def _parse_binary_copy(buffer: io.BytesIO, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    record = np.dtype(
-        [("fields", ">i2"), ("id_len", ">i4"), ("id", ">i8"), ("embedding_len", ">i4"), ("embedding", "<f4", (dim,))]
-    )
-    data = buffer.getbuffer()
-    count, rest = divmod(len(data) - _COPY_HEADER - _COPY_TRAILER, record.itemsize)
-    if rest or count < 0:
-        raise RuntimeError(f"unexpected binary COPY length {len(data)} for records of {record.itemsize} bytes")
-    rows = np.frombuffer(data, dtype=record, count=count, offset=_COPY_HEADER)
-    if count and not ((rows["fields"] == 2).all() and (rows["embedding_len"] == 4 * dim).all()):
-        raise RuntimeError("unexpected binary COPY record layout")
+def _ids_and_embeddings(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rows["id"].astype(np.int64), np.ascontiguousarray(rows["embedding"], dtype=np.float32)
 
 
