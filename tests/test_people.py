@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import io
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from faceserve import db
 from faceserve.app import create_app
 from faceserve.config import Settings
 from faceserve.core import people
+from faceserve.db import binary_copy
 from faceserve.http.appkeys import SERVICES
 
 
@@ -355,3 +357,37 @@ async def test_a_reclustering_reads_the_faces_in_one_pass_as_they_are(client: Te
     report = await recluster(client, session_id)
     assert report.faces == 31 and report.people == 6
     assert await people_and_faces() == before
+
+
+async def test_a_sessions_embeddings_stream_in_pieces_of_any_size(client: TestClient, event: dict) -> None:
+    """session_embeddings parses COPY bytes as they arrive: records cut anywhere by the pieces come out whole."""
+    services = client.server.app[SERVICES]
+    session_id, dim = event["session_id"], services.engine.embedding_dim
+    columns = [("id", ">i8", 0), ("embedding", f"({dim},)<f4", 0)]
+    query = "SELECT id, embedding FROM faces WHERE face_session_id = $1 AND embedding_dim = $2 ORDER BY id"
+    async with services.pool.acquire() as conn:
+        ids, vectors = await db.session_embeddings(conn, session_id, dim)
+        rows = await conn.fetch(query, session_id, dim)
+        whole = io.BytesIO()
+        await conn.copy_from_query(query, session_id, dim, output=whole, format="binary")
+    assert ids.tolist() == [r["id"] for r in rows] and len(ids) == 31
+    assert vectors.tobytes() == b"".join(r["embedding"] for r in rows)
+    data = whole.getvalue()
+    for piece in (1, 7, 1000, 4099, len(data)):
+        got_ids: list[int] = []
+        got_vectors: list[bytes] = []
+
+        def keep(records, got_ids=got_ids, got_vectors=got_vectors) -> None:
+            got_ids.extend(records["id"].tolist())
+            got_vectors.append(records["embedding"].astype("<f4").tobytes())
+
+        stream = binary_copy._RecordStream(columns, keep)
+        for start in range(0, len(data), piece):
+            await stream.write(data[start : start + piece])
+        stream.finish()
+        assert got_ids == ids.tolist() and b"".join(got_vectors) == vectors.tobytes(), piece
+    # a COPY cut short is an error, never a shorter session
+    short = binary_copy._RecordStream(columns, lambda records: None)
+    await short.write(data[:-100])
+    with pytest.raises(RuntimeError, match="end"):
+        short.finish()

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from .pool import Connection
 
-_HEADER = 19  # "PGCOPY\n\377\r\n\0", flags, header extension length
-_TRAILER = 2
+_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
+_HEADER = 19  # the signature, flags, header extension length
+_TRAILER_BYTES = b"\xff\xff"  # a field count of -1
+_TRAILER = len(_TRAILER_BYTES)
 _ARRAY_HEADER = 20  # dimensions, has-null flag, element type, then size and lower bound of the one dimension
 
 # a column of the query: name, numpy type of its value(s) as COPY writes them, array length (0: a scalar)
@@ -76,3 +78,48 @@ def _layout_ok(rows: np.ndarray, columns: Sequence[Column]) -> bool:
         ):
             return False
     return True
+
+
+class _RecordStream:
+    """A binary COPY's bytes as they arrive, handed on as complete records: the whole result is never held
+    (a million embeddings are 2 GB of COPY bytes beside the 2 GB array they become)."""
+
+    def __init__(self, columns: Sequence[Column], consume: Callable[[np.ndarray], None]) -> None:
+        self._columns = columns
+        self._record = record_type(columns)
+        self._consume = consume
+        self._pending = bytearray()
+        self._started = False
+
+    async def write(self, data: bytes) -> None:
+        self._pending += data
+        start = 0
+        if not self._started:
+            if len(self._pending) < _HEADER:
+                return
+            if not self._pending.startswith(_SIGNATURE):
+                raise RuntimeError("not a binary COPY")
+            start, self._started = _HEADER, True
+        count = (len(self._pending) - start) // self._record.itemsize
+        if count:
+            rows = np.frombuffer(self._pending, dtype=self._record, count=count, offset=start)
+            if not _layout_ok(rows, self._columns):
+                raise RuntimeError("unexpected binary COPY record layout")
+            self._consume(rows)  # copies what it keeps: the bytes are reused
+            del rows
+            start += count * self._record.itemsize
+        del self._pending[:start]
+
+    def finish(self) -> None:
+        if not self._started or bytes(self._pending) != _TRAILER_BYTES:
+            raise RuntimeError(f"unexpected binary COPY end: {len(self._pending)} bytes left over")
+
+
+async def stream_records(
+    conn: Connection, columns: Sequence[Column], consume: Callable[[np.ndarray], None], query: str, *args: object
+) -> None:
+    """copy_records, a batch of records at a time as they arrive, to `consume` (which must copy what it
+    keeps); for results too big to hold twice."""
+    stream = _RecordStream(columns, consume)
+    await conn.copy_from_query(query, *args, output=stream.write, format="binary")
+    stream.finish()

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
 import numpy as np
 
-from .binary_copy import copy_records
+from .binary_copy import stream_records
 from .pool import Connection
 
 
@@ -48,22 +47,43 @@ def _pg_array(values: Sequence[float]) -> str:
 
 
 async def session_embeddings(conn: Connection, session_id: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """(ids int64, embeddings float32 n x dim) of a session's faces, for building its index.
+    """(ids int64, embeddings float32 n x dim) of a session's faces, for building its index or clustering.
 
-    Binary COPY: rows arrive as fixed-size records, parsed by numpy in one pass, not row by row."""
-    rows = await copy_records(
+    Binary COPY: rows arrive as fixed-size records, parsed by numpy a batch at a time straight into the
+    arrays returned, not row by row and never holding the COPY's bytes and the array at once."""
+    counted, _ = await session_face_stats(conn, session_id, dim)
+    embeddings = _Embeddings(counted, dim)
+    await stream_records(
         conn,
         [("id", ">i8", 0), ("embedding", f"({dim},)<f4", 0)],
+        embeddings.add,
         "SELECT id, embedding FROM faces WHERE face_session_id = $1 AND embedding_dim = $2 ORDER BY id",
         session_id,
         dim,
     )
-    # a million faces is 2 GB to copy out of the COPY buffer: off the event loop
-    return await asyncio.to_thread(_ids_and_embeddings, rows)
+    return embeddings.ids[: embeddings.filled], embeddings.vectors[: embeddings.filled]
 
 
-def _ids_and_embeddings(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return rows["id"].astype(np.int64), np.ascontiguousarray(rows["embedding"], dtype=np.float32)
+class _Embeddings:
+    """Arrays filled as COPY batches arrive, sized by a count taken just before (grown if faces were added
+    in between, which a caller outside a transaction may see)."""
+
+    def __init__(self, capacity: int, dim: int) -> None:
+        self.ids = np.empty(capacity, dtype=np.int64)
+        self.vectors = np.empty((capacity, dim), dtype=np.float32)
+        self.filled = 0
+
+    def add(self, rows: np.ndarray) -> None:
+        end = self.filled + len(rows)
+        if end > len(self.ids):
+            grown = max(end, 2 * len(self.ids))
+            self.ids = np.concatenate([self.ids[: self.filled], np.empty(grown - self.filled, dtype=np.int64)])
+            self.vectors = np.concatenate(
+                [self.vectors[: self.filled], np.empty((grown - self.filled, self.vectors.shape[1]), np.float32)]
+            )
+        self.ids[self.filled : end] = rows["id"]
+        self.vectors[self.filled : end] = rows["embedding"]
+        self.filled = end
 
 
 async def session_face_stats(conn: Connection, session_id: int, dim: int) -> tuple[int, int]:
