@@ -327,7 +327,7 @@ def _group_pairs(
     return edges[:kept], low, high
 
 
-def _linkage(sums: np.ndarray, size: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 8192) -> np.ndarray:
+def _linkage(sums: np.ndarray, size: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 2048) -> np.ndarray:
     """Mean pairwise similarity of groups a and b: (sum_a . sum_b) / (|a| |b|)."""
     out = np.empty(len(a), dtype=np.float32)
     for start in range(0, len(a), chunk):
@@ -337,7 +337,7 @@ def _linkage(sums: np.ndarray, size: np.ndarray, a: np.ndarray, b: np.ndarray, c
 
 
 def _move_sums(
-    sums: np.ndarray, size: np.ndarray, movers: np.ndarray, centres: np.ndarray, chunk: int = 8192
+    sums: np.ndarray, size: np.ndarray, movers: np.ndarray, centres: np.ndarray, chunk: int = 2048
 ) -> None:
     """Add each mover's sum and size into its centre's. A slice of movers at a time: in the first round of a
     million faces half of them move, and gathering all their rows at once would copy half the embeddings."""
