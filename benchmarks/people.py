@@ -2,6 +2,7 @@
 
     python benchmarks/people.py quality --face-recognition DIR --openface DIR
     python benchmarks/people.py scale --faces 10000 100000 1000000
+    python benchmarks/people.py read --faces 200000
 
 quality: real photos with known people, every face embedded by buffalo_s, one kNN graph (k=16, exact)
 given to both methods, and pairwise and BCubed precision/recall/F1 for each in the same run. The photos:
@@ -19,6 +20,10 @@ graph and of the clustering, its memory (its own copy of the vectors, as the ser
 Postgres, plus the peak of all it allocates beyond: VmHWM reset once the gallery is made) against the memory
 of the session's served index, BCubed F1 of both methods on the same graph, and the time to place one new face (index
 search + neighbours' vote, as core/people.py place_new_faces does before its one database write).
+
+read: what a re-clustering reads from Postgres before it clusters, on an embedded Postgres holding one session
+of N synthetic faces: the embeddings (db.session_embeddings) and the faces' facts and placements
+(db.session_face_facts, db.session_assignments), each its time and its peak memory beyond what it returns.
 """
 
 from __future__ import annotations
@@ -287,6 +292,85 @@ def scale(args: argparse.Namespace) -> None:
         )
 
 
+# ------------------------------------------------------------------------------------------- read
+
+
+async def _fill(uri: str, n: int) -> None:
+    import asyncpg
+
+    from faceserve import db
+
+    pool = await db.create_pool(uri, 1, 1)  # the schema
+    await pool.close()
+    conn = await asyncpg.connect(uri)
+    session = await conn.fetchval("INSERT INTO face_sessions (name) VALUES ('read benchmark') RETURNING id")
+    image = await conn.fetchval(
+        "INSERT INTO face_session_images (face_session_id, file_path, stored_name, original_name, content_type, "
+        "byte_size, sha256, width, height) VALUES ($1, 'p', 's', 'o', 'image/jpeg', 1, "
+        "decode(repeat('00', 32), 'hex'), 1, 1) RETURNING id",
+        session,
+    )
+    # what is read, not what it holds, is measured: one embedding repeated is enough
+    await conn.execute(
+        "INSERT INTO faces (image_id, face_session_id, box, landmarks, det_score, embedding, embedding_dim) "
+        "SELECT $1, $2, '{0,0,50,50}', '{1,2,3,4,5,6,7,8,9,10}', 0.9, decode(repeat('3c', 2048), 'hex'), 512 "
+        "FROM generate_series(1, $3)",
+        image,
+        session,
+        n,
+    )
+    await conn.execute(
+        "INSERT INTO people (face_session_id) VALUES ($1); INSERT INTO face_people "
+        "(face_id, person_id, face_session_id, image_id, organiser_placed, clarity) "
+        "SELECT f.id, p.id, $1, f.image_id, f.id % 10 = 0, 0.5 FROM faces f, people p WHERE f.face_session_id = $1"
+        .replace("$1", str(int(session))),
+    )
+    await conn.close()
+
+
+async def _read_one(uri: str, what: str) -> dict:
+    import asyncpg
+
+    from faceserve import db
+
+    conn = await asyncpg.connect(uri)
+    session = await conn.fetchval("SELECT max(id) FROM face_sessions")
+    Path("/proc/self/clear_refs").write_text("5")
+    base = _rss_kib("VmRSS")
+    start = time.perf_counter()
+    if what == "embeddings":
+        ids, vectors = await db.session_embeddings(conn, session, 512)
+        kept = ids.nbytes + vectors.nbytes
+    else:
+        facts = await db.session_face_facts(conn, session, 512)
+        assignments = await db.session_assignments(conn, session)
+        kept = sum(a.nbytes for a in (*facts.__dict__.values(), *assignments.__dict__.values()))
+    seconds = time.perf_counter() - start
+    peak = _rss_kib("VmHWM")
+    await conn.close()
+    return {"what": what, "seconds": seconds, "kept_mib": kept / 2**20, "beyond_mib": (peak - base) / 1024 - kept / 2**20}
+
+
+def read(args: argparse.Namespace) -> None:
+    import asyncio
+    import tempfile
+
+    from faceserve.db import embedded_postgres_blocking
+
+    with tempfile.TemporaryDirectory() as pgdata, embedded_postgres_blocking(Path(pgdata)) as uri:
+        asyncio.run(_fill(uri, args.faces))
+        print(f"{args.faces:,} faces\n")
+        print("| read | seconds | returned MiB | peak beyond it MiB |")
+        print("|---|---|---|---|")
+        for what in ("embeddings", "facts and placements"):
+            # one process each: its peak memory is its own
+            done = subprocess.run(
+                [sys.executable, __file__, "read-one", uri, what], capture_output=True, text=True, check=True
+            )
+            r = json.loads(done.stdout.strip().splitlines()[-1])
+            print(f"| {r['what']} | {r['seconds']:.2f} | {r['kept_mib']:,.0f} | {r['beyond_mib']:,.0f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -296,6 +380,11 @@ def main() -> None:
     s = commands.add_parser("scale")
     s.add_argument("--faces", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     s.add_argument("--incremental", type=int, default=1000, help="held-out faces placed one by one (0: none)")
+    r = commands.add_parser("read")
+    r.add_argument("--faces", type=int, default=200_000)
+    read_one = commands.add_parser("read-one")
+    read_one.add_argument("uri")
+    read_one.add_argument("what")
     one = commands.add_parser("scale-one")
     one.add_argument("faces", type=int)
     one.add_argument("--incremental", type=int, default=0)
@@ -304,6 +393,12 @@ def main() -> None:
         quality(args)
     elif args.command == "scale":
         scale(args)
+    elif args.command == "read":
+        read(args)
+    elif args.command == "read-one":
+        import asyncio
+
+        print(json.dumps(asyncio.run(_read_one(args.uri, args.what))))
     else:
         print(json.dumps(scale_one(args.faces, args.incremental)))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import io
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from faceserve import db
 from faceserve.app import create_app
 from faceserve.config import Settings
 from faceserve.core import people
+from faceserve.db import binary_copy
 from faceserve.http.appkeys import SERVICES
 
 
@@ -304,3 +306,88 @@ async def test_a_big_sessions_graph_comes_from_cells_of_its_own(
     assert "neighbours" in stages and "merging" in stages
     found = await list_all(client, session_id)
     assert len(found) == 7 and all(p["image_count"] == 2 for p in found)
+
+
+async def test_a_reclustering_reads_the_faces_in_one_pass_as_they_are(client: TestClient, event: dict) -> None:
+    services = client.server.app[SERVICES]
+    session_id = event["session_id"]
+    base = f"/api/face/sessions/{session_id}/people"
+    first, second = [p["person_id"] for p in await list_all(client, session_id)][:2]
+    assert (await client.post(f"{base}/{first}/merge", json={"other": second})).status == 200
+    dim = services.engine.embedding_dim
+    async with services.pool.acquire() as conn:
+        facts = await db.session_face_facts(conn, session_id, dim)
+        assignments = await db.session_assignments(conn, session_id)
+        # the binary COPY's arrays hold what the rows hold, row for row
+        rows = await conn.fetch(
+            "SELECT id, image_id, box, landmarks, det_score FROM faces WHERE face_session_id = $1 ORDER BY id",
+            session_id,
+        )
+        placements = await conn.fetch(
+            "SELECT face_id, person_id, organiser_placed FROM face_people WHERE face_session_id = $1 ORDER BY face_id",
+            session_id,
+        )
+        # a NULL, or arrays of other lengths (even ones that add up), break the fixed layout: refused, never
+        # misread
+        with pytest.raises(RuntimeError, match="layout"):
+            await db.copy_records(
+                conn, [("box", ">f4", 4)], "SELECT * FROM (VALUES (ARRAY[1, 2, 3]::real[]), (ARRAY[1, 2, 3, 4, 5]))"
+            )
+        with pytest.raises(RuntimeError, match="length"):
+            await db.copy_records(conn, [("id", ">i8", 0), ("x", ">i8", 0)], "SELECT 1::bigint, NULL::bigint")
+    assert len(rows) == 31
+    assert facts.ids.tolist() == [r["id"] for r in rows]
+    assert facts.image_ids.tolist() == [r["image_id"] for r in rows]
+    assert facts.boxes.tolist() == [list(r["box"]) for r in rows]
+    assert facts.landmarks.tolist() == [list(r["landmarks"]) for r in rows]
+    assert facts.det_scores.tolist() == [r["det_score"] for r in rows]
+    assert assignments.face_ids.tolist() == [r["face_id"] for r in placements]
+    assert assignments.person_ids.tolist() == [r["person_id"] for r in placements]
+    assert assignments.organiser_placed.tolist() == [r["organiser_placed"] for r in placements]
+    assert 0 < int(assignments.organiser_placed.sum()) < len(placements)
+
+    # and a re-clustering from them gives the same people: same ids, same faces
+    async def people_and_faces() -> dict[int, list[int]]:
+        return {
+            p["person_id"]: sorted(await db.person_face_ids(services.pool, p["person_id"]))
+            for p in await list_all(client, session_id)
+        }
+
+    before = await people_and_faces()
+    report = await recluster(client, session_id)
+    assert report.faces == 31 and report.people == 6
+    assert await people_and_faces() == before
+
+
+async def test_a_sessions_embeddings_stream_in_pieces_of_any_size(client: TestClient, event: dict) -> None:
+    """session_embeddings parses COPY bytes as they arrive: records cut anywhere by the pieces come out whole."""
+    services = client.server.app[SERVICES]
+    session_id, dim = event["session_id"], services.engine.embedding_dim
+    columns = [("id", ">i8", 0), ("embedding", f"({dim},)<f4", 0)]
+    query = "SELECT id, embedding FROM faces WHERE face_session_id = $1 AND embedding_dim = $2 ORDER BY id"
+    async with services.pool.acquire() as conn:
+        ids, vectors = await db.session_embeddings(conn, session_id, dim)
+        rows = await conn.fetch(query, session_id, dim)
+        whole = io.BytesIO()
+        await conn.copy_from_query(query, session_id, dim, output=whole, format="binary")
+    assert ids.tolist() == [r["id"] for r in rows] and len(ids) == 31
+    assert vectors.tobytes() == b"".join(r["embedding"] for r in rows)
+    data = whole.getvalue()
+    for piece in (1, 7, 1000, 4099, len(data)):
+        got_ids: list[int] = []
+        got_vectors: list[bytes] = []
+
+        def keep(records, got_ids=got_ids, got_vectors=got_vectors) -> None:
+            got_ids.extend(records["id"].tolist())
+            got_vectors.append(records["embedding"].astype("<f4").tobytes())
+
+        stream = binary_copy._RecordStream(columns, keep)
+        for start in range(0, len(data), piece):
+            await stream.write(data[start : start + piece])
+        stream.finish()
+        assert got_ids == ids.tolist() and b"".join(got_vectors) == vectors.tobytes(), piece
+    # a COPY cut short is an error, never a shorter session
+    short = binary_copy._RecordStream(columns, lambda records: None)
+    await short.write(data[:-100])
+    with pytest.raises(RuntimeError, match="end"):
+        short.finish()

@@ -15,6 +15,7 @@ from .access_keys import (
     revoke_api_key,
 )
 from .audit import record_forget
+from .binary_copy import copy_records
 from .blobs import blob, blob_range, blob_size, insert_blob
 from .faces import (
     FaceHit,
@@ -43,7 +44,7 @@ from .images import (
 )
 from .notifications import NotificationListener, Subscription
 from .people import (
-    Assignment,
+    Assignments,
     FaceFacts,
     Person,
     PersonImage,
@@ -102,7 +103,7 @@ from .signing_keys import (
 __all__ = [
     "API_KEYS_CHANNEL",
     "SIGNING_KEYS_CHANNEL",
-    "Assignment",
+    "Assignments",
     "Connection",
     "FaceFacts",
     "FaceHit",
@@ -123,6 +124,7 @@ __all__ = [
     "blob_range",
     "blob_size",
     "changed_faces",
+    "copy_records",
     "create_people",
     "create_pool",
     "create_session",

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
 import numpy as np
 
+from .binary_copy import stream_records
 from .pool import Connection
 
 
@@ -47,38 +46,44 @@ def _pg_array(values: Sequence[float]) -> str:
     return "{" + ",".join(repr(float(v)) for v in values) + "}"
 
 
-_COPY_HEADER = 19  # "PGCOPY\n\377\r\n\0", flags, header extension length
-_COPY_TRAILER = 2
-
-
 async def session_embeddings(conn: Connection, session_id: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """(ids int64, embeddings float32 n x dim) of a session's faces, for building its index.
+    """(ids int64, embeddings float32 n x dim) of a session's faces, for building its index or clustering.
 
-    Binary COPY: rows arrive as fixed-size records, parsed by numpy in one pass, not row by row."""
-    buffer = io.BytesIO()
-    await conn.copy_from_query(
+    Binary COPY: rows arrive as fixed-size records, parsed by numpy a batch at a time straight into the
+    arrays returned, not row by row and never holding the COPY's bytes and the array at once."""
+    counted, _ = await session_face_stats(conn, session_id, dim)
+    embeddings = _Embeddings(counted, dim)
+    await stream_records(
+        conn,
+        [("id", ">i8", 0), ("embedding", f"({dim},)<f4", 0)],
+        embeddings.add,
         "SELECT id, embedding FROM faces WHERE face_session_id = $1 AND embedding_dim = $2 ORDER BY id",
         session_id,
         dim,
-        output=buffer,
-        format="binary",
     )
-    # a million faces is 2 GB to copy out: off the event loop
-    return await asyncio.to_thread(_parse_binary_copy, buffer, dim)
+    return embeddings.ids[: embeddings.filled], embeddings.vectors[: embeddings.filled]
 
 
-def _parse_binary_copy(buffer: io.BytesIO, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    record = np.dtype(
-        [("fields", ">i2"), ("id_len", ">i4"), ("id", ">i8"), ("embedding_len", ">i4"), ("embedding", "<f4", (dim,))]
-    )
-    data = buffer.getbuffer()
-    count, rest = divmod(len(data) - _COPY_HEADER - _COPY_TRAILER, record.itemsize)
-    if rest or count < 0:
-        raise RuntimeError(f"unexpected binary COPY length {len(data)} for records of {record.itemsize} bytes")
-    rows = np.frombuffer(data, dtype=record, count=count, offset=_COPY_HEADER)
-    if count and not ((rows["fields"] == 2).all() and (rows["embedding_len"] == 4 * dim).all()):
-        raise RuntimeError("unexpected binary COPY record layout")
-    return rows["id"].astype(np.int64), np.ascontiguousarray(rows["embedding"], dtype=np.float32)
+class _Embeddings:
+    """Arrays filled as COPY batches arrive, sized by a count taken just before (grown if faces were added
+    in between, which a caller outside a transaction may see)."""
+
+    def __init__(self, capacity: int, dim: int) -> None:
+        self.ids = np.empty(capacity, dtype=np.int64)
+        self.vectors = np.empty((capacity, dim), dtype=np.float32)
+        self.filled = 0
+
+    def add(self, rows: np.ndarray) -> None:
+        end = self.filled + len(rows)
+        if end > len(self.ids):
+            grown = max(end, 2 * len(self.ids))
+            self.ids = np.concatenate([self.ids[: self.filled], np.empty(grown - self.filled, dtype=np.int64)])
+            self.vectors = np.concatenate(
+                [self.vectors[: self.filled], np.empty((grown - self.filled, self.vectors.shape[1]), np.float32)]
+            )
+        self.ids[self.filled : end] = rows["id"]
+        self.vectors[self.filled : end] = rows["embedding"]
+        self.filled = end
 
 
 async def session_face_stats(conn: Connection, session_id: int, dim: int) -> tuple[int, int]:

@@ -25,6 +25,13 @@ import numpy as np
 # (query rows, k) -> (similarities, face ids) best first, -1 padding: an index's search
 Search = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 
+# type of the graph's neighbour rows: a session holds far fewer than 2^31 faces, and at 1M faces x 16
+# neighbours int64 would hold 64 MB more through the whole clustering
+ROW = np.int32
+
+# most similarities one step of the cell graph computes at once (float32, 4 MB)
+BLOCK_ELEMENTS = 1 << 20
+
 
 @dataclass(frozen=True)
 class ClusterParams:
@@ -95,13 +102,13 @@ def neighbour_lists(
     if rows.shape[1] < k:
         rows = np.pad(rows, ((0, 0), (0, k - rows.shape[1])), constant_values=-1)
         sims = np.pad(sims, ((0, 0), (0, k - sims.shape[1])))
-    return rows, sims
+    return rows.astype(ROW), sims
 
 
 def knn_graph(search: Search, vectors: np.ndarray, ids: np.ndarray, k: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
     """(neighbour rows n x k, similarities n x k) of every face, through an index's search."""
     rows_of = RowsOfIds(ids)
-    rows = np.full((len(ids), k), -1, dtype=np.int64)
+    rows = np.full((len(ids), k), -1, dtype=ROW)
     sims = np.zeros((len(ids), k), dtype=np.float32)
     for start in range(0, len(ids), batch):
         found_sims, found_ids = search(vectors[start : start + batch], k + 1)
@@ -144,7 +151,7 @@ def cell_knn_graph(
     list_order = np.argsort(filed, kind="stable")
     list_bounds = np.searchsorted(filed[list_order], np.arange(cells + 1))
     list_faces = list_order // spill  # face of each entry
-    rows = np.full((n, k), -1, dtype=np.int64)
+    rows = np.full((n, k), -1, dtype=ROW)
     sims = np.zeros((n, k), dtype=np.float32)
     done = 0
     for cell in range(cells):
@@ -154,21 +161,33 @@ def cell_knn_graph(
         candidates = np.unique(
             np.concatenate([list_faces[list_bounds[c] : list_bounds[c + 1]] for c in near_cells[cell] if c >= 0])
         )
-        block = vectors[members] @ vectors[candidates].T
-        block[members[:, None] == candidates[None, :]] = -np.inf  # not the face itself
         take = min(k, len(candidates) - 1)
         if take > 0:
-            top = np.argpartition(-block, take - 1, axis=1)[:, :take]
-            top_sims = np.take_along_axis(block, top, 1)
-            best = np.argsort(-top_sims, axis=1, kind="stable")
-            rows[members, :take] = candidates[np.take_along_axis(top, best, 1)]
-            sims[members, :take] = np.take_along_axis(top_sims, best, 1)
+            near = vectors[candidates]
+            # k-means cells are uneven: a crowded one is compared a slice of its members at a time, so the
+            # block and argpartition's int64 index of it stay a few tens of MB
+            step = max(64, BLOCK_ELEMENTS // len(candidates))
+            for begin in range(0, len(members), step):
+                part = members[begin : begin + step]
+                rows[part, :take], sims[part, :take] = _nearest_in_block(vectors[part] @ near.T, part, candidates, take)
         done += len(members)
         if progress is not None:
             progress(done, n)
     missing = ~np.isfinite(sims)
     rows[missing], sims[missing] = -1, 0.0
     return rows, sims
+
+
+def _nearest_in_block(
+    block: np.ndarray, members: np.ndarray, candidates: np.ndarray, take: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, similarities) of each member's `take` best candidates, best first; block is overwritten."""
+    block[members[:, None] == candidates[None, :]] = -np.inf  # not the face itself
+    np.negative(block, out=block)  # argpartition finds the smallest: negated in place, not copied
+    top = np.argpartition(block, take - 1, axis=1)[:, :take]
+    top_sims = -np.take_along_axis(block, top, 1)
+    best = np.argsort(-top_sims, axis=1, kind="stable")
+    return candidates[np.take_along_axis(top, best, 1)], np.take_along_axis(top_sims, best, 1)
 
 
 def cluster(
@@ -209,17 +228,17 @@ def cluster(
 
     rounds = 0
     while len(edges):
-        edges = edges[parent[edges // n] != parent[edges % n]]  # edges inside a group never matter again
-        pairs = np.unique(_pair_keys(parent[edges // n], parent[edges % n], n))
-        a, b = pairs // n, pairs % n
-        both_pinned = (pinned[a] >= 0) & (pinned[b] >= 0)
-        a, b = a[~both_pinned], b[~both_pinned]
+        edges, a, b = _group_pairs(edges, parent, n)  # edges inside a group never matter again
+        if (pinned >= 0).any():
+            either = (pinned[a] < 0) | (pinned[b] < 0)
+            a, b = a[either], b[either]
         linkage = _linkage(vectors, size, a, b)
         good = linkage >= params.link_similarity
         a, b, linkage = a[good], b[good], linkage[good]
         if not len(a):
             break
-        best = _best_partner(np.concatenate([a, b]), np.concatenate([b, a]), np.concatenate([linkage, linkage]), n)
+        best = _best_partner(a, b, linkage, n)
+        del a, b, linkage
         movers, centres = _moves(best, size)
         accepted = np.ones(len(movers), dtype=bool)
         if photos is not None or (pinned[movers] >= 0).any():
@@ -239,10 +258,7 @@ def cluster(
         movers, centres = movers[accepted], centres[accepted]
         if not len(movers):
             break
-        order = np.argsort(centres, kind="stable")
-        targets, starts = np.unique(centres[order], return_index=True)
-        vectors[targets] += np.add.reduceat(vectors[movers[order]], starts, axis=0)
-        size[targets] += np.add.reduceat(size[movers[order]], starts)
+        _move_sums(vectors, size, movers, centres)
         parent[movers] = centres
         parent = parent[parent]  # members of a mover now point at its centre (centres never move)
         rounds += 1
@@ -260,9 +276,11 @@ def _candidate_edges(
     neighbour_rows: np.ndarray, neighbour_sims: np.ndarray, usable: np.ndarray, edge_similarity: float
 ) -> np.ndarray:
     """Graph edges between usable faces at or above edge_similarity, once per unordered pair, as keys
-    low * n + high. Row by row in slices: at 1M faces x 16 neighbours whole-array temporaries cost GBs."""
+    low * n + high. Row by row in slices into one array sorted in place: at 1M faces x 16 neighbours every
+    whole-graph temporary is 128 MB."""
     n, k = neighbour_rows.shape
-    keys = []
+    keys = np.empty(n * k, dtype=np.int64)  # pages past the kept edges are never touched
+    filled = 0
     for start in range(0, n, 65_536):
         rows = neighbour_rows[start : start + 65_536]
         source = np.repeat(np.arange(start, start + len(rows), dtype=np.int64), k)
@@ -270,16 +288,46 @@ def _candidate_edges(
         keep = (target >= 0) & (neighbour_sims[start : start + 65_536].reshape(-1) >= edge_similarity)
         keep[keep] = usable[source[keep]] & usable[target[keep]]
         source, target = source[keep], target[keep]
-        keys.append(np.minimum(source, target) * n + np.maximum(source, target))
-    return np.unique(np.concatenate(keys)) if keys else np.empty(0, dtype=np.int64)
+        keys[filled : filled + len(source)] = np.minimum(source, target) * n + np.maximum(source, target)
+        filled += len(source)
+    return _distinct_sorted(keys[:filled])
 
 
-def _pair_keys(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
-    differ = a != b
-    return np.minimum(a[differ], b[differ]) * n + np.maximum(a[differ], b[differ])
+def _distinct_sorted(keys: np.ndarray) -> np.ndarray:
+    """np.unique without its copy: sorts keys in place and returns the distinct ones."""
+    keys.sort()
+    first = np.ones(len(keys), dtype=bool)
+    first[1:] = keys[1:] != keys[:-1]
+    return keys[first]
 
 
-def _linkage(sums: np.ndarray, size: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 8192) -> np.ndarray:
+def _group_pairs(
+    edges: np.ndarray, parent: np.ndarray, n: int, chunk: int = 1 << 20
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(the edges between two groups, and the distinct pairs (low, high) of groups they join). In slices,
+    the kept edges compacted into the front of `edges` itself, the pairs as int32: whole-array int64
+    temporaries of the first round (11M edges at 1M faces) would each cost 90 MB."""
+    kept = filled = 0
+    keys = np.empty(len(edges), dtype=np.int64)  # at most one pair per edge
+    for start in range(0, len(edges), chunk):
+        part = edges[start : start + chunk]
+        a, b = parent[part // n], parent[part % n]
+        differ = a != b
+        between = part[differ]  # a copy, so writing it at or before `start` is safe
+        edges[kept : kept + len(between)] = between
+        kept += len(between)
+        a, b = a[differ], b[differ]
+        part_keys = np.unique(np.minimum(a, b) * n + np.maximum(a, b))
+        keys[filled : filled + len(part_keys)] = part_keys
+        filled += len(part_keys)
+    keys = _distinct_sorted(keys[:filled])
+    low, high = np.empty(len(keys), dtype=ROW), np.empty(len(keys), dtype=ROW)
+    np.floor_divide(keys, n, out=low, casting="unsafe")  # cast in the ufunc's buffers: no int64 copies
+    np.remainder(keys, n, out=high, casting="unsafe")
+    return edges[:kept], low, high
+
+
+def _linkage(sums: np.ndarray, size: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 2048) -> np.ndarray:
     """Mean pairwise similarity of groups a and b: (sum_a . sum_b) / (|a| |b|)."""
     out = np.empty(len(a), dtype=np.float32)
     for start in range(0, len(a), chunk):
@@ -288,13 +336,32 @@ def _linkage(sums: np.ndarray, size: np.ndarray, a: np.ndarray, b: np.ndarray, c
     return out
 
 
-def _best_partner(group: np.ndarray, other: np.ndarray, linkage: np.ndarray, n: int) -> np.ndarray:
-    """Per group its best-linked neighbouring group (-1: none), ties to the lower id."""
-    order = np.lexsort((other, -linkage, group))
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = group[order][1:] != group[order][:-1]
-    best = np.full(n, -1, dtype=np.int64)
-    best[group[order][first]] = other[order][first]
+def _move_sums(
+    sums: np.ndarray, size: np.ndarray, movers: np.ndarray, centres: np.ndarray, chunk: int = 2048
+) -> None:
+    """Add each mover's sum and size into its centre's. A slice of movers at a time: in the first round of a
+    million faces half of them move, and gathering all their rows at once would copy half the embeddings."""
+    order = np.argsort(centres, kind="stable")
+    movers, centres = movers[order], centres[order]
+    for start in range(0, len(movers), chunk):
+        part_movers, part_centres = movers[start : start + chunk], centres[start : start + chunk]
+        # a centre whose movers straddle two slices gets its share from each
+        targets, starts = np.unique(part_centres, return_index=True)
+        sums[targets] += np.add.reduceat(sums[part_movers], starts, axis=0)
+        size[targets] += np.add.reduceat(size[part_movers], starts)
+
+
+def _best_partner(a: np.ndarray, b: np.ndarray, linkage: np.ndarray, n: int) -> np.ndarray:
+    """Per group its best-linked neighbouring group (-1: none), ties to the lower id, from each pair (a, b)
+    of groups and its linkage. Scattered maxima and minima: no sorted copy of both directions of every pair."""
+    best_link = np.full(n, -np.inf, dtype=linkage.dtype)
+    np.maximum.at(best_link, a, linkage)
+    np.maximum.at(best_link, b, linkage)
+    best = np.full(n, n, dtype=np.int64)
+    for group, other in ((a, b), (b, a)):
+        top = linkage == best_link[group]
+        np.minimum.at(best, group[top], other[top])
+    best[best == n] = -1
     return best
 
 
