@@ -215,8 +215,8 @@ async def _delete_image(services: Services, image_id: int) -> db.ImageRecord:
     # the index drops them too so they stop taking result slots
     services.served.evict(image.id)
     await services.indexes.remove(image.face_session_id, np.asarray(face_ids, dtype=np.int64))
-    if not await tombstones.path_in_use(services.pool, image.file_path):  # not the same bytes uploaded anew
+    if not await db.path_in_use(services.pool, image.file_path):  # not the same bytes uploaded anew
         await services.stores.of(image).remove(image)
     await asyncio.to_thread(renditions.remove_derivatives, services.storage.layout, image.face_session_id, image.id)
-    await tombstones.mark_done(tombstones.image_files_removed(services.pool, image.id))
+    await tombstones.mark_done(db.mark_image_files_removed(services.pool, image.id))
     return image

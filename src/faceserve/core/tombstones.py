@@ -50,18 +50,6 @@ def remove_session_files(storage: Storage, session_id: int) -> None:
     storage.remove_session(session_id)
 
 
-async def path_in_use(conn: db.Connection, file_path: str) -> bool:
-    return await db.path_in_use(conn, file_path)
-
-
-async def image_files_removed(conn: db.Connection, image_id: int) -> None:
-    await db.mark_image_files_removed(conn, image_id)
-
-
-async def session_files_removed(conn: db.Connection, session_id: int) -> None:
-    await db.mark_session_files_removed(conn, session_id)
-
-
 async def finish_pending_removals(conn: db.Connection, storage: Storage) -> int:
     """Remove the files of deletes committed by a writer that died before removing them (its database
     backend is gone, db/sweeps.py); returns how many deletes were finished. Deletes another live process
@@ -69,7 +57,7 @@ async def finish_pending_removals(conn: db.Connection, storage: Storage) -> int:
     sessions = await db.abandoned_session_removals(conn)
     for session_id in sessions:
         await asyncio.to_thread(remove_session_files, storage, session_id)
-        await session_files_removed(conn, session_id)
+        await db.mark_session_files_removed(conn, session_id)
     images = await db.abandoned_image_removals(conn)
     for image in images:
         await asyncio.to_thread(
@@ -80,25 +68,11 @@ async def finish_pending_removals(conn: db.Connection, storage: Storage) -> int:
             image.file_path,
             image.still_used,
         )
-        await image_files_removed(conn, image.image_id)
+        await db.mark_image_files_removed(conn, image.image_id)
     finished = len(sessions) + len(images)
     if finished:
         log.info("finished %d deletes that an earlier run committed but did not finish", finished)
     return finished
-
-
-async def session_was_deleted(conn: db.Connection, session_id: int) -> bool:
-    return await db.session_was_deleted(conn, session_id)
-
-
-async def deleted_paths(conn: db.Connection, session_id: int) -> set[str]:
-    """file_paths of the session's deleted images that no live image holds again."""
-    return await db.deleted_paths(conn, session_id)
-
-
-async def content_was_deleted(conn: db.Connection, session_id: int, sha256: bytes) -> bool:
-    """Whether these bytes were deleted from the session (and not uploaded again since)."""
-    return await db.content_was_deleted(conn, session_id, sha256)
 
 
 _finishing: set[asyncio.Task[None]] = set()
