@@ -304,3 +304,145 @@ async def test_a_node_killed_under_search_load_costs_no_client_an_error(fleet: F
     assert wrong == [], (wrong[:3], fleet.nginx_error_log()[-3000:])
     # the dead node was tried and failed over from, not merely avoided
     assert f"127.0.0.1:{killed_port}" in fleet.nginx_error_log()
+
+
+# test hook: a deferred trigger makes every commit of an image row take this advisory lock (shared), so while
+# the test holds it an upload waits at its COMMIT, after its file was renamed into place: the last moment of
+# an upload in flight, when its file is on the shared storage and its row not yet visible to anyone
+_PAUSE_KEY = 727_272
+_PAUSE_AT_COMMIT = f"""
+CREATE OR REPLACE FUNCTION test_pause_image_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock_shared({_PAUSE_KEY});
+    RETURN NULL;
+END $$;
+CREATE CONSTRAINT TRIGGER test_pause_image_commit AFTER INSERT ON face_session_images
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION test_pause_image_commit();
+"""
+_NO_PAUSE = (
+    "DROP TRIGGER IF EXISTS test_pause_image_commit ON face_session_images; "
+    "DROP FUNCTION IF EXISTS test_pause_image_commit();"
+)
+
+
+async def _commits_waiting(conn: asyncpg.Connection) -> int:
+    return await conn.fetchval(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = $1 AND objsubid = 1 "
+        "AND NOT granted",
+        _PAUSE_KEY,
+    )
+
+
+async def _until(check, what: str, limit_s: float) -> None:
+    deadline = time.monotonic() + limit_s
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not within {limit_s} s")
+        await asyncio.sleep(0.05)
+
+
+def _photo_files(fleet: Fleet, session_id: int) -> set[str]:
+    folder = fleet.storage / "face_sessions" / str(session_id) / "db"
+    return {p.name for p in folder.iterdir() if not p.name.startswith(".")} if folder.exists() else set()
+
+
+async def test_a_node_starting_spares_uploads_in_flight_and_sweeps_only_what_a_killed_node_left(
+    fleet: Fleet, photos
+) -> None:
+    """Node C starts (and sweeps) while an upload through A waits at its commit with its file in place: the
+    file survives and the upload completes, file and row. Then an upload through C is caught at the same
+    moment and C is killed -9: its intent is abandoned, and the next start (C again) removes its file."""
+    a = fleet.nodes["a"].url
+    db_name = urlsplit(fleet.database_url).path.lstrip("/")
+    test_conn = await asyncpg.connect(fleet.database_url)
+    upload: asyncio.Task | None = None
+    try:
+        await test_conn.execute(_PAUSE_AT_COMMIT)
+        # nodes started from here on see a client killed -9 while their backend waits (at the pause) at once
+        await test_conn.execute(f'ALTER DATABASE "{db_name}" SET client_connection_check_interval = 100')
+        async with aiohttp.ClientSession() as http:
+            session_id = await _create_session(http, a, "sweeps")
+
+            await test_conn.execute("SELECT pg_advisory_lock($1)", _PAUSE_KEY)
+            upload = asyncio.create_task(_upload(http, a, session_id, photos["gdp"]))
+            await _until(lambda: _commits_waiting(test_conn), "A's upload at its commit", 60)
+            (in_flight,) = _photo_files(fleet, session_id)
+
+            fleet.start_node("c")
+
+            async def c_ready() -> bool:
+                assert in_flight in _photo_files(fleet, session_id), "C's start removed A's upload in flight"
+                if fleet.nodes["c"].process.poll() is not None:
+                    raise AssertionError(f"node c exited:\n{fleet.nodes['c'].log_tail()}")
+                try:
+                    async with http.get(fleet.nodes["c"].url + "/healthz") as response:
+                        return response.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            await _until(c_ready, "node c ready", 240)
+            assert in_flight in _photo_files(fleet, session_id)
+            await test_conn.execute("SELECT pg_advisory_unlock($1)", _PAUSE_KEY)
+            done = await upload
+            assert done["identity"] == f"{session_id}/db/{in_flight}"
+            assert (fleet.storage / "face_sessions" / done["identity"]).read_bytes() == photos[
+                "gdp"
+            ].read_bytes()
+            async with http.get(f"{fleet.url}/api/face/image/{done['image_id']}") as response:
+                assert response.status == 200
+                assert await response.read() == photos["gdp"].read_bytes()
+            assert (
+                await test_conn.fetchval(
+                    "SELECT count(*) FROM pending_uploads WHERE file_path LIKE $1",
+                    f"face_sessions/{session_id}/%",
+                )
+                == 0
+            )
+
+            # an upload through C caught at its commit, then C killed: nothing will ever commit it
+            await test_conn.execute("SELECT pg_advisory_lock($1)", _PAUSE_KEY)
+            upload = asyncio.create_task(_upload(http, fleet.nodes["c"].url, session_id, photos["t1"]))
+            await _until(lambda: _commits_waiting(test_conn), "C's upload at its commit", 60)
+            (abandoned,) = _photo_files(fleet, session_id) - {in_flight}
+            await asyncio.to_thread(fleet.kill, "c")
+            with pytest.raises(aiohttp.ClientError):
+                await upload
+            upload = None
+
+            async def rolled_back() -> bool:
+                return await _commits_waiting(test_conn) == 0
+
+            await _until(rolled_back, "the killed node's transaction rolled back", 10)
+            await test_conn.execute("SELECT pg_advisory_unlock($1)", _PAUSE_KEY)
+            abandoned_path = f"face_sessions/{session_id}/db/{abandoned}"
+            assert (
+                await test_conn.fetchval(
+                    "SELECT count(*) FROM pending_uploads WHERE file_path = $1", abandoned_path
+                )
+                == 1
+            )
+            assert abandoned in _photo_files(fleet, session_id)  # the file with no row a kill -9 leaves
+
+            fleet.start_node("c")  # the next start sweeps it
+            await asyncio.to_thread(fleet.wait_ready, "c")
+            assert _photo_files(fleet, session_id) == {in_flight}
+            rows = await test_conn.fetch(
+                "SELECT file_path FROM face_session_images WHERE face_session_id = $1", session_id
+            )
+            assert [r["file_path"] for r in rows] == [f"face_sessions/{session_id}/db/{in_flight}"]
+            assert (
+                await test_conn.fetchval(
+                    "SELECT count(*) FROM pending_uploads WHERE file_path LIKE $1",
+                    f"face_sessions/{session_id}/%",
+                )
+                == 0
+            )
+    finally:
+        await test_conn.execute("SELECT pg_advisory_unlock_all()")
+        if upload is not None:
+            await asyncio.gather(upload, return_exceptions=True)
+        if "c" in fleet.nodes:
+            fleet.stop_node("c")
+        await test_conn.execute(_NO_PAUSE)
+        await test_conn.execute(f'ALTER DATABASE "{db_name}" RESET client_connection_check_interval')
+        await test_conn.close()

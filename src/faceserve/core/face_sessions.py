@@ -34,4 +34,4 @@ async def _delete_session(services: Services, session_id: int) -> None:
     services.served.evict_session(session_id)
     await services.indexes.drop(session_id)
     await asyncio.to_thread(services.storage.remove_session, session_id)
-    await tombstones.mark_done(tombstones.session_files_removed(services.pool, session_id))
+    await tombstones.mark_done(db.mark_session_files_removed(services.pool, session_id))

@@ -18,7 +18,7 @@ from ..errors import FaceServeError
 from ..inputs import cleaned_text
 from ..layout import PHOTOS_DIR, SESSIONS_DIR
 from ..media.files import is_plain_name, stored_name_for
-from . import ingest, tombstones
+from . import ingest
 from .services import Services
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class _Deleted(Exception):
 
 async def _analyze(services: Services, session_id: int, path: Path, name: str | None) -> ingest.Analyzed:
     pending = await services.storage.receive(session_id, _read(path), services.settings.max_upload_bytes)
-    if await tombstones.content_was_deleted(services.pool, session_id, pending.sha256):
+    if await db.content_was_deleted(services.pool, session_id, pending.sha256):
         await services.storage.discard(pending.path)
         raise _Deleted
     if name is None:
@@ -133,14 +133,14 @@ async def import_tree(services: Services, source: Path, progress: Progress | Non
     report = ImportReport()
     window_size = services.settings.inference_threads + 1
     for session_id, folder in sessions_in(source):
-        if await tombstones.session_was_deleted(services.pool, session_id):
+        if await db.session_was_deleted(services.pool, session_id):
             report.deleted_skipped += sum(1 for p in folder.iterdir() if not p.name.startswith(".") and p.is_file())
             continue
         if await db.get_session(services.pool, session_id) is None:
             await db.create_session(services.pool, f"session {session_id}", session_id=session_id)
             report.sessions_created += 1
         recorded = await db.session_file_paths(services.pool, session_id)
-        deleted = await tombstones.deleted_paths(services.pool, session_id)
+        deleted = await db.deleted_paths(services.pool, session_id)
         window: deque[tuple[str, asyncio.Task[ingest.Analyzed]]] = deque()
         try:
             for path in files_in(folder):

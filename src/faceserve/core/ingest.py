@@ -92,43 +92,44 @@ async def record_image(services: Services, session_id: int, analyzed: Analyzed) 
         assert analyzed.info is not None
         name = analyzed.stored_name or stored_name_for(analyzed.original_name, pending.sha256_hex, analyzed.info.extension)
         file_path = layout.file_path(session_id, name)
-        if store.kind == FILE:
-            # committed before the file is put in place: a start removes it if this process dies before the
-            # row commits (core/upload_intents.py)
-            await upload_intents.record(services.pool, file_path)
-            intent = file_path
-        async with services.pool.acquire() as conn, conn.transaction():
-            try:
-                image = await db.insert_image(
+        async with services.pool.acquire() as conn:
+            if store.kind == FILE:
+                # committed before the file is put in place, on this connection: a start removes the file
+                # once this connection's backend is gone and the row never committed (core/upload_intents.py)
+                await upload_intents.record(conn, file_path)
+                intent = file_path
+            async with conn.transaction():
+                try:
+                    image = await db.insert_image(
+                        conn,
+                        session_id=session_id,
+                        file_path=file_path,
+                        stored_name=name,
+                        original_name=analyzed.original_name,
+                        content_type=analyzed.info.content_type,
+                        byte_size=pending.size,
+                        sha256=pending.sha256,
+                        width=analyzed.info.width,
+                        height=analyzed.info.height,
+                        bytes_in=store.kind,
+                    )
+                except asyncpg.ForeignKeyViolationError as exc:
+                    raise SessionNotFound(f"face session {session_id} does not exist") from exc
+                if intent is not None:
+                    await upload_intents.done(conn, intent)
+                if image is None:  # the same bytes arrived concurrently and won the race
+                    winner = await db.find_image_by_sha256(conn, session_id, pending.sha256)
+                    assert winner is not None
+                    return Ingested(winner, created=False)
+                face_ids = await db.insert_faces(
                     conn,
-                    session_id=session_id,
-                    file_path=file_path,
-                    stored_name=name,
-                    original_name=analyzed.original_name,
-                    content_type=analyzed.info.content_type,
-                    byte_size=pending.size,
-                    sha256=pending.sha256,
-                    width=analyzed.info.width,
-                    height=analyzed.info.height,
-                    bytes_in=store.kind,
+                    image.id,
+                    session_id,
+                    [db.NewFace(f.box.tolist(), f.landmarks.ravel().tolist(), f.det_score, f.embedding) for f in faces],
                 )
-            except asyncpg.ForeignKeyViolationError as exc:
-                raise SessionNotFound(f"face session {session_id} does not exist") from exc
-            if intent is not None:
-                await upload_intents.done(conn, intent)
-            if image is None:  # the same bytes arrived concurrently and won the race
-                winner = await db.find_image_by_sha256(conn, session_id, pending.sha256)
-                assert winner is not None
-                return Ingested(winner, created=False)
-            face_ids = await db.insert_faces(
-                conn,
-                image.id,
-                session_id,
-                [db.NewFace(f.box.tolist(), f.landmarks.ravel().tolist(), f.det_score, f.embedding) for f in faces],
-            )
-            await index_sync.announce_added(conn, services.process_token, session_id, face_ids)
-            # bytes kept inside the transaction: if the commit fails they are dropped below (media/stores.py)
-            undo_save = await store.save(conn, pending, image)
+                await index_sync.announce_added(conn, services.process_token, session_id, face_ids)
+                # bytes kept inside the transaction: if the commit fails they are dropped below (media/stores.py)
+                undo_save = await store.save(conn, pending, image)
         undo_save = None
         intent = None
     except BaseException as exc:
@@ -214,8 +215,8 @@ async def _delete_image(services: Services, image_id: int) -> db.ImageRecord:
     # the index drops them too so they stop taking result slots
     services.served.evict(image.id)
     await services.indexes.remove(image.face_session_id, np.asarray(face_ids, dtype=np.int64))
-    if not await tombstones.path_in_use(services.pool, image.file_path):  # not the same bytes uploaded anew
+    if not await db.path_in_use(services.pool, image.file_path):  # not the same bytes uploaded anew
         await services.stores.of(image).remove(image)
     await asyncio.to_thread(renditions.remove_derivatives, services.storage.layout, image.face_session_id, image.id)
-    await tombstones.mark_done(tombstones.image_files_removed(services.pool, image.id))
+    await tombstones.mark_done(db.mark_image_files_removed(services.pool, image.id))
     return image

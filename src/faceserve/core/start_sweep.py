@@ -1,19 +1,29 @@
-"""What a start finishes before serving, after a crash of the run before it: the files of committed deletes
+"""What a start finishes before serving, after a crash of a run before it: the files of committed deletes
 (tombstones.py) and of uploads that never committed (upload_intents.py). Run once per start by the process
-that owns the storage (the single process, or the parent of the workers), like the sweep of .part files."""
+that owns the start (the single process, or the parent of the workers), like the sweep of .part files.
+
+Safe with several writers on one storage (a fleet: nodes on one Postgres and one shared folder, README "A
+fleet behind nginx"): a sweep touches only records whose writer's database backend is gone (db/sweeps.py),
+which Postgres knows for certain, so an upload or a delete another node has in flight is never touched; and
+sweeps take turns under one advisory lock held by their transaction, so two nodes starting together do not
+remove the same files at once nor race each other's claims."""
 
 from __future__ import annotations
 
 import asyncio
+
+import asyncpg
 
 from .. import db
 from ..media.files import Storage
 from . import tombstones, upload_intents
 
 
-async def finish_interrupted(pool: db.Connection, storage: Storage) -> None:
-    await tombstones.finish_pending_removals(pool, storage)
-    await upload_intents.finish_interrupted_uploads(pool, storage)
+async def finish_interrupted(pool: asyncpg.Pool, storage: Storage) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await db.lock_sweeps(conn)
+        await tombstones.finish_pending_removals(conn, storage)
+        await upload_intents.finish_interrupted_uploads(conn, storage)
 
 
 def finish_interrupted_blocking(dsn: str, storage: Storage) -> None:

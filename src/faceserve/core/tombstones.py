@@ -3,7 +3,8 @@
 A delete records the image (or session) in deleted_images (deleted_sessions) in the same transaction that
 deletes its rows. Its files are removed after the commit, and the record is then marked done. A process
 killed in between leaves a record not done: finish_pending_removals, run at every start before serving,
-removes those files. So after any crash the files on disk are those of the rows, and no file outlives its
+removes those files once the record's writer is provably gone (its database backend ended: db/sweeps.py), so
+a node of a fleet starting never races another node's delete in flight. So after any crash the files on disk are those of the rows, and no file outlives its
 row to be taken in again by `faceserve import`, which also skips any file whose path or content was
 deleted from its session and any deleted session (was_deleted).
 """
@@ -27,21 +28,12 @@ log = logging.getLogger(__name__)
 
 async def record_image_deleted(conn: db.Connection, image: db.ImageRecord) -> None:
     """Inside the transaction that deletes the image's row."""
-    await conn.execute(
-        "INSERT INTO deleted_images (image_id, face_session_id, file_path, sha256) VALUES ($1, $2, $3, $4) "
-        "ON CONFLICT (image_id) DO NOTHING",
-        image.id,
-        image.face_session_id,
-        image.file_path,
-        image.sha256,
-    )
+    await db.insert_deleted_image(conn, image)
 
 
 async def record_session_deleted(conn: db.Connection, session_id: int) -> None:
     """Inside the transaction that deletes the session's row."""
-    await conn.execute(
-        "INSERT INTO deleted_sessions (id) VALUES ($1) ON CONFLICT (id) DO NOTHING", session_id
-    )
+    await db.insert_deleted_session(conn, session_id)
 
 
 def remove_image_files(
@@ -58,76 +50,29 @@ def remove_session_files(storage: Storage, session_id: int) -> None:
     storage.remove_session(session_id)
 
 
-async def path_in_use(conn: db.Connection, file_path: str) -> bool:
-    return bool(
-        await conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM face_session_images WHERE file_path = $1)", file_path
-        )
-    )
-
-
-async def image_files_removed(conn: db.Connection, image_id: int) -> None:
-    await conn.execute("UPDATE deleted_images SET files_removed = true WHERE image_id = $1", image_id)
-
-
-async def session_files_removed(conn: db.Connection, session_id: int) -> None:
-    await conn.execute("UPDATE deleted_sessions SET files_removed = true WHERE id = $1", session_id)
-
-
 async def finish_pending_removals(conn: db.Connection, storage: Storage) -> int:
-    """Remove the files of deletes committed by a process that died before removing them; returns how many
-    deletes were finished. Run at start, before serving."""
-    sessions = await conn.fetch("SELECT id FROM deleted_sessions WHERE NOT files_removed ORDER BY id")
-    for row in sessions:
-        await asyncio.to_thread(remove_session_files, storage, row["id"])
-        await session_files_removed(conn, row["id"])
-    images = await conn.fetch(
-        "SELECT d.image_id, d.face_session_id, d.file_path, "
-        "       EXISTS (SELECT 1 FROM face_session_images i WHERE i.file_path = d.file_path) AS still_used "
-        "FROM deleted_images d WHERE NOT d.files_removed ORDER BY d.image_id"
-    )
-    for row in images:
+    """Remove the files of deletes committed by a writer that died before removing them (its database
+    backend is gone, db/sweeps.py); returns how many deletes were finished. Deletes another live process
+    is still finishing are its own. Run inside the sweep's transaction, under its lock (start_sweep.py)."""
+    sessions = await db.abandoned_session_removals(conn)
+    for session_id in sessions:
+        await asyncio.to_thread(remove_session_files, storage, session_id)
+        await db.mark_session_files_removed(conn, session_id)
+    images = await db.abandoned_image_removals(conn)
+    for image in images:
         await asyncio.to_thread(
             remove_image_files,
             storage,
-            row["face_session_id"],
-            row["image_id"],
-            row["file_path"],
-            row["still_used"],
+            image.face_session_id,
+            image.image_id,
+            image.file_path,
+            image.still_used,
         )
-        await image_files_removed(conn, row["image_id"])
+        await db.mark_image_files_removed(conn, image.image_id)
     finished = len(sessions) + len(images)
     if finished:
         log.info("finished %d deletes that an earlier run committed but did not finish", finished)
     return finished
-
-
-async def session_was_deleted(conn: db.Connection, session_id: int) -> bool:
-    return bool(
-        await conn.fetchval("SELECT EXISTS (SELECT 1 FROM deleted_sessions WHERE id = $1)", session_id)
-    )
-
-
-async def deleted_paths(conn: db.Connection, session_id: int) -> set[str]:
-    """file_paths of the session's deleted images that no live image holds again."""
-    rows = await conn.fetch(
-        "SELECT d.file_path FROM deleted_images d WHERE d.face_session_id = $1 "
-        "AND NOT EXISTS (SELECT 1 FROM face_session_images i WHERE i.file_path = d.file_path)",
-        session_id,
-    )
-    return {r["file_path"] for r in rows}
-
-
-async def content_was_deleted(conn: db.Connection, session_id: int, sha256: bytes) -> bool:
-    """Whether these bytes were deleted from the session (and not uploaded again since)."""
-    return bool(
-        await conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM deleted_images WHERE face_session_id = $1 AND sha256 = $2) "
-            "AND NOT EXISTS (SELECT 1 FROM face_session_images WHERE face_session_id = $1 AND sha256 = $2)",
-            session_id,
-            sha256,
-        )
-    )
 
 
 _finishing: set[asyncio.Task[None]] = set()
@@ -138,7 +83,9 @@ async def finish_when_back(pool: asyncpg.Pool, storage: Storage, retry_s: float 
     may have happened): once the database answers, finish every delete left undone, as a start does."""
     while True:
         try:
-            await finish_pending_removals(pool, storage)
+            async with pool.acquire() as conn, conn.transaction():
+                await db.lock_sweeps(conn)  # one sweeper at a time, as at start (start_sweep.py)
+                await finish_pending_removals(conn, storage)
             return
         except Exception as exc:
             if not db_recovery.is_database_unavailable(exc):

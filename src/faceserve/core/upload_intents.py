@@ -23,30 +23,30 @@ log = logging.getLogger(__name__)
 
 
 async def record(conn: db.Connection, file_path: str) -> None:
-    """Before the file is put in place, in a transaction of its own."""
-    await conn.execute(
-        "INSERT INTO pending_uploads (file_path) VALUES ($1) ON CONFLICT DO NOTHING", file_path
-    )
+    """Before the file is put in place, in a transaction of its own, on the connection whose transaction then
+    records the row: the intent is that connection's (its database backend's) until the row commits, so no
+    other node's sweep takes it for abandoned while the upload lives (db/sweeps.py)."""
+    await db.insert_upload_intent(conn, file_path)
 
 
 async def done(conn: db.Connection, file_path: str) -> None:
     """In the transaction that inserts the row (or after the upload gave up)."""
-    await conn.execute("DELETE FROM pending_uploads WHERE file_path = $1", file_path)
+    await db.delete_upload_intent(conn, file_path)
 
 
 async def finish_interrupted_uploads(conn: db.Connection, storage: Storage) -> int:
-    """Remove files put in place by uploads that never committed; returns how many. Run at start only:
-    an upload in flight has a record too."""
-    rows = await conn.fetch(
-        "SELECT p.file_path FROM pending_uploads p "
-        "WHERE NOT EXISTS (SELECT 1 FROM face_session_images i WHERE i.file_path = p.file_path)"
-    )
-    for row in rows:
-        await asyncio.to_thread(storage.absolute(row["file_path"]).unlink, missing_ok=True)
-    await conn.execute("DELETE FROM pending_uploads")
-    if rows:
-        log.info("removed the files of %d uploads an earlier run did not finish", len(rows))
-    return len(rows)
+    """Remove files put in place by uploads that never committed, of writers now gone; returns how many.
+    Inside the sweep's transaction, under its lock (start_sweep.py). Each intent is claimed (deleted, its
+    row locked until the sweep commits) before its file goes, so an upload of the same path that starts
+    meanwhile waits for the sweep instead of losing its file to it."""
+    removed = 0
+    for file_path in await db.abandoned_upload_paths(conn):
+        if await db.claim_abandoned_upload(conn, file_path):
+            await asyncio.to_thread(storage.absolute(file_path).unlink, missing_ok=True)
+            removed += 1
+    if removed:
+        log.info("removed the files of %d uploads an earlier run did not finish", removed)
+    return removed
 
 
 _settling: set[asyncio.Task[None]] = set()
@@ -59,9 +59,7 @@ async def settle(pool: asyncpg.Pool, storage: Storage, file_path: str, retry_s: 
     while True:
         try:
             async with pool.acquire() as conn:
-                if not await conn.fetchval(
-                    "SELECT EXISTS (SELECT 1 FROM face_session_images WHERE file_path = $1)", file_path
-                ):
+                if not await db.path_in_use(conn, file_path):
                     await asyncio.to_thread(storage.absolute(file_path).unlink, missing_ok=True)
                 await done(conn, file_path)
             return

@@ -1,0 +1,39 @@
+"""Who wrote a crash-safety record (pending_uploads, deleted_images, deleted_sessions), whether that writer
+is still alive, and the lock under which one process at a time sweeps what dead writers left.
+
+A record's owner is the database backend of the connection that wrote it. Postgres knows which backends are
+alive (pg_stat_activity), and a backend outlives nothing of its client: a node killed with -9 has its
+sockets closed by the kernel and its backends end, rolling back what it had not committed. So "the owner's
+backend is gone" proves the work was abandoned, with no heartbeat to keep and no clock to trust.
+"""
+
+from __future__ import annotations
+
+from .pool import Connection
+
+# advisory lock (one key): start-up sweeps take turns, across the processes of every node of a fleet
+SWEEP_LOCK = 0x5F_EE_70
+
+# the values of (owner_pid, owner_started) for a row written by this connection
+OWNER_VALUES = "pg_backend_pid(), (SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid())"
+
+
+def owner_gone(alias: str) -> str:
+    """SQL: the row's writer has no live backend. A live backend with that pid whose backend_start is hidden
+    (another role, without pg_read_all_stats) counts as the owner: a sweep may come late, never early."""
+    return (
+        f"NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = {alias}.owner_pid "
+        f"AND (a.backend_start = {alias}.owner_started OR a.backend_start IS NULL "
+        f"OR {alias}.owner_started IS NULL))"
+    )
+
+
+async def refresh_liveness(conn: Connection) -> None:
+    """Before each query that asks owner_gone: Postgres reads the list of backends once per transaction and
+    keeps it, so a sweep's long transaction would take backends started since (new uploads) for dead ones."""
+    await conn.execute("SELECT pg_stat_clear_snapshot()")
+
+
+async def lock_sweeps(conn: Connection) -> None:
+    """Inside the sweep's transaction: waits while another process sweeps, released at its commit."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", SWEEP_LOCK)
