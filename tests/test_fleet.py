@@ -295,9 +295,14 @@ async def test_a_node_killed_under_search_load_costs_no_client_an_error(fleet: F
         before_kill = len(answers)
         killed_port = fleet.nodes[owner].port
         await asyncio.to_thread(fleet.kill, owner)
-        await asyncio.sleep(3.0)
-        stop.set()
-        await asyncio.gather(*clients)
+        try:
+            await asyncio.sleep(3.0)
+            stop.set()
+            await asyncio.gather(*clients)
+        finally:
+            # the fleet as the next tests expect it: the killed node back on its port (nginx's upstream)
+            await asyncio.to_thread(fleet.start_node, owner, killed_port)
+            await asyncio.to_thread(fleet.wait_ready, owner)
 
     assert before_kill > 0 and len(answers) > before_kill + 8  # searches went on after the kill
     wrong = [a for a in answers if a[0] != 200 or [m["image_id"] for m in a[1]] != [players["image_id"]]]
