@@ -166,11 +166,11 @@ class FaceEngine:
     def warm_up(self, max_batch: int = 1) -> None:
         """First runs allocate and pick kernels; do it at start, not on the first user's request. On CUDA
         that happens again for every new input shape, so the recogniser runs once per batch shape it will
-        see: the powers of two up to max_batch (the detector sees one shape: every image is resized to its
-        input size)."""
+        see: the powers of two up to max_batch, or up to the chunks analyze() runs in when those are larger
+        (the detector sees one shape: every image is resized to its input size)."""
         blank = np.zeros((self._input_size[1], self._input_size[0], 3), dtype=np.uint8)
         self._detector.detect(blank, input_size=self._input_size)
-        for rows in batch_buckets(max_batch if self.pad_to_buckets else 1):
+        for rows in batch_buckets(max(max_batch, _RECOGNISER_CHUNK) if self.pad_to_buckets else 1):
             self.embed_crops(np.zeros((rows, self._crop_size, self._crop_size, 3), dtype=np.uint8), rows)
 
     def detect(self, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
