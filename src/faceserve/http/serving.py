@@ -63,6 +63,9 @@ def common_headers(etag: str, last_modified: datetime) -> dict[str, str]:
 
 async def served_file(request: web.Request, image_id: int) -> ServedFile:
     services = request.app[SERVICES]
+    entry = services.served.get(image_id)
+    if entry is not None:  # nearly every request: nothing more to make or await
+        return entry
 
     async def load() -> ServedFile | None:
         image = await db.get_served_image(services.pool, image_id)
