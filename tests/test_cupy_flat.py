@@ -70,7 +70,9 @@ def _check_against_faiss(xp, float16: bool, n: int, k: int, atol: float) -> None
 
     def check() -> None:
         assert len(index) == int(alive.sum())
-        Exact(ids[alive], held[alive], queries).assert_same(index.search(queries, k), k, atol)
+        # 37 queries go through the GEMM; 1 and 8 through the scoring kernel on CuPy (the GEMM on numpy)
+        for some in (queries, queries[:1], queries[:8]):
+            Exact(ids[alive], held[alive], some).assert_same(index.search(some, k), k, atol)
 
     check()
     alive[5 : n // 20] = False
@@ -176,6 +178,28 @@ async def test_registry_serves_the_cupy_index_and_reloads_it_from_the_store(monk
 @pytest.mark.parametrize(("n", "k"), [(50_000, 10), (50_000, 200), (300, 10)])
 def test_cupy_equals_exact_faiss_search(float16: bool, n: int, k: int):
     _check_against_faiss(CUPY, float16=float16, n=n, k=k, atol=1e-4 if not float16 else 1e-3)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("float16", [False, True], ids=["float32", "float16"])
+def test_scoring_kernel_equals_the_gemm_and_masks_dead_rows_and_the_tail(monkeypatch, float16: bool):
+    n, dim = 5_000, 512
+    index = cupy_flat.build(np.arange(n, dtype=np.int64), _unit(n, 9, dim=dim), float16=float16)
+    index.remove(np.arange(100, 300))  # tombstones (under a fifth): masked by the kernel's flags
+    width = -(-n // cupy_flat._BLOCK) * cupy_flat._BLOCK
+    for q in (1, 3, cupy_flat._KERNEL_QUERIES):
+        queries = _unit(q, 10 + q, dim=dim)
+        scored = cupy_flat.score_blocks(CUPY, index._matrix[:width], queries, n, index._dead_flags)
+        assert scored is not None, "the kernel did not run"
+        scores, maxima = (CUPY.asnumpy(x) for x in scored)
+        want = CUPY.asnumpy(cupy_flat.similarities(CUPY, index._matrix[:width], CUPY.asarray(queries)))
+        want[:, n:] = want[:, 100:300] = -np.inf
+        assert np.allclose(scores, want, atol=1e-5 if not float16 else 1e-3, rtol=0)
+        assert np.array_equal(np.isneginf(scores), np.isneginf(want))
+        assert np.allclose(maxima, want.reshape(q, -1, cupy_flat._BLOCK).max(axis=2), atol=1e-3, rtol=0)
+    monkeypatch.setattr(cupy_flat, "use_score_kernel", False)
+    assert cupy_flat.score_blocks(CUPY, index._matrix[:width], queries, n, index._dead_flags) is None
 
 
 @pytest.mark.gpu

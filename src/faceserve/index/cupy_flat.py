@@ -8,7 +8,10 @@ array, deletes are tombstones masked out at search and compacted away once they 
 
 The exact top k without a full sort: scores are cut into blocks of _BLOCK columns; the k blocks with the
 largest maxima hold every one of the k best scores (a score outside them is beaten by k block maxima), so
-only k * _BLOCK candidates per query are sorted. The code is written against the array module `xp`: CuPy on
+only k * _BLOCK candidates per query are sorted. A few queries at once (a guest's selfie: one) are scored by
+one kernel (_SCORE_BLOCKS) that reads each row once, masks rows past the end and dead rows, and writes the
+block maxima beside the scores: cuBLAS's GEMM with one column reads the matrix at a fraction of the memory
+bandwidth, and the masking and maxima were three more passes (benchmarks/GPU_PLAN.md has the measurements). The code is written against the array module `xp`: CuPy on
 a GPU, numpy in the tests on CPU, so the same lines are checked there against exact faiss search.
 Blocking: called on the index owner thread only (index.py).
 """
@@ -29,6 +32,111 @@ log = logging.getLogger(__name__)
 _BLOCK = 256
 # largest similarity block one group of queries may allocate (bytes): bounds memory of a big batch
 _SCORES_BUDGET = 1 << 30
+# most queries one _SCORE_BLOCKS launch scores (each warp keeps this many sums); larger batches use the GEMM
+_KERNEL_QUERIES = 8
+
+# One CUDA block of _BLOCK threads (8 warps) scores one block of _BLOCK rows: each warp takes 32 rows, a row's
+# dim values are read by the 32 lanes 16 bytes at a time (coalesced: a 512-d float16 row is two 512-byte
+# loads), summed in float32 against the queries held in shared memory, and reduced across the warp. Rows at or
+# past n and rows flagged dead score -inf. Then the block's maximum per query goes to maxima[q][block].
+# ROW_HALF selects float16 rows (converted by PTX: no CUDA headers needed by NVRTC), else float32.
+_SCORE_BLOCKS_SOURCE = r"""
+#ifdef ROW_HALF
+#define PER_LOAD 8
+__device__ __forceinline__ void widen(const unsigned int* w, float* out) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        unsigned short lo = (unsigned short)(w[i] & 0xffffu), hi = (unsigned short)(w[i] >> 16);
+        float a, b;
+        asm("cvt.f32.f16 %0, %1;" : "=f"(a) : "h"(lo));
+        asm("cvt.f32.f16 %0, %1;" : "=f"(b) : "h"(hi));
+        out[2 * i] = a;
+        out[2 * i + 1] = b;
+    }
+}
+#else
+#define PER_LOAD 4
+__device__ __forceinline__ void widen(const unsigned int* w, float* out) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) out[i] = __int_as_float((int)w[i]);
+}
+#endif
+#define MAX_Q 8
+#define WARPS 8
+
+struct alignas(16) Words { unsigned int w[4]; };
+
+extern "C" __global__ void score_blocks(const Words* matrix, const float* queries, const unsigned char* dead,
+                                        int has_dead, int n, int dim, int q, int width,
+                                        float* scores, float* maxima) {
+    extern __shared__ float shared[];
+    float* query = shared;                 /* q * dim */
+    __shared__ float warp_max[WARPS][MAX_Q];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (int i = threadIdx.x; i < q * dim; i += blockDim.x) query[i] = queries[i];
+    __syncthreads();
+    const float neg_inf = __int_as_float(0xff800000);
+    float best[MAX_Q];
+#pragma unroll
+    for (int j = 0; j < MAX_Q; ++j) best[j] = neg_inf;
+    const int words_per_row = dim / PER_LOAD;
+    const int first = blockIdx.x * (WARPS * 32) + warp * 32;
+    for (int r = 0; r < 32; ++r) {
+        const int row = first + r;
+        float sum[MAX_Q];
+#pragma unroll
+        for (int j = 0; j < MAX_Q; ++j) sum[j] = 0.0f;
+        if (row < n) {
+            const Words* words = matrix + (long long)row * words_per_row;
+            for (int c = lane; c < words_per_row; c += 32) {
+                Words loaded = words[c];
+                float v[PER_LOAD];
+                widen(loaded.w, v);
+#pragma unroll
+                for (int j = 0; j < MAX_Q; ++j) {
+                    if (j < q) {
+                        const float* x = query + j * dim + c * PER_LOAD;
+                        float s = 0.0f;
+#pragma unroll
+                        for (int i = 0; i < PER_LOAD; ++i) s += v[i] * x[i];
+                        sum[j] += s;
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < MAX_Q; ++j) {
+            if (j < q) {
+                float s = sum[j];
+                for (int offset = 16; offset > 0; offset >>= 1) s += __shfl_xor_sync(0xffffffffu, s, offset);
+                sum[j] = s;
+            }
+        }
+        if (lane == 0) {
+            const bool gone = row >= n || (has_dead && dead[row]);
+#pragma unroll
+            for (int j = 0; j < MAX_Q; ++j) {
+                if (j < q) {
+                    const float s = gone ? neg_inf : sum[j];
+                    scores[(long long)j * width + row] = s;
+                    best[j] = fmaxf(best[j], s);
+                }
+            }
+        }
+    }
+    if (lane == 0) {
+#pragma unroll
+        for (int j = 0; j < MAX_Q; ++j)
+            if (j < q) warp_max[warp][j] = best[j];
+    }
+    __syncthreads();
+    if (threadIdx.x < q) {
+        float m = neg_inf;
+        for (int w = 0; w < WARPS; ++w) m = fmaxf(m, warp_max[w][threadIdx.x]);
+        maxima[(long long)threadIdx.x * gridDim.x + blockIdx.x] = m;
+    }
+}
+"""
 
 
 def load_cupy() -> ModuleType | None:
@@ -72,6 +180,7 @@ class CupyFlatIndex:
         self._row_ids = np.empty(0, dtype=np.int64)
         self._dead = np.empty(0, dtype=bool)
         self._dead_rows: Any = None  # device copy of the dead row numbers, None while there are none
+        self._dead_flags: Any = None  # the same as one byte a row (0 alive, 1 dead): what the kernel reads
 
     @contextlib.contextmanager
     def _on_device(self) -> Iterator[None]:
@@ -106,6 +215,9 @@ class CupyFlatIndex:
         self._n += count
         self._row_ids = np.concatenate([self._row_ids, ids[fresh]])
         self._dead = np.concatenate([self._dead, np.zeros(count, dtype=bool)])
+        if self._dead_flags is not None:  # the kernel reads a flag for every row below n
+            with self._on_device():
+                self._dead_flags = self.xp.asarray(self._dead.view(np.uint8))
 
     def remove(self, ids: np.ndarray) -> None:
         newly = np.isin(self._row_ids, np.asarray(ids, dtype=np.int64)) & ~self._dead
@@ -117,6 +229,7 @@ class CupyFlatIndex:
                 self._compact()
             else:
                 self._dead_rows = self.xp.asarray(np.flatnonzero(self._dead))
+                self._dead_flags = self.xp.asarray(self._dead.view(np.uint8))
 
     def _compact(self) -> None:
         alive = np.flatnonzero(~self._dead)
@@ -126,6 +239,7 @@ class CupyFlatIndex:
         self._row_ids = self._row_ids[alive]
         self._dead = np.zeros(self._n, dtype=bool)
         self._dead_rows = None
+        self._dead_flags = None
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(similarities, face ids) of the k best per query row, best first; -inf and -1 pad a short row."""
@@ -149,11 +263,15 @@ class CupyFlatIndex:
 
     def _search_group(self, queries: np.ndarray, k: int, width: int) -> tuple[np.ndarray, np.ndarray]:
         xp = self.xp
-        scores = similarities(xp, self._matrix[:width], xp.asarray(queries))
-        scores[:, self._n :] = -xp.inf  # rows past the last face: zeros, not faces
-        if self._dead_rows is not None:
-            scores[:, self._dead_rows] = -xp.inf
-        best, rows = top_k(xp, scores, k)
+        scored = score_blocks(xp, self._matrix[:width], queries, self._n, self._dead_flags)
+        if scored is not None:
+            scores, maxima = scored
+        else:
+            scores, maxima = similarities(xp, self._matrix[:width], xp.asarray(queries)), None
+            scores[:, self._n :] = -xp.inf  # rows past the last face: zeros, not faces
+            if self._dead_rows is not None:
+                scores[:, self._dead_rows] = -xp.inf
+        best, rows = top_k(xp, scores, k, maxima)
         return _to_host(best), _to_host(rows)
 
     def ids(self) -> np.ndarray:
@@ -171,6 +289,43 @@ class CupyFlatIndex:
 
 
 _gemm_ex_failed = False
+_kernels: dict[str, Any] = {}
+_kernel_failed = False
+# the scoring kernel is used where it applies; False: always the GEMM (the benchmark compares both)
+use_score_kernel = True
+
+
+def score_blocks(xp: ModuleType, matrix: Any, queries: np.ndarray, n: int, dead_flags: Any) -> tuple[Any, Any] | None:
+    """(scores, block maxima) of a few queries by the _SCORE_BLOCKS kernel, masked as the search needs; None
+    where it does not apply (numpy, many queries, a dim the 16-byte loads do not divide, a failed compile)."""
+    global _kernel_failed
+    q, (width, dim) = len(queries), matrix.shape
+    per_load = 8 if matrix.dtype == np.float16 else 4
+    if (
+        not use_score_kernel or _kernel_failed or xp.__name__ != "cupy" or q > _KERNEL_QUERIES
+        or dim % per_load or q * dim * 4 > 48 * 1024 or width % _BLOCK
+    ):
+        return None
+    name = str(matrix.dtype)
+    try:
+        if name not in _kernels:
+            options = ("-DROW_HALF",) if per_load == 8 else ()
+            _kernels[name] = xp.RawKernel(_SCORE_BLOCKS_SOURCE, "score_blocks", options=options)
+        blocks = width // _BLOCK
+        scores = xp.empty((q, width), dtype=xp.float32)
+        maxima = xp.empty((q, blocks), dtype=xp.float32)
+        flags = dead_flags if dead_flags is not None else xp.zeros(1, dtype=xp.uint8)
+        _kernels[name](
+            (blocks,), (_BLOCK,),
+            (matrix, xp.asarray(queries, dtype=xp.float32), flags, np.int32(dead_flags is not None), np.int32(n),
+             np.int32(dim), np.int32(q), np.int32(width), scores, maxima),
+            shared_mem=q * dim * 4,
+        )
+        return scores, maxima
+    except Exception:  # a compile or launch failure: the GEMM path answers instead, from now on
+        log.exception("the scoring kernel failed; searches use cuBLAS GEMM instead")
+        _kernel_failed = True
+        return None
 
 
 def similarities(xp: ModuleType, matrix: Any, queries: Any) -> Any:
@@ -208,16 +363,17 @@ def _gemm_half_to_float(cupy: ModuleType, matrix: Any, queries: Any) -> Any:
     return scores
 
 
-def top_k(xp: ModuleType, scores: Any, k: int) -> tuple[Any, Any]:
+def top_k(xp: ModuleType, scores: Any, k: int, maxima: Any = None) -> tuple[Any, Any]:
     """(values, columns) of the k largest scores per row, best first, exactly. The width of scores must be
-    a multiple of _BLOCK; masked columns hold -inf."""
+    a multiple of _BLOCK; masked columns hold -inf. maxima: each block's maximum, where already known."""
     q, width = scores.shape
     blocks = width // _BLOCK
     if blocks <= k or k * _BLOCK * 4 >= width:  # selection would keep most columns: sort whole rows
         columns = xp.argsort(-scores, axis=1)[:, :k]
         return xp.take_along_axis(scores, columns, 1), columns
     grouped = scores.reshape(q, blocks, _BLOCK)
-    maxima = grouped.max(axis=2)
+    if maxima is None:
+        maxima = grouped.max(axis=2)
     best_blocks = xp.argpartition(-maxima, k - 1, axis=1)[:, :k]
     candidates = xp.take_along_axis(grouped, best_blocks[:, :, None], 1).reshape(q, k * _BLOCK)
     columns = (best_blocks[:, :, None] * _BLOCK + xp.arange(_BLOCK)[None, None, :]).reshape(q, k * _BLOCK)
