@@ -12,3 +12,5 @@ onnxruntime.SessionOptions.log_severity_level
 onnxruntime.SessionOptions.intra_op_num_threads
 pytestmark  # pytest reads a test module's marks from it
 web.AbstractAccessLogger.enabled  # aiohttp asks it before building a log line
+onnxruntime.SessionOptions.graph_optimization_level
+dim_param  # an ONNX shape dimension's symbolic name (onnx protobuf), set by benchmarks/gpu_recogniser.py

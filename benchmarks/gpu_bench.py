@@ -62,12 +62,12 @@ PHOTOS = {
 MAX_PIXELS = 50_000_000
 
 
-def load_engine(max_batch: int) -> FaceEngine:
+def load_engine() -> FaceEngine:
     engine = FaceEngine.from_settings(Settings(models_dir=ROOT / "models"))
     start = time.perf_counter()
-    engine.warm_up(max_batch)
-    print(f"models on {engine.providers}; warm-up (on CUDA: recogniser batch sizes 1..{max_batch}): "
-          f"{time.perf_counter() - start:.1f} s")
+    engine.warm_up()
+    print(f"models on {engine.providers}; warm-up: {time.perf_counter() - start:.1f} s; recogniser runs of "
+          f"{engine.recogniser_rows or 'as many as there are'} rows")
     return engine
 
 
@@ -216,7 +216,7 @@ def rate(fn: Callable[[], object], images: int) -> float:
 
 
 def bench_ingest(args: argparse.Namespace) -> None:
-    engine = load_engine(args.max_batch)
+    engine = load_engine()
     images = make_images(args.images, args.megapixels, args.threads)
     height, width = decode(images[0]).shape[:2]
     faces_found = []
@@ -300,7 +300,7 @@ async def bench_search_async(args: argparse.Namespace) -> None:
     if args.xp == "numpy":  # the rehearsal: the registry's CuPy branch, with numpy as its array module
         cupy_flat.load_cupy = lambda: np
         cupy_flat.device_count = lambda: 1
-    engine = load_engine(args.max_batch)
+    engine = load_engine()
     probe = (VECTRON / "yaoming.jpg").read_bytes()
     ids, vectors, real = gallery_with_real_faces(engine, args.faces, args.gallery_cache)
 

@@ -27,7 +27,7 @@ pytestmark = [
 def engines(models_dir: Path) -> tuple[FaceEngine, FaceEngine]:
     cpu = FaceEngine.from_settings(Settings(models_dir=models_dir, device="cpu"))
     cuda = FaceEngine.from_settings(Settings(models_dir=models_dir, device="cuda"))
-    cuda.warm_up(8)
+    cuda.warm_up()
     return cpu, cuda
 
 

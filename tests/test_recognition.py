@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
@@ -224,38 +223,27 @@ async def test_a_window_stops_waiting_when_the_run_is_full_or_the_caller_coming_
         executor.shutdown(wait=True)
 
 
-def test_an_engine_on_one_thread_runs_every_model_there_and_finds_the_same_faces(engine, models_dir, photos):
-    """What CUDA engines do by default (per-thread state of ONNX Runtime made 16 callers 1000x slower on an
-    H200), forced here on the CPU: callers on many threads, every model run on one, the same faces."""
-    confined = FaceEngine.from_settings(Settings(models_dir=models_dir), runs_on_one_thread=True)
-    threads: set[str] = set()
-    for model in (confined._detector, confined._recogniser):
-        inner = model.session.session
+def test_fixed_rows_make_every_recogniser_run_one_shape_and_embed_as_unpadded_runs_do(engine, models_dir, photos):
+    """On CUDA every recogniser run has the same rows (a new shape costs ONNX Runtime's CUDA convolutions
+    seconds of re-planning): fewer faces are padded with blank crops, more are split, whatever chunk the caller
+    asks for; the blank rows change nothing and come back to nobody."""
+    fixed = FaceEngine.from_settings(Settings(models_dir=models_dir))
+    fixed.recogniser_rows = 4
+    shapes: list[tuple[int, ...]] = []
+    session = fixed._recogniser.session
+    run = session.run
 
-        def recording(*args, _run=inner.run, **kwargs):
-            threads.add(threading.current_thread().name)
-            return _run(*args, **kwargs)
+    def recording(output_names, feed, *args):
+        shapes.extend(np.shape(value) for value in feed.values())
+        return run(output_names, feed, *args)
 
-        inner.run = recording
-    pictures = [cv2.imread(str(photos[name])) for name in ("t1", "players", "gdp")] * 2
-    with ThreadPoolExecutor(4) as pool:
-        found = list(pool.map(confined.analyze, pictures))
-    assert len(threads) == 1 and next(iter(threads)).startswith("model-runs"), threads
-    for pixels, faces in zip(pictures, found):
-        expected = engine.analyze(pixels)
-        assert len(faces) == len(expected) > 0
-        assert np.allclose([f.box for f in faces], [f.box for f in expected], atol=1e-3)
-        assert np.allclose([f.embedding for f in faces], [f.embedding for f in expected], atol=1e-5)
-
-
-def test_padded_batches_embed_every_face_as_an_unpadded_batch_does(engine, models_dir, photos):
-    """On CUDA batches run padded to a power of two (7 shapes to warm instead of 64); the blank rows must
-    change nothing and come back to nobody."""
-    padded = FaceEngine.from_settings(Settings(models_dir=models_dir))
-    padded.pad_to_buckets = True
+    fixed._recogniser.session = type("Recording", (), {"run": staticmethod(recording)})()
     pixels = cv2.imread(str(photos["players"]))
     crops = engine.align(pixels, engine.detect(pixels)[1])
-    for rows in (1, 3, 5, 9):
-        got = padded.embed_crops(crops[:rows], chunk_rows=8)
+    assert len(crops) > 9
+    for rows, chunk_rows in ((1, 32), (3, 2), (5, 64), (9, 8)):
+        got = fixed.embed_crops(crops[:rows], chunk_rows=chunk_rows)
         assert got.shape == (rows, engine.embedding_dim)
         assert np.allclose(got, engine.embed_crops(crops[:rows]), atol=1e-5), rows
+    assert shapes and {shape[0] for shape in shapes} == {4}, shapes
+    assert len(shapes) == 1 + 1 + 2 + 3  # ceil(rows / 4) runs each

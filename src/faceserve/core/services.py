@@ -124,7 +124,7 @@ async def _cancel(task: asyncio.Task) -> None:
 
 def load_engine(settings: Settings) -> FaceEngine:
     engine = FaceEngine.from_settings(settings)
-    engine.warm_up(settings.recogniser_max_batch)
+    engine.warm_up()
     return engine
 
 

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -34,6 +32,13 @@ _PROVIDER_OPTIONS: dict[str, dict[str, str]] = {
     _CPU: {},
 }
 _RECOGNISER_CHUNK = 32
+# On CUDA every recogniser run has exactly this many rows (fewer faces are padded with blank crops, more are
+# split). ONNX Runtime's CUDA Conv keeps the cuDNN execution plans of the last input shape only: a run of any
+# other shape rebuilds the plans of all 49 convolutions, 0.6-3 s on an H200, so batches of varying sizes
+# (concurrent searches, uploads with different face counts) paid that on nearly every run: 16 searching
+# callers waited 1.4 s for an embedding that took 2.9 ms alone, and ingest embedded 43 faces/s. At one shape a
+# run of 32 takes 2.5-2.7 ms against 1.0-2.4 ms for one face (benchmarks/gpu_recogniser.py; RESULTS.md, GPU).
+_CUDA_RECOGNISER_ROWS = 32
 
 
 def choose_providers(device: str, available: list[str] | None = None) -> list[str]:
@@ -69,26 +74,6 @@ class DetectedFace:
     embedding: np.ndarray  # (dim,) float32, L2-normalised
 
 
-class OneThreadSession:
-    """An ONNX Runtime session whose runs all happen on one thread, whichever thread asks.
-
-    On CUDA, ONNX Runtime keeps per-thread state (handles, kernel plans for each input shape): on an H200,
-    16 inference threads feeding the recogniser batches of varying shapes made each (thread, shape) pair pay
-    its own set-up, and an embedding that takes 3.6 ms from one caller took 3.2 s at p50 with 16 callers
-    (benchmarks/RESULTS.md, GPU). The GPU runs one kernel stream anyway; the callers' CPU work (decoding,
-    resizing, alignment, NMS) stays on their own threads."""
-
-    def __init__(self, session: ort.InferenceSession, runner: ThreadPoolExecutor) -> None:
-        self.session = session
-        self._runner = runner
-
-    def run(self, output_names: Any, input_feed: Any, run_options: Any = None) -> Any:
-        return self._runner.submit(self.session.run, output_names, input_feed, run_options).result()
-
-    def __getattr__(self, name: str) -> Any:  # get_inputs, get_outputs, get_providers, ...
-        return getattr(self.session, name)
-
-
 class FaceEngine:
     def __init__(
         self,
@@ -100,19 +85,13 @@ class FaceEngine:
         min_face_size: int,
         intra_op_threads: int,
         device_id: int,
-        runs_on_one_thread: bool | None = None,
     ) -> None:
-        """runs_on_one_thread: every model run on one dedicated thread (OneThreadSession); by default on
-        CUDA only, where per-thread state makes it pay."""
         self.pack = pack
         self.providers = choose_providers(device)
         if _CUDA in self.providers:
             _load_cuda_libraries()
             # onnxruntime >= 1.31 warns on every CUDA session that no plugin device is registered
             ort.set_default_logger_severity(3)
-        if runs_on_one_thread is None:
-            runs_on_one_thread = _CUDA in self.providers
-        self._runner = ThreadPoolExecutor(1, thread_name_prefix="model-runs") if runs_on_one_thread else None
         options = ort.SessionOptions()
         options.log_severity_level = 3  # the recogniser's declared batch of 1 makes ORT warn on every batch
         # idle ORT threads otherwise spin after each run and steal the cores the index search and the
@@ -125,11 +104,10 @@ class FaceEngine:
             for p in self.providers
         ]
 
-        def session(path: str) -> ort.InferenceSession | OneThreadSession:
-            made = ort.InferenceSession(
+        def session(path: str) -> ort.InferenceSession:
+            return ort.InferenceSession(
                 path, sess_options=options, providers=self.providers, provider_options=provider_options
             )
-            return made if self._runner is None else OneThreadSession(made, self._runner)
 
         self._detector = SCRFD(model_file=str(pack.detector), session=session(str(pack.detector)))
         self._detector.prepare(0, det_thresh=detection_threshold)
@@ -138,14 +116,13 @@ class FaceEngine:
         self._crop_size = int(self._recogniser.input_size[0])
         self.embedding_dim = int(self._recogniser.output_shape[-1])
         self.min_face_size = min_face_size
-        # On CUDA every new input shape costs its own kernel plans (~0.7 s for the recogniser on an H200,
-        # measured by benchmarks/gpu_run.sh): batches are padded up to a power of two, so a handful of
-        # shapes, all made at warm-up, serve every batch. On the CPU padding would only add work.
-        self.pad_to_buckets = _CUDA in self.providers
+        # rows of every recogniser run on CUDA (see _CUDA_RECOGNISER_ROWS); None on the CPU, where a run has
+        # as many rows as faces and padding would only add work
+        self.recogniser_rows: int | None = _CUDA_RECOGNISER_ROWS if _CUDA in self.providers else None
         log.info("models %s on %s, embeddings of %d", pack.name, self.providers, self.embedding_dim)
 
     @classmethod
-    def from_settings(cls, settings: Settings, runs_on_one_thread: bool | None = None) -> FaceEngine:
+    def from_settings(cls, settings: Settings) -> FaceEngine:
         """The configured pack (laid out from the installed wheel when missing), not yet warmed up."""
         return cls(
             locate_pack(settings.models_dir, settings.model_pack),
@@ -155,7 +132,6 @@ class FaceEngine:
             min_face_size=settings.min_face_size,
             intra_op_threads=settings.onnx_intra_op_threads,
             device_id=settings.cuda_device_id,
-            runs_on_one_thread=runs_on_one_thread,
         )
 
     @property
@@ -163,15 +139,13 @@ class FaceEngine:
         """Side of the aligned square crops the recogniser takes."""
         return self._crop_size
 
-    def warm_up(self, max_batch: int = 1) -> None:
-        """First runs allocate and pick kernels; do it at start, not on the first user's request. On CUDA
-        that happens again for every new input shape, so the recogniser runs once per batch shape it will
-        see: the powers of two up to max_batch, or up to the chunks analyze() runs in when those are larger
-        (the detector sees one shape: every image is resized to its input size)."""
+    def warm_up(self) -> None:
+        """First runs allocate and pick kernels (on CUDA, ~1-3 s a model): do it at start, not on the first
+        user's request. Each model then sees one input shape: the detector's input size, and on CUDA the
+        recogniser's fixed rows."""
         blank = np.zeros((self._input_size[1], self._input_size[0], 3), dtype=np.uint8)
         self._detector.detect(blank, input_size=self._input_size)
-        for rows in batch_buckets(max(max_batch, _RECOGNISER_CHUNK) if self.pad_to_buckets else 1):
-            self.embed_crops(np.zeros((rows, self._crop_size, self._crop_size, 3), dtype=np.uint8), rows)
+        self.embed_crops(np.zeros((1, self._crop_size, self._crop_size, 3), dtype=np.uint8))
 
     def detect(self, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         boxes, landmarks = self._detector.detect(image_bgr, input_size=self._input_size)
@@ -193,13 +167,16 @@ class FaceEngine:
         return crops
 
     def embed_crops(self, crops: np.ndarray, chunk_rows: int = _RECOGNISER_CHUNK) -> np.ndarray:
-        """Aligned crops -> L2-normalised float32 embeddings, one recogniser run per chunk of chunk_rows."""
+        """Aligned crops -> L2-normalised float32 embeddings, one recogniser run per chunk of chunk_rows (on
+        CUDA: of recogniser_rows, each padded to exactly that many)."""
         out = np.empty((len(crops), self.embedding_dim), dtype=np.float32)
-        for start in range(0, len(crops), chunk_rows):
-            chunk = list(crops[start : start + chunk_rows])
+        fixed = self.recogniser_rows
+        step = chunk_rows if fixed is None else fixed
+        for start in range(0, len(crops), step):
+            chunk = list(crops[start : start + step])
             rows = len(chunk)
-            if self.pad_to_buckets:  # blank crops up to the batch shape warm_up made; their rows are dropped
-                chunk += [np.zeros_like(chunk[0])] * (bucket_of(rows) - rows)
+            if fixed is not None:  # blank crops up to the one shape the session has plans for; rows dropped
+                chunk += [np.zeros_like(chunk[0])] * (fixed - rows)
             out[start : start + rows] = self._recogniser.get_feat(chunk)[:rows]
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         np.maximum(norms, 1e-12, out=norms)
@@ -227,16 +204,6 @@ class FaceEngine:
             return None
         box, landmarks, crop = found
         return detected_faces(box, landmarks, self.embed_crops(crop))[0]
-
-
-def bucket_of(rows: int) -> int:
-    """The batch shape a batch of `rows` runs as when padded: the next power of two."""
-    return 1 << max(0, rows - 1).bit_length()
-
-
-def batch_buckets(max_rows: int) -> list[int]:
-    """Every padded batch shape of up to max_rows rows: 1, 2, 4, ... up to bucket_of(max_rows)."""
-    return [1 << i for i in range(bucket_of(max(1, max_rows)).bit_length())]
 
 
 def detected_faces(boxes: np.ndarray, landmarks: np.ndarray, embeddings: np.ndarray) -> list[DetectedFace]:
