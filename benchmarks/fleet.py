@@ -206,6 +206,13 @@ def images(fleet: Fleet, folder: Path, seconds: int) -> list[str]:
             for case in ("200", "304"):
                 run("bare nginx", bare_target, case, 64)
                 run("shipped config, warm cache", cached, case, 64)
+            kept_open = "open_file_cache max=10000 inactive=60s;\n            open_file_cache_valid 5s;\n"
+            _restart_nginx(fleet, ["a", "b"], {kept_open + "            add_header X-Cache": "add_header X-Cache"})
+            unkept = checked_target("fleet", fleet.url + path, photo)
+            for case in ("200", "304"):
+                run("warm cache, cache files not kept open (no open_file_cache)", unkept, case, 64)
+            _restart_nginx(fleet, ["a", "b"])
+            cached = checked_target("fleet", fleet.url + path, photo)
             run("a node's own 304", node_target, "304", 64)
             run("a node's own 200", node_target, "200", 64)
             run("shipped config, warm cache", cached, "200", 1000)

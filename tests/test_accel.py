@@ -3,6 +3,7 @@ still sends itself. The answers through a real nginx are compared with direct on
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 
 import pytest
@@ -81,6 +82,39 @@ async def test_resized_copies_and_crops_are_handed_off_too(accel_client, photos)
         assert await handed.read() == b""
         for name in ("ETag", "Content-Type", "Vary", "Cache-Control"):
             assert handed.headers[name] == direct.headers[name], (path, name)
+
+
+@pytest.mark.parametrize("image_store", ["file"])  # bytes in Postgres are never handed off
+async def test_a_file_seen_present_a_moment_ago_is_handed_off_without_opening_it(accel_client, photos, monkeypatch):
+    """A cold request's hand-off costs the node no open() while the file was seen within SERVED_RECHECK_S
+    (as answers without a body already did); after that the node looks again and a vanished file is a 404."""
+    client = accel_client
+    [image] = await upload(client, await create_session(client), ("t1.jpg", photos["t1"].read_bytes()))
+    url = f"/api/face/image/{image['image_id']}"
+    first = await client.get(url, headers=ASKED)  # the first look opens the file
+    assert first.status == 200 and "X-Accel-Redirect" in first.headers
+    services = client.server.app[SERVICES]
+    path = services.storage.layout.sessions_root / image["identity"]
+    opened: list[str] = []
+    real_open = os.open
+
+    def counting_open(name, *args, **kwargs):
+        if str(name) == str(path):
+            opened.append(str(name))
+        return real_open(name, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", counting_open)
+    for _ in range(3):
+        again = await client.get(url, headers=ASKED)
+        for name in ("X-Accel-Redirect", "ETag", "Cache-Control", "Last-Modified", "Content-Type"):
+            assert again.headers[name] == first.headers[name], name
+    assert opened == []
+
+    services.served.get(image["image_id"]).present_until = float("-inf")  # the window has passed
+    path.unlink()  # gone behind the service's back
+    gone = await client.get(url, headers=ASKED)
+    assert gone.status == 404 and (await gone.json())["error"]["code"] == "image_not_found"
+    assert opened == [str(path)]
 
 
 def test_the_prefix_must_be_a_location_path():

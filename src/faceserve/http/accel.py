@@ -44,27 +44,27 @@ def hand_off(
     prefix: str,
     sessions_root: Path,
     entry: ServedFile,
-    fd: int,
+    fd: int | None,
     status: int,
     cache_control: str | None,
 ) -> web.Response | None:
-    """The bodiless answer that tells nginx to send entry's file, or None when the origin must answer."""
+    """The bodiless answer that tells nginx to send entry's file, or None when the origin must answer. fd:
+    the file opened, or None when its presence was seen a moment ago (then a Range asks for the open)."""
     headers = request.headers
     if status != 200 or request.method != "GET" or headers.get("X-Sendfile-Type") != _ACCEL:
         return None
     if any(name in headers for name in _NGINX_REVALIDATES_AGAINST_ITS_OWN_VALIDATORS):
         return None
     if "Range" in headers:
+        if fd is None:
+            return None
         try:
             if conditional.parse_range(headers["Range"], os.fstat(fd).st_size) is None:
                 return None  # ignored here; nginx might answer 416
         except conditional.Unsatisfiable:
             return None  # the origin's 416 carries its own headers
-    try:
-        relative = entry.path.relative_to(sessions_root).as_posix()
-    except ValueError:
-        return None
-    if not _PLAIN_PATH.fullmatch(relative) or ".." in relative:
+    relative = _relative(entry, sessions_root)
+    if not relative:
         return None
     answer = dict(entry.headers)
     if cache_control is not None:
@@ -72,3 +72,15 @@ def hand_off(
     answer["Content-Type"] = entry.content_type
     answer[_ACCEL] = prefix + relative
     return web.Response(status=200, headers=answer)
+
+
+def _relative(entry: ServedFile, sessions_root: Path) -> str:
+    """entry's path under the sessions root, as an X-Accel-Redirect URI may carry it unescaped; "" where it
+    cannot. Worked out once per entry: the hand-off is on every cold request's path."""
+    if entry.accel_relative is None:
+        try:
+            relative = entry.path.relative_to(sessions_root).as_posix()
+        except ValueError:
+            relative = ""
+        entry.accel_relative = relative if _PLAIN_PATH.fullmatch(relative) and ".." not in relative else ""
+    return entry.accel_relative

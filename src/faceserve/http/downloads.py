@@ -52,6 +52,11 @@ async def serve_image(request: web.Request) -> web.StreamResponse:
         request.app[SERVICES].served.seen_present(entry)
     if entry.bytes_in != stores.FILE:
         return await _respond_blob(request, entry, status, cache_control)
+    if time.monotonic() < entry.present_until:
+        # seen present a moment ago (SERVED_RECHECK_S): nginx can be handed the file without opening it here
+        handed_off = _hand_off(request, entry, None, status, cache_control)
+        if handed_off is not None:
+            return handed_off
     try:
         fd = os.open(entry.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except (FileNotFoundError, NotADirectoryError):
@@ -68,7 +73,7 @@ async def serve_image(request: web.Request) -> web.StreamResponse:
 
 
 def _hand_off(
-    request: web.Request, entry: ServedFile, fd: int, status: int, cache_control: str | None
+    request: web.Request, entry: ServedFile, fd: int | None, status: int, cache_control: str | None
 ) -> web.Response | None:
     """nginx sends the body when FACESERVE_ACCEL_REDIRECT is set and the answer allows it (accel.py)."""
     services = request.app[SERVICES]
