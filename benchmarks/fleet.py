@@ -153,6 +153,8 @@ def run_wrk(target: Target, case: str, seconds: int, connections: int) -> tuple[
     command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "--latency"]
     if case == "304":
         command += ["-H", f"If-None-Match: {target.etag}"]
+    elif case == "hand-off":  # what the file tier asks of a node: the bodiless X-Accel-Redirect answer
+        command += ["-H", "X-Sendfile-Type: X-Accel-Redirect"]
     done = subprocess.run(
         command + [target.url], capture_output=True, text=True, timeout=seconds + 90, check=True
     )
@@ -214,6 +216,7 @@ def images(fleet: Fleet, folder: Path, seconds: int) -> list[str]:
             _restart_nginx(fleet, ["a", "b"])
             cached = checked_target("fleet", fleet.url + path, photo)
             run("a node's own 304", node_target, "304", 64)
+            run("a node's own X-Accel-Redirect hand-off (asked straight, no nginx)", node_target, "hand-off", 64)
             run("a node's own 200", node_target, "200", 64)
             run("shipped config, warm cache", cached, "200", 1000)
             run("bare nginx", bare_target, "200", 1000)
