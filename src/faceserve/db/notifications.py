@@ -22,6 +22,11 @@ from .recovery import is_database_unavailable
 log = logging.getLogger(__name__)
 
 _RECONNECT_DELAY_S = 1.0
+# A listening connection only reads, so a silent cut (a NAT or firewall dropping it, a host gone without a
+# FIN) would go unnoticed for hours: every so often it is asked a trivial query, and one unanswered in time
+# counts as lost.
+_LIVENESS_CHECK_S = 30.0
+_LIVENESS_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -37,8 +42,12 @@ class NotificationListener:
     """A connection of its own (never one of the pool's: asyncpg's pool may close or reset those), listening
     on every subscribed channel, reconnected by itself for as long as the process runs."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(
+        self, dsn: str, liveness_check_s: float = _LIVENESS_CHECK_S, liveness_timeout_s: float = _LIVENESS_TIMEOUT_S
+    ) -> None:
         self._dsn = dsn
+        self._liveness_check_s = liveness_check_s
+        self._liveness_timeout_s = liveness_timeout_s
         self._subscriptions: list[Subscription] = []
         self._conn: asyncpg.Connection | None = None
         self._lost = asyncio.Event()
@@ -53,7 +62,10 @@ class NotificationListener:
             self._reconnecting.cancel()
             await asyncio.gather(self._reconnecting, return_exceptions=True)
         if self._conn is not None and not self._conn.is_closed():
-            await self._conn.close()
+            try:
+                await self._conn.close(timeout=_LIVENESS_TIMEOUT_S)  # a dead connection never answers
+            except Exception:  # noqa: BLE001 - closing anyway
+                self._conn.terminate()
 
     async def subscribe(self, subscription: Subscription) -> None:
         """Listen on one more channel, from now on and after every reconnect."""
@@ -76,8 +88,13 @@ class NotificationListener:
         # only the connection in use reports its loss: an old one closing late must not start a reconnect
         conn.add_termination_listener(lambda lost: self._lost.set() if lost is self._conn else None)
         try:
-            for subscription in list(self._subscriptions):
+            # by index, not over a copy: a subscribe() while this awaits is listened on here too (it could
+            # only reach the old connection)
+            listened = 0
+            while listened < len(self._subscriptions):
+                subscription = self._subscriptions[listened]
                 await conn.add_listener(subscription.channel, self._deliver(subscription))
+                listened += 1
         except BaseException:
             conn.terminate()  # Postgres went away between connect and LISTEN: the next try opens another
             raise
@@ -87,20 +104,45 @@ class NotificationListener:
 
     async def _reconnect_forever(self) -> None:
         while True:
-            await self._lost.wait()
+            await self._wait_until_lost()
             self._lost.clear()
             log.warning("lost the notification connection; reconnecting")
             await _retry("listening again", self._listen)
             log.info("notifications resumed")
-            # listening again first, then catching up: a change from here on arrives as a notification
-            for subscription in list(self._subscriptions):
-                await _retry(f"catching up on {subscription.channel}", subscription.resumed)
+            # listening again first, then catching up: a change from here on arrives as a notification. Each
+            # subscriber on its own (one that keeps failing holds up no other), and all of them given up when
+            # the connection is lost again: the next reconnect catches up afresh.
+            await asyncio.gather(
+                *(
+                    _retry(f"catching up on {subscription.channel}", subscription.resumed, self._lost)
+                    for subscription in list(self._subscriptions)
+                )
+            )
+
+    async def _wait_until_lost(self) -> None:
+        """Until the connection in use is lost, or found dead by a liveness check."""
+        while True:
+            try:
+                await asyncio.wait_for(self._lost.wait(), self._liveness_check_s)
+                return
+            except TimeoutError:
+                pass
+            conn = self._conn
+            if conn is None or self._lost.is_set():
+                continue
+            try:
+                await asyncio.wait_for(conn.fetchval("SELECT 1"), self._liveness_timeout_s)
+            except Exception:  # noqa: BLE001 - unanswered, refused or broken: all mean this one is done
+                log.warning("the notification connection did not answer within %.0f s", self._liveness_timeout_s)
+                self._conn = None  # its termination must not report a loss again once the next one is in use
+                conn.terminate()
+                self._lost.set()
 
 
-async def _retry(what: str, step: Callable[[], Awaitable[object]]) -> None:
-    """step() until it succeeds. Every error is retried: the task that reconnects must never end, or this
-    process would stop following the others after its next lost connection."""
-    while True:
+async def _retry(what: str, step: Callable[[], Awaitable[object]], given_up: asyncio.Event | None = None) -> None:
+    """step() until it succeeds, or until given_up is set. Every error is retried: the task that reconnects
+    must never end, or this process would stop following the others after its next lost connection."""
+    while given_up is None or not given_up.is_set():
         try:
             await step()
             return
