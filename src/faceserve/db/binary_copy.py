@@ -64,12 +64,12 @@ def parse_records(buffer: io.BytesIO, columns: Sequence[Column]) -> np.ndarray:
     return rows
 
 
-def _check_header(header: bytes | memoryview) -> None:
+def _check_header(header: bytes | bytearray | memoryview) -> None:
     if header != _HEADER_BYTES:
         raise RuntimeError("not a binary COPY without OIDs or header extension")
 
 
-def _check_trailer(rest: bytes | memoryview) -> None:
+def _check_trailer(rest: bytes | bytearray | memoryview) -> None:
     """What follows the last whole record must be the trailer and nothing else: a COPY cut short (or one
     with records of another size) is an error, never fewer rows."""
     if rest != _TRAILER_BYTES:
