@@ -18,9 +18,9 @@ _HEADER_BYTES = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
 _HEADER = len(_HEADER_BYTES)
 _TRAILER_BYTES = b"\xff\xff"  # a field count of -1
 _ARRAY_HEADER = 20  # dimensions, has-null flag, element type, then size and lower bound of the one dimension
-# COPY bytes gathered before a worker thread parses them: big enough that a million rows are ~60 thread hops,
-# small enough to hold beside the arrays they become
-DRAIN_BYTES = 32 * 2**20
+# COPY bytes gathered before a worker thread parses them (while the next are gathered): big enough that a
+# million rows are ~500 thread hops, small enough to stay in the CPU's cache and to hold beside the arrays
+DRAIN_BYTES = 4 * 2**20
 
 # a column of the query: name, numpy type of its value(s) as COPY writes them, array length (0: a scalar)
 Column = tuple[str, str, int]
@@ -143,17 +143,18 @@ class _RecordParser:
 
 class _RecordStream:
     """A binary COPY's bytes as they arrive, gathered up to DRAIN_BYTES on the event loop (no copy: a list of
-    the pieces) and parsed on a worker thread: the whole result is never held (a million embeddings are 2 GB
-    of COPY bytes beside the 2 GB array they become), and neither its copying nor its checks block the loop.
-    `consume` runs on that thread."""
+    the pieces) and parsed on a worker thread while the next batch arrives: the whole result is never held
+    (a million embeddings are 2 GB of COPY bytes beside the 2 GB array they become), and neither its copying
+    nor its checks block the loop. `consume` runs on that thread, one batch after another."""
 
     def __init__(self, columns: Sequence[Column], consume: Callable[[np.ndarray], None]) -> None:
         self._parser = _RecordParser(columns, consume)
         self._pieces: list[bytes] = []
         self._gathered = 0
+        self._parsing: asyncio.Future[None] | None = None
 
     async def write(self, data: bytes) -> None:
-        """asyncpg's output callback: awaited before it reads on, so at most DRAIN_BYTES wait here."""
+        """asyncpg's output callback, awaited before it reads on: at most one batch parsing and one gathering."""
         self._pieces.append(data)
         self._gathered += len(data)
         if self._gathered >= DRAIN_BYTES:
@@ -161,11 +162,23 @@ class _RecordStream:
 
     async def finish(self) -> None:
         await self._drain()
+        await self._parsed()
         self._parser.finish()
 
+    def abandon(self) -> None:
+        """The COPY failed: a batch still parsing is let finish unheard (its error is the COPY's own)."""
+        if self._parsing is not None:
+            self._parsing.add_done_callback(lambda done: done.cancelled() or done.exception())
+
     async def _drain(self) -> None:
+        await self._parsed()
         pieces, self._pieces, self._gathered = self._pieces, [], 0
-        await asyncio.to_thread(self._parser.feed, pieces)
+        self._parsing = asyncio.ensure_future(asyncio.to_thread(self._parser.feed, pieces))
+
+    async def _parsed(self) -> None:
+        if self._parsing is not None:
+            parsing, self._parsing = self._parsing, None
+            await parsing
 
 
 async def stream_records(
@@ -174,5 +187,9 @@ async def stream_records(
     """copy_records, a batch of records at a time as they arrive, to `consume` (which must copy what it
     keeps, and runs on a worker thread); for results too big to hold twice."""
     stream = _RecordStream(columns, consume)
-    await conn.copy_from_query(query, *args, output=stream.write, format="binary")
-    await stream.finish()
+    try:
+        await conn.copy_from_query(query, *args, output=stream.write, format="binary")
+        await stream.finish()
+    except BaseException:
+        stream.abandon()
+        raise
