@@ -304,7 +304,7 @@ async def bench_search_async(args: argparse.Namespace) -> None:
     probe = (VECTRON / "yaoming.jpg").read_bytes()
     ids, vectors, real = gallery_with_real_faces(engine, args.faces, args.gallery_cache)
 
-    async def load(session_id: int) -> tuple[np.ndarray, np.ndarray]:
+    async def load(session_id: int, expected: int | None) -> tuple[np.ndarray, np.ndarray]:
         return ids, vectors
 
     policy = IndexPolicy(gpu_float16=args.float16)

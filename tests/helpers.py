@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 from aiohttp.test_utils import TestClient
 
 from faceserve.http.appkeys import SERVICES
@@ -97,3 +98,18 @@ async def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0, wha
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached within {timeout_s} s")
         await asyncio.sleep(0.01)
+
+
+async def terminate_listeners(database_url: str) -> int:
+    """Ends every backend of this database that is LISTENing (as a Postgres restart or a network cut would
+    end it); how many there were."""
+    admin = await asyncpg.connect(database_url)
+    try:
+        return len(
+            await admin.fetch(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND query LIKE 'LISTEN %' AND pid <> pg_backend_pid()"
+            )
+        )
+    finally:
+        await admin.close()

@@ -134,7 +134,7 @@ async def test_registry_serves_the_cupy_index_and_reloads_it_from_the_store(monk
     vectors, ids = _unit(600, 6), np.arange(1, 601, dtype=np.int64)
     committed = set(ids[:400].tolist())
 
-    async def load(session_id: int):
+    async def load(session_id: int, expected: int | None):
         rows = np.array(sorted(committed), dtype=np.int64)
         return rows, vectors[rows - 1]
 

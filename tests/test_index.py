@@ -92,7 +92,7 @@ async def test_registry_under_concurrent_add_remove_search(policy, kind):
     vectors, ids = _unit(400, 4), np.arange(1, 401, dtype=np.int64)
     committed = set(ids[:100].tolist())  # the "database": faces the index is built from
 
-    async def load(session_id: int):
+    async def load(session_id: int, expected: int | None):
         await asyncio.sleep(0.01)  # a real query takes a moment; adds and removes may commit meanwhile
         rows = np.array(sorted(committed), dtype=np.int64)
         return rows, vectors[rows - 1]

@@ -4,25 +4,11 @@ Real Postgres: the listening backends are terminated as a restart or a network c
 
 from __future__ import annotations
 
-import asyncpg
 from aiohttp.test_utils import TestClient, TestServer
-from helpers import authorize, create_session, search, upload, wait_until
+from helpers import authorize, create_session, search, terminate_listeners, upload, wait_until
 
 from faceserve.app import create_app
 from faceserve.http.appkeys import SERVICES
-
-
-async def _terminate_listeners(database_url: str) -> int:
-    admin = await asyncpg.connect(database_url)
-    try:
-        return len(
-            await admin.fetch(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND query LIKE 'LISTEN %' AND pid <> pg_backend_pid()"
-            )
-        )
-    finally:
-        await admin.close()
 
 
 async def test_changes_missed_while_not_listening_are_caught_up(settings, engine, photos, database_url):
@@ -48,7 +34,7 @@ async def test_changes_missed_while_not_listening_are_caught_up(settings, engine
             "DELETE FROM faces WHERE id = (SELECT max(id) FROM faces WHERE face_session_id = $1)", changed
         )
         assert indexes.is_loaded(changed)
-        assert await _terminate_listeners(database_url) >= 2
+        assert await terminate_listeners(database_url) >= 2
 
         await wait_until(
             lambda: not indexes.is_loaded(changed), what="the changed session's index to be dropped"

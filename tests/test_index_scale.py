@@ -88,7 +88,7 @@ async def test_concurrent_searches_are_batched_and_each_gets_its_own_answer():
     vectors = gallery.people(50_000, dim=128)
     ids = np.arange(len(vectors), dtype=np.int64)
 
-    async def load(session_id: int):
+    async def load(session_id: int, expected: int | None):
         return ids, vectors
 
     # exact, so each answer can be compared row for row with its own query's truth
@@ -113,7 +113,7 @@ async def test_building_one_sessions_index_holds_up_no_search_of_another():
 
     loaded: set[int] = set()
 
-    async def load(session_id: int):
+    async def load(session_id: int, expected: int | None):
         loaded.add(session_id)
         return np.arange(len(galleries[session_id]), dtype=np.int64), galleries[session_id]
 
@@ -141,8 +141,10 @@ async def test_a_session_that_grew_past_the_threshold_gets_the_approximate_index
     vectors = gallery.people(12_000, dim=128)
     ids = np.arange(1, len(vectors) + 1, dtype=np.int64)
     committed = 8_000  # the "database"
+    expected_counts: list[int | None] = []
 
-    async def load(session_id: int):
+    async def load(session_id: int, expected: int | None):
+        expected_counts.append(expected)  # the stats' count just read, so the loader need not count again
         return ids[:committed], vectors[:committed]
 
     async def stats(session_id: int):
@@ -165,6 +167,7 @@ async def test_a_session_that_grew_past_the_threshold_gets_the_approximate_index
         index = await second.get(1)
         assert index.kind == "pq-rerank" and len(index) == len(ids)
         assert second.sources[1] == "database"
+        assert expected_counts == [8_000, len(ids)]
     finally:
         second.close()
 

@@ -13,24 +13,11 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import asyncpg
-from helpers import wait_until
+from helpers import terminate_listeners, wait_until
 
 from faceserve import db
 
 CHANNEL = "faceserve_test_channel"
-
-
-async def _terminate_listeners(database_url: str) -> int:
-    admin = await asyncpg.connect(database_url)
-    try:
-        return len(
-            await admin.fetch(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND query LIKE 'LISTEN %' AND pid <> pg_backend_pid()"
-            )
-        )
-    finally:
-        await admin.close()
 
 
 async def test_a_cut_listener_comes_back_and_retries_a_failed_catch_up(database_url: str) -> None:
@@ -51,7 +38,7 @@ async def test_a_cut_listener_comes_back_and_retries_a_failed_catch_up(database_
             await sender.execute("SELECT pg_notify($1, 'before')", CHANNEL)
             await wait_until(lambda: received == ["before"], what="a notification")
 
-            assert await _terminate_listeners(database_url) == 1
+            assert await terminate_listeners(database_url) == 1
             await wait_until(lambda: len(catch_ups) == 2, what="a catch-up retried after it failed")
             await sender.execute("SELECT pg_notify($1, 'after')", CHANNEL)
             await wait_until(lambda: received == ["before", "after"], what="a notification after the reconnect")

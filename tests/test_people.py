@@ -9,9 +9,11 @@ import io
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient
 from helpers import create_session, upload
@@ -359,35 +361,101 @@ async def test_a_reclustering_reads_the_faces_in_one_pass_as_they_are(client: Te
     assert await people_and_faces() == before
 
 
-async def test_a_sessions_embeddings_stream_in_pieces_of_any_size(client: TestClient, event: dict) -> None:
-    """session_embeddings parses COPY bytes as they arrive: records cut anywhere by the pieces come out whole."""
+async def test_a_sessions_embeddings_stream_in_pieces_of_any_size(
+    client: TestClient, event: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """session_embeddings parses COPY bytes as they arrive: records cut anywhere by the pieces, and by the
+    batches gathered for the parsing thread, come out whole."""
     services = client.server.app[SERVICES]
     session_id, dim = event["session_id"], services.engine.embedding_dim
     columns = [("id", ">i8", 0), ("embedding", f"({dim},)<f4", 0)]
     query = "SELECT id, embedding FROM faces WHERE face_session_id = $1 AND embedding_dim = $2 ORDER BY id"
     async with services.pool.acquire() as conn:
         ids, vectors = await db.session_embeddings(conn, session_id, dim)
+        # a count given by the caller only sizes the arrays: too small, they grow; too big, they are cut
+        for expected in (0, 1, 31, 100):
+            assert [a.tobytes() for a in await db.session_embeddings(conn, session_id, dim, expected)] == [
+                ids.tobytes(),
+                vectors.tobytes(),
+            ], expected
         rows = await conn.fetch(query, session_id, dim)
         whole = io.BytesIO()
         await conn.copy_from_query(query, session_id, dim, output=whole, format="binary")
     assert ids.tolist() == [r["id"] for r in rows] and len(ids) == 31
     assert vectors.tobytes() == b"".join(r["embedding"] for r in rows)
     data = whole.getvalue()
-    for piece in (1, 7, 1000, 4099, len(data)):
-        got_ids: list[int] = []
-        got_vectors: list[bytes] = []
+    # a record is 2,070 bytes: batches of 3,000 cut them too
+    for drain in (3_000, binary_copy.DRAIN_BYTES):
+        monkeypatch.setattr(binary_copy, "DRAIN_BYTES", drain)
+        for piece in (1, 7, 1000, 4099, len(data)):
+            got_ids: list[int] = []
+            got_vectors: list[bytes] = []
 
-        def keep(records, got_ids=got_ids, got_vectors=got_vectors) -> None:
-            got_ids.extend(records["id"].tolist())
-            got_vectors.append(records["embedding"].astype("<f4").tobytes())
+            def keep(records, got_ids=got_ids, got_vectors=got_vectors) -> None:
+                got_ids.extend(records["id"].tolist())
+                got_vectors.append(records["embedding"].astype("<f4").tobytes())
 
-        stream = binary_copy._RecordStream(columns, keep)
-        for start in range(0, len(data), piece):
-            await stream.write(data[start : start + piece])
-        stream.finish()
-        assert got_ids == ids.tolist() and b"".join(got_vectors) == vectors.tobytes(), piece
+            stream = binary_copy._RecordStream(columns, keep)
+            for start in range(0, len(data), piece):
+                await stream.write(data[start : start + piece])
+            await stream.finish()
+            assert got_ids == ids.tolist() and b"".join(got_vectors) == vectors.tobytes(), (drain, piece)
     # a COPY cut short is an error, never a shorter session
     short = binary_copy._RecordStream(columns, lambda records: None)
     await short.write(data[:-100])
     with pytest.raises(RuntimeError, match="end"):
-        short.finish()
+        await short.finish()
+    # and so is one whose trailer is missing, or that is no binary COPY: the stream and the whole-buffer
+    # parser check alike
+    for parse in (_parse_streamed, _parse_whole):
+        with pytest.raises(RuntimeError, match="end"):
+            await parse(data[:-2], columns)
+        with pytest.raises(RuntimeError, match="end"):
+            await parse(data + data[-2:], columns)
+        with pytest.raises(RuntimeError, match="not a binary COPY"):
+            await parse(b"PGCOPY\n\xff\r\n\x01" + data[11:], columns)
+        assert (await parse(data, columns)).tolist() == ids.tolist()
+
+
+async def _parse_streamed(data: bytes, columns: list) -> np.ndarray:
+    got: list[np.ndarray] = []
+    stream = binary_copy._RecordStream(columns, lambda records: got.append(records["id"].copy()))
+    await stream.write(data)
+    await stream.finish()
+    return np.concatenate(got)
+
+
+async def _parse_whole(data: bytes, columns: list) -> np.ndarray:
+    return binary_copy.parse_records(io.BytesIO(data), columns)["id"]
+
+
+async def test_a_sessions_embeddings_are_parsed_off_the_event_loop(
+    client: TestClient, event: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Copying a big session's COPY bytes into its arrays and checking them (2 GB for a million faces) runs
+    on a worker thread, batch by batch while the COPY streams, never on the event loop's."""
+    services = client.server.app[SERVICES]
+    session_id, dim = event["session_id"], services.engine.embedding_dim
+    loop_thread = threading.current_thread()
+    parsed_on: list[tuple[threading.Thread, int]] = []
+    feed = binary_copy._RecordParser.feed
+
+    def recording_feed(parser, pieces: list[bytes]) -> None:
+        parsed_on.append((threading.current_thread(), sum(len(p) for p in pieces)))
+        feed(parser, pieces)
+
+    monkeypatch.setattr(binary_copy._RecordParser, "feed", recording_feed)
+    # 31 faces are 64 KB of COPY: batches of 8 KB stand for a million faces' batches of 32 MB
+    monkeypatch.setattr(binary_copy, "DRAIN_BYTES", 8 * 2**10)
+    async with services.pool.acquire() as conn:
+        ids, vectors = await db.session_embeddings(conn, session_id, dim)
+        stored = await conn.fetch(
+            "SELECT id, embedding FROM faces WHERE face_session_id = $1 ORDER BY id", session_id
+        )
+    assert ids.tolist() == [r["id"] for r in stored] and len(ids) == 31
+    assert vectors.tobytes() == b"".join(r["embedding"] for r in stored)
+    # every byte went through the parser, in batches while the COPY streamed and one at its end, none of them
+    # on the loop's thread
+    assert sum(size for _, size in parsed_on) == 19 + 31 * (2 + 4 + 8 + 4 + 4 * dim) + 2
+    assert len(parsed_on) >= 2
+    assert all(thread is not loop_thread for thread, _ in parsed_on)

@@ -38,10 +38,16 @@ async def test_a_sweep_takes_only_what_writers_now_gone_left(
     for path in paths.values():  # files put in place by uploads that have not committed
         storage.absolute(path).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(photos["t1"], storage.absolute(path))
-    live, _ = await _writer(dsn)
+    live, live_pid = await _writer(dsn)
     dead, dead_pid = await _writer(dsn)
     await upload_intents.record(live, paths["live"])
     await upload_intents.record(dead, paths["dead"])
+    # each row names its writer's backend by pid and start time: a newer backend reusing the pid is another
+    owners = await services.pool.fetch("SELECT owner_pid, owner_started FROM pending_uploads ORDER BY owner_pid")
+    backends = await services.pool.fetch(
+        "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = ANY($1::int[]) ORDER BY pid", [live_pid, dead_pid]
+    )
+    assert [tuple(r) for r in owners] == [tuple(r) for r in backends] and len(owners) == 2
     # two deletes committed, their folders not yet removed: one by the live writer, one by the dead one
     live_session = (await (await client.post("/api/face/sessions", json={"name": "b"})).json())["data"]["id"]
     dead_session = (await (await client.post("/api/face/sessions", json={"name": "c"})).json())["data"]["id"]

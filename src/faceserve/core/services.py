@@ -165,8 +165,8 @@ async def open_services(
         )
         stack.push_async_callback(recogniser.close)  # before the inference threads stop (closed in reverse)
 
-        async def load_session(session_id: int) -> tuple[np.ndarray, np.ndarray]:
-            return await db.session_embeddings(pool, session_id, engine.embedding_dim)
+        async def load_session(session_id: int, expected: int | None) -> tuple[np.ndarray, np.ndarray]:
+            return await db.session_embeddings(pool, session_id, engine.embedding_dim, expected)
 
         async def session_stats(session_id: int) -> tuple[int, int]:
             return await db.session_face_stats(pool, session_id, engine.embedding_dim)

@@ -46,13 +46,18 @@ def _pg_array(values: Sequence[float]) -> str:
     return "{" + ",".join(repr(float(v)) for v in values) + "}"
 
 
-async def session_embeddings(conn: Connection, session_id: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+async def session_embeddings(
+    conn: Connection, session_id: int, dim: int, expected: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(ids int64, embeddings float32 n x dim) of a session's faces, for building its index or clustering.
+    `expected`: the face count the caller has just read (session_face_stats), to size the arrays; counted
+    here when not given.
 
     Binary COPY: rows arrive as fixed-size records, parsed by numpy a batch at a time straight into the
-    arrays returned, not row by row and never holding the COPY's bytes and the array at once."""
-    counted, _ = await session_face_stats(conn, session_id, dim)
-    embeddings = _Embeddings(counted, dim)
+    arrays returned, off the event loop, never holding the COPY's bytes and the array at once."""
+    if expected is None:
+        expected, _ = await session_face_stats(conn, session_id, dim)
+    embeddings = _Embeddings(expected, dim)
     await stream_records(
         conn,
         [("id", ">i8", 0), ("embedding", f"({dim},)<f4", 0)],
@@ -65,8 +70,8 @@ async def session_embeddings(conn: Connection, session_id: int, dim: int) -> tup
 
 
 class _Embeddings:
-    """Arrays filled as COPY batches arrive, sized by a count taken just before (grown if faces were added
-    in between, which a caller outside a transaction may see)."""
+    """Arrays filled as COPY batches arrive (on a worker thread), sized by a count taken just before (grown if
+    faces were added in between, which a caller outside a transaction may see)."""
 
     def __init__(self, capacity: int, dim: int) -> None:
         self.ids = np.empty(capacity, dtype=np.int64)

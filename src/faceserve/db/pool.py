@@ -56,7 +56,8 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """Pool reset on release. asyncpg always rolls back an open transaction and drops listeners first; its
     default then runs `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`, a round trip
     after every query of every request. Nothing here changes session state (no SET, no session advisory
-    locks, no LISTEN or WITH HOLD cursors on pool connections: index/sync.py listens on its own connection)."""
+    locks, no LISTEN or WITH HOLD cursors on pool connections: db/notifications.py listens on its own
+    connection)."""
 
 
 async def create_pool(dsn: str, min_size: int, max_size: int) -> asyncpg.Pool:

@@ -14,8 +14,9 @@ from .pool import Connection
 # advisory lock (one key): start-up sweeps take turns, across the processes of every node of a fleet
 SWEEP_LOCK = 0x5F_EE_70
 
-# the values of (owner_pid, owner_started) for a row written by this connection
-OWNER_VALUES = "pg_backend_pid(), (SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid())"
+# the values of (owner_pid, owner_started) for a row written by this connection: the function for one pid, as
+# the pg_stat_activity view would build every backend's row (with its role and database) on every upload and delete
+OWNER_VALUES = "pg_backend_pid(), (SELECT backend_start FROM pg_stat_get_activity(pg_backend_pid()))"
 
 
 def owner_gone(alias: str) -> str:

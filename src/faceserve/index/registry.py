@@ -34,8 +34,9 @@ from .store import IndexStore
 log = logging.getLogger(__name__)
 
 SessionIndex = PqRerankIndex | ExactIndex | TombstoneFlatIndex | CupyFlatIndex
-# session id -> (face ids, embeddings) read from the database
-Loader = Callable[[int], Awaitable[tuple[np.ndarray, np.ndarray]]]
+# (session id, its face count just read by the StatsLoader or None) -> (face ids, embeddings) read from the
+# database; the count sizes the arrays, so the loader need not count again
+Loader = Callable[[int, int | None], Awaitable[tuple[np.ndarray, np.ndarray]]]
 # session id -> (face count, max face id) in the database
 StatsLoader = Callable[[int], Awaitable[tuple[int, int]]]
 
@@ -133,6 +134,7 @@ class IndexRegistry:
         return None
 
     async def _open(self, session_id: int) -> SessionIndex:
+        count: int | None = None
         if self._store is not None and self._stats is not None:
             count, max_id = await self._stats(session_id)
             saved = await self._run_unserved(self._store.load, session_id, count, max_id)
@@ -142,7 +144,7 @@ class IndexRegistry:
                     log.info("index of session %d loaded from disk: %d faces (%s)", session_id, count, saved.kind)
                     self.sources[session_id] = "disk"
                     return placed
-        ids, vectors = await self._loader(session_id)
+        ids, vectors = await self._loader(session_id, count)
         index = await self._run_unserved(self._build, ids, vectors)
         log.info("index of session %d built from the database: %d faces (%s)", session_id, len(ids), index.kind)
         self.sources[session_id] = "database"
