@@ -1,8 +1,9 @@
 """The people of an event on the web page, in Debian's Chromium against the real service: the shipped photos
 uploaded, their faces grouped, then a guest without a selfie browses the people (most photographed first,
 "More people" by the API's cursor) and opens Yao Ming's photos; an organiser takes a wrongly grouped face out
-of him, merges two people by keyboard and sees a refused merge explained by the service's own message; the
-API reflects each change. A key that may not list people shows no people.
+of him (its crop in the dialog, which Esc does not close while the service is answering), merges two people by
+keyboard and sees a refused merge explained by the service's own message; the API reflects each change. A key
+that may not list people shows no people.
 
 Every face of a clear size is a person here (PEOPLE_MIN_FACES=1): four photos then make more people than
 one page of the grid holds. Set FACESERVE_SCREENSHOTS=/some/dir to keep what the browser showed.
