@@ -114,6 +114,10 @@ async def test_clustering_finds_the_people_in_several_photos(client: TestClient,
             assert image["url"].endswith(f"/api/face/image/{image['image_id']}")
             assert image["identity"].startswith(f"{session_id}/db/")
             assert len(image["box"]) == 4
+            # the crop of this person's face in that photo, served (and signed) as the cover is
+            assert URL(image["face_url"]).path == f"/api/face/face/{image['face_id']}"
+            crop = await client.get(URL(image["face_url"]).path_qs)
+            assert crop.status == 200 and crop.content_type == "image/jpeg"
     assert photo_sets.count(frozenset({event["players.jpg"], event["yaoming.jpg"]})) == 1
     assert photo_sets.count(frozenset({event["t1.jpg"], event["t1-mirror.jpg"]})) == 6
     # the cover is one of the person's faces, served as a crop

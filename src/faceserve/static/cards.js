@@ -11,16 +11,22 @@ function fileName(identity) {
   return identity.split("/").pop();
 }
 
+// src and srcset of an image shown at about these widths: the service's nearest ?w= sizes, or the file
+// itself where the service makes none
+export function sizedSources(url, displayWidths) {
+  const sizes = derivativeSizes();
+  if (!sizes.length) return { src: url, srcset: null };
+  const widths = [...new Set(displayWidths.map((w) => pickWidth(sizes, w)))];
+  return { src: withWidth(url, widths[0]), srcset: widths.map((w) => `${withWidth(url, w)} ${w}w`).join(", ") };
+}
+
 // photo: {identity, image_id, url} (a search match or a person's photo); label: the thumbnail's alt text
 export function photoCard(photo, label, ...extraActions) {
-  const sizes = derivativeSizes();
-  const widths = [...new Set(THUMB_WIDTHS.map((w) => pickWidth(sizes, w)))];
   const img = el("img", {
     alt: label,
     loading: "lazy",
     decoding: "async",
-    src: sizes.length ? withWidth(photo.url, widths[0]) : photo.url,
-    srcset: sizes.length ? widths.map((w) => `${withWidth(photo.url, w)} ${w}w`).join(", ") : null,
+    ...sizedSources(photo.url, THUMB_WIDTHS),
     sizes: "(max-width: 600px) 50vw, 240px",
   });
   return el(

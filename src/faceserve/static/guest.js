@@ -3,7 +3,7 @@
 import { api } from "./api.js";
 import { photoCard } from "./cards.js";
 import { peopleView } from "./people.js";
-import { $, describeError, el, showNotice } from "./ui.js";
+import { $, describeError, el, plural, showNotice } from "./ui.js";
 
 // Selfies from phone cameras are 3-12 MB; the detector looks at 640 px. Sending at most this many pixels
 // on a side keeps a search on mobile data to a second or two and changes nothing it finds.
@@ -94,7 +94,7 @@ async function searchWith(file) {
     status.textContent =
       count === 0
         ? "No photos of you here yet. Try another selfie: face the camera, in good light."
-        : `You are in ${count} photo${count === 1 ? "" : "s"}. Open one to see it in full.`;
+        : `You are in ${plural(count, "photo")}. Open one to see it in full.`;
     renderMatches(data.matches);
   } catch (error) {
     status.textContent =

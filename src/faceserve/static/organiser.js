@@ -2,7 +2,7 @@
 
 import { api, currentKey, uploadFile } from "./api.js";
 import { peopleView } from "./people.js";
-import { $, describeError, el, showNotice } from "./ui.js";
+import { $, describeError, el, plural, showNotice } from "./ui.js";
 
 // Files sent at once: one request per file, so each shows its own progress and error. Two keep the
 // connection busy while the service finds faces in the previous one; more only queue on the server.
@@ -119,8 +119,8 @@ async function openSession(id) {
 }
 
 function showCounts(session) {
-  const photos = `${session.image_count} photo${session.image_count === 1 ? "" : "s"}`;
-  $("manage-counts").textContent = `${photos}, ${session.face_count} face${session.face_count === 1 ? "" : "s"}`;
+  const photos = plural(session.image_count, "photo");
+  $("manage-counts").textContent = `${photos}, ${plural(session.face_count, "face")}`;
 }
 
 async function refreshCounts() {
@@ -290,7 +290,7 @@ async function send(job) {
       }
     });
     job.progress.value = 1;
-    const faces = `${image.faces} face${image.faces === 1 ? "" : "s"}`;
+    const faces = plural(image.faces, "face");
     setState(job, "done", image.created === false ? `already here (${faces})` : faces);
     totals.done += 1;
   } catch (error) {

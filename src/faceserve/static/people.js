@@ -3,50 +3,27 @@
 // An organiser's copy also merges two people into one and takes a wrongly grouped face out of a person.
 // Guests get it with a key that may list people (the search scope); a key that may not hides it.
 
-import { api, derivativeSizes, pickWidth, withWidth } from "./api.js";
-import { photoCard } from "./cards.js";
+import { api } from "./api.js";
+import { photoCard, sizedSources } from "./cards.js";
 import { confirmAction } from "./dialog.js";
-import { describeError, el } from "./ui.js";
+import { describeError, el, plural } from "./ui.js";
 
 const PEOPLE_PAGE = 24; // 8 rows of 3 on a phone, 3 rows on a desktop
 const PHOTOS_PAGE = 24;
-// covers are 88-112 px circles: these widths serve them at 1x and 2x
+// covers are 72-120 px circles: these widths serve them at 1x and 2x
 const COVER_WIDTHS = [128, 240];
 
-function plural(count, word) {
-  return `${count} ${word}${count === 1 ? "" : "s"}`;
-}
-
-function coverImage(person, className) {
-  if (!person.cover_url) return el("span", { class: `${className} cover-missing`, "aria-hidden": "true" });
-  const sizes = derivativeSizes();
-  const widths = [...new Set(COVER_WIDTHS.map((w) => pickWidth(sizes, w)))];
+// a face crop (a person's cover, the face a take-out moves) as a circle; url null: a blank circle
+function coverImage(url, className, alt = "") {
+  if (!url) return el("span", { class: `${className} cover-missing`, "aria-hidden": "true" });
   return el("img", {
     class: className,
-    alt: "",
+    alt,
     loading: "lazy",
     decoding: "async",
-    src: sizes.length ? withWidth(person.cover_url, widths[0]) : person.cover_url,
-    srcset: sizes.length ? widths.map((w) => `${withWidth(person.cover_url, w)} ${w}w`).join(", ") : null,
-    sizes: "112px",
+    ...sizedSources(url, COVER_WIDTHS),
+    sizes: "120px",
   });
-}
-
-// The face a card stands for, cut from the original photo: the box padded to a square, scaled into a circle.
-function faceCrop(photo) {
-  const frame = el("div", { class: "face-crop" });
-  const img = el("img", { alt: "The face to take out", src: photo.url, decoding: "async" });
-  img.addEventListener("load", () => {
-    const [x1, y1, x2, y2] = photo.box;
-    const side = Math.max(x2 - x1, y2 - y1) * 1.6;
-    const scale = frame.clientWidth / side;
-    img.style.width = `${img.naturalWidth * scale}px`;
-    img.style.left = `${frame.clientWidth / 2 - ((x1 + x2) / 2) * scale}px`;
-    img.style.top = `${frame.clientHeight / 2 - ((y1 + y2) / 2) * scale}px`;
-    frame.classList.add("ready");
-  });
-  frame.append(img);
-  return frame;
 }
 
 // root: an empty <section>; editable: the organiser's copy (merge and split)
@@ -62,7 +39,7 @@ export function peopleView(root, { editable, heading }) {
   const grid = el("ul", { class: "people-grid" });
   const status = el("p", { class: "people-status", role: "status", "aria-live": "polite" });
   const more = el("button", { type: "button", class: "secondary more", hidden: true }, "More people");
-  const mergeCount = el("span", { class: "merge-count" });
+  const mergeCount = el("span", { class: "merge-count", role: "status" });
   const mergeButton = el("button", { type: "button", class: "merge", disabled: true }, "Merge");
   const clearButton = el("button", { type: "button", class: "secondary" }, "Clear");
   const mergeBar = el(
@@ -89,7 +66,12 @@ export function peopleView(root, { editable, heading }) {
     ...(editable ? [mergeBar] : []),
   );
 
-  const back = el("button", { type: "button", class: "secondary back" }, "← All people");
+  const back = el(
+    "button",
+    { type: "button", class: "secondary back" },
+    el("span", { "aria-hidden": "true" }, "←"),
+    " All people",
+  );
   const personCover = el("div", { class: "person-cover" });
   const personTitle = el("h2", { class: "person-title", tabindex: "-1" });
   const personCounts = el("p", { class: "muted person-counts" });
@@ -120,7 +102,7 @@ export function peopleView(root, { editable, heading }) {
         class: "person-open",
         "aria-label": `Person ${rank}: ${plural(entry.image_count, "photo")}`,
       },
-      coverImage(entry, "cover"),
+      coverImage(entry.cover_url, "cover"),
       el("span", { class: "count" }, plural(entry.image_count, "photo")),
     );
     open.addEventListener("click", () => openPerson(entry, true));
@@ -208,9 +190,9 @@ export function peopleView(root, { editable, heading }) {
         el(
           "div",
           { class: "pair" },
-          coverImage(keep, "cover"),
+          coverImage(keep.cover_url, "cover"),
           el("span", { "aria-hidden": "true" }, "+"),
-          coverImage(other, "cover"),
+          coverImage(other.cover_url, "cover"),
         ),
         el(
           "p",
@@ -235,6 +217,8 @@ export function peopleView(root, { editable, heading }) {
     }
     await loadPeople(true);
     status.textContent = `Merged: one person in ${plural(merged.person.image_count, "photo")}.`;
+    // the merge bar is gone with the selection: focus the person both became, as coming back does
+    focusPerson(merged.person.person_id);
   }
 
   mergeButton.addEventListener("click", merge);
@@ -289,7 +273,7 @@ export function peopleView(root, { editable, heading }) {
   }
 
   function showPersonHead() {
-    personCover.replaceChildren(coverImage(person, "cover big"));
+    personCover.replaceChildren(coverImage(person.cover_url, "cover big"));
     personTitle.textContent = `In ${plural(person.image_count, "photo")}`;
     personCounts.textContent = editable ? plural(person.face_count, "face") : "";
   }
@@ -315,7 +299,7 @@ export function peopleView(root, { editable, heading }) {
     const done = await confirmAction({
       title: "Take this face out?",
       body: [
-        faceCrop(photo),
+        coverImage(photo.face_url, "cover face-out", "The face to take out"),
         el(
           "p",
           {},
@@ -333,7 +317,8 @@ export function peopleView(root, { editable, heading }) {
         }
       },
     });
-    if (person !== before) return;
+    // another person opened meanwhile (a "More photos" page replaces `person`, the same one)
+    if (!person || person.person_id !== before.person_id) return;
     if (!done) {
       if (refused) await loadPhotos(true);
       return;
@@ -341,6 +326,7 @@ export function peopleView(root, { editable, heading }) {
     person = result.person;
     await loadPhotos(true);
     photosStatus.textContent = "Taken out: that face is now a person of its own.";
+    personTitle.focus({ preventScroll: true }); // its card and button are gone: back to the top of the person
   }
 
   function showGrid() {
@@ -350,9 +336,14 @@ export function peopleView(root, { editable, heading }) {
     personView.hidden = true;
     gridView.hidden = false;
     loadPeople(true).then(() => {
-      const again = was && grid.querySelector(`[data-person-id="${was.person_id}"] .person-open`);
-      if (again) again.focus();
+      if (was) focusPerson(was.person_id);
     });
+  }
+
+  // the open button of a person on the grid, where they are listed
+  function focusPerson(personId) {
+    const open = grid.querySelector(`[data-person-id="${personId}"] .person-open`);
+    if (open) open.focus();
   }
 
   back.addEventListener("click", () => {

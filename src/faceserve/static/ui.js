@@ -14,6 +14,11 @@ export function el(tag, attributes = {}, ...children) {
   return element;
 }
 
+// plural(3, "photo") is "3 photos", plural(1, "photo") "1 photo"
+export function plural(count, word) {
+  return `${count} ${word}${count === 1 ? "" : "s"}`;
+}
+
 export function showNotice(message) {
   const notice = $("notice");
   notice.textContent = message;
