@@ -68,7 +68,7 @@ async def test_a_catch_up_that_keeps_failing_holds_up_neither_the_others_nor_the
         sender = await asyncpg.connect(database_url)
         try:
             for cut in (1, 2):  # the second cut comes while the broken catch-up is still being retried
-                assert await _terminate_listeners(database_url) == 1
+                assert await terminate_listeners(database_url) == 1
                 await wait_until(lambda cut=cut: len(healthy_catch_ups) == cut, what=f"catch-up after cut {cut}")
                 await wait_until(lambda: len(broken_tries) >= 2, what="the broken catch-up retried")
                 await sender.execute("SELECT pg_notify($1, $2)", CHANNEL, f"after cut {cut}")
