@@ -4,13 +4,15 @@ still sends itself. The answers through a real nginx are compared with direct on
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import replace
 
 import pytest
 from helpers import IMAGE_STORES, create_session, upload
 
 from faceserve.app import create_app
-from faceserve.http.appkeys import SERVICES
+from faceserve.core import signing
+from faceserve.http.appkeys import SERVICES, URLS
 
 PREFIX = "/_faceserve_files/"
 ASKED = {"X-Sendfile-Type": "X-Accel-Redirect"}
@@ -115,6 +117,21 @@ async def test_a_file_seen_present_a_moment_ago_is_handed_off_without_opening_it
     gone = await client.get(url, headers=ASKED)
     assert gone.status == 404 and (await gone.json())["error"]["code"] == "image_not_found"
     assert opened == [str(path)]
+
+
+@pytest.mark.parametrize("image_store", ["file"])
+async def test_a_signed_hand_off_is_cached_no_longer_than_its_own_signature(settings, engine, aiohttp_client, photos):
+    """The hand-off's headers are made once per image, but each signed URL's Cache-Control is its own."""
+    client = await aiohttp_client(create_app(replace(settings, accel_redirect=PREFIX, public_images=False), engine))
+    [image] = await upload(client, await create_session(client), ("t1.jpg", photos["t1"].read_bytes()))
+    path = f"/api/face/image/{image['image_id']}"
+    keys = client.server.app[URLS].keys
+    for expires_in in (3600, 600, 7200):
+        target = f"{path}?{signing.sign(keys, path, int(time.time()) + expires_in)}"
+        handed = await client.get(target, headers=ASKED)
+        assert handed.status == 200 and handed.headers["X-Accel-Redirect"] == PREFIX + image["identity"]
+        max_age = int(handed.headers["Cache-Control"].removeprefix("public, max-age="))
+        assert expires_in - 5 <= max_age <= expires_in, handed.headers["Cache-Control"]
 
 
 def test_the_prefix_must_be_a_location_path():

@@ -10,6 +10,7 @@ A photo's identity is its path below face_sessions/ ("{session_id}/db/{stored_na
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +47,7 @@ class SessionLayout:
 
     root: Path
 
-    @property
+    @functools.cached_property  # on every request's path (a hand-off's): made once
     def sessions_root(self) -> Path:
         return self.root / SESSIONS_DIR
 

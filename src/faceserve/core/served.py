@@ -41,9 +41,9 @@ class ServedFile:
     sha256_hex: str = ""
     # time.monotonic() until which the bytes count as present without looking (answers without a body)
     present_until: float = float("-inf")
-    # the file's path under the sessions root as an X-Accel-Redirect carries it, worked out on the first
-    # hand-off (http/accel.py); "" where it cannot be handed off, None until then
-    accel_relative: str | None = None
+    # the headers of the bodiless answer that hands the file to nginx (http/accel.py), made on the first
+    # hand-off and shared by the next (never changed); empty where it cannot be handed off, None until then
+    accel_headers: dict[str, str] | None = None
 
     @property
     def id(self) -> int:  # stores.StoredImage

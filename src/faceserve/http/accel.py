@@ -34,7 +34,6 @@ from ..core.served import ServedFile
 from . import conditional
 
 _ACCEL = "X-Accel-Redirect"
-_NGINX_REVALIDATES_AGAINST_ITS_OWN_VALIDATORS = ("If-Match", "If-Unmodified-Since", "If-Range")
 # what an X-Accel-Redirect URI may carry unescaped (stored names are made of these; imported ones may not be)
 _PLAIN_PATH = re.compile(r"[A-Za-z0-9._/-]+")
 
@@ -53,7 +52,8 @@ def hand_off(
     headers = request.headers
     if status != 200 or request.method != "GET" or headers.get("X-Sendfile-Type") != _ACCEL:
         return None
-    if any(name in headers for name in _NGINX_REVALIDATES_AGAINST_ITS_OWN_VALIDATORS):
+    # nginx would revalidate these against its own validators
+    if "If-Match" in headers or "If-Unmodified-Since" in headers or "If-Range" in headers:
         return None
     if "Range" in headers:
         if fd is None:
@@ -63,24 +63,24 @@ def hand_off(
                 return None  # ignored here; nginx might answer 416
         except conditional.Unsatisfiable:
             return None  # the origin's 416 carries its own headers
-    relative = _relative(entry, sessions_root)
-    if not relative:
+    answer = entry.accel_headers
+    if answer is None:
+        answer = entry.accel_headers = _headers(entry, prefix, sessions_root)
+    if not answer:
         return None
-    answer = dict(entry.headers)
-    if cache_control is not None:
-        answer["Cache-Control"] = cache_control  # never cached past the signature's expiry
-    answer["Content-Type"] = entry.content_type
-    answer[_ACCEL] = prefix + relative
-    return web.Response(status=200, headers=answer)
+    if cache_control is None:
+        return web.Response(status=200, headers=answer)
+    return web.Response(status=200, headers={**answer, "Cache-Control": cache_control})  # not past the signature's expiry
 
 
-def _relative(entry: ServedFile, sessions_root: Path) -> str:
-    """entry's path under the sessions root, as an X-Accel-Redirect URI may carry it unescaped; "" where it
-    cannot. Worked out once per entry: the hand-off is on every cold request's path."""
-    if entry.accel_relative is None:
-        try:
-            relative = entry.path.relative_to(sessions_root).as_posix()
-        except ValueError:
-            relative = ""
-        entry.accel_relative = relative if _PLAIN_PATH.fullmatch(relative) and ".." not in relative else ""
-    return entry.accel_relative
+def _headers(entry: ServedFile, prefix: str, sessions_root: Path) -> dict[str, str]:
+    """The hand-off's headers for entry: its 200's, Content-Type and the X-Accel-Redirect URI, which carries
+    the path under the sessions root unescaped; empty where it cannot. Worked out once per entry: the
+    hand-off is on every cold request's path, where a node's own 304 (answered from memory) sets the pace."""
+    try:
+        relative = entry.path.relative_to(sessions_root).as_posix()
+    except ValueError:
+        return {}
+    if not _PLAIN_PATH.fullmatch(relative) or ".." in relative:
+        return {}
+    return {**dict(entry.headers), "Content-Type": entry.content_type, _ACCEL: prefix + relative}
