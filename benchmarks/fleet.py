@@ -17,7 +17,9 @@ generators, so read ratios measured in one run, not absolute rates. Only 127.0.0
   nginx serving the same stored file (benchmarks/serve.py's config), (c) the shipped config with its cache
   off, so every request reaches a node, which hands the body back with X-Accel-Redirect, (d) a node's own
   304 (the cheapest thing the origin answers), (e) the cached config with tcp_nopush on; at 64 connections,
-  then (a) and (c) again at 1,000.
+  then (a) and (c) again at 1,000. Then the speed goals in adjacent pairs (paired_goals): warm 200 and 304
+  against bare nginx, and a node's own 304 against the file tier's X-Accel-Redirect 200, with the cores
+  shared and with the node on a core of its own.
 - slow: 200 clients reading a 5 MB image at 100 KB/s each, through nginx and straight from a node: how many
   connections the node holds meanwhile.
 - propagation: an upload through one app instance until the other's index holds its faces, and a delete
@@ -147,16 +149,20 @@ def big_jpeg(target_bytes: int = 5_000_000) -> bytes:
         scale *= 1.3
 
 
-def run_wrk(target: Target, case: str, seconds: int, connections: int) -> tuple[WrkResult, int]:
+def run_wrk(
+    target: Target, case: str, seconds: int, connections: int, cpus: set[int] | None = None
+) -> tuple[WrkResult, int]:
     """wrk with a 10 s timeout (its 2 s default counts a queue at 1,000 connections on 2 cores as errors);
-    answers the result (errors: non-2xx/3xx answers and socket errors) and the timeouts among them."""
+    answers the result (errors: non-2xx/3xx answers and socket errors) and the timeouts among them.
+    cpus: the cores wrk may run on (None: any)."""
     command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "--latency"]
     if case == "304":
         command += ["-H", f"If-None-Match: {target.etag}"]
     elif case == "hand-off":  # what the file tier asks of a node: the bodiless X-Accel-Redirect answer
         command += ["-H", "X-Sendfile-Type: X-Accel-Redirect"]
     done = subprocess.run(
-        command + [target.url], capture_output=True, text=True, timeout=seconds + 90, check=True
+        command + [target.url], capture_output=True, text=True, timeout=seconds + 90, check=True,
+        preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
     )
     timeouts = re.search(r"timeout (\d+)", done.stdout)
     return parse_wrk(done.stdout), int(timeouts.group(1)) if timeouts else 0
@@ -239,6 +245,7 @@ def images(fleet: Fleet, folder: Path, seconds: int) -> list[str]:
             nopush = checked_target("fleet", fleet.url + path, photo)
             run("warm cache, tcp_nopush on", nopush, "200", 64)
             print(f"images: turn {turn + 1} done", file=sys.stderr)
+        paired = paired_goals(fleet, bare_target, node_target, path, photo)
         _restart_nginx(fleet, ["a", "b"])
     bare_rps = {c: [r.rps for r in rows[("bare nginx", c, 64)]] for c in ("200", "304")}
     lines = [
@@ -260,6 +267,95 @@ def images(fleet: Fleet, folder: Path, seconds: int) -> list[str]:
             f"{min(rps) / base:.2f}-{max(rps) / base:.2f} | "
             f"{statistics.median(node_cpu_us[(label, case, connections)]):.0f} us |"
         )
+    return lines + [""] + paired
+
+
+PAIRS = 10
+PAIR_SECONDS = 2
+
+
+def _pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of a process and of its children (nginx's workers) onto these cores."""
+    import psutil
+
+    root = psutil.Process(pid)
+    for process in [root, *root.children(recursive=True)]:
+        for thread in process.threads():
+            os.sched_setaffinity(thread.id, cpus)
+
+
+def _pairs(
+    base: tuple[Target, str], measured: tuple[Target, str], node_pid: int, cpus: set[int] | None = None
+) -> tuple[list[float], list[float], list[float], list[float]]:
+    """PAIRS adjacent wrk runs of PAIR_SECONDS at 64 connections, the base's and the measured's, order
+    alternating: their req/s and the node's CPU per request for each side."""
+    rps: tuple[list[float], list[float]] = ([], [])
+    cpu: tuple[list[float], list[float]] = ([], [])
+    for pair in range(PAIRS):
+        for side in (0, 1) if pair % 2 == 0 else (1, 0):
+            target, case = (base, measured)[side]
+            before = cpu_seconds(node_pid)
+            result, _ = run_wrk(target, case, PAIR_SECONDS, 64, cpus)
+            if result.errors:
+                raise RuntimeError(f"paired runs: {result.errors} errors on {target.url}")
+            cpu[side].append(1e6 * (cpu_seconds(node_pid) - before) / max(1, result.requests))
+            rps[side].append(result.rps)
+    return rps[0], rps[1], cpu[0], cpu[1]
+
+
+def paired_goals(fleet: Fleet, bare: Target, node_target: Target, path: str, photo: bytes) -> list[str]:
+    """The speed goals, each measured in adjacent pairs: this machine's speed drifts by tens of per cent
+    within seconds, so a ratio is only taken within a pair. Warm: bare nginx against the shipped config's
+    cache hits. Cold: a node's own 304 (straight) against the file tier's X-Accel-Redirect 200 of the same
+    image with one node behind it (both sides one process's work), twice: with every process on any core,
+    and with the node alone on one core and nginx and wrk on the others, as when the clients are other
+    machines (on shared cores, wrk and nginx moving each 200's body take CPU the node's 304s never shared)."""
+    node_pid = fleet.nodes["a"].process.pid
+    everything = os.sched_getaffinity(0)
+    node_core = {min(everything)}
+    others = everything - node_core
+    lines = [
+        (f"Paired: {PAIRS} pairs of {PAIR_SECONDS} s wrk runs at 64 connections, the two sides one after the "
+        "other, order alternating"),
+        "",
+        ("| goal | base: req/s | measured: req/s | measured/base per pair: median (min-max) "
+        "| node CPU per request: base / measured |"),
+        "|---|---|---|---|---|",
+    ]
+
+    def row(label: str, base: tuple[Target, str], measured: tuple[Target, str], cpus: set[int] | None = None) -> None:
+        base_rps, measured_rps, base_cpu, measured_cpu = _pairs(base, measured, node_pid, cpus)
+        ratios = [m / b for m, b in zip(measured_rps, base_rps)]
+        lines.append(
+            f"| {label} | {min(base_rps):,.0f}-{max(base_rps):,.0f} | {min(measured_rps):,.0f}-{max(measured_rps):,.0f} "
+            f"| {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) "
+            f"| {statistics.median(base_cpu):.0f} / {statistics.median(measured_cpu):.0f} us |"
+        )
+        print(lines[-1], file=sys.stderr)
+
+    _restart_nginx(fleet, ["a", "b"])
+    cached = checked_target("fleet", fleet.url + path, photo)
+    row("warm 200 ≥ 0.8x: bare nginx / shipped config, cache hits", (bare, "200"), (cached, "200"))
+    row("warm 304 ≥ 0.8x: bare nginx / shipped config, cache hits", (bare, "304"), (cached, "304"))
+    files_port = _free_port()
+    _restart_nginx(  # node a only
+        fleet,
+        ["a"],
+        {
+            "proxy_cache faceserve_images;": "proxy_cache off;",
+            "backlog=4096;": f"backlog=4096;\n        listen 127.0.0.1:{files_port} backlog=4096;",
+        },
+    )
+    tier = checked_target("files", f"http://127.0.0.1:{files_port}{path}", photo)
+    cold = ((node_target, "304"), (tier, "200"))
+    row("cold ≥ 0.9x: a node's own 304 / file tier's X-Accel-Redirect 200, cores shared", *cold)
+    if others:
+        try:
+            _pin(node_pid, node_core)
+            _pin(fleet.nginx.pid, others)
+            row(f"the same, the node alone on core {min(node_core)}, nginx and wrk on the rest", *cold, others)
+        finally:
+            _pin(node_pid, everything)
     return lines
 
 
