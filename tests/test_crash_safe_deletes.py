@@ -160,3 +160,59 @@ async def test_an_upload_whose_commit_answer_was_lost_keeps_its_file_only_if_its
 
     assert _files(services.storage.root) == await _rows(services) == {committed_path}
     assert await services.pool.fetchval("SELECT count(*) FROM pending_uploads") == 0
+
+
+async def test_a_delete_leaves_its_file_to_an_upload_of_the_same_bytes_in_flight(
+    client: TestClient, services, photos: dict[str, Path]
+) -> None:
+    """The same photo deleted on one node while it is uploaded again on another (the same bytes and name: the
+    same path). The upload recorded its intent and puts its file there before its row commits; a delete that
+    looked for a row and then removed the file would take the new upload's file with it. The delete leaves
+    the file to the upload, and an upload that gives up removes it."""
+    import asyncpg
+
+    from faceserve.core import upload_intents
+
+    session_id = (await (await client.post("/api/face/sessions", json={"name": "a"})).json())["data"]["id"]
+    image = await _upload(client, session_id, "t1.jpg", photos["t1"].read_bytes())
+    path = f"face_sessions/{image['identity']}"
+    other_node = await asyncpg.connect(services.settings.database_url)  # its upload's connection, alive
+    try:
+        await upload_intents.record(other_node, path)
+        assert (await client.delete(f"/api/face/image/{image['image_id']}")).status == 200
+        assert services.storage.absolute(path).is_file(), "the delete removed the file of an upload in flight"
+        async with services.pool.acquire() as conn:  # a start's sweep leaves it too
+            await tombstones.finish_pending_removals(conn, services.storage)
+        assert services.storage.absolute(path).is_file()
+
+        await upload_intents.give_up(services.pool, services.storage, path)  # that upload fails after all
+        assert not services.storage.absolute(path).exists()
+        assert await services.pool.fetchval("SELECT count(*) FROM pending_uploads") == 0
+    finally:
+        await other_node.close()
+
+
+async def test_an_upload_records_its_intent_only_between_removals_of_its_path(client: TestClient, services) -> None:
+    """A removal decides and removes under the path's lock; an upload of that path waits for it to record its
+    intent (and only then puts its file in place), so no removal decided before the intent removes after."""
+    import asyncio
+
+    import asyncpg
+
+    from faceserve.core import upload_intents
+
+    path = layout.file_path(1, "0123456789abcdef_same.jpg")
+    other_node = await asyncpg.connect(services.settings.database_url)
+    try:
+        async with services.pool.acquire() as conn, conn.transaction():
+            await db.lock_path(conn, path)  # a removal deciding
+            recording = asyncio.ensure_future(upload_intents.record(other_node, path))
+            await asyncio.sleep(0.5)
+            assert not recording.done(), "the upload recorded its intent while a removal of its path decided"
+            assert not await db.path_taken(conn, path)
+        await asyncio.wait_for(recording, 5)
+        async with services.pool.acquire() as conn, conn.transaction():
+            await db.lock_path(conn, path)
+            assert await db.path_taken(conn, path)  # the next removal sees it
+    finally:
+        await other_node.close()

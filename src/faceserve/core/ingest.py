@@ -140,8 +140,9 @@ async def record_image(services: Services, session_id: int, analyzed: Analyzed) 
         if undo_save is not None:
             undo_save()
         if intent is not None:
-            # the file is gone (or never came): the record may go; if the database is down, the next start
-            await tombstones.mark_done(upload_intents.done(services.pool, intent))
+            # our file is gone (or never came): the record goes, and with it a file a delete of the same path
+            # left there for this upload; if the database is down, the next start sees to both
+            await tombstones.mark_done(upload_intents.give_up(services.pool, services.storage, intent))
         raise
     finally:
         await services.storage.discard(pending.path)
@@ -215,8 +216,9 @@ async def _delete_image(services: Services, image_id: int) -> db.ImageRecord:
     # the index drops them too so they stop taking result slots
     services.served.evict(image.id)
     await services.indexes.remove(image.face_session_id, np.asarray(face_ids, dtype=np.int64))
-    if not await db.path_in_use(services.pool, image.file_path):  # not the same bytes uploaded anew
-        await services.stores.of(image).remove(image)
+    if image.bytes_in == FILE:  # bytes in Postgres went with the row
+        async with services.pool.acquire() as conn:  # not if the same bytes are uploaded anew meanwhile
+            await tombstones.remove_file_unless_taken(conn, services.storage, image.file_path)
     await asyncio.to_thread(renditions.remove_derivatives, services.storage.layout, image.face_session_id, image.id)
     await tombstones.mark_done(db.mark_image_files_removed(services.pool, image.id))
     return image

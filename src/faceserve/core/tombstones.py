@@ -36,14 +36,23 @@ async def record_session_deleted(conn: db.Connection, session_id: int) -> None:
     await db.insert_deleted_session(conn, session_id)
 
 
-def remove_image_files(
-    storage: Storage, session_id: int, image_id: int, file_path: str, still_used: bool
-) -> None:
-    """The image's file (unless a live row took its path again: the same bytes uploaded anew) and its
-    derived copies. Blocking."""
-    if not still_used:
-        storage.absolute(file_path).unlink(missing_ok=True)
-    renditions.remove_derivatives(storage.layout, session_id, image_id)
+async def remove_file_unless_taken(
+    conn: db.Connection, storage: Storage, file_path: str, *, giving_up_intent: bool = False
+) -> bool:
+    """Remove a stored file unless a row holds its path or a live upload is putting its file there (the same
+    bytes uploaded anew: the same path); says whether it went. Decided and done under the path's lock, which
+    an upload takes to record its intent (db/upload_intents.py) before it puts its file in place: so that
+    upload either came first (the file is now its) or waits until this one is gone. Checking first and
+    removing after, unlocked, could remove the new upload's file. giving_up_intent: the caller's own upload
+    gives up, its intent goes in the same transaction (upload_intents.give_up)."""
+    async with conn.transaction():
+        await db.lock_path(conn, file_path)
+        if giving_up_intent:
+            await db.delete_upload_intent(conn, file_path)
+        if await db.path_taken(conn, file_path):
+            return False
+        await asyncio.to_thread(storage.absolute(file_path).unlink, missing_ok=True)
+        return True
 
 
 def remove_session_files(storage: Storage, session_id: int) -> None:
@@ -60,14 +69,8 @@ async def finish_pending_removals(conn: db.Connection, storage: Storage) -> int:
         await db.mark_session_files_removed(conn, session_id)
     images = await db.abandoned_image_removals(conn)
     for image in images:
-        await asyncio.to_thread(
-            remove_image_files,
-            storage,
-            image.face_session_id,
-            image.image_id,
-            image.file_path,
-            image.still_used,
-        )
+        await remove_file_unless_taken(conn, storage, image.file_path)
+        await asyncio.to_thread(renditions.remove_derivatives, storage.layout, image.face_session_id, image.image_id)
         await db.mark_image_files_removed(conn, image.image_id)
     finished = len(sessions) + len(images)
     if finished:

@@ -18,6 +18,7 @@ import asyncpg
 from .. import db
 from ..db import recovery as db_recovery
 from ..media.files import Storage
+from . import tombstones
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +53,21 @@ async def finish_interrupted_uploads(conn: db.Connection, storage: Storage) -> i
 _settling: set[asyncio.Task[None]] = set()
 
 
+async def give_up(pool: asyncpg.Pool, storage: Storage, file_path: str) -> None:
+    """An upload that recorded its intent and will not commit: the intent goes, and the file at its path
+    unless a row holds it. A delete of the same path that ran meanwhile left that file to this upload
+    (tombstones.remove_file_unless_taken), so it is this upload's to remove."""
+    async with pool.acquire() as conn:
+        await tombstones.remove_file_unless_taken(conn, storage, file_path, giving_up_intent=True)
+
+
 async def settle(pool: asyncpg.Pool, storage: Storage, file_path: str, retry_s: float = 1.0) -> None:
     """The database was lost while an upload committed, so whether its row exists is unknown: once the
     database answers again, keep the file if the row (or a newer upload of the same path) is there and
     remove it otherwise. Left unfinished (the process stops first), the next start does the same."""
     while True:
         try:
-            async with pool.acquire() as conn:
-                if not await db.path_in_use(conn, file_path):
-                    await asyncio.to_thread(storage.absolute(file_path).unlink, missing_ok=True)
-                await done(conn, file_path)
+            await give_up(pool, storage, file_path)
             return
         except Exception as exc:
             if not db_recovery.is_database_unavailable(exc):

@@ -99,7 +99,7 @@ from .signing_keys import (
     lock_signing_key_creation,
     retire_signing_key,
 )
-from .sweeps import lock_sweeps
+from .sweeps import lock_path, lock_sweeps
 from .tombstones import (
     PendingImageRemoval,
     abandoned_image_removals,
@@ -110,7 +110,7 @@ from .tombstones import (
     insert_deleted_session,
     mark_image_files_removed,
     mark_session_files_removed,
-    path_in_use,
+    path_taken,
     session_was_deleted,
 )
 from .upload_intents import (
@@ -188,6 +188,7 @@ __all__ = [
     "list_signing_keys",
     "live_signing_keys",
     "lock_key_bootstrap",
+    "lock_path",
     "lock_people_writes",
     "lock_signing_key_creation",
     "lock_sweeps",
@@ -196,7 +197,7 @@ __all__ = [
     "move_faces",
     "note_changed_faces",
     "note_clustered",
-    "path_in_use",
+    "path_taken",
     "person_face_ids",
     "person_images",
     "persons_in_images",

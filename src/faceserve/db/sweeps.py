@@ -14,6 +14,11 @@ from .pool import Connection
 # advisory lock (one key): start-up sweeps take turns, across the processes of every node of a fleet
 SWEEP_LOCK = 0x5F_EE_70
 
+# advisory lock class (the two-key form: class, hashtext(path)) of one stored file's path: an upload recording
+# its intent to put a file there and a removal of the file there take turns (core/tombstones.py
+# remove_file_unless_taken); a hash collision only makes two paths wait for each other
+PATH_LOCK_CLASS = 0x5FEE
+
 # the values of (owner_pid, owner_started) for a row written by this connection: the function for one pid, as
 # the pg_stat_activity view would build every backend's row (with its role and database) on every upload and delete
 OWNER_VALUES = "pg_backend_pid(), (SELECT backend_start FROM pg_stat_get_activity(pg_backend_pid()))"
@@ -38,3 +43,15 @@ async def refresh_liveness(conn: Connection) -> None:
 async def lock_sweeps(conn: Connection) -> None:
     """Inside the sweep's transaction: waits while another process sweeps, released at its commit."""
     await conn.execute("SELECT pg_advisory_xact_lock($1)", SWEEP_LOCK)
+
+
+def path_lock(param: str) -> str:
+    """SQL: wait for and take the lock of the stored path in param, until the transaction ends."""
+    return f"pg_advisory_xact_lock({PATH_LOCK_CLASS}, hashtext({param}))"
+
+
+async def lock_path(conn: Connection, file_path: str) -> None:
+    """Inside a transaction: waits while an upload records its intent for this path or a removal of the file
+    there is deciding; released at the commit. Check the path after this, in a statement of its own: a
+    statement sees what was committed when it began, and this one may have waited."""
+    await conn.execute(f"SELECT {path_lock('$1')}", file_path)

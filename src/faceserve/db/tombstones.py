@@ -16,8 +16,6 @@ class PendingImageRemoval:
     image_id: int
     face_session_id: int
     file_path: str
-    # a live row holds the path again (the same bytes uploaded anew): the file stays
-    still_used: bool
 
 
 async def insert_deleted_image(conn: Connection, image: ImageRecord) -> None:
@@ -39,10 +37,14 @@ async def insert_deleted_session(conn: Connection, session_id: int) -> None:
     )
 
 
-async def path_in_use(conn: Connection, file_path: str) -> bool:
+async def path_taken(conn: Connection, file_path: str) -> bool:
+    """A row holds the path (the same bytes uploaded anew), or an upload whose writer is alive is putting its
+    file there (pending_uploads). Under the path's lock (sweeps.lock_path), in a statement after it."""
     return bool(
         await conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM face_session_images WHERE file_path = $1)", file_path
+            "SELECT EXISTS (SELECT 1 FROM face_session_images WHERE file_path = $1) "
+            f"OR EXISTS (SELECT 1 FROM pending_uploads p WHERE p.file_path = $1 AND NOT {owner_gone('p')})",
+            file_path,
         )
     )
 
@@ -68,8 +70,7 @@ async def abandoned_image_removals(conn: Connection) -> list[PendingImageRemoval
     """Images deleted by a writer now gone before it removed their files."""
     await refresh_liveness(conn)
     rows = await conn.fetch(
-        "SELECT d.image_id, d.face_session_id, d.file_path, "
-        "       EXISTS (SELECT 1 FROM face_session_images i WHERE i.file_path = d.file_path) AS still_used "
+        "SELECT d.image_id, d.face_session_id, d.file_path "
         f"FROM deleted_images d WHERE NOT d.files_removed AND {owner_gone('d')} ORDER BY d.image_id"
     )
     return [PendingImageRemoval(**dict(r)) for r in rows]

@@ -4,13 +4,17 @@ deleted by the transaction that records its row (core/upload_intents.py)."""
 from __future__ import annotations
 
 from .pool import Connection
-from .sweeps import OWNER_VALUES, owner_gone, refresh_liveness
+from .sweeps import OWNER_VALUES, owner_gone, path_lock, refresh_liveness
 
 
 async def insert_upload_intent(conn: Connection, file_path: str) -> None:
-    """Owned by this connection's backend; a leftover of a dead upload of the same path changes hands."""
+    """Owned by this connection's backend; a leftover of a dead upload of the same path changes hands. Not
+    inside a transaction of the caller's: the path's lock is released when this commits."""
+    # under the path's lock, taken in this statement's own transaction (one round trip): a removal of the file
+    # there that is deciding finishes first, and one that comes after sees this intent
     await conn.execute(
-        f"INSERT INTO pending_uploads (file_path, owner_pid, owner_started) VALUES ($1, {OWNER_VALUES}) "
+        f"INSERT INTO pending_uploads (file_path, owner_pid, owner_started) SELECT $1::text, {OWNER_VALUES} "
+        f"FROM (SELECT {path_lock('$1')}) AS turn "
         "ON CONFLICT (file_path) DO UPDATE "
         "SET owner_pid = excluded.owner_pid, owner_started = excluded.owner_started, created_at = now()",
         file_path,

@@ -121,12 +121,6 @@ class Storage:
         _fsync_dir(final.parent)
         return final
 
-    def remove(self, file_path: str) -> None:
-        try:
-            self.absolute(file_path).unlink()
-        except FileNotFoundError:
-            log.warning("file %s was already gone", file_path)
-
     def remove_session(self, session_id: int) -> None:
         shutil.rmtree(self.layout.session_dir(session_id), ignore_errors=True)
 

@@ -7,6 +7,8 @@ inserts the image's row:
   leaves a file without a row (`faceserve import` adopts it), never a row without a file;
 - PostgresStore inserts its bytes into image_blobs in the same transaction: row and bytes commit together,
   and deleting the row (or its session) deletes them by cascade.
+A file goes after its row's delete committed, unless an upload of the same bytes took its path meanwhile
+(core/tombstones.py remove_file_unless_taken).
 Every row names its store (face_session_images.bytes_in), so switching FACESERVE_IMAGE_STORE strands
 nothing: older images are served from where they were put. Derived files (resized copies, face crops)
 stay on disk in both cases; they are a cache that can always be made again.
@@ -51,9 +53,6 @@ class ImageStore(Protocol):
         """Keep the pending file's bytes as this image's, inside the row's transaction. Returns what undoes
         it should that transaction fail afterwards (None: the rollback does)."""
 
-    async def remove(self, image: StoredImage) -> None:
-        """After the row's delete committed."""
-
     async def source(self, image: StoredImage) -> Path | bytes:
         """The bytes to render a derivative from (a path is read by the renderer). ImageNotFound if gone."""
 
@@ -69,9 +68,6 @@ class FileStore:
     async def save(self, conn: asyncpg.Connection, pending: PendingFile, image: db.ImageRecord) -> Undo:
         final = await asyncio.to_thread(self._storage.commit, pending, image.file_path)
         return lambda: final.unlink(missing_ok=True)
-
-    async def remove(self, image: StoredImage) -> None:
-        await asyncio.to_thread(self._storage.remove, image.file_path)
 
     async def source(self, image: StoredImage) -> Path:
         # existence is the renderer's to find out (FileNotFoundError): it opens the file anyway
@@ -91,9 +87,6 @@ class PostgresStore:
         # up to max_upload_bytes held once in memory, read off the loop; the .part file is removed by the caller
         data = await asyncio.to_thread(pending.path.read_bytes)
         await db.insert_blob(conn, image.id, data)
-
-    async def remove(self, image: StoredImage) -> None:
-        pass  # image_blobs rows go with their image row (ON DELETE CASCADE)
 
     async def source(self, image: StoredImage) -> bytes:
         data = await db.blob(self._pool, image.id)
