@@ -19,7 +19,7 @@ generators, so read ratios measured in one run, not absolute rates. Only 127.0.0
   304 (the cheapest thing the origin answers), (e) the cached config with tcp_nopush on; at 64 connections,
   then (a) and (c) again at 1,000. Then the speed goals in adjacent pairs (paired_goals): warm 200 and 304
   against bare nginx, and a node's own 304 against the file tier's X-Accel-Redirect 200, with the cores
-  shared and with the node on a core of its own.
+  shared and with the node on a core of its own, for the photo and for a ~5 KB thumbnail-sized one.
 - slow: 200 clients reading a 5 MB image at 100 KB/s each, through nginx and straight from a node: how many
   connections the node holds meanwhile.
 - propagation: an upload through one app instance until the other's index holds its faces, and a delete
@@ -135,6 +135,14 @@ def upload(base: str, session_id: int, name: str, data: bytes) -> dict:
         return json.load(response)["data"]["images"][0]
 
 
+def small_jpeg(photo: bytes, side: int = 96) -> bytes:
+    """A thumbnail-sized JPEG (~5 KB) of photo."""
+    image = cv2.imdecode(np.frombuffer(photo, np.uint8), cv2.IMREAD_COLOR)
+    ok, data = cv2.imencode(".jpg", cv2.resize(image, (side, side)), [cv2.IMWRITE_JPEG_QUALITY, 80])
+    assert ok
+    return data.tobytes()
+
+
 def big_jpeg(target_bytes: int = 5_000_000) -> bytes:
     """The shipped photo scaled up until its JPEG is about target_bytes (a phone camera's original)."""
     image = cv2.imread(str(SOURCE_PHOTO))
@@ -161,7 +169,11 @@ def run_wrk(
     elif case == "hand-off":  # what the file tier asks of a node: the bodiless X-Accel-Redirect answer
         command += ["-H", "X-Sendfile-Type: X-Accel-Redirect"]
     done = subprocess.run(
-        command + [target.url], capture_output=True, text=True, timeout=seconds + 90, check=True,
+        command + [target.url],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 90,
+        check=True,
         preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
     )
     timeouts = re.search(r"timeout (\d+)", done.stdout)
@@ -215,14 +227,21 @@ def images(fleet: Fleet, folder: Path, seconds: int) -> list[str]:
                 run("bare nginx", bare_target, case, 64)
                 run("shipped config, warm cache", cached, case, 64)
             kept_open = "open_file_cache max=10000 inactive=60s;\n            open_file_cache_valid 5s;\n"
-            _restart_nginx(fleet, ["a", "b"], {kept_open + "            add_header X-Cache": "add_header X-Cache"})
+            _restart_nginx(
+                fleet, ["a", "b"], {kept_open + "            add_header X-Cache": "add_header X-Cache"}
+            )
             unkept = checked_target("fleet", fleet.url + path, photo)
             for case in ("200", "304"):
                 run("warm cache, cache files not kept open (no open_file_cache)", unkept, case, 64)
             _restart_nginx(fleet, ["a", "b"])
             cached = checked_target("fleet", fleet.url + path, photo)
             run("a node's own 304", node_target, "304", 64)
-            run("a node's own X-Accel-Redirect hand-off (asked straight, no nginx)", node_target, "hand-off", 64)
+            run(
+                "a node's own X-Accel-Redirect hand-off (asked straight, no nginx)",
+                node_target,
+                "hand-off",
+                64,
+            )
             run("a node's own 200", node_target, "200", 64)
             run("shipped config, warm cache", cached, "200", 1000)
             run("bare nginx", bare_target, "200", 1000)
@@ -309,21 +328,28 @@ def paired_goals(fleet: Fleet, bare: Target, node_target: Target, path: str, pho
     cache hits. Cold: a node's own 304 (straight) against the file tier's X-Accel-Redirect 200 of the same
     image with one node behind it (both sides one process's work), twice: with every process on any core,
     and with the node alone on one core and nginx and wrk on the others, as when the clients are other
-    machines (on shared cores, wrk and nginx moving each 200's body take CPU the node's 304s never shared)."""
+    machines (on shared cores, wrk and nginx moving each 200's body take CPU the node's 304s never shared);
+    then the cold pairs again for a thumbnail-sized photo, whose body costs little to move."""
     node_pid = fleet.nodes["a"].process.pid
     everything = os.sched_getaffinity(0)
     node_core = {min(everything)}
     others = everything - node_core
     lines = [
-        (f"Paired: {PAIRS} pairs of {PAIR_SECONDS} s wrk runs at 64 connections, the two sides one after the "
-        "other, order alternating"),
+        (
+            f"Paired: {PAIRS} pairs of {PAIR_SECONDS} s wrk runs at 64 connections, the two sides one after the "
+            "other, order alternating"
+        ),
         "",
-        ("| goal | base: req/s | measured: req/s | measured/base per pair: median (min-max) "
-        "| node CPU per request: base / measured |"),
+        (
+            "| goal | base: req/s | measured: req/s | measured/base per pair: median (min-max) "
+            "| node CPU per request: base / measured |"
+        ),
         "|---|---|---|---|---|",
     ]
 
-    def row(label: str, base: tuple[Target, str], measured: tuple[Target, str], cpus: set[int] | None = None) -> None:
+    def row(
+        label: str, base: tuple[Target, str], measured: tuple[Target, str], cpus: set[int] | None = None
+    ) -> None:
         base_rps, measured_rps, base_cpu, measured_cpu = _pairs(base, measured, node_pid, cpus)
         ratios = [m / b for m, b in zip(measured_rps, base_rps)]
         lines.append(
@@ -337,6 +363,11 @@ def paired_goals(fleet: Fleet, bare: Target, node_target: Target, path: str, pho
     cached = checked_target("fleet", fleet.url + path, photo)
     row("warm 200 ≥ 0.8x: bare nginx / shipped config, cache hits", (bare, "200"), (cached, "200"))
     row("warm 304 ≥ 0.8x: bare nginx / shipped config, cache hits", (bare, "304"), (cached, "304"))
+    # the same pairs for a thumbnail-sized photo: the bodies' share of the cores taken out
+    thumbnail = small_jpeg(photo)
+    session_id = post_json(fleet.url + "/api/face/sessions", {"name": "thumbnail"})["data"]["id"]
+    thumbnail_path = f"/api/face/image/{upload(fleet.url, session_id, 'small.jpg', thumbnail)['image_id']}"
+    thumbnail_node = checked_target("node", fleet.nodes["a"].url + thumbnail_path, thumbnail)
     files_port = _free_port()
     _restart_nginx(  # node a only
         fleet,
@@ -346,16 +377,28 @@ def paired_goals(fleet: Fleet, bare: Target, node_target: Target, path: str, pho
             "backlog=4096;": f"backlog=4096;\n        listen 127.0.0.1:{files_port} backlog=4096;",
         },
     )
-    tier = checked_target("files", f"http://127.0.0.1:{files_port}{path}", photo)
-    cold = ((node_target, "304"), (tier, "200"))
-    row("cold ≥ 0.9x: a node's own 304 / file tier's X-Accel-Redirect 200, cores shared", *cold)
-    if others:
-        try:
-            _pin(node_pid, node_core)
-            _pin(fleet.nginx.pid, others)
-            row(f"the same, the node alone on core {min(node_core)}, nginx and wrk on the rest", *cold, others)
-        finally:
-            _pin(node_pid, everything)
+    for size, own, image_path, data in (
+        (len(photo), node_target, path, photo),
+        (len(thumbnail), thumbnail_node, thumbnail_path, thumbnail),
+    ):
+        tier = checked_target("files", f"http://127.0.0.1:{files_port}{image_path}", data)
+        cold = ((own, "304"), (tier, "200"))
+        row(
+            f"cold ≥ 0.9x, {size:,} bytes: a node's own 304 / file tier's X-Accel-Redirect 200, cores shared",
+            *cold,
+        )
+        if others:
+            try:
+                _pin(node_pid, node_core)
+                _pin(fleet.nginx.pid, others)
+                row(
+                    f"the same, the node alone on core {min(node_core)}, nginx and wrk on the rest",
+                    *cold,
+                    others,
+                )
+            finally:
+                _pin(node_pid, everything)
+                _pin(fleet.nginx.pid, everything)
     return lines
 
 
@@ -636,7 +679,10 @@ def main() -> None:
                 run_dir.mkdir()
                 # wrk is one address: the nodes' per-client budgets would answer 429s instead of serving
                 fleet = Fleet(
-                    database_url, folder / "shared", ROOT / "models", run_dir,
+                    database_url,
+                    folder / "shared",
+                    ROOT / "models",
+                    run_dir,
                     node_env={"FACESERVE_RATE_LIMITS": "false"},
                 )
                 try:
