@@ -113,3 +113,12 @@ async def terminate_listeners(database_url: str) -> int:
         )
     finally:
         await admin.close()
+
+
+async def backend_gone(pool: asyncpg.Pool, pid: int) -> None:
+    """A closed connection's backend ends a moment later: wait until Postgres no longer lists it."""
+    for _ in range(200):
+        if not await pool.fetchval("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)", pid):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"backend {pid} still alive after 4 s")

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 from aiohttp.test_utils import TestClient, TestServer
-from helpers import authorize
+from helpers import authorize, backend_gone
 
 from faceserve import db, layout
 from faceserve.app import create_app
@@ -181,9 +181,6 @@ async def test_a_delete_leaves_its_file_to_an_upload_of_the_same_bytes_in_flight
         await upload_intents.record(other_node, path)
         assert (await client.delete(f"/api/face/image/{image['image_id']}")).status == 200
         assert services.storage.absolute(path).is_file(), "the delete removed the file of an upload in flight"
-        async with services.pool.acquire() as conn:  # a start's sweep leaves it too
-            await tombstones.finish_pending_removals(conn, services.storage)
-        assert services.storage.absolute(path).is_file()
 
         await upload_intents.give_up(services.pool, services.storage, path)  # that upload fails after all
         assert not services.storage.absolute(path).exists()
@@ -216,3 +213,64 @@ async def test_an_upload_records_its_intent_only_between_removals_of_its_path(cl
             assert await db.path_taken(conn, path)  # the next removal sees it
     finally:
         await other_node.close()
+
+
+async def test_a_sweep_leaves_a_dead_delete_s_file_to_an_upload_that_began_during_the_sweep(
+    client: TestClient, services, photos: dict[str, Path]
+) -> None:
+    """A node killed between a delete's commit and its file's removal; the next start's sweep finishes that
+    delete while an upload of the same bytes, on a connection opened after the sweep began, is putting its
+    file in place: the sweep judges the upload's writer by the backends alive now, not when it began."""
+    import asyncpg
+
+    from faceserve.core import upload_intents
+
+    session_id = (await (await client.post("/api/face/sessions", json={"name": "a"})).json())["data"]["id"]
+    image = await _upload(client, session_id, "t1.jpg", photos["t1"].read_bytes())
+    path = f"face_sessions/{image['identity']}"
+    dsn = services.settings.database_url
+    killed = await asyncpg.connect(dsn)
+    async with killed.transaction():
+        record, _ = await db.delete_image(killed, image["image_id"])
+        await tombstones.record_image_deleted(killed, record)
+    killed_pid = await killed.fetchval("SELECT pg_backend_pid()")
+    await killed.close()
+    await backend_gone(services.pool, killed_pid)
+
+    uploader = None
+    try:
+        async with services.pool.acquire() as conn, conn.transaction():
+            await db.lock_sweeps(conn)
+            [pending] = await db.abandoned_image_removals(conn)  # the sweep has read which backends live
+            uploader = await asyncpg.connect(dsn)  # an upload on another node, begun after that
+            await upload_intents.record(uploader, path)
+            assert not await tombstones.remove_file_unless_taken(conn, services.storage, pending.file_path)
+        assert services.storage.absolute(path).is_file(), "the sweep removed the file of an upload in flight"
+    finally:
+        if uploader is not None:
+            await uploader.close()
+
+
+async def test_a_removal_waits_for_an_upload_recording_its_path(client: TestClient, services, photos) -> None:
+    """The other half of the path's lock: while an upload is recording its intent, a removal of that path
+    waits, and then sees the intent and leaves the file."""
+    import asyncio
+
+    import asyncpg
+
+    path = layout.file_path(1, "0123456789abcdef_same.jpg")
+    services.storage.absolute(path).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(photos["t1"], services.storage.absolute(path))
+    uploader = await asyncpg.connect(services.settings.database_url)
+    try:
+        async with services.pool.acquire() as conn:
+            async with uploader.transaction():  # upload_intents.record's statement, stopped halfway
+                await db.lock_path(uploader, path)
+                removing = asyncio.ensure_future(tombstones.remove_file_unless_taken(conn, services.storage, path))
+                await asyncio.sleep(0.5)
+                assert not removing.done(), "a removal decided while an upload was recording its path"
+                await db.insert_upload_intent(uploader, path)
+            assert await asyncio.wait_for(removing, 5) is False
+        assert services.storage.absolute(path).is_file()
+    finally:
+        await uploader.close()

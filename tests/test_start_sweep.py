@@ -9,18 +9,10 @@ import shutil
 from pathlib import Path
 
 import asyncpg
+from helpers import backend_gone
 
 from faceserve import db, layout
 from faceserve.core import start_sweep, tombstones, upload_intents
-
-
-async def _backend_gone(pool: asyncpg.Pool, pid: int) -> None:
-    """A closed connection's backend ends a moment later: wait until Postgres no longer lists it."""
-    for _ in range(200):
-        if not await pool.fetchval("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)", pid):
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"backend {pid} still alive after 4 s")
 
 
 async def _writer(dsn: str) -> tuple[asyncpg.Connection, int]:
@@ -57,7 +49,7 @@ async def test_a_sweep_takes_only_what_writers_now_gone_left(
             assert await db.delete_session(writer, gone)
             await tombstones.record_session_deleted(writer, gone)
     await dead.close()
-    await _backend_gone(services.pool, dead_pid)
+    await backend_gone(services.pool, dead_pid)
     try:
         await start_sweep.finish_interrupted(services.pool, storage)
 

@@ -40,6 +40,9 @@ async def insert_deleted_session(conn: Connection, session_id: int) -> None:
 async def path_taken(conn: Connection, file_path: str) -> bool:
     """A row holds the path (the same bytes uploaded anew), or an upload whose writer is alive is putting its
     file there (pending_uploads). Under the path's lock (sweeps.lock_path), in a statement after it."""
+    # the backends' list as of now: a sweep's long transaction would judge by the one it read first, and
+    # take an upload whose connection opened since for a dead one
+    await refresh_liveness(conn)
     return bool(
         await conn.fetchval(
             "SELECT EXISTS (SELECT 1 FROM face_session_images WHERE file_path = $1) "
