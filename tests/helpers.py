@@ -122,3 +122,20 @@ async def backend_gone(pool: asyncpg.Pool, pid: int) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"backend {pid} still alive after 4 s")
+
+
+async def create_session_at(http: aiohttp.ClientSession, base: str, name: str = "party") -> int:
+    """A session made through a running service or nginx at base (create_session: a test client)."""
+    async with http.post(base + "/api/face/sessions", json={"name": name}) as response:
+        assert response.status == 201, await response.text()
+        return (await response.json())["data"]["id"]
+
+
+async def upload_at(http: aiohttp.ClientSession, base: str, session_id: int, path: Path) -> dict:
+    """One photo uploaded through a running service or nginx at base; its entry of the answer."""
+    form = aiohttp.FormData()
+    form.add_field("file", path.read_bytes(), filename=path.name, content_type="image/jpeg")
+    async with http.post(f"{base}/api/face/sessions/{session_id}/images", data=form) as response:
+        body = await response.json()
+        assert response.status == 201, body
+        return body["data"]["images"][0]

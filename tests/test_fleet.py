@@ -18,6 +18,7 @@ import aiohttp
 import asyncpg
 import pytest
 from fleet import ACCEL_PREFIX, Fleet
+from helpers import create_session_at, upload_at
 
 from faceserve.vision.packs import locate_pack
 
@@ -76,19 +77,6 @@ def fleet(postgres_uri: str, models_dir: Path, tmp_path_factory: pytest.TempPath
         asyncio.run(_drop_database(postgres_uri, name))
 
 
-async def _create_session(http: aiohttp.ClientSession, base: str, name: str = "party") -> int:
-    async with http.post(base + "/api/face/sessions", json={"name": name}) as response:
-        assert response.status == 201, await response.text()
-        return (await response.json())["data"]["id"]
-
-
-async def _upload(http: aiohttp.ClientSession, base: str, session_id: int, path: Path) -> dict:
-    form = aiohttp.FormData()
-    form.add_field("file", path.read_bytes(), filename=path.name, content_type="image/jpeg")
-    async with http.post(f"{base}/api/face/sessions/{session_id}/images", data=form) as response:
-        body = await response.json()
-        assert response.status == 201, body
-        return body["data"]["images"][0]
 
 
 async def _search(
@@ -125,12 +113,12 @@ async def test_an_add_and_a_delete_reach_the_other_node_within_a_second(fleet: F
     a, b = fleet.nodes["a"].url, fleet.nodes["b"].url
     probe = photos["yaoming"].read_bytes()
     async with aiohttp.ClientSession() as http:
-        session_id = await _create_session(http, a)
-        await _upload(http, a, session_id, photos["t1"])
+        session_id = await create_session_at(http, a)
+        await upload_at(http, a, session_id, photos["t1"])
         # B opens the session's index now, so the next upload reaches it as a notification, not a rebuild
         assert await _search(http, b, session_id, probe) == (200, [])
 
-        players = await _upload(http, a, session_id, photos["players"])
+        players = await upload_at(http, a, session_id, photos["players"])
 
         async def b_finds_it() -> bool:
             status, matches = await _search(http, b, session_id, probe)
@@ -191,8 +179,8 @@ async def test_images_through_nginx_are_served_as_directly(fleet: Fleet, photos)
         aiohttp.ClientSession() as http,
         aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(fleet.files_socket))) as files,
     ):
-        session_id = await _create_session(http, fleet.url)
-        image = await _upload(http, fleet.url, session_id, photos["t1"])
+        session_id = await create_session_at(http, fleet.url)
+        image = await upload_at(http, fleet.url, session_id, photos["t1"])
         status, matches = await _search(http, fleet.url, session_id, photos["t1"].read_bytes())
         assert status == 200 and matches
         paths = [
@@ -233,9 +221,9 @@ async def test_session_routes_keep_each_session_on_one_node(fleet: Fleet, photos
     nodes = [fleet.nodes["a"].url, fleet.nodes["b"].url]
     probe = photos["yaoming"].read_bytes()
     async with aiohttp.ClientSession() as http:
-        sessions = [await _create_session(http, fleet.url, f"event {i}") for i in range(6)]
+        sessions = [await create_session_at(http, fleet.url, f"event {i}") for i in range(6)]
         for session_id in sessions:
-            await _upload(http, fleet.url, session_id, photos["yaoming"])
+            await upload_at(http, fleet.url, session_id, photos["yaoming"])
         before = [await _sessions_loaded(http, n) for n in nodes]
         for _ in range(3):
             for session_id in sessions:
@@ -248,9 +236,9 @@ async def test_session_routes_keep_each_session_on_one_node(fleet: Fleet, photos
 async def test_a_node_started_later_catches_up_from_postgres(fleet: Fleet, photos) -> None:
     probe = photos["yaoming"].read_bytes()
     async with aiohttp.ClientSession() as http:
-        session_id = await _create_session(http, fleet.url, "before c")
-        players = await _upload(http, fleet.url, session_id, photos["players"])
-        gone = await _upload(http, fleet.url, session_id, photos["yaoming"])
+        session_id = await create_session_at(http, fleet.url, "before c")
+        players = await upload_at(http, fleet.url, session_id, photos["players"])
+        gone = await upload_at(http, fleet.url, session_id, photos["yaoming"])
         async with http.delete(f"{fleet.url}/api/face/image/{gone['image_id']}") as response:
             assert response.status == 200
         fleet.start_node("c")
@@ -260,7 +248,7 @@ async def test_a_node_started_later_catches_up_from_postgres(fleet: Fleet, photo
             status, matches = await _search(http, c, session_id, probe)
             assert status == 200 and [m["image_id"] for m in matches] == [players["image_id"]]
             # and it follows changes from here on, as the others do
-            again = await _upload(http, fleet.nodes["a"].url, session_id, photos["yaoming"])
+            again = await upload_at(http, fleet.nodes["a"].url, session_id, photos["yaoming"])
 
             async def c_finds_it() -> bool:
                 status, matches = await _search(http, c, session_id, probe)
@@ -276,8 +264,8 @@ async def test_a_node_killed_under_search_load_costs_no_client_an_error(fleet: F
     that failed on it to the other node, which opens the session from Postgres; no client sees an error."""
     probe = photos["yaoming"].read_bytes()
     async with aiohttp.ClientSession() as http:
-        session_id = await _create_session(http, fleet.url, "killed")
-        players = await _upload(http, fleet.url, session_id, photos["players"])
+        session_id = await create_session_at(http, fleet.url, "killed")
+        players = await upload_at(http, fleet.url, session_id, photos["players"])
         loaded = {name: await _sessions_loaded(http, node.url) for name, node in fleet.nodes.items()}
         assert (await _search(http, fleet.url, session_id, probe))[0] == 200
         now = {name: await _sessions_loaded(http, node.url) for name, node in fleet.nodes.items()}
@@ -366,10 +354,10 @@ async def test_a_node_starting_spares_uploads_in_flight_and_sweeps_only_what_a_k
         # nodes started from here on see a client killed -9 while their backend waits (at the pause) at once
         await test_conn.execute(f'ALTER DATABASE "{db_name}" SET client_connection_check_interval = 100')
         async with aiohttp.ClientSession() as http:
-            session_id = await _create_session(http, a, "sweeps")
+            session_id = await create_session_at(http, a, "sweeps")
 
             await test_conn.execute("SELECT pg_advisory_lock($1)", _PAUSE_KEY)
-            upload = asyncio.create_task(_upload(http, a, session_id, photos["gdp"]))
+            upload = asyncio.create_task(upload_at(http, a, session_id, photos["gdp"]))
             await _until(lambda: _commits_waiting(test_conn), "A's upload at its commit", 60)
             (in_flight,) = _photo_files(fleet, session_id)
 
@@ -406,7 +394,7 @@ async def test_a_node_starting_spares_uploads_in_flight_and_sweeps_only_what_a_k
 
             # an upload through C caught at its commit, then C killed: nothing will ever commit it
             await test_conn.execute("SELECT pg_advisory_lock($1)", _PAUSE_KEY)
-            upload = asyncio.create_task(_upload(http, fleet.nodes["c"].url, session_id, photos["t1"]))
+            upload = asyncio.create_task(upload_at(http, fleet.nodes["c"].url, session_id, photos["t1"]))
             await _until(lambda: _commits_waiting(test_conn), "C's upload at its commit", 60)
             (abandoned,) = _photo_files(fleet, session_id) - {in_flight}
             await asyncio.to_thread(fleet.kill, "c")

@@ -20,6 +20,7 @@ import aiohttp
 import asyncpg
 import pytest
 from fleet import Fleet
+from helpers import create_session_at, upload_at
 from test_fleet import _create_database, _database, _drop_database
 
 from faceserve.core import signing, signing_store
@@ -72,19 +73,6 @@ async def _within_limit(check: Callable[[], Awaitable[bool]], what: str) -> floa
         await asyncio.sleep(0.02)
 
 
-async def _create_session(http: aiohttp.ClientSession, base: str, name: str) -> int:
-    async with http.post(base + "/api/face/sessions", json={"name": name}) as response:
-        assert response.status == 201, await response.text()
-        return (await response.json())["data"]["id"]
-
-
-async def _upload(http: aiohttp.ClientSession, base: str, session_id: int, path: Path) -> dict:
-    form = aiohttp.FormData()
-    form.add_field("file", path.read_bytes(), filename=path.name, content_type="image/jpeg")
-    async with http.post(f"{base}/api/face/sessions/{session_id}/images", data=form) as response:
-        body = await response.json()
-        assert response.status == 201, body
-        return body["data"]["images"][0]
 
 
 async def _matches(http: aiohttp.ClientSession, base: str, session_id: int, probe: bytes) -> list[dict]:
@@ -118,8 +106,8 @@ async def test_signing_keys_rotated_in_and_retired_are_honoured_by_the_other_nod
     fleet: Fleet, http, database: asyncpg.Pool, photos
 ) -> None:
     a, b = fleet.nodes["a"].url, fleet.nodes["b"].url
-    session_id = await _create_session(http, a, "signing")
-    players = await _upload(http, a, session_id, photos["players"])
+    session_id = await create_session_at(http, a, "signing")
+    players = await upload_at(http, a, session_id, photos["players"])
     old_url = players["url"]
     old_kid = dict(p.split("=") for p in urlsplit(old_url).query.split("&"))["kid"]
     path = urlsplit(old_url).path
@@ -151,8 +139,8 @@ async def test_signing_keys_rotated_in_and_retired_are_honoured_by_the_other_nod
 async def test_a_person_forgotten_through_one_node_is_gone_from_the_others_search(fleet: Fleet, http, photos) -> None:
     a, b = fleet.nodes["a"].url, fleet.nodes["b"].url
     selfie = photos["yaoming"].read_bytes()
-    session_id = await _create_session(http, a, "forget")
-    players = await _upload(http, a, session_id, photos["players"])
+    session_id = await create_session_at(http, a, "forget")
+    players = await upload_at(http, a, session_id, photos["players"])
     # B opens the session's index, so the erasure must reach it from A
     assert [m["image_id"] for m in await _matches(http, b, session_id, selfie)] == [players["image_id"]]
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from fleet import Fleet
+from helpers import upload_at
 from service_process import shared_temp_dir
 
 from faceserve.vision.packs import locate_pack
@@ -69,14 +70,6 @@ async def _search(http: aiohttp.ClientSession, base: str, session_id: int, probe
         ] if response.status == 200 else []
 
 
-async def _upload(http: aiohttp.ClientSession, base: str, session_id: int, path: Path) -> dict:
-    form = aiohttp.FormData()
-    form.add_field("file", path.read_bytes(), filename=path.name, content_type="image/jpeg")
-    async with http.post(f"{base}/api/face/sessions/{session_id}/images", data=form) as response:
-        body = await response.json()
-        assert response.status == 201, body
-        return body["data"]["images"][0]
-
 
 async def test_every_node_recovers_after_a_postgres_restart_under_load(fleet: Fleet, own_postgres, photos):
     probe = photos["yaoming"].read_bytes()
@@ -84,7 +77,7 @@ async def test_every_node_recovers_after_a_postgres_restart_under_load(fleet: Fl
     async with aiohttp.ClientSession() as http:
         async with http.post(fleet.url + "/api/face/sessions", json={"name": "restart"}) as response:
             session_id = (await response.json())["data"]["id"]
-        players = await _upload(http, a, session_id, photos["players"])
+        players = await upload_at(http, a, session_id, photos["players"])
         for node in (a, b):  # both load the index, so the change after the restart must come by notification
             assert await _search(http, node, session_id, probe) == (200, [players["image_id"]])
 
@@ -126,7 +119,7 @@ async def test_every_node_recovers_after_a_postgres_restart_under_load(fleet: Fl
             assert "lost the notification connection" in node.log_tail(100_000), node.name
 
         # and notifications flow again: an upload through A reaches B's loaded index
-        again = await _upload(http, a, session_id, photos["yaoming"])
+        again = await upload_at(http, a, session_id, photos["yaoming"])
         deadline = time.monotonic() + RECOVERY_LIMIT_S
         while again["image_id"] not in (await _search(http, b, session_id, probe))[1]:
             assert time.monotonic() < deadline, "B's index did not follow A after the restart"
