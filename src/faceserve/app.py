@@ -23,6 +23,7 @@ from .http import (
     page,
     people,
     ratelimit,
+    route_params,
     search,
     sessions,
 )
@@ -41,7 +42,7 @@ def create_app(
     limiter = ratelimit.Limiter.from_settings(settings)
     guards = [access.guard, ratelimit.middleware(limiter)] if settings.rate_limits else [access.guard]
     app = web.Application(
-        middlewares=[observability.observe, middleware.errors, *guards],
+        middlewares=[observability.observe, middleware.errors, route_params.parse_route_ids, *guards],
         client_max_size=settings.max_upload_bytes + _BODY_OVERHEAD,
     )
 

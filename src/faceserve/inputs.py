@@ -8,6 +8,8 @@ the json module:
 - Postgres text cannot hold NUL, and UTF-8 has no lone surrogates (which JSON '\\ud800' escapes and raw
   non-UTF-8 header bytes, decoded with surrogateescape, both produce).
 - json.loads recurses once per nesting level: a body of 100 000 '[' raises RecursionError.
+Ids are the exception to "ASCII only": parse_id reads every spelling of a number as that number, so that
+whatever decides access and whatever does the work can never see two different ids in one request.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ _ASCII_INT = re.compile(r"[0-9]+")
 _ASCII_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 # longer than any value we accept: refused before int() or float() spends time on it
 _MAX_NUMBER_CHARS = 32
+# ids are Postgres bigints
+MAX_ID = 2**63 - 1
+_MAX_ID_DIGITS = len(str(MAX_ID))
 
 # JSON strings (escapes included) and brackets: what depth is measured over, strings being opaque
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
@@ -33,6 +38,21 @@ _JSON_BRACKET = re.compile(rb"[\[\]{}]")
 def is_ascii_digits(raw: str) -> bool:
     """One or more of 0-9 and nothing else (str.isdigit() also says yes to '٣' and '²')."""
     return _ASCII_INT.fullmatch(raw) is not None
+
+
+def parse_id(raw: str) -> int | None:
+    """An id as a client may spell it: the number for every spelling of it (leading zeros to any length, a
+    '+', spaces around it, other scripts' decimal digits), None for what is no id (anything else, or more
+    than a bigint). The one id parser: the access guard and every handler read ids through it."""
+    text = raw.strip()
+    text = text.removeprefix("+")
+    digits = "".join(str(unicodedata.decimal(ch, -1)) for ch in text).lstrip("0")
+    if not text or "-" in digits:  # -1 marks a character that is no decimal digit
+        return None
+    if len(digits) > _MAX_ID_DIGITS:
+        return None
+    value = int(digits or "0")
+    return value if value <= MAX_ID else None
 
 
 def ascii_int(raw: str, name: str, low: int, high: int) -> int:

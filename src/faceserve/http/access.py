@@ -29,6 +29,7 @@ from ..core import api_keys, signing_store
 from ..errors import Forbidden, Unauthorized
 from .appkeys import ACCESS, SERVICES, URLS
 from .middleware import Handler
+from .route_params import route_ids
 
 log = logging.getLogger(__name__)
 
@@ -131,28 +132,21 @@ def visible_sessions(request: web.Request, session_ids: Iterable[int]) -> set[in
     return set(session_ids) if key is None else {s for s in session_ids if key.sees(s)}
 
 
-def _numeric(raw: str) -> int | None:
-    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 19 else None
-
-
 async def _check_sessions(request: web.Request, key: api_keys.ApiKey) -> None:
-    """Session binding for what the path names; search, resolve, listing and keys check in their handlers."""
+    """Session binding for what the path names; search, resolve, listing and keys check in their handlers.
+    The ids are the ones the handlers will use (route_params.py parsed them before this runs)."""
     if key.session_ids is None:
         return
-    info = request.match_info
-    if "session_id" in info:
-        session_id = _numeric(info["session_id"])
+    ids = route_ids(request)
+    if "session_id" in ids:
+        require_session(request, ids["session_id"])
+    elif "image_id" in ids:
+        pool = request.app[SERVICES].pool
+        session_id = await pool.fetchval("SELECT face_session_id FROM face_session_images WHERE id = $1", ids["image_id"])
         if session_id is not None:
             require_session(request, session_id)
-    elif "image_id" in info:
-        image_id = _numeric(info["image_id"])
-        if image_id is not None:
-            pool = request.app[SERVICES].pool
-            session_id = await pool.fetchval("SELECT face_session_id FROM face_session_images WHERE id = $1", image_id)
-            if session_id is not None:
-                require_session(request, session_id)
-    elif request.method == "POST" and info.route.resource is not None and info.route.resource.canonical == (
-        "/api/face/sessions"
+    elif request.method == "POST" and request.match_info.route.resource is not None and (
+        request.match_info.route.resource.canonical == "/api/face/sessions"
     ):
         raise Forbidden("a key bound to sessions cannot create sessions")
 

@@ -1,4 +1,4 @@
-"""Small helpers every handler uses: the success envelope, path and query parameters, absolute URLs."""
+"""Small helpers every handler uses: the success envelope, query parameters, absolute URLs (path ids: route_params.py)."""
 
 from __future__ import annotations
 
@@ -7,22 +7,12 @@ from typing import Any
 from aiohttp import web
 
 from .. import inputs
-from ..errors import FaceServeError
+from ..errors import BadRequest
 from .appkeys import URLS
-
-_MAX_ID = 2**63 - 1
 
 
 def ok(data: dict[str, Any], status: int = 200) -> web.Response:
     return web.json_response({"success": True, "data": data}, status=status)
-
-
-def path_id(request: web.Request, name: str, not_found: type[FaceServeError]) -> int:
-    """A numeric id from the path; anything else is an unknown id (404), as the contract says."""
-    raw = request.match_info[name]
-    if len(raw) > len(str(_MAX_ID)) or not inputs.is_ascii_digits(raw) or int(raw) > _MAX_ID:
-        raise not_found(f"{name} {raw!r} does not exist")
-    return int(raw)
 
 
 def number(raw: str | None, name: str, kind: type[int | float], low: float, high: float) -> float | None:
@@ -32,6 +22,16 @@ def number(raw: str | None, name: str, kind: type[int | float], low: float, high
     if kind is int:
         return inputs.ascii_int(raw, name, int(low), int(high))
     return inputs.ascii_number(raw, name, low, high)
+
+
+def form_id(raw: str | None, name: str) -> int | None:
+    """An id from a form field, read by the same parser as the ids of paths; None when absent or empty."""
+    if raw is None or raw == "":
+        return None
+    value = inputs.parse_id(raw)
+    if value is None:
+        raise BadRequest(f"{name} must be a whole number")
+    return value
 
 
 def query_int(request: web.Request, name: str, default: int, minimum: int, maximum: int) -> int:

@@ -29,7 +29,7 @@ from ..media import renditions, stores
 from ..media.stores import ImageStore, StoredImage
 from . import accel, conditional, serving
 from .appkeys import SERVICES
-from .common import path_id
+from .route_params import route_id
 
 # Renders under way in this process, by file: concurrent first requests for one derivative (every open
 # gallery asks for a new photo's thumbnail at once) wait for one render instead of each making their own.
@@ -37,7 +37,7 @@ _rendering: dict[Path, asyncio.Future[None]] = {}
 
 
 async def serve_image(request: web.Request) -> web.StreamResponse:
-    image_id = path_id(request, "image_id", ImageNotFound)
+    image_id = route_id(request, "image_id")
     cache_control = serving.check_access(request)
     # the query is only parsed when there is one: most requests are for the original
     if request.query_string and wants_derivative(request):
@@ -123,7 +123,7 @@ async def serve_image_derivative(request: web.Request, image_id: int, cache_cont
 
 async def serve_face_crop(request: web.Request) -> web.StreamResponse:
     """GET and HEAD /api/face/face/{face_id}[?w=]: the face's padded box, from the image as displayed."""
-    face_id = path_id(request, "face_id", FaceNotFound)
+    face_id = route_id(request, "face_id")
     # a crop shows part of a photo: the same CDN and signature rules as the photo
     cache_control = serving.check_access(request)
     services = request.app[SERVICES]

@@ -5,17 +5,18 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..core import privacy
-from ..errors import BadRequest, SessionNotFound
+from ..errors import BadRequest
 from . import multipart
 from .access import current_key
 from .appkeys import SERVICES
-from .common import number, ok, path_id
+from .common import number, ok
+from .route_params import route_id
 
 
 async def forget(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     settings = services.settings
-    session_id = path_id(request, "session_id", SessionNotFound)
+    session_id = route_id(request, "session_id")
     selfie: bytes | None = None
     threshold_field: str | None = None
     async for part in multipart.parts(request):

@@ -8,12 +8,13 @@ from aiohttp import web
 
 from .. import db, inputs, layout
 from ..core import face_sessions, ingest
-from ..errors import BadRequest, Busy, ImageNotFound, SessionNotFound
+from ..errors import BadRequest, Busy, ImageNotFound
 from . import multipart
 from .access import require_session
 from .appkeys import SERVICES, URLS
-from .common import image_url, ok, path_id, query_int
+from .common import image_url, ok, query_int
 from .parsing import path_text, query_text
+from .route_params import route_id
 
 
 def image_json(request: web.Request, image: db.ImageRecord) -> dict[str, Any]:
@@ -40,7 +41,7 @@ async def upload_images(request: web.Request) -> web.Response:
     """
     services = request.app[SERVICES]
     settings = services.settings
-    session_id = path_id(request, "session_id", SessionNotFound)
+    session_id = route_id(request, "session_id")
     await face_sessions.require_session(services, session_id)
     analyzed: list[ingest.Analyzed] = []
     try:
@@ -75,7 +76,7 @@ async def upload_images(request: web.Request) -> web.Response:
 async def list_images(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     settings = services.settings
-    session_id = path_id(request, "session_id", SessionNotFound)
+    session_id = route_id(request, "session_id")
     await face_sessions.require_session(services, session_id)
     limit = query_int(request, "limit", settings.page_default_limit, 1, settings.page_max_limit)
     after = query_int(request, "after", 0, 0, 2**63 - 1)
@@ -85,7 +86,7 @@ async def list_images(request: web.Request) -> web.Response:
 
 
 async def delete_image(request: web.Request) -> web.Response:
-    image_id = path_id(request, "image_id", ImageNotFound)
+    image_id = route_id(request, "image_id")
     image = await ingest.delete_image(request.app[SERVICES], image_id)
     return ok({"image_id": image.id, "identity": image.identity, "deleted": True})
 
@@ -108,7 +109,7 @@ async def resolve(request: web.Request) -> web.Response:
 
 async def legacy_redirect(request: web.Request) -> web.Response:
     """Old app builds asked for /storage/face_sessions/{id}/db/{name}; send them to the image by id."""
-    session_id = path_id(request, "session_id", ImageNotFound)
+    session_id = route_id(request, "session_id")
     name = path_text(request, "name")
     image = await db.find_image_by_path(request.app[SERVICES].pool, layout.file_path(session_id, name))
     if image is None:

@@ -9,9 +9,10 @@ from aiohttp import web
 
 from .. import db, layout
 from ..core import face_sessions, people
-from ..errors import BadRequest, PersonNotFound, SessionNotFound
+from ..errors import BadRequest
 from .appkeys import SERVICES
-from .common import face_url, image_url, ok, path_id, query_int
+from .common import face_url, image_url, ok, query_int
+from .route_params import route_id
 
 _MAX_ID = 2**63 - 1
 
@@ -41,7 +42,7 @@ def _people_cursor(raw: str | None) -> tuple[int, int] | None:
 async def list_people(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     settings = services.settings
-    session_id = path_id(request, "session_id", SessionNotFound)
+    session_id = route_id(request, "session_id")
     await face_sessions.require_session(services, session_id)
     limit = query_int(request, "limit", settings.page_default_limit, 1, settings.page_max_limit)
     found = await db.list_people(services.pool, session_id, _people_cursor(request.query.get("after")), limit)
@@ -52,8 +53,8 @@ async def list_people(request: web.Request) -> web.Response:
 async def person_images(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     settings = services.settings
-    session_id = path_id(request, "session_id", SessionNotFound)
-    person = await people.require_person(services, session_id, path_id(request, "person_id", PersonNotFound))
+    session_id = route_id(request, "session_id")
+    person = await people.require_person(services, session_id, route_id(request, "person_id"))
     limit = query_int(request, "limit", settings.page_default_limit, 1, settings.page_max_limit)
     after = query_int(request, "after", 0, 0, _MAX_ID)
     found = await db.person_images(services.pool, person.id, after, limit)
@@ -95,8 +96,8 @@ def _an_id(value: Any, name: str) -> int:
 async def merge_people(request: web.Request) -> web.Response:
     """POST .../people/{person_id}/merge {"other": id}: the other person's faces become this one's."""
     services = request.app[SERVICES]
-    session_id = path_id(request, "session_id", SessionNotFound)
-    person_id = path_id(request, "person_id", PersonNotFound)
+    session_id = route_id(request, "session_id")
+    person_id = route_id(request, "person_id")
     other = _an_id((await _json_body(request)).get("other"), "other")
     merged = await people.merge_people(services, session_id, person_id, other)
     return ok({"person": person_json(request, merged), "merged": other})
@@ -105,8 +106,8 @@ async def merge_people(request: web.Request) -> web.Response:
 async def split_person(request: web.Request) -> web.Response:
     """POST .../people/{person_id}/split {"face_ids": [...]}: those faces become a new person."""
     services = request.app[SERVICES]
-    session_id = path_id(request, "session_id", SessionNotFound)
-    person_id = path_id(request, "person_id", PersonNotFound)
+    session_id = route_id(request, "session_id")
+    person_id = route_id(request, "person_id")
     face_ids = (await _json_body(request)).get("face_ids")
     if not isinstance(face_ids, list) or not face_ids:
         raise BadRequest("face_ids must be a non-empty list of face ids")

@@ -10,10 +10,11 @@ from aiohttp import web
 
 from .. import metrics
 from ..core import matching
-from ..errors import BadRequest, SessionNotFound
+from ..errors import BadRequest
 from . import access, multipart
 from .appkeys import SERVICES, URLS
-from .common import image_url, number, ok, path_id
+from .common import form_id, image_url, number, ok
+from .route_params import route_ids
 
 
 async def search_faces(request: web.Request) -> web.Response:
@@ -21,7 +22,7 @@ async def search_faces(request: web.Request) -> web.Response:
     settings = services.settings
     start = time.perf_counter()
     # the session route: a bad id is a 404 before the body is read
-    in_path = path_id(request, "session_id", SessionNotFound) if "session_id" in request.match_info else None
+    in_path = route_ids(request).get("session_id")
     fields: dict[str, str] = {}
     probe: bytes | None = None
     async for part in multipart.parts(request):
@@ -31,7 +32,7 @@ async def search_faces(request: web.Request) -> web.Response:
             fields[part.name] = await multipart.read_field(part)
         else:
             await multipart.skip(part)
-    session_id = number(fields.get("session_id"), "session_id", int, 1, 2**63 - 1)
+    session_id = form_id(fields.get("session_id"), "session_id")
     if in_path is not None:
         if session_id is not None and session_id != in_path:
             raise BadRequest(

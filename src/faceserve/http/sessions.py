@@ -8,11 +8,12 @@ from aiohttp import web
 
 from .. import db, inputs
 from ..core import face_sessions
-from ..errors import BadRequest, SessionNotFound
+from ..errors import BadRequest
 from .access import visible_sessions
 from .appkeys import SERVICES
-from .common import ok, path_id
+from .common import ok
 from .parsing import read_json
+from .route_params import route_id
 
 _MAX_NAME = 200
 
@@ -48,13 +49,13 @@ async def list_sessions(request: web.Request) -> web.Response:
 
 async def show_session(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    session_id = path_id(request, "session_id", SessionNotFound)
+    session_id = route_id(request, "session_id")
     session = await face_sessions.require_session(services, session_id)
     images, faces = await db.session_counts(services.pool, session_id)
     return ok({**session_json(session), "image_count": images, "face_count": faces})
 
 
 async def delete_session(request: web.Request) -> web.Response:
-    session_id = path_id(request, "session_id", SessionNotFound)
+    session_id = route_id(request, "session_id")
     await face_sessions.delete_session(request.app[SERVICES], session_id)
     return ok({"id": session_id, "deleted": True})
