@@ -32,6 +32,7 @@ from schemathesis.specs.openapi.checks import (
 
 from faceserve.app import create_app
 from faceserve.config import Settings
+from faceserve.http import routes
 from faceserve.http.docs import document
 
 _FUZZ_EXAMPLES = int(os.environ.get("FACESERVE_FUZZ_EXAMPLES", "15"))
@@ -62,6 +63,18 @@ def test_every_route_is_in_the_document(settings: Settings) -> None:
             missing.append(f"{route.method} {path}")
     assert not missing, f"routes missing from src/faceserve/openapi.json: {missing}"
     assert len(documented) >= 16
+
+
+def test_each_declared_route_is_its_operation_in_the_document() -> None:
+    operations = {
+        (method.upper(), path): item[method].get("operationId")
+        for path, item in document()["paths"].items()
+        for method in item
+        if method in ("get", "head", "post", "put", "patch", "delete")
+    }
+    declared = {(r.method, r.path): r.operation for r in routes.ROUTES}
+    declared |= {("HEAD", r.path): r.head_operation for r in routes.ROUTES if r.head_operation}
+    assert declared == operations
 
 
 def test_the_document_is_valid_openapi_3_1() -> None:

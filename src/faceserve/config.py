@@ -128,6 +128,9 @@ class Settings:
     rate_limit_search: str = "60/60"
     rate_limit_upload: str = "600/60"
     rate_limit_read: str = "6000/60"
+    # requests answered 401 (unknown, revoked or expired keys) per client address: past it, that address
+    # gets 429 for any key this process has not just seen valid, before a query is spent on it
+    rate_limit_failed_auth: str = "60/60"
     # comma-separated proxy addresses or networks whose X-Forwarded-For names the client (else: the peer)
     trusted_proxies: str = ""
 

@@ -220,6 +220,11 @@ class KeyCache:
         self._entries[digest] = (now + self._ttl_s, record)
         return record
 
+    def knows(self, key: str) -> bool:
+        """Whether this key's record is cached here as a key that exists (no query needed to answer it)."""
+        hit = self._entries.get(hash_of(key))
+        return hit is not None and hit[0] > time.monotonic() and hit[1] is not None
+
     def touch(self, record: ApiKey) -> None:
         self.used[record.prefix] = time.time()
 
