@@ -87,8 +87,10 @@ def _parser() -> argparse.ArgumentParser:
     _common(importer)
     doctor = commands.add_parser("doctor", help="check the database, models, providers, faiss, disk and clock")
     _common(doctor)
-    database = commands.add_parser("db", help="the database schema: apply or show its migrations")
-    database.add_argument("action", choices=["upgrade", "status"])
+    database = commands.add_parser(
+        "db", help="the database schema: apply or show its migrations, or print the schema they make"
+    )
+    database.add_argument("action", choices=["upgrade", "status", "schema"])
     database.add_argument("--storage", type=Path, help="storage root whose embedded Postgres to use")
     people = commands.add_parser("people", help="the people of a session; --recluster groups its faces again")
     people.add_argument("--session", type=int, required=True, help="face session id")
@@ -195,6 +197,11 @@ async def _database(settings: Settings, action: str) -> int:
     from ..db import database_uri, migrations
 
     async with database_uri(settings.database_url, settings.pgdata) as uri:
+        if action == "schema":
+            from ..db import schema
+
+            print(await schema.fresh_schema(uri), end="")
+            return 0
         conn = await asyncpg.connect(uri)
         try:
             if action == "upgrade":
