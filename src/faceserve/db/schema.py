@@ -44,7 +44,7 @@ HEADER = (
 def _readable(dump: str) -> str:
     """pg_dump's text without what differs between runs and servers: comments (versions, its banners),
     session SETs, and the random \\restrict lines of pg_dump 18."""
-    kept = []
+    kept: list[str] = []
     for line in dump.splitlines():
         if line.startswith(("--", "SET ", "SELECT pg_catalog.set_config", "\\restrict", "\\unrestrict")):
             continue
