@@ -44,9 +44,11 @@ def _database_uri(settings: Settings) -> tuple[str | None, str]:
 async def _ask_database(uri: str) -> tuple[str, float]:
     import asyncpg
 
+    from .. import db
+
     connection = await asyncio.wait_for(asyncpg.connect(uri), _DB_TIMEOUT_S)
     try:
-        version, now = await connection.fetchrow("SELECT current_setting('server_version'), now()")
+        version, now = await db.server_version_and_time(connection)
     finally:
         await connection.close()
     return version, (now - datetime.now(UTC)).total_seconds()

@@ -41,8 +41,9 @@ from .images import (
     insert_image,
     list_images,
     session_file_paths,
+    session_of_image,
 )
-from .notifications import NotificationListener, Subscription
+from .notifications import NotificationListener, Subscription, notify
 from .people import (
     Assignments,
     FaceFacts,
@@ -79,6 +80,7 @@ from .pool import (
     embedded_postgres,
     embedded_postgres_blocking,
     ping,
+    server_version_and_time,
 )
 from .sessions import (
     FaceSession,
@@ -89,6 +91,7 @@ from .sessions import (
     list_sessions,
     session_counts,
     set_expiry,
+    try_lock_session_expiry,
 )
 from .signing_keys import (
     SIGNING_KEYS_CHANNEL,
@@ -197,6 +200,7 @@ __all__ = [
     "move_faces",
     "note_changed_faces",
     "note_clustered",
+    "notify",
     "path_taken",
     "person_face_ids",
     "person_images",
@@ -212,16 +216,19 @@ __all__ = [
     "refresh_session_people",
     "retire_signing_key",
     "revoke_api_key",
+    "server_version_and_time",
     "session_assignments",
     "session_counts",
     "session_embeddings",
     "session_face_facts",
     "session_face_stats",
     "session_file_paths",
+    "session_of_image",
     "session_person_ids",
     "session_was_deleted",
     "set_expiry",
     "try_lock_clustering",
+    "try_lock_session_expiry",
     "unlock_clustering",
     "unplace_machine_faces",
 ]

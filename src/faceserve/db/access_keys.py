@@ -10,11 +10,10 @@ from datetime import datetime
 
 import asyncpg
 
+from . import locks
 from .pool import Connection
 
 API_KEYS_CHANNEL = "faceserve_api_keys"
-# advisory lock: two workers starting at once make one bootstrap admin key
-_BOOTSTRAP_LOCK = 7312002
 
 _COLUMNS = "id, prefix, name, scopes, session_ids, created_at, expires_at, last_used_at, revoked_at"
 
@@ -72,7 +71,7 @@ async def record_keys_last_used(conn: Connection, prefixes: list[str], moments: 
 
 async def lock_key_bootstrap(conn: asyncpg.Connection) -> None:
     """Inside a transaction: the one process that may make the first admin key, until it commits."""
-    await conn.execute("SELECT pg_advisory_xact_lock($1)", _BOOTSTRAP_LOCK)
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", locks.KEY_BOOTSTRAP)  # two workers starting at once make one bootstrap key
 
 
 async def any_api_key(conn: Connection) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from . import locks
 from .pool import Connection
 
 
@@ -64,6 +65,11 @@ async def set_expiry(conn: Connection, session_id: int, days: int) -> None:
     await conn.execute(
         "UPDATE face_sessions SET expires_at = now() + $2::interval WHERE id = $1", session_id, timedelta(days=days)
     )
+
+
+async def try_lock_session_expiry(conn: Connection) -> bool:
+    """Whether this transaction may delete expired sessions (another process holds the turn when not)."""
+    return bool(await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", locks.SESSION_EXPIRY))
 
 
 async def expired_sessions(conn: Connection) -> list[int]:

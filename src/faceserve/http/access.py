@@ -89,8 +89,7 @@ async def _check_sessions(request: web.Request, key: api_keys.ApiKey) -> None:
     if "session_id" in ids:
         require_session(request, ids["session_id"])
     elif "image_id" in ids:
-        pool = request.app[SERVICES].pool
-        session_id = await pool.fetchval("SELECT face_session_id FROM face_session_images WHERE id = $1", ids["image_id"])
+        session_id = await db.session_of_image(request.app[SERVICES].pool, ids["image_id"])
         if session_id is not None:
             require_session(request, session_id)
     elif request.method == "POST" and request.match_info.route.resource is not None and (
