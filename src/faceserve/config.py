@@ -24,7 +24,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "log_level": ("DEBUG", "INFO", "WARNING", "ERROR"),
     "log_format": ("text", "json"),
 }
-# settings that count something: at least this
+# every number a setting holds: at least this (tests/test_config_and_storage.py checks each has one)
 MINIMUM: dict[str, float] = {
     "port": 0,
     "workers": 1,
@@ -62,6 +62,41 @@ MINIMUM: dict[str, float] = {
     "people_min_faces": 1,
     "people_min_face_size": 0,
     "people_recluster_min_changes": 1,
+    "db_watch_interval_s": 0.05,
+    "db_retry_after_s": 0,
+    "signing_key_refresh_s": 1,
+    "api_key_cache_s": 0,
+    "api_key_flush_s": 0.05,
+    "session_expiry_check_s": 0.05,
+    "cuda_device_id": 0,
+    "detection_threshold": 0.01,
+    # 0 would refuse every search, or leave renders waiting for ever
+    "max_pending_searches": 1,
+    "max_concurrent_renders": 1,
+    "max_probe_bytes": 1024,
+    "index_target_recall": 0.5,
+    "keepalive_timeout_s": 0.1,
+    "max_connections": 1,
+    "body_idle_timeout_s": 0.1,
+    "body_min_bytes_per_s": 0,
+    "body_grace_s": 0,
+    "max_json_bytes": 64,
+    "max_json_depth": 2,
+    "derivative_quality": 1,
+    "people_link_similarity": 0,
+    "people_min_det_score": 0,
+    "people_recluster_share": 0,
+}
+# and at most this
+MAXIMUM: dict[str, float] = {
+    "port": 65535,
+    "match_threshold": 2,  # cosine distance
+    "detection_threshold": 1,
+    "index_target_recall": 1,
+    "derivative_quality": 100,
+    "people_link_similarity": 1,
+    "people_min_det_score": 1,
+    "people_recluster_share": 1,
 }
 # old names still read from the environment, with a warning: {old: new}
 RENAMED = {"ivf_min_faces": "approximate_min_faces", "ivf_nprobe_margin": "shortlist_margin"}
@@ -262,8 +297,9 @@ class Settings:
         for name, low in MINIMUM.items():
             if getattr(self, name) < low:
                 raise SettingsError(f"{env_name(name)} must be at least {low} (got {getattr(self, name)!r})")
-        if self.port > 65535:
-            raise SettingsError(f"{env_name('port')} must be at most 65535 (got {self.port})")
+        for name, high in MAXIMUM.items():
+            if getattr(self, name) > high:
+                raise SettingsError(f"{env_name(name)} must be at most {high} (got {getattr(self, name)!r})")
         if self.db_pool_min > self.db_pool_max:
             raise SettingsError(f"{env_name('db_pool_min')} must not exceed {env_name('db_pool_max')}")
         if self.accel_redirect is not None and not (
