@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..config import Settings, load_settings
+from ..config import CHOICES, Settings, env_name, load_settings
 from ..logs import FORMATS, LEVELS
 from . import admin
 
@@ -52,11 +52,18 @@ def _positive(raw: str) -> int:
     return int(raw)
 
 
+def _default(name: str) -> str:
+    """A flag's help names the setting's default and its variable, both read from config.py."""
+    value = getattr(Settings, name)
+    shown = f"./{value}" if isinstance(value, Path) and not value.is_absolute() else value
+    return f"default {shown}, or {env_name(name)}"
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--storage", type=Path, help="storage root (default ./storage, or FACESERVE_STORAGE)")
-    parser.add_argument("--models-dir", type=Path, help="folder of model packs (default ./models)")
-    parser.add_argument("--model-pack", help="model pack under --models-dir (default buffalo_s)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where models run (default auto)")
+    parser.add_argument("--storage", type=Path, help=f"storage root ({_default('storage')})")
+    parser.add_argument("--models-dir", type=Path, help=f"folder of model packs ({_default('models_dir')})")
+    parser.add_argument("--model-pack", help=f"model pack under --models-dir ({_default('model_pack')})")
+    parser.add_argument("--device", choices=CHOICES["device"], help=f"where models run ({_default('device')})")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,19 +75,19 @@ def _parser() -> argparse.ArgumentParser:
         "--log-level",
         type=str.upper,
         choices=LEVELS,
-        help="DEBUG shows libraries' start-up chatter and tracebacks too (default INFO, or FACESERVE_LOG_LEVEL)",
+        help=f"DEBUG shows libraries' start-up chatter and tracebacks too ({_default('log_level')})",
     )
     parser.add_argument(
-        "--log-format", choices=FORMATS, help="text, or json: one object a line (default text, or FACESERVE_LOG_FORMAT)"
+        "--log-format", choices=FORMATS, help=f"text, or json: one object a line ({_default('log_format')})"
     )
     commands = parser.add_subparsers(
         dest="command", required=True, metavar="{serve,import,doctor,db,people,keys,signing}"
     )
     serve = commands.add_parser("serve", help="run the HTTP service")
-    serve.add_argument("--host", help="address to listen on (default 0.0.0.0)")
-    serve.add_argument("--port", type=_port, help="port (default 8000)")
+    serve.add_argument("--host", help=f"address to listen on ({_default('host')})")
+    serve.add_argument("--port", type=_port, help=f"port ({_default('port')})")
     serve.add_argument("--public-base-url", help="absolute base of image URLs in responses")
-    serve.add_argument("--workers", type=_positive, help="processes sharing the port (default 1)")
+    serve.add_argument("--workers", type=_positive, help=f"processes sharing the port ({_default('workers')})")
     _common(serve)
     importer = commands.add_parser("import", help="import a face_sessions/{id}/db/* tree")
     importer.add_argument("source", type=Path, help="folder holding face_sessions/ (or that folder itself)")
