@@ -11,7 +11,7 @@ from .config import Settings
 from .core import privacy
 from .core.services import open_services
 from .http import access, middleware, observability, page, ratelimit, route_params, routes, routing
-from .http.appkeys import PAGE, SERVICES, URLS
+from .http.appkeys import SERVICES, URLS
 from .http.urls import UrlPolicy
 from .vision.engine import FaceEngine
 
@@ -50,9 +50,9 @@ def create_app(
     app.cleanup_ctx.append(services_ctx)
     app.cleanup_ctx.append(expire_sessions_ctx)
     access.install(app, settings)  # its context runs after the services'
-    ratelimit.install(app, limiter)
+    ratelimit.install(app)
     app.cleanup_ctx.append(observability.sampling)
     app[URLS] = UrlPolicy.from_settings(settings)
-    app[PAGE] = page.load(settings)
+    app[page.PAGE] = page.load(settings)
     routing.register(app, routes.ROUTES)
     return app

@@ -21,7 +21,7 @@ from .. import db
 from ..config import Settings
 from ..core import api_keys, signing_store
 from ..errors import Forbidden, Unauthorized
-from .appkeys import ACCESS, SERVICES, URLS
+from .appkeys import SERVICES, URLS
 from .middleware import Handler
 from .route_params import route_ids
 from .routing import LEGACY, PUBLIC, SIGNED, declared
@@ -35,6 +35,9 @@ _KEY = web.RequestKey("api_key", api_keys.ApiKey)
 class AccessState:
     settings: Settings
     keys: api_keys.KeyCache
+
+
+ACCESS = web.AppKey("access", AccessState)
 
 
 def presented_key(request: web.Request) -> str:

@@ -12,8 +12,8 @@ from aiohttp import web
 
 from ..core import api_keys
 from ..errors import BadRequest, FaceServeError, Forbidden
-from .access import current_key
-from .appkeys import ACCESS, SERVICES
+from .access import ACCESS, current_key
+from .appkeys import SERVICES
 from .common import ok
 
 

@@ -19,7 +19,6 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from ..config import Settings
-from .appkeys import PAGE
 from .conditional import weak_match
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
@@ -48,6 +47,9 @@ class Page:
     index: Asset
     assets: dict[str, Asset]
     headers: dict[str, str]  # security headers of the page itself
+
+
+PAGE = web.AppKey("page", Page)
 
 
 def _asset(body: bytes, suffix: str) -> Asset:

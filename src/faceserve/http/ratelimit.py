@@ -19,7 +19,6 @@ from ..config import Settings
 from ..core import token_buckets
 from ..errors import RateLimited, Unauthorized
 from .access import current_key, presents_known_key
-from .appkeys import LIMITER
 from .middleware import Handler
 from .routing import UNLIMITED, declared
 
@@ -132,6 +131,5 @@ async def _add_fields(request: web.Request, response: web.StreamResponse) -> Non
         response.headers.update(fields)
 
 
-def install(app: web.Application, limiter: Limiter) -> None:
-    app[LIMITER] = limiter
+def install(app: web.Application) -> None:
     app.on_response_prepare.append(_add_fields)
