@@ -111,10 +111,10 @@ def bench_index(args: argparse.Namespace) -> None:
         raise SystemExit("index: CuPy sees no CUDA device; --xp numpy runs the same code on the CPU")
     n, k = args.faces, 10
     print(f"\n### Index: CuPy exact index ({args.xp}), {n:,} faces, {time.strftime('%Y-%m-%d')}\n")
-    print("| data | dtype | build s | bytes/face on device | p50 ms | p99 ms | p50 ms k=200 | p50 ms GEMM path | "
-          + " | ".join(f"batch-{b} q/s" for b in args.batches)
+    print("| data | dtype | build s | bytes/face on device | p50 ms | p99 ms | p50 ms k=200 | p50 ms scoring kernel "
+          "alone | p50 ms xp top-k path | p50 ms GEMM path | " + " | ".join(f"batch-{b} q/s" for b in args.batches)
           + " | recall@10 | recall of matches | save s | load s (disk to device) |")
-    print("|---|---|---|---|---|---|---|---|" + "---|" * len(args.batches) + "---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(args.batches) + "---|---|---|---|")
     for per_person in args.per_person:
         vectors = gallery(n, per_person, args.gallery_cache)
         ids = np.arange(n, dtype=np.int64)
@@ -127,7 +127,8 @@ def bench_index(args: argparse.Namespace) -> None:
             sync(xp)
             build_s = time.perf_counter() - start
             held = (device_bytes(xp) - before) or index.nbytes
-            singles, singles_200, gemm, rates, recall, matches = measure(index, queries, truth, truth_sims, args)
+            times, rates, recall, matches = measure(index, queries, truth, truth_sims, args)
+            singles = times["k=10"]
             save_s, load_s = save_and_load(index, n, dtype == "float16", xp)
             if dtype == "float16" and per_person == args.per_person[0]:  # the figures of gpu.json
                 record(args.figures, "index", p50_ms=1000 * float(np.median(singles)),
@@ -136,38 +137,54 @@ def bench_index(args: argparse.Namespace) -> None:
             print(
                 f"| people/{per_person} | {dtype} | {build_s:.2f} | {held / n:,.0f} | "
                 f"{1000 * np.median(singles):.3f} | {1000 * np.percentile(singles, 99):.3f} | "
-                f"{1000 * np.median(singles_200):.3f} | {1000 * np.median(gemm):.3f} | " + " | ".join(f"{r:,.0f}" for r in rates)
+                + " | ".join(f"{1000 * np.median(times[name]):.3f}" for name in ("k=200", "scoring", "xp top-k", "GEMM"))
+                + " | " + " | ".join(f"{r:,.0f}" for r in rates)
                 + f" | {recall:.4f} | {matches:.4f} | {save_s:.2f} | {load_s:.2f} |",
                 flush=True,
             )
             del index
             if cupy_flat._kernel_failed:
                 print("(the scoring kernel failed: every row above measured the GEMM path; run.log has why)")
+            if cupy_flat._select_failed:
+                print("(the selection kernel failed: every row above measured the xp top-k; run.log has why)")
             if hasattr(xp, "get_default_memory_pool"):
                 xp.get_default_memory_pool().free_all_blocks()
 
 
 def measure(index: cupy_flat.CupyFlatIndex, queries: np.ndarray, truth: np.ndarray, truth_sims: np.ndarray,
-            args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[float], float, float]:
-    """(single-query times at k=10, at k=200, at k=10 without the scoring kernel (cuBLAS GEMM), batched
-    queries/s per batch size, recall@10, of matches). Recall is over single queries (the kernel's path)."""
+            args: argparse.Namespace) -> tuple[dict[str, np.ndarray], list[float], float, float]:
+    """(single-query times: at k=10 and k=200 (scoring + selection kernels), the scoring kernel alone, at
+    k=10 with the scoring kernel and the array module's top k (no selection kernel), at k=10 by cuBLAS GEMM
+    and the array module's top k (neither kernel); batched queries/s per batch size, recall@10, of matches).
+    Recall is over single queries (the kernels' path)."""
     k = truth.shape[1]
     for _ in range(5):  # warm: kernels compiled, memory pool filled, cuBLAS handle made
         index.search(queries[:1], k)
         index.search(queries[: max(args.batches)], k)
     rotation = iter(np.tile(np.arange(len(queries)), 4))
-    singles = timed(lambda: index.search(queries[next(rotation)][None], k), args.repeat)
-    singles_200 = timed(lambda: index.search(queries[next(rotation)][None], 200), args.repeat // 2)
-    cupy_flat.use_score_kernel = False
-    try:
-        index.search(queries[:1], k)
-        gemm = timed(lambda: index.search(queries[next(rotation)][None], k), args.repeat // 2)
-    finally:
-        cupy_flat.use_score_kernel = True
+    times = {
+        "k=10": timed(lambda: index.search(queries[next(rotation)][None], k), args.repeat),
+        "k=200": timed(lambda: index.search(queries[next(rotation)][None], 200), args.repeat // 2),
+    }
+    width = -(-index._n // cupy_flat._BLOCK) * cupy_flat._BLOCK
+    xp = index.xp
+
+    def scoring_alone() -> None:
+        cupy_flat.score_blocks(xp, index._matrix[:width], queries[next(rotation)][None], index._n, index._dead_flags)
+        sync(xp)
+
+    times["scoring"] = timed(scoring_alone, args.repeat // 2)
+    for name, switch in (("xp top-k", "use_select_kernel"), ("GEMM", "use_score_kernel")):
+        setattr(cupy_flat, switch, False)
+        try:
+            index.search(queries[:1], k)
+            times[name] = timed(lambda: index.search(queries[next(rotation)][None], k), args.repeat // 2)
+        finally:
+            setattr(cupy_flat, switch, True)
     rates = [b / float(np.median(timed(lambda b=b: index.search(queries[:b], k), 7))) for b in args.batches]
     found = np.concatenate([index.search(queries[i : i + 1], k)[1] for i in range(len(truth))])
     matches = match_recall(found, truth, truth_sims, IndexPolicy().match_similarity)
-    return singles, singles_200, gemm, rates, recall_at(found, truth), matches
+    return times, rates, recall_at(found, truth), matches
 
 
 def save_and_load(index: cupy_flat.CupyFlatIndex, n: int, float16: bool, xp) -> tuple[float, float]:
