@@ -310,7 +310,7 @@ def _hard_scores(seed: int) -> np.ndarray:
     return scores
 
 
-@pytest.mark.parametrize(("k", "threads"), [(10, 1024), (200, 1024), (1, 64), (37, 64)])
+@pytest.mark.parametrize(("k", "threads"), [(10, 1024), (200, 1024), (1, 256), (37, 256)])
 def test_selection_kernel_on_the_cpu_equals_exact_top_k(select_on_cpu, k: int, threads: int):
     scores = _hard_scores(k)
     maxima = _maxima(scores)
@@ -361,7 +361,7 @@ class _CupyOnCpu(types.ModuleType):
 
         def select_top_k(grid, block, args):
             scores, maxima, _, _, k, packed = args
-            packed[:] = self._select_on_cpu(scores, maxima, int(k), threads=128)
+            packed[:] = self._select_on_cpu(scores, maxima, int(k), threads=256)
             self.selected.append(packed.copy())
 
         assert name in ("score_blocks", "select_top_k")

@@ -153,6 +153,7 @@ _SELECT_THREADS = 1024
 # out[query] = [count, k score bits, k columns]; count -1 where a query's candidates or chosen blocks did not
 # fit (many ties, -inf blocks) or fewer than k were found (NaN): the caller answers those by the xp path.
 # MAX_CANDIDATES and MAX_CHOSEN come as -D options (select_options()).
+# Launched with blockDim.x >= 256 (one thread a digit of the scan) and a multiple of 32.
 # Plain CUDA C (shared memory, __syncthreads, atomicAdd) and nothing else: tests/test_cupy_flat.py also
 # compiles it for the CPU with a shim, one thread per CUDA thread, to check the logic where no GPU is.
 _SELECT_SOURCE = r"""
@@ -198,15 +199,22 @@ extern "C" __global__ void select_top_k(const float* scores, const float* maxima
             if ((key & mask) == prefix) atomicAdd(&histogram[(key >> shift) & 255u], 1u);
         }
         __syncthreads();
-        if (tid == 0) {
-            unsigned int seen = 0;
-            int digit = 255;
-            for (; digit > 0; --digit) {
-                if (seen + histogram[digit] >= shared_left) break;
-                seen += histogram[digit];
+        const unsigned int left = shared_left;  /* read by all before the one thread below changes it */
+        /* histogram[d] becomes the count of digits >= d (a suffix scan in 8 steps); the k-th largest
+           key's digit is the one d where that count reaches left and the count above d does not */
+        unsigned int suffix = tid < 256 ? histogram[tid] : 0;
+        for (int offset = 1; offset < 256; offset <<= 1) {
+            const unsigned int add = tid + offset < 256 ? histogram[tid + offset] : 0;
+            __syncthreads();
+            if (tid < 256) histogram[tid] = suffix += add;
+            __syncthreads();
+        }
+        if (tid < 256) {
+            const unsigned int above = tid < 255 ? histogram[tid + 1] : 0;
+            if (suffix >= left && above < left) {
+                shared_prefix = prefix | ((unsigned int)tid << shift);
+                shared_left = left - above;
             }
-            shared_prefix = prefix | ((unsigned int)digit << shift);
-            shared_left -= seen;
         }
         __syncthreads();
         prefix = shared_prefix;
