@@ -11,8 +11,12 @@ largest maxima hold every one of the k best scores (a score outside them is beat
 only k * _BLOCK candidates per query are sorted. A few queries at once (a guest's selfie: one) are scored by
 one kernel (_SCORE_BLOCKS) that reads each row once, masks rows past the end and dead rows, and writes the
 block maxima beside the scores: cuBLAS's GEMM with one column reads the matrix at a fraction of the memory
-bandwidth, and the masking and maxima were three more passes (benchmarks/GPU_PLAN.md has the measurements). The code is written against the array module `xp`: CuPy on
-a GPU, numpy in the tests on CPU, so the same lines are checked there against exact faiss search.
+bandwidth, and the masking and maxima were three more passes (benchmarks/GPU_PLAN.md has the measurements).
+Then one more kernel (_SELECT_SOURCE) finishes the top k from those maxima on the device, one CUDA block a
+query, and one copy brings (count, scores, columns) back: the array module's top k was a dozen small kernels
+and two copies, 1.6-2.1 ms of a single query's 2.1 ms at 1M faces on an H200 (RESULTS.md, run 3). The code
+is written against the array module `xp`: CuPy on a GPU, numpy in the tests on CPU, so the same lines are
+checked there against exact faiss search (and the selection kernel's CUDA C, built for the CPU).
 Blocking: called on the index owner thread only (index.py).
 """
 
@@ -476,7 +480,9 @@ def score_blocks(xp: ModuleType, matrix: Any, queries: np.ndarray, n: int, dead_
         blocks = width // _BLOCK
         scores = xp.empty((q, width), dtype=xp.float32)
         maxima = xp.empty((q, blocks), dtype=xp.float32)
-        flags = dead_flags if dead_flags is not None else xp.zeros(1, dtype=xp.uint8)
+        # without tombstones any device pointer does (the kernel reads flags only when has_dead): no
+        # allocation and memset a search
+        flags = dead_flags if dead_flags is not None else matrix
         _kernels[name](
             (blocks,), (_BLOCK,),
             (matrix, xp.asarray(queries, dtype=xp.float32), flags, np.int32(dead_flags is not None), np.int32(n),
