@@ -14,7 +14,8 @@ block maxima beside the scores: cuBLAS's GEMM with one column reads the matrix a
 bandwidth, and the masking and maxima were three more passes (benchmarks/GPU_PLAN.md has the measurements).
 Then one more kernel (_SELECT_SOURCE) finishes the top k from those maxima on the device, one CUDA block a
 query, and one copy brings (count, scores, columns) back: the array module's top k was a dozen small kernels
-and two copies, 1.6-2.1 ms of a single query's 2.1 ms at 1M faces on an H200 (RESULTS.md, run 3). The code
+and two copies, where run 3 (RESULTS.md) put most of a single query's 1.6-2.1 ms at 1M faces on an H200
+(the scoring kernel alone is timed by gpu_bench.py index since; not yet on a GPU). The code
 is written against the array module `xp`: CuPy on a GPU, numpy in the tests on CPU, so the same lines are
 checked there against exact faiss search (and the selection kernel's CUDA C, built for the CPU).
 Blocking: called on the index owner thread only (index.py).
