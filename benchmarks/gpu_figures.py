@@ -103,11 +103,13 @@ def main() -> None:
     parser.add_argument("--date", required=True)
     parser.add_argument("--commit", required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--quiet", action="store_true", help="write the file only")
     args = parser.parse_args()
     document = assemble(args.figures, args.device, args.date, args.commit)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(document, indent=2) + "\n")
-    print(json.dumps(document, indent=2))
+    if not args.quiet:
+        print(json.dumps(document, indent=2))
 
 
 if __name__ == "__main__":

@@ -48,8 +48,10 @@ TABLES=$OUT/tables.md
 : >"$TABLES"
 export PYTHONPATH=$TARGET:$ROOT/src
 GALLERIES=$(dirname "$TARGET")/galleries  # drawn once by the search step, reused by index; removed at the end
-FIGURES=$(dirname "$TARGET")/figures  # each step's figures (gpu_figures.py record), assembled into gpu.json
-rm -rf "$FIGURES"
+# each step's figures (gpu_figures.py record), assembled into gpu.json; a rerun of some steps (--only) keeps
+# the other steps' figures from the run before it on this machine
+FIGURES=$(dirname "$TARGET")/figures
+[ -n "$ONLY" ] || rm -rf "$FIGURES"
 STARTED=$(date -u '+%Y-%m-%dT%H:%M:%SZ')
 export PYTHONUNBUFFERED=1
 
@@ -109,6 +111,16 @@ skip() {
     say "=== $1: skipped: $2"
     TIMINGS+=("| $1 | 0 | skipped: $2 |")
 }
+# the issue's figures from what the steps recorded so far (benchmarks/results/gpu.json: commit it from $OUT),
+# written after every step, so a run cut off by the call's own limit still returns what it measured
+if [ $DRY = 1 ]; then DEVICE="cpu (dry run)"; else DEVICE=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1); fi
+[ -n "$COMMIT" ] || COMMIT=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+GPU_JSON=$OUT/benchmarks/results/gpu.json
+write_json() {
+    mkdir -p "$(dirname "$GPU_JSON")"
+    "$PY" benchmarks/gpu_figures.py --figures "$FIGURES" --device "$DEVICE" --date "$STARTED" --commit "$COMMIT" \
+        --out "$GPU_JSON" "$@"
+}
 # bench NAME COMMAND...: a step whose output is a table for tables.md
 bench() {
     local name=$1
@@ -117,6 +129,7 @@ bench() {
     before=$(wc -l <"$LOG")
     step "$name" "$@"
     tail -n +"$((before + 1))" "$LOG" >>"$TABLES"
+    write_json --quiet >>"$LOG" 2>&1
 }
 
 install_wheels() {
@@ -236,13 +249,8 @@ step tests gpu_tests
     printf '%s\n' "${TIMINGS[@]}"
 } | tee -a "$TABLES" "$LOG"
 
-# the issue's figures, null where a step did not run (benchmarks/results/gpu.json: commit it from $OUT)
-if [ $DRY = 1 ]; then DEVICE="cpu (dry run)"; else DEVICE=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1); fi
-[ -n "$COMMIT" ] || COMMIT=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 say ""
-say "=== gpu.json (commit $COMMIT, sources $sources)"
-mkdir -p "$OUT/benchmarks/results"
-"$PY" benchmarks/gpu_figures.py --figures "$FIGURES" --device "$DEVICE" --date "$STARTED" --commit "$COMMIT" \
-    --out "$OUT/benchmarks/results/gpu.json" 2>&1 | tee -a "$LOG" || FAILED+=("gpu.json")
+say "=== $GPU_JSON (commit $COMMIT, sources $sources; null: not measured)"
+write_json 2>&1 | tee -a "$LOG" || FAILED+=("gpu.json")
 if [ ${#FAILED[@]} -gt 0 ]; then say "FAILED: ${FAILED[*]}"; exit 1; fi
 say "all steps clean"
