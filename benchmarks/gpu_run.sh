@@ -187,6 +187,21 @@ if not dry:
         problems.append("the imported onnxruntime is not the GPU build")
     if cupy_flat.device_count() == 0 and not hasattr(faiss, "GpuIndexFlatIP"):
         problems.append("neither a GPU faiss nor CuPy sees a device: the index would stay on the CPU")
+    cupy = cupy_flat.load_cupy()
+    kernels = (
+        ("score_blocks float16", cupy_flat._SCORE_BLOCKS_SOURCE, "score_blocks", ("-DROW_HALF",)),
+        ("score_blocks float32", cupy_flat._SCORE_BLOCKS_SOURCE, "score_blocks", ()),
+        ("select_top_k", cupy_flat._SELECT_SOURCE, "select_top_k", cupy_flat.select_options()),
+    )
+    # the CuPy index's kernels, compiled by this machine's NVRTC (a failure would only log, then fall back)
+    for label, source, entry, options in kernels if cupy is not None else ():
+        try:
+            kernel = cupy.RawKernel(source, entry, options=options)
+            kernel.compile()
+            print(f"  kernel {label}: {kernel.num_regs} registers, {kernel.local_size_bytes} bytes local, "
+                  f"{kernel.shared_size_bytes} bytes static shared")
+        except Exception as exc:
+            problems.append(f"kernel {label} does not compile here: {exc}")
 for line in problems:
     print("PROBLEM:", line)
 sys.exit(1 if problems else 0)
