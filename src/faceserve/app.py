@@ -22,10 +22,12 @@ from .http import (
     observability,
     page,
     people,
+    qr,
     ratelimit,
     route_params,
     search,
     sessions,
+    setup,
 )
 from .http.appkeys import PAGE, SERVICES, URLS
 from .http.urls import UrlPolicy
@@ -94,4 +96,8 @@ def create_app(
     app.router.add_get("/api/face/sessions/{session_id}/people/{person_id}/images", people.person_images)
     app.router.add_post("/api/face/sessions/{session_id}/people/{person_id}/merge", people.merge_people)
     app.router.add_post("/api/face/sessions/{session_id}/people/{person_id}/split", people.split_person)
+    # running an event from the page: rename it, QR codes of guest links, the one-time setup link
+    app.router.add_patch("/api/face/sessions/{session_id}", sessions.rename_session)
+    app.router.add_post("/api/face/qr", qr.make_qr)
+    app.router.add_post("/api/face/setup", setup.exchange_setup_token)
     return app

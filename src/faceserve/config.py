@@ -62,6 +62,8 @@ MINIMUM: dict[str, float] = {
     "people_min_faces": 1,
     "people_min_face_size": 0,
     "people_recluster_min_changes": 1,
+    "setup_link_ttl_h": 0.01,
+    "guest_link_days": 1,
 }
 # old names still read from the environment, with a warning: {old: new}
 RENAMED = {"ivf_min_faces": "approximate_min_faces", "ivf_nprobe_margin": "shortlist_margin"}
@@ -119,6 +121,10 @@ class Settings:
     api_key_cache_s: float = 5.0
     # seconds between the batched writes of keys' last use (one UPDATE per flush, not one per request)
     api_key_flush_s: float = 30.0
+    # hours a one-time setup link (http://host:port/#setup=...) signs a browser in before it dies unused
+    setup_link_ttl_h: float = 24.0
+    # days a guest link's search key lives unless the organiser picks another (the page's default choice)
+    guest_link_days: int = 30
     # seconds between looks for expired sessions: the contract deletes them within a minute
     session_expiry_check_s: float = 20.0
     # token buckets, "requests/seconds", per key (per client address without one), http/ratelimit.py.

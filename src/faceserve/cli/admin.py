@@ -1,4 +1,4 @@
-"""`faceserve keys ...` and `faceserve signing ...`: straight to the database, so they work while a server
+"""`faceserve keys ...`, `faceserve signing ...` and `faceserve setup-link`: straight to the database, so they work while a server
 runs on the same storage (the embedded Postgres is shared, not started twice) and on another host alike."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import asyncpg
 
 from .. import db
 from ..config import Settings
-from ..core import api_keys, signing_store
+from ..core import api_keys, setup_links, signing_store
 
 
 @asynccontextmanager
@@ -46,6 +46,12 @@ def add_commands(commands: argparse._SubParsersAction, common: Callable[[argpars
     retire.add_argument("kid")
     common(retire)
     common(signing_actions.add_parser("list", help="key ids and dates (never the secrets)"))
+    setup = commands.add_parser(
+        "setup-link", help="print a one-time link that signs a browser in to the page as an admin"
+    )
+    setup.add_argument("--port", type=int, help="the port the service listens on (default 8000)")
+    setup.add_argument("--public-base-url", help="the address browsers reach the service at")
+    common(setup)
 
 
 async def run_keys(settings: Settings, args: argparse.Namespace) -> int:
@@ -100,4 +106,12 @@ async def run_signing(settings: Settings, args: argparse.Namespace) -> int:
         return 0
 
 
-COMMANDS = {"keys": run_keys, "signing": run_signing}
+async def run_setup_link(settings: Settings, args: argparse.Namespace) -> int:
+    async with database(settings) as pool:
+        token = await setup_links.create_token(pool, settings.setup_link_ttl_h)
+    print(f"open this link in the organiser's browser (it works once, for {settings.setup_link_ttl_h:g} h):")
+    print(setup_links.link(settings, token))
+    return 0
+
+
+COMMANDS = {"keys": run_keys, "signing": run_signing, "setup-link": run_setup_link}

@@ -87,9 +87,11 @@ from .sessions import (
     expired_sessions,
     get_session,
     list_sessions,
+    rename_session,
     session_counts,
     set_expiry,
 )
+from .setup_tokens import insert_setup_token, use_setup_token
 from .signing_keys import (
     SIGNING_KEYS_CHANNEL,
     any_live_signing_key,
@@ -179,6 +181,7 @@ __all__ = [
     "insert_deleted_session",
     "insert_faces",
     "insert_image",
+    "insert_setup_token",
     "insert_signing_key",
     "insert_upload_intent",
     "list_api_keys",
@@ -210,6 +213,7 @@ __all__ = [
     "record_keys_last_used",
     "refresh_people",
     "refresh_session_people",
+    "rename_session",
     "retire_signing_key",
     "revoke_api_key",
     "session_assignments",
@@ -224,4 +228,5 @@ __all__ = [
     "try_lock_clustering",
     "unlock_clustering",
     "unplace_machine_faces",
+    "use_setup_token",
 ]
