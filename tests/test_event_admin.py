@@ -126,6 +126,14 @@ async def test_a_setup_token_signs_in_once_and_only_while_fresh(client, anon):
     assert status == 400
 
 
+async def _exchange(client, token: str) -> int:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(client.make_url("/api/face/setup"), json={"token": token}) as response,
+    ):
+        return response.status
+
+
 async def test_the_first_start_prints_a_setup_link_and_the_cli_prints_new_ones(
     settings, engine, aiohttp_client, capsys, monkeypatch, caplog
 ):
@@ -134,9 +142,7 @@ async def test_the_first_start_prints_a_setup_link_and_the_cli_prints_new_ones(
     link = re.search(r"http://localhost:8000/#setup=(fst_\S+)", printed)
     assert link, printed
     assert link[1] not in caplog.text  # on the console, not in the log
-    async with aiohttp.ClientSession() as session:
-        async with session.post(client.make_url("/api/face/setup"), json={"token": link[1]}) as response:
-            assert response.status == 201
+    assert await _exchange(client, link[1]) == 201
     # a second start makes no new link
     await aiohttp_client(create_app(settings, engine))
     assert "#setup=" not in capsys.readouterr().out
@@ -144,10 +150,9 @@ async def test_the_first_start_prints_a_setup_link_and_the_cli_prints_new_ones(
     monkeypatch.setenv("DATABASE_URL", settings.database_url)
     argv = ["setup-link", "--storage", str(settings.storage), "--public-base-url", "https://photos.example.com"]
     assert await asyncio.to_thread(cli_main, argv) == 0
-    token = re.search(r"^https://photos\.example\.com/#setup=(fst_\S+)$", capsys.readouterr().out, re.M)[1]
-    async with aiohttp.ClientSession() as session:
-        async with session.post(client.make_url("/api/face/setup"), json={"token": token}) as response:
-            assert response.status == 201
+    printed = capsys.readouterr().out
+    token = re.search(r"^https://photos\.example\.com/#setup=(fst_\S+)$", printed, re.MULTILINE)[1]
+    assert await _exchange(client, token) == 201
 
 
 async def test_json_answers_end_with_a_newline(client):
