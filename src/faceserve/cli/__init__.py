@@ -1,6 +1,12 @@
-"""Command line: `faceserve serve` runs the service, `faceserve import DIR` takes in an old tree,
-`faceserve doctor` checks what a deployment needs, `faceserve db upgrade|status` moves or shows the database
-schema, `faceserve people --session ID [--recluster]` shows (or clusters again) the people of a session, `faceserve keys ...` and `faceserve signing ...` (admin.py) manage access.
+"""faceserve: find a person in a photo collection by their face.
+
+  faceserve serve                    run the service (the page, the API)
+  faceserve setup-link               print a one-time link that signs a browser in as the organiser
+  faceserve import DIR               take in an old face_sessions/{id}/db/ tree
+  faceserve doctor                   check what a deployment needs
+  faceserve db upgrade|status        apply or show the database schema's migrations
+  faceserve people --session ID      show (or --recluster) the people of a session
+  faceserve keys ..., signing ...    manage API keys and the keys that sign image URLs
 
 Exit codes: 0 done; 1 it ran and something failed (port in use, database down, files that failed to
 import, a failed doctor check); 2 bad usage (flags, settings, a source without the face_sessions layout);
@@ -74,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
         "--log-format", choices=FORMATS, help="text, or json: one object a line (default text, or FACESERVE_LOG_FORMAT)"
     )
     commands = parser.add_subparsers(
-        dest="command", required=True, metavar="{serve,import,doctor,db,people,keys,signing}"
+        dest="command", required=True, metavar="{serve,setup-link,import,doctor,db,people,keys,signing}"
     )
     serve = commands.add_parser("serve", help="run the HTTP service")
     serve.add_argument("--host", help="address to listen on (default 0.0.0.0)")
@@ -150,8 +156,8 @@ def _serve(settings: Settings) -> int:
     with metrics_folder():
         from ..server import serve  # imports prometheus_client: after the folder is set
 
-        serve(settings)
-    return 0
+        interrupted = serve(settings)
+    return EXIT_INTERRUPTED if interrupted else 0
 
 
 async def _import(settings: Settings, source: Path) -> int:

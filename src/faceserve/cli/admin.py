@@ -1,4 +1,4 @@
-"""`faceserve keys ...`, `faceserve signing ...` and `faceserve setup-link`: straight to the database, so they work while a server
+"""faceserve keys ..., signing ... and setup-link: straight to the database, so they work while a server
 runs on the same storage (the embedded Postgres is shared, not started twice) and on another host alike."""
 
 from __future__ import annotations
