@@ -36,6 +36,8 @@ from . import admin
 log = logging.getLogger("faceserve")
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 _METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# commands whose output is a report: the log's INFO lines (a migration applied, Postgres started) stay out of it
+_REPORTS = {"doctor", "db", "people", "setup-link", *admin.COMMANDS}
 
 
 class UsageError(Exception):
@@ -260,7 +262,10 @@ def _run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     from .. import logs
 
-    logs.configure(settings.log_level.upper(), settings.log_format)
+    level = settings.log_level.upper()
+    if args.command in _REPORTS and args.log_level is None and "FACESERVE_LOG_LEVEL" not in os.environ:
+        level = "WARNING"
+    logs.configure(level, settings.log_format)
     if args.command == "db":
         return asyncio.run(_database(settings, args.action))
     if args.command == "people":

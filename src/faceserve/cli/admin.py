@@ -6,12 +6,18 @@ from __future__ import annotations
 import argparse
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import UTC, datetime
 
 import asyncpg
 
 from .. import db
 from ..config import Settings
 from ..core import api_keys, setup_links, signing_store
+
+
+def _when(moment: datetime | None, missing: str = "-") -> str:
+    """One time format in every listing: minutes, in UTC."""
+    return missing if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 @asynccontextmanager
@@ -67,7 +73,7 @@ async def run_keys(settings: Settings, args: argparse.Namespace) -> int:
                 return 2
             print(f"prefix {record.prefix}, scopes {','.join(record.scopes)}, "
                   f"sessions {'all' if record.session_ids is None else ','.join(map(str, record.session_ids))}, "
-                  f"expires {record.expires_at or 'never'}; the key (shown once):")
+                  f"expires {_when(record.expires_at, 'never')}; the key (shown once):")
             print(text)
             return 0
         if args.action == "list":
@@ -76,8 +82,8 @@ async def run_keys(settings: Settings, args: argparse.Namespace) -> int:
                 sessions = "all" if key.session_ids is None else ",".join(map(str, key.session_ids))
                 print(
                     f"{key.prefix}  {state:<7} scopes={','.join(key.scopes)} sessions={sessions} "
-                    f"name={key.name!r} created={key.created_at:%Y-%m-%d %H:%M} "
-                    f"last_used={key.last_used_at or '-'} expires={key.expires_at or 'never'}"
+                    f"name={key.name!r} created={_when(key.created_at)} "
+                    f"last_used={_when(key.last_used_at)} expires={_when(key.expires_at, 'never')}"
                 )
             return 0
         revoked = await api_keys.revoke(pool, args.prefix)
@@ -102,7 +108,7 @@ async def run_signing(settings: Settings, args: argparse.Namespace) -> int:
             print(f"retired {args.kid}")
             return 0
         for kid, created, retired in await signing_store.list_keys(pool):
-            print(f"{kid}  created={created:%Y-%m-%d %H:%M}  {'retired=' + str(retired) if retired else 'live'}")
+            print(f"{kid}  created={_when(created)}  {'retired=' + _when(retired) if retired else 'live'}")
         return 0
 
 
