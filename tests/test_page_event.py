@@ -193,3 +193,35 @@ async def test_a_setup_link_signs_a_browser_in_once(client, browser):
     await expect(again.locator("#notice")).to_contain_text("did not sign you in", timeout=SLOW_MS)
     await expect(again.locator("#signed-in")).to_be_hidden()
     assert problems.answers == [(403, "/api/face/setup")]
+
+
+async def test_an_opened_photo_outlines_the_face_that_matched(client, browser, photos, settings):
+    from playwright.async_api import expect
+
+    headers = api_headers(settings)
+    response = await client.post("/api/face/sessions", json={"name": "team photo"}, headers=headers)
+    session_id = (await response.json())["data"]["id"]
+    await _upload(client, headers, session_id, [("players.jpg", photos["players"].read_bytes())])
+    guest, problems = await open_page(browser, page_url(client, settings, session=session_id), DESKTOP)
+    async with guest.expect_response(lambda r: r.url.endswith("/api/face/search")) as answer:
+        await guest.set_input_files("#selfie", photos["yaoming"])
+    (match,) = (await (await answer.value).json())["data"]["matches"]
+    await expect(guest.locator("#search-status")).to_have_text(re.compile("You are in 1 photo"), timeout=SLOW_MS)
+
+    await guest.click("#matches li a.photo")
+    image, outline = guest.locator("#viewer-image"), guest.locator("#viewer-box")
+    await expect(guest.locator("#viewer")).to_be_visible()
+    await expect(outline).to_be_visible()
+    shown = await image.bounding_box()
+    drawn = await outline.bounding_box()
+    natural = await image.evaluate("i => [i.naturalWidth, i.naturalHeight]")
+    x1, y1, x2, y2 = match["box"]
+    scale = shown["width"] / natural[0]
+    # the outline (3 px border outside the face's pixels' box) sits on the face within a few pixels
+    assert abs(drawn["x"] - (shown["x"] + x1 * scale)) < 4, (drawn, shown, match["box"])
+    assert abs(drawn["y"] - (shown["y"] + y1 * (shown["height"] / natural[1]))) < 4
+    assert abs(drawn["width"] - (x2 - x1) * scale) < 4
+    await screenshot(guest, "guest-photo-opened-desktop", full_page=False)
+    await guest.click("#viewer-close")
+    await expect(guest.locator("#viewer")).to_be_hidden()
+    assert problems.seen == [] and problems.answers == []

@@ -8,6 +8,7 @@ import { initDialog } from "./dialog.js";
 import { initGuest, showGuest } from "./guest.js";
 import { initOrganiser, showOrganiser } from "./organiser.js";
 import { $, describeError, showNotice } from "./ui.js";
+import { initViewer } from "./viewer.js";
 
 function fragment() {
   return new URLSearchParams(location.hash.slice(1));
@@ -87,6 +88,7 @@ async function start() {
   takeKeyFromLink();
   initKeyPanel();
   initDialog();
+  initViewer();
   initGuest();
   initOrganiser();
   const signedIn = await takeSetupToken();
