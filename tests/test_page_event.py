@@ -221,6 +221,7 @@ async def test_an_opened_photo_outlines_the_face_that_matched(client, browser, p
     assert abs(drawn["x"] - (shown["x"] + x1 * scale)) < 4, (drawn, shown, match["box"])
     assert abs(drawn["y"] - (shown["y"] + y1 * (shown["height"] / natural[1]))) < 4
     assert abs(drawn["width"] - (x2 - x1) * scale) < 4
+    assert abs(drawn["height"] - (y2 - y1) * (shown["height"] / natural[1])) < 4
     await screenshot(guest, "guest-photo-opened-desktop", full_page=False)
     await guest.click("#viewer-close")
     await expect(guest.locator("#viewer")).to_be_hidden()
