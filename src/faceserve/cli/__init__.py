@@ -7,6 +7,7 @@
   faceserve db upgrade|status        apply or show the database schema's migrations
   faceserve people --session ID      show (or --recluster) the people of a session
   faceserve keys ..., signing ...    manage API keys and the keys that sign image URLs
+  faceserve backup DIR, restore DIR  copy the database and photos out, and onto a fresh storage
 
 Exit codes: 0 done; 1 it ran and something failed (port in use, database down, files that failed to
 import, a failed doctor check); 2 bad usage (flags, settings, a source without the face_sessions layout);
@@ -31,13 +32,13 @@ from typing import Any
 from .. import __version__
 from ..config import Settings, load_settings
 from ..logs import FORMATS, LEVELS
-from . import admin
+from . import admin, backup
 
 log = logging.getLogger("faceserve")
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 _METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # commands whose output is a report: the log's INFO lines (a migration applied, Postgres started) stay out of it
-_REPORTS = {"doctor", "db", "people", "setup-link", *admin.COMMANDS}
+_REPORTS = {"doctor", "db", "people", *admin.COMMANDS, *backup.COMMANDS}
 
 
 class UsageError(Exception):
@@ -82,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
         "--log-format", choices=FORMATS, help="text, or json: one object a line (default text, or FACESERVE_LOG_FORMAT)"
     )
     commands = parser.add_subparsers(
-        dest="command", required=True, metavar="{serve,setup-link,import,doctor,db,people,keys,signing}"
+        dest="command", required=True, metavar="{serve,setup-link,import,doctor,db,people,keys,signing,backup,restore}"
     )
     serve = commands.add_parser("serve", help="run the HTTP service")
     serve.add_argument("--host", help="address to listen on (default 0.0.0.0)")
@@ -104,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     people.add_argument("--top", type=int, default=20, help="people to list, most photographed first")
     _common(people)
     admin.add_commands(commands, _common)
+    backup.add_commands(commands, _common)
     return parser
 
 
@@ -272,6 +274,8 @@ def _run(args: argparse.Namespace) -> int:
         return asyncio.run(_people(settings, args.session, args.recluster, args.top))
     if args.command in admin.COMMANDS:
         return asyncio.run(admin.COMMANDS[args.command](settings, args))
+    if args.command in backup.COMMANDS:
+        return asyncio.run(backup.COMMANDS[args.command](settings, args))
     if args.command == "serve":
         return _serve(settings)
     if args.command == "doctor":

@@ -15,6 +15,7 @@ from .access_keys import (
     revoke_api_key,
 )
 from .audit import record_forget
+from .backups import export_snapshot, has_schema, postgres_tool, stored_file_paths
 from .binary_copy import copy_records
 from .blobs import blob, blob_range, blob_size, insert_blob
 from .faces import (
@@ -166,6 +167,7 @@ __all__ = [
     "embedded_postgres_blocking",
     "embeddings_by_ids",
     "expired_sessions",
+    "export_snapshot",
     "faces_with_images",
     "find_image_by_path",
     "find_image_by_sha256",
@@ -175,6 +177,7 @@ __all__ = [
     "get_person",
     "get_served_image",
     "get_session",
+    "has_schema",
     "insert_api_key",
     "insert_blob",
     "insert_deleted_image",
@@ -209,6 +212,7 @@ __all__ = [
     "pin_person",
     "ping",
     "place_faces",
+    "postgres_tool",
     "record_forget",
     "record_keys_last_used",
     "refresh_people",
@@ -225,6 +229,7 @@ __all__ = [
     "session_person_ids",
     "session_was_deleted",
     "set_expiry",
+    "stored_file_paths",
     "try_lock_clustering",
     "unlock_clustering",
     "unplace_machine_faces",
