@@ -134,6 +134,14 @@ async def test_an_organiser_runs_an_event_from_the_page(client, browser, photos,
     await expect(qr).to_have_js_property("complete", True)
     assert _decode_qr(await qr.screenshot()) == link
     await screenshot(page, "event-guest-link-phone")
+    # printed for the venue: the event's name and its code, nothing else
+    await page.emulate_media(media="print")
+    await expect(qr).to_be_visible()
+    await expect(page.locator("#manage-title")).to_be_visible()
+    for other in ("#photo-grid", "#guest-links", "#copy-link", "#drop", ".bar", "#sessions"):
+        await expect(page.locator(other)).to_be_hidden()
+    await screenshot(page, "event-qr-print-phone")
+    await page.emulate_media(media="screen")
     await page.set_viewport_size(DESKTOP)
     await screenshot(page, "event-guest-link-desktop")
 

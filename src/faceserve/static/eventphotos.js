@@ -40,9 +40,14 @@ export async function refreshEventPhotos() {
 
 function showSelection() {
   for (const tile of $("photo-grid").children) tile.classList.toggle("selected", selected.has(Number(tile.dataset.imageId)));
-  $("photos-selected").textContent = selected.size ? `${plural(selected.size, "photo")} selected` : "";
-  $("photos-delete").disabled = !selected.size;
-  $("photos-clear").disabled = !selected.size;
+  const any = $("photo-grid").children.length > 0;
+  $("photos-selected").textContent = selected.size
+    ? `${plural(selected.size, "photo")} selected`
+    : any
+      ? "Tick photos to delete them."
+      : "";
+  $("photos-delete").hidden = !selected.size;
+  $("photos-clear").hidden = !selected.size;
 }
 
 function tile(image) {
