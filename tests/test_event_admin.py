@@ -86,6 +86,19 @@ async def test_guest_links_expire_are_listed_by_event_and_revoked(client, anon):
     assert listed[0]["revoked_at"]
 
 
+async def test_deleting_an_event_revokes_its_guest_links_and_no_other_key(client, anon):
+    party, other = await create_session(client, "party"), await create_session(client, "other")
+    guest = await _guest_key(client, party)
+    both = (await (await client.post("/api/face/keys", json={"scopes": ["search"], "sessions": [party, other]})).json())
+    assert (await client.delete(f"/api/face/sessions/{party}")).status == 200
+    status, _ = await anon("GET", "/api/face/sessions", _bearer(guest["key"]))
+    assert status == 401
+    status, _ = await anon("GET", f"/api/face/sessions/{other}", _bearer(both["data"]["key"]))
+    assert status == 200  # a key of several events keeps the ones left
+    keys = {k["prefix"]: k for k in (await (await client.get("/api/face/keys")).json())["data"]["keys"]}
+    assert keys[guest["prefix"]]["revoked_at"] and not keys[both["data"]["prefix"]]["revoked_at"]
+
+
 async def test_a_qr_code_is_an_svg_for_admins_only(client, anon):
     session_id = await create_session(client, "party")
     guest = await _guest_key(client, session_id)

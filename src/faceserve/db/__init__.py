@@ -13,6 +13,7 @@ from .access_keys import (
     lock_key_bootstrap,
     record_keys_last_used,
     revoke_api_key,
+    revoke_session_keys,
 )
 from .audit import record_forget
 from .backups import export_snapshot, has_schema, postgres_tool, stored_file_paths
@@ -220,6 +221,7 @@ __all__ = [
     "rename_session",
     "retire_signing_key",
     "revoke_api_key",
+    "revoke_session_keys",
     "session_assignments",
     "session_counts",
     "session_embeddings",
