@@ -46,11 +46,11 @@ def link(settings: Settings, token: str) -> str:
 async def exchange(pool: asyncpg.Pool, token: str) -> tuple[str, api_keys.ApiKey]:
     """The token used up, and a new admin key for the browser that presented it (both or neither)."""
     if not _TOKEN_SHAPE.fullmatch(token):
-        raise SetupLinkInvalid("this setup link is not valid: ask for a new one with `faceserve setup-link`")
+        raise SetupLinkInvalid("this setup link is not valid: print a new one with: faceserve setup-link")
     async with pool.acquire() as conn, conn.transaction():
         if not await db.use_setup_token(conn, api_keys.hash_of(token)):
             raise SetupLinkInvalid(
-                "this setup link was used already or has expired: print a new one with `faceserve setup-link`"
+                "this setup link was used already or has expired: print a new one with: faceserve setup-link"
             )
         stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
         return await api_keys.create(conn, ["admin"], name=f"browser signed in by a setup link, {stamp}")

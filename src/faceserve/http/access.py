@@ -259,7 +259,7 @@ def say_setup_link(settings: Settings, token: str) -> None:
     """On the console, not in the log: the link is a credential (once, for a day) that log shippers keep."""
     print(
         f"\nFirst start: open this link in the organiser's browser to sign it in to the page "
-        f"(it works once, for {settings.setup_link_ttl_h:g} h; `faceserve setup-link` prints a new one):\n"
+        f"(it works once, for {settings.setup_link_ttl_h:g} h; faceserve setup-link prints a new one):\n"
         f"    {setup_links.link(settings, token)}\n",
         flush=True,
     )
