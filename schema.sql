@@ -188,6 +188,24 @@ CREATE TABLE public.schema_version (
     applied_at timestamp with time zone DEFAULT now() NOT NULL
 );
 
+CREATE TABLE public.setup_tokens (
+    id bigint NOT NULL,
+    token_hash bytea NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    expires_at timestamp with time zone NOT NULL,
+    used_at timestamp with time zone,
+    CONSTRAINT setup_tokens_token_hash_check CHECK ((octet_length(token_hash) = 32))
+);
+
+CREATE SEQUENCE public.setup_tokens_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+
+ALTER SEQUENCE public.setup_tokens_id_seq OWNED BY public.setup_tokens.id;
+
 CREATE TABLE public.url_signing_keys (
     kid text NOT NULL,
     secret bytea NOT NULL,
@@ -207,6 +225,8 @@ ALTER TABLE ONLY public.faces ALTER COLUMN id SET DEFAULT nextval('public.faces_
 ALTER TABLE ONLY public.people ALTER COLUMN id SET DEFAULT nextval('public.people_id_seq'::regclass);
 
 ALTER TABLE ONLY public.privacy_audit ALTER COLUMN id SET DEFAULT nextval('public.privacy_audit_id_seq'::regclass);
+
+ALTER TABLE ONLY public.setup_tokens ALTER COLUMN id SET DEFAULT nextval('public.setup_tokens_id_seq'::regclass);
 
 ALTER TABLE ONLY public.api_keys
     ADD CONSTRAINT api_keys_pkey PRIMARY KEY (id);
@@ -261,6 +281,12 @@ ALTER TABLE ONLY public.privacy_audit
 
 ALTER TABLE ONLY public.schema_version
     ADD CONSTRAINT schema_version_pkey PRIMARY KEY (version);
+
+ALTER TABLE ONLY public.setup_tokens
+    ADD CONSTRAINT setup_tokens_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.setup_tokens
+    ADD CONSTRAINT setup_tokens_token_hash_key UNIQUE (token_hash);
 
 ALTER TABLE ONLY public.url_signing_keys
     ADD CONSTRAINT url_signing_keys_pkey PRIMARY KEY (kid);

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 
 from faceserve.app import create_app
 from faceserve.http.access_log import LOGGER, AccessLogger
@@ -52,4 +53,5 @@ async def test_text_access_line(settings, engine, aiohttp_server, aiohttp_client
     [record] = [r for r in caplog.records if r.name == LOGGER.name]
     message = record.getMessage()
     assert '"GET /api/face/sessions" 200' in message and message.endswith(" t-1")
+    assert re.search(r'" 200 \d+ bytes [\d.]+ms t-1$', message), message  # a size, not a second status
     assert "limit" not in message

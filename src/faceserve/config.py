@@ -86,6 +86,8 @@ MINIMUM: dict[str, float] = {
     "people_link_similarity": 0,
     "people_min_det_score": 0,
     "people_recluster_share": 0,
+    "setup_link_ttl_h": 0.01,
+    "guest_link_days": 1,
 }
 # and at most this
 MAXIMUM: dict[str, float] = {
@@ -154,6 +156,10 @@ class Settings:
     api_key_cache_s: float = 5.0
     # seconds between the batched writes of keys' last use (one UPDATE per flush, not one per request)
     api_key_flush_s: float = 30.0
+    # hours a one-time setup link (http://host:port/#setup=...) signs a browser in before it dies unused
+    setup_link_ttl_h: float = 24.0
+    # days a guest link's search key lives unless the organiser picks another (the page's default choice)
+    guest_link_days: int = 30
     # seconds between looks for expired sessions: the contract deletes them within a minute
     session_expiry_check_s: float = 20.0
     # token buckets, "requests/seconds", per key (per client address without one), http/ratelimit.py.

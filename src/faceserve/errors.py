@@ -107,6 +107,13 @@ class Forbidden(FaceServeError):
     code = "forbidden"
 
 
+class SetupLinkInvalid(FaceServeError):
+    """A setup link's token that is malformed, used already or expired (core/setup_links.py)."""
+
+    status = 403
+    code = "setup_link_invalid"
+
+
 class RateLimited(FaceServeError):
     status = 429
     code = "rate_limited"

@@ -1,6 +1,13 @@
-"""Command line: `faceserve serve` runs the service, `faceserve import DIR` takes in an old tree,
-`faceserve doctor` checks what a deployment needs, `faceserve db upgrade|status` moves or shows the database
-schema, `faceserve people --session ID [--recluster]` shows (or clusters again) the people of a session, `faceserve keys ...` and `faceserve signing ...` (admin.py) manage access.
+"""faceserve: find a person in a photo collection by their face.
+
+  faceserve serve                    run the service (the page, the API)
+  faceserve setup-link               print a one-time link that signs a browser in as the organiser
+  faceserve import DIR               take in an old face_sessions/{id}/db/ tree
+  faceserve doctor                   check what a deployment needs
+  faceserve db upgrade|status        apply or show the database schema's migrations
+  faceserve people --session ID      show (or --recluster) the people of a session
+  faceserve keys ..., signing ...    manage API keys and the keys that sign image URLs
+  faceserve backup DIR, restore DIR  copy the database and photos out, and onto a fresh storage
 
 Exit codes: 0 done; 1 it ran and something failed (port in use, database down, files that failed to
 import, a failed doctor check); 2 bad usage (flags, settings, a source without the face_sessions layout);
@@ -25,11 +32,13 @@ from typing import Any
 from .. import __version__
 from ..config import CHOICES, Settings, env_name, load_settings
 from ..logs import FORMATS, LEVELS
-from . import admin
+from . import admin, backup
 
 log = logging.getLogger("faceserve")
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 _METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# commands whose output is a report: the log's INFO lines (a migration applied, Postgres started) stay out of it
+_REPORTS = {"doctor", "db", "people", *admin.COMMANDS, *backup.COMMANDS}
 
 
 class UsageError(Exception):
@@ -81,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
         "--log-format", choices=FORMATS, help=f"text, or json: one object a line ({_default('log_format')})"
     )
     commands = parser.add_subparsers(
-        dest="command", required=True, metavar="{serve,import,doctor,db,people,keys,signing}"
+        dest="command", required=True, metavar="{serve,setup-link,import,doctor,db,people,keys,signing,backup,restore}"
     )
     serve = commands.add_parser("serve", help="run the HTTP service")
     serve.add_argument("--host", help=f"address to listen on ({_default('host')})")
@@ -105,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     people.add_argument("--top", type=int, default=20, help="people to list, most photographed first")
     _common(people)
     admin.add_commands(commands, _common)
+    backup.add_commands(commands, _common)
     return parser
 
 
@@ -159,8 +169,8 @@ def _serve(settings: Settings) -> int:
     with metrics_folder():
         from ..server import serve  # imports prometheus_client: after the folder is set
 
-        serve(settings)
-    return 0
+        interrupted = serve(settings)
+    return EXIT_INTERRUPTED if interrupted else 0
 
 
 async def _import(settings: Settings, source: Path) -> int:
@@ -268,13 +278,18 @@ def _run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     from .. import logs
 
-    logs.configure(settings.log_level.upper(), settings.log_format)
+    level = settings.log_level.upper()
+    if args.command in _REPORTS and args.log_level is None and "FACESERVE_LOG_LEVEL" not in os.environ:
+        level = "WARNING"
+    logs.configure(level, settings.log_format)
     if args.command == "db":
         return asyncio.run(_database(settings, args.action))
     if args.command == "people":
         return asyncio.run(_people(settings, args.session, args.recluster, args.top))
     if args.command in admin.COMMANDS:
         return asyncio.run(admin.COMMANDS[args.command](settings, args))
+    if args.command in backup.COMMANDS:
+        return asyncio.run(backup.COMMANDS[args.command](settings, args))
     if args.command == "serve":
         return _serve(settings)
     if args.command == "doctor":

@@ -13,8 +13,10 @@ from .access_keys import (
     lock_key_bootstrap,
     record_keys_last_used,
     revoke_api_key,
+    revoke_session_keys,
 )
 from .audit import record_forget
+from .backups import export_snapshot, has_schema, postgres_tool, stored_file_paths
 from .binary_copy import copy_records
 from .blobs import blob, blob_range, blob_size, insert_blob
 from .faces import (
@@ -89,10 +91,12 @@ from .sessions import (
     expired_sessions,
     get_session,
     list_sessions,
+    rename_session,
     session_counts,
     set_expiry,
     try_lock_session_expiry,
 )
+from .setup_tokens import insert_setup_token, use_setup_token
 from .signing_keys import (
     SIGNING_KEYS_CHANNEL,
     any_live_signing_key,
@@ -167,6 +171,7 @@ __all__ = [
     "embedded_postgres_blocking",
     "embeddings_by_ids",
     "expired_sessions",
+    "export_snapshot",
     "faces_with_images",
     "find_image_by_path",
     "find_image_by_sha256",
@@ -176,12 +181,14 @@ __all__ = [
     "get_person",
     "get_served_image",
     "get_session",
+    "has_schema",
     "insert_api_key",
     "insert_blob",
     "insert_deleted_image",
     "insert_deleted_session",
     "insert_faces",
     "insert_image",
+    "insert_setup_token",
     "insert_signing_key",
     "insert_upload_intent",
     "list_api_keys",
@@ -210,12 +217,15 @@ __all__ = [
     "pin_person",
     "ping",
     "place_faces",
+    "postgres_tool",
     "record_forget",
     "record_keys_last_used",
     "refresh_people",
     "refresh_session_people",
+    "rename_session",
     "retire_signing_key",
     "revoke_api_key",
+    "revoke_session_keys",
     "server_version_and_time",
     "session_assignments",
     "session_counts",
@@ -227,8 +237,10 @@ __all__ = [
     "session_person_ids",
     "session_was_deleted",
     "set_expiry",
+    "stored_file_paths",
     "try_lock_clustering",
     "try_lock_session_expiry",
     "unlock_clustering",
     "unplace_machine_faces",
+    "use_setup_token",
 ]

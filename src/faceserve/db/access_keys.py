@@ -59,6 +59,18 @@ async def revoke_api_key(conn: Connection, prefix: str) -> asyncpg.Record | None
     )
 
 
+async def revoke_session_keys(conn: Connection, session_id: int) -> list[str]:
+    """Keys bound to this session alone (its guest links) revoked with it, each announced like a revoke."""
+    rows = await conn.fetch(
+        "WITH revoked AS (UPDATE api_keys SET revoked_at = now() "
+        "WHERE session_ids = ARRAY[$1]::bigint[] AND revoked_at IS NULL RETURNING prefix) "
+        "SELECT revoked.prefix FROM revoked, LATERAL pg_notify($2, revoked.prefix)",
+        session_id,
+        API_KEYS_CHANNEL,
+    )
+    return [r["prefix"] for r in rows]
+
+
 async def record_keys_last_used(conn: Connection, prefixes: list[str], moments: list[datetime]) -> None:
     """One statement for every key used since the last flush."""
     await conn.execute(

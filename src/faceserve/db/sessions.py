@@ -55,6 +55,13 @@ async def session_counts(conn: Connection, session_id: int) -> tuple[int, int]:
     return int(row["images"]), int(row["faces"])
 
 
+async def rename_session(conn: Connection, session_id: int, name: str) -> FaceSession | None:
+    row = await conn.fetchrow(
+        "UPDATE face_sessions SET name = $2 WHERE id = $1 RETURNING id, name, created_at", session_id, name
+    )
+    return None if row is None else FaceSession(**dict(row))
+
+
 async def delete_session(conn: Connection, session_id: int) -> bool:
     deleted = await conn.fetchval("DELETE FROM face_sessions WHERE id = $1 RETURNING id", session_id)
     return deleted is not None

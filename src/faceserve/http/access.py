@@ -19,7 +19,7 @@ from aiohttp import web
 
 from .. import db
 from ..config import Settings
-from ..core import api_keys, signing_store
+from ..core import api_keys, setup_links, signing_store
 from ..errors import Forbidden, Unauthorized
 from .appkeys import SERVICES, URLS
 from .middleware import Handler
@@ -183,8 +183,9 @@ async def access_ctx(app: web.Application) -> AsyncIterator[None]:
     and the changes other processes make to either."""
     settings = app[ACCESS].settings
     pool = app[SERVICES].pool
-    if settings.auth:
-        await api_keys.bootstrap(pool, settings.storage)
+    if settings.auth and await api_keys.bootstrap(pool, settings.storage) is not None:
+        token = await setup_links.create_token(pool, settings.setup_link_ttl_h)
+        say_setup_link(settings, token)
     tasks = [asyncio.create_task(_flush_forever(app))]
     signing_keys_changed: asyncio.Event | None = None
     if signs_from_database(settings):
@@ -198,6 +199,16 @@ async def access_ctx(app: web.Application) -> AsyncIterator[None]:
     await asyncio.gather(*tasks, return_exceptions=True)
     with contextlib.suppress(Exception):
         await app[ACCESS].keys.flush(pool)
+
+
+def say_setup_link(settings: Settings, token: str) -> None:
+    """On the console, not in the log: the link is a credential (once, for a day) that log shippers keep."""
+    print(
+        f"\nFirst start: open this link in the organiser's browser to sign it in to the page "
+        f"(it works once, for {settings.setup_link_ttl_h:g} h; faceserve setup-link prints a new one):\n"
+        f"    {setup_links.link(settings, token)}\n",
+        flush=True,
+    )
 
 
 def install(app: web.Application, settings: Settings) -> None:

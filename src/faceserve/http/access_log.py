@@ -37,7 +37,7 @@ class AccessLogger(AbstractAccessLogger):
             self.logger.info("access", extra={"fields": fields})
         else:
             self.logger.info(
-                '%s "%s %s" %s %s %.1fms %s',
+                '%s "%s %s" %s %s bytes %.1fms %s',
                 fields["remote"], fields["method"], fields["path"], fields["status"], fields["bytes"],
                 fields["ms"], fields["request_id"],
             )

@@ -13,7 +13,9 @@ This is web.run_app with those hooks: run_app offers no way to reach the server 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -89,11 +91,20 @@ def run(
     loop: asyncio.AbstractEventLoop,
     announce: Callable[[str], Any] | None = print,
     access_log: Mapping[str, Any] | None = None,
-) -> None:
-    """Serve until SIGINT or SIGTERM, then shut down gracefully (the app's cleanup closes the services)."""
+) -> bool:
+    """Serve until SIGINT or SIGTERM, then shut down gracefully (the app's cleanup closes the services).
+    True when SIGINT stopped it (Ctrl-C: the command exits 130), False for SIGTERM (a service manager's stop)."""
+    interrupted = False
+
+    def on_interrupt() -> None:
+        nonlocal interrupted
+        interrupted = True
+        raise web.GracefulExit()
 
     async def main() -> None:
         runner = await start(app, settings, reuse_port=reuse_port, access_log=access_log)
+        with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows' loop
+            loop.add_signal_handler(signal.SIGINT, on_interrupt)  # in place of aiohttp's, which says no which
         try:
             if announce is not None:
                 announce(f"======== Running on http://{settings.host}:{settings.port} ========")
@@ -112,3 +123,4 @@ def run(
         loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+    return interrupted

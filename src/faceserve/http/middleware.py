@@ -14,6 +14,7 @@ from ..config import Settings
 from ..db.recovery import is_database_unavailable
 from ..errors import Busy, FaceServeError, RateLimited, Unauthorized, Unavailable
 from .appkeys import SERVICES
+from .common import json_line
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def error_response(status: int, code: str, message: str) -> web.Response:
     response = web.json_response(
-        {"success": False, "error": {"code": code, "message": message}}, status=status
+        {"success": False, "error": {"code": code, "message": message}}, status=status, dumps=json_line
     )
     # an error is never cached like an image is
     response.headers["Cache-Control"] = "no-store"

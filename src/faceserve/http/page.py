@@ -94,6 +94,8 @@ def load(settings: Settings, static_dir: Path = STATIC_DIR) -> Page:
         static_base=f"/static/{version}",
         # the page asks for thumbnails only in widths the service renders (?w= outside them is a 400)
         derivative_sizes=json.dumps(list(settings.derivative_sizes)),
+        # the lifetime a new guest link is offered with (GUEST_LINK_DAYS)
+        guest_link_days=str(settings.guest_link_days),
     )
     return Page(
         version=version,

@@ -3,7 +3,21 @@ operation in openapi.json (http/routing.py says what the access and budget value
 
 from __future__ import annotations
 
-from . import docs, downloads, forget, health, images, keys, observability, page, people, search, sessions
+from . import (
+    docs,
+    downloads,
+    forget,
+    health,
+    images,
+    keys,
+    observability,
+    page,
+    people,
+    qr,
+    search,
+    sessions,
+    setup,
+)
 from .routing import LEGACY, PUBLIC, READ, SEARCH, SIGNED, UNLIMITED, UPLOAD, Route
 
 SESSION = "/api/face/sessions/{session_id}"
@@ -22,6 +36,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/face/sessions", sessions.create_session, "write", UPLOAD, "createSession"),
     Route("GET", "/api/face/sessions", sessions.list_sessions, "search", READ, "listSessions"),
     Route("GET", SESSION, sessions.show_session, "search", READ, "showSession"),
+    Route("PATCH", SESSION, sessions.rename_session, "write", UPLOAD, "renameSession"),
     Route("DELETE", SESSION, sessions.delete_session, "write", UPLOAD, "deleteSession"),
     Route("POST", SESSION + "/images", images.upload_images, "write", UPLOAD, "uploadImages"),
     Route("GET", SESSION + "/images", images.list_images, "search", READ, "listImages"),
@@ -42,4 +57,8 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/face/keys", keys.create_key, "admin", UPLOAD, "createKey"),
     Route("GET", "/api/face/keys", keys.list_keys, "admin", READ, "listKeys"),
     Route("DELETE", "/api/face/keys/{prefix}", keys.revoke_key, "admin", UPLOAD, "revokeKey"),
+    # a QR code of any text (a guest link): admins only, so the service renders nothing for strangers
+    Route("POST", "/api/face/qr", qr.make_qr, "admin", UPLOAD, "makeQrCode"),
+    # the one-time token in the body is the credential (256 random bits, dies on use or after a day)
+    Route("POST", "/api/face/setup", setup.exchange_setup_token, PUBLIC, UPLOAD, "exchangeSetupToken"),
 )
