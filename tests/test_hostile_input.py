@@ -66,6 +66,48 @@ async def test_json_nested_deep_or_large_is_refused_before_parsing(client, servi
     assert response.status == 201
 
 
+async def test_every_json_body_goes_through_the_one_bounded_reader(client, services, settings):
+    """merge, split and key creation parsed bodies on their own: 500s for deep nesting, huge numbers, text
+    Postgres cannot keep and lifetimes past the year 9999, and no size cap at all."""
+    session_id = await _session(client)
+    before = await stored_state(services, settings.storage)
+    keys_before = await services.pool.fetchval("SELECT count(*) FROM api_keys")
+    people = f"/api/face/sessions/{session_id}/people/1"
+    hostile = {
+        f"{people}/merge": [b"[" * 60_000, b'{"other": ' + b"7" * 5_000 + b"}"],
+        f"{people}/split": [b"[" * 60_000, b'{"face_ids": [' + b"7" * 5_000 + b"]}"],
+        "/api/face/keys": [
+            b"[" * 60_000,
+            b'{"scopes": ["search"], "expires_in": ' + b"7" * 5_000 + b"}",
+            b'{"scopes": ["search"], "name": "a\\ud800"}',
+            b'{"scopes": ["search"], "name": "a\\u0000b"}',
+            b'{"scopes": ["search"], "expires_in": "9999999d"}',
+            b'{"scopes": ["search"], "expires_in": "9999999h"}',
+        ],
+    }
+    for path, bodies in hostile.items():
+        for raw in bodies:
+            response = await _post_raw(client, path, raw, "application/json")
+            assert await _error_code(response, 400) == "bad_request", (path, raw[:60])
+        for big in (b"[" * 100_000, b'{"face_ids": [' + b"1, " * 30_000 + b"1]}"):
+            response = await _post_raw(client, path, big, "application/json")
+            assert await _error_code(response, 413) == "payload_too_large", path
+    assert await stored_state(services, settings.storage) == before
+    assert await services.pool.fetchval("SELECT count(*) FROM api_keys") == keys_before
+
+
+async def test_forget_with_an_extra_part_and_no_closing_boundary_is_400(client, services, settings, photos):
+    session_id = await _session(client)
+    before = await stored_state(services, settings.storage)
+    body = multipart(
+        [(b'name="image"; filename="s.jpg"', photos["yaoming"].read_bytes()), (b'name="extra"', b"x" * 100)],
+        closed=False,
+    )
+    response = await _post_raw(client, f"/api/face/sessions/{session_id}/forget", body)
+    assert await _error_code(response, 400) == "bad_request"
+    assert await stored_state(services, settings.storage) == before
+
+
 async def test_file_names_are_cleaned_not_refused(client, services, settings):
     session_id = await _session(client)
     names = {

@@ -10,11 +10,13 @@ from datetime import timedelta
 
 from aiohttp import web
 
+from .. import inputs
 from ..core import api_keys
 from ..errors import BadRequest, FaceServeError, Forbidden
 from .access import current_key
 from .appkeys import ACCESS, SERVICES
 from .common import ok
+from .parsing import read_json
 
 
 class KeyNotFound(FaceServeError):
@@ -30,12 +32,9 @@ def _within_creator(request: web.Request, session_ids: tuple[int, ...] | list[in
 
 
 async def create_key(request: web.Request) -> web.Response:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise BadRequest('body must be JSON like {"scopes": ["search"], "sessions": [7], "name": "guests"}') from None
+    body = await read_json(request)
     if not isinstance(body, dict):
-        raise BadRequest("body must be a JSON object")
+        raise BadRequest('body must be a JSON object like {"scopes": ["search"], "sessions": [7], "name": "guests"}')
     scopes, sessions = body.get("scopes", ["search"]), body.get("sessions")
     name, expires_in = body.get("name", ""), body.get("expires_in")
     if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
@@ -47,6 +46,7 @@ async def create_key(request: web.Request) -> web.Response:
         raise BadRequest("sessions must be a list of session ids")
     if not isinstance(name, str) or len(name) > 200:
         raise BadRequest("name must be a string of at most 200 characters")
+    inputs.storable_text(name, "name")
     if not _within_creator(request, sessions):
         raise Forbidden("a key bound to sessions can only make keys for some of its own sessions")
     try:
