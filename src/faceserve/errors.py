@@ -66,6 +66,14 @@ class NoFaceFound(FaceServeError):
     code = "no_face_found"
 
 
+class InsufficientStorage(FaceServeError):
+    """The disk (or the database's) is full: nothing was kept. Answered with Retry-After
+    (storage_full_retry_after_s): freeing space takes an operator, not a moment."""
+
+    status = 507
+    code = "insufficient_storage"
+
+
 class NotReady(FaceServeError):
     status = 503
     code = "not_ready"

@@ -145,6 +145,22 @@ class FileBody:
         await _send_file(request, response, self.fd, offset, count)
 
 
+class BytesBody:
+    """Bytes in memory: a rendition a full disk could not keep."""
+
+    __slots__ = ("_data", "size")
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self.size = len(data)
+
+    async def read(self, offset: int, count: int) -> bytes:
+        return self._data[offset : offset + count]
+
+    async def send(self, request: web.Request, response: web.StreamResponse, offset: int, count: int) -> None:
+        await response.write(self._data[offset : offset + count])
+
+
 class BlobBody:
     """Bytes in image_blobs, read a range at a time."""
 
@@ -173,7 +189,7 @@ class BlobBody:
 
 
 async def respond(
-    request: web.Request, entry: ServedFile, body: FileBody | BlobBody, status: int, cache_control: str | None
+    request: web.Request, entry: ServedFile, body: FileBody | BlobBody | BytesBody, status: int, cache_control: str | None
 ) -> web.StreamResponse:
     """status: what conditional.evaluate said of the request's preconditions."""
     if status != 200:

@@ -28,6 +28,7 @@ from ..errors import BadRequest, FaceNotFound
 from ..inputs import ascii_number
 from ..layout import SessionLayout
 from .decoding import ACCEPTED_FORMATS
+from .files import is_disk_full
 
 FITS = ("inside", "cover")
 # format name -> (Content-Type, file extension)
@@ -185,15 +186,17 @@ def remove_derivatives(layout: SessionLayout, session_id: int, image_id: int) ->
     return removed
 
 
-def ensure_cached(path: Path, make: Callable[[], bytes]) -> Path:
-    """Render once: an existing file is returned as it is. Concurrent renders of one key each write a whole
-    file under a temporary name and rename it into place, so readers only ever see a complete file."""
+def ensure_cached(path: Path, make: Callable[[], bytes]) -> bytes | None:
+    """Render once: an existing file is kept as it is. Concurrent renders of one key each write a whole
+    file under a temporary name and rename it into place, so readers only ever see a complete file.
+    None when the file is in place; the rendered bytes themselves when a full disk could not keep them
+    (a cache that cannot be written is no reason to refuse the picture)."""
     if path.exists():
-        return path
+        return None
     data = make()
-    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(temporary, "wb") as out:
             out.write(data)
             out.flush()
@@ -201,10 +204,12 @@ def ensure_cached(path: Path, make: Callable[[], bytes]) -> Path:
             # a short one under the final name
             os.fsync(out.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as exc:
         temporary.unlink(missing_ok=True)
+        if is_disk_full(exc):
+            return data
         raise
-    return path
+    return None
 
 
 # ---------------------------------------------------------------- geometry
