@@ -4,14 +4,18 @@ seen, with the example that showed it. tests/test_api_fuzz.py generates many mor
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
+import time
 from dataclasses import replace
 
 import aiohttp
 import pytest
 from aiohttp import web
 from fuzz_support import MULTIPART, multipart, small_png, stored_state
+from helpers import replace_stored_bytes
+from PIL import Image
 
 from faceserve.app import create_app
 
@@ -106,6 +110,51 @@ async def test_forget_with_an_extra_part_and_no_closing_boundary_is_400(client, 
     response = await _post_raw(client, f"/api/face/sessions/{session_id}/forget", body)
     assert await _error_code(response, 400) == "bad_request"
     assert await stored_state(services, settings.storage) == before
+
+
+def _jpeg_with_exif_segments(jpeg: bytes, count: int, size: int, kind: bytes = b"Exif\0\0") -> bytes:
+    """The photo with `count` extra APP1 segments of `size` bytes after its SOI: Pillow joins repeated Exif
+    segments quadratically (700 x 64 KB cost ~10-20 s of CPU at each open)."""
+    payload = kind + b"\0" * (size - 2 - len(kind))
+    segment = b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload
+    after = 2  # past the photo's own APPn segments, so its Exif stays first and valid, as an attacker's would
+    while jpeg[after] == 0xFF and 0xE0 <= jpeg[after + 1] <= 0xEF:
+        after += 2 + int.from_bytes(jpeg[after + 2 : after + 4], "big")
+    return jpeg[:after] + segment * count + jpeg[after:]
+
+
+async def test_a_jpeg_with_hundreds_of_metadata_segments_is_refused_413(client, services, settings, photos):
+    session_id = await _session(client)
+    before = await stored_state(services, settings.storage)
+    bomb = _jpeg_with_exif_segments(photos["yaoming"].read_bytes(), 200, 16 * 1024)
+    body = multipart([(b'name="file"; filename="exif.jpg"', bomb)])
+    response = await _post_raw(client, f"/api/face/sessions/{session_id}/images", body)
+    assert await _error_code(response, 413) == "metadata_too_large"
+    assert await stored_state(services, settings.storage) == before
+    # a probe likewise, before any decoding
+    body = multipart([(b'name="session_id"', str(session_id).encode()), (b'name="image"; filename="p.jpg"', bomb)])
+    response = await _post_raw(client, "/api/face/search", body)
+    assert await _error_code(response, 413) == "metadata_too_large"
+    # a phone's few dozen (extended XMP: a portrait's depth map) are nothing unusual
+    normal = _jpeg_with_exif_segments(photos["yaoming"].read_bytes(), 40, 16 * 1024, b"http://ns.adobe.com/xmp/extension/\0")
+    body = multipart([(b'name="file"; filename="fine.jpg"', normal)])
+    response = await _post_raw(client, f"/api/face/sessions/{session_id}/images", body)
+    assert response.status == 201, await response.text()
+
+
+async def test_a_stored_jpeg_with_hundreds_of_metadata_segments_renders_promptly(client, services, settings, photos):
+    """Files stored before uploads were checked: their renders drop the segments past the limit."""
+    session_id = await _session(client)
+    body = multipart([(b'name="file"; filename="y.jpg"', photos["yaoming"].read_bytes())])
+    response = await _post_raw(client, f"/api/face/sessions/{session_id}/images", body)
+    image_id = (await response.json())["data"]["images"][0]["image_id"]
+    await replace_stored_bytes(client, image_id, _jpeg_with_exif_segments(photos["yaoming"].read_bytes(), 700, 65533))
+    started = time.monotonic()
+    response = await client.get(f"/api/face/image/{image_id}?w=64")
+    assert response.status == 200, await response.text()
+    assert time.monotonic() - started < 5  # ~20 s on 2 cores when Pillow reads every segment
+    with Image.open(io.BytesIO(await response.read())) as rendered:
+        assert rendered.width == 64
 
 
 async def test_file_names_are_cleaned_not_refused(client, services, settings):

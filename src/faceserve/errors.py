@@ -56,6 +56,14 @@ class ImageTooLarge(FaceServeError):
     code = "image_too_large"
 
 
+class MetadataTooLarge(FaceServeError):
+    """A JPEG with more metadata segments than any camera writes (media/decoding.py): each open of it would
+    cost seconds of CPU."""
+
+    status = 413
+    code = "metadata_too_large"
+
+
 class NotAnImage(FaceServeError):
     status = 415
     code = "not_an_image"

@@ -27,7 +27,7 @@ from PIL import Image, ImageOps
 from ..errors import BadRequest, FaceNotFound
 from ..inputs import ascii_number
 from ..layout import SessionLayout
-from .decoding import ACCEPTED_FORMATS
+from .decoding import ACCEPTED_FORMATS, with_bounded_metadata
 from .files import is_disk_full
 
 FITS = ("inside", "cover")
@@ -272,6 +272,8 @@ def _render(source: Path | bytes, plan: Plan, image_format: str, quality: int) -
     with warnings.catch_warnings():
         # the size was checked against max_image_pixels when the file was uploaded
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        # files stored before uploads were checked may carry thousands of segments: seconds per open
+        source = with_bounded_metadata(source)
         opened = io.BytesIO(source) if isinstance(source, bytes) else source
         with Image.open(opened, formats=list(ACCEPTED_FORMATS)) as im:
             displayed = _displayed_size(im)
