@@ -39,7 +39,7 @@ _rendering: dict[Path, asyncio.Future[bytes | None]] = {}
 
 async def serve_image(request: web.Request) -> web.StreamResponse:
     image_id = route_id(request, "image_id")
-    cache_control = serving.check_access(request)
+    cache_control = serving.check_access(request, renditions.IMAGE_QUERY_NAMES)
     # the query is only parsed when there is one: most requests are for the original
     if request.query_string and wants_derivative(request):
         return await serve_image_derivative(request, image_id, cache_control)
@@ -126,7 +126,7 @@ async def serve_face_crop(request: web.Request) -> web.StreamResponse:
     """GET and HEAD /api/face/face/{face_id}[?w=]: the face's padded box, from the image as displayed."""
     face_id = route_id(request, "face_id")
     # a crop shows part of a photo: the same CDN and signature rules as the photo
-    cache_control = serving.check_access(request)
+    cache_control = serving.check_access(request, renditions.CROP_QUERY_NAMES)
     services = request.app[SERVICES]
     settings = services.settings
     face = await db.get_face(services.pool, face_id)

@@ -21,7 +21,7 @@ import asyncio
 import hmac
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime
 from typing import NoReturn
 
@@ -97,8 +97,9 @@ _ONE_YEAR = 31536000
 _REDIRECT_CACHE = "public, max-age=86400"
 
 
-def check_access(request: web.Request) -> str | None:
-    """Redirect to the CDN, refuse a bad signature, or say how long the answer may be cached (None: a year)."""
+def check_access(request: web.Request, query_names: Collection[str]) -> str | None:
+    """Redirect to the CDN, refuse a bad signature, or say how long the answer may be cached (None: a year).
+    query_names: the parameters the route takes besides the signature."""
     urls = request.app[URLS]
     secret = request.app[SERVICES].settings.cdn_origin_secret
     # compared as bytes: compare_digest refuses str with non-ASCII characters, which a client may send
@@ -107,7 +108,7 @@ def check_access(request: web.Request) -> str | None:
         raise web.HTTPPermanentRedirect(urls.cdn_base_url + request.path_qs, headers={"Cache-Control": _REDIRECT_CACHE})
     if urls.keys is None:
         return None
-    remaining = signing.verify_exact(urls.keys, request.raw_path, time.time())
+    remaining = signing.verify_exact(urls.keys, request.raw_path, time.time(), query_names)
     return f"public, max-age={min(remaining, _ONE_YEAR)}"
 
 

@@ -33,7 +33,9 @@ from .files import is_disk_full
 FITS = ("inside", "cover")
 # format name -> (Content-Type, file extension)
 FORMATS: dict[str, tuple[str, str]] = {"jpeg": ("image/jpeg", "jpg"), "webp": ("image/webp", "webp")}
-_QUERY_NAMES = ("w", "h", "fit")
+# what an image's and a face crop's URL may add to select a rendition
+IMAGE_QUERY_NAMES = ("w", "h", "fit")
+CROP_QUERY_NAMES = ("w",)
 # JPEG DCT scaling (benchmarks/derivatives.py): 1/2 is near-lossless at any ratio (45 dB and more against
 # a full decode), 1/4 and 1/8 are box filters that soften visibly unless the result is resized again by 2x
 _DRAFT_MARGIN = 2
@@ -101,7 +103,7 @@ class FaceCrop:
 
 def is_derivative_query(query: Mapping[str, str]) -> bool:
     """Whether a request for an image asks for a resized copy rather than the original file."""
-    return any(query.get(name) for name in _QUERY_NAMES)
+    return any(query.get(name) for name in IMAGE_QUERY_NAMES)
 
 
 def negotiate_format(accept: str | None) -> str:
