@@ -34,6 +34,7 @@ from ..errors import ImageNotFound
 from . import conditional
 from .appkeys import SERVICES, URLS
 from .middleware import error_response
+from .observability import REQUEST_ID_HEADER, request_id_of
 
 CACHE_FOREVER = "public, max-age=31536000, immutable"
 INLINE_BODY = 512 * 1024
@@ -220,6 +221,8 @@ async def respond(
         # one read for the body, sent together with the headers
         return web.Response(status=code, headers=headers, body=await body.read(first, length))
 
+    # sends its headers here, before observability's middleware could add the request id (HEAD included)
+    headers[REQUEST_ID_HEADER] = request_id_of(request)
     stream = web.StreamResponse(status=code, headers=headers)
     stream.content_length = length
     await stream.prepare(request)
