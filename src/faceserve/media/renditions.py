@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps
 
 from ..errors import BadRequest, FaceNotFound
@@ -40,6 +41,7 @@ CROP_QUERY_NAMES = ("w",)
 # a full decode), 1/4 and 1/8 are box filters that soften visibly unless the result is resized again by 2x
 _DRAFT_MARGIN = 2
 _EXIF_ORIENTATION = 0x0112
+_WIDE_GREY = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 _ORIENTATIONS_THAT_SWAP_AXES = {5, 6, 7, 8}
 
 Box = tuple[float, float, float, float]
@@ -313,7 +315,16 @@ def _draft(im: Image.Image, size: Size, box: Box) -> None:
         im.draft(None, (max(1, im.width // factor), max(1, im.height // factor)))
 
 
+def _to_8_bit(im: Image.Image) -> Image.Image:
+    """16-bit greyscale (Pillow's I;16 and I modes, as PNGs open) scaled to 8 bits: convert() clips every
+    value above 255 instead, and such a photo rendered white."""
+    values = np.asarray(im).astype(np.uint32)
+    return Image.fromarray((np.minimum(values, 65535) >> 8).astype(np.uint8), "L")
+
+
 def _output_mode(im: Image.Image, image_format: str) -> Image.Image:
+    if im.mode in _WIDE_GREY:
+        im = _to_8_bit(im)
     transparent = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
     if not transparent:
         return im if im.mode == "RGB" else im.convert("RGB")
