@@ -95,7 +95,8 @@ class Settings:
     db_watch_interval_s: float = 1.0
     # Retry-After of the 503 `unavailable` answered while the database is down or restarting
     db_retry_after_s: int = 5
-    # absolute base for image URLs in responses ("https://photos.example.com"); request host when unset
+    # absolute base for image URLs in responses ("https://photos.example.com"); unset: the address the
+    # connection reached (never the client's Host header), so set it behind a proxy
     public_base_url: str | None = None
     # image URLs in responses point here instead ("https://cdn.example.com"); API URLs stay on the origin
     cdn_base_url: str | None = None
