@@ -221,3 +221,26 @@ async def test_a_stalled_part_the_handler_ignores_is_answered_408_on_every_form_
             assert b'"request_timeout"' in answer
     finally:
         await runner.cleanup()
+
+
+async def test_a_stalled_json_body_is_answered_408(settings, engine) -> None:
+    """JSON bodies (sessions, keys, merge, split: http/parsing.read_json) keep the same pace as forms."""
+    settings = replace(settings, body_idle_timeout_s=1.0)
+    runner, base = await _listen(settings, engine)
+    port = int(base.rsplit(":", 1)[1])
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"POST /api/face/sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 1000\r\n\r\n{"name": "sl'
+        )
+        await writer.drain()
+        try:
+            answer = await _answer(reader, 10)
+        except TimeoutError:
+            answer = b""
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b'"request_timeout"' in answer
+    finally:
+        await runner.cleanup()
