@@ -241,6 +241,9 @@ async def test_a_key_bound_to_one_session_touches_nothing_of_another(client, ano
         ("POST", f"/api/face/sessions/{other}/images", {"data": file_form()}),
         ("DELETE", f"/api/face/image/{image_other['image_id']}", {}),
         ("GET", f"/api/face/resolve?path={image_other['identity']}", {}),
+        # whether a file exists in another session is no guest's to learn: 403 whether or not it does
+        ("GET", f"/api/face/resolve?path={other}/db/no-such-photo.jpg", {}),
+        ("GET", f"/api/face/resolve?path=000{other}/db/no-such-photo.jpg", {}),
         ("GET", f"/storage/face_sessions/{other}/db/{name_other}", {"allow_redirects": False}),
         ("POST", "/api/face/search", {"data": probe_form(other)}),
         ("POST", f"/api/face/sessions/{other}/search", {"data": probe_form(other)}),

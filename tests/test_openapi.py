@@ -95,6 +95,24 @@ async def test_served_document_is_the_committed_one_and_docs_render_it(client) -
     html = await page.text()
     assert 'fetch("openapi.json")' in html
     assert "http://" not in html and "https://" not in html  # nothing from a CDN
+    policy = page.headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in policy and "default-src 'none'" in policy
+    assert "'unsafe-inline'" not in policy and policy.count("'sha256-") == 2  # its one script, its one style
+    assert page.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+async def test_docs_render_under_their_content_security_policy(client, browser) -> None:
+    """The hashes let the page's own script and style run: the operations appear and nothing is refused."""
+    from chromium import DESKTOP, open_page
+
+    page, problems = await open_page(browser, str(client.make_url("/docs")), DESKTOP)
+    await page.wait_for_selector("#operations details", timeout=30_000)
+    assert await page.locator("#operations details").count() >= 10
+    # the style applied too (a refused <style> leaves details without their border)
+    border = await page.locator("#operations details").first.evaluate("e => getComputedStyle(e).borderTopStyle")
+    assert border == "solid"
+    assert problems.seen == [], problems.seen
 
 
 def test_an_answer_that_breaks_the_document_fails() -> None:

@@ -47,6 +47,8 @@ MINIMUM: dict[str, float] = {
     "max_upload_bytes": 1,
     "max_image_pixels": 1,
     "max_files_per_upload": 1,
+    "storage_min_free_bytes": 0,
+    "storage_full_retry_after_s": 0,
     "served_cache_entries": 1,
     "served_recheck_s": 0,
     "partial_upload_min_idle_s": 0,
@@ -130,7 +132,8 @@ class Settings:
     db_watch_interval_s: float = 1.0
     # Retry-After of the 503 `unavailable` answered while the database is down or restarting
     db_retry_after_s: int = 5
-    # absolute base for image URLs in responses ("https://photos.example.com"); request host when unset
+    # absolute base for image URLs in responses ("https://photos.example.com"); unset: the address the
+    # connection reached (never the client's Host header), so set it behind a proxy
     public_base_url: str | None = None
     # image URLs in responses point here instead ("https://cdn.example.com"); API URLs stay on the origin
     cdn_base_url: str | None = None
@@ -243,6 +246,10 @@ class Settings:
     # decompression-bomb guard, checked from the image header before any pixel is decoded
     max_image_pixels: int = 50_000_000
     max_files_per_upload: int = 100
+    # free space on the storage disk below which /healthz says "disk": "low" and `faceserve doctor` fails;
+    # an upload that meets a full disk anyway is answered 507 `insufficient_storage` after this many seconds
+    storage_min_free_bytes: int = 2 * 1024**3
+    storage_full_retry_after_s: int = 60
 
     # behind nginx: image bodies on disk are handed to this internal location with X-Accel-Redirect
     # ("/_faceserve_files/", aliasing <storage>/face_sessions/), so nginx, not Python, sends them; unset: off

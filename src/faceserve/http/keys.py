@@ -10,11 +10,13 @@ from datetime import timedelta
 
 from aiohttp import web
 
+from .. import inputs
 from ..core import api_keys
 from ..errors import BadRequest, FaceServeError, Forbidden
 from .access import ACCESS, current_key
 from .appkeys import SERVICES
 from .common import number, ok
+from .parsing import read_json
 
 
 class KeyNotFound(FaceServeError):
@@ -30,12 +32,9 @@ def _within_creator(request: web.Request, session_ids: tuple[int, ...] | list[in
 
 
 async def create_key(request: web.Request) -> web.Response:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise BadRequest('body must be JSON like {"scopes": ["search"], "sessions": [7], "name": "guests"}') from None
+    body = await read_json(request)
     if not isinstance(body, dict):
-        raise BadRequest("body must be a JSON object")
+        raise BadRequest('body must be a JSON object like {"scopes": ["search"], "sessions": [7], "name": "guests"}')
     scopes, sessions = body.get("scopes", ["search"]), body.get("sessions")
     name, expires_in, days = body.get("name", ""), body.get("expires_in"), body.get("expires_in_days")
     if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
@@ -47,6 +46,7 @@ async def create_key(request: web.Request) -> web.Response:
         raise BadRequest("sessions must be a list of session ids")
     if not isinstance(name, str) or len(name) > 200:
         raise BadRequest("name must be a string of at most 200 characters")
+    inputs.storable_text(name, "name")
     if days is not None and (not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= 36500):
         raise BadRequest("expires_in_days must be a whole number of days from 1 to 36500")
     if days is not None and expires_in is not None:

@@ -20,12 +20,26 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from ..config import Settings
 
 log = logging.getLogger(__name__)
 _LOG_EVERY = 1000
+
+
+class ProtocolLog(logging.LoggerAdapter):
+    """aiohttp's server logger (aiohttp.server), with a request its parser refused (a URL or header line over
+    8 KiB, bad framing) as one DEBUG line rather than an ERROR traceback: the client's mistake, answered 400
+    and access-logged like any answer."""
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            # the class only: the message quotes the refused bytes, which may be a header's value
+            self.debug("%s: %s, answered %d", str(msg) % args, type(exc_info).__name__, exc_info.code)
+            return
+        super().exception(msg, *args, exc_info=exc_info, **kwargs)
 
 
 class ConnectionCap:
@@ -63,6 +77,7 @@ async def start(
         app,
         keepalive_timeout=settings.keepalive_timeout_s,
         handle_signals=handle_signals,
+        logger=ProtocolLog(logging.getLogger("aiohttp.server")),
         **(access_log or {"access_log": None}),
     )
     await runner.setup()

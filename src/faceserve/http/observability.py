@@ -35,7 +35,7 @@ def request_id_of(request: web.BaseRequest) -> str:
 def route_of(request: web.BaseRequest) -> str:
     try:
         resource = request.match_info.route.resource  # type: ignore[attr-defined]
-    except AttributeError:  # a request that never reached the router
+    except (AttributeError, AssertionError):  # never reached the router (a BaseRequest, or a 400 of the parser)
         return UNMATCHED
     return resource.canonical if resource is not None else UNMATCHED
 
