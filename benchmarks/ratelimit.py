@@ -46,6 +46,7 @@ from smoke import add_flag, shrink
 from faceserve.config import Settings
 from faceserve.core.token_buckets import Quota
 from faceserve.http import ratelimit as http_ratelimit
+from faceserve.http import routing
 
 
 def paced(url: str, rate: float, seconds: float) -> tuple[int, int, int]:
@@ -107,7 +108,11 @@ async def middleware_cost(calls: int = 50_000) -> tuple[float, float]:
         return web.Response(body=b"x")
 
     app = web.Application()
-    app.router.add_get("/api/face/image/{image_id}", handler)
+    # declared as http/routes.py declares the image route: the limiter reads the budget from the declaration
+    image_route = routing.Route(
+        "GET", "/api/face/image/{image_id}", handler, routing.SIGNED, routing.READ, "getImage", "headImage"
+    )
+    routing.register(app, (image_route,))
     limiter = http_ratelimit.Limiter.from_settings(Settings(rate_limit_read="1000000000/1"))
     http_ratelimit.install(app, limiter)
     match = await app.router.resolve(make_mocked_request("GET", "/api/face/image/1", app=app))
