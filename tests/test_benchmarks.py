@@ -1,7 +1,8 @@
 """The measuring instruments run: every benchmark's smoke mode (`--smoke`: its own code paths at tiny sizes,
 a few seconds), as a subprocess, as a person would run it. A benchmark that can no longer run (a moved
 folder, a renamed module, a changed signature: search_latency.py crashed at its save step for weeks) fails
-here, not on a GPU machine's short lease. What each run costs is in its test's duration (`--durations`).
+here, not on a GPU machine's short lease. The runs go on side by side (PARALLEL_RUNS): a test's duration
+is its wait; what a run took is in its report when it fails.
 
 The tools the wrk and nginx benchmarks drive are Debian packages .ci/run installs; without them those runs
 fail rather than skip, as tests/test_nginx_cache.py does, so that CI cannot pass them silently.
@@ -13,6 +14,10 @@ import os
 import re
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -44,8 +49,10 @@ SMOKE_RUNS: dict[str, list[tuple[list[str], str]]] = {
     "spine.py": [([], MARKDOWN_TABLE)],
     "threshold.py": [([], MARKDOWN_TABLE)],
 }
-# the longest smoke run takes ~60 s on a busy 2-core machine; a hung server must not hold CI for the suite's 600 s
-TIMEOUT_S = 240
+# the longest smoke run took 73 s on a busy 2-core machine; a hung server must not hold CI for the suite's 600 s
+TIMEOUT_S = 300
+# smoke runs at once: much of one is a server or Postgres starting and stopping, the cores idle meanwhile
+PARALLEL_RUNS = 3
 
 
 def test_every_benchmark_has_a_smoke_run() -> None:
@@ -55,30 +62,70 @@ def test_every_benchmark_has_a_smoke_run() -> None:
     assert scripts == set(SMOKE_RUNS)
 
 
-@pytest.mark.parametrize(
-    ("script", "arguments", "table"),
-    [
-        pytest.param(script, arguments, table, id=" ".join([script, *arguments]))
-        for script, runs in SMOKE_RUNS.items()
-        for arguments, table in runs
-    ],
-)
-def test_smoke_run(script: str, arguments: list[str], table: str, tmp_path: Path) -> None:
+RUNS = {
+    " ".join([script, *arguments]): (script, arguments, table)
+    for script, runs in SMOKE_RUNS.items()
+    for arguments, table in runs
+}
+
+
+@dataclass(frozen=True)
+class Finished:
+    command: list[str]
+    returncode: int | None  # None: killed at TIMEOUT_S
+    stdout: str
+    stderr: str
+    seconds: float
+
+
+def _text(output: str | bytes | None) -> str:
+    return output.decode(errors="replace") if isinstance(output, bytes) else output or ""
+
+
+def run_smoke(script: str, arguments: list[str], folder: Path) -> Finished:
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
     }
     env.pop("DATABASE_URL", None)  # the benchmarks start their own Postgres
     if script.endswith(".sh"):
-        command = ["bash", str(BENCHMARKS / script), *arguments, "--smoke", "--target", str(tmp_path / "site")]
+        command = ["bash", str(BENCHMARKS / script), *arguments, "--smoke", "--target", str(folder / "site")]
         env["PYTHON"] = sys.executable
-        env["OUT"] = str(tmp_path / "out")
+        env["OUT"] = str(folder / "out")
     else:
         command = [sys.executable, str(BENCHMARKS / script), *arguments, "--smoke"]
-    done = subprocess.run(
-        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S, check=False
+    start = time.monotonic()
+    try:
+        done = subprocess.run(
+            command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        return Finished(command, None, _text(exc.stdout), _text(exc.stderr), time.monotonic() - start)
+    return Finished(command, done.returncode, done.stdout, done.stderr, time.monotonic() - start)
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Future[Finished]]]:
+    """Every selected smoke run, started at once, PARALLEL_RUNS at a time; each test waits for its own."""
+    selected = [
+        item.callspec.id for item in request.session.items if getattr(item, "originalname", "") == "test_smoke_run"
+    ]
+    with ThreadPoolExecutor(PARALLEL_RUNS) as pool:
+        yield {
+            run_id: pool.submit(run_smoke, *RUNS[run_id][:2], tmp_path_factory.mktemp("smoke"))
+            for run_id in selected
+        }
+
+
+@pytest.mark.parametrize("run_id", list(RUNS))
+def test_smoke_run(run_id: str, smoke_runs: dict[str, Future[Finished]]) -> None:
+    done = smoke_runs[run_id].result()
+    report = (
+        f"{' '.join(done.command)}: exit {done.returncode} after {done.seconds:.0f} s\n"
+        f"{done.stdout[-6000:]}\n{done.stderr[-6000:]}"
     )
-    report = f"{' '.join(command)}: exit {done.returncode}\n{done.stdout[-6000:]}\n{done.stderr[-6000:]}"
     assert done.returncode == 0, report
     assert "smoke run" in done.stdout, report
-    assert re.search(table, done.stdout, re.MULTILINE), report
+    assert re.search(RUNS[run_id][2], done.stdout, re.MULTILINE), report
