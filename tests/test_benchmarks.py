@@ -53,6 +53,8 @@ SMOKE_RUNS: dict[str, list[tuple[list[str], str]]] = {
 TIMEOUT_S = 300
 # smoke runs at once: much of one is a server or Postgres starting and stopping, the cores idle meanwhile
 PARALLEL_RUNS = 3
+# started first, so that the whole takes about as long as the longest (fleet.py: 2 nodes, nginx, 30 wrk runs)
+LONGEST = ("fleet.py", "ratelimit.py", "connections.py", "search_e2e.py")
 
 
 def test_every_benchmark_has_a_smoke_run() -> None:
@@ -112,6 +114,7 @@ def smoke_runs(
     selected = [
         item.callspec.id for item in request.session.items if getattr(item, "originalname", "") == "test_smoke_run"
     ]
+    selected.sort(key=lambda run_id: run_id not in LONGEST)
     with ThreadPoolExecutor(PARALLEL_RUNS) as pool:
         yield {
             run_id: pool.submit(run_smoke, *RUNS[run_id][:2], tmp_path_factory.mktemp("smoke"))
@@ -126,6 +129,7 @@ def test_smoke_run(run_id: str, smoke_runs: dict[str, Future[Finished]]) -> None
         f"{' '.join(done.command)}: exit {done.returncode} after {done.seconds:.0f} s\n"
         f"{done.stdout[-6000:]}\n{done.stderr[-6000:]}"
     )
+    print(f"{run_id}: {done.seconds:.1f} s")  # shown by pytest -rP
     assert done.returncode == 0, report
     assert "smoke run" in done.stdout, report
     assert re.search(RUNS[run_id][2], done.stdout, re.MULTILINE), report
