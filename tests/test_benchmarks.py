@@ -1,8 +1,8 @@
 """The measuring instruments run: every benchmark's smoke mode (`--smoke`: its own code paths at tiny sizes,
 a few seconds), as a subprocess, as a person would run it. A benchmark that can no longer run (a moved
-folder, a renamed module, a changed signature: search_latency.py crashed at its save step for weeks) fails
+folder, a renamed module, a changed signature: search_latency.py crashed at its save step since the regrouping) fails
 here, not on a GPU machine's short lease. The runs go on side by side (PARALLEL_RUNS): a test's duration
-is its wait; what a run took is in its report when it fails.
+is its wait; what a run took is printed (pytest -rP) and in its report when it fails.
 
 The tools the wrk and nginx benchmarks drive are Debian packages .ci/run installs; without them those runs
 fail rather than skip, as tests/test_nginx_cache.py does, so that CI cannot pass them silently.
@@ -49,7 +49,8 @@ SMOKE_RUNS: dict[str, list[tuple[list[str], str]]] = {
     "spine.py": [([], MARKDOWN_TABLE)],
     "threshold.py": [([], MARKDOWN_TABLE)],
 }
-# the longest smoke run took 73 s on a busy 2-core machine; a hung server must not hold CI for the suite's 600 s
+# the longest smoke run (fleet.py) took 69 s alone, 130 s beside the others, on a busy 2-core machine; a hung
+# server must not hold CI for the suite's 600 s
 TIMEOUT_S = 300
 # smoke runs at once: much of one is a server or Postgres starting and stopping, the cores idle meanwhile
 PARALLEL_RUNS = 3
