@@ -23,6 +23,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -48,6 +49,28 @@ def label(photo: str, box: np.ndarray) -> str:
     if photo == "yaoming" or (abs(cx - YAO_IN_PLAYERS[0]) < 30 and abs(cy - YAO_IN_PLAYERS[1]) < 30):
         return "yao"
     return f"{photo}:{int(cx)},{int(cy)}"
+
+
+@dataclass(frozen=True)
+class Gallery:
+    vectors: np.ndarray  # (n, dim) embeddings of every face of the shipped photos
+    labels: np.ndarray  # (n,) the person of each
+    photos: list[str]  # the photo of each
+
+
+def shipped_faces(engine: FaceEngine, min_side: int) -> tuple[Gallery, list[tuple[np.ndarray, np.ndarray, str]]]:
+    """The gallery, and the probe faces (source pixels, box, person) of at least min_side px."""
+    labels, photos, vectors = [], [], []
+    probes = []
+    for photo, path in PHOTOS.items():
+        pixels = cv2.imread(str(path))
+        for face in engine.analyze(pixels):
+            labels.append(label(photo, face.box))
+            photos.append(photo)
+            vectors.append(face.embedding)
+            if photo != "gdp" and min(face.box[2] - face.box[0], face.box[3] - face.box[1]) >= min_side:
+                probes.append((pixels, face.box, label(photo, face.box)))
+    return Gallery(np.stack(vectors), np.array(labels), photos), probes
 
 
 def one_pass_largest(engine: FaceEngine, pixels: np.ndarray) -> object:
@@ -100,20 +123,12 @@ def main() -> None:
     engine.warm_up()
     threshold = settings.match_threshold
 
-    gallery_labels, gallery_photos, gallery = [], [], []
-    probes = []  # (source pixels, box, label)
+    gallery, probes = shipped_faces(engine, args.min_side)
+    vectors, labels, gallery_photos = gallery.vectors, gallery.labels, gallery.photos
     faceless: list[np.ndarray] = []
-    for photo, path in PHOTOS.items():
+    for path in PHOTOS.values():
         pixels = cv2.imread(str(path))
         faceless += faceless_frames(pixels, engine.detect(pixels)[0], 10)
-        for face in engine.analyze(pixels):
-            gallery_labels.append(label(photo, face.box))
-            gallery_photos.append(photo)
-            gallery.append(face.embedding)
-            if photo != "gdp" and min(face.box[2] - face.box[0], face.box[3] - face.box[1]) >= args.min_side:
-                probes.append((pixels, face.box, label(photo, face.box)))
-    vectors = np.stack(gallery)
-    labels = np.array(gallery_labels)
     print(f"{len(probes)} probe faces per fill, gallery of {len(vectors)} faces, match threshold {threshold}\n")
     print("| fill | way | found | right | photos | false | detect ms p50 |")
     print("|---|---|---|---|---|---|---|")

@@ -140,6 +140,25 @@ async def test_a_selfie_without_a_face_says_so(client, browser, photos, tmp_path
     assert problems.answers == [(422, "/api/face/search")]
 
 
+async def test_a_blurred_selfie_asks_to_hold_the_phone_still(client, browser, photos, engine, tmp_path, settings):
+    import cv2
+    from playwright.async_api import expect
+    from selfies import closeup
+
+    response = await client.post("/api/face/sessions", json={"name": "gala"}, headers=api_headers(settings))
+    session_id = (await response.json())["data"]["id"]
+    pixels = cv2.imread(str(photos["yaoming"]))
+    shaken = tmp_path / "shaken.jpg"
+    # a hand shaking sideways: each pixel the mean of 61 in its row
+    cv2.imwrite(str(shaken), cv2.blur(closeup(pixels, engine.detect(pixels)[0][0], 0.5), (61, 1)))
+    guest, problems = await open_page(browser, page_url(client, settings, session=session_id), PHONE)
+    await guest.set_input_files("#selfie", shaken)
+    await expect(guest.locator("#search-status")).to_have_text(
+        re.compile("Hold the phone still"), timeout=SLOW_MS
+    )
+    assert problems.answers == [(422, "/api/face/search")]
+
+
 async def test_a_key_in_a_link_goes_out_as_a_bearer_header_and_never_in_a_url(client, browser):
     from playwright.async_api import expect
 

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import db, layout
-from ..errors import NoFaceFound
+from ..config import Settings
+from ..errors import FaceBlurred, FaceTooSmall, FaceTurned, NoFaceFound
 from ..media import decoding
+from ..vision import quality
 from ..vision.engine import DetectedFace, FaceEngine, detected_faces
 from .face_sessions import require_session
 from .services import Services
@@ -39,15 +41,37 @@ class SearchResult:
 
 def _largest_face(
     engine: FaceEngine, data: bytes, max_pixels: int, timings: dict[str, float]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """FaceEngine.find_largest on the probe's bytes, timed."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, quality.FaceQuality] | None:
+    """FaceEngine.find_largest on the probe's bytes, timed, with the face's quality."""
     start = time.perf_counter()
     decoding.probe(data, max_pixels)
     pixels = decoding.decode_bgr(data)
     decoded = time.perf_counter()
     found = engine.find_largest(pixels)
     timings["decode"], timings["detect"] = 1000 * (decoded - start), 1000 * (time.perf_counter() - decoded)
-    return found
+    if found is None:
+        return None
+    box, landmarks, crop = found
+    return box, landmarks, crop, quality.measure(landmarks[0], crop[0])
+
+
+def require_quality(measured: quality.FaceQuality, settings: Settings) -> None:
+    """A probe face too small, blurred or turned matches poorly: the guest is told what to change instead."""
+    if measured.eye_distance < settings.probe_min_eye_distance:
+        raise FaceTooSmall(
+            f"Move closer: the face is too small to match ({measured.eye_distance:.0f} px between the eyes,"
+            f" at least {settings.probe_min_eye_distance:.0f} needed)"
+        )
+    if measured.sharpness < settings.probe_min_sharpness:
+        raise FaceBlurred(
+            f"Hold the phone still: the face is too blurred to match (sharpness {measured.sharpness:.1f},"
+            f" at least {settings.probe_min_sharpness:g} needed)"
+        )
+    if measured.turn > settings.probe_max_turn:
+        raise FaceTurned(
+            f"Look at the camera: the face is turned too far to match (turn {measured.turn:.2f},"
+            f" at most {settings.probe_max_turn:g})"
+        )
 
 
 async def _probe_face(services: Services, probe: bytes, timings: dict[str, float]) -> DetectedFace | None:
@@ -57,7 +81,8 @@ async def _probe_face(services: Services, probe: bytes, timings: dict[str, float
         )
     if found is None:
         return None
-    box, landmarks, crop = found
+    box, landmarks, crop, measured = found
+    require_quality(measured, services.settings)
     start = time.perf_counter()
     # shared with the faces of concurrent searches and uploads (vision/batcher.py); includes waiting for a turn
     embedding = await services.recogniser.embed(crop)
@@ -66,7 +91,8 @@ async def _probe_face(services: Services, probe: bytes, timings: dict[str, float
 
 
 async def probe_face(services: Services, probe: bytes) -> DetectedFace | None:
-    """The probe's largest face, embedded; None when it shows none (privacy.forget uses it too)."""
+    """The probe's largest face, embedded; None when it shows none; FaceTooSmall, FaceBlurred or FaceTurned
+    when it is too poor to match (privacy.forget uses it too)."""
     return await _probe_face(services, probe, {})
 
 

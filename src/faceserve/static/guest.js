@@ -9,6 +9,13 @@ import { $, describeError, el, plural, showNotice } from "./ui.js";
 // on a side keeps a search on mobile data to a second or two and changes nothing it finds.
 const SELFIE_MAX_SIDE = 1600;
 const SELFIE_KEEP_BYTES = 1_500_000; // smaller than this and no wider: sent as it is
+// what the guest can change when the service cannot use the selfie (422 codes of the search)
+const SELFIE_ADVICE = {
+  no_face_found: "No face found in that photo. Try one where your face is clear and fills more of the picture.",
+  face_too_small: "Move closer: your face is too small in that photo to find you.",
+  face_blurred: "Hold the phone still: that photo is too blurred to find you.",
+  face_turned: "Look at the camera: your face is turned too far to find you.",
+};
 
 let sessionId = null;
 let previewUrl = null;
@@ -97,10 +104,7 @@ async function searchWith(file) {
         : `You are in ${plural(count, "photo")}. Open one to see it in full.`;
     renderMatches(data.matches);
   } catch (error) {
-    status.textContent =
-      error.code === "no_face_found"
-        ? "No face found in that photo. Try one where your face is clear and fills more of the picture."
-        : describeError(error);
+    status.textContent = SELFIE_ADVICE[error.code] || describeError(error);
   } finally {
     button.classList.remove("busy");
   }
