@@ -28,3 +28,18 @@ def jpeg(pixels: np.ndarray, quality: int = 90) -> bytes:
     ok, encoded = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, quality])
     assert ok
     return encoded.tobytes()
+
+
+def side_by_side(*images: np.ndarray) -> np.ndarray:
+    """The images in a row at the height of the lowest: one photo showing the people of all of them."""
+    height = min(image.shape[0] for image in images)
+    return np.hstack([cv2.resize(i, (round(i.shape[1] * height / i.shape[0]), height)) for i in images])
+
+
+def two_faces(engine, yaoming: np.ndarray, t1: np.ndarray) -> np.ndarray:
+    """"Me and my partner": Yao Ming larger on the left (probe face 0), t1.jpg's second face, frontal, smaller
+    on the right (probe face 1), each in half of a 1080x720 frame."""
+    return np.hstack([
+        closeup(yaoming, engine.detect(yaoming)[0][0], 0.5, (540, 720)),
+        closeup(t1, engine.detect(t1)[0][1], 0.35, (540, 720)),
+    ])

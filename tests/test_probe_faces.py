@@ -4,14 +4,8 @@ finds the photos in which all of them appear, each with its faces."""
 from __future__ import annotations
 
 import cv2
-import numpy as np
 from helpers import create_session, search, upload
-from selfies import closeup, jpeg
-
-
-def _side_by_side(*images: np.ndarray) -> np.ndarray:
-    height = min(image.shape[0] for image in images)
-    return np.hstack([cv2.resize(i, (round(i.shape[1] * height / i.shape[0]), height)) for i in images])
+from selfies import jpeg, side_by_side, two_faces
 
 
 def _centre_x(box) -> float:
@@ -27,16 +21,9 @@ async def test_several_faces_one_picked_or_all_together(client, photos, engine):
         session_id,
         ("players.jpg", photos["players"].read_bytes()),
         ("t1.jpg", photos["t1"].read_bytes()),
-        ("together.jpg", jpeg(_side_by_side(players, t1))),  # Yao (#13) and the people of t1.jpg in one photo
+        ("together.jpg", jpeg(side_by_side(players, t1))),  # Yao (#13) and the people of t1.jpg in one photo
     )
-    partner = engine.detect(t1)[0][1]  # a frontal face of t1.jpg
-    # "me and my partner": Yao larger on the left (index 0), the partner smaller on the right (index 1)
-    probe = jpeg(
-        np.hstack([
-            closeup(yaoming, engine.detect(yaoming)[0][0], 0.5, (540, 720)),
-            closeup(t1, partner, 0.35, (540, 720)),
-        ])
-    )
+    probe = jpeg(two_faces(engine, yaoming, t1))
 
     status, largest = await search(client, session_id, probe)
     assert status == 200, largest
