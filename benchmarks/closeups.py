@@ -64,6 +64,7 @@ def shipped_faces(engine: FaceEngine, min_side: int) -> tuple[Gallery, list[tupl
     probes = []
     for photo, path in PHOTOS.items():
         pixels = cv2.imread(str(path))
+        assert pixels is not None, path
         for face in engine.analyze(pixels):
             labels.append(label(photo, face.box))
             photos.append(photo)
@@ -179,7 +180,9 @@ def main() -> None:
     print("|---|---|---|---|")
     for name, data in timed.items():
         def decode(data: bytes = data) -> np.ndarray:
-            return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+            pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+            assert pixels is not None
+            return pixels
 
         before, after = interleaved_p50_ms(
             [lambda: one_pass_largest(engine, decode()), lambda: engine.find_largest(decode())], args.repeat
