@@ -40,7 +40,7 @@ from selfies import closeup, jpeg  # tests/selfies.py
 Detect = Callable[[FaceEngine, np.ndarray], tuple[np.ndarray, np.ndarray]]
 WAYS: dict[str, Detect] = {
     "one pass": lambda engine, pixels: engine.detect(pixels),
-    "close-up pass": detection.find_faces,
+    "close-up pass": lambda engine, pixels: detection.find_faces(engine, pixels, selfie=True),
 }
 
 

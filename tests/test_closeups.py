@@ -66,6 +66,29 @@ async def test_close_up_probes_find_the_right_persons_photo(client, photos, engi
             assert _near(best["box"], where, 30), (fill, best["box"], where)
 
 
+async def test_a_stranger_behind_a_close_up_is_not_taken_for_the_guest(client, photos, engine):
+    """The first pass misses the close-up and finds only a small face in the corner: a probe's own face is not
+    that small, so the second pass runs and the guest's face is the one matched."""
+    yaoming_pixels, [yao] = _faces(engine, photos["yaoming"])
+    t1_pixels, t1_boxes = _faces(engine, photos["t1"])
+    session_id = await create_session(client)
+    players, _ = await upload(
+        client,
+        session_id,
+        ("players.jpg", photos["players"].read_bytes()),
+        ("t1.jpg", photos["t1"].read_bytes()),
+    )
+    frame = closeup(yaoming_pixels, yao, 0.9)
+    frame[1200:1400, 30:180] = closeup(t1_pixels, t1_boxes[1], 0.5, (150, 200))
+    assert len(engine.detect(frame)[0]) == 1  # the stranger alone
+    status, body = await search(client, session_id, jpeg(frame))
+    assert status == 200, body
+    assert len(body["data"]["probe_faces"]) == 2
+    x1, _, x2, _ = body["data"]["probe_face"]["box"]
+    assert x2 - x1 > 0.7 * FRAME[0]
+    assert [m["image_id"] for m in body["data"]["matches"]] == [players["image_id"]]
+
+
 async def test_a_headshot_upload_has_its_face(client, photos, engine):
     """A portrait session's headshot (the face 0.9 of the frame): the upload records the face, and a probe from
     the original photo finds it."""
@@ -79,10 +102,14 @@ async def test_a_headshot_upload_has_its_face(client, photos, engine):
 
 
 def test_a_group_photo_needs_one_pass(engine, photos):
-    """Small faces: no second pass, so ordinary photos cost what they did."""
+    """Small faces in an upload: no second pass, so ordinary photos cost what they did. As a probe, where the
+    guest's own face is not that small, the same photo gets a second look."""
     for name in ("t1", "players", "gdp"):
         pixels, boxes = _faces(engine, photos[name])
         assert len(boxes) and not detection.needs_second_pass(boxes, pixels.shape[:2])
+        assert detection.needs_second_pass(boxes, pixels.shape[:2], detection.SELFIE_SMALLEST)
+    pixels, boxes = _faces(engine, photos["yaoming"])
+    assert not detection.needs_second_pass(boxes, pixels.shape[:2], detection.SELFIE_SMALLEST)
 
 
 @pytest.mark.parametrize("shape", [(1440, 1080), (600, 1600), (37, 41)])

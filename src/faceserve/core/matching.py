@@ -79,7 +79,7 @@ def _probe_faces(
     decoding.probe(data, max_pixels)
     pixels = decoding.decode_bgr(data)
     decoded = time.perf_counter()
-    boxes, landmarks = detection.find_faces(engine, pixels)
+    boxes, landmarks = detection.find_faces(engine, pixels, selfie=True)
     found = None
     if len(boxes):
         order = np.argsort(-(boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), kind="stable")

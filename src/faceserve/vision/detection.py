@@ -21,6 +21,10 @@ if TYPE_CHECKING:  # engine.py runs find_faces for its callers
 # 3:4 close-ups (benchmarks/closeups.py) the first pass finds every face up to a fill of 0.6 (boxes of
 # 0.53-0.65 of the frame's height) and misses from 0.7 (0.61-0.73) on
 NEAR_FRAME = 0.6
+# a selfie's own face is larger than this share of the photo's longer side: when a probe's largest face found
+# is smaller (a stranger behind a close-up the first pass missed, tests/test_closeups.py), a second pass looks
+# for the close-up; a selfie at a fill of 0.25 has a box of about 0.3
+SELFIE_SMALLEST = 0.2
 # the second pass's canvas is this many times the photo's longer side, the photo centred on black (black, not
 # the photo's edge repeated: a face cut by the frame is found at fills 1.1-1.3 on black, at 1.2 in 3 of 23 on
 # repeated edges); 2 finds every face from fill 0.7 to 1.3, 1.5 misses half at 1.3
@@ -29,11 +33,13 @@ SHRINK = 2.0
 _SAME_FACE_IOU = 0.4
 
 
-def find_faces(engine: FaceEngine, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def find_faces(
+    engine: FaceEngine, image_bgr: np.ndarray, selfie: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Every face, as FaceEngine.detect gives them: (n, 5) boxes with scores, (n, 5, 2) landmarks, in the
-    photo's pixels."""
+    photo's pixels. `selfie`: a probe, whose own face is not small (SELFIE_SMALLEST)."""
     boxes, landmarks = engine.detect(image_bgr)
-    if not needs_second_pass(boxes, image_bgr.shape[:2]):
+    if not needs_second_pass(boxes, image_bgr.shape[:2], SELFIE_SMALLEST if selfie else 0.0):
         return boxes, landmarks
     canvas, scale, offset = letterbox(image_bgr, engine.detector_input_size, SHRINK)
     more_boxes, more_landmarks = engine.detect(canvas, scale)
@@ -41,12 +47,12 @@ def find_faces(engine: FaceEngine, image_bgr: np.ndarray) -> tuple[np.ndarray, n
     return merge(boxes, landmarks, more_boxes, more_landmarks)
 
 
-def needs_second_pass(boxes: np.ndarray, shape: tuple[int, int]) -> bool:
-    """No face, or the largest near the frame's size."""
+def needs_second_pass(boxes: np.ndarray, shape: tuple[int, int], smallest: float = 0.0) -> bool:
+    """No face, the largest near the frame's size, or smaller than `smallest` of the photo's longer side."""
     if not len(boxes):
         return True
-    longest = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]).max()
-    return bool(longest >= NEAR_FRAME * max(shape))
+    share = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]).max() / max(shape)
+    return bool(share >= NEAR_FRAME or share < smallest)
 
 
 def letterbox(image_bgr: np.ndarray, side: int, shrink: float) -> tuple[np.ndarray, float, np.ndarray]:

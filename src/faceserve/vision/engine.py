@@ -200,7 +200,7 @@ class FaceEngine:
     def find_largest(self, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """The probe's face, ready for the recogniser: (1, 5) box with score, (1, 5, 2) landmarks and (1, S, S, 3)
         aligned crop of the largest face found, close-ups included (vision/detection.py); None without one."""
-        boxes, landmarks = detection.find_faces(self, image_bgr)
+        boxes, landmarks = detection.find_faces(self, image_bgr, selfie=True)
         if not len(boxes):
             return None
         i = int(np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))
