@@ -102,10 +102,12 @@ def faceless_frames(pixels: np.ndarray, boxes: np.ndarray, count: int) -> list[n
 
 
 def interleaved_p50_ms(runs: list[Callable[[], object]], repeat: int) -> list[float]:
-    """Median ms of each run, the runs taken in turn (a busy machine slows them alike)."""
+    """Median ms of each run, the runs taken in turn (a busy machine slows them alike), in reverse order every
+    other round (the one after another may find caches warm)."""
     times: list[list[float]] = [[] for _ in runs]
-    for _ in range(repeat):
-        for run, spent in zip(runs, times):
+    for round_number in range(repeat):
+        order = list(zip(runs, times))
+        for run, spent in order[::-1] if round_number % 2 else order:
             start = time.perf_counter()
             run()
             spent.append(1000 * (time.perf_counter() - start))
