@@ -2,7 +2,9 @@
 than the faces it learnt from): a close-up selfie answered "no face". When the first pass finds no face, or
 one near the frame's size, a second pass sees the image shrunk onto a canvas of the detector's input; its
 faces, mapped back to the photo's pixels, join the first pass's (the better of two boxes for one face wins).
-A photo whose faces are all small pays for one pass only.
+An upload whose faces are all small pays for one pass only, and so does a probe whose largest face is
+neither near the frame's size nor too small to be the guest's own. The canvas has the detector's input
+size, so a GPU sees one input shape (no re-planning, engine.py).
 
 Blocking, like FaceEngine: callers run it in the inference thread pool.
 """
