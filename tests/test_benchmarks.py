@@ -32,6 +32,7 @@ MARKDOWN_TABLE = r"^\|(:?-+:?\|)+$"
 # script -> (arguments before --smoke, what its table looks like) per run. people.py quality is left out: its
 # photos are other projects' checkouts (ageitgey/face_recognition, cmusatyalab/openface).
 SMOKE_RUNS: dict[str, list[tuple[list[str], str]]] = {
+    "closeups.py": [([], MARKDOWN_TABLE)],
     "connections.py": [([], MARKDOWN_TABLE)],
     "derivatives.py": [([], r"^source\s+method\s+ms\s+PSNR dB\s+bytes$")],
     "fleet.py": [([], MARKDOWN_TABLE)],
@@ -41,6 +42,7 @@ SMOKE_RUNS: dict[str, list[tuple[list[str], str]]] = {
     "ingest.py": [([], MARKDOWN_TABLE)],
     "ivf_probe.py": [([], MARKDOWN_TABLE)],
     "people.py": [(["scale"], MARKDOWN_TABLE), (["read"], MARKDOWN_TABLE)],
+    "quality.py": [([], MARKDOWN_TABLE)],
     "ratelimit.py": [([], MARKDOWN_TABLE)],
     "search_e2e.py": [([], MARKDOWN_TABLE)],
     "search_latency.py": [([], MARKDOWN_TABLE)],

@@ -140,6 +140,56 @@ async def test_a_selfie_without_a_face_says_so(client, browser, photos, tmp_path
     assert problems.answers == [(422, "/api/face/search")]
 
 
+async def test_a_selfie_with_two_faces_offers_each_and_both(client, browser, photos, engine, tmp_path, settings):
+    import aiohttp
+    import cv2
+    from playwright.async_api import expect
+    from selfies import jpeg, side_by_side, two_faces
+
+    headers = api_headers(settings)
+    response = await client.post("/api/face/sessions", json={"name": "wedding"}, headers=headers)
+    session_id = (await response.json())["data"]["id"]
+    players, t1 = cv2.imread(str(photos["players"])), cv2.imread(str(photos["t1"]))
+    for name, data in (("players.jpg", photos["players"].read_bytes()), ("both.jpg", jpeg(side_by_side(players, t1)))):
+        form = aiohttp.FormData()
+        form.add_field("file", data, filename=name)
+        assert (await client.post(f"/api/face/sessions/{session_id}/images", data=form, headers=headers)).status == 201
+    selfie = tmp_path / "us.jpg"
+    selfie.write_bytes(jpeg(two_faces(engine, cv2.imread(str(photos["yaoming"])), t1)))
+    guest, problems = await open_page(browser, page_url(client, settings, session=session_id), PHONE)
+    await guest.set_input_files("#selfie", selfie)
+    await expect(guest.locator("#search-status")).to_have_text(re.compile("You are in 2 photos"), timeout=SLOW_MS)
+    choices = guest.locator("#probe-faces button")
+    await expect(choices).to_have_text(["Face 1", "Face 2", "Photos with all of us"])
+    await expect(choices.nth(0)).to_have_attribute("aria-pressed", "true")
+    await choices.nth(2).click()
+    await expect(guest.locator("#search-status")).to_have_text("You are together in 1 photo.", timeout=SLOW_MS)
+    await expect(guest.locator("#matches li")).to_have_count(1)
+    await guest.locator("#probe-faces button").nth(1).click()  # the partner: only in both.jpg
+    await expect(guest.locator("#search-status")).to_have_text(re.compile("You are in 1 photo"), timeout=SLOW_MS)
+    await expect(guest.locator("#probe-faces button").nth(1)).to_have_attribute("aria-pressed", "true")
+    assert problems.seen == [] and problems.answers == []
+
+
+async def test_a_blurred_selfie_asks_to_hold_the_phone_still(client, browser, photos, engine, tmp_path, settings):
+    import cv2
+    from playwright.async_api import expect
+    from selfies import closeup
+
+    response = await client.post("/api/face/sessions", json={"name": "gala"}, headers=api_headers(settings))
+    session_id = (await response.json())["data"]["id"]
+    pixels = cv2.imread(str(photos["yaoming"]))
+    shaken = tmp_path / "shaken.jpg"
+    # a hand shaking sideways: each pixel the mean of 61 in its row
+    cv2.imwrite(str(shaken), cv2.blur(closeup(pixels, engine.detect(pixels)[0][0], 0.5), (61, 1)))
+    guest, problems = await open_page(browser, page_url(client, settings, session=session_id), PHONE)
+    await guest.set_input_files("#selfie", shaken)
+    await expect(guest.locator("#search-status")).to_have_text(
+        re.compile("Hold the phone still"), timeout=SLOW_MS
+    )
+    assert problems.answers == [(422, "/api/face/search")]
+
+
 async def test_a_key_in_a_link_goes_out_as_a_bearer_header_and_never_in_a_url(client, browser):
     from playwright.async_api import expect
 

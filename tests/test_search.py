@@ -9,12 +9,20 @@ import numpy as np
 from helpers import create_session, search, upload
 from PIL import Image
 
+from faceserve.config import Settings
+from faceserve.vision import quality
+
 
 def _crop_of_largest_face(engine, path) -> bytes:
-    """A new photo made from one face of an uploaded one: crop around it, rescale, re-encode."""
+    """A new photo made from one face of an uploaded one: crop around it, rescale, re-encode. The largest face
+    that looks at the camera: a turned one is refused as a probe (tests/test_probe_quality.py), and gdp.jpg's
+    largest face is a three-quarter view."""
     pixels = cv2.imread(str(path))
-    boxes, _ = engine.detect(pixels)
-    x1, y1, x2, y2 = boxes[np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])), :4]
+    boxes, landmarks = engine.detect(pixels)
+    crops = engine.align(pixels, landmarks)
+    facing = [quality.measure(landmarks[i], crops[i]).turn <= Settings.probe_max_turn for i in range(len(boxes))]
+    areas = np.where(facing, (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), -1)
+    x1, y1, x2, y2 = boxes[np.argmax(areas), :4]
     w, h = x2 - x1, y2 - y1
     crop = pixels[max(0, int(y1 - h)) : int(y2 + h), max(0, int(x1 - w)) : int(x2 + w)]
     crop = cv2.resize(crop, None, fx=1.5, fy=1.5)

@@ -42,6 +42,9 @@ MINIMUM: dict[str, float] = {
     "shortlist_margin": 1,
     "index_max_batch": 1,
     "match_threshold": 0,
+    "probe_min_eye_distance": 0,
+    "probe_min_sharpness": 0,
+    "probe_max_turn": 0,
     "search_default_limit": 1,
     "search_max_limit": 1,
     "max_upload_bytes": 1,
@@ -230,6 +233,12 @@ class Settings:
     match_threshold: float = 0.6
     search_default_limit: int = 50
     search_max_limit: int = 500
+    # a probe's face past these is answered 422 with advice instead of matched (vision/quality.py); chosen
+    # with benchmarks/quality.py where the degradation alone costs 0.15+ of distance (README, Selfies as phones
+    # take them); 0 (1 for the turn) turns a check off
+    probe_min_eye_distance: float = 15.0
+    probe_min_sharpness: float = 3.0
+    probe_max_turn: float = 0.8
 
     # an idle keep-alive connection is closed after this many seconds, and so is one that stalls while
     # sending a request header (http/listener.py)

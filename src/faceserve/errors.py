@@ -82,6 +82,23 @@ class InsufficientStorage(FaceServeError):
     code = "insufficient_storage"
 
 
+class FaceTooSmall(FaceServeError):
+    """The probe's face has too few pixels to match reliably (core/matching.py, vision/quality.py)."""
+
+    status = 422
+    code = "face_too_small"
+
+
+class FaceBlurred(FaceServeError):
+    status = 422
+    code = "face_blurred"
+
+
+class FaceTurned(FaceServeError):
+    status = 422
+    code = "face_turned"
+
+
 class NotReady(FaceServeError):
     status = 503
     code = "not_ready"

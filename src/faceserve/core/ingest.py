@@ -17,6 +17,7 @@ from ..index import sync as index_sync
 from ..media import decoding, renditions
 from ..media.files import PendingFile, stored_name_for
 from ..media.stores import FILE
+from ..vision import detection
 from ..vision.engine import DetectedFace, FaceEngine, detected_faces
 from . import people, tombstones, upload_intents
 from .services import Services
@@ -42,7 +43,7 @@ def _detect_file(engine: FaceEngine, path: Path, max_pixels: int) -> _Found:
     """Header check first (cheap, rejects bombs and non-images), then the full decode, detection, alignment."""
     info = decoding.probe(path, max_pixels)
     pixels = decoding.decode_bgr(path.read_bytes())
-    boxes, landmarks = engine.detect(pixels)
+    boxes, landmarks = detection.find_faces(engine, pixels)  # a headshot's face too, with a second pass
     return _Found(info, boxes, landmarks, engine.align(pixels, landmarks))
 
 

@@ -1,16 +1,19 @@
-"""Search a session for the largest face of a probe photo: one match per image, nearest first."""
+"""Search a session for a probe photo's faces: its largest (or the one picked), one match per image, nearest
+first; or all of its faces together (up to four), the photos in which every one of them appears."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from .. import db, layout
-from ..errors import NoFaceFound
+from ..config import Settings
+from ..errors import BadRequest, FaceBlurred, FaceTooSmall, FaceTurned, NoFaceFound
 from ..media import decoding
+from ..vision import detection, quality
 from ..vision.engine import DetectedFace, FaceEngine, detected_faces
 from .face_sessions import require_session
 from .services import Services
@@ -18,6 +21,18 @@ from .services import Services
 # Faces fetched from the index per requested match: an image can hold several faces close to the probe.
 _OVERFETCH = 4
 _MIN_CANDIDATES = 32
+# match=all: at most this many of the probe's faces (largest first) must appear together ("me and my partner")
+MAX_TOGETHER = 4
+
+
+@dataclass(frozen=True)
+class MatchedFace:
+    """One of the probe's faces, found in a matched image (match=all)."""
+
+    probe_index: int
+    face_id: int
+    distance: float
+    box: list[float]
 
 
 @dataclass(frozen=True)
@@ -25,59 +40,124 @@ class Match:
     image_id: int
     face_id: int
     identity: str
-    distance: float
+    distance: float  # with match=all, of the farthest of its faces
     box: list[float]
+    faces: list[MatchedFace] = field(default_factory=list)  # match=all: one per probe face, in probe order
+
+
+@dataclass(frozen=True)
+class ProbeFace:
+    index: int  # place among the probe's faces, largest first: what `face` picks
+    box: np.ndarray  # (4,) in the probe's pixels
+    score: float
 
 
 @dataclass(frozen=True)
 class SearchResult:
-    probe_face: DetectedFace
+    used: list[int]  # indices of the probe faces matched
+    probe_faces: list[ProbeFace]
     matches: list[Match]
     # milliseconds per step (decode, detect, embed, index, db): sent as Server-Timing
     timings: dict[str, float]
 
 
-def _largest_face(
-    engine: FaceEngine, data: bytes, max_pixels: int, timings: dict[str, float]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """FaceEngine.find_largest on the probe's bytes, timed."""
+@dataclass(frozen=True)
+class _Found:
+    boxes: np.ndarray  # (n, 5) every face of the probe, largest first
+    used: list[int]  # those to match
+    landmarks: np.ndarray  # (len(used), 5, 2) of the used faces
+    crops: np.ndarray  # their aligned crops
+    qualities: list[quality.FaceQuality]
+
+
+def _probe_faces(
+    engine: FaceEngine, data: bytes, max_pixels: int, pick: int | None, together: bool, timings: dict[str, float]
+) -> _Found | None:
+    """The probe's faces, largest first; the picked one (the largest by default), or with `together` up to
+    MAX_TOGETHER, aligned and measured. Timed. None without a face."""
     start = time.perf_counter()
     decoding.probe(data, max_pixels)
     pixels = decoding.decode_bgr(data)
     decoded = time.perf_counter()
-    found = engine.find_largest(pixels)
+    boxes, landmarks = detection.find_faces(engine, pixels, selfie=True)
+    found = None
+    if len(boxes):
+        order = np.argsort(-(boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), kind="stable")
+        boxes, landmarks = boxes[order], landmarks[order]
+        if together:
+            used = list(range(min(len(boxes), MAX_TOGETHER)))
+        elif pick is not None and pick >= len(boxes):
+            raise BadRequest(f"face {pick} was asked for, but the probe shows {len(boxes)} (0 to {len(boxes) - 1})")
+        else:
+            used = [pick or 0]
+        crops = engine.align(pixels, landmarks[used])
+        qualities = [quality.measure(landmarks[i], crop) for i, crop in zip(used, crops)]
+        found = _Found(boxes, used, landmarks[used], crops, qualities)
     timings["decode"], timings["detect"] = 1000 * (decoded - start), 1000 * (time.perf_counter() - decoded)
     return found
 
 
-async def _probe_face(services: Services, probe: bytes, timings: dict[str, float]) -> DetectedFace | None:
+def require_quality(measured: quality.FaceQuality, settings: Settings) -> None:
+    """A probe face too small, blurred or turned matches poorly: the guest is told what to change instead."""
+    if measured.eye_distance < settings.probe_min_eye_distance:
+        raise FaceTooSmall(
+            f"Move closer: the face is too small to match ({measured.eye_distance:.0f} px between the eyes,"
+            f" at least {settings.probe_min_eye_distance:.0f} needed)"
+        )
+    if measured.sharpness < settings.probe_min_sharpness:
+        raise FaceBlurred(
+            f"Hold the phone still: the face is too blurred to match (sharpness {measured.sharpness:.1f},"
+            f" at least {settings.probe_min_sharpness:g} needed)"
+        )
+    if measured.turn > settings.probe_max_turn:
+        raise FaceTurned(
+            f"Look at the camera: the face is turned too far to match (turn {measured.turn:.2f},"
+            f" at most {settings.probe_max_turn:g})"
+        )
+
+
+async def _embedded_probe(
+    services: Services, probe: bytes, pick: int | None, together: bool, timings: dict[str, float]
+) -> tuple[_Found, list[DetectedFace]] | None:
+    """The probe's faces and the used ones embedded; None without a face."""
     with services.recogniser.coming():
         found = await services.infer(
-            _largest_face, services.engine, probe, services.settings.max_image_pixels, timings
+            _probe_faces, services.engine, probe, services.settings.max_image_pixels, pick, together, timings
         )
     if found is None:
         return None
-    box, landmarks, crop = found
+    for measured in found.qualities:
+        require_quality(measured, services.settings)
     start = time.perf_counter()
     # shared with the faces of concurrent searches and uploads (vision/batcher.py); includes waiting for a turn
-    embedding = await services.recogniser.embed(crop)
+    embeddings = await services.recogniser.embed(found.crops)
     timings["embed"] = 1000 * (time.perf_counter() - start)
-    return detected_faces(box, landmarks, embedding)[0]
+    return found, detected_faces(found.boxes[found.used], found.landmarks, embeddings)
 
 
 async def probe_face(services: Services, probe: bytes) -> DetectedFace | None:
-    """The probe's largest face, embedded; None when it shows none (privacy.forget uses it too)."""
-    return await _probe_face(services, probe, {})
+    """The probe's largest face, embedded; None when it shows none; FaceTooSmall, FaceBlurred or FaceTurned
+    when it is too poor to match (privacy.forget uses it too)."""
+    embedded = await _embedded_probe(services, probe, None, False, {})
+    return None if embedded is None else embedded[1][0]
 
 
 async def search_session(
-    services: Services, session_id: int, probe: bytes, threshold: float, limit: int
+    services: Services,
+    session_id: int,
+    probe: bytes,
+    threshold: float,
+    limit: int,
+    pick: int | None = None,
+    together: bool = False,
 ) -> SearchResult:
+    """`pick`: the index of the probe face to match (largest first; the largest by default); `together`: the
+    images showing all of its faces (up to MAX_TOGETHER)."""
     timings: dict[str, float] = {}
     # the session is looked up while the probe is being detected, so the round trip adds no time of its own
     session = asyncio.create_task(require_session(services, session_id))
     try:
-        face = await _probe_face(services, probe, timings)
+        embedded = await _embedded_probe(services, probe, pick, together, timings)
     except asyncio.CancelledError:
         session.cancel()
         raise
@@ -88,23 +168,36 @@ async def search_session(
     start = time.perf_counter()
     await session
     timings["db"] = 1000 * (time.perf_counter() - start)
-    if face is None:
+    if embedded is None:
         raise NoFaceFound("no face was found in the probe image")
+    found, faces = embedded
+    probe_faces = [ProbeFace(i, box[:4], float(box[4])) for i, box in enumerate(found.boxes)]
+    candidates = max(limit * _OVERFETCH, _MIN_CANDIDATES) * (2 if together else 1)
     start = time.perf_counter()
     sims, face_ids = await services.indexes.search(
-        session_id, face.embedding[None, :], max(limit * _OVERFETCH, _MIN_CANDIDATES)
+        session_id, np.stack([face.embedding for face in faces]), candidates
     )
     timings["index"] = 1000 * (time.perf_counter() - start)
-    distances = 1.0 - sims[0]
-    within = (face_ids[0] >= 0) & (distances <= threshold)
-    candidates = face_ids[0][within]
-    if not len(candidates):
-        return SearchResult(face, [], timings)
+    distances = 1.0 - sims
+    within = (face_ids >= 0) & (distances <= threshold)
+    if not within.any():
+        return SearchResult(found.used, probe_faces, [], timings)
     start = time.perf_counter()
-    hits = await db.faces_with_images(services.pool, session_id, candidates.tolist())
+    hits = await db.faces_with_images(services.pool, session_id, np.unique(face_ids[within]).tolist())
     timings["db"] += 1000 * (time.perf_counter() - start)
+    if together:
+        matches = _all_together(session_id, found.used, face_ids, distances, within, hits)
+    else:
+        matches = _nearest_per_image(session_id, face_ids[0][within[0]], distances[0][within[0]], hits)
+    return SearchResult(found.used, probe_faces, matches[:limit], timings)
+
+
+def _nearest_per_image(
+    session_id: int, candidates: np.ndarray, distances: np.ndarray, hits: dict[int, db.FaceHit]
+) -> list[Match]:
+    """One match per image, its face nearest the probe's, nearest first."""
     best: dict[int, Match] = {}
-    for face_id, distance in zip(candidates.tolist(), distances[within].tolist()):
+    for face_id, distance in zip(candidates.tolist(), distances.tolist()):
         hit = hits.get(face_id)
         if hit is None:  # deleted after the index answered
             continue
@@ -112,7 +205,46 @@ async def search_session(
             best[hit.image_id] = Match(
                 hit.image_id, face_id, layout.identity(session_id, hit.stored_name), max(0.0, distance), hit.box
             )
-    matches = sorted(best.values(), key=lambda m: m.distance)[:limit]
-    return SearchResult(face, matches, timings)
+    return sorted(best.values(), key=lambda m: m.distance)
 
 
+def _all_together(
+    session_id: int,
+    used: list[int],
+    face_ids: np.ndarray,
+    distances: np.ndarray,
+    within: np.ndarray,
+    hits: dict[int, db.FaceHit],
+) -> list[Match]:
+    """The images in which every probe face matches a face of its own; the nearest pairs are taken first,
+    and an image ranks by the farthest of its faces."""
+    pairs_by_image: dict[int, list[tuple[float, int, int]]] = {}  # image -> (distance, probe row, face id)
+    for row in range(len(used)):
+        for face_id, distance in zip(face_ids[row][within[row]].tolist(), distances[row][within[row]].tolist()):
+            hit = hits.get(face_id)
+            if hit is not None:
+                pairs_by_image.setdefault(hit.image_id, []).append((max(0.0, distance), row, face_id))
+    matches = []
+    for image_id, pairs in pairs_by_image.items():
+        taken: dict[int, tuple[float, int]] = {}  # probe row -> (distance, face id)
+        for distance, row, face_id in sorted(pairs):
+            if row not in taken and all(face_id != other for _, other in taken.values()):
+                taken[row] = (distance, face_id)
+        if len(taken) < len(used):
+            continue
+        faces = [
+            MatchedFace(used[row], face_id, distance, hits[face_id].box)
+            for row, (distance, face_id) in sorted(taken.items())
+        ]
+        first = hits[faces[0].face_id]
+        matches.append(
+            Match(
+                image_id,
+                faces[0].face_id,
+                layout.identity(session_id, first.stored_name),
+                max(face.distance for face in faces),
+                first.box,
+                faces,
+            )
+        )
+    return sorted(matches, key=lambda m: m.distance)

@@ -1,5 +1,5 @@
-"""POST /api/face/search and POST /api/face/sessions/{session_id}/search: the probe's largest face against
-one session. The second names the session in its path, so a balancer can route by it (README, A fleet
+"""POST /api/face/search and POST /api/face/sessions/{session_id}/search: the probe's largest face (or the
+one `face` picks, or with `match=all` all of its faces together) against one session. The second names the session in its path, so a balancer can route by it (README, A fleet
 behind nginx); a session_id form field there must agree with the path."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ async def search_faces(request: web.Request) -> web.Response:
     async for part in multipart.parts(request):
         if part.name == "image":
             probe = await multipart.read_all(part, settings.max_probe_bytes)
-        elif part.name in ("session_id", "threshold", "limit"):
+        elif part.name in ("session_id", "threshold", "limit", "face", "match"):
             fields[part.name] = await multipart.read_field(part)
         else:
             await multipart.skip(part)
@@ -46,6 +46,10 @@ async def search_faces(request: web.Request) -> web.Response:
         raise BadRequest("image is required: the probe photo as a multipart file part")
     threshold = number(fields.get("threshold"), "threshold", float, 0.0, 2.0)
     limit = number(fields.get("limit"), "limit", int, 1, settings.search_max_limit)
+    pick = number(fields.get("face"), "face", int, 0, _MOST_FACES)
+    together = _together(fields.get("match"))
+    if together and pick is not None:
+        raise BadRequest("face picks one face; match=all matches all of them: send one or the other")
 
     parsed_ms = 1000 * (time.perf_counter() - start)
     # admitted once the probe is in, like uploads: bounds the decodes and detections in flight, not the
@@ -57,28 +61,59 @@ async def search_faces(request: web.Request) -> web.Response:
             probe,
             settings.match_threshold if threshold is None else float(threshold),
             settings.search_default_limit if limit is None else int(limit),
+            None if pick is None else int(pick),
+            together,
         )
+    used = result.used
     response = ok(
         {
-            "matches": [
-                {
-                    "identity": m.identity,
-                    "distance": round(m.distance, 6),
-                    "image_id": m.image_id,
-                    "url": image_url(request, m.image_id),
-                    "face_id": m.face_id,
-                    "face_url": request.app[URLS].face_url(request, m.face_id),
-                    "box": [round(v, 1) for v in m.box],
-                }
-                for m in result.matches
-            ],
-            "probe_face": {
-                "box": [round(float(v), 1) for v in result.probe_face.box],
-                "score": round(result.probe_face.det_score, 4),
-            },
+            "matches": [_match(request, m) for m in result.matches],
+            "probe_face": _probe_face(result.probe_faces[used[0]]),
+            "probe_faces": [_probe_face(face) for face in result.probe_faces],
+            "used": used,
         }
     )
     timings = {"parse": parsed_ms, **result.timings}  # parse: receiving and reading the form
     metrics.observe_search_steps(timings)
     response.headers["Server-Timing"] = ", ".join(f"{step};dur={ms:.2f}" for step, ms in timings.items())
     return response
+
+
+# `face` indexes the probe's faces: a larger number is refused as a bad request, not looked for
+_MOST_FACES = 1000
+
+
+def _together(raw: str | None) -> bool:
+    if raw in (None, "", "one"):
+        return False
+    if raw == "all":
+        return True
+    raise BadRequest("match must be one (the default: the largest or picked face) or all (every face together)")
+
+
+def _probe_face(face: matching.ProbeFace) -> dict[str, object]:
+    return {"index": face.index, "box": [round(float(v), 1) for v in face.box], "score": round(face.score, 4)}
+
+
+def _match(request: web.Request, match: matching.Match) -> dict[str, object]:
+    answer: dict[str, object] = {
+        "identity": match.identity,
+        "distance": round(match.distance, 6),
+        "image_id": match.image_id,
+        "url": image_url(request, match.image_id),
+        "face_id": match.face_id,
+        "face_url": request.app[URLS].face_url(request, match.face_id),
+        "box": [round(v, 1) for v in match.box],
+    }
+    if match.faces:
+        answer["faces"] = [
+            {
+                "probe_index": face.probe_index,
+                "face_id": face.face_id,
+                "distance": round(face.distance, 6),
+                "box": [round(v, 1) for v in face.box],
+                "face_url": request.app[URLS].face_url(request, face.face_id),
+            }
+            for face in match.faces
+        ]
+    return answer

@@ -11,17 +11,26 @@ from typing import BinaryIO
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
+from pillow_heif import register_heif_opener
 
 from ..errors import ImageTooLarge, MetadataTooLarge, NotAnImage
 
-# Formats both Pillow (header probe) and OpenCV (decode) read; name -> (Content-Type, file extension).
+# HEIC/HEIF, current phones' default, for Pillow: the probe, the decode and renditions. It applies the file's
+# rotation and mirroring itself and leaves an EXIF orientation of 1, so nothing is turned twice.
+register_heif_opener()
+
+# Formats Pillow reads (header probe, renditions); name -> (Content-Type, file extension). OpenCV decodes the
+# first four for detection, Pillow the last two (decode_bgr).
 ACCEPTED_FORMATS: dict[str, tuple[str, str]] = {
     "JPEG": ("image/jpeg", "jpg"),
     "PNG": ("image/png", "png"),
     "WEBP": ("image/webp", "webp"),
     "BMP": ("image/bmp", "bmp"),
+    "HEIF": ("image/heic", "heic"),
+    "AVIF": ("image/avif", "avif"),
 }
+_NOT_AN_IMAGE = "file is not a JPEG, PNG, WebP, BMP, HEIC/HEIF or AVIF image"
 
 # APPn and COM segments a JPEG may carry before its image data. Exif allows one APP1; ICC profiles and
 # extended XMP (depth maps) split into a few dozen 64 KB segments at most. Pillow joins repeated Exif
@@ -111,9 +120,9 @@ def probe(source: Path | bytes, max_pixels: int) -> ImageInfo:
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(f"image has more than {max_pixels} pixels") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise NotAnImage("file is not a JPEG, PNG, WebP or BMP image") from exc
+        raise NotAnImage(_NOT_AN_IMAGE) from exc
     if image_format not in ACCEPTED_FORMATS or width <= 0 or height <= 0:
-        raise NotAnImage("file is not a JPEG, PNG, WebP or BMP image")
+        raise NotAnImage(_NOT_AN_IMAGE)
     if width * height > max_pixels:
         raise ImageTooLarge(f"image is {width}x{height}, more than {max_pixels} pixels")
     if orientation in _ORIENTATIONS_THAT_SWAP_AXES:
@@ -124,7 +133,20 @@ def probe(source: Path | bytes, max_pixels: int) -> ImageInfo:
 
 def decode_bgr(data: bytes) -> np.ndarray:
     """Full decode to an HxWx3 BGR array, EXIF orientation applied. Probe first: this trusts the size."""
+    if data[4:8] == b"ftyp":  # an ISO media file: HEIC/HEIF or AVIF, which this OpenCV does not read
+        return _decode_with_pillow(data)
     pixels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if pixels is None:
         raise NotAnImage("image data is truncated or corrupt")
     return pixels
+
+
+def _decode_with_pillow(data: bytes) -> np.ndarray:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=["HEIF", "AVIF"]) as im:
+                rgb = ImageOps.exif_transpose(im).convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise NotAnImage("image data is truncated or corrupt") from exc
+    return np.ascontiguousarray(np.asarray(rgb)[:, :, ::-1])

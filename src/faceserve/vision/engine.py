@@ -14,6 +14,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..config import Settings
+from . import detection
 from .packs import ModelPack, locate_pack
 
 with warnings.catch_warnings():
@@ -147,13 +148,20 @@ class FaceEngine:
         self._detector.detect(blank, input_size=self._input_size)
         self.embed_crops(np.zeros((1, self._crop_size, self._crop_size, 3), dtype=np.uint8))
 
-    def detect(self, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def detector_input_size(self) -> int:
+        """Side of the square the detector sees every image letterboxed into."""
+        return self._input_size[0]
+
+    def detect(self, image_bgr: np.ndarray, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes with scores (n, 5) and landmarks (n, 5, 2); `scale`: the image's pixels per photo pixel, for an
+        image made from the photo (vision/detection.py), so min_face_size stays in the photo's pixels."""
         boxes, landmarks = self._detector.detect(image_bgr, input_size=self._input_size)
         if landmarks is None:
             raise RuntimeError(f"detector {self.pack.detector.name} gives no landmarks; a *_bnkps model is needed")
         if self.min_face_size and len(boxes):
             sides = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
-            keep = sides >= self.min_face_size
+            keep = sides >= self.min_face_size * scale
             boxes, landmarks = boxes[keep], landmarks[keep]
         return boxes, landmarks
 
@@ -183,15 +191,16 @@ class FaceEngine:
         return out / norms
 
     def analyze(self, image_bgr: np.ndarray) -> list[DetectedFace]:
-        boxes, landmarks = self.detect(image_bgr)
+        """Every face, embedded, close-ups included (vision/detection.py)."""
+        boxes, landmarks = detection.find_faces(self, image_bgr)
         if not len(boxes):
             return []
         return detected_faces(boxes, landmarks, self.embed_crops(self.align(image_bgr, landmarks)))
 
     def find_largest(self, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """The probe's face, ready for the recogniser: (1, 5) box with score, (1, 5, 2) landmarks and (1, S, S, 3)
-        aligned crop of the largest face found; None without one."""
-        boxes, landmarks = self.detect(image_bgr)
+        aligned crop of the largest face found, close-ups included (vision/detection.py); None without one."""
+        boxes, landmarks = detection.find_faces(self, image_bgr, selfie=True)
         if not len(boxes):
             return None
         i = int(np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))

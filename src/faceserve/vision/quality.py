@@ -1,0 +1,43 @@
+"""How well a face can be matched, from what detection already gave: its size (pixels between the eyes),
+its sharpness (second differences of the aligned crop) and how far it is turned (where the nose falls
+between the eyes). benchmarks/quality.py measures them on degraded copies of the shipped photos."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+# second differences along four directions: across columns, rows and both diagonals (the Laplacian is the
+# sum of the first two; a shaking hand blurs one direction and leaves the others sharp, so their sum hides it)
+_SECOND_DIFFERENCES = [
+    np.array([[0, 0, 0], [1, -2, 1], [0, 0, 0]], dtype=np.float32),
+    np.array([[0, 1, 0], [0, -2, 0], [0, 1, 0]], dtype=np.float32),
+    np.array([[1, 0, 0], [0, -2, 0], [0, 0, 1]], dtype=np.float32),
+    np.array([[0, 0, 1], [0, -2, 0], [1, 0, 0]], dtype=np.float32),
+]
+
+
+@dataclass(frozen=True)
+class FaceQuality:
+    eye_distance: float  # pixels of the photo between the eye landmarks
+    # variance of the grey aligned crop's second difference along its blurriest direction, per 1000 of the
+    # crop's own variance
+    sharpness: float
+    turn: float  # 0 nose midway between the eyes (frontal) .. 1 nose in line with one eye or beyond
+
+
+def measure(landmarks: np.ndarray, crop: np.ndarray) -> FaceQuality:
+    """(5, 2) landmarks (eyes, nose, mouth corners) in the photo's pixels and the (S, S, 3) aligned crop."""
+    left_eye, right_eye, nose = landmarks[0], landmarks[1], landmarks[2]
+    eyes = right_eye - left_eye
+    eye_distance = float(np.hypot(*eyes))
+    # the nose projected on the line between the eyes, 0 at the left eye and 1 at the right: roll cancels out
+    along = float(np.dot(nose - left_eye, eyes) / max(eye_distance**2, 1e-6))
+    grey = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY).astype(np.float32)
+    # the crop's border rows and columns are left out: a close-up's frame edge inside the crop is no detail
+    detail = min(float(cv2.filter2D(grey, -1, kernel)[2:-2, 2:-2].var()) for kernel in _SECOND_DIFFERENCES)
+    # per unit of the crop's contrast, so a dim selfie is not taken for a blurred one
+    sharpness = 1000 * detail / max(float(grey[2:-2, 2:-2].var()), 1e-6)
+    return FaceQuality(eye_distance, sharpness, min(1.0, abs(2 * along - 1)))
