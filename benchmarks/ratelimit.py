@@ -114,7 +114,7 @@ async def middleware_cost(calls: int = 50_000) -> tuple[float, float]:
     )
     routing.register(app, (image_route,))
     limiter = http_ratelimit.Limiter.from_settings(Settings(rate_limit_read="1000000000/1"))
-    http_ratelimit.install(app, limiter)
+    http_ratelimit.install(app)
     match = await app.router.resolve(make_mocked_request("GET", "/api/face/image/1", app=app))
     match.add_app(app)
     match.freeze()
