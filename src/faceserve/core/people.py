@@ -74,7 +74,11 @@ async def recluster(services: Services, session_id: int, progress: Progress | No
         try:
             return await _recluster(services, session_id, progress)
         finally:
-            await db.unlock_clustering(lock_conn, session_id)
+            try:
+                await db.unlock_clustering(lock_conn, session_id)
+            except BaseException:
+                db.discard(lock_conn)  # the lock ends with its connection, never held by one back in the pool
+                raise
 
 
 async def _recluster(services: Services, session_id: int, progress: Progress | None) -> ClusteringReport:
@@ -285,13 +289,11 @@ def schedule_recluster(services: Services, session_id: int) -> None:
     """A full clustering in the background of this process (at most one per session here; the advisory lock
     keeps other processes from running one at the same time)."""
 
-    async def run() -> None:
-        try:
-            await recluster(services, session_id)
-        except Exception:
-            log.exception("clustering the people of session %d failed", session_id)
-
-    services.jobs.start(("people", session_id), run)
+    services.jobs.start(
+        ("people", session_id),
+        lambda: recluster(services, session_id),
+        f"clustering the people of session {session_id}",
+    )
 
 
 async def require_person(services: Services, session_id: int, person_id: int) -> db.Person:

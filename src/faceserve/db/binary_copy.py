@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
+import asyncpg
 import numpy as np
 
-from .pool import Connection
+from .pool import Connection, discard
 
 # the signature, then flags and header extension length, both 0: no OIDs, no extension
 _HEADER_BYTES = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
@@ -48,7 +50,7 @@ async def copy_records(conn: Connection, columns: Sequence[Column], query: str, 
     """The rows of `query` (selecting `columns` in order) as a structured array, a view of the copied bytes;
     read the columns with rows[name] (arrays: rows[name]["value"])."""
     buffer = io.BytesIO()
-    await conn.copy_from_query(query, *args, output=buffer, format="binary")
+    await copy_out(conn, query, args, buffer)
     # a million rows are hundreds of MB to check: off the event loop
     return await asyncio.to_thread(parse_records, buffer, columns)
 
@@ -188,8 +190,29 @@ async def stream_records(
     keeps, and runs on a worker thread); for results too big to hold twice."""
     stream = _RecordStream(columns, consume)
     try:
-        await conn.copy_from_query(query, *args, output=stream.write, format="binary")
+        await copy_out(conn, query, args, stream.write)
         await stream.finish()
     except BaseException:
         stream.abandon()
+        raise
+
+
+async def copy_out(
+    conn: Connection, query: str, args: Sequence[object], output: io.BytesIO | Callable[[bytes], Awaitable[Any]]
+) -> None:
+    """A binary COPY of `query` to `output`, on a connection closed if the COPY is cut from this side (the
+    task cancelled, the output failed). asyncpg then sends the server a cancel request and waits, with no
+    time limit, for the answer to it; when the server had already sent the whole COPY no answer ever comes,
+    and every later use of the connection (the rollback, the pool's release, the pool's close) waits with it:
+    a shutdown during a re-clustering hung CI for 600 s. An error the server reports leaves it usable."""
+    if isinstance(conn, asyncpg.Pool):
+        async with conn.acquire() as held:
+            await copy_out(held, query, args, output)
+        return
+    try:
+        await conn.copy_from_query(query, *args, output=output, format="binary")
+    except asyncpg.PostgresError:
+        raise
+    except BaseException:
+        discard(conn)
         raise

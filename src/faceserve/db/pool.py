@@ -72,5 +72,14 @@ async def create_pool(dsn: str, min_size: int, max_size: int) -> asyncpg.Pool:
     return pool
 
 
+def discard(conn: asyncpg.Connection) -> None:
+    """Close a held connection whose state cannot be trusted (a COPY cut short, a session lock not
+    released): the pool opens a fresh one in its place. Nothing to do when it is closed already."""
+    try:
+        conn.terminate()
+    except asyncpg.InterfaceError:  # already closed, and taken back by the pool
+        pass
+
+
 async def ping(conn: Connection) -> bool:
     return await conn.fetchval("SELECT 1") == 1
