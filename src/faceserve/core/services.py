@@ -196,9 +196,11 @@ async def open_services(
             policy=IndexPolicy.from_settings(settings),
             max_batch=settings.index_max_batch,
             device_id=settings.cuda_device_id,
+            save_settle_s=settings.index_save_settle_s,
+            save_max_lag_s=settings.index_save_max_lag_s,
         )
         stack.callback(indexes.close)
-        stack.push_async_callback(indexes.save_changed)
+        stack.push_async_callback(indexes.save_changed)  # stops the saver, writes what it had not yet
         token = index_sync.new_token()
         listener = db.NotificationListener(dsn)
         await listener.start()
