@@ -240,9 +240,13 @@ class IndexRegistry:
                 await self._run(self._store.discard, session_id)
 
     async def drop(self, session_id: int) -> None:
-        async with self._lock(session_id):  # after a save in flight: the caller removes the folder next
+        """Forget the session's index, and its saved copy: a session deleted, or changes too many to name
+        (faces erased among them, maybe) or missed, which a save in flight here may not have had."""
+        async with self._lock(session_id):  # after a save in flight
             self._indexes.pop(session_id, None)
             self._unsaved.pop(session_id, None)
+            if self._store is not None:
+                await self._run(self._store.discard, session_id)
         self._locks.pop(session_id, None)
 
     async def drop_all(self) -> None:
