@@ -277,9 +277,9 @@ def _due(settings: Settings, changed: int, clustered: int) -> bool:
 
 
 async def faces_removed(conn: db.Connection, session_id: int, persons: Sequence[int], faces: int) -> None:
-    """Inside the transaction that deleted faces: their people's counts and covers follow at once (an
-    emptied person disappears), and the removal counts toward the next clustering."""
-    await db.lock_people_writes(conn, session_id)
+    """Inside the transaction that deleted faces, which took lock_people_writes before deleting any: their
+    people's counts and covers follow at once (an emptied person disappears), and the removal counts toward
+    the next clustering."""
     await db.refresh_people(conn, persons)
     if faces:
         await db.note_changed_faces(conn, session_id, faces)

@@ -62,6 +62,7 @@ async def forget(
     ids, vectors = await db.session_embeddings(services.pool, session_id, services.engine.embedding_dim)
     matched = await asyncio.to_thread(_matching, ids, vectors, face.embedding, threshold)
     async with services.pool.acquire() as conn, conn.transaction():
+        await db.lock_people_writes(conn, session_id)  # before any row: the one lock order
         persons = list((await db.persons_of_faces(conn, matched)).values())
         erased = await db.delete_faces(conn, session_id, matched)
         face_ids = [face_id for _, face_id in erased]

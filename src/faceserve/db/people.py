@@ -30,7 +30,11 @@ CLUSTERING_LOCK = 7312102
 
 
 async def lock_people_writes(conn: Connection, session_id: int) -> None:
-    """Inside a transaction: until it ends, no other writer changes this session's people."""
+    """Inside a transaction: until it ends, no other writer changes this session's people. Taken first, before
+    any row of the session is read for change or written, by every transaction that changes its faces or
+    people (placements, clusterings, merges, splits, image and session deletes, forget): one lock order. A
+    delete that took it only after its rows deadlocked with an upload's faces joining people, each holding
+    what the other waited for (a person's row, this lock)."""
     await conn.execute("SELECT pg_advisory_xact_lock($1, ($2 % 2147483647)::int)", WRITE_LOCK, session_id)
 
 
