@@ -31,6 +31,8 @@ MINIMUM: dict[str, float] = {
     "listen_backlog": 1,
     "db_pool_min": 0,
     "db_pool_max": 1,
+    "db_acquire_timeout_s": 0.1,
+    "db_command_timeout_s": 0.1,
     "inference_threads": 1,
     "max_pending_images": 1,
     "retry_after_s": 0,
@@ -91,6 +93,12 @@ class Settings:
     image_store: str = "file"
     db_pool_min: int = 1
     db_pool_max: int = 10
+    # every wait on the database is bounded, so a hung Postgres (a stopped postmaster, a frozen host) gets
+    # requests a 503 `unavailable` instead of holding them: for a pool connection, opening one included ...
+    db_acquire_timeout_s: float = 5.0
+    # ... and for the answer to one statement (then cancelled). Above the longest legitimate one: a 1M-face
+    # session's embeddings take ~7 s to read (benchmarks/RESULTS.md)
+    db_command_timeout_s: float = 30.0
     # how often the embedded Postgres is checked and, if its postmaster died, started again (db_recovery.py)
     db_watch_interval_s: float = 1.0
     # Retry-After of the 503 `unavailable` answered while the database is down or restarting

@@ -164,7 +164,13 @@ async def open_services(
             dsn = await stack.enter_async_context(
                 db_recovery.embedded_postgres(settings.pgdata, settings.db_watch_interval_s)
             )
-        pool = await db.create_pool(dsn, settings.db_pool_min, settings.db_pool_max)
+        pool = await db.create_pool(
+            dsn,
+            settings.db_pool_min,
+            settings.db_pool_max,
+            settings.db_acquire_timeout_s,
+            settings.db_command_timeout_s,
+        )
         stack.push_async_callback(pool.close)
         if sweep_partial_uploads:
             # files of deletes and uploads that a killed run left half done (start_sweep.py)

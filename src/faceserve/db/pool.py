@@ -7,10 +7,11 @@ import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import asyncpg
 
+from ..config import Settings
 from . import migrations
 from .recovery import EmbeddedPostgres
 
@@ -60,9 +61,45 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     connection)."""
 
 
-async def create_pool(dsn: str, min_size: int, max_size: int) -> asyncpg.Pool:
-    """The pool, once the schema is at this release's version (missing migrations applied first)."""
-    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, reset=_keep_session)
+class BoundedPool(asyncpg.Pool):
+    """asyncpg's pool, whose acquire (its own fetch and execute's too) waits at most acquire_timeout_s unless
+    told otherwise: with the postmaster stopped, opening a connection waited for ever (asyncpg's own limit
+    is a minute), and so did every request that needed one. The TimeoutError is answered 503 `unavailable`
+    (recovery.is_database_unavailable)."""
+
+    def __init__(self, dsn: str, *, acquire_timeout_s: float, **pool_options: Any) -> None:
+        super().__init__(dsn, **pool_options)
+        self.acquire_timeout_s = acquire_timeout_s
+
+    def acquire(self, *, timeout: float | None = None) -> Any:
+        return super().acquire(timeout=self.acquire_timeout_s if timeout is None else timeout)
+
+
+async def create_pool(
+    dsn: str,
+    min_size: int,
+    max_size: int,
+    acquire_timeout_s: float = Settings.db_acquire_timeout_s,
+    command_timeout_s: float = Settings.db_command_timeout_s,
+) -> asyncpg.Pool:
+    """The pool, once the schema is at this release's version (missing migrations applied first). Every wait
+    on the database is bounded: for a connection (opening one included) by acquire_timeout_s, for the answer
+    to a statement by command_timeout_s (asyncpg's command_timeout; past it the statement is cancelled)."""
+    pool = BoundedPool(
+        dsn,
+        acquire_timeout_s=acquire_timeout_s,
+        min_size=min_size,
+        max_size=max_size,
+        max_queries=50_000,  # asyncpg's defaults, spelled out as create_pool does
+        max_inactive_connection_lifetime=300.0,
+        loop=None,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
+        reset=_keep_session,
+        timeout=acquire_timeout_s,  # opening a connection
+        command_timeout=command_timeout_s,
+    )
+    await pool
     try:
         async with pool.acquire() as conn:
             await migrations.upgrade(conn)
