@@ -68,7 +68,13 @@ async def recluster(services: Services, session_id: int, progress: Progress | No
     """Cluster the whole session again; None when another process is clustering it right now."""
     await face_sessions.require_session(services, session_id)
     async with services.pool.acquire() as lock_conn:
-        if not await db.try_lock_clustering(lock_conn, session_id):
+        try:
+            locked = await db.try_lock_clustering(lock_conn, session_id)
+        except BaseException:
+            # cancelled while asking: the server may have granted the lock all the same
+            db.discard(lock_conn)
+            raise
+        if not locked:
             log.info("people of session %d are being clustered elsewhere", session_id)
             return None
         try:
