@@ -165,7 +165,10 @@ class IndexRegistry:
         log.info("index of session %d built from the database: %d faces (%s)", session_id, len(ids), index.kind)
         self.sources[session_id] = "database"
         if self._store is not None and len(ids):
-            await self._run_unserved(self._store.save, session_id, index)
+            try:
+                await self._run_unserved(self._store.save, session_id, index)
+            except OSError:  # a full disk, another worker's discard under this save: served all the same
+                log.exception("could not save the index of session %d", session_id)
         return index
 
     async def get(self, session_id: int) -> SessionIndex:
