@@ -33,6 +33,7 @@ MINIMUM: dict[str, float] = {
     "db_pool_max": 1,
     "db_acquire_timeout_s": 0.1,
     "db_command_timeout_s": 0.1,
+    "db_bulk_timeout_s": 0.1,
     "inference_threads": 1,
     "max_pending_images": 1,
     "retry_after_s": 0,
@@ -99,6 +100,9 @@ class Settings:
     # ... and for the answer to one statement (then cancelled). Above the longest legitimate one: a 1M-face
     # session's embeddings take ~7 s to read (benchmarks/RESULTS.md)
     db_command_timeout_s: float = 30.0
+    # ... but a statement over a whole session (reading its embeddings, a clustering's writes, its delete)
+    # may take minutes at a million faces: at most this
+    db_bulk_timeout_s: float = 600.0
     # how often the embedded Postgres is checked and, if its postmaster died, started again (db_recovery.py)
     db_watch_interval_s: float = 1.0
     # Retry-After of the 503 `unavailable` answered while the database is down or restarting

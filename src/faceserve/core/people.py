@@ -92,12 +92,13 @@ async def _recluster(services: Services, session_id: int, progress: Progress | N
     params = cluster_params(services.settings)
     dim = services.engine.embedding_dim
     report = progress or _quiet
+    bulk = services.settings.db_bulk_timeout_s  # statements over the whole session
     async with services.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         # one snapshot: embeddings, facts and placements of the same faces
         changed_at_start = await db.changed_faces(conn, session_id)
-        ids, vectors = await db.session_embeddings(conn, session_id, dim)
-        facts = await db.session_face_facts(conn, session_id, dim)
-        assignments = await db.session_assignments(conn, session_id)
+        ids, vectors = await db.session_embeddings(conn, session_id, dim, timeout=bulk)
+        facts = await db.session_face_facts(conn, session_id, dim, bulk)
+        assignments = await db.session_assignments(conn, session_id, bulk)
     if not np.array_equal(ids, facts.ids):
         raise RuntimeError("face snapshot changed between two reads of one transaction")
     n = len(ids)
@@ -135,7 +136,7 @@ async def _recluster(services: Services, session_id: int, progress: Progress | N
         for label, person_id in zip(fresh_labels, await db.create_people(conn, session_id, len(fresh_labels))):
             person_of_label[label] = person_id
         machine = (labels >= 0) & (placed < 0)
-        await db.unplace_machine_faces(conn, session_id)
+        await db.unplace_machine_faces(conn, session_id, bulk)
         await db.place_faces(
             conn,
             session_id,
@@ -143,8 +144,9 @@ async def _recluster(services: Services, session_id: int, progress: Progress | N
             [person_of_label[int(label)] for label in labels[machine].tolist()],
             clear[machine].tolist(),
             organiser_placed=False,
+            timeout=bulk,
         )
-        await db.refresh_session_people(conn, session_id)
+        await db.refresh_session_people(conn, session_id, bulk)
         await db.note_clustered(conn, session_id, n, changed_at_start)
         people = len(await db.session_person_ids(conn, session_id))
     seconds = time.perf_counter() - start

@@ -187,7 +187,9 @@ async def open_services(
         stack.push_async_callback(recogniser.close)  # before the inference threads stop (closed in reverse)
 
         async def load_session(session_id: int, expected: int | None) -> tuple[np.ndarray, np.ndarray]:
-            return await db.session_embeddings(pool, session_id, engine.embedding_dim, expected)
+            return await db.session_embeddings(
+                pool, session_id, engine.embedding_dim, expected, timeout=settings.db_bulk_timeout_s
+            )
 
         async def session_stats(session_id: int) -> tuple[int, int]:
             return await db.session_face_stats(pool, session_id, engine.embedding_dim)

@@ -54,8 +54,8 @@ async def session_counts(conn: Connection, session_id: int) -> tuple[int, int]:
     return int(row["images"]), int(row["faces"])
 
 
-async def delete_session(conn: Connection, session_id: int) -> bool:
-    deleted = await conn.fetchval("DELETE FROM face_sessions WHERE id = $1 RETURNING id", session_id)
+async def delete_session(conn: Connection, session_id: int, timeout: float | None = None) -> bool:
+    deleted = await conn.fetchval("DELETE FROM face_sessions WHERE id = $1 RETURNING id", session_id, timeout=timeout)
     return deleted is not None
 
 
