@@ -170,6 +170,7 @@ async def open_services(
             settings.db_pool_max,
             settings.db_acquire_timeout_s,
             settings.db_command_timeout_s,
+            settings.db_bulk_timeout_s,
         )
         stack.push_async_callback(pool.close)
         if sweep_partial_uploads:

@@ -81,10 +81,12 @@ async def create_pool(
     max_size: int,
     acquire_timeout_s: float = Settings.db_acquire_timeout_s,
     command_timeout_s: float = Settings.db_command_timeout_s,
+    bulk_timeout_s: float = Settings.db_bulk_timeout_s,
 ) -> asyncpg.Pool:
     """The pool, once the schema is at this release's version (missing migrations applied first). Every wait
     on the database is bounded: for a connection (opening one included) by acquire_timeout_s, for the answer
-    to a statement by command_timeout_s (asyncpg's command_timeout; past it the statement is cancelled)."""
+    to a statement by command_timeout_s (asyncpg's command_timeout; past it the statement is cancelled), for
+    a migration step (whole tables) and the wait for another process's by bulk_timeout_s."""
     pool = BoundedPool(
         dsn,
         acquire_timeout_s=acquire_timeout_s,
@@ -102,7 +104,7 @@ async def create_pool(
     await pool
     try:
         async with pool.acquire() as conn:
-            await migrations.upgrade(conn)
+            await migrations.upgrade(conn, timeout=bulk_timeout_s)
     except BaseException:
         await pool.close()
         raise
