@@ -463,3 +463,35 @@ async def test_a_sessions_embeddings_are_parsed_off_the_event_loop(
     assert sum(size for _, size in parsed_on) == 19 + 31 * (2 + 4 + 8 + 4 + 4 * dim) + 2
     assert len(parsed_on) >= 2
     assert all(thread is not loop_thread for thread, _ in parsed_on)
+
+
+async def test_a_shutdown_during_a_reclustering_returns_promptly(
+    client: TestClient, photos: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The services stop while a background re-clustering reads the session's faces: the job is cancelled
+    and awaited before its connections go back and the pool closes, and nothing waits on a COPY that the
+    server had already finished (asyncpg then waits forever for the answer to its cancel request: the CI
+    hang of issue 28), and the session's clustering lock is free again."""
+    services = client.server.app[SERVICES]
+    session_id = await create_session(client)
+    await upload(client, session_id, ("yaoming.jpg", photos["yaoming"].read_bytes()))
+    await services.jobs.wait(("people", session_id))
+    reading, release = asyncio.Event(), asyncio.Event()
+    write = binary_copy._RecordStream.write
+
+    async def slow_write(stream, data: bytes) -> None:  # a slow parse of the COPY's last bytes
+        await write(stream, data)
+        reading.set()
+        await release.wait()
+
+    monkeypatch.setattr(binary_copy._RecordStream, "write", slow_write)
+    people.schedule_recluster(services, session_id)
+    await asyncio.wait_for(reading.wait(), 10)
+    try:
+        await asyncio.wait_for(services.jobs.close(), 5)
+        async with services.pool.acquire() as conn:
+            assert await db.try_lock_clustering(conn, session_id)
+            await db.unlock_clustering(conn, session_id)
+        await asyncio.wait_for(client.close(), 10)
+    finally:
+        release.set()

@@ -31,6 +31,9 @@ MINIMUM: dict[str, float] = {
     "listen_backlog": 1,
     "db_pool_min": 0,
     "db_pool_max": 1,
+    "db_acquire_timeout_s": 0.1,
+    "db_command_timeout_s": 0.1,
+    "db_bulk_timeout_s": 0.1,
     "inference_threads": 1,
     "max_pending_images": 1,
     "retry_after_s": 0,
@@ -41,6 +44,8 @@ MINIMUM: dict[str, float] = {
     "opq_min_faces": 0,
     "shortlist_margin": 1,
     "index_max_batch": 1,
+    "index_save_settle_s": 0.1,
+    "index_save_max_lag_s": 0.1,
     "match_threshold": 0,
     "probe_min_eye_distance": 0,
     "probe_min_sharpness": 0,
@@ -131,6 +136,15 @@ class Settings:
     image_store: str = "file"
     db_pool_min: int = 1
     db_pool_max: int = 10
+    # every wait on the database is bounded, so a hung Postgres (a stopped postmaster, a frozen host) gets
+    # requests a 503 `unavailable` instead of holding them: for a pool connection, opening one included ...
+    db_acquire_timeout_s: float = 5.0
+    # ... and for the answer to one statement (then cancelled). Above the longest legitimate one: a 1M-face
+    # session's embeddings take ~7 s to read (benchmarks/RESULTS.md)
+    db_command_timeout_s: float = 30.0
+    # ... but a statement over a whole session (reading its embeddings, a clustering's writes, its delete)
+    # may take minutes at a million faces: at most this
+    db_bulk_timeout_s: float = 600.0
     # how often the embedded Postgres is checked and, if its postmaster died, started again (db_recovery.py)
     db_watch_interval_s: float = 1.0
     # Retry-After of the 503 `unavailable` answered while the database is down or restarting
@@ -228,6 +242,12 @@ class Settings:
     index_preload: bool = True
     # most query rows in one batched index search
     index_max_batch: int = 256
+    # a changed index is written to its saved copy once no change came for index_save_settle_s, and at the
+    # latest index_save_max_lag_s after the first change the copy lacks, so a restart (even after a crash)
+    # loads instead of rebuilding from Postgres (17 s at 100k faces). Removed faces take the saved copy
+    # with them at once, whatever these say
+    index_save_settle_s: float = 2.0
+    index_save_max_lag_s: float = 30.0
 
     # maximum cosine distance for a search match; measured in benchmarks/threshold.py, see README
     match_threshold: float = 0.6
@@ -322,6 +342,10 @@ class Settings:
         for name, high in MAXIMUM.items():
             if getattr(self, name) > high:
                 raise SettingsError(f"{env_name(name)} must be at most {high} (got {getattr(self, name)!r})")
+        if self.index_save_max_lag_s < self.index_save_settle_s:
+            raise SettingsError(
+                f"{env_name('index_save_max_lag_s')} must not be below {env_name('index_save_settle_s')}"
+            )
         if self.db_pool_min > self.db_pool_max:
             raise SettingsError(f"{env_name('db_pool_min')} must not exceed {env_name('db_pool_max')}")
         if self.accel_redirect is not None and not (

@@ -25,7 +25,8 @@ async def delete_session(services: Services, session_id: int) -> None:
 
 async def _delete_session(services: Services, session_id: int) -> None:
     async with services.pool.acquire() as conn, conn.transaction():
-        if not await db.delete_session(conn, session_id):
+        await db.lock_people_writes(conn, session_id)  # before any row: the one lock order
+        if not await db.delete_session(conn, session_id, services.settings.db_bulk_timeout_s):
             raise SessionNotFound(f"face session {session_id} does not exist")
         # the tombstone makes the removal of its files crash-safe and keeps `faceserve import` from
         # bringing the session back (tombstones.py)

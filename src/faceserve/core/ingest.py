@@ -204,6 +204,10 @@ async def delete_image(services: Services, image_id: int) -> db.ImageRecord:
 
 async def _delete_image(services: Services, image_id: int) -> db.ImageRecord:
     async with services.pool.acquire() as conn, conn.transaction():
+        found = await db.get_image(conn, image_id)
+        if found is None:
+            raise ImageNotFound(f"image {image_id} does not exist")
+        await db.lock_people_writes(conn, found.face_session_id)  # before any row: the one lock order
         persons = await db.persons_of_image(conn, image_id)
         deleted = await db.delete_image(conn, image_id)
         if deleted is None:

@@ -68,13 +68,23 @@ async def recluster(services: Services, session_id: int, progress: Progress | No
     """Cluster the whole session again; None when another process is clustering it right now."""
     await face_sessions.require_session(services, session_id)
     async with services.pool.acquire() as lock_conn:
-        if not await db.try_lock_clustering(lock_conn, session_id):
+        try:
+            locked = await db.try_lock_clustering(lock_conn, session_id)
+        except BaseException:
+            # cancelled while asking: the server may have granted the lock all the same
+            db.discard(lock_conn)
+            raise
+        if not locked:
             log.info("people of session %d are being clustered elsewhere", session_id)
             return None
         try:
             return await _recluster(services, session_id, progress)
         finally:
-            await db.unlock_clustering(lock_conn, session_id)
+            try:
+                await db.unlock_clustering(lock_conn, session_id)
+            except BaseException:
+                db.discard(lock_conn)  # the lock ends with its connection, never held by one back in the pool
+                raise
 
 
 async def _recluster(services: Services, session_id: int, progress: Progress | None) -> ClusteringReport:
@@ -82,12 +92,13 @@ async def _recluster(services: Services, session_id: int, progress: Progress | N
     params = cluster_params(services.settings)
     dim = services.engine.embedding_dim
     report = progress or _quiet
+    bulk = services.settings.db_bulk_timeout_s  # statements over the whole session
     async with services.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         # one snapshot: embeddings, facts and placements of the same faces
         changed_at_start = await db.changed_faces(conn, session_id)
-        ids, vectors = await db.session_embeddings(conn, session_id, dim)
-        facts = await db.session_face_facts(conn, session_id, dim)
-        assignments = await db.session_assignments(conn, session_id)
+        ids, vectors = await db.session_embeddings(conn, session_id, dim, timeout=bulk)
+        facts = await db.session_face_facts(conn, session_id, dim, bulk)
+        assignments = await db.session_assignments(conn, session_id, bulk)
     if not np.array_equal(ids, facts.ids):
         raise RuntimeError("face snapshot changed between two reads of one transaction")
     n = len(ids)
@@ -125,7 +136,7 @@ async def _recluster(services: Services, session_id: int, progress: Progress | N
         for label, person_id in zip(fresh_labels, await db.create_people(conn, session_id, len(fresh_labels))):
             person_of_label[label] = person_id
         machine = (labels >= 0) & (placed < 0)
-        await db.unplace_machine_faces(conn, session_id)
+        await db.unplace_machine_faces(conn, session_id, bulk)
         await db.place_faces(
             conn,
             session_id,
@@ -133,8 +144,9 @@ async def _recluster(services: Services, session_id: int, progress: Progress | N
             [person_of_label[int(label)] for label in labels[machine].tolist()],
             clear[machine].tolist(),
             organiser_placed=False,
+            timeout=bulk,
         )
-        await db.refresh_session_people(conn, session_id)
+        await db.refresh_session_people(conn, session_id, bulk)
         await db.note_clustered(conn, session_id, n, changed_at_start)
         people = len(await db.session_person_ids(conn, session_id))
     seconds = time.perf_counter() - start
@@ -273,9 +285,9 @@ def _due(settings: Settings, changed: int, clustered: int) -> bool:
 
 
 async def faces_removed(conn: db.Connection, session_id: int, persons: Sequence[int], faces: int) -> None:
-    """Inside the transaction that deleted faces: their people's counts and covers follow at once (an
-    emptied person disappears), and the removal counts toward the next clustering."""
-    await db.lock_people_writes(conn, session_id)
+    """Inside the transaction that deleted faces, which took lock_people_writes before deleting any: their
+    people's counts and covers follow at once (an emptied person disappears), and the removal counts toward
+    the next clustering."""
     await db.refresh_people(conn, persons)
     if faces:
         await db.note_changed_faces(conn, session_id, faces)
@@ -285,13 +297,11 @@ def schedule_recluster(services: Services, session_id: int) -> None:
     """A full clustering in the background of this process (at most one per session here; the advisory lock
     keeps other processes from running one at the same time)."""
 
-    async def run() -> None:
-        try:
-            await recluster(services, session_id)
-        except Exception:
-            log.exception("clustering the people of session %d failed", session_id)
-
-    services.jobs.start(("people", session_id), run)
+    services.jobs.start(
+        ("people", session_id),
+        lambda: recluster(services, session_id),
+        f"clustering the people of session {session_id}",
+    )
 
 
 async def require_person(services: Services, session_id: int, person_id: int) -> db.Person:

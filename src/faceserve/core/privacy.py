@@ -57,9 +57,12 @@ async def forget(
     face = await matching.probe_face(services, selfie)
     if face is None:
         raise NoFaceFound("no face was found in the selfie")
-    ids, vectors = await db.session_embeddings(services.pool, session_id, services.engine.embedding_dim)
+    ids, vectors = await db.session_embeddings(
+        services.pool, session_id, services.engine.embedding_dim, timeout=services.settings.db_bulk_timeout_s
+    )
     matched = await asyncio.to_thread(_matching, ids, vectors, face.embedding, threshold)
     async with services.pool.acquire() as conn, conn.transaction():
+        await db.lock_people_writes(conn, session_id)  # before any row: the one lock order
         persons = list((await db.persons_of_faces(conn, matched)).values())
         erased = await db.delete_faces(conn, session_id, matched)
         face_ids = [face_id for _, face_id in erased]

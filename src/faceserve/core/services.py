@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -59,17 +59,19 @@ class AdmissionGate:
 
 class BackgroundJobs:
     """Work a request starts and does not wait for (a session's re-clustering): at most one per key in this
-    process, cancelled when the services close."""
+    process, cancelled and awaited when the services close, before the pool and the indexes they use."""
 
     def __init__(self) -> None:
         self._tasks: dict[Any, asyncio.Task] = {}
+        self._closed = False
 
-    def start(self, key: Any, job: Callable[[], Any]) -> bool:
-        """Start job() unless one with this key is still running; True when started."""
+    def start(self, key: Any, job: Callable[[], Awaitable[Any]], what: str) -> bool:
+        """Start job() unless one with this key is still running or the services are closing; True when
+        started. A failure is logged as `what` failed."""
         running = self._tasks.get(key)
-        if running is not None and not running.done():
+        if self._closed or (running is not None and not running.done()):
             return False
-        task = asyncio.create_task(job())
+        task = asyncio.create_task(_logged(job, what))
         self._tasks[key] = task
         task.add_done_callback(lambda done: self._tasks.pop(key, None) if self._tasks.get(key) is done else None)
         return True
@@ -81,8 +83,21 @@ class BackgroundJobs:
             await asyncio.gather(running, return_exceptions=True)
 
     async def close(self) -> None:
-        for task in list(self._tasks.values()):
-            await _cancel(task)
+        self._closed = True
+        while self._tasks:
+            await _cancel(next(iter(self._tasks.values())))
+
+
+async def _logged(job: Callable[[], Awaitable[Any]], what: str) -> None:
+    try:
+        await job()
+    except Exception:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # stopped at shutdown: a cut query can end in an error of its own rather than CancelledError
+            log.info("%s stopped", what)
+            raise asyncio.CancelledError from None
+        log.exception("%s failed", what)
 
 
 @dataclass
@@ -153,7 +168,14 @@ async def open_services(
             dsn = await stack.enter_async_context(
                 db_recovery.embedded_postgres(settings.pgdata, settings.db_watch_interval_s)
             )
-        pool = await db.create_pool(dsn, settings.db_pool_min, settings.db_pool_max)
+        pool = await db.create_pool(
+            dsn,
+            settings.db_pool_min,
+            settings.db_pool_max,
+            settings.db_acquire_timeout_s,
+            settings.db_command_timeout_s,
+            settings.db_bulk_timeout_s,
+        )
         stack.push_async_callback(pool.close)
         if sweep_partial_uploads:
             # files of deletes and uploads that a killed run left half done (start_sweep.py)
@@ -170,7 +192,9 @@ async def open_services(
         stack.push_async_callback(recogniser.close)  # before the inference threads stop (closed in reverse)
 
         async def load_session(session_id: int, expected: int | None) -> tuple[np.ndarray, np.ndarray]:
-            return await db.session_embeddings(pool, session_id, engine.embedding_dim, expected)
+            return await db.session_embeddings(
+                pool, session_id, engine.embedding_dim, expected, timeout=settings.db_bulk_timeout_s
+            )
 
         async def session_stats(session_id: int) -> tuple[int, int]:
             return await db.session_face_stats(pool, session_id, engine.embedding_dim)
@@ -185,9 +209,11 @@ async def open_services(
             policy=IndexPolicy.from_settings(settings),
             max_batch=settings.index_max_batch,
             device_id=settings.cuda_device_id,
+            save_settle_s=settings.index_save_settle_s,
+            save_max_lag_s=settings.index_save_max_lag_s,
         )
         stack.callback(indexes.close)
-        stack.push_async_callback(indexes.save_changed)
+        stack.push_async_callback(indexes.save_changed)  # stops the saver, writes what it had not yet
         token = index_sync.new_token()
         listener = db.NotificationListener(dsn)
         await listener.start()

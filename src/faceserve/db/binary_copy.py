@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
+import asyncpg
 import numpy as np
 
-from .pool import Connection
+from .pool import Connection, discard
 
 # the signature, then flags and header extension length, both 0: no OIDs, no extension
 _HEADER_BYTES = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
@@ -44,11 +46,14 @@ def record_type(columns: Sequence[Column]) -> np.dtype:
     return np.dtype(fields)
 
 
-async def copy_records(conn: Connection, columns: Sequence[Column], query: str, *args: object) -> np.ndarray:
+async def copy_records(
+    conn: Connection, columns: Sequence[Column], query: str, *args: object, timeout: float | None = None
+) -> np.ndarray:
     """The rows of `query` (selecting `columns` in order) as a structured array, a view of the copied bytes;
-    read the columns with rows[name] (arrays: rows[name]["value"])."""
+    read the columns with rows[name] (arrays: rows[name]["value"]). timeout: the pool's command timeout when
+    None."""
     buffer = io.BytesIO()
-    await conn.copy_from_query(query, *args, output=buffer, format="binary")
+    await copy_out(conn, query, args, buffer, timeout)
     # a million rows are hundreds of MB to check: off the event loop
     return await asyncio.to_thread(parse_records, buffer, columns)
 
@@ -182,14 +187,44 @@ class _RecordStream:
 
 
 async def stream_records(
-    conn: Connection, columns: Sequence[Column], consume: Callable[[np.ndarray], None], query: str, *args: object
+    conn: Connection,
+    columns: Sequence[Column],
+    consume: Callable[[np.ndarray], None],
+    query: str,
+    *args: object,
+    timeout: float | None = None,
 ) -> None:
     """copy_records, a batch of records at a time as they arrive, to `consume` (which must copy what it
     keeps, and runs on a worker thread); for results too big to hold twice."""
     stream = _RecordStream(columns, consume)
     try:
-        await conn.copy_from_query(query, *args, output=stream.write, format="binary")
+        await copy_out(conn, query, args, stream.write, timeout)
         await stream.finish()
     except BaseException:
         stream.abandon()
+        raise
+
+
+async def copy_out(
+    conn: Connection,
+    query: str,
+    args: Sequence[object],
+    output: io.BytesIO | Callable[[bytes], Awaitable[Any]],
+    timeout: float | None = None,
+) -> None:
+    """A binary COPY of `query` to `output`, on a connection closed if the COPY is cut from this side (the
+    task cancelled, the output failed). asyncpg then sends the server a cancel request and waits, with no
+    time limit, for the answer to it; when the server had already sent the whole COPY no answer ever comes,
+    and every later use of the connection (the rollback, the pool's release, the pool's close) waits with it:
+    a shutdown during a re-clustering hung CI for 600 s. An error the server reports leaves it usable."""
+    if isinstance(conn, asyncpg.Pool):
+        async with conn.acquire() as held:
+            await copy_out(held, query, args, output, timeout)
+        return
+    try:
+        await conn.copy_from_query(query, *args, output=output, format="binary", timeout=timeout)
+    except asyncpg.PostgresError:
+        raise
+    except BaseException:
+        discard(conn)
         raise

@@ -47,7 +47,7 @@ def _pg_array(values: Sequence[float]) -> str:
 
 
 async def session_embeddings(
-    conn: Connection, session_id: int, dim: int, expected: int | None = None
+    conn: Connection, session_id: int, dim: int, expected: int | None = None, timeout: float | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(ids int64, embeddings float32 n x dim) of a session's faces, for building its index or clustering.
     `expected`: the face count the caller has just read (session_face_stats), to size the arrays; counted
@@ -65,6 +65,7 @@ async def session_embeddings(
         "SELECT id, embedding FROM faces WHERE face_session_id = $1 AND embedding_dim = $2 ORDER BY id",
         session_id,
         dim,
+        timeout=timeout,
     )
     return embeddings.ids[: embeddings.filled], embeddings.vectors[: embeddings.filled]
 

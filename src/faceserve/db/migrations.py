@@ -90,20 +90,23 @@ async def status(conn: asyncpg.Connection) -> SchemaStatus:
     )
 
 
-async def upgrade(conn: asyncpg.Connection, target: int | None = None) -> list[Migration]:
+async def upgrade(
+    conn: asyncpg.Connection, target: int | None = None, timeout: float | None = None
+) -> list[Migration]:
     """Apply the missing steps up to target (all by default), each in its own transaction, under the lock.
-    Returns the steps applied by this call (none when another process got there first)."""
+    Returns the steps applied by this call (none when another process got there first). timeout: for the
+    wait for the lock and for a step (the connection's command timeout when None)."""
     applied_now: list[Migration] = []
     for migration in known_migrations():
         if target is not None and migration.version > target:
             break
         async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", locks.SCHEMA)
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", locks.SCHEMA, timeout=timeout)
             await conn.execute(_VERSION_TABLE)
             if await conn.fetchval("SELECT 1 FROM schema_version WHERE version = $1", migration.version):
                 continue
             log.info("applying schema migration %04d_%s", migration.version, migration.name)
-            await conn.execute(migration.sql)
+            await conn.execute(migration.sql, timeout=timeout)
             await conn.execute(
                 "INSERT INTO schema_version (version, name) VALUES ($1, $2)", migration.version, migration.name
             )

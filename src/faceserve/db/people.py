@@ -29,7 +29,11 @@ _PERSON = "SELECT id, face_session_id, face_count, image_count, cover_face_id FR
 
 
 async def lock_people_writes(conn: Connection, session_id: int) -> None:
-    """Inside a transaction: until it ends, no other writer changes this session's people."""
+    """Inside a transaction: until it ends, no other writer changes this session's people. Taken first, before
+    any row of the session is read for change or written, by every transaction that changes its faces or
+    people (placements, clusterings, merges, splits, image and session deletes, forget): one lock order. A
+    delete that took it only after its rows deadlocked with an upload's faces joining people, each holding
+    what the other waited for (a person's row, this lock)."""
     await conn.execute("SELECT pg_advisory_xact_lock($1, ($2 % 2147483647)::int)", locks.PEOPLE_WRITE, session_id)
 
 
@@ -105,7 +109,7 @@ class FaceFacts:
     det_scores: np.ndarray
 
 
-async def session_face_facts(conn: Connection, session_id: int, dim: int) -> FaceFacts:
+async def session_face_facts(conn: Connection, session_id: int, dim: int, timeout: float | None = None) -> FaceFacts:
     """What clustering needs of each face, in face id order: one binary COPY, parsed by numpy in one pass
     (a row-by-row read of 1M faces' boxes and landmarks costs minutes of Python objects)."""
     rows = await copy_records(
@@ -121,6 +125,7 @@ async def session_face_facts(conn: Connection, session_id: int, dim: int) -> Fac
         "WHERE face_session_id = $1 AND embedding_dim = $2 ORDER BY id",
         session_id,
         dim,
+        timeout=timeout,
     )
     return FaceFacts(
         rows["id"].astype(np.int64),
@@ -140,12 +145,13 @@ class Assignments:
     organiser_placed: np.ndarray
 
 
-async def session_assignments(conn: Connection, session_id: int) -> Assignments:
+async def session_assignments(conn: Connection, session_id: int, timeout: float | None = None) -> Assignments:
     rows = await copy_records(
         conn,
         [("face_id", ">i8", 0), ("person_id", ">i8", 0), ("organiser_placed", "?", 0)],
         "SELECT face_id, person_id, organiser_placed FROM face_people WHERE face_session_id = $1 ORDER BY face_id",
         session_id,
+        timeout=timeout,
     )
     return Assignments(
         rows["face_id"].astype(np.int64), rows["person_id"].astype(np.int64), rows["organiser_placed"].copy()
@@ -192,6 +198,7 @@ async def place_faces(
     person_ids: Sequence[int],
     clarity: Sequence[float],
     organiser_placed: bool,
+    timeout: float | None = None,
 ) -> None:
     """Put faces in people (inserted or moved); image ids come from the faces."""
     await conn.execute(
@@ -208,6 +215,7 @@ async def place_faces(
         [int(i) for i in person_ids],
         [float(c) for c in clarity],
         organiser_placed,
+        timeout=timeout,
     )
 
 
@@ -225,14 +233,14 @@ async def pin_person(conn: Connection, person_id: int) -> None:
     await conn.execute("UPDATE face_people SET organiser_placed = true WHERE person_id = $1", person_id)
 
 
-async def unplace_machine_faces(conn: Connection, session_id: int) -> None:
+async def unplace_machine_faces(conn: Connection, session_id: int, timeout: float | None = None) -> None:
     """Before a full clustering writes its result: the machine's placements go, the organiser's stay."""
     await conn.execute(
-        "DELETE FROM face_people WHERE face_session_id = $1 AND NOT organiser_placed", session_id
+        "DELETE FROM face_people WHERE face_session_id = $1 AND NOT organiser_placed", session_id, timeout=timeout
     )
 
 
-async def refresh_people(conn: Connection, person_ids: Sequence[int]) -> None:
+async def refresh_people(conn: Connection, person_ids: Sequence[int], timeout: float | None = None) -> None:
     """Counts and cover of these people from their faces; a person left without faces disappears."""
     ids = sorted({int(i) for i in person_ids})
     if not ids:
@@ -246,14 +254,15 @@ async def refresh_people(conn: Connection, person_ids: Sequence[int]) -> None:
         "UPDATE people SET face_count = stats.faces, image_count = stats.images, cover_face_id = stats.cover "
         "FROM stats WHERE people.id = stats.id",
         ids,
+        timeout=timeout,
     )
-    await conn.execute("DELETE FROM people WHERE id = ANY($1::bigint[]) AND face_count = 0", ids)
+    await conn.execute("DELETE FROM people WHERE id = ANY($1::bigint[]) AND face_count = 0", ids, timeout=timeout)
 
 
-async def refresh_session_people(conn: Connection, session_id: int) -> None:
+async def refresh_session_people(conn: Connection, session_id: int, timeout: float | None = None) -> None:
     """refresh_people for every person of a session (after a full clustering)."""
-    rows = await conn.fetch("SELECT id FROM people WHERE face_session_id = $1", session_id)
-    await refresh_people(conn, [r["id"] for r in rows])
+    rows = await conn.fetch("SELECT id FROM people WHERE face_session_id = $1", session_id, timeout=timeout)
+    await refresh_people(conn, [r["id"] for r in rows], timeout)
 
 
 async def note_changed_faces(conn: Connection, session_id: int, count: int) -> tuple[int, int]:

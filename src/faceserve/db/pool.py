@@ -8,10 +8,11 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import asyncpg
 
+from ..config import Settings
 from . import migrations
 from .recovery import EmbeddedPostgres
 
@@ -62,16 +63,63 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     its connection goes back."""
 
 
-async def create_pool(dsn: str, min_size: int, max_size: int) -> asyncpg.Pool:
-    """The pool, once the schema is at this release's version (missing migrations applied first)."""
-    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, reset=_keep_session)
+class BoundedPool(asyncpg.Pool):
+    """asyncpg's pool, whose acquire (its own fetch and execute's too) waits at most acquire_timeout_s unless
+    told otherwise: with the postmaster stopped, opening a connection waited for ever (asyncpg's own limit
+    is a minute), and so did every request that needed one. The TimeoutError is answered 503 `unavailable`
+    (recovery.is_database_unavailable)."""
+
+    def __init__(self, dsn: str, *, acquire_timeout_s: float, **pool_options: Any) -> None:
+        super().__init__(dsn, **pool_options)
+        self.acquire_timeout_s = acquire_timeout_s
+
+    def acquire(self, *, timeout: float | None = None) -> Any:
+        return super().acquire(timeout=self.acquire_timeout_s if timeout is None else timeout)
+
+
+async def create_pool(
+    dsn: str,
+    min_size: int,
+    max_size: int,
+    acquire_timeout_s: float = Settings.db_acquire_timeout_s,
+    command_timeout_s: float = Settings.db_command_timeout_s,
+    bulk_timeout_s: float = Settings.db_bulk_timeout_s,
+) -> asyncpg.Pool:
+    """The pool, once the schema is at this release's version (missing migrations applied first). Every wait
+    on the database is bounded: for a connection (opening one included) by acquire_timeout_s, for the answer
+    to a statement by command_timeout_s (asyncpg's command_timeout; past it the statement is cancelled), for
+    a migration step (whole tables) and the wait for another process's by bulk_timeout_s."""
+    pool = BoundedPool(
+        dsn,
+        acquire_timeout_s=acquire_timeout_s,
+        min_size=min_size,
+        max_size=max_size,
+        max_queries=50_000,  # asyncpg's defaults, spelled out as create_pool does
+        max_inactive_connection_lifetime=300.0,
+        loop=None,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
+        reset=_keep_session,
+        timeout=acquire_timeout_s,  # opening a connection
+        command_timeout=command_timeout_s,
+    )
+    await pool
     try:
         async with pool.acquire() as conn:
-            await migrations.upgrade(conn)
+            await migrations.upgrade(conn, timeout=bulk_timeout_s)
     except BaseException:
         await pool.close()
         raise
     return pool
+
+
+def discard(conn: asyncpg.Connection) -> None:
+    """Close a held connection whose state cannot be trusted (a COPY cut short, a session lock not
+    released): the pool opens a fresh one in its place. Nothing to do when it is closed already."""
+    try:
+        conn.terminate()
+    except asyncpg.InterfaceError:  # already closed, and taken back by the pool
+        pass
 
 
 async def ping(conn: Connection) -> bool:

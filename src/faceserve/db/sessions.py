@@ -62,8 +62,8 @@ async def rename_session(conn: Connection, session_id: int, name: str) -> FaceSe
     return None if row is None else FaceSession(**dict(row))
 
 
-async def delete_session(conn: Connection, session_id: int) -> bool:
-    deleted = await conn.fetchval("DELETE FROM face_sessions WHERE id = $1 RETURNING id", session_id)
+async def delete_session(conn: Connection, session_id: int, timeout: float | None = None) -> bool:
+    deleted = await conn.fetchval("DELETE FROM face_sessions WHERE id = $1 RETURNING id", session_id, timeout=timeout)
     return deleted is not None
 
 

@@ -3,7 +3,11 @@
 The database is the only source of truth. On first use a session's index is loaded from its saved copy when
 that copy matches the database (index/store.py), else built from Postgres (index/kinds.py picks flat or
 pq-rerank, or a flat index on the GPU: faiss's when a GPU faiss sees a device, else CuPy's, cupy_flat.py);
-afterwards add/remove keep it in step, and it is saved again at shutdown.
+afterwards add/remove keep it in step. The saved copy follows in the background: rewritten once changes
+settle (`index_save_settle_s` without one) and at the latest `index_save_max_lag_s` after the first change it
+lacks, so a restart, even after a crash, loads instead of rebuilding; a copy that would be empty is removed.
+Faces removed (forget, image and session deletes, here or announced by another process) take the saved copy
+with them at once, loaded here or not: no file keeps an erased face's embedding.
 
 All FAISS calls on a served index run on one owner thread: GPU indexes are not thread-safe even for search,
 and CPU add/remove must not overlap a search. A CPU index that is not served yet is loaded, built and saved
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -57,6 +62,12 @@ def choose_placement(device: str, gpus: int, cupy_gpus: int = 0) -> str:
 
 
 @dataclass
+class _Unsaved:
+    first: float  # when the oldest change the saved copy lacks was made (time.monotonic)
+    due: float  # when the copy is rewritten: changes settled, or the lag reached its bound
+
+
+@dataclass
 class _Pending:
     queries: list[np.ndarray] = field(default_factory=list)
     ks: list[int] = field(default_factory=list)
@@ -78,6 +89,8 @@ class IndexRegistry:
         policy: IndexPolicy | None = None,
         max_batch: int = Settings.index_max_batch,
         device_id: int = Settings.cuda_device_id,
+        save_settle_s: float = Settings.index_save_settle_s,
+        save_max_lag_s: float = Settings.index_save_max_lag_s,
     ) -> None:
         self.dim = dim
         self._loader = loader
@@ -92,7 +105,10 @@ class IndexRegistry:
         # CPU indexes not served yet: load, build, first save (one at a time: a build can take GBs)
         self._builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="faiss-build")
         self._indexes: dict[int, SessionIndex] = {}
-        self._dirty: set[int] = set()
+        self._unsaved: dict[int, _Unsaved] = {}
+        self._save_settle_s = save_settle_s
+        self._save_max_lag_s = save_max_lag_s
+        self._saver: asyncio.Task | None = None
         self._locks: dict[int, asyncio.Lock] = {}
         self._pending: dict[int, _Pending] = {}
         self._drainer: asyncio.Task | None = None
@@ -149,7 +165,10 @@ class IndexRegistry:
         log.info("index of session %d built from the database: %d faces (%s)", session_id, len(ids), index.kind)
         self.sources[session_id] = "database"
         if self._store is not None and len(ids):
-            await self._run_unserved(self._store.save, session_id, index)
+            try:
+                await self._run_unserved(self._store.save, session_id, index)
+            except OSError:  # a full disk, another worker's discard under this save: served all the same
+                log.exception("could not save the index of session %d", session_id)
         return index
 
     async def get(self, session_id: int) -> SessionIndex:
@@ -209,37 +228,81 @@ class IndexRegistry:
             index = self._indexes.get(session_id)
             if index is not None:
                 await self._run(index.add, np.asarray(ids, dtype=np.int64), vectors)
-                self._dirty.add(session_id)
+                self._changed(session_id)
 
     async def remove(self, session_id: int, ids: np.ndarray) -> None:
+        """Remove deleted faces, and the saved copy that still holds them (rewritten later if loaded here)."""
         if not len(ids):
             return
         async with self._lock(session_id):
             index = self._indexes.get(session_id)
             if index is not None:
                 await self._run(index.remove, np.asarray(ids, dtype=np.int64))
-                self._dirty.add(session_id)
+                self._changed(session_id)
+            if self._store is not None:
+                await self._run(self._store.discard, session_id)
 
     async def drop(self, session_id: int) -> None:
-        async with self._lock(session_id):
+        """Forget the session's index, and its saved copy: a session deleted, or changes too many to name
+        (faces erased among them, maybe) or missed, which a save in flight here may not have had."""
+        async with self._lock(session_id):  # after a save in flight
             self._indexes.pop(session_id, None)
-            self._dirty.discard(session_id)
+            self._unsaved.pop(session_id, None)
+            if self._store is not None:
+                await self._run(self._store.discard, session_id)
         self._locks.pop(session_id, None)
 
     async def drop_all(self) -> None:
         for session_id in list(self._indexes):
             await self.drop(session_id)
 
-    async def save_changed(self) -> None:
-        """Write changed indexes to disk so the next start loads instead of rebuilding."""
+    # ---------------------------------------------------------------- the saved copies, kept in step
+
+    def _changed(self, session_id: int) -> None:
+        """Note a change the saved copy lacks (under the session's lock); the saver writes it when due."""
         if self._store is None:
             return
-        for session_id in list(self._dirty):
-            async with self._lock(session_id):
-                index = self._indexes.get(session_id)
-                if index is not None and len(index):
+        now = time.monotonic()
+        unsaved = self._unsaved.get(session_id)
+        first = now if unsaved is None else unsaved.first
+        self._unsaved[session_id] = _Unsaved(first, min(now + self._save_settle_s, first + self._save_max_lag_s))
+        if self._saver is None or self._saver.done():
+            self._saver = asyncio.create_task(self._save_when_due())
+
+    async def _save_when_due(self) -> None:
+        while self._unsaved:
+            session_id = min(self._unsaved, key=lambda s: self._unsaved[s].due)
+            wait_s = self._unsaved[session_id].due - time.monotonic()
+            if wait_s > 0:
+                # a change meanwhile only postpones a due time, and a new one is due no sooner than this
+                await asyncio.sleep(wait_s)
+                continue
+            await self._save(session_id)
+
+    async def _save(self, session_id: int) -> None:
+        async with self._lock(session_id):
+            unsaved = self._unsaved.pop(session_id, None)
+            index = self._indexes.get(session_id)
+            if unsaved is None or index is None or self._store is None:
+                return
+            try:
+                if len(index):
                     await self._run(self._store.save, session_id, index)
-                self._dirty.discard(session_id)
+                else:
+                    await self._run(self._store.discard, session_id)
+            except Exception:  # e.g. a full disk: tried again later, the copy stays unused meanwhile
+                log.exception("could not save the index of session %d", session_id)
+                now = time.monotonic()
+                self._unsaved.setdefault(session_id, _Unsaved(now, now + self._save_max_lag_s))
+
+    async def save_changed(self) -> None:
+        """At shutdown: stop the saver and write every changed index now."""
+        if self._saver is not None:
+            self._saver.cancel()
+            await asyncio.gather(self._saver, return_exceptions=True)
+        for session_id in list(self._unsaved):
+            await self._save(session_id)
+        self._unsaved.clear()  # what failed to save is rebuilt from the database at the next start
 
     # ---------------------------------------------------------------- search, batched by demand
 

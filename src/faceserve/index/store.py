@@ -58,6 +58,18 @@ class IndexStore:
             if old.name != "meta.json" and not old.name.startswith(token):
                 old.unlink(missing_ok=True)
 
+    def discard(self, session_id: int) -> None:
+        """Remove the saved copy: meta.json first, so no reader takes it up from then on, then every data
+        file (a save of another worker's included; it rewrites its copy once it has the change too)."""
+        folder = self.folder(session_id)
+        (folder / "meta.json").unlink(missing_ok=True)
+        try:
+            leftovers = list(folder.iterdir())
+        except FileNotFoundError:
+            return
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+
     def load(self, session_id: int, count: int, max_id: int) -> PqRerankIndex | ExactIndex | None:
         """The saved index if it holds exactly the database's (count, max id), else None."""
         folder = self.folder(session_id)
