@@ -50,6 +50,8 @@ async def serve_image(request: web.Request) -> web.StreamResponse:
         # this request looks for the bytes; revalidations arriving meanwhile answer from memory instead of
         # all asking at once (a gone image is evicted below, and then nobody answers from memory)
         request.app[SERVICES].served.seen_present(entry)
+    if entry.bytes_in == stores.S3:
+        return await _respond_object(request, entry, status, cache_control)
     if entry.bytes_in != stores.FILE:
         return await _respond_blob(request, entry, status, cache_control)
     if time.monotonic() < entry.present_until:
@@ -96,6 +98,23 @@ async def _respond_blob(
     # bytes in Postgres are written once with their row, so the row's size is theirs; a read that finds no
     # row means the image was deleted
     body = serving.BlobBody(pool, entry.image_id, entry.byte_size, on_gone=lambda: _gone(request, entry))
+    response = await serving.respond(request, entry, body, status, cache_control)
+    request.app[SERVICES].served.seen_present(entry)
+    return response
+
+
+async def _respond_object(
+    request: web.Request, entry: ServedFile, status: int, cache_control: str | None
+) -> web.StreamResponse:
+    objects = request.app[SERVICES].stores.objects
+    if objects is None:
+        raise RuntimeError(f"image {entry.image_id} is kept in S3, and no FACESERVE_S3_BUCKET is set here")
+    # as for Postgres: a HEAD asks whether the object is there before an answer without its bytes
+    must_ask = status != 200 or request.method == "HEAD" or entry.byte_size > serving.INLINE_BODY
+    if must_ask and await objects.size(entry.file_path) is None:
+        _gone(request, entry)
+    # objects are written once with their row, so the row's size is theirs
+    body = serving.ObjectBody(objects, entry.file_path, entry.byte_size, on_gone=lambda: _gone(request, entry))
     response = await serving.respond(request, entry, body, status, cache_control)
     request.app[SERVICES].served.seen_present(entry)
     return response
