@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import db, layout
 from ..db import recovery as db_recovery
-from ..errors import ImageNotFound, SessionNotFound
+from ..errors import ImageNotFound, SessionNotFound, Unavailable
 from ..index import sync as index_sync
 from ..media import decoding, renditions
 from ..media.files import PendingFile, stored_name_for
@@ -142,7 +142,11 @@ async def record_image(services: Services, session_id: int, analyzed: Analyzed) 
         if intent is not None:
             # our file is gone (or never came): the record goes, and with it a file a delete of the same path
             # left there for this upload; if the database is down, the next start sees to both
-            await tombstones.mark_done(upload_intents.give_up(services.pool, services.stores, intent))
+            try:
+                await tombstones.mark_done(upload_intents.give_up(services.pool, services.stores, intent))
+            except Unavailable:
+                # the object store is down (the put failed for it, likely): its object goes once it is back
+                upload_intents.settle_later(services.pool, services.stores, intent)
         raise
     finally:
         await services.storage.discard(pending.path)

@@ -20,10 +20,16 @@ import asyncpg
 
 from .. import db
 from ..db import recovery as db_recovery
+from ..errors import Unavailable
 from ..media import renditions
 from ..media.stores import ImageStores
 
 log = logging.getLogger(__name__)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """The database, or the object store past its retries, not answering now: worth trying again later."""
+    return db_recovery.is_database_unavailable(exc) or isinstance(exc, Unavailable)
 
 
 async def record_image_deleted(conn: db.Connection, image: db.ImageRecord) -> None:
@@ -86,8 +92,8 @@ _finishing: set[asyncio.Task[None]] = set()
 
 
 async def finish_when_back(pool: asyncpg.Pool, stores: ImageStores, retry_s: float = 1.0) -> None:
-    """The database was lost during or just after a delete, so its files may still be there (its commit
-    may have happened): once the database answers, finish every delete left undone, as a start does."""
+    """The database (or the object store) was lost during or just after a delete, so its files may still be
+    there (its commit may have happened): once both answer, finish every delete left undone, as a start does."""
     while True:
         try:
             async with pool.acquire() as conn, conn.transaction():
@@ -95,7 +101,7 @@ async def finish_when_back(pool: asyncpg.Pool, stores: ImageStores, retry_s: flo
                 await finish_pending_removals(conn, stores)
             return
         except Exception as exc:
-            if not db_recovery.is_database_unavailable(exc):
+            if not is_outage(exc):
                 raise
             await asyncio.sleep(retry_s)
 
@@ -108,12 +114,12 @@ def finish_later(pool: asyncpg.Pool, stores: ImageStores) -> None:
 
 @contextmanager
 def finish_deletes_if_database_lost(pool: asyncpg.Pool, stores: ImageStores) -> Iterator[None]:
-    """A delete whose commit, or the removal of files after it, met a lost database may have committed
-    with its files still there: they are removed as soon as the database answers (finish_later)."""
+    """A delete whose commit, or the removal of files after it, met a lost database (or object store) may
+    have committed with its files still there: they are removed as soon as both answer (finish_later)."""
     try:
         yield
     except Exception as exc:
-        if db_recovery.is_database_unavailable(exc):
+        if is_outage(exc):
             finish_later(pool, stores)
         raise
 

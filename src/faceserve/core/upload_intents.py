@@ -16,7 +16,6 @@ import logging
 import asyncpg
 
 from .. import db
-from ..db import recovery as db_recovery
 from ..media.stores import ImageStores
 from . import tombstones
 
@@ -62,15 +61,16 @@ async def give_up(pool: asyncpg.Pool, stores: ImageStores, file_path: str) -> No
 
 
 async def settle(pool: asyncpg.Pool, stores: ImageStores, file_path: str, retry_s: float = 1.0) -> None:
-    """The database was lost while an upload committed, so whether its row exists is unknown: once the
-    database answers again, keep the file if the row (or a newer upload of the same path) is there and
-    remove it otherwise. Left unfinished (the process stops first), the next start does the same."""
+    """The database was lost while an upload committed, so whether its row exists is unknown (or the object
+    store was lost while an upload gave up): once both answer again, keep the file if the row (or a newer
+    upload of the same path) is there and remove it otherwise. Left unfinished (the process stops first),
+    the next start does the same."""
     while True:
         try:
             await give_up(pool, stores, file_path)
             return
         except Exception as exc:
-            if not db_recovery.is_database_unavailable(exc):
+            if not tombstones.is_outage(exc):
                 raise
             await asyncio.sleep(retry_s)
 
