@@ -165,8 +165,9 @@ async def test_a_wrong_key_fails_the_start_and_names_no_secret(settings, caplog,
 
 
 @pytest.fixture
-async def own_seaweedfs(tmp_path: Path, seaweedfs):
-    """A SeaweedFS of this test's own, to kill (seaweedfs is asked for first: it puts the key in the env)."""
+async def own_seaweedfs(tmp_path: Path, request: pytest.FixtureRequest):
+    """A SeaweedFS of this test's own, to kill."""
+    request.getfixturevalue("seaweedfs")  # the shared one puts the test key into the environment
     server = await asyncio.to_thread(seaweed.start, tmp_path / "own-seaweedfs")
     yield server
     server.stop()
