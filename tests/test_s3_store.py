@@ -215,3 +215,29 @@ async def test_the_store_going_away_is_a_503_with_retry_after_and_service_resume
         assert (await client.get(f"/api/face/image/{again['image_id']}")).status == 200
     finally:
         restarted.stop()
+
+
+async def test_the_redirect_option_sends_clients_to_a_presigned_url_of_a_bounded_life(
+    settings, engine, photos, aiohttp_client
+):
+    client = await aiohttp_client(create_app(replace(settings, s3_redirect_ttl_s=120), engine))
+    data = photos["t1"].read_bytes()
+    [image] = await upload(client, await create_session(client), ("t1.jpg", data))
+    url = f"/api/face/image/{image['image_id']}"
+    redirected = await client.get(url, allow_redirects=False)
+    assert redirected.status == 308
+    assert redirected.headers["Cache-Control"] == "public, max-age=60"  # never cached past the URL's life
+    location = redirected.headers["Location"]
+    assert location.startswith(settings.s3_endpoint) and "X-Amz-Expires=120" in location
+    async with aiohttp.ClientSession() as anyone:  # no key, no credentials: the URL is the permission
+        async with anyone.get(location) as response:
+            assert response.status == 200 and await response.read() == data
+        async with anyone.get(location, headers={"Range": "bytes=10-19"}) as response:
+            assert response.status == 206 and await response.read() == data[10:20]
+        async with anyone.get(location.replace("X-Amz-Expires=120", "X-Amz-Expires=999")) as response:
+            assert response.status == 403  # the life is part of the signature
+    # answers without a body, HEAD and derivatives stay the node's
+    etag = redirected.headers.get("ETag") or (await client.head(url)).headers["ETag"]
+    assert (await client.get(url, headers={"If-None-Match": etag}, allow_redirects=False)).status == 304
+    assert (await client.head(url, allow_redirects=False)).status == 200
+    assert (await client.get(url, params={"w": "160"}, allow_redirects=False)).status == 200

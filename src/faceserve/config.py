@@ -63,6 +63,7 @@ MINIMUM: dict[str, float] = {
     "s3_max_connections": 1,
     "s3_max_attempts": 1,
     "s3_timeout_s": 0.1,
+    "s3_redirect_ttl_s": 0,
     "people_neighbours": 1,
     "people_min_faces": 1,
     "people_min_face_size": 0,
@@ -110,6 +111,10 @@ class Settings:
     s3_max_attempts: int = 4
     # connect and read timeout of one try
     s3_timeout_s: float = 10.0
+    # 0: a node streams an original kept in S3 itself. N > 0, for a store clients may reach: a GET of one
+    # answers 308 to a presigned URL of the object that lives N seconds (capped at S3's 7 days), so bodies
+    # go straight from the store (or a CDN in front of it) to the client
+    s3_redirect_ttl_s: int = 0
     db_pool_min: int = 1
     db_pool_max: int = 10
     # how often the embedded Postgres is checked and, if its postmaster died, started again (db_recovery.py)
@@ -294,6 +299,8 @@ class Settings:
             )
         if self.image_store == "s3" and not self.s3_bucket:
             raise SettingsError(f"{env_name('image_store')}=s3 needs {env_name('s3_bucket')}")
+        if self.s3_redirect_ttl_s > 7 * 24 * 3600:
+            raise SettingsError(f"{env_name('s3_redirect_ttl_s')} must be at most 604800 (S3's longest presigned URL)")
         if self.s3_multipart_chunk > self.s3_multipart_threshold:
             raise SettingsError(f"{env_name('s3_multipart_chunk')} must not exceed {env_name('s3_multipart_threshold')}")
         if not self.derivative_sizes or min(self.derivative_sizes) < 1:

@@ -106,9 +106,17 @@ async def _respond_blob(
 async def _respond_object(
     request: web.Request, entry: ServedFile, status: int, cache_control: str | None
 ) -> web.StreamResponse:
-    objects = request.app[SERVICES].stores.objects
+    services = request.app[SERVICES]
+    objects = services.stores.objects
     if objects is None:
         raise RuntimeError(f"image {entry.image_id} is kept in S3, and no FACESERVE_S3_BUCKET is set here")
+    ttl_s = services.settings.s3_redirect_ttl_s
+    if ttl_s and status == 200 and request.method == "GET":
+        # the store sends the body (ranges too: the client asks it again); cached no longer than the URL lives
+        location = await objects.presigned_get(entry.file_path, ttl_s, serving.CACHE_FOREVER)
+        return web.Response(
+            status=308, headers={"Location": location, "Cache-Control": f"public, max-age={ttl_s // 2}"}
+        )
     # as for Postgres: a HEAD asks whether the object is there before an answer without its bytes
     must_ask = status != 200 or request.method == "HEAD" or entry.byte_size > serving.INLINE_BODY
     if must_ask and await objects.size(entry.file_path) is None:

@@ -139,6 +139,15 @@ class ObjectStore:
                 async for chunk in body.iter_chunks(_STREAM_CHUNK):
                     yield chunk
 
+    async def presigned_get(self, file_path: str, ttl_s: int, cache_control: str) -> str:
+        """A URL anyone may GET the object by for ttl_s seconds (signed here, no call to the store); the
+        store answers it with cache_control, so caches past it keep the object as they keep our answers."""
+        return await self._client.generate_presigned_url(
+            "get_object",
+            Params={"Bucket": self.bucket, "Key": self.key(file_path), "ResponseCacheControl": cache_control},
+            ExpiresIn=ttl_s,
+        )
+
     async def delete(self, file_path: str) -> None:
         """Remove file_path's object; nothing there is no error (S3 answers 204 either way)."""
         key = self.key(file_path)
@@ -193,6 +202,8 @@ async def open_object_store(settings: Settings) -> AsyncIterator[ObjectStore]:
         max_pool_connections=settings.s3_max_connections,
         retries={"mode": "standard", "max_attempts": settings.s3_max_attempts},
         connect_timeout=settings.s3_timeout_s,
+        # SigV4 everywhere, presigned URLs too (botocore would presign some endpoints with the old SigV2)
+        signature_version="s3v4",
         read_timeout=settings.s3_timeout_s,
         # an endpoint of one's own (SeaweedFS, MinIO, Ceph) seldom has a DNS name per bucket
         s3={"addressing_style": "path" if settings.s3_endpoint else "auto"},
