@@ -64,6 +64,7 @@ MINIMUM: dict[str, float] = {
     "s3_max_attempts": 1,
     "s3_timeout_s": 0.1,
     "s3_redirect_ttl_s": 0,
+    "s3_accel_url_ttl_s": 1,
     "people_neighbours": 1,
     "people_min_faces": 1,
     "people_min_face_size": 0,
@@ -115,6 +116,12 @@ class Settings:
     # answers 308 to a presigned URL of the object that lives N seconds (capped at S3's 7 days), so bodies
     # go straight from the store (or a CDN in front of it) to the client
     s3_redirect_ttl_s: int = 0
+    # behind nginx: an original kept in S3 is handed to this internal location with X-Accel-Redirect to a
+    # presigned URL ("/_faceserve_s3/", proxying to the store: deploy/nginx.conf), so nginx fetches the body
+    # from the store and Python never holds it; unset: the node streams it
+    s3_accel_redirect: str | None = None
+    # life of the presigned URLs handed to nginx: nginx uses one at once, so a short one will do
+    s3_accel_url_ttl_s: int = 60
     db_pool_min: int = 1
     db_pool_max: int = 10
     # how often the embedded Postgres is checked and, if its postmaster died, started again (db_recovery.py)
@@ -291,12 +298,10 @@ class Settings:
             raise SettingsError(f"{env_name('port')} must be at most 65535 (got {self.port})")
         if self.db_pool_min > self.db_pool_max:
             raise SettingsError(f"{env_name('db_pool_min')} must not exceed {env_name('db_pool_max')}")
-        if self.accel_redirect is not None and not (
-            self.accel_redirect.startswith("/") and self.accel_redirect.endswith("/")
-        ):
-            raise SettingsError(
-                f"{env_name('accel_redirect')} must start and end with / (got {self.accel_redirect!r})"
-            )
+        for name in ("accel_redirect", "s3_accel_redirect"):
+            prefix = getattr(self, name)
+            if prefix is not None and not (prefix.startswith("/") and prefix.endswith("/")):
+                raise SettingsError(f"{env_name(name)} must start and end with / (got {prefix!r})")
         if self.image_store == "s3" and not self.s3_bucket:
             raise SettingsError(f"{env_name('image_store')}=s3 needs {env_name('s3_bucket')}")
         if self.s3_redirect_ttl_s > 7 * 24 * 3600:

@@ -110,7 +110,14 @@ async def _respond_object(
     objects = services.stores.objects
     if objects is None:
         raise RuntimeError(f"image {entry.image_id} is kept in S3, and no FACESERVE_S3_BUCKET is set here")
-    ttl_s = services.settings.s3_redirect_ttl_s
+    settings = services.settings
+    if settings.s3_accel_redirect is not None and accel.may_hand_off(request, status, entry.byte_size):
+        # nginx fetches the body from the store (Range and all); the answer's facts are the node's
+        presigned = await objects.presigned_get(
+            entry.file_path, settings.s3_accel_url_ttl_s, cache_control or serving.CACHE_FOREVER
+        )
+        return accel.object_hand_off(settings.s3_accel_redirect, entry, presigned, cache_control)
+    ttl_s = settings.s3_redirect_ttl_s
     if ttl_s and status == 200 and request.method == "GET":
         # the store sends the body (ranges too: the client asks it again); cached no longer than the URL lives
         location = await objects.presigned_get(entry.file_path, ttl_s, serving.CACHE_FOREVER)
