@@ -36,7 +36,7 @@ from faceserve.core.services import load_engine
 
 ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-import seaweed  # noqa: E402  (the tests' SeaweedFS, started the same way)
+import seaweed  # the tests' SeaweedFS, started the same way
 
 
 async def _start(settings: Settings, engine) -> tuple[web.AppRunner, str]:
@@ -64,15 +64,19 @@ async def _get_all(base: str, image_ids: list[int], passes: int, clients: int, h
 
 
 async def _session_images(base: str, headers: dict[str, str], session_id: int) -> list[int]:
-    async with aiohttp.ClientSession(headers=headers) as http:
-        async with http.get(f"{base}/api/face/sessions/{session_id}/images", params={"limit": "1000"}) as r:
-            return [image["image_id"] for image in (await r.json())["data"]["images"]]
+    async with (
+        aiohttp.ClientSession(headers=headers) as http,
+        http.get(f"{base}/api/face/sessions/{session_id}/images", params={"limit": "1000"}) as r,
+    ):
+        return [image["image_id"] for image in (await r.json())["data"]["images"]]
 
 
 async def _new_session(base: str, headers: dict[str, str]) -> int:
-    async with aiohttp.ClientSession(headers=headers) as http:
-        async with http.post(f"{base}/api/face/sessions", json={"name": "bench"}) as r:
-            return (await r.json())["data"]["id"]
+    async with (
+        aiohttp.ClientSession(headers=headers) as http,
+        http.post(f"{base}/api/face/sessions", json={"name": "bench"}) as r,
+    ):
+        return (await r.json())["data"]["id"]
 
 
 async def run(count: int, megapixels: float, rounds: int, clients: int, gets: int) -> None:
