@@ -16,7 +16,7 @@ from .access_keys import (
 )
 from .audit import record_forget
 from .binary_copy import copy_records
-from .blobs import blob, blob_range, blob_size, insert_blob
+from .blobs import blob, blob_range, blob_size, delete_blobs, insert_blob, put_blob
 from .faces import (
     FaceHit,
     FaceRecord,
@@ -38,9 +38,11 @@ from .images import (
     find_image_by_sha256,
     get_image,
     get_served_image,
+    images_kept_elsewhere,
     insert_image,
     list_images,
     session_file_paths,
+    switch_store,
 )
 from .notifications import NotificationListener, Subscription
 from .people import (
@@ -155,6 +157,7 @@ __all__ = [
     "create_pool",
     "create_session",
     "database_uri",
+    "delete_blobs",
     "delete_faces",
     "delete_image",
     "delete_session",
@@ -173,6 +176,7 @@ __all__ = [
     "get_person",
     "get_served_image",
     "get_session",
+    "images_kept_elsewhere",
     "insert_api_key",
     "insert_blob",
     "insert_deleted_image",
@@ -206,6 +210,7 @@ __all__ = [
     "pin_person",
     "ping",
     "place_faces",
+    "put_blob",
     "record_forget",
     "record_keys_last_used",
     "refresh_people",
@@ -221,6 +226,7 @@ __all__ = [
     "session_person_ids",
     "session_was_deleted",
     "set_expiry",
+    "switch_store",
     "try_lock_clustering",
     "unlock_clustering",
     "unplace_machine_faces",

@@ -43,6 +43,19 @@ async def serve_image(request: web.Request) -> web.StreamResponse:
     if request.query_string and wants_derivative(request):
         return await serve_image_derivative(request, image_id, cache_control)
     entry = await serving.served_file(request, image_id)
+    try:
+        return await _serve_original(request, entry, cache_control)
+    except ImageNotFound:
+        # the bytes may have moved to another store under this process (`faceserve storage migrate`): the
+        # entry is evicted by now, and the row read again says where they are (deleted: 404 once more)
+        again = await serving.served_file(request, image_id)
+        if again.bytes_in == entry.bytes_in:
+            raise
+        return await _serve_original(request, again, cache_control)
+
+
+async def _serve_original(request: web.Request, entry: ServedFile, cache_control: str | None) -> web.StreamResponse:
+    image_id = entry.image_id
     status = conditional.evaluate(request.method, request.headers, entry.etag, entry.last_modified)
     if status != 200:
         if time.monotonic() < entry.present_until:
