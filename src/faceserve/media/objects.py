@@ -26,7 +26,9 @@ from typing import Any
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
-from botocore.exceptions import BotoCoreError, ClientError
+from aiohttp import ClientError as TransportError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as EndpointUnreachable
 
 from ..config import Settings
 from ..errors import Unavailable
@@ -38,6 +40,8 @@ _STREAM_CHUNK = 256 * 1024
 # DeleteObjects takes at most this many keys a call
 _DELETE_BATCH = 1000
 _ABSENT = ("404", "NoSuchKey", "NotFound")
+# the store unreachable, gone mid-answer or too slow: a passing outage (missing credentials are not)
+_OUTAGES = (EndpointUnreachable, HTTPClientError, TransportError, TimeoutError)
 
 
 class ObjectStore:
@@ -96,7 +100,7 @@ class ObjectStore:
             # the store would keep the parts (and bill them) until a lifecycle rule removes them
             try:
                 await self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
-            except (BotoCoreError, ClientError) as exc:
+            except (BotoCoreError, ClientError, TransportError) as exc:
                 log.warning("could not abort the multipart upload of %s: %s", key, type(exc).__name__)
             raise
 
@@ -178,7 +182,7 @@ class ObjectStore:
         500. Answers that mean a mistake here or in the setup (403, a missing bucket) stay errors."""
         try:
             yield
-        except (BotoCoreError, ClientError) as exc:
+        except (*_OUTAGES, ClientError) as exc:
             if isinstance(exc, ClientError) and _status(exc) < 500:
                 raise
             # the exception's text names the endpoint and the key, never the credentials
