@@ -73,8 +73,9 @@ async def test_originals_are_objects_under_the_prefix_and_never_on_disk(client, 
     thumbnail = await client.get(f"/api/face/image/{image['image_id']}", params={"w": "320"})
     assert thumbnail.status == 200
     assert len(files_under(SessionLayout(settings.storage).session_dir(session_id) / "derived")) == 1
-    assert "/face_sessions/" in caplog.text  # the store's calls were logged ...
-    assert seaweed.SECRET_KEY not in caplog.text and seaweed.ACCESS_KEY not in caplog.text  # ... not its key
+    # botocore's DEBUG lines carry every signed request's headers: kept out even when DEBUG is asked for
+    assert logging.getLogger("botocore").getEffectiveLevel() == logging.INFO
+    assert seaweed.SECRET_KEY not in caplog.text and seaweed.ACCESS_KEY not in caplog.text
     logs.configure("INFO", "text")
 
 
