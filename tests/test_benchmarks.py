@@ -42,6 +42,7 @@ SMOKE_RUNS: dict[str, list[tuple[list[str], str]]] = {
     "ivf_probe.py": [([], MARKDOWN_TABLE)],
     "people.py": [(["scale"], MARKDOWN_TABLE), (["read"], MARKDOWN_TABLE)],
     "ratelimit.py": [([], MARKDOWN_TABLE)],
+    "s3_store.py": [([], MARKDOWN_TABLE)],
     "search_e2e.py": [([], MARKDOWN_TABLE)],
     "search_latency.py": [([], MARKDOWN_TABLE)],
     "serve.py": [([], MARKDOWN_TABLE)],
