@@ -27,7 +27,18 @@ ASKED = {"X-Sendfile-Type": "X-Accel-Redirect"}
 
 
 @pytest.fixture(scope="module")
-def s3_fleet(postgres_uri: str, models_dir: Path, tmp_path_factory: pytest.TempPathFactory, seaweedfs) -> Iterator[Fleet]:
+def own_seaweedfs(tmp_path_factory: pytest.TempPathFactory, seaweedfs) -> Iterator[seaweed.SeaweedFS]:
+    """This module's own store, which its last test kills (seaweedfs: the shared one puts the key in the env)."""
+    server = seaweed.start(tmp_path_factory.mktemp("fleet-seaweedfs"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def s3_fleet(
+    postgres_uri: str, models_dir: Path, tmp_path_factory: pytest.TempPathFactory, own_seaweedfs: seaweed.SeaweedFS
+) -> Iterator[Fleet]:
+    seaweedfs = own_seaweedfs
     name = "faceserve_fleet_s3_" + secrets.token_hex(4)
     asyncio.run(_create_database(postgres_uri, name))
     locate_pack(models_dir, "buffalo_s")
@@ -101,3 +112,52 @@ async def test_a_photo_uploaded_on_one_node_is_served_by_the_other_and_by_nginx_
             assert response.status == 200
         for url, client in ((a + path, http), (b + path, http), ("http://localhost" + path, files)):
             assert (await _get(client, url))[0] == 404, url
+
+
+async def test_the_store_killed_under_load_is_a_503_with_retry_after_and_service_resumes(
+    s3_fleet: Fleet, own_seaweedfs: seaweed.SeaweedFS, photos
+) -> None:
+    """kill -9 of the store while clients fetch photos through the file tier (nginx fetching from the store)
+    and straight from a node: every answer is a 200 or a 503 with Retry-After, never another error, and once
+    the store is back (same data, same port) the same requests are 200s again without touching a node."""
+    a, b = s3_fleet.nodes["a"].url, s3_fleet.nodes["b"].url
+    async with (
+        aiohttp.ClientSession() as http,
+        aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(s3_fleet.files_socket))) as files,
+    ):
+        session_id = await create_session_at(http, a)
+        image = await upload_at(http, a, session_id, photos["gdp"])
+        path = f"/api/face/image/{image['image_id']}"
+        targets = [(files, "http://localhost" + path), (http, b + path), (http, a + path)]
+        answers: list[tuple[int, str | None]] = []
+        stop = asyncio.Event()
+
+        async def client(session: aiohttp.ClientSession, url: str) -> None:
+            while not stop.is_set():
+                async with session.get(url) as response:
+                    await response.read()
+                    answers.append((response.status, response.headers.get("Retry-After")))
+
+        clients = [asyncio.create_task(client(*targets[i % 3])) for i in range(6)]
+        await asyncio.sleep(0.5)
+        own_seaweedfs.process.kill()
+        own_seaweedfs.process.wait()
+        await asyncio.sleep(4.0)
+        stop.set()
+        await asyncio.gather(*clients)
+        assert {status for status, _ in answers} <= {200, 503}, sorted({s for s, _ in answers})
+        assert (503, "5") in answers or (503, "2") in answers  # the store's outage was seen ...
+        assert all(retry is not None for status, retry in answers if status == 503)  # ... and said when to retry
+
+        restarted = await asyncio.to_thread(seaweed.restart, own_seaweedfs)
+        own_seaweedfs.process = restarted.process  # the module's fixture stops this one
+        for session, url in targets:
+            for _ in range(60):  # the volume server joins its master a few seconds after the gateway answers
+                async with session.get(url) as response:
+                    if response.status == 200:
+                        assert await response.read() == photos["gdp"].read_bytes()
+                        break
+                    assert response.status == 503, response.status
+                await asyncio.sleep(0.5)
+            else:
+                raise AssertionError(f"{url} not served again within 30 s")
