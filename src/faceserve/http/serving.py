@@ -19,6 +19,7 @@ range answered passed through to the store as a GET with the same Range, streame
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import os
 import time
@@ -211,8 +212,10 @@ class ObjectBody:
 
     async def send(self, request: web.Request, response: web.StreamResponse, offset: int, count: int) -> None:
         try:
-            async for chunk in self._objects.stream(self._file_path, offset, count):
-                await response.write(chunk)
+            # closed at once when the client goes away, so the store's connection goes back to the pool
+            async with contextlib.aclosing(self._objects.stream(self._file_path, offset, count)) as chunks:
+                async for chunk in chunks:
+                    await response.write(chunk)
         except FileNotFoundError:
             pass  # deleted since the headers went: the body ends short and the client retries
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -125,7 +125,7 @@ class ObjectStore:
         except FileNotFoundError:
             return None
 
-    async def stream(self, file_path: str, offset: int = 0, count: int | None = None) -> AsyncIterator[bytes]:
+    async def stream(self, file_path: str, offset: int = 0, count: int | None = None) -> AsyncGenerator[bytes, None]:
         """The object's bytes in chunks, asked of the store with the same Range (the client's, passed
         through). FileNotFoundError when there is no object, as opening a missing file would."""
         key = self.key(file_path)
