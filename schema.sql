@@ -71,7 +71,7 @@ CREATE TABLE public.face_session_images (
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     bytes_in text DEFAULT 'file'::text NOT NULL,
     CONSTRAINT face_session_images_byte_size_check CHECK ((byte_size >= 0)),
-    CONSTRAINT face_session_images_bytes_in_check CHECK ((bytes_in = ANY (ARRAY['file'::text, 'postgres'::text]))),
+    CONSTRAINT face_session_images_bytes_in_check CHECK ((bytes_in = ANY (ARRAY['file'::text, 'postgres'::text, 's3'::text]))),
     CONSTRAINT face_session_images_height_check CHECK ((height > 0)),
     CONSTRAINT face_session_images_sha256_check CHECK ((octet_length(sha256) = 32)),
     CONSTRAINT face_session_images_width_check CHECK ((width > 0))

@@ -14,3 +14,4 @@ pytestmark  # pytest reads a test module's marks from it
 web.AbstractAccessLogger.enabled  # aiohttp asks it before building a log line
 onnxruntime.SessionOptions.graph_optimization_level
 dim_param  # an ONNX shape dimension's symbolic name (onnx protobuf), set by benchmarks/gpu_recogniser.py
+seaweedfs  # a fixture the tests ask for by name (tests/conftest.py settings), only where images go to S3

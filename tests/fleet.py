@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 NGINX_TEMPLATE = ROOT / "deploy" / "nginx.conf"
@@ -96,7 +97,8 @@ class Fleet:
         """The file tier's socket: requests through it are answered with X-Accel-Redirect, never cached."""
         return self.run_dir / "files.sock"
 
-    def start_node(self, name: str, port: int | None = None) -> Node:
+    def start_node(self, name: str, port: int | None = None, storage: Path | None = None) -> Node:
+        """storage: the node's own folder instead of the shared one (a fleet whose photos are in S3)."""
         port = port or free_port()
         env = {
             **os.environ,
@@ -124,7 +126,7 @@ class Fleet:
                     "--port",
                     str(port),
                     "--storage",
-                    str(self.storage),
+                    str(storage or self.storage),
                     "--models-dir",
                     str(self.models_dir),
                 ],
@@ -183,6 +185,9 @@ class Fleet:
             "STORAGE": str(self.storage),
             "API_RATE": "100000r/s",
             "IMAGE_RATE": "100000r/s",
+            # photos in S3: the store the nodes use (FACESERVE_S3_ENDPOINT); else a location never reached
+            "S3_SCHEME": urlsplit(self.node_env.get("FACESERVE_S3_ENDPOINT", "http://127.0.0.1:9")).scheme,
+            "S3_HOST": urlsplit(self.node_env.get("FACESERVE_S3_ENDPOINT", "http://127.0.0.1:9")).netloc,
         }
         conf = self.run_dir / "nginx.conf"
         conf.write_text(render_nginx_conf(values, template))

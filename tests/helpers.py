@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import shutil
 import time
 from collections.abc import Callable
@@ -14,8 +15,8 @@ from aiohttp.test_utils import TestClient
 
 from faceserve.http.appkeys import SERVICES
 
-# where image bytes can live: serving tests run against both
-IMAGE_STORES = ["file", "postgres"]
+# where image bytes can live: serving tests run against each (s3: a real SeaweedFS, conftest.py)
+IMAGE_STORES = ["file", "postgres", "s3"]
 
 
 def authorize(client: TestClient) -> TestClient:
@@ -62,6 +63,16 @@ async def replace_stored_bytes(client: TestClient, image_id: int, data: bytes) -
         async with services.pool.acquire() as conn, conn.transaction():
             await conn.execute("UPDATE image_blobs SET data = $2 WHERE image_id = $1", image_id, data)
             await conn.execute("UPDATE face_session_images SET byte_size = $2 WHERE id = $1", image_id, len(data))
+    elif bytes_in == "s3":
+        file_path, content_type = await services.pool.fetchrow(
+            "SELECT file_path, content_type FROM face_session_images WHERE id = $1", image_id
+        )
+        replacement = services.storage.root / "replacement"
+        replacement.write_bytes(data)
+        await services.stores.objects.put_file(file_path, replacement, len(data), hashlib.sha256(data).digest(), content_type)
+        replacement.unlink()
+        # the row's size is the object's (serving trusts it)
+        await services.pool.execute("UPDATE face_session_images SET byte_size = $2 WHERE id = $1", image_id, len(data))
     else:
         file_path = await services.pool.fetchval("SELECT file_path FROM face_session_images WHERE id = $1", image_id)
         services.storage.absolute(file_path).write_bytes(data)
@@ -71,11 +82,23 @@ async def lose_stored_bytes(client: TestClient, image_id: int) -> None:
     """What a disk failure or a hand-made delete does: the row stays, its bytes are gone."""
     services = client.server.app[SERVICES]
     bytes_in = await services.pool.fetchval("SELECT bytes_in FROM face_session_images WHERE id = $1", image_id)
+    file_path = await services.pool.fetchval("SELECT file_path FROM face_session_images WHERE id = $1", image_id)
     if bytes_in == "postgres":
         assert await services.pool.fetchval("DELETE FROM image_blobs WHERE image_id = $1 RETURNING 1", image_id)
+    elif bytes_in == "s3":
+        assert await services.stores.objects.size(file_path) is not None
+        await services.stores.objects.delete(file_path)
     else:
-        file_path = await services.pool.fetchval("SELECT file_path FROM face_session_images WHERE id = $1", image_id)
         services.storage.absolute(file_path).unlink()
+
+
+async def objects_of(services) -> list[str]:
+    """Every object key under the app's S3 prefix (the test's own), relative to it, sorted; [] without S3."""
+    objects = services.stores.objects
+    if objects is None:
+        return []
+    prefix = objects.key("")
+    return sorted(key[len(prefix) :] for key in await objects.keys_under(prefix))
 
 
 def files_under(root: Path) -> list[str]:
@@ -139,3 +162,25 @@ async def upload_at(http: aiohttp.ClientSession, base: str, session_id: int, pat
         body = await response.json()
         assert response.status == 201, body
         return body["data"]["images"][0]
+
+
+async def stored_originals(services) -> set[str]:
+    """The file_paths of every original kept apart from its row: files under face_sessions/*/db/ (hidden .part
+    files too) and objects under the app's S3 prefix."""
+    root = services.storage.root
+    on_disk = {str(p.relative_to(root)) for p in (root / "face_sessions").glob("*/db/*") if p.is_file()}
+    return on_disk | set(await objects_of(services))
+
+
+async def put_original(services, file_path: str, source: Path) -> None:
+    """What an upload puts in place before its row commits, in the store new uploads go to."""
+    if services.stores.configured.kind == "s3":
+        data = source.read_bytes()
+        await services.stores.objects.put_file(file_path, source, len(data), hashlib.sha256(data).digest(), "image/jpeg")
+    else:
+        services.storage.absolute(file_path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, services.storage.absolute(file_path))
+
+
+async def original_exists(services, file_path: str) -> bool:
+    return file_path in await stored_originals(services)

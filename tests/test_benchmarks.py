@@ -44,6 +44,7 @@ SMOKE_RUNS: dict[str, list[tuple[list[str], str]]] = {
     "people.py": [(["scale"], MARKDOWN_TABLE), (["read"], MARKDOWN_TABLE)],
     "quality.py": [([], MARKDOWN_TABLE)],
     "ratelimit.py": [([], MARKDOWN_TABLE)],
+    "s3_store.py": [([], MARKDOWN_TABLE)],
     "search_e2e.py": [([], MARKDOWN_TABLE)],
     "search_latency.py": [([], MARKDOWN_TABLE)],
     "serve.py": [([], MARKDOWN_TABLE)],

@@ -1,6 +1,6 @@
 """Chaos: upload/delete/search traffic against a real `faceserve serve`, SIGKILL of the service or of its
-Postgres at a random moment, restart, then check that files on disk = rows = index and that no
-acknowledged write was lost. Never a 500 on the way.
+Postgres at a random moment, restart, then check that files on disk (or objects in S3: a real SeaweedFS)
+= rows = index and that no acknowledged write was lost. Never a 500 on the way.
 
 FACESERVE_CHAOS_TRIALS sets the number of trials (2 by default, so CI stays short); FACESERVE_CHAOS_SEED
 replays one run. Every trial prints one line (pytest -s shows them): what was killed when, and the counts.
@@ -21,6 +21,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import seaweed
+from aiobotocore.session import get_session
 from PIL import Image, ImageDraw
 from service_process import Service, postmaster_pid, postmasters_on, shared_temp_dir
 
@@ -141,13 +143,31 @@ async def _all_images(http: aiohttp.ClientSession, base: str) -> dict[int, str]:
     return images
 
 
-def _files_on_disk(storage: Path) -> set[str]:
-    """Identities of every file in the sessions' db folders, hidden ones (.part) included."""
-    root = storage / "face_sessions"
-    return {str(p.relative_to(root)) for p in root.glob("*/db/*") if p.is_file()}
+@dataclass
+class Originals:
+    """Where the service keeps originals: files under storage, and objects under s3_env's prefix if set."""
+
+    storage: Path
+    s3_env: dict[str, str] = field(default_factory=dict)
+
+    async def identities(self) -> set[str]:
+        """Identities of every file in the sessions' db folders (hidden .part ones included) and object."""
+        root = self.storage / "face_sessions"
+        found = {str(p.relative_to(root)) for p in root.glob("*/db/*") if p.is_file()}
+        if self.s3_env:
+            prefix = self.s3_env["FACESERVE_S3_PREFIX"] + "/face_sessions/"
+            async with get_session().create_client(
+                "s3", endpoint_url=self.s3_env["FACESERVE_S3_ENDPOINT"], region_name="us-east-1"
+            ) as client:
+                async for page in client.get_paginator("list_objects_v2").paginate(
+                    Bucket=seaweed.BUCKET, Prefix=prefix
+                ):
+                    found |= {item["Key"].removeprefix(prefix) for item in page.get("Contents", ())}
+        return found
 
 
-async def check(ledger: Ledger, base: str, storage: Path, session_id: int, yao: Path) -> dict[str, int]:
+async def check(ledger: Ledger, base: str, originals: Originals, session_id: int, yao: Path) -> dict[str, int]:
+    storage = originals.storage
     async with aiohttp.ClientSession() as http:
         images = await _all_images(http, base)
         # no acknowledged write lost
@@ -167,13 +187,14 @@ async def check(ledger: Ledger, base: str, storage: Path, session_id: int, yao: 
             assert not (storage / "face_sessions" / str(sid) / "db").exists() or not any(
                 (storage / "face_sessions" / str(sid) / "db").iterdir()
             )
+            assert not any(identity.startswith(f"{sid}/") for identity in await originals.identities())
         # files on disk = rows; after a Postgres outage, uploads whose commit answer was lost keep their file
         # until the database tells whether the row made it (upload_intents.settle, retried every second)
         for _ in range(_SETTLE_S * 10):
-            if _files_on_disk(storage) == set(images.values()):
+            if await originals.identities() == set(images.values()):
                 break
             await asyncio.sleep(0.1)
-        assert _files_on_disk(storage) == set(images.values())
+        assert await originals.identities() == set(images.values())
         # index = rows: every live image of the session shows Yao Ming, and a search finds each exactly once
         form = aiohttp.FormData()
         form.add_field("session_id", str(session_id))
@@ -205,8 +226,9 @@ async def _wait_back(base: str) -> None:
     raise AssertionError(f"the service did not answer again within {_BACK_WITHIN_S} s")
 
 
+@pytest.mark.parametrize("image_store", ["file", "s3"])
 async def test_kill_9_under_traffic_loses_nothing_and_leaves_nothing(
-    chaos_dir: Path, models_dir: Path, photos: dict[str, Path]
+    chaos_dir: Path, models_dir: Path, photos: dict[str, Path], image_store: str, request: pytest.FixtureRequest
 ) -> None:
     rng = random.Random(SEED)
     storage = chaos_dir / "storage"
@@ -214,7 +236,17 @@ async def test_kill_9_under_traffic_loses_nothing_and_leaves_nothing(
     yao = photos["yaoming"]
     ledger = Ledger()
     counter = [0]
-    service = await asyncio.to_thread(Service(storage, models_dir).start)
+    s3_env = {}
+    if image_store == "s3":
+        server = request.getfixturevalue("seaweedfs")  # also puts its key into the environment
+        s3_env = {
+            "FACESERVE_IMAGE_STORE": "s3",
+            "FACESERVE_S3_ENDPOINT": server.endpoint,
+            "FACESERVE_S3_BUCKET": seaweed.BUCKET,
+            "FACESERVE_S3_PREFIX": f"chaos/{chaos_dir.name}",
+        }
+    originals = Originals(storage, s3_env)
+    service = await asyncio.to_thread(Service(storage, models_dir, s3_env).start)
     async with (
         aiohttp.ClientSession() as http,
         http.post(f"{service.base}/api/face/sessions", json={"name": "chaos"}) as response,
@@ -242,9 +274,9 @@ async def test_kill_9_under_traffic_loses_nothing_and_leaves_nothing(
                 client.cancel()
             await asyncio.gather(*clients, return_exceptions=True)
             if victim == "service":
-                service = await asyncio.to_thread(Service(storage, models_dir).start)
+                service = await asyncio.to_thread(Service(storage, models_dir, s3_env).start)
             await _wait_back(service.base)
-            counts = await check(ledger, service.base, storage, session_id, yao)
+            counts = await check(ledger, service.base, originals, session_id, yao)
             print(
                 f"chaos seed={SEED} trial={trial} killed={victim} at={at:.2f}s {counts} statuses={ledger.statuses}"
             )

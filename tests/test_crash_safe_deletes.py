@@ -3,6 +3,9 @@
 The state a SIGKILL leaves between the commit of a delete and the removal of its files is made here by
 running the delete's transaction alone (tests/test_chaos.py kills a real service instead); the next start
 must remove those files, and `faceserve import` must never take a deleted photo or session in again.
+
+The tests of what a crash leaves run against files and against objects in S3 (a real SeaweedFS): both keep
+an original apart from its row, at its path.
 """
 
 from __future__ import annotations
@@ -10,8 +13,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from helpers import authorize, backend_gone
+from helpers import authorize, backend_gone, original_exists, put_original, stored_originals
 
 from faceserve import db, layout
 from faceserve.app import create_app
@@ -34,14 +38,14 @@ async def _upload(client: TestClient, session_id: int, name: str, data: bytes) -
     return (await response.json())["data"]["images"][0]
 
 
-def _files(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in (root / "face_sessions").glob("*/db/*") if p.is_file()}
+BY_PATH = ["file", "s3"]
 
 
 async def _rows(services) -> set[str]:
     return {r["file_path"] for r in await services.pool.fetch("SELECT file_path FROM face_session_images")}
 
 
+@pytest.mark.parametrize("image_store", BY_PATH)
 async def test_a_delete_cut_short_after_its_commit_is_finished_at_the_next_start(
     settings: Settings, engine: FaceEngine, photos: dict[str, Path]
 ) -> None:
@@ -67,13 +71,13 @@ async def test_a_delete_cut_short_after_its_commit_is_finished_at_the_next_start
             assert await db.delete_session(conn, other)
             await tombstones.record_session_deleted(conn, other)
         root = services.storage.root
-        assert len(_files(root)) == 3 and len(await _rows(services)) == 1
+        assert len(await stored_originals(services)) == 3 and len(await _rows(services)) == 1
         derived = root / "face_sessions" / str(session_id) / "derived"
         assert any(p.name.startswith(f"{doomed['image_id']}-") for p in derived.iterdir())
 
     async with open_services(settings, engine) as services:  # the next start
         assert (
-            _files(root)
+            await stored_originals(services)
             == await _rows(services)
             == {f"face_sessions/{session_id}/db/{kept['identity'].split('/')[-1]}"}
         )
@@ -115,9 +119,10 @@ async def test_import_never_brings_deleted_photos_or_sessions_back(
         assert report.deleted_skipped == 3
         assert await _rows(services) == rows_before
         assert await db.get_session(services.pool, dropped) is None
-        assert _files(services.storage.root) == rows_before
+        assert await stored_originals(services) == rows_before
 
 
+@pytest.mark.parametrize("image_store", BY_PATH)
 async def test_the_same_bytes_uploaded_again_after_a_delete_are_kept(
     settings: Settings, engine: FaceEngine, photos: dict[str, Path]
 ) -> None:
@@ -137,10 +142,11 @@ async def test_the_same_bytes_uploaded_again_after_a_delete_are_kept(
 
     async with open_services(settings, engine) as services:
         assert (
-            _files(services.storage.root) == await _rows(services) == {f"face_sessions/{again['identity']}"}
+            await stored_originals(services) == await _rows(services) == {f"face_sessions/{again['identity']}"}
         )
 
 
+@pytest.mark.parametrize("image_store", BY_PATH)
 async def test_an_upload_whose_commit_answer_was_lost_keeps_its_file_only_if_its_row_exists(
     client: TestClient, services, photos: dict[str, Path]
 ) -> None:
@@ -151,17 +157,18 @@ async def test_an_upload_whose_commit_answer_was_lost_keeps_its_file_only_if_its
     committed = await _upload(client, session_id, "t1.jpg", photos["t1"].read_bytes())
     committed_path = f"face_sessions/{committed['identity']}"
     lost_path = layout.file_path(session_id, "0123456789abcdef_lost.jpg")
-    shutil.copyfile(photos["gdp"], services.storage.absolute(lost_path))
+    await put_original(services, lost_path, photos["gdp"])
     for path in (committed_path, lost_path):
         await upload_intents.record(services.pool, path)  # what both uploads left when the answer was lost
 
     for path in (committed_path, lost_path):
-        await upload_intents.settle(services.pool, services.storage, path)
+        await upload_intents.settle(services.pool, services.stores, path)
 
-    assert _files(services.storage.root) == await _rows(services) == {committed_path}
+    assert await stored_originals(services) == await _rows(services) == {committed_path}
     assert await services.pool.fetchval("SELECT count(*) FROM pending_uploads") == 0
 
 
+@pytest.mark.parametrize("image_store", BY_PATH)
 async def test_a_delete_leaves_its_file_to_an_upload_of_the_same_bytes_in_flight(
     client: TestClient, services, photos: dict[str, Path]
 ) -> None:
@@ -180,10 +187,10 @@ async def test_a_delete_leaves_its_file_to_an_upload_of_the_same_bytes_in_flight
     try:
         await upload_intents.record(other_node, path)
         assert (await client.delete(f"/api/face/image/{image['image_id']}")).status == 200
-        assert services.storage.absolute(path).is_file(), "the delete removed the file of an upload in flight"
+        assert await original_exists(services, path), "the delete removed the file of an upload in flight"
 
-        await upload_intents.give_up(services.pool, services.storage, path)  # that upload fails after all
-        assert not services.storage.absolute(path).exists()
+        await upload_intents.give_up(services.pool, services.stores, path)  # that upload fails after all
+        assert not await original_exists(services, path)
         assert await services.pool.fetchval("SELECT count(*) FROM pending_uploads") == 0
     finally:
         await other_node.close()
@@ -244,7 +251,7 @@ async def test_a_sweep_leaves_a_dead_delete_s_file_to_an_upload_that_began_durin
             [pending] = await db.abandoned_image_removals(conn)  # the sweep has read which backends live
             uploader = await asyncpg.connect(dsn)  # an upload on another node, begun after that
             await upload_intents.record(uploader, path)
-            assert not await tombstones.remove_file_unless_taken(conn, services.storage, pending.file_path)
+            assert not await tombstones.remove_file_unless_taken(conn, services.stores, pending.file_path)
         assert services.storage.absolute(path).is_file(), "the sweep removed the file of an upload in flight"
     finally:
         if uploader is not None:
@@ -266,7 +273,7 @@ async def test_a_removal_waits_for_an_upload_recording_its_path(client: TestClie
         async with services.pool.acquire() as conn:
             async with uploader.transaction():  # upload_intents.record's statement, stopped halfway
                 await db.lock_path(uploader, path)
-                removing = asyncio.ensure_future(tombstones.remove_file_unless_taken(conn, services.storage, path))
+                removing = asyncio.ensure_future(tombstones.remove_file_unless_taken(conn, services.stores, path))
                 await asyncio.sleep(0.5)
                 assert not removing.done(), "a removal decided while an upload was recording its path"
                 await db.insert_upload_intent(uploader, path)

@@ -156,9 +156,11 @@ async def test_switching_the_setting_strands_no_image(settings, engine, photos, 
 
 
 def test_an_unknown_store_is_refused_when_settings_are_read(settings):
-    with pytest.raises(SettingsError, match="FACESERVE_IMAGE_STORE must be one of file, postgres"):
-        replace(settings, image_store="s3")
+    with pytest.raises(SettingsError, match="FACESERVE_IMAGE_STORE must be one of file, postgres, s3"):
+        replace(settings, image_store="ftp")
     with pytest.raises(SettingsError, match="FACESERVE_IMAGE_STORE"):
+        load_settings(env={"FACESERVE_IMAGE_STORE": "ftp"})
+    with pytest.raises(SettingsError, match="FACESERVE_IMAGE_STORE=s3 needs FACESERVE_S3_BUCKET"):
         load_settings(env={"FACESERVE_IMAGE_STORE": "s3"})
 
 

@@ -51,7 +51,7 @@ async def test_a_sweep_takes_only_what_writers_now_gone_left(
     await dead.close()
     await backend_gone(services.pool, dead_pid)
     try:
-        await start_sweep.finish_interrupted(services.pool, storage)
+        await start_sweep.finish_interrupted(services.pool, services.stores)
 
         assert storage.absolute(paths["live"]).exists() and not storage.absolute(paths["dead"]).exists()
         assert await services.pool.fetchval("SELECT array_agg(file_path) FROM pending_uploads") == [
@@ -70,7 +70,7 @@ async def test_sweeps_take_turns(services) -> None:
     """While one process sweeps (holds the lock in its transaction), another process's sweep waits."""
     async with services.pool.acquire() as conn, conn.transaction():
         await db.lock_sweeps(conn)
-        second = asyncio.create_task(start_sweep.finish_interrupted(services.pool, services.storage))
+        second = asyncio.create_task(start_sweep.finish_interrupted(services.pool, services.stores))
         await asyncio.sleep(0.5)
         assert not second.done()
     await asyncio.wait_for(second, 10)

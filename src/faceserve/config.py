@@ -19,7 +19,7 @@ class SettingsError(ValueError):
 # settings that take one of a few words
 CHOICES: dict[str, tuple[str, ...]] = {
     "event_loop": ("asyncio", "uvloop"),
-    "image_store": ("file", "postgres"),
+    "image_store": ("file", "postgres", "s3"),
     "device": ("auto", "cpu", "cuda"),
     "log_level": ("DEBUG", "INFO", "WARNING", "ERROR"),
     "log_format": ("text", "json"),
@@ -68,6 +68,13 @@ MINIMUM: dict[str, float] = {
     "detector_input_size": 32,
     "face_crop_padding": 0,
     "metrics_sample_s": 0.05,
+    "s3_multipart_threshold": 5 * 1024 * 1024,
+    "s3_multipart_chunk": 5 * 1024 * 1024,
+    "s3_max_connections": 1,
+    "s3_max_attempts": 1,
+    "s3_timeout_s": 0.1,
+    "s3_redirect_ttl_s": 0,
+    "s3_accel_url_ttl_s": 1,
     "people_neighbours": 1,
     "people_min_faces": 1,
     "people_min_face_size": 0,
@@ -131,9 +138,37 @@ class Settings:
     storage: Path = Path("storage")
     # with no database_url an embedded Postgres is started under storage/pgdata
     database_url: str | None = None
-    # where new images' bytes go: "file" (storage/face_sessions/{id}/db/) or "postgres" (table image_blobs);
-    # each image is served from where it was put, so changing this strands nothing
+    # where new images' bytes go: "file" (storage/face_sessions/{id}/db/), "postgres" (table image_blobs) or
+    # "s3" (objects in s3_bucket); each image is served from where it was put, so changing this strands nothing
     image_store: str = "file"
+    # the S3-compatible object store (media/objects.py), opened whenever s3_bucket is set. Credentials are
+    # never settings: the standard AWS chain finds them (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE,
+    # ~/.aws/credentials, an instance role). No endpoint: AWS's own for s3_region
+    s3_endpoint: str | None = None
+    s3_bucket: str | None = None
+    # objects are {s3_prefix}/face_sessions/{id}/db/{name}; one bucket can hold several services apart
+    s3_prefix: str = ""
+    s3_region: str = "us-east-1"
+    # bodies at least this large go up in parts of s3_multipart_chunk bytes (S3's floor for a part is 5 MiB)
+    s3_multipart_threshold: int = 16 * 1024 * 1024
+    s3_multipart_chunk: int = 8 * 1024 * 1024
+    # connections kept open to the store per process (one per request in flight to it)
+    s3_max_connections: int = 64
+    # tries of a request that met a 5xx, a throttle or a broken connection, with exponential backoff and
+    # jitter between them (botocore's "standard" retry mode); then the client gets 503 with Retry-After
+    s3_max_attempts: int = 4
+    # connect and read timeout of one try
+    s3_timeout_s: float = 10.0
+    # 0: a node streams an original kept in S3 itself. N > 0, for a store clients may reach: a GET of one
+    # answers 308 to a presigned URL of the object that lives N seconds (capped at S3's 7 days), so bodies
+    # go straight from the store (or a CDN in front of it) to the client
+    s3_redirect_ttl_s: int = 0
+    # behind nginx: an original kept in S3 is handed to this internal location with X-Accel-Redirect to a
+    # presigned URL ("/_faceserve_s3/", proxying to the store: deploy/nginx.conf), so nginx fetches the body
+    # from the store and Python never holds it; unset: the node streams it
+    s3_accel_redirect: str | None = None
+    # life of the presigned URLs handed to nginx: nginx uses one at once, so a short one will do
+    s3_accel_url_ttl_s: int = 60
     db_pool_min: int = 1
     db_pool_max: int = 10
     # every wait on the database is bounded, so a hung Postgres (a stopped postmaster, a frozen host) gets
@@ -348,12 +383,16 @@ class Settings:
             )
         if self.db_pool_min > self.db_pool_max:
             raise SettingsError(f"{env_name('db_pool_min')} must not exceed {env_name('db_pool_max')}")
-        if self.accel_redirect is not None and not (
-            self.accel_redirect.startswith("/") and self.accel_redirect.endswith("/")
-        ):
-            raise SettingsError(
-                f"{env_name('accel_redirect')} must start and end with / (got {self.accel_redirect!r})"
-            )
+        for name in ("accel_redirect", "s3_accel_redirect"):
+            prefix = getattr(self, name)
+            if prefix is not None and not (prefix.startswith("/") and prefix.endswith("/")):
+                raise SettingsError(f"{env_name(name)} must start and end with / (got {prefix!r})")
+        if self.image_store == "s3" and not self.s3_bucket:
+            raise SettingsError(f"{env_name('image_store')}=s3 needs {env_name('s3_bucket')}")
+        if self.s3_redirect_ttl_s > 7 * 24 * 3600:
+            raise SettingsError(f"{env_name('s3_redirect_ttl_s')} must be at most 604800 (S3's longest presigned URL)")
+        if self.s3_multipart_chunk > self.s3_multipart_threshold:
+            raise SettingsError(f"{env_name('s3_multipart_chunk')} must not exceed {env_name('s3_multipart_threshold')}")
         if not self.derivative_sizes or min(self.derivative_sizes) < 1:
             raise SettingsError(f"{env_name('derivative_sizes')} must list positive widths")
 

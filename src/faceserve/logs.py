@@ -47,6 +47,10 @@ class _QuietLibraries(logging.Filter):
         return record.levelno >= logging.WARNING or record.name == _OWN or record.name.startswith(_OWN + ".")
 
 
+# their DEBUG prints every signed request's headers (the S3 access key id, signatures): never logged
+_SIGNING_LIBRARIES = ("botocore", "aiobotocore")
+
+
 def configure(level: str, log_format: str) -> None:
     """Set up the root logger once per process (the CLI, and each spawned worker)."""
     handler = logging.StreamHandler(sys.stderr)
@@ -60,3 +64,5 @@ def configure(level: str, log_format: str) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    for name in _SIGNING_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.INFO)

@@ -94,8 +94,7 @@ def serve(settings: Settings) -> bool:
             stack.callback(postgres.stop)
             settings = replace(settings, database_url=postgres.uri)
         Storage(settings.storage).sweep_partial_uploads(settings.partial_upload_min_idle_s)
-        assert settings.database_url is not None
-        start_sweep.finish_interrupted_blocking(settings.database_url, Storage(settings.storage))
+        start_sweep.finish_interrupted_blocking(settings)
         locate_pack(settings.models_dir, settings.model_pack)  # lay models out once, before workers race
         context = multiprocessing.get_context("spawn")
         workers = [

@@ -90,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
         "--log-format", choices=FORMATS, help=f"text, or json: one object a line ({_default('log_format')})"
     )
     commands = parser.add_subparsers(
-        dest="command", required=True, metavar="{serve,setup-link,import,doctor,db,people,keys,signing,backup,restore}"
+        dest="command", required=True, metavar="{serve,setup-link,import,doctor,db,people,storage,keys,signing,backup,restore}"
     )
     serve = commands.add_parser("serve", help="run the HTTP service")
     serve.add_argument("--host", help=f"address to listen on ({_default('host')})")
@@ -113,6 +113,12 @@ def _parser() -> argparse.ArgumentParser:
     people.add_argument("--recluster", action="store_true", help="run a full clustering now, with progress")
     people.add_argument("--top", type=int, default=20, help="people to list, most photographed first")
     _common(people)
+    storage = commands.add_parser("storage", help="move photos' bytes between stores: migrate --to s3|file|postgres")
+    storage.add_argument("action", choices=["migrate"])
+    storage.add_argument(
+        "--to", required=True, choices=["s3", "file", "files", "postgres"], help="the store every photo ends in"
+    )
+    _common(storage)
     admin.add_commands(commands, _common)
     backup.add_commands(commands, _common)
     return parser
@@ -274,6 +280,34 @@ async def _people(settings: Settings, session_id: int, recluster: bool, top: int
     return 0
 
 
+async def _migrate(settings: Settings, target: str) -> int:
+    from .. import db
+    from ..core.store_moves import MoveReport, move_all
+    from ..media.files import Storage
+    from ..media.stores import open_image_stores
+
+    if target == "s3" and not settings.s3_bucket:
+        raise UsageError("--to s3 needs FACESERVE_S3_BUCKET (and FACESERVE_S3_ENDPOINT for a store other than AWS)")
+
+    def progress(report: MoveReport, image: db.ImageRecord) -> None:
+        print(f"image {image.id} ({image.bytes_in} -> {target}): {report.images_moved} moved", file=sys.stderr)
+
+    async with db.database_uri(settings.database_url, settings.pgdata) as uri:
+        pool = await db.create_pool(uri, 1, 2)
+        try:
+            async with open_image_stores(settings, Storage(settings.storage), pool) as stores:
+                report = await move_all(pool, stores, Storage(settings.storage), target, progress)
+        finally:
+            await pool.close()
+    for image_id, reason in report.failed:
+        print(f"not moved: image {image_id}: {reason}", file=sys.stderr)
+    print(
+        f"images moved: {report.images_moved}, sessions switched: {report.sessions_switched}, "
+        f"failed: {len(report.failed)} (their sessions stay where they are; run again once fixed)"
+    )
+    return EXIT_FAILED if report.failed else 0
+
+
 def _run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     from .. import logs
@@ -286,6 +320,8 @@ def _run(args: argparse.Namespace) -> int:
         return asyncio.run(_database(settings, args.action))
     if args.command == "people":
         return asyncio.run(_people(settings, args.session, args.recluster, args.top))
+    if args.command == "storage":
+        return asyncio.run(_migrate(settings, "file" if args.to == "files" else args.to))
     if args.command in admin.COMMANDS:
         return asyncio.run(admin.COMMANDS[args.command](settings, args))
     if args.command in backup.COMMANDS:

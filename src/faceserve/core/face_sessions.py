@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from .. import db
 from ..errors import SessionNotFound
 from ..index import sync as index_sync
@@ -19,7 +17,7 @@ async def require_session(services: Services, session_id: int) -> db.FaceSession
 
 
 async def delete_session(services: Services, session_id: int) -> None:
-    with tombstones.finish_deletes_if_database_lost(services.pool, services.storage):
+    with tombstones.finish_deletes_if_database_lost(services.pool, services.stores):
         await _delete_session(services, session_id)
 
 
@@ -36,5 +34,5 @@ async def _delete_session(services: Services, session_id: int) -> None:
         await index_sync.announce_dropped(conn, services.process_token, session_id)
     services.served.evict_session(session_id)
     await services.indexes.drop(session_id)
-    await asyncio.to_thread(services.storage.remove_session, session_id)
+    await services.stores.remove_session(session_id)
     await tombstones.mark_done(db.mark_session_files_removed(services.pool, session_id))

@@ -12,11 +12,11 @@ import numpy as np
 
 from .. import db, layout
 from ..db import recovery as db_recovery
-from ..errors import ImageNotFound, SessionNotFound
+from ..errors import ImageNotFound, SessionNotFound, Unavailable
 from ..index import sync as index_sync
 from ..media import decoding, renditions
 from ..media.files import PendingFile, stored_name_for
-from ..media.stores import FILE
+from ..media.stores import POSTGRES
 from ..vision import detection
 from ..vision.engine import DetectedFace, FaceEngine, detected_faces
 from . import people, tombstones, upload_intents
@@ -94,8 +94,8 @@ async def record_image(services: Services, session_id: int, analyzed: Analyzed) 
         name = analyzed.stored_name or stored_name_for(analyzed.original_name, pending.sha256_hex, analyzed.info.extension)
         file_path = layout.file_path(session_id, name)
         async with services.pool.acquire() as conn:
-            if store.kind == FILE:
-                # committed before the file is put in place, on this connection: a start removes the file
+            if store.by_path:
+                # committed before the file (or object) is put in place, on this connection: a start removes the file
                 # once this connection's backend is gone and the row never committed (core/upload_intents.py)
                 await upload_intents.record(conn, file_path)
                 intent = file_path
@@ -136,14 +136,18 @@ async def record_image(services: Services, session_id: int, analyzed: Analyzed) 
     except BaseException as exc:
         if undo_save is not None and intent is not None and db_recovery.is_database_unavailable(exc):
             # lost while committing: the row may exist, so the file stays until that is known
-            upload_intents.settle_later(services.pool, services.storage, intent)
+            upload_intents.settle_later(services.pool, services.stores, intent)
             raise
         if undo_save is not None:
-            undo_save()
+            await undo_save()
         if intent is not None:
             # our file is gone (or never came): the record goes, and with it a file a delete of the same path
             # left there for this upload; if the database is down, the next start sees to both
-            await tombstones.mark_done(upload_intents.give_up(services.pool, services.storage, intent))
+            try:
+                await tombstones.mark_done(upload_intents.give_up(services.pool, services.stores, intent))
+            except Unavailable:
+                # the object store is down (the put failed for it, likely): its object goes once it is back
+                upload_intents.settle_later(services.pool, services.stores, intent)
         raise
     finally:
         await services.storage.discard(pending.path)
@@ -198,7 +202,7 @@ async def raise_if_session_gone(services: Services, session_id: int, error: Exce
 
 
 async def delete_image(services: Services, image_id: int) -> db.ImageRecord:
-    with tombstones.finish_deletes_if_database_lost(services.pool, services.storage):
+    with tombstones.finish_deletes_if_database_lost(services.pool, services.stores):
         return await _delete_image(services, image_id)
 
 
@@ -221,9 +225,9 @@ async def _delete_image(services: Services, image_id: int) -> db.ImageRecord:
     # the index drops them too so they stop taking result slots
     services.served.evict(image.id)
     await services.indexes.remove(image.face_session_id, np.asarray(face_ids, dtype=np.int64))
-    if image.bytes_in == FILE:  # bytes in Postgres went with the row
+    if image.bytes_in != POSTGRES:  # bytes in Postgres went with the row
         async with services.pool.acquire() as conn:  # not if the same bytes are uploaded anew meanwhile
-            await tombstones.remove_file_unless_taken(conn, services.storage, image.file_path)
+            await tombstones.remove_file_unless_taken(conn, services.stores, image.file_path, bytes_in=image.bytes_in)
     await asyncio.to_thread(renditions.remove_derivatives, services.storage.layout, image.face_session_id, image.id)
     await tombstones.mark_done(db.mark_image_files_removed(services.pool, image.id))
     return image

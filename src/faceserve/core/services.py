@@ -22,7 +22,7 @@ from ..index.kinds import IndexPolicy
 from ..index.registry import IndexRegistry
 from ..index.store import IndexStore
 from ..media.files import Storage
-from ..media.stores import ImageStores
+from ..media.stores import ImageStores, open_image_stores
 from ..runtime import conflicting_builds
 from ..vision.batcher import RecogniserBatcher
 from ..vision.engine import FaceEngine
@@ -105,7 +105,7 @@ class Services:
     settings: Settings
     pool: asyncpg.Pool
     storage: Storage
-    # where image bytes are kept: files or Postgres (media/stores.py)
+    # where image bytes are kept: files, Postgres or S3 (media/stores.py)
     stores: ImageStores
     engine: FaceEngine
     indexes: IndexRegistry
@@ -177,10 +177,10 @@ async def open_services(
             settings.db_bulk_timeout_s,
         )
         stack.push_async_callback(pool.close)
+        stores = await stack.enter_async_context(open_image_stores(settings, storage, pool))
         if sweep_partial_uploads:
-            # files of deletes and uploads that a killed run left half done (start_sweep.py)
-            await start_sweep.finish_interrupted(pool, storage)
-        stores = ImageStores(settings.image_store, storage, pool)
+            # files and objects of deletes and uploads that a killed run left half done (start_sweep.py)
+            await start_sweep.finish_interrupted(pool, stores)
 
         inference = ThreadPoolExecutor(max_workers=settings.inference_threads, thread_name_prefix="inference")
         stack.callback(inference.shutdown, wait=True)

@@ -15,24 +15,29 @@ import asyncio
 import asyncpg
 
 from .. import db
+from ..config import Settings
 from ..media.files import Storage
+from ..media.stores import ImageStores, open_image_stores
 from . import tombstones, upload_intents
 
 
-async def finish_interrupted(pool: asyncpg.Pool, storage: Storage) -> None:
+async def finish_interrupted(pool: asyncpg.Pool, stores: ImageStores) -> None:
     async with pool.acquire() as conn, conn.transaction():
         await db.lock_sweeps(conn)
-        await tombstones.finish_pending_removals(conn, storage)
-        await upload_intents.finish_interrupted_uploads(conn, storage)
+        await tombstones.finish_pending_removals(conn, stores)
+        await upload_intents.finish_interrupted_uploads(conn, stores)
 
 
-def finish_interrupted_blocking(dsn: str, storage: Storage) -> None:
+def finish_interrupted_blocking(settings: Settings) -> None:
     """For the parent of the workers, which has no pool of its own; applies the schema first."""
+    dsn = settings.database_url
+    assert dsn is not None
 
     async def run() -> None:
         pool = await db.create_pool(dsn, 1, 1)
         try:
-            await finish_interrupted(pool, storage)
+            async with open_image_stores(settings, Storage(settings.storage), pool) as stores:
+                await finish_interrupted(pool, stores)
         finally:
             await pool.close()
 

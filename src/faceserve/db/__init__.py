@@ -18,7 +18,7 @@ from .access_keys import (
 from .audit import record_forget
 from .backups import export_snapshot, has_schema, postgres_tool, stored_file_paths
 from .binary_copy import copy_records
-from .blobs import blob, blob_range, blob_size, insert_blob
+from .blobs import blob, blob_range, blob_size, delete_blobs, insert_blob, put_blob
 from .faces import (
     FaceHit,
     FaceRecord,
@@ -40,10 +40,12 @@ from .images import (
     find_image_by_sha256,
     get_image,
     get_served_image,
+    images_kept_elsewhere,
     insert_image,
     list_images,
     session_file_paths,
     session_of_image,
+    switch_store,
 )
 from .notifications import NotificationListener, Subscription, notify
 from .people import (
@@ -163,6 +165,7 @@ __all__ = [
     "create_pool",
     "create_session",
     "database_uri",
+    "delete_blobs",
     "delete_faces",
     "delete_image",
     "delete_session",
@@ -184,6 +187,7 @@ __all__ = [
     "get_served_image",
     "get_session",
     "has_schema",
+    "images_kept_elsewhere",
     "insert_api_key",
     "insert_blob",
     "insert_deleted_image",
@@ -220,6 +224,7 @@ __all__ = [
     "ping",
     "place_faces",
     "postgres_tool",
+    "put_blob",
     "record_forget",
     "record_keys_last_used",
     "refresh_people",
@@ -240,6 +245,7 @@ __all__ = [
     "session_was_deleted",
     "set_expiry",
     "stored_file_paths",
+    "switch_store",
     "try_lock_clustering",
     "try_lock_session_expiry",
     "unlock_clustering",

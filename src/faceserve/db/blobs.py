@@ -26,3 +26,16 @@ async def blob_range(conn: Connection, image_id: int, offset: int, count: int) -
 async def blob(conn: Connection, image_id: int) -> bytes | None:
     return await conn.fetchval("SELECT data FROM image_blobs WHERE image_id = $1", image_id)
 
+
+
+async def put_blob(conn: Connection, image_id: int, data: bytes) -> None:
+    """Insert or replace: a move into Postgres that was cut short and runs again writes the same bytes."""
+    await conn.execute(
+        "INSERT INTO image_blobs (image_id, data) VALUES ($1, $2) ON CONFLICT (image_id) DO UPDATE SET data = $2",
+        image_id,
+        data,
+    )
+
+
+async def delete_blobs(conn: Connection, image_ids: list[int]) -> None:
+    await conn.execute("DELETE FROM image_blobs WHERE image_id = ANY($1::bigint[])", image_ids)

@@ -177,3 +177,27 @@ async def delete_image(conn: Connection, image_id: int) -> tuple[ImageRecord, li
         return None
     return image, [r["id"] for r in face_ids]
 
+
+
+async def images_kept_elsewhere(conn: Connection, session_id: int, bytes_in: str) -> list[ImageRecord]:
+    """The session's images whose bytes are in another store than bytes_in (`faceserve storage migrate`)."""
+    rows = await conn.fetch(
+        f"SELECT {_IMAGE_COLUMNS} FROM face_session_images i "
+        "WHERE i.face_session_id = $1 AND i.bytes_in <> $2 ORDER BY i.id",
+        session_id,
+        bytes_in,
+    )
+    return [ImageRecord(**dict(r)) for r in rows]
+
+
+async def switch_store(conn: Connection, moved: dict[int, str], bytes_in: str) -> set[int]:
+    """Say the bytes of these images (id -> the store they were copied from) are in bytes_in now; an image
+    deleted, or moved by someone else, meanwhile is left alone. Returns the ids switched."""
+    rows = await conn.fetch(
+        "UPDATE face_session_images i SET bytes_in = $3 FROM unnest($1::bigint[], $2::text[]) AS m(id, was) "
+        "WHERE i.id = m.id AND i.bytes_in = m.was RETURNING i.id",
+        list(moved),
+        list(moved.values()),
+        bytes_in,
+    )
+    return {r["id"] for r in rows}

@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -49,20 +50,8 @@ def hand_off(
 ) -> web.Response | None:
     """The bodiless answer that tells nginx to send entry's file, or None when the origin must answer. fd:
     the file opened, or None when its presence was seen a moment ago (then a Range asks for the open)."""
-    headers = request.headers
-    if status != 200 or request.method != "GET" or headers.get("X-Sendfile-Type") != _ACCEL:
+    if not may_hand_off(request, status, None if fd is None else os.fstat(fd).st_size):
         return None
-    # nginx would revalidate these against its own validators
-    if "If-Match" in headers or "If-Unmodified-Since" in headers or "If-Range" in headers:
-        return None
-    if "Range" in headers:
-        if fd is None:
-            return None
-        try:
-            if conditional.parse_range(headers["Range"], os.fstat(fd).st_size) is None:
-                return None  # ignored here; nginx might answer 416
-        except conditional.Unsatisfiable:
-            return None  # the origin's 416 carries its own headers
     answer = entry.accel_headers
     if answer is None:
         answer = entry.accel_headers = _headers(entry, prefix, sessions_root)
@@ -71,6 +60,40 @@ def hand_off(
     if cache_control is None:
         return web.Response(status=200, headers=answer)
     return web.Response(status=200, headers={**answer, "Cache-Control": cache_control})  # not past the signature's expiry
+
+
+def may_hand_off(request: web.Request, status: int, size: int | None) -> bool:
+    """Whether nginx may send this answer's body: a GET 200 the file tier asked to be handed, with nothing
+    nginx (or the object store behind it) would judge otherwise. size: the body's, None when unknown."""
+    headers = request.headers
+    if status != 200 or request.method != "GET" or headers.get("X-Sendfile-Type") != _ACCEL:
+        return False
+    # nginx would revalidate these against its own validators
+    if "If-Match" in headers or "If-Unmodified-Since" in headers or "If-Range" in headers:
+        return False
+    if "Range" in headers:
+        if size is None:
+            return False
+        try:
+            if conditional.parse_range(headers["Range"], size) is None:
+                return False  # ignored here; nginx might answer 416
+        except conditional.Unsatisfiable:
+            return False  # the origin's 416 carries its own headers
+    return True
+
+
+def object_hand_off(prefix: str, entry: ServedFile, presigned_url: str, cache_control: str | None) -> web.Response:
+    """The bodiless answer that tells nginx to fetch an object itself: X-Accel-Redirect to
+    {prefix}{etag}/{bucket}/{key}?{signature}, a location that proxies to the store (deploy/nginx.conf) and
+    puts the row's ETag (from the path) in place of the store's. The presigned URL asks the store for our
+    Cache-Control; the store answers Content-Type, Accept-Ranges and ranges itself."""
+    target = urlsplit(presigned_url)
+    headers = {**dict(entry.headers), "Content-Type": entry.content_type}
+    if cache_control is not None:
+        headers["Cache-Control"] = cache_control
+    tag = entry.etag.strip('"')
+    headers[_ACCEL] = f"{prefix}{tag}{target.path}?{target.query}"
+    return web.Response(status=200, headers=headers)
 
 
 def _headers(entry: ServedFile, prefix: str, sessions_root: Path) -> dict[str, str]:

@@ -44,6 +44,19 @@ async def serve_image(request: web.Request) -> web.StreamResponse:
     if request.query_string and wants_derivative(request):
         return await serve_image_derivative(request, image_id, cache_control)
     entry = await serving.served_file(request, image_id)
+    try:
+        return await _serve_original(request, entry, cache_control)
+    except ImageNotFound:
+        # the bytes may have moved to another store under this process (`faceserve storage migrate`): the
+        # entry is evicted by now, and the row read again says where they are (deleted: 404 once more)
+        again = await serving.served_file(request, image_id)
+        if again.bytes_in == entry.bytes_in:
+            raise
+        return await _serve_original(request, again, cache_control)
+
+
+async def _serve_original(request: web.Request, entry: ServedFile, cache_control: str | None) -> web.StreamResponse:
+    image_id = entry.image_id
     status = conditional.evaluate(request.method, request.headers, entry.etag, entry.last_modified)
     if status != 200:
         if time.monotonic() < entry.present_until:
@@ -51,6 +64,8 @@ async def serve_image(request: web.Request) -> web.StreamResponse:
         # this request looks for the bytes; revalidations arriving meanwhile answer from memory instead of
         # all asking at once (a gone image is evicted below, and then nobody answers from memory)
         request.app[SERVICES].served.seen_present(entry)
+    if entry.bytes_in == stores.S3:
+        return await _respond_object(request, entry, status, cache_control)
     if entry.bytes_in != stores.FILE:
         return await _respond_blob(request, entry, status, cache_control)
     if time.monotonic() < entry.present_until:
@@ -97,6 +112,38 @@ async def _respond_blob(
     # bytes in Postgres are written once with their row, so the row's size is theirs; a read that finds no
     # row means the image was deleted
     body = serving.BlobBody(pool, entry.image_id, entry.byte_size, on_gone=lambda: _gone(request, entry))
+    response = await serving.respond(request, entry, body, status, cache_control)
+    request.app[SERVICES].served.seen_present(entry)
+    return response
+
+
+async def _respond_object(
+    request: web.Request, entry: ServedFile, status: int, cache_control: str | None
+) -> web.StreamResponse:
+    services = request.app[SERVICES]
+    objects = services.stores.objects
+    if objects is None:
+        raise RuntimeError(f"image {entry.image_id} is kept in S3, and no FACESERVE_S3_BUCKET is set here")
+    settings = services.settings
+    if settings.s3_accel_redirect is not None and accel.may_hand_off(request, status, entry.byte_size):
+        # nginx fetches the body from the store (Range and all); the answer's facts are the node's
+        presigned = await objects.presigned_get(
+            entry.file_path, settings.s3_accel_url_ttl_s, cache_control or serving.CACHE_FOREVER
+        )
+        return accel.object_hand_off(settings.s3_accel_redirect, entry, presigned, cache_control)
+    ttl_s = settings.s3_redirect_ttl_s
+    if ttl_s and status == 200 and request.method == "GET":
+        # the store sends the body (ranges too: the client asks it again); cached no longer than the URL lives
+        location = await objects.presigned_get(entry.file_path, ttl_s, serving.CACHE_FOREVER)
+        return web.Response(
+            status=308, headers={"Location": location, "Cache-Control": f"public, max-age={ttl_s // 2}"}
+        )
+    # as for Postgres: a HEAD asks whether the object is there before an answer without its bytes
+    must_ask = status != 200 or request.method == "HEAD" or entry.byte_size > serving.INLINE_BODY
+    if must_ask and await objects.size(entry.file_path) is None:
+        _gone(request, entry)
+    # objects are written once with their row, so the row's size is theirs
+    body = serving.ObjectBody(objects, entry.file_path, entry.byte_size, on_gone=lambda: _gone(request, entry))
     response = await serving.respond(request, entry, body, status, cache_control)
     request.app[SERVICES].served.seen_present(entry)
     return response

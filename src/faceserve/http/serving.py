@@ -12,12 +12,14 @@ This is the hot path (every thumbnail a mobile app shows), so it does the least 
 - bodies up to INLINE_BODY are read in one pread and written with the headers; larger ones go out with
   loop.sendfile (zero-copy) where the loop supports it, else in chunks read off the loop.
 Images kept in Postgres (media/stores.py) answer the same way, with their bytes read by byte range
-(substring of an uncompressed TOAST value reads only the chunks the range needs).
+(substring of an uncompressed TOAST value reads only the chunks the range needs); images kept in S3 too, the
+range answered passed through to the store as a GET with the same Range, streamed as it arrives.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import os
 import time
@@ -31,6 +33,7 @@ from .. import db
 from ..core import signing
 from ..core.served import ServedFile
 from ..errors import ImageNotFound
+from ..media.objects import ObjectStore
 from . import conditional
 from .appkeys import SERVICES, URLS
 from .middleware import error_response
@@ -190,8 +193,39 @@ class BlobBody:
             count -= len(chunk)
 
 
+class ObjectBody:
+    """An object in the S3 store, asked for the range the client asked for and streamed through."""
+
+    __slots__ = ("_file_path", "_objects", "_on_gone", "size")
+
+    def __init__(self, objects: ObjectStore, file_path: str, size: int, on_gone: Callable[[], NoReturn]) -> None:
+        self._objects = objects
+        self._file_path = file_path
+        self._on_gone = on_gone
+        self.size = size
+
+    async def read(self, offset: int, count: int) -> bytes:
+        data = await self._objects.read(self._file_path, offset, count)
+        if data is None:
+            self._on_gone()
+        return data
+
+    async def send(self, request: web.Request, response: web.StreamResponse, offset: int, count: int) -> None:
+        try:
+            # closed at once when the client goes away, so the store's connection goes back to the pool
+            async with contextlib.aclosing(self._objects.stream(self._file_path, offset, count)) as chunks:
+                async for chunk in chunks:
+                    await response.write(chunk)
+        except FileNotFoundError:
+            pass  # deleted since the headers went: the body ends short and the client retries
+
+
 async def respond(
-    request: web.Request, entry: ServedFile, body: FileBody | BlobBody | BytesBody, status: int, cache_control: str | None
+    request: web.Request,
+    entry: ServedFile,
+    body: FileBody | BlobBody | BytesBody | ObjectBody,
+    status: int,
+    cache_control: str | None,
 ) -> web.StreamResponse:
     """status: what conditional.evaluate said of the request's preconditions."""
     if status != 200:

@@ -1,4 +1,5 @@
-"""Where the bytes of a recorded image live: a file under the storage root (default) or a row in Postgres.
+"""Where the bytes of a recorded image live: a file under the storage root (default), a row in Postgres, or
+an object in an S3-compatible store.
 
 Uploads always arrive as a .part file on disk (media/files.py): hashing, the header probe and the face models
 read them there. Recording an image hands that file to the configured store inside the transaction that
@@ -6,31 +7,40 @@ inserts the image's row:
 - FileStore renames it to face_sessions/{session}/db/{name}; a crash between the rename and the commit
   leaves a file without a row (`faceserve import` adopts it), never a row without a file;
 - PostgresStore inserts its bytes into image_blobs in the same transaction: row and bytes commit together,
-  and deleting the row (or its session) deletes them by cascade.
-A file goes after its row's delete committed, unless an upload of the same bytes took its path meanwhile
-(core/tombstones.py remove_file_unless_taken).
+  and deleting the row (or its session) deletes them by cascade;
+- S3Store uploads it as the object of its file_path (media/objects.py) inside that transaction, crash-safe
+  as files are: the upload's intent is committed first, so an object whose row never committed is removed
+  by the next start (core/upload_intents.py).
+A file or an object goes after its row's delete committed, unless an upload of the same bytes took its path
+meanwhile (core/tombstones.py remove_file_unless_taken).
 Every row names its store (face_session_images.bytes_in), so switching FACESERVE_IMAGE_STORE strands
 nothing: older images are served from where they were put. Derived files (resized copies, face crops)
-stay on disk in both cases; they are a cache that can always be made again.
+stay on each node's disk whatever the store; they are a cache that can always be made again from the
+original (a fleet on S3 renders each once per node, and the cache in front keeps them after that).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Protocol
 
 import asyncpg
 
 from .. import db
+from ..config import Settings
 from ..errors import ImageNotFound
 from .files import PendingFile, Storage, disk_full_error
+from .objects import ObjectStore, open_object_store
 
 FILE = "file"
 POSTGRES = "postgres"
+S3 = "s3"
 
-Undo = Callable[[], None]
+Undo = Callable[[], Awaitable[None]]
 
 
 class StoredImage(Protocol):
@@ -48,6 +58,9 @@ class StoredImage(Protocol):
 
 class ImageStore(Protocol):
     kind: str
+    # bytes kept apart from the row, at its file_path: an upload records its intent before putting them
+    # there, and a delete removes them after its commit (core/upload_intents.py, core/tombstones.py)
+    by_path: bool
 
     async def save(self, conn: asyncpg.Connection, pending: PendingFile, image: db.ImageRecord) -> Undo | None:
         """Keep the pending file's bytes as this image's, inside the row's transaction. Returns what undoes
@@ -58,16 +71,23 @@ class ImageStore(Protocol):
 
     async def exists(self, image: StoredImage) -> bool: ...
 
+    async def remove(self, file_path: str) -> None:
+        """Remove the bytes at file_path (nothing there is no error); a by_path store's."""
+
+    async def remove_session(self, session_id: int) -> None:
+        """Remove everything of a session this store keeps apart from its rows."""
+
 
 class FileStore:
     kind = FILE
+    by_path = True
 
     def __init__(self, storage: Storage) -> None:
         self._storage = storage
 
     async def save(self, conn: asyncpg.Connection, pending: PendingFile, image: db.ImageRecord) -> Undo:
         final = await asyncio.to_thread(self._storage.commit, pending, image.file_path)
-        return lambda: final.unlink(missing_ok=True)
+        return functools.partial(asyncio.to_thread, final.unlink, missing_ok=True)
 
     async def source(self, image: StoredImage) -> Path:
         # existence is the renderer's to find out (FileNotFoundError): it opens the file anyway
@@ -76,9 +96,16 @@ class FileStore:
     async def exists(self, image: StoredImage) -> bool:
         return await asyncio.to_thread(self._storage.absolute(image.file_path).exists)
 
+    async def remove(self, file_path: str) -> None:
+        await asyncio.to_thread(self._storage.absolute(file_path).unlink, missing_ok=True)
+
+    async def remove_session(self, session_id: int) -> None:
+        await asyncio.to_thread(self._storage.remove_session, session_id)
+
 
 class PostgresStore:
     kind = POSTGRES
+    by_path = False
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -100,14 +127,86 @@ class PostgresStore:
     async def exists(self, image: StoredImage) -> bool:
         return await db.blob_size(self._pool, image.id) is not None
 
+    async def remove(self, file_path: str) -> None:
+        return None  # the bytes go with their row
+
+    async def remove_session(self, session_id: int) -> None:
+        return None
+
+
+class S3Store:
+    kind = S3
+    by_path = True
+
+    def __init__(self, objects: ObjectStore) -> None:
+        self.objects = objects
+
+    async def save(self, conn: asyncpg.Connection, pending: PendingFile, image: db.ImageRecord) -> Undo:
+        await self.objects.put_file(image.file_path, pending.path, pending.size, pending.sha256, image.content_type)
+        return functools.partial(self.objects.delete, image.file_path)
+
+    async def source(self, image: StoredImage) -> bytes:
+        data = await self.objects.read(image.file_path)
+        if data is None:
+            raise ImageNotFound(f"the object of image {image.id} is gone")
+        return data
+
+    async def exists(self, image: StoredImage) -> bool:
+        return await self.objects.size(image.file_path) is not None
+
+    async def remove(self, file_path: str) -> None:
+        await self.objects.delete(file_path)
+
+    async def remove_session(self, session_id: int) -> None:
+        await self.objects.delete_session(session_id)
+
 
 class ImageStores:
-    """The store new images go to, and the store of any row by its bytes_in."""
+    """The store new images go to, the store of any row by its bytes_in, and removal from every store that
+    keeps bytes by path (a tombstone or an upload's intent names a path, not a store)."""
 
-    def __init__(self, configured: str, storage: Storage, pool: asyncpg.Pool) -> None:
-        # configured is one of FILE, POSTGRES: Settings refuses anything else when it is read
+    def __init__(
+        self, configured: str, storage: Storage, pool: asyncpg.Pool, objects: ObjectStore | None = None
+    ) -> None:
+        # configured is one of FILE, POSTGRES, S3: Settings refuses anything else (and S3 without a bucket)
+        self.storage = storage
         self._by_kind: dict[str, ImageStore] = {FILE: FileStore(storage), POSTGRES: PostgresStore(pool)}
+        if objects is not None:
+            self._by_kind[S3] = S3Store(objects)
         self.configured = self._by_kind[configured]
 
     def of(self, image: StoredImage) -> ImageStore:
-        return self._by_kind[image.bytes_in]
+        store = self._by_kind.get(image.bytes_in)
+        if store is None:
+            raise RuntimeError(f"image {image.id} is kept in {image.bytes_in}, which is not configured here")
+        return store
+
+    @property
+    def objects(self) -> ObjectStore | None:
+        s3 = self._by_kind.get(S3)
+        return s3.objects if isinstance(s3, S3Store) else None
+
+    async def remove(self, file_path: str, bytes_in: str | None = None) -> None:
+        """Remove the bytes at file_path from the store bytes_in names, or, where the caller knows only the
+        path, from every store that keeps bytes by path: removing what is not there costs one call, and a
+        store switched since the upload or the delete is still cleaned."""
+        for kind, store in self._by_kind.items():
+            if store.by_path and bytes_in in (None, kind):
+                await store.remove(file_path)
+
+    async def remove_session(self, session_id: int) -> None:
+        """A deleted session's files and objects (its photos, renders and saved index)."""
+        for store in self._by_kind.values():
+            if store.by_path:
+                await store.remove_session(session_id)
+
+
+@asynccontextmanager
+async def open_image_stores(settings: Settings, storage: Storage, pool: asyncpg.Pool) -> AsyncIterator[ImageStores]:
+    """The stores, with the bucket's client whenever a bucket is set (rows kept in S3 stay served and
+    removable after FACESERVE_IMAGE_STORE changed back)."""
+    if settings.s3_bucket is None:
+        yield ImageStores(settings.image_store, storage, pool)
+        return
+    async with open_object_store(settings) as objects:
+        yield ImageStores(settings.image_store, storage, pool, objects)
