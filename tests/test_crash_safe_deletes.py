@@ -64,7 +64,7 @@ async def test_a_delete_cut_short_after_its_commit_is_finished_at_the_next_start
         await _upload(client, other, "yao.jpg", photos["yaoming"].read_bytes())
         # what a delete had committed when the process was killed: rows gone, files still there
         async with services.pool.acquire() as conn, conn.transaction():
-            image, face_ids = await db.delete_image(conn, doomed["image_id"])
+            image, face_ids = await db.delete_image_row(conn, doomed["image_id"])
             await tombstones.record_image_deleted(conn, image)
             await index_sync.announce_removed(conn, services.process_token, session_id, face_ids)
         async with services.pool.acquire() as conn, conn.transaction():
@@ -135,7 +135,7 @@ async def test_the_same_bytes_uploaded_again_after_a_delete_are_kept(
         ]
         first = await _upload(client, session_id, "t1.jpg", photos["t1"].read_bytes())
         async with services.pool.acquire() as conn, conn.transaction():
-            image, _ = await db.delete_image(conn, first["image_id"])
+            image, _ = await db.delete_image_row(conn, first["image_id"])
             await tombstones.record_image_deleted(conn, image)
         again = await _upload(client, session_id, "t1.jpg", photos["t1"].read_bytes())
         assert again["identity"] == first["identity"] and again["image_id"] != first["image_id"]
@@ -238,7 +238,7 @@ async def test_a_sweep_leaves_a_dead_delete_s_file_to_an_upload_that_began_durin
     dsn = services.settings.database_url
     killed = await asyncpg.connect(dsn)
     async with killed.transaction():
-        record, _ = await db.delete_image(killed, image["image_id"])
+        record, _ = await db.delete_image_row(killed, image["image_id"])
         await tombstones.record_image_deleted(killed, record)
     killed_pid = await killed.fetchval("SELECT pg_backend_pid()")
     await killed.close()

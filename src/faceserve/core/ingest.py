@@ -213,7 +213,7 @@ async def _delete_image(services: Services, image_id: int) -> db.ImageRecord:
             raise ImageNotFound(f"image {image_id} does not exist")
         await db.lock_people_writes(conn, found.face_session_id)  # before any row: the one lock order
         persons = await db.persons_of_image(conn, image_id)
-        deleted = await db.delete_image(conn, image_id)
+        deleted = await db.delete_image_row(conn, image_id)
         if deleted is None:
             raise ImageNotFound(f"image {image_id} does not exist")
         image, face_ids = deleted

@@ -112,7 +112,8 @@ class Services:
     inference: ThreadPoolExecutor
     # embeds the aligned faces of concurrent uploads and searches in shared recogniser runs
     recogniser: RecogniserBatcher
-    gate: AdmissionGate
+    # uploads being analysed at once (their files received); past it an upload gets 503 busy
+    upload_gate: AdmissionGate
     # serving facts of recently served images; deletions here evict from it (served.py)
     served: ServedFileCache
     # searches being decoded, detected and matched at once; past it a search gets 503 busy
@@ -166,7 +167,7 @@ async def open_services(
         if dsn is None:
             # restarted by itself if it dies while serving (db/recovery.py)
             dsn = await stack.enter_async_context(
-                db_recovery.embedded_postgres(settings.pgdata, settings.db_watch_interval_s)
+                db_recovery.watched_embedded_postgres(settings.pgdata, settings.db_watch_interval_s)
             )
         pool = await db.create_pool(
             dsn,
@@ -225,7 +226,7 @@ async def open_services(
             saved = set(await asyncio.to_thread(store.saved_sessions))
             live = [s.id for s in await db.list_sessions(pool) if s.id in saved]
             stack.push_async_callback(_cancel, indexes.preload(sorted(live, reverse=True)))  # newest first
-        gate = AdmissionGate.from_settings(settings)
+        upload_gate = AdmissionGate.from_settings(settings)
         search_gate = AdmissionGate(settings.max_pending_searches, settings.retry_after_s)
         jobs = BackgroundJobs()
         stack.push_async_callback(jobs.close)  # first to close: its jobs use the pool and the indexes
@@ -238,7 +239,7 @@ async def open_services(
             indexes,
             inference,
             recogniser,
-            gate,
+            upload_gate,
             ServedFileCache.from_settings(settings),
             search_gate,
             asyncio.Semaphore(settings.max_concurrent_renders),

@@ -166,7 +166,7 @@ async def insert_image(
     return None if row is None else ImageRecord(**dict(row))
 
 
-async def delete_image(conn: Connection, image_id: int) -> tuple[ImageRecord, list[int]] | None:
+async def delete_image_row(conn: Connection, image_id: int) -> tuple[ImageRecord, list[int]] | None:
     """Delete the row (faces cascade); returns what was deleted so the caller can drop file and index rows."""
     image = await get_image(conn, image_id)
     if image is None:

@@ -179,7 +179,7 @@ async def watch(postgres: EmbeddedPostgres, interval_s: float) -> None:
 
 
 @asynccontextmanager
-async def embedded_postgres(pgdata: Path, watch_interval_s: float) -> AsyncIterator[str]:
+async def watched_embedded_postgres(pgdata: Path, watch_interval_s: float) -> AsyncIterator[str]:
     """Start or adopt the embedded Postgres off the loop, keep it alive while in use, stop it after. Yields
     its URI."""
     postgres = await asyncio.to_thread(EmbeddedPostgres, pgdata)

@@ -71,7 +71,7 @@ def current_key(request: web.Request) -> api_keys.ApiKey | None:
     return request.get(_KEY)
 
 
-def require_session(request: web.Request, session_id: int) -> None:
+def require_key_sees(request: web.Request, session_id: int) -> None:
     """403 unless this request's key may see session_id (handlers that learn a session id from a body)."""
     key = current_key(request)
     if key is not None and not key.sees(session_id):
@@ -90,11 +90,11 @@ async def _check_sessions(request: web.Request, key: api_keys.ApiKey) -> None:
         return
     ids = route_ids(request)
     if "session_id" in ids:
-        require_session(request, ids["session_id"])
+        require_key_sees(request, ids["session_id"])
     elif "image_id" in ids:
         session_id = await db.session_of_image(request.app[SERVICES].pool, ids["image_id"])
         if session_id is not None:
-            require_session(request, session_id)
+            require_key_sees(request, session_id)
     elif request.method == "POST" and request.match_info.route.resource is not None and (
         request.match_info.route.resource.canonical == "/api/face/sessions"
     ):

@@ -10,7 +10,7 @@ from .. import db, inputs, layout
 from ..core import face_sessions, ingest
 from ..errors import BadRequest, Busy, ImageNotFound
 from . import multipart
-from .access import require_session
+from .access import require_key_sees
 from .appkeys import SERVICES, URLS
 from .common import image_url, ok, query_int
 from .parsing import path_text, query_text
@@ -57,7 +57,7 @@ async def upload_images(request: web.Request) -> web.Response:
             # connection and a .part file while its bytes arrive, never a slot of the images being processed
             pending = await services.storage.receive(session_id, multipart.chunks(part), settings.max_upload_bytes)
             try:
-                with services.gate.admit():
+                with services.upload_gate.admit():
                     analyzed.append(await ingest.analyze_image(services, session_id, pending, original_name))
             except Busy:
                 await services.storage.discard(pending.path)  # refused before analyze_image took the file over
@@ -97,7 +97,7 @@ async def resolve(request: web.Request) -> web.Response:
     if parsed is None:
         raise BadRequest("path must look like '{session_id}/db/{file name}'")
     # the key's session before the lookup: a 404 for another session's path would say what it holds
-    require_session(request, parsed[0])
+    require_key_sees(request, parsed[0])
     image = await db.find_image_by_path(request.app[SERVICES].pool, layout.file_path(*parsed))
     if image is None:
         raise ImageNotFound(f"no image has the path {identity!r}")

@@ -70,7 +70,7 @@ def sample(services: Services) -> None:
     metrics.HTTP_REQUESTS.flush()
     pool = services.pool
     metrics.set_live_gauges(
-        uploads_in_flight=services.gate.in_flight,
+        uploads_in_flight=services.upload_gate.in_flight,
         inference_waiting=services.inference_waiting(),
         recogniser_waiting=services.recogniser.waiting,
         pool_size=pool.get_size(),

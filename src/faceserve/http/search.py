@@ -41,7 +41,7 @@ async def search_faces(request: web.Request) -> web.Response:
         session_id = in_path
     if session_id is None:
         raise BadRequest("session_id is required")
-    access.require_session(request, int(session_id))
+    access.require_key_sees(request, int(session_id))
     if not probe:
         raise BadRequest("image is required: the probe photo as a multipart file part")
     threshold = number(fields.get("threshold"), "threshold", float, 0.0, 2.0)
