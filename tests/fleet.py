@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,25 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from helpers import free_port, nginx_binary
+
 ROOT = Path(__file__).resolve().parents[1]
 NGINX_TEMPLATE = ROOT / "deploy" / "nginx.conf"
 ACCEL_PREFIX = "/_faceserve_files/"
 _READY_TIMEOUT_S = 240.0
 _STOP_TIMEOUT_S = 20.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def nginx_binary() -> str:
-    # /usr/sbin is not on every user's PATH
-    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
-    if found is None:
-        raise RuntimeError("the nginx binary is missing: install it with `apt-get install -y nginx`")
-    return found
 
 
 def render_nginx_conf(values: dict[str, str], template: str | None = None) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import shutil
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,21 @@ from faceserve.http.appkeys import SERVICES
 
 # where image bytes can live: serving tests run against each (s3: a real SeaweedFS, conftest.py)
 IMAGE_STORES = ["file", "postgres", "s3"]
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback address now (another process could take it before it is used)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def nginx_binary() -> str:
+    # /usr/sbin is not on every user's PATH
+    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+    if found is None:
+        raise RuntimeError("the nginx binary is missing: install it with `apt-get install -y nginx`")
+    return found
 
 
 def authorize(client: TestClient) -> TestClient:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,15 +15,10 @@ import urllib.request
 from pathlib import Path
 
 import psutil
+from helpers import free_port
 
 _START_TIMEOUT_S = 120
 _STOP_TIMEOUT_S = 30
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def postmaster_pid(pgdata: Path) -> int | None:

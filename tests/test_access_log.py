@@ -10,7 +10,7 @@ import re
 from dataclasses import replace
 
 import aiohttp
-from service_process import free_port
+from helpers import free_port
 
 from faceserve.app import create_app
 from faceserve.core.api_keys import PREFIX_LENGTH

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -19,7 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
-from helpers import create_session, upload
+from helpers import create_session, free_port, nginx_binary, upload
 
 NGINX_CONF = """\
 {user}
@@ -63,20 +61,6 @@ class Fetched:
     etag: str | None
     cache_control: str | None
     body: bytes
-
-
-def nginx_binary() -> str:
-    # /usr/sbin is not on every user's PATH
-    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
-    if found is None:
-        pytest.fail("the nginx binary is missing: install it with `apt-get install -y nginx`", pytrace=False)
-    return found
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def write_config(prefix: Path, port: int, upstream_port: int) -> Path:

@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,12 +26,6 @@ def try_it_block() -> str:
     match = re.search(r"```sh\n(.*?)```", section, re.DOTALL)
     assert match, "README's Try it has no ```sh block"
     return match.group(1)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _wait_until_up(url: str, process: subprocess.Popen, timeout_s: float) -> None:
@@ -50,7 +44,7 @@ def _wait_until_up(url: str, process: subprocess.Popen, timeout_s: float) -> Non
 def test_try_it_runs_as_written(tmp_path: Path) -> None:
     # the folder README's commands run in: .venv (this interpreter's environment) and nothing else
     (tmp_path / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "FACESERVE_DATABASE_URL")}
     env.update(PYTHONPATH=str(ROOT / "src"), FACESERVE_HOST="127.0.0.1", FACESERVE_PORT=str(port))
     log = (tmp_path / "serve.log").open("w")

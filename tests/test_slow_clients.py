@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
-from service_process import free_port
+from helpers import free_port
 
 from faceserve.app import create_app
 from faceserve.config import Settings
