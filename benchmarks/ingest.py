@@ -2,7 +2,7 @@
 model work (decode + detect + embed every face) on the same images, measured in the same run.
 
     python benchmarks/ingest.py [--images 24] [--megapixels 1.5] [--photos t1 players gdp] [--window-ms 0]
-                                [--max-batch 64] [--inference-threads 2] [--clients 1 4]
+                                [--max-batch 64] [--inference-threads 2] [--clients 1 4] [--engine auto]
 
 Images are the shipped photos (--photos: t1 has 6 faces, players 22, gdp several, yaoming 1) scaled to about
 --megapixels and re-encoded at different JPEG qualities, so every one is distinct (no dedupe short-cut). Two
@@ -33,7 +33,7 @@ from aiohttp import web
 from serve import admin_headers
 
 from faceserve.app import create_app
-from faceserve.config import Settings
+from faceserve.config import CHOICES, Settings
 from faceserve.core.importer import import_tree
 from faceserve.core.services import load_engine, open_services
 from faceserve.http.appkeys import SERVICES
@@ -143,11 +143,12 @@ async def through_service(
 
 async def run(
     count: int, megapixels: float, photos: list[str], windows: list[float], max_batch: int, threads: int,
-    clients: list[int],
+    clients: list[int], engine_name: str,
 ) -> None:
     base_settings = Settings(
         storage=Path("unused"), models_dir=ROOT / "models", recogniser_max_batch=max_batch,
         inference_threads=threads, max_pending_images=max(16, 4 * max(clients)), rate_limits=False,
+        engine=engine_name,
     )
     engine = load_engine(base_settings)
     engine.warm_up()
@@ -173,7 +174,7 @@ async def run(
     height, width = cv2.imdecode(np.frombuffer(images[0], np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8).shape
     print(
         f"{count} JPEGs of ~{megapixels} MP ({width * 8}x{height * 8}) from {', '.join(photos)}, "
-        f"{faces} faces in all; providers {engine.providers}, {threads} inference threads; "
+        f"{faces} faces in all; {engine.runs_on}, {threads} inference threads; "
         f"{time.strftime('%Y-%m-%d')}\n"
     )
     print("| path | images/s | vs bare | faces/run |")
@@ -191,10 +192,11 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=Settings.recogniser_max_batch)
     parser.add_argument("--inference-threads", type=int, default=Settings.inference_threads)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4], help="concurrent upload clients")
+    parser.add_argument("--engine", choices=CHOICES["engine"], default=Settings.engine)
     args = parser.parse_args()
     asyncio.run(
         run(args.images, args.megapixels, args.photos, args.window_ms, args.max_batch, args.inference_threads,
-            args.clients)
+            args.clients, args.engine)
     )
 
 
