@@ -1,13 +1,15 @@
 """ONNX Runtime against OpenVINO on the models' own work, paired: every round measures each engine once, in
 alternating order, so the drift of shared cores falls on all of them alike.
 
-    python benchmarks/engines.py [--rounds 3] [--repeat 10] [--images 12] [--threads 2] [--smoke]
+    python benchmarks/engines.py [--rounds 3] [--repeat 10] [--images 12] [--threads 2] [--clock wall|cpu] [--smoke]
 
 Rows per engine: the recogniser on a batch of 32 aligned crops, the detector on one 640x640 input, bare
 ingest (decode + detect + align + embed every face, one image after another) of ~1.5 MP JPEGs made from
 t1/players/gdp (as benchmarks/ingest.py makes them, ~10 faces each), and the probe (decode + detect + embed
 the largest face of yaoming.jpg, what a search does before the index). Each cell is the median of --repeat
 runs in a round; the table gives the range over rounds, and the ratio to ONNX Runtime's in the same round.
+--clock cpu times by this process's CPU time instead of the wall's: with --threads 1 that is the work each
+engine does, which other processes on shared cores do not stretch (wall time there moved by 3x in a run).
 """
 
 from __future__ import annotations
@@ -36,18 +38,21 @@ ENGINES: dict[str, dict[str, str]] = {
 }
 
 
-def median_ms(work: Callable[[], object], repeat: int) -> float:
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def median_ms(work: Callable[[], object], repeat: int, clock: Callable[[], float]) -> float:
     work()
     times = []
     for _ in range(repeat):
-        start = time.perf_counter()
+        start = clock()
         work()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return 1000 * statistics.median(times)
 
 
 def measure(engine: FaceEngine, crops: np.ndarray, frame: np.ndarray, images: list[bytes], probe: bytes,
-            repeat: int) -> dict[str, float]:
+            repeat: int, clock: Callable[[], float]) -> dict[str, float]:
     """One round of every row for one engine: milliseconds, except ingest in images/s."""
 
     def ingest() -> None:
@@ -55,10 +60,12 @@ def measure(engine: FaceEngine, crops: np.ndarray, frame: np.ndarray, images: li
             engine.analyze(decoding.decode_bgr(data))
 
     return {
-        "recogniser, batch 32 (ms)": median_ms(lambda: engine.embed_crops(crops), repeat),
-        "detector, 640x640 (ms)": median_ms(lambda: engine.detect(frame), repeat),
-        "ingest, bare (images/s)": len(images) / (median_ms(ingest, max(1, repeat // 5)) / 1000),
-        "probe p50, decode+detect+embed (ms)": median_ms(lambda: engine.largest_face(decoding.decode_bgr(probe)), repeat),
+        "recogniser, batch 32 (ms)": median_ms(lambda: engine.embed_crops(crops), repeat, clock),
+        "detector, 640x640 (ms)": median_ms(lambda: engine.detect(frame), repeat, clock),
+        "ingest, bare (images/s)": len(images) / (median_ms(ingest, max(1, repeat // 5), clock) / 1000),
+        "probe p50, decode+detect+embed (ms)": median_ms(
+            lambda: engine.largest_face(decoding.decode_bgr(probe)), repeat, clock
+        ),
     }
 
 
@@ -68,6 +75,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--images", type=int, default=12)
     parser.add_argument("--threads", type=int, default=2, help="FACESERVE_MODEL_THREADS of every engine")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall")
     parser.add_argument("--smoke", action="store_true", help="one round of few runs (CI)")
     args = parser.parse_args()
     if args.smoke:
@@ -95,9 +103,9 @@ def main() -> None:
     rounds: list[dict[str, dict[str, float]]] = []
     for r in range(args.rounds):
         order = list(loaded) if r % 2 == 0 else list(reversed(loaded))
-        rounds.append({label: measure(loaded[label], crops, frame, images, probe, args.repeat) for label in order})
+        rounds.append({label: measure(loaded[label], crops, frame, images, probe, args.repeat, CLOCKS[args.clock]) for label in order})
 
-    print(f"{args.rounds} rounds of {args.repeat} runs, {args.threads} model threads, {len(images)} images of "
+    print(f"{args.rounds} rounds of {args.repeat} runs, {args.threads} model threads, {args.clock} clock, {len(images)} images of "
           f"~1.5 MP with {faces / len(images):.1f} faces each; {time.strftime('%Y-%m-%d %H:%M')}\n")
     rows = list(rounds[0][next(iter(loaded))])
     print("| engine | " + " | ".join(rows) + " |")
