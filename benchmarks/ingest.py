@@ -10,7 +10,9 @@ bare rows: the recogniser run per image over that image's faces (measured before
 rows; ratios are against the mean), and run across images in chunks of --max-batch (RECOGNISER_MAX_BATCH:
 what recognition.py lets the service do). The service runs in-process on a loopback
 port with an embedded Postgres in a temporary folder, once per --window-ms value (RECOGNISER_WINDOW_MS).
-"faces/run" is faces per recogniser run: how much the batching gathered.
+"faces/run" is faces per recogniser run: how much the batching gathered. "images/CPU-s" divides by this
+process's CPU time instead (Postgres's own processes not counted): on cores shared with other busy processes
+it moves far less than images/s does.
 """
 
 from __future__ import annotations
@@ -65,21 +67,23 @@ def distinct(images: list[bytes], salt: int) -> list[bytes]:
     return [data + bytes([salt % 256]) * (salt + 1) for data in images]
 
 
-def bare_per_image(engine: FaceEngine, images: list[bytes], max_pixels: int) -> tuple[float, int, int]:
-    """images/s, faces, recogniser runs: each image analysed alone, as before recognition.py."""
-    start = time.perf_counter()
+def bare_per_image(engine: FaceEngine, images: list[bytes], max_pixels: int) -> tuple[float, int, int, float]:
+    """images/s, faces, recogniser runs, images/CPU-s: each image analysed alone, as before recognition.py."""
+    start, cpu = time.perf_counter(), time.process_time()
     faces = runs = 0
     for data in images:
         decoding.probe(data, max_pixels)
         found = len(engine.analyze(decoding.decode_bgr(data)))
         faces += found
         runs += math.ceil(found / 32)  # embed_crops' default chunk
-    return len(images) / (time.perf_counter() - start), faces, runs
+    return len(images) / (time.perf_counter() - start), faces, runs, len(images) / (time.process_time() - cpu)
 
 
-def bare_batched(engine: FaceEngine, images: list[bytes], max_pixels: int, max_rows: int) -> tuple[float, int]:
-    """images/s, recogniser runs: detection and alignment per image, the recogniser across all images."""
-    start = time.perf_counter()
+def bare_batched(
+    engine: FaceEngine, images: list[bytes], max_pixels: int, max_rows: int
+) -> tuple[float, int, float]:
+    """images/s, recogniser runs, images/CPU-s: detection and alignment per image, the recogniser across all."""
+    start, cpu = time.perf_counter(), time.process_time()
     crops = []
     for data in images:
         decoding.probe(data, max_pixels)
@@ -88,10 +92,13 @@ def bare_batched(engine: FaceEngine, images: list[bytes], max_pixels: int, max_r
         crops.append(engine.align(pixels, landmarks))
     faces = np.concatenate(crops)
     engine.embed_crops(faces, max_rows)
-    return len(images) / (time.perf_counter() - start), math.ceil(len(faces) / max_rows)
+    rate = len(images) / (time.perf_counter() - start)
+    return rate, math.ceil(len(faces) / max_rows), len(images) / (time.process_time() - cpu)
 
 
-async def upload_all(base: str, session_id: int, images: list[bytes], clients: int, headers: dict[str, str]) -> float:
+async def upload_all(
+    base: str, session_id: int, images: list[bytes], clients: int, headers: dict[str, str]
+) -> tuple[float, float]:
     queue = list(enumerate(images))
 
     async def client(http: aiohttp.ClientSession) -> None:
@@ -102,16 +109,17 @@ async def upload_all(base: str, session_id: int, images: list[bytes], clients: i
             async with http.post(f"{base}/api/face/sessions/{session_id}/images", data=form) as r:
                 assert r.status == 201, await r.text()
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     async with aiohttp.ClientSession(headers=headers) as http:
         await asyncio.gather(*(client(http) for _ in range(clients)))
-    return len(images) / (time.perf_counter() - start)
+    return len(images) / (time.perf_counter() - start), len(images) / (time.process_time() - cpu)
 
 
 async def through_service(
     settings: Settings, engine: FaceEngine, images: list[bytes], faces: int, salt: int, clients_list: list[int]
-) -> list[tuple[str, float, float]]:
-    """(path, images/s, faces per recogniser run) for uploads by each number of clients and for the import."""
+) -> list[tuple[str, float, float, float]]:
+    """(path, images/s, faces per recogniser run, images/CPU-s) for uploads by each number of clients and for
+    the import."""
     rows = []
     app = create_app(settings, engine)
     runner = web.AppRunner(app)
@@ -125,8 +133,9 @@ async def through_service(
         session_id = (await r.json())["data"]["id"]
     for clients in clients_list:
         runs = recogniser.runs
-        rate = await upload_all(base, session_id, distinct(images, salt + clients), clients, headers)
-        rows.append((f"upload endpoint, {clients} client{'s' if clients > 1 else ''}", rate, faces / (recogniser.runs - runs)))
+        rate, cpu_rate = await upload_all(base, session_id, distinct(images, salt + clients), clients, headers)
+        label = f"upload endpoint, {clients} client{'s' if clients > 1 else ''}"
+        rows.append((label, rate, faces / (recogniser.runs - runs), cpu_rate))
     await runner.cleanup()
 
     tree = settings.storage.parent / "old" / "face_sessions" / "900" / "db"
@@ -134,10 +143,11 @@ async def through_service(
     for i, data in enumerate(distinct(images, salt + 9)):
         (tree / f"{i:04d}.jpg").write_bytes(data)
     async with open_services(settings, engine) as services:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         report = await import_tree(services, tree.parents[2])
         rate = report.images_created / (time.perf_counter() - start)
-        rows.append(("faceserve import", rate, faces / services.recogniser.runs))
+        cpu_rate = report.images_created / (time.process_time() - cpu)
+        rows.append(("faceserve import", rate, faces / services.recogniser.runs, cpu_rate))
     return rows
 
 
@@ -155,21 +165,23 @@ async def run(
     images = make_images([PHOTOS[name] for name in photos], count, megapixels)
     max_pixels, max_rows = base_settings.max_image_pixels, base_settings.recogniser_max_batch
 
-    bare_before, faces, runs = bare_per_image(engine, distinct(images, 0), max_pixels)
-    batched, batched_runs = bare_batched(engine, distinct(images, 1), max_pixels, max_rows)
-    rows = [(f"bare, recogniser batched across images (chunks of {max_rows})", batched, faces / batched_runs)]
+    bare_before, faces, runs, cpu_before = bare_per_image(engine, distinct(images, 0), max_pixels)
+    batched, batched_runs, batched_cpu = bare_batched(engine, distinct(images, 1), max_pixels, max_rows)
+    rows = [(f"bare, recogniser batched across images (chunks of {max_rows})", batched, faces / batched_runs, batched_cpu)]
     for w, window in enumerate(windows):
         folder = Path(tempfile.mkdtemp(prefix="faceserve-ingest-"))
         settings = dataclasses.replace(base_settings, storage=folder / "storage", recogniser_window_ms=window)
-        for label, rate, per_run in await through_service(settings, engine, images, faces, 10 * (w + 1), clients):
-            rows.append((f"{label}, window {window:g} ms" if len(windows) > 1 else label, rate, per_run))
+        for label, rate, per_run, cpu_rate in await through_service(
+            settings, engine, images, faces, 10 * (w + 1), clients
+        ):
+            rows.append((f"{label}, window {window:g} ms" if len(windows) > 1 else label, rate, per_run, cpu_rate))
         shutil.rmtree(folder, ignore_errors=True)
     # bare again after the service rows: on shared cores one pass moved by up to 20 % between runs; the
     # ratios are against the mean of the two passes
-    bare_after = bare_per_image(engine, distinct(images, 2), max_pixels)[0]
+    bare_after, _, _, cpu_after = bare_per_image(engine, distinct(images, 2), max_pixels)
     bare = (bare_before + bare_after) / 2
     label = f"bare decode + detect + embed, in-process, recogniser per image (before {bare_before:.1f}, after {bare_after:.1f})"
-    rows.insert(0, (label, bare, faces / runs))
+    rows.insert(0, (label, bare, faces / runs, (cpu_before + cpu_after) / 2))
 
     height, width = cv2.imdecode(np.frombuffer(images[0], np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8).shape
     print(
@@ -177,10 +189,10 @@ async def run(
         f"{faces} faces in all; {engine.runs_on}, {threads} inference threads; "
         f"{time.strftime('%Y-%m-%d')}\n"
     )
-    print("| path | images/s | vs bare | faces/run |")
-    print("|---|---|---|---|")
-    for label, rate, per_run in rows:
-        print(f"| {label} | {rate:.1f} | {rate / bare:.2f}x | {per_run:.1f} |")
+    print("| path | images/s | vs bare | faces/run | images/CPU-s |")
+    print("|---|---|---|---|---|")
+    for label, rate, per_run, cpu_rate in rows:
+        print(f"| {label} | {rate:.1f} | {rate / bare:.2f}x | {per_run:.1f} | {cpu_rate:.1f} |")
 
 
 def main() -> None:
