@@ -107,6 +107,10 @@ class OpenVINOSession:
         results = request.infer(feed, share_inputs=True)
         return [results[name] for name in output_names or [port.name for port in self._outputs]]
 
+    def compiled_precision(self) -> str:
+        """What the CPU plugin actually computes in ('f32', 'bf16'), as opposed to what was asked."""
+        return str((self._compiled or self._compile()).get_property("INFERENCE_PRECISION_HINT").get_type_name())
+
     def with_input_shape(self, input_shape: list[int]) -> OpenVINOSession:
         return OpenVINOSession(self.path, precision=self.precision, threads=self.threads, input_shape=input_shape)
 
