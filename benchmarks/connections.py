@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve import admin_headers, checked_target, free_port, make_jpeg, running_faceserve, upload
+from smoke import add_flag, shrink
 
 _UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
 
@@ -72,7 +73,10 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=2)
     parser.add_argument("--event-loops", nargs="+", default=["asyncio", "uvloop"], choices=["asyncio", "uvloop"])
     parser.add_argument("--wrk-timeout", type=int, default=10)
+    add_flag(parser)
     args = parser.parse_args()
+    # one server start per loop and turn: uvloop, the one not every other run starts
+    shrink(args, connections=16, workers=1, seconds=1, turns=1, event_loops=["uvloop"])
     photo = make_jpeg()
     print(
         f"wrk -t2 -c{args.connections} -d{args.seconds}s --timeout={args.wrk_timeout}s on GET /api/face/image/{{id}} "

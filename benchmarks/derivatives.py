@@ -33,24 +33,25 @@ import cv2
 import insightface
 import numpy as np
 from PIL import Image
+from smoke import add_flag, shrink
 
 from faceserve.media.renditions import draft_factor
 
 T1 = Path(insightface.__file__).parent / "data" / "images" / "t1.jpg"
 QUALITY = 82
-LARGE_PIXELS = 12_000_000
 
 
-def make_sources(folder: Path) -> dict[str, Path]:
+def make_sources(folder: Path, large_pixels: int) -> dict[str, Path]:
     pixels = cv2.imread(str(T1))
     height, width = pixels.shape[:2]
-    factor = (LARGE_PIXELS / (width * height)) ** 0.5
+    factor = (large_pixels / (width * height)) ** 0.5
     size = (round(width * factor), round(height * factor))
     upscaled = folder / "upscaled.jpg"
     cv2.imwrite(str(upscaled), cv2.resize(pixels, size, interpolation=cv2.INTER_CUBIC), [cv2.IMWRITE_JPEG_QUALITY, 90])
     tiled = folder / "tiled.jpg"
     cv2.imwrite(str(tiled), np.tile(pixels, (4, 4, 1))[: size[1], : size[0]], [cv2.IMWRITE_JPEG_QUALITY, 90])
-    return {"12 MP upscaled": upscaled, "12 MP tiled": tiled, "1 MP t1.jpg": T1}
+    mp = f"{large_pixels / 1e6:g} MP"
+    return {f"{mp} upscaled": upscaled, f"{mp} tiled": tiled, "1 MP t1.jpg": T1}
 
 
 def target_size(size: tuple[int, int], width: int) -> tuple[int, int]:
@@ -142,11 +143,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=11)
     parser.add_argument("--widths", default="320,1080")
+    parser.add_argument("--large-megapixels", type=float, default=12.0, help="size of the two large sources")
+    add_flag(parser)
     args = parser.parse_args()
+    shrink(args, runs=1, widths="320", large_megapixels=3.0)
     cv2.setNumThreads(1)  # the service renders one derivative per thread
 
     with tempfile.TemporaryDirectory(prefix="faceserve-derivatives-") as tmp:
-        sources = make_sources(Path(tmp))
+        sources = make_sources(Path(tmp), round(args.large_megapixels * 1e6))
         for width in (int(w) for w in args.widths.split(",")):
             print(f"\n{width}-px-wide JPEG q{QUALITY}, median of {args.runs} runs, one thread")
             print(f"{'source':<28} {'method':<22} {'ms':>7} {'PSNR dB':>8} {'bytes':>7}")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 from ingest import PHOTOS, make_images
+from smoke import add_flag, shrink
 
 from faceserve.config import Settings
 from faceserve.media import decoding
@@ -76,10 +77,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=12)
     parser.add_argument("--threads", type=int, default=2, help="FACESERVE_MODEL_THREADS of every engine")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall")
-    parser.add_argument("--smoke", action="store_true", help="one round of few runs (CI)")
+    add_flag(parser)
     args = parser.parse_args()
-    if args.smoke:
-        args.rounds, args.repeat, args.images = 1, 2, 2
+    shrink(args, rounds=1, repeat=2, images=2)
     engines = {label: settings for label, settings in ENGINES.items() if settings["engine"] == "onnxruntime"}
     if openvino_runtime.installed():
         native = openvino_runtime.supported_precisions()

@@ -69,7 +69,9 @@ from serve import (
     require_tools,
     running_nginx,
 )
+from smoke import add_flag, shrink
 
+TURNS = 2  # of each part's measurements
 SLOW_RATE = 100_000  # bytes a second per slow client
 SLOW_CLIENTS = 200
 SLOW_SECONDS = 6.0
@@ -220,7 +222,7 @@ def images(fleet: Fleet, folder: Path, seconds: int) -> list[str]:
     with running_nginx(folder / "bare", _free_port(), fleet.storage, "auto") as bare:
         bare_target = checked_target("nginx", f"{bare}/face_sessions/{image['identity']}", photo)
         node_target = checked_target("node", fleet.nodes["a"].url + path, photo)
-        for turn in range(2):
+        for turn in range(TURNS):
             _restart_nginx(fleet, ["a", "b"])
             cached = checked_target("fleet", fleet.url + path, photo)  # fills the cache
             for case in ("200", "304"):
@@ -268,7 +270,7 @@ def images(fleet: Fleet, folder: Path, seconds: int) -> list[str]:
         _restart_nginx(fleet, ["a", "b"])
     bare_rps = {c: [r.rps for r in rows[("bare nginx", c, 64)]] for c in ("200", "304")}
     lines = [
-        f"{len(photo):,}-byte JPEG, wrk -t2 -d{seconds}s --timeout 10s, 2 turns: range of req/s (min-max), worst p99, errors",
+        f"{len(photo):,}-byte JPEG, wrk -t2 -d{seconds}s --timeout 10s, {TURNS} turns: range of req/s (min-max), worst p99, errors",
         "",
         (
             "| what | case | connections | req/s | p99 | errors (timeouts > 10 s) | vs bare nginx (same case, 64 conn) "
@@ -466,7 +468,7 @@ def slow(fleet: Fleet) -> list[str]:
         "| path | turn | connections the nodes hold | MB read by the clients |",
         "|---|---|---|---|",
     ]
-    for turn in (1, 2):
+    for turn in range(1, TURNS + 1):
         for label, port in (
             ("through nginx (shipped config)", fleet.nginx_port),
             ("straight to a node", ports[0]),
@@ -542,7 +544,7 @@ def propagation(database_url: str, folder: Path, trials: int) -> list[str]:
         "| run | change | p50 | p99 | max |",
         "|---|---|---|---|---|",
     ]
-    for run in (1, 2):
+    for run in range(1, TURNS + 1):
         adds, deletes = asyncio.run(_propagation(database_url, folder / f"p{run}", trials))
         for label, values in (("add", adds), ("delete", deletes)):
             lines.append(
@@ -636,7 +638,7 @@ def search_and_memory(fleet: Fleet, sessions: int, faces: int, seconds: int, par
             "| nodes | turn | searches/s | errors |",
             "|---|---|---|---|",
         ]
-        for turn in (1, 2):
+        for turn in range(1, TURNS + 1):
             for nodes in (["a"], ["a", "b"]):
                 _restart_nginx(fleet, nodes)
                 asyncio.run(_search_load(fleet.url, ids, probe, 2, 8))  # warm: indexes open
@@ -659,7 +661,12 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=200, help="propagation trials per run (default 200)")
     parser.add_argument("--sessions", type=int, default=8, help="sessions for search and memory (default 8)")
     parser.add_argument("--faces", type=int, default=20_000, help="faces per session (default 20,000)")
+    add_flag(parser)
     args = parser.parse_args()
+    shrink(args, seconds=1, trials=3, sessions=2, faces=500)
+    if args.smoke:
+        global TURNS, PAIRS, PAIR_SECONDS, SLOW_CLIENTS, SLOW_SECONDS
+        TURNS, PAIRS, PAIR_SECONDS, SLOW_CLIENTS, SLOW_SECONDS = 1, 1, 1, 10, 2.0
     parts = set(args.parts.split(","))
     require_tools()
     from faceserve.vision.packs import locate_pack

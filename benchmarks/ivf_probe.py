@@ -12,6 +12,7 @@ import time
 import faiss
 import gallery  # beside this script, on sys.path when it is run
 import numpy as np
+from smoke import add_flag, shrink
 
 from faceserve.index.kinds import top_k
 
@@ -23,7 +24,9 @@ def main() -> None:
     parser.add_argument("--faces", type=int, default=1_000_000)
     parser.add_argument("--per-person", type=int, default=32)
     parser.add_argument("--nlist", type=int, default=4000)
+    add_flag(parser)
     args = parser.parse_args()
+    shrink(args, faces=4000, nlist=50)
 
     vectors = gallery.people(args.faces, per_person=args.per_person)
     queries = gallery.queries_like(vectors, 100)

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 from clustering_metrics import Scores, immich_baseline, scores
+from smoke import add_flag, shrink
 
 from faceserve.index.clustering import ClusterParams, cell_knn_graph, cluster, eligible, knn_graph
 from faceserve.index.kinds import IndexPolicy, build_cpu, flat
@@ -382,6 +383,8 @@ def main() -> None:
     s.add_argument("--incremental", type=int, default=1000, help="held-out faces placed one by one (0: none)")
     r = commands.add_parser("read")
     r.add_argument("--faces", type=int, default=200_000)
+    for command in (s, r):  # quality has no smoke run: its photos are other projects' checkouts
+        add_flag(command)
     read_one = commands.add_parser("read-one")
     read_one.add_argument("uri")
     read_one.add_argument("what")
@@ -392,8 +395,11 @@ def main() -> None:
     if args.command == "quality":
         quality(args)
     elif args.command == "scale":
+        # below the approximate index's size: the graph of the served flat index, not of cells
+        shrink(args, faces=[2000], incremental=50)
         scale(args)
     elif args.command == "read":
+        shrink(args, faces=2000)
         read(args)
     elif args.command == "read-one":
         import asyncio

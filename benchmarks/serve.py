@@ -43,6 +43,7 @@ from pathlib import Path
 import cv2
 import insightface
 import numpy as np
+from smoke import add_flag, shrink
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE_PHOTO = Path(insightface.__file__).parent / "data" / "images" / "t1.jpg"
@@ -438,7 +439,9 @@ def parse_args() -> argparse.Namespace:
         "measure what a change costs under the same load (`git archive <commit> | tar -x -C DIR`)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    add_flag(parser)
     args = parser.parse_args()
+    shrink(args, seconds=1, turns=1, connections=4)
     if args.turns < 1 or args.seconds < 1 or args.connections < 2:
         parser.error("--turns and --seconds must be at least 1, --connections at least 2")
     return args

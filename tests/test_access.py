@@ -13,7 +13,7 @@ import pytest
 from faceserve.app import create_app
 from faceserve.cli import main as cli_main
 from faceserve.core import api_keys
-from faceserve.http import access
+from faceserve.http import access, routes, routing
 from faceserve.http.appkeys import SERVICES
 
 
@@ -60,15 +60,17 @@ async def _upload(client, session_id: int, name: str, data: bytes) -> dict:
     return body["data"]["images"][0]
 
 
-def test_every_route_has_exactly_one_access_entry(settings, engine):
+def test_every_route_is_declared_once_with_its_access_and_budget(settings, engine):
     app = create_app(settings, engine)
-    registered = {access.route_key(route) for route in app.router.routes()}
+    registered = {routing.route_key(route) for route in app.router.routes()}
     registered.discard(None)
-    missing = registered - set(access.ROUTE_ACCESS)
-    assert not missing, f"routes with no entry in http/access.py ROUTE_ACCESS: {sorted(missing)}"
-    stale = set(access.ROUTE_ACCESS) - registered
-    assert not stale, f"entries for routes that do not exist: {sorted(stale)}"
-    assert all(v in (*api_keys.SCOPES, access.PUBLIC, access.SIGNED, access.LEGACY) for v in access.ROUTE_ACCESS.values())
+    declared = {(r.method, r.path) for r in routes.ROUTES}
+    assert registered == declared
+    assert len(declared) == len(routes.ROUTES)
+    with pytest.raises(ValueError):
+        routing.Route("GET", "/x", routes.ROUTES[0].handler, "everyone", routing.READ, "x")
+    with pytest.raises(ValueError):
+        routing.Route("GET", "/x", routes.ROUTES[0].handler, routing.PUBLIC, "free", "x")
 
 
 def _concrete(path: str) -> str:
@@ -83,10 +85,10 @@ def _concrete(path: str) -> str:
 
 
 async def test_anonymous_requests_get_401_with_www_authenticate(client, anon):
-    for (method, path), needed in access.ROUTE_ACCESS.items():
-        status, headers, body = await anon(method, _concrete(path))
-        if needed in api_keys.SCOPES or needed == access.LEGACY:
-            assert status == 401, (method, path, status, body)
+    for route in routes.ROUTES:
+        status, headers, body = await anon(route.method, _concrete(route.path))
+        if route.access in api_keys.SCOPES or route.access == routing.LEGACY:
+            assert status == 401, (route.method, route.path, status, body)
             assert headers["WWW-Authenticate"].startswith("Bearer")
             assert b'"unauthorized"' in body
     status, _, _ = await anon("GET", "/healthz")
@@ -239,6 +241,9 @@ async def test_a_key_bound_to_one_session_touches_nothing_of_another(client, ano
         ("POST", f"/api/face/sessions/{other}/images", {"data": file_form()}),
         ("DELETE", f"/api/face/image/{image_other['image_id']}", {}),
         ("GET", f"/api/face/resolve?path={image_other['identity']}", {}),
+        # whether a file exists in another session is no guest's to learn: 403 whether or not it does
+        ("GET", f"/api/face/resolve?path={other}/db/no-such-photo.jpg", {}),
+        ("GET", f"/api/face/resolve?path=000{other}/db/no-such-photo.jpg", {}),
         ("GET", f"/storage/face_sessions/{other}/db/{name_other}", {"allow_redirects": False}),
         ("POST", "/api/face/search", {"data": probe_form(other)}),
         ("POST", f"/api/face/sessions/{other}/search", {"data": probe_form(other)}),

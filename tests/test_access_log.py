@@ -6,8 +6,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
+from dataclasses import replace
+
+import aiohttp
+from service_process import free_port
 
 from faceserve.app import create_app
+from faceserve.core.api_keys import PREFIX_LENGTH
+from faceserve.http import listener
 from faceserve.http.access_log import LOGGER, AccessLogger
 from faceserve.logs import JsonFormatter
 
@@ -41,7 +48,13 @@ async def test_json_access_line_per_request(settings, engine, aiohttp_server, ai
     assert isinstance(line["ms"], float) and line["ms"] >= 0
     assert line["logger"] == "faceserve.access" and line["level"] == "INFO"
     assert secret not in JsonFormatter().format(records[0])
-    assert json.loads(JsonFormatter().format(records[1]))["route"] == "/api/face/sessions"
+    authorised = json.loads(JsonFormatter().format(records[1]))
+    assert authorised["route"] == "/api/face/sessions"
+    # the admin key's public prefix names who asked; the key itself never appears
+    admin_key = (settings.storage / "admin-key").read_text().strip()
+    assert authorised["key_prefix"] == admin_key[:PREFIX_LENGTH]
+    assert admin_key not in JsonFormatter().format(records[1])
+    assert "key_prefix" not in line  # the image request presented no valid key
 
 
 async def test_text_access_line(settings, engine, aiohttp_server, aiohttp_client, caplog) -> None:
@@ -51,5 +64,48 @@ async def test_text_access_line(settings, engine, aiohttp_server, aiohttp_client
     await asyncio.sleep(0.2)
     [record] = [r for r in caplog.records if r.name == LOGGER.name]
     message = record.getMessage()
-    assert '"GET /api/face/sessions" 200' in message and message.endswith(" t-1")
+    admin_key = (settings.storage / "admin-key").read_text().strip()
+    assert '"GET /api/face/sessions" 200' in message and message.endswith(f" t-1 key={admin_key[:PREFIX_LENGTH]}")
+    assert re.search(r'" 200 \d+ bytes [\d.]+ms t-1 key=', message), message  # a size, not a second status
     assert "limit" not in message
+
+
+async def test_refused_request_lines_are_one_access_line_and_no_traceback(settings, engine, caplog) -> None:
+    """A URL or header line past aiohttp's 8 KiB: one access line with its 400, no ERROR from aiohttp."""
+    settings = replace(settings, host="127.0.0.1", port=free_port())
+    caplog.set_level(logging.INFO)
+    runner = await listener.start(
+        create_app(settings, engine), settings, handle_signals=False,
+        access_log={"access_log": LOGGER, "access_log_class": AccessLogger, "access_log_format": "json"},
+    )
+    try:
+        for request in (
+            b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 10_000 + b"\r\n\r\n",
+        ):
+            reader, writer = await asyncio.open_connection("127.0.0.1", settings.port)
+            writer.write(request)
+            answer = await asyncio.wait_for(reader.read(65536), 10)
+            writer.close()
+            assert answer.startswith((b"HTTP/1.0 400", b"HTTP/1.1 400")), answer[:100]
+        await asyncio.sleep(0.2)
+    finally:
+        await runner.cleanup()
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    access = [json.loads(JsonFormatter().format(r)) for r in caplog.records if r.name == LOGGER.name]
+    assert [(line["status"], line["route"]) for line in access] == [(400, "unmatched")] * 2
+
+
+async def test_head_answers_carry_the_request_id(client, photos) -> None:
+    response = await client.post("/api/face/sessions", json={"name": "head"})
+    session_id = (await response.json())["data"]["id"]
+    form = aiohttp.FormData()
+    form.add_field("file", photos["yaoming"].read_bytes(), filename="y.jpg", content_type="image/jpeg")
+    response = await client.post(f"/api/face/sessions/{session_id}/images", data=form)
+    image_id = (await response.json())["data"]["images"][0]["image_id"]
+    for method in ("HEAD", "GET"):
+        response = await client.request(method, f"/api/face/image/{image_id}", headers={"X-Request-ID": "h-1"})
+        assert response.status == 200
+        assert response.headers["X-Request-ID"] == "h-1", method
+    response = await client.head(f"/api/face/image/{image_id}?w=64")
+    assert response.status == 200 and response.headers["X-Request-ID"]

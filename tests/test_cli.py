@@ -158,6 +158,7 @@ def test_doctor_checks_a_reachable_database_and_the_models(settings) -> None:
     assert {"database", "clock", "models", "providers", "openvino", "faiss", "disk"} <= names
     assert "ok    database: external Postgres answers, PostgreSQL" in done.stdout
     assert "buffalo_s" in done.stdout
+    assert " INFO " not in done.stderr, done.stderr  # a report, not a log: a fresh database's migrations stay out
 
 
 def test_doctor_fails_when_the_database_does_not_answer(settings, tmp_path: Path) -> None:

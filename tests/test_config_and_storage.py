@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from faceserve.config import Settings, SettingsError, load_settings
+from faceserve.config import MAXIMUM, MINIMUM, Settings, SettingsError, load_settings
 from faceserve.media.files import is_plain_name, safe_stem, stored_name_for
 
 
@@ -40,11 +41,24 @@ def test_environment_then_overrides():
         ({"FACESERVE_INDEX_PRELOAD": "maybe"}, "FACESERVE_INDEX_PRELOAD must be one of 1, true"),
         ({"FACESERVE_DERIVATIVE_SIZES": "64,big"}, "FACESERVE_DERIVATIVE_SIZES must be integers"),
         ({"FACESERVE_DB_POOL_MIN": "5", "FACESERVE_DB_POOL_MAX": "2"}, "FACESERVE_DB_POOL_MIN must not exceed"),
+        # once accepted: renders then waited for ever, and every search was refused
+        ({"FACESERVE_MAX_CONCURRENT_RENDERS": "0"}, "FACESERVE_MAX_CONCURRENT_RENDERS must be at least 1"),
+        ({"FACESERVE_MAX_PENDING_SEARCHES": "0"}, "FACESERVE_MAX_PENDING_SEARCHES must be at least 1"),
+        ({"FACESERVE_DERIVATIVE_QUALITY": "101"}, "FACESERVE_DERIVATIVE_QUALITY must be at most 100"),
+        ({"FACESERVE_PEOPLE_LINK_SIMILARITY": "1.5"}, "FACESERVE_PEOPLE_LINK_SIMILARITY must be at most 1"),
     ],
 )
 def test_a_value_the_service_cannot_use_is_refused_with_the_settings_name(env, message):
     with pytest.raises(SettingsError, match=message):
         load_settings(env=env)
+
+
+def test_every_number_a_setting_holds_has_a_floor():
+    numeric = {f.name for f in fields(Settings) if str(f.type).split(" ")[0] in ("int", "float")}
+    assert numeric - set(MINIMUM) == set(), "give these settings a floor in config.py MINIMUM"
+    assert set(MAXIMUM) <= numeric
+    defaults = Settings()
+    assert all(getattr(defaults, name) >= low for name, low in MINIMUM.items())
 
 
 def test_booleans_take_the_usual_words():

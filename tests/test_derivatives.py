@@ -256,6 +256,25 @@ async def test_face_crop_shows_the_face(client, photos, services, engine, settin
     assert len(bodies) == len(face_ids)
 
 
+async def test_a_16_bit_greyscale_png_renders_its_tones_not_white(client, photos, services, engine):
+    """Pillow opens such a PNG in mode I;16, which convert("RGB") clips: every pixel came out white."""
+    grey = cv2.cvtColor(cv2.imread(str(photos["yaoming"])), cv2.COLOR_BGR2GRAY)
+    ok, png = cv2.imencode(".png", grey.astype(np.uint16) * 257)  # the same tones in 16 bits
+    assert ok
+    _, image = await _uploaded(client, "grey16.png", png.tobytes())
+    [face_id] = await _face_ids(services, image["image_id"])
+    for path in (f"/api/face/image/{image['image_id']}?w=160", f"/api/face/face/{face_id}"):
+        response = await client.get(path)
+        assert response.status == 200, await response.text()
+        rendered = np.asarray(_decode(await response.read()).convert("L"), dtype=np.float32)
+        assert rendered.std() > 20, path  # a photo's contrast, not a blank
+        if "w=160" in path:
+            expected = cv2.resize(grey, (rendered.shape[1], rendered.shape[0]), interpolation=cv2.INTER_AREA)
+            assert abs(rendered.mean() - expected.mean()) < 8
+        else:
+            assert len(engine.detect(cv2.cvtColor(rendered.astype(np.uint8), cv2.COLOR_GRAY2BGR))[0]) == 1
+
+
 async def test_face_crop_width_webp_and_conditional(client, photos, services):
     _, image = await _uploaded(client, "t1.jpg", photos["t1"].read_bytes())
     [face_id, *_] = await _face_ids(services, image["image_id"])
@@ -302,6 +321,23 @@ async def test_unknown_face_is_404_json(client):
 
 
 # ---------------------------------------------------------------- the domain functions
+
+
+@pytest.mark.parametrize("image_format", ["PNG", "WEBP"])
+def test_an_animated_image_is_indexed_and_rendered_by_its_first_frame(image_format):
+    """What README promises of animated PNG and WebP: the faces and the resized copies are the first frame's."""
+    from faceserve.media import decoding
+
+    frames = [Image.new("RGB", (64, 48), colour) for colour in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+    out = io.BytesIO()
+    frames[0].save(out, image_format, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    data = out.getvalue()
+    assert decoding.probe(data, 10_000_000).format == image_format
+    blue, green, red = decoding.decode_bgr(data)[10, 10]
+    assert red > 240 and green < 16 and blue < 16
+    rendered = _decode(renditions.render(data, renditions.Spec(64, None, "inside", "jpeg", 82)))
+    r, g, b = rendered.convert("RGB").getpixel((10, 10))
+    assert r > 240 and g < 16 and b < 16
 
 
 def test_negotiate_format():

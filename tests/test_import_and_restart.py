@@ -42,6 +42,8 @@ async def test_import_twice_changes_nothing_the_second_time(tmp_path, photos, se
         assert (first.sessions_created, first.images_created, first.duplicates, first.already_present) == (2, 3, 1, 0)
         assert [label for label, _ in first.failed] == ["3/db/notes.txt"]
         after_first = await _snapshot(services)
+        # readable names: the folder imported, with the old id where it held several sessions
+        assert [name for _, name in after_first[2]] == ["old 3", "old 8"]
         image = await db.find_image_by_path(services.pool, "face_sessions/3/db/party 002.JPG")
         assert image is not None and image.face_count == 5 and image.content_type == "image/jpeg"
 

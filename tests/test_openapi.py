@@ -32,6 +32,7 @@ from schemathesis.specs.openapi.checks import (
 
 from faceserve.app import create_app
 from faceserve.config import Settings
+from faceserve.http import routes
 from faceserve.http.docs import document
 
 _FUZZ_EXAMPLES = int(os.environ.get("FACESERVE_FUZZ_EXAMPLES", "15"))
@@ -64,6 +65,18 @@ def test_every_route_is_in_the_document(settings: Settings) -> None:
     assert len(documented) >= 16
 
 
+def test_each_declared_route_is_its_operation_in_the_document() -> None:
+    operations = {
+        (method.upper(), path): item[method].get("operationId")
+        for path, item in document()["paths"].items()
+        for method in item
+        if method in ("get", "head", "post", "put", "patch", "delete")
+    }
+    declared = {(r.method, r.path): r.operation for r in routes.ROUTES}
+    declared |= {("HEAD", r.path): r.head_operation for r in routes.ROUTES if r.head_operation}
+    assert declared == operations
+
+
 def test_the_document_is_valid_openapi_3_1() -> None:
     from openapi_spec_validator import validate
 
@@ -82,6 +95,24 @@ async def test_served_document_is_the_committed_one_and_docs_render_it(client) -
     html = await page.text()
     assert 'fetch("openapi.json")' in html
     assert "http://" not in html and "https://" not in html  # nothing from a CDN
+    policy = page.headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in policy and "default-src 'none'" in policy
+    assert "'unsafe-inline'" not in policy and policy.count("'sha256-") == 2  # its one script, its one style
+    assert page.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+async def test_docs_render_under_their_content_security_policy(client, browser) -> None:
+    """The hashes let the page's own script and style run: the operations appear and nothing is refused."""
+    from chromium import DESKTOP, open_page
+
+    page, problems = await open_page(browser, str(client.make_url("/docs")), DESKTOP)
+    await page.wait_for_selector("#operations details", timeout=30_000)
+    assert await page.locator("#operations details").count() >= 10
+    # the style applied too (a refused <style> leaves details without their border)
+    border = await page.locator("#operations details").first.evaluate("e => getComputedStyle(e).borderTopStyle")
+    assert border == "solid"
+    assert problems.seen == [], problems.seen
 
 
 def test_an_answer_that_breaks_the_document_fails() -> None:

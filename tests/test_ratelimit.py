@@ -3,6 +3,7 @@ IETF RateLimit fields, X-Forwarded-For only from trusted proxies, and the per-wo
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import replace
 
 import aiohttp
@@ -47,6 +48,42 @@ async def test_search_budget_answers_429_with_fields(limited):
     for _ in range(10):
         response = await limited.get("/healthz")
         assert response.status == 200 and "RateLimit" not in response.headers
+
+
+async def test_every_route_spends_its_declared_budget(limited):
+    """The session-path search once spent the upload budget: it was missing from one of three tables."""
+    pool = limited.server.app[SERVICES].pool
+    session_id = (await (await limited.post("/api/face/sessions", json={"name": "x"})).json())["data"]["id"]
+    for path in ("/api/face/search", f"/api/face/sessions/{session_id}/search", f"/api/face/sessions/{session_id}/forget"):
+        key, _ = await api_keys.create(pool, ["search", "write"])  # a bucket of its own for each route
+        response = await limited.post(
+            path, data=aiohttp.FormData({"session_id": str(session_id)}), headers={"Authorization": f"Bearer {key}"}
+        )
+        assert response.status == 400, path
+        assert response.headers["RateLimit-Policy"] == '"search";q=3;w=60', path
+
+
+async def test_an_address_presenting_unknown_keys_is_slowed_before_a_query(settings, engine, aiohttp_client):
+    configured = replace(settings, rate_limit_failed_auth="3/60", api_key_cache_s=120.0)
+    client = await aiohttp_client(create_app(configured, engine))
+    pool = client.server.app[SERVICES].pool
+    valid, _ = await api_keys.create(pool, ["search"])
+    assert (await client.get("/api/face/sessions")).status == 200  # the admin key: known from now on
+    async with aiohttp.ClientSession() as anon:
+
+        async def status(key: str) -> tuple[int, str | None]:
+            headers = {"Authorization": f"Bearer {key}"}
+            async with anon.get(client.make_url("/api/face/sessions"), headers=headers) as response:
+                return response.status, response.headers.get("Retry-After")
+
+        assert (await status(valid))[0] == 200  # known to this process from now on
+        made_up = ["fsk_" + secrets.token_urlsafe(32) for _ in range(5)]
+        answers = [await status(key) for key in made_up]
+        assert [a[0] for a in answers] == [401, 401, 401, 429, 429]
+        assert 1 <= int(answers[3][1]) <= 20
+        # a key this process holds as valid still passes; so does everyone else's address
+        assert (await status(valid))[0] == 200
+    assert (await client.get("/api/face/sessions")).status == 200
 
 
 async def test_each_key_and_each_address_has_its_own_bucket(limited):

@@ -75,6 +75,10 @@ async def test_every_returned_url_is_signed_and_works_without_a_key(client, uplo
     assert _is_signed(matches[0]["face_url"])
     status, crop = await _fetch(client, _path_qs(matches[0]["face_url"]))
     assert status == 200 and crop[:2] == b"\xff\xd8"
+    assert (await _fetch(client, _path_qs(matches[0]["face_url"]) + "&w=64"))[0] == 200
+    # a crop takes w alone: h or fit would be cache keys for the very same crop
+    for extra in ("&h=64", "&fit=cover", "&w=64&w=128"):
+        assert (await _fetch(client, _path_qs(matches[0]["face_url"]) + extra))[0] == 403, extra
     status, thumb = await _fetch(client, _path_qs(image["url"]) + "&w=320")
     assert status == 200 and thumb[:2] == b"\xff\xd8" and len(thumb) < len(players)
 
@@ -127,7 +131,12 @@ async def test_only_the_exact_signed_spelling_verifies(client, uploaded):
         f"/api/face/image/{image_id}?exp={exp}&kid={kid}&sig={sig}&w=%33%32%30",
         f"/api/face/image/{image_id}?exp={exp}&amp;kid={kid}&sig={sig}",
         f"/api/face/image/{image_id}?exp={exp};kid={kid};sig={sig}",
+        # unknown or repeated parameters: each would be one more cache key for the same answer
+        f"/api/face/image/{image_id}?exp={exp}&kid={kid}&sig={sig}&zz=1",
+        f"/api/face/image/{image_id}?exp={exp}&kid={kid}&sig={sig}&w=320&w=640",
+        f"/api/face/image/{image_id}?exp={exp}&kid={kid}&sig={sig}&w=320&fit=cover&fit=inside",
     ]
+    assert (await _fetch(client, f"{good}&w=320&h=240&fit=cover"))[0] == 200
     for target in forged:
         status, body = await _fetch(client, target)
         assert status == 403, target

@@ -179,3 +179,68 @@ async def test_stalled_headers_and_idle_connections_are_closed_and_connections_a
             assert response.status == 200
     finally:
         await runner.cleanup()
+
+
+async def _stalled_ignored_part(port: int, path: str) -> bytes:
+    """A part no handler reads (`junk`), begun and then stalled: the answer, or b"" if none came in time."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = f'--{_BOUNDARY}\r\nContent-Disposition: form-data; name="junk"\r\n\r\n'.encode()
+    writer.write(
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary={_BOUNDARY}\r\n"
+        f"Content-Length: {len(head) + 100_000}\r\n\r\n".encode()
+        + head
+        + b"x" * 100
+    )
+    await writer.drain()
+    try:
+        return await _answer(reader, 10)
+    except TimeoutError:
+        return b""
+    finally:
+        writer.close()
+
+
+async def test_a_stalled_part_the_handler_ignores_is_answered_408_on_every_form_route(
+    settings: Settings, engine: FaceEngine
+) -> None:
+    settings = replace(settings, body_idle_timeout_s=1.0)
+    runner, base = await _listen(settings, engine)
+    port = int(base.rsplit(":", 1)[1])
+    try:
+        async with aiohttp.ClientSession() as http:
+            session_id = await _create_session(http, base)
+        paths = [
+            "/api/face/search",
+            f"/api/face/sessions/{session_id}/search",
+            f"/api/face/sessions/{session_id}/forget",
+            f"/api/face/sessions/{session_id}/images",
+        ]
+        answers = await asyncio.gather(*(_stalled_ignored_part(port, path) for path in paths))
+        for path, answer in zip(paths, answers, strict=True):
+            assert answer.startswith(b"HTTP/1.1 408"), (path, answer[:200])
+            assert b'"request_timeout"' in answer
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_stalled_json_body_is_answered_408(settings, engine) -> None:
+    """JSON bodies (sessions, keys, merge, split: http/parsing.read_json) keep the same pace as forms."""
+    settings = replace(settings, body_idle_timeout_s=1.0)
+    runner, base = await _listen(settings, engine)
+    port = int(base.rsplit(":", 1)[1])
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"POST /api/face/sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 1000\r\n\r\n{"name": "sl'
+        )
+        await writer.drain()
+        try:
+            answer = await _answer(reader, 10)
+        except TimeoutError:
+            answer = b""
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b'"request_timeout"' in answer
+    finally:
+        await runner.cleanup()

@@ -53,6 +53,19 @@ async def test_without_cdn_nothing_changes(client, photos):
     assert urlsplit(image["url"]).query == ""
 
 
+async def test_urls_and_redirects_never_follow_the_host_header(client, photos):
+    """Without PUBLIC_BASE_URL the base is the address the connection reached, whatever Host says."""
+    session_id = await create_session(client)
+    [image] = await upload(client, session_id, ("yao.jpg", photos["yaoming"].read_bytes()))
+    ours = f"{client.server.host}:{client.server.port}"
+    evil = {"Host": "evil.example", "X-Forwarded-Host": "evil.example"}
+    listing = await (await client.get(f"/api/face/sessions/{session_id}/images", headers=evil)).json()
+    assert urlsplit(listing["data"]["images"][0]["url"]).netloc == ours
+    response = await client.get(f"/storage/face_sessions/{image['identity']}", headers=evil, allow_redirects=False)
+    assert response.status == 301
+    assert urlsplit(response.headers["Location"]).netloc == ours
+
+
 def _path_qs(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.path}?{parts.query}"

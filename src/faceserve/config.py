@@ -27,7 +27,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "log_level": ("DEBUG", "INFO", "WARNING", "ERROR"),
     "log_format": ("text", "json"),
 }
-# settings that count something: at least this
+# every number a setting holds: at least this (tests/test_config_and_storage.py checks each has one)
 MINIMUM: dict[str, float] = {
     "port": 0,
     "workers": 1,
@@ -50,6 +50,8 @@ MINIMUM: dict[str, float] = {
     "max_upload_bytes": 1,
     "max_image_pixels": 1,
     "max_files_per_upload": 1,
+    "storage_min_free_bytes": 0,
+    "storage_full_retry_after_s": 0,
     "served_cache_entries": 1,
     "served_recheck_s": 0,
     "partial_upload_min_idle_s": 0,
@@ -65,6 +67,43 @@ MINIMUM: dict[str, float] = {
     "people_min_faces": 1,
     "people_min_face_size": 0,
     "people_recluster_min_changes": 1,
+    "db_watch_interval_s": 0.05,
+    "db_retry_after_s": 0,
+    "signing_key_refresh_s": 1,
+    "api_key_cache_s": 0,
+    "api_key_flush_s": 0.05,
+    "session_expiry_check_s": 0.05,
+    "cuda_device_id": 0,
+    "detection_threshold": 0.01,
+    # 0 would refuse every search, or leave renders waiting for ever
+    "max_pending_searches": 1,
+    "max_concurrent_renders": 1,
+    "max_probe_bytes": 1024,
+    "index_target_recall": 0.5,
+    "keepalive_timeout_s": 0.1,
+    "max_connections": 1,
+    "body_idle_timeout_s": 0.1,
+    "body_min_bytes_per_s": 0,
+    "body_grace_s": 0,
+    "max_json_bytes": 64,
+    "max_json_depth": 2,
+    "derivative_quality": 1,
+    "people_link_similarity": 0,
+    "people_min_det_score": 0,
+    "people_recluster_share": 0,
+    "setup_link_ttl_h": 0.01,
+    "guest_link_days": 1,
+}
+# and at most this
+MAXIMUM: dict[str, float] = {
+    "port": 65535,
+    "match_threshold": 2,  # cosine distance
+    "detection_threshold": 1,
+    "index_target_recall": 1,
+    "derivative_quality": 100,
+    "people_link_similarity": 1,
+    "people_min_det_score": 1,
+    "people_recluster_share": 1,
 }
 # old names still read from the environment, with a warning: {old: new}
 RENAMED = {
@@ -100,7 +139,8 @@ class Settings:
     db_watch_interval_s: float = 1.0
     # Retry-After of the 503 `unavailable` answered while the database is down or restarting
     db_retry_after_s: int = 5
-    # absolute base for image URLs in responses ("https://photos.example.com"); request host when unset
+    # absolute base for image URLs in responses ("https://photos.example.com"); unset: the address the
+    # connection reached (never the client's Host header), so set it behind a proxy
     public_base_url: str | None = None
     # image URLs in responses point here instead ("https://cdn.example.com"); API URLs stay on the origin
     cdn_base_url: str | None = None
@@ -126,6 +166,10 @@ class Settings:
     api_key_cache_s: float = 5.0
     # seconds between the batched writes of keys' last use (one UPDATE per flush, not one per request)
     api_key_flush_s: float = 30.0
+    # hours a one-time setup link (http://host:port/#setup=...) signs a browser in before it dies unused
+    setup_link_ttl_h: float = 24.0
+    # days a guest link's search key lives unless the organiser picks another (the page's default choice)
+    guest_link_days: int = 30
     # seconds between looks for expired sessions: the contract deletes them within a minute
     session_expiry_check_s: float = 20.0
     # token buckets, "requests/seconds", per key (per client address without one), http/ratelimit.py.
@@ -135,6 +179,9 @@ class Settings:
     rate_limit_search: str = "60/60"
     rate_limit_upload: str = "600/60"
     rate_limit_read: str = "6000/60"
+    # requests answered 401 (unknown, revoked or expired keys) per client address: past it, that address
+    # gets 429 for any key this process has not just seen valid, before a query is spent on it
+    rate_limit_failed_auth: str = "60/60"
     # comma-separated proxy addresses or networks whose X-Forwarded-For names the client (else: the peer)
     trusted_proxies: str = ""
 
@@ -216,6 +263,10 @@ class Settings:
     # decompression-bomb guard, checked from the image header before any pixel is decoded
     max_image_pixels: int = 50_000_000
     max_files_per_upload: int = 100
+    # free space on the storage disk below which /healthz says "disk": "low" and `faceserve doctor` fails;
+    # an upload that meets a full disk anyway is answered 507 `insufficient_storage` after this many seconds
+    storage_min_free_bytes: int = 2 * 1024**3
+    storage_full_retry_after_s: int = 60
 
     # behind nginx: image bodies on disk are handed to this internal location with X-Accel-Redirect
     # ("/_faceserve_files/", aliasing <storage>/face_sessions/), so nginx, not Python, sends them; unset: off
@@ -276,8 +327,9 @@ class Settings:
         for name, low in MINIMUM.items():
             if getattr(self, name) < low:
                 raise SettingsError(f"{env_name(name)} must be at least {low} (got {getattr(self, name)!r})")
-        if self.port > 65535:
-            raise SettingsError(f"{env_name('port')} must be at most 65535 (got {self.port})")
+        for name, high in MAXIMUM.items():
+            if getattr(self, name) > high:
+                raise SettingsError(f"{env_name(name)} must be at most {high} (got {getattr(self, name)!r})")
         if self.db_pool_min > self.db_pool_max:
             raise SettingsError(f"{env_name('db_pool_min')} must not exceed {env_name('db_pool_max')}")
         if self.accel_redirect is not None and not (

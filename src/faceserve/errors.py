@@ -56,6 +56,14 @@ class ImageTooLarge(FaceServeError):
     code = "image_too_large"
 
 
+class MetadataTooLarge(FaceServeError):
+    """A JPEG with more metadata segments than any camera writes (media/decoding.py): each open of it would
+    cost seconds of CPU."""
+
+    status = 413
+    code = "metadata_too_large"
+
+
 class NotAnImage(FaceServeError):
     status = 415
     code = "not_an_image"
@@ -64,6 +72,14 @@ class NotAnImage(FaceServeError):
 class NoFaceFound(FaceServeError):
     status = 422
     code = "no_face_found"
+
+
+class InsufficientStorage(FaceServeError):
+    """The disk (or the database's) is full: nothing was kept. Answered with Retry-After
+    (storage_full_retry_after_s): freeing space takes an operator, not a moment."""
+
+    status = 507
+    code = "insufficient_storage"
 
 
 class NotReady(FaceServeError):
@@ -105,6 +121,13 @@ class Forbidden(FaceServeError):
 
     status = 403
     code = "forbidden"
+
+
+class SetupLinkInvalid(FaceServeError):
+    """A setup link's token that is malformed, used already or expired (core/setup_links.py)."""
+
+    status = 403
+    code = "setup_link_invalid"
 
 
 class RateLimited(FaceServeError):

@@ -14,6 +14,8 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
+from .inputs import parse_id
+
 SESSIONS_DIR = "face_sessions"
 PHOTOS_DIR = "db"
 DERIVED_DIR = "derived"
@@ -30,15 +32,17 @@ def file_path(session_id: int, stored_name: str) -> str:
 
 
 def parse_identity(text: str) -> tuple[int, str] | None:
-    """'1/db/name.jpg' (also with a leading face_sessions/ or /storage/face_sessions/) -> (1, 'name.jpg')."""
+    """'1/db/name.jpg' (also with a leading face_sessions/ or /storage/face_sessions/) -> (1, 'name.jpg'); the
+    session id read by the one id parser (inputs.parse_id), as the access guard reads ids."""
     parts = text.strip("/").split("/")
     if parts[:2] == ["storage", SESSIONS_DIR]:
         parts = parts[2:]
     elif parts[:1] == [SESSIONS_DIR]:
         parts = parts[1:]
-    if len(parts) != 3 or not (parts[0].isascii() and parts[0].isdigit()) or parts[1] != PHOTOS_DIR or not parts[2]:
+    session_id = parse_id(parts[0]) if len(parts) == 3 else None
+    if session_id is None or parts[1] != PHOTOS_DIR or not parts[2]:
         return None
-    return int(parts[0]), parts[2]
+    return session_id, parts[2]
 
 
 @dataclass(frozen=True)

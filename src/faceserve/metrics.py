@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -26,9 +25,6 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-
-if TYPE_CHECKING:
-    from .core.services import Services
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -145,18 +141,23 @@ class _IndexSeries:
 _index_series = _IndexSeries()
 
 
-def sample(services: Services) -> None:
-    """Hand over counted request times and set the gauges of live state from this process's services
-    (cheap: counters and a dict walk)."""
-    HTTP_REQUESTS.flush()
-    UPLOADS_IN_FLIGHT.set(services.gate.in_flight)
-    INFERENCE_QUEUE.labels("inference_threads").set(services.inference._work_queue.qsize())
-    INFERENCE_QUEUE.labels("recogniser").set(services.recogniser.waiting)
-    size, idle = services.pool.get_size(), services.pool.get_idle_size()
-    DB_POOL.labels("in_use").set(size - idle)
-    DB_POOL.labels("idle").set(idle)
-    DB_POOL.labels("max").set(services.pool.get_max_size())
-    _sample_indexes(services.indexes.loaded())
+def set_live_gauges(
+    uploads_in_flight: int,
+    inference_waiting: int,
+    recogniser_waiting: int,
+    pool_size: int,
+    pool_idle: int,
+    pool_max: int,
+    indexes: Iterable[tuple[str, int]],
+) -> None:
+    """The gauges of this process's live state, as its owner (http/observability.py) samples them."""
+    UPLOADS_IN_FLIGHT.set(uploads_in_flight)
+    INFERENCE_QUEUE.labels("inference_threads").set(inference_waiting)
+    INFERENCE_QUEUE.labels("recogniser").set(recogniser_waiting)
+    DB_POOL.labels("in_use").set(pool_size - pool_idle)
+    DB_POOL.labels("idle").set(pool_idle)
+    DB_POOL.labels("max").set(pool_max)
+    _sample_indexes(indexes)
 
 
 def _sample_indexes(loaded: Iterable[tuple[str, int]]) -> None:

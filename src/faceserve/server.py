@@ -41,12 +41,20 @@ def _new_loop(kind: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def _run_one(settings: Settings, *, reuse_port: bool, sweep_partial_uploads: bool) -> None:
+class _Terminated(Exception):
+    """SIGTERM to the parent of workers: a service manager's stop, not an interrupt."""
+
+
+def _raise_terminated(*_: object) -> None:
+    raise _Terminated
+
+
+def _run_one(settings: Settings, *, reuse_port: bool, sweep_partial_uploads: bool) -> bool:
     loop = _new_loop(settings.event_loop)
     asyncio.set_event_loop(loop)
     app = create_app(settings, sweep_partial_uploads=sweep_partial_uploads)
     app.on_startup.append(startup.say_ready)  # after cleanup_ctx has opened the services
-    listener.run(  # web.run_app with limits on connections and idle time (http/listener.py)
+    return listener.run(  # web.run_app with limits on connections and idle time (http/listener.py)
         app,
         settings,
         reuse_port=reuse_port,
@@ -72,12 +80,13 @@ def _restart_postgres_if_down(postgres: db_recovery.EmbeddedPostgres) -> None:
         log.exception("could not restart the embedded Postgres; trying again")
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings) -> bool:
+    """Serve until stopped; True when SIGINT (Ctrl-C) stopped it, False for SIGTERM."""
     refuse_open_network(settings)
     startup.say_starting(settings)
     if settings.workers <= 1:
-        _run_one(settings, reuse_port=False, sweep_partial_uploads=True)
-        return
+        return _run_one(settings, reuse_port=False, sweep_partial_uploads=True)
+    interrupted = False
     with ExitStack() as stack:
         postgres = None
         if settings.database_url is None:
@@ -95,7 +104,7 @@ def serve(settings: Settings) -> None:
         ]
         for process in workers:
             process.start()
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+        signal.signal(signal.SIGTERM, _raise_terminated)
         try:
             last_check = time.monotonic()
             while all(p.is_alive() for p in workers):
@@ -106,6 +115,8 @@ def serve(settings: Settings) -> None:
                     last_check = time.monotonic()
             log.error("a worker exited; stopping the others")
         except KeyboardInterrupt:
+            interrupted = True
+        except _Terminated:
             pass
         finally:
             for process in workers:
@@ -117,3 +128,4 @@ def serve(settings: Settings) -> None:
                     process.kill()
                 if process.pid is not None:
                     metrics.process_exited(process.pid)
+    return interrupted

@@ -1,6 +1,13 @@
-"""Command line: `faceserve serve` runs the service, `faceserve import DIR` takes in an old tree,
-`faceserve doctor` checks what a deployment needs, `faceserve db upgrade|status` moves or shows the database
-schema, `faceserve people --session ID [--recluster]` shows (or clusters again) the people of a session, `faceserve keys ...` and `faceserve signing ...` (admin.py) manage access.
+"""faceserve: find a person in a photo collection by their face.
+
+  faceserve serve                    run the service (the page, the API)
+  faceserve setup-link               print a one-time link that signs a browser in as the organiser
+  faceserve import DIR               take in an old face_sessions/{id}/db/ tree
+  faceserve doctor                   check what a deployment needs
+  faceserve db upgrade|status        apply or show the database schema's migrations
+  faceserve people --session ID      show (or --recluster) the people of a session
+  faceserve keys ..., signing ...    manage API keys and the keys that sign image URLs
+  faceserve backup DIR, restore DIR  copy the database and photos out, and onto a fresh storage
 
 Exit codes: 0 done; 1 it ran and something failed (port in use, database down, files that failed to
 import, a failed doctor check); 2 bad usage (flags, settings, a source without the face_sessions layout);
@@ -23,13 +30,15 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..config import Settings, load_settings
+from ..config import CHOICES, Settings, env_name, load_settings
 from ..logs import FORMATS, LEVELS
-from . import admin
+from . import admin, backup
 
 log = logging.getLogger("faceserve")
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 _METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# commands whose output is a report: the log's INFO lines (a migration applied, Postgres started) stay out of it
+_REPORTS = {"doctor", "db", "people", *admin.COMMANDS, *backup.COMMANDS}
 
 
 class UsageError(Exception):
@@ -52,11 +61,18 @@ def _positive(raw: str) -> int:
     return int(raw)
 
 
+def _default(name: str) -> str:
+    """A flag's help names the setting's default and its variable, both read from config.py."""
+    value = getattr(Settings, name)
+    shown = f"./{value}" if isinstance(value, Path) and not value.is_absolute() else value
+    return f"default {shown}, or {env_name(name)}"
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--storage", type=Path, help="storage root (default ./storage, or FACESERVE_STORAGE)")
-    parser.add_argument("--models-dir", type=Path, help="folder of model packs (default ./models)")
-    parser.add_argument("--model-pack", help="model pack under --models-dir (default buffalo_s)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where models run (default auto)")
+    parser.add_argument("--storage", type=Path, help=f"storage root ({_default('storage')})")
+    parser.add_argument("--models-dir", type=Path, help=f"folder of model packs ({_default('models_dir')})")
+    parser.add_argument("--model-pack", help=f"model pack under --models-dir ({_default('model_pack')})")
+    parser.add_argument("--device", choices=CHOICES["device"], help=f"where models run ({_default('device')})")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,27 +84,29 @@ def _parser() -> argparse.ArgumentParser:
         "--log-level",
         type=str.upper,
         choices=LEVELS,
-        help="DEBUG shows libraries' start-up chatter and tracebacks too (default INFO, or FACESERVE_LOG_LEVEL)",
+        help=f"DEBUG shows libraries' start-up chatter and tracebacks too ({_default('log_level')})",
     )
     parser.add_argument(
-        "--log-format", choices=FORMATS, help="text, or json: one object a line (default text, or FACESERVE_LOG_FORMAT)"
+        "--log-format", choices=FORMATS, help=f"text, or json: one object a line ({_default('log_format')})"
     )
     commands = parser.add_subparsers(
-        dest="command", required=True, metavar="{serve,import,doctor,db,people,keys,signing}"
+        dest="command", required=True, metavar="{serve,setup-link,import,doctor,db,people,keys,signing,backup,restore}"
     )
     serve = commands.add_parser("serve", help="run the HTTP service")
-    serve.add_argument("--host", help="address to listen on (default 0.0.0.0)")
-    serve.add_argument("--port", type=_port, help="port (default 8000)")
+    serve.add_argument("--host", help=f"address to listen on ({_default('host')})")
+    serve.add_argument("--port", type=_port, help=f"port ({_default('port')})")
     serve.add_argument("--public-base-url", help="absolute base of image URLs in responses")
-    serve.add_argument("--workers", type=_positive, help="processes sharing the port (default 1)")
+    serve.add_argument("--workers", type=_positive, help=f"processes sharing the port ({_default('workers')})")
     _common(serve)
     importer = commands.add_parser("import", help="import a face_sessions/{id}/db/* tree")
     importer.add_argument("source", type=Path, help="folder holding face_sessions/ (or that folder itself)")
     _common(importer)
     doctor = commands.add_parser("doctor", help="check the database, models, providers, faiss, disk and clock")
     _common(doctor)
-    database = commands.add_parser("db", help="the database schema: apply or show its migrations")
-    database.add_argument("action", choices=["upgrade", "status"])
+    database = commands.add_parser(
+        "db", help="the database schema: apply or show its migrations, or print the schema they make"
+    )
+    database.add_argument("action", choices=["upgrade", "status", "schema"])
     database.add_argument("--storage", type=Path, help="storage root whose embedded Postgres to use")
     people = commands.add_parser("people", help="the people of a session; --recluster groups its faces again")
     people.add_argument("--session", type=int, required=True, help="face session id")
@@ -96,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     people.add_argument("--top", type=int, default=20, help="people to list, most photographed first")
     _common(people)
     admin.add_commands(commands, _common)
+    backup.add_commands(commands, _common)
     return parser
 
 
@@ -150,8 +169,8 @@ def _serve(settings: Settings) -> int:
     with metrics_folder():
         from ..server import serve  # imports prometheus_client: after the folder is set
 
-        serve(settings)
-    return 0
+        interrupted = serve(settings)
+    return EXIT_INTERRUPTED if interrupted else 0
 
 
 async def _import(settings: Settings, source: Path) -> int:
@@ -195,6 +214,11 @@ async def _database(settings: Settings, action: str) -> int:
     from ..db import database_uri, migrations
 
     async with database_uri(settings.database_url, settings.pgdata) as uri:
+        if action == "schema":
+            from ..db import schema
+
+            print(await schema.fresh_schema(uri), end="")
+            return 0
         conn = await asyncpg.connect(uri)
         try:
             if action == "upgrade":
@@ -254,13 +278,18 @@ def _run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     from .. import logs
 
-    logs.configure(settings.log_level.upper(), settings.log_format)
+    level = settings.log_level.upper()
+    if args.command in _REPORTS and args.log_level is None and "FACESERVE_LOG_LEVEL" not in os.environ:
+        level = "WARNING"
+    logs.configure(level, settings.log_format)
     if args.command == "db":
         return asyncio.run(_database(settings, args.action))
     if args.command == "people":
         return asyncio.run(_people(settings, args.session, args.recluster, args.top))
     if args.command in admin.COMMANDS:
         return asyncio.run(admin.COMMANDS[args.command](settings, args))
+    if args.command in backup.COMMANDS:
+        return asyncio.run(backup.COMMANDS[args.command](settings, args))
     if args.command == "serve":
         return _serve(settings)
     if args.command == "doctor":

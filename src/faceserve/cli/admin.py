@@ -1,4 +1,4 @@
-"""`faceserve keys ...` and `faceserve signing ...`: straight to the database, so they work while a server
+"""faceserve keys ..., signing ... and setup-link: straight to the database, so they work while a server
 runs on the same storage (the embedded Postgres is shared, not started twice) and on another host alike."""
 
 from __future__ import annotations
@@ -6,12 +6,18 @@ from __future__ import annotations
 import argparse
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import UTC, datetime
 
 import asyncpg
 
 from .. import db
 from ..config import Settings
-from ..core import api_keys, signing_store
+from ..core import api_keys, setup_links, signing_store
+
+
+def _when(moment: datetime | None, missing: str = "-") -> str:
+    """One time format in every listing: minutes, in UTC."""
+    return missing if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 @asynccontextmanager
@@ -46,6 +52,12 @@ def add_commands(commands: argparse._SubParsersAction, common: Callable[[argpars
     retire.add_argument("kid")
     common(retire)
     common(signing_actions.add_parser("list", help="key ids and dates (never the secrets)"))
+    setup = commands.add_parser(
+        "setup-link", help="print a one-time link that signs a browser in to the page as an admin"
+    )
+    setup.add_argument("--port", type=int, help="the port the service listens on (default 8000)")
+    setup.add_argument("--public-base-url", help="the address browsers reach the service at")
+    common(setup)
 
 
 async def run_keys(settings: Settings, args: argparse.Namespace) -> int:
@@ -61,7 +73,7 @@ async def run_keys(settings: Settings, args: argparse.Namespace) -> int:
                 return 2
             print(f"prefix {record.prefix}, scopes {','.join(record.scopes)}, "
                   f"sessions {'all' if record.session_ids is None else ','.join(map(str, record.session_ids))}, "
-                  f"expires {record.expires_at or 'never'}; the key (shown once):")
+                  f"expires {_when(record.expires_at, 'never')}; the key (shown once):")
             print(text)
             return 0
         if args.action == "list":
@@ -70,8 +82,8 @@ async def run_keys(settings: Settings, args: argparse.Namespace) -> int:
                 sessions = "all" if key.session_ids is None else ",".join(map(str, key.session_ids))
                 print(
                     f"{key.prefix}  {state:<7} scopes={','.join(key.scopes)} sessions={sessions} "
-                    f"name={key.name!r} created={key.created_at:%Y-%m-%d %H:%M} "
-                    f"last_used={key.last_used_at or '-'} expires={key.expires_at or 'never'}"
+                    f"name={key.name!r} created={_when(key.created_at)} "
+                    f"last_used={_when(key.last_used_at)} expires={_when(key.expires_at, 'never')}"
                 )
             return 0
         revoked = await api_keys.revoke(pool, args.prefix)
@@ -96,8 +108,16 @@ async def run_signing(settings: Settings, args: argparse.Namespace) -> int:
             print(f"retired {args.kid}")
             return 0
         for kid, created, retired in await signing_store.list_keys(pool):
-            print(f"{kid}  created={created:%Y-%m-%d %H:%M}  {'retired=' + str(retired) if retired else 'live'}")
+            print(f"{kid}  created={_when(created)}  {'retired=' + _when(retired) if retired else 'live'}")
         return 0
 
 
-COMMANDS = {"keys": run_keys, "signing": run_signing}
+async def run_setup_link(settings: Settings, args: argparse.Namespace) -> int:
+    async with database(settings) as pool:
+        token = await setup_links.create_token(pool, settings.setup_link_ttl_h)
+    print(f"open this link in the organiser's browser (it works once, for {settings.setup_link_ttl_h:g} h):")
+    print(setup_links.link(settings, token))
+    return 0
+
+
+COMMANDS = {"keys": run_keys, "signing": run_signing, "setup-link": run_setup_link}

@@ -18,7 +18,6 @@ from ..config import Settings
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 _DB_TIMEOUT_S = 5.0
-_MIN_FREE_BYTES = 2 * 1024**3
 _MAX_CLOCK_SKEW_S = 5.0
 
 
@@ -44,9 +43,11 @@ def _database_uri(settings: Settings) -> tuple[str | None, str]:
 async def _ask_database(uri: str) -> tuple[str, float]:
     import asyncpg
 
+    from .. import db
+
     connection = await asyncio.wait_for(asyncpg.connect(uri), _DB_TIMEOUT_S)
     try:
-        version, now = await connection.fetchrow("SELECT current_setting('server_version'), now()")
+        version, now = await db.server_version_and_time(connection)
     finally:
         await connection.close()
     return version, (now - datetime.now(UTC)).total_seconds()
@@ -139,8 +140,11 @@ def check_disk(settings: Settings) -> list[Check]:
         place = place.parent  # storage is made at first start: ask the disk it will be on
     usage = shutil.disk_usage(place)
     free_gib, share = usage.free / 1024**3, usage.free / usage.total
-    status = FAIL if usage.free < _MIN_FREE_BYTES else WARN if share < 0.1 else OK
-    return [Check(status, "disk", f"{settings.storage}: {free_gib:.1f} GiB free ({share:.0%} of {usage.total / 1024**3:.0f} GiB)")]
+    status = FAIL if usage.free < settings.storage_min_free_bytes else WARN if share < 0.1 else OK
+    detail = f"{settings.storage}: {free_gib:.1f} GiB free ({share:.0%} of {usage.total / 1024**3:.0f} GiB)"
+    if status == FAIL:
+        detail += f", below STORAGE_MIN_FREE_BYTES ({settings.storage_min_free_bytes / 1024**3:.1f} GiB)"
+    return [Check(status, "disk", detail)]
 
 
 CHECKS: tuple[Callable[[Settings], list[Check]], ...] = (

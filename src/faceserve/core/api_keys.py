@@ -85,13 +85,20 @@ def hash_of(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
+# as long as a session may last (expires_in_days): 9999999d ran past the year 9999, an OverflowError and a 500
+MAX_KEY_LIFETIME = timedelta(days=36500)
+
+
 def parse_duration(text: str) -> timedelta:
-    """'30d', '12h', '90m' or '45s' -> a positive timedelta."""
-    match = re.fullmatch(r"([1-9][0-9]{0,6})([dhms])", text.strip())
+    """'30d', '12h', '90m' or '45s' -> a positive timedelta of at most MAX_KEY_LIFETIME."""
+    match = re.fullmatch(r"([1-9][0-9]{0,6})([dhms])", text.strip(), re.ASCII)
     if not match:
         raise ValueError("a duration looks like 30d, 12h, 90m or 45s")
     unit = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}[match.group(2)]
-    return timedelta(**{unit: int(match.group(1))})
+    lifetime = timedelta(**{unit: int(match.group(1))})
+    if lifetime > MAX_KEY_LIFETIME:
+        raise ValueError(f"a key lives at most {MAX_KEY_LIFETIME.days}d")
+    return lifetime
 
 
 def check_scopes(scopes: list[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -219,6 +226,11 @@ class KeyCache:
             self._entries.clear()  # a flood of made-up keys must not grow memory
         self._entries[digest] = (now + self._ttl_s, record)
         return record
+
+    def knows(self, key: str) -> bool:
+        """Whether this key's record is cached here as a key that exists (no query needed to answer it)."""
+        hit = self._entries.get(hash_of(key))
+        return hit is not None and hit[0] > time.monotonic() and hit[1] is not None
 
     def touch(self, record: ApiKey) -> None:
         self.used[record.prefix] = time.time()

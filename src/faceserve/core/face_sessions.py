@@ -30,6 +30,8 @@ async def _delete_session(services: Services, session_id: int) -> None:
         # the tombstone makes the removal of its files crash-safe and keeps `faceserve import` from
         # bringing the session back (tombstones.py)
         await tombstones.record_session_deleted(conn, session_id)
+        # its guest links would otherwise stay live, listed under no event, until they expire
+        await db.revoke_session_keys(conn, session_id)
         await index_sync.announce_dropped(conn, services.process_token, session_id)
     services.served.evict_session(session_id)
     await services.indexes.drop(session_id)

@@ -62,6 +62,14 @@ def sessions_in(source: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def imported_name(source: Path, session_id: int, sessions: int) -> str:
+    """A readable name for an imported session: the folder imported ("wedding"), with the old id when the
+    tree held several sessions ("wedding 3"); renamed on the page or by PATCH later."""
+    folder = source.parent if source.name == SESSIONS_DIR else source
+    label = cleaned_text(folder.name).strip()[:150] or "imported"
+    return f"{label} {session_id}" if sessions > 1 else label
+
+
 def files_in(folder: Path) -> list[Path]:
     """The files of one session's db folder, in the order they are imported (hidden ones skipped)."""
     return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file())
@@ -132,12 +140,14 @@ async def import_tree(services: Services, source: Path, progress: Progress | Non
     recorded strictly in name order, so which of two identical files keeps the bytes never varies."""
     report = ImportReport()
     window_size = services.settings.inference_threads + 1
-    for session_id, folder in sessions_in(source):
+    found = sessions_in(source)
+    for session_id, folder in found:
         if await db.session_was_deleted(services.pool, session_id):
             report.deleted_skipped += sum(1 for p in folder.iterdir() if not p.name.startswith(".") and p.is_file())
             continue
         if await db.get_session(services.pool, session_id) is None:
-            await db.create_session(services.pool, f"session {session_id}", session_id=session_id)
+            session_name = imported_name(source, session_id, len(found))
+            await db.create_session(services.pool, session_name, session_id=session_id)
             report.sessions_created += 1
         recorded = await db.session_file_paths(services.pool, session_id)
         deleted = await db.deleted_paths(services.pool, session_id)

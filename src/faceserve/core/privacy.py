@@ -27,8 +27,6 @@ from .services import Services
 
 log = logging.getLogger(__name__)
 
-_EXPIRY_LOCK = 7312004
-
 
 @dataclass(frozen=True)
 class Forgotten:
@@ -81,7 +79,7 @@ async def delete_expired(services: Services) -> list[int] | None:
     """Delete every expired session; None when another process holds the sweep right now."""
     deleted: list[int] = []
     async with services.pool.acquire() as conn, conn.transaction():
-        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _EXPIRY_LOCK):
+        if not await db.try_lock_session_expiry(conn):
             return None
         for session_id in await db.expired_sessions(conn):
             # each in its own transaction, on other connections; the lock is held meanwhile

@@ -112,6 +112,10 @@ class Services:
     # background work of this process (core/people.py re-clusterings), cancelled before the parts close
     jobs: BackgroundJobs
 
+    def inference_waiting(self) -> int:
+        """Blocking jobs queued for the inference threads (ThreadPoolExecutor keeps no public count)."""
+        return self.inference._work_queue.qsize()
+
     async def infer(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking work (decode, detection, embedding) on the inference threads."""
         return await asyncio.get_running_loop().run_in_executor(self.inference, fn, *args)

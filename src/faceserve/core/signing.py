@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import math
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from ..errors import FaceServeError
@@ -85,13 +86,18 @@ _SIGNED_QUERY = re.compile(
     r"exp=([1-9][0-9]{0,11})&kid=([A-Za-z0-9]{1,32})&sig=([0-9a-f]{64})"
     r"((?:&[a-z]{1,8}=(?:[1-9][0-9]{0,5}|[a-z]{1,10}))*)"
 )
-_SIGNED_NAMES = re.compile(r"&(?:exp|kid|sig)=")
 
 
-def verify_exact(keys: SigningKeys, target: str, now: float) -> int:
-    """verify() for a raw request target (path and query exactly as received, not decoded)."""
+def verify_exact(keys: SigningKeys, target: str, now: float, extra_names: Collection[str] = ()) -> int:
+    """verify() for a raw request target (path and query exactly as received, not decoded). After the
+    signature only extra_names may follow (the route's derivative parameters), each at most once: an unknown
+    or repeated one (`&zz=1`, `&w=320&w=640`) would be one more cache key for the same answer."""
     path, _, query = target.partition("?")
     match = _SIGNED_QUERY.fullmatch(query)
-    if match is None or _SIGNED_NAMES.search(match.group(4)) or "%" in path:
+    if match is None or "%" in path:
         raise BadSignature("this URL needs a valid signature (exp, kid, sig), spelled as it was given")
+    names = [pair.partition("=")[0] for pair in match.group(4).split("&")[1:]]
+    if len(set(names)) != len(names) or not set(names) <= set(extra_names):
+        allowed = ", ".join(extra_names) or "none"
+        raise BadSignature(f"a signed URL takes no parameters but its signature and, once each: {allowed}")
     return verify(keys, path, {"exp": match.group(1), "kid": match.group(2), "sig": match.group(3)}, now)

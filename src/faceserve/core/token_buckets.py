@@ -63,6 +63,15 @@ class Buckets:
             0 if allowed else math.ceil((1.0 - tokens) / self.rate),
         )
 
+    def waiting_s(self, identity: str, now: float | None = None) -> int:
+        """Seconds until this identity has a token again (0: it has one); takes nothing."""
+        state = self._state.get(identity)
+        if state is None:
+            return 0
+        now = time.monotonic() if now is None else now
+        tokens = min(self.capacity, state[0] + (now - state[1]) * self.rate)
+        return 0 if tokens >= 1.0 else math.ceil((1.0 - tokens) / self.rate)
+
     def _forget_full(self, now: float) -> None:
         """Buckets that have refilled hold no information: drop them (all of them if none has)."""
         full = [i for i, (t, last) in self._state.items() if t + (now - last) * self.rate >= self.capacity]

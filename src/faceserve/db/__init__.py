@@ -13,8 +13,10 @@ from .access_keys import (
     lock_key_bootstrap,
     record_keys_last_used,
     revoke_api_key,
+    revoke_session_keys,
 )
 from .audit import record_forget
+from .backups import export_snapshot, has_schema, postgres_tool, stored_file_paths
 from .binary_copy import copy_records
 from .blobs import blob, blob_range, blob_size, insert_blob
 from .faces import (
@@ -41,8 +43,9 @@ from .images import (
     insert_image,
     list_images,
     session_file_paths,
+    session_of_image,
 )
-from .notifications import NotificationListener, Subscription
+from .notifications import NotificationListener, Subscription, notify
 from .people import (
     Assignments,
     FaceFacts,
@@ -79,6 +82,7 @@ from .pool import (
     embedded_postgres,
     embedded_postgres_blocking,
     ping,
+    server_version_and_time,
 )
 from .sessions import (
     FaceSession,
@@ -87,9 +91,12 @@ from .sessions import (
     expired_sessions,
     get_session,
     list_sessions,
+    rename_session,
     session_counts,
     set_expiry,
+    try_lock_session_expiry,
 )
+from .setup_tokens import insert_setup_token, use_setup_token
 from .signing_keys import (
     SIGNING_KEYS_CHANNEL,
     any_live_signing_key,
@@ -164,6 +171,7 @@ __all__ = [
     "embedded_postgres_blocking",
     "embeddings_by_ids",
     "expired_sessions",
+    "export_snapshot",
     "faces_with_images",
     "find_image_by_path",
     "find_image_by_sha256",
@@ -173,12 +181,14 @@ __all__ = [
     "get_person",
     "get_served_image",
     "get_session",
+    "has_schema",
     "insert_api_key",
     "insert_blob",
     "insert_deleted_image",
     "insert_deleted_session",
     "insert_faces",
     "insert_image",
+    "insert_setup_token",
     "insert_signing_key",
     "insert_upload_intent",
     "list_api_keys",
@@ -197,6 +207,7 @@ __all__ = [
     "move_faces",
     "note_changed_faces",
     "note_clustered",
+    "notify",
     "path_taken",
     "person_face_ids",
     "person_images",
@@ -206,22 +217,30 @@ __all__ = [
     "pin_person",
     "ping",
     "place_faces",
+    "postgres_tool",
     "record_forget",
     "record_keys_last_used",
     "refresh_people",
     "refresh_session_people",
+    "rename_session",
     "retire_signing_key",
     "revoke_api_key",
+    "revoke_session_keys",
+    "server_version_and_time",
     "session_assignments",
     "session_counts",
     "session_embeddings",
     "session_face_facts",
     "session_face_stats",
     "session_file_paths",
+    "session_of_image",
     "session_person_ids",
     "session_was_deleted",
     "set_expiry",
+    "stored_file_paths",
     "try_lock_clustering",
+    "try_lock_session_expiry",
     "unlock_clustering",
     "unplace_machine_faces",
+    "use_setup_token",
 ]

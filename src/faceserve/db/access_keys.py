@@ -10,11 +10,10 @@ from datetime import datetime
 
 import asyncpg
 
+from . import locks
 from .pool import Connection
 
 API_KEYS_CHANNEL = "faceserve_api_keys"
-# advisory lock: two workers starting at once make one bootstrap admin key
-_BOOTSTRAP_LOCK = 7312002
 
 _COLUMNS = "id, prefix, name, scopes, session_ids, created_at, expires_at, last_used_at, revoked_at"
 
@@ -60,6 +59,18 @@ async def revoke_api_key(conn: Connection, prefix: str) -> asyncpg.Record | None
     )
 
 
+async def revoke_session_keys(conn: Connection, session_id: int) -> list[str]:
+    """Keys bound to this session alone (its guest links) revoked with it, each announced like a revoke."""
+    rows = await conn.fetch(
+        "WITH revoked AS (UPDATE api_keys SET revoked_at = now() "
+        "WHERE session_ids = ARRAY[$1]::bigint[] AND revoked_at IS NULL RETURNING prefix) "
+        "SELECT revoked.prefix FROM revoked, LATERAL pg_notify($2, revoked.prefix)",
+        session_id,
+        API_KEYS_CHANNEL,
+    )
+    return [r["prefix"] for r in rows]
+
+
 async def record_keys_last_used(conn: Connection, prefixes: list[str], moments: list[datetime]) -> None:
     """One statement for every key used since the last flush."""
     await conn.execute(
@@ -72,7 +83,7 @@ async def record_keys_last_used(conn: Connection, prefixes: list[str], moments: 
 
 async def lock_key_bootstrap(conn: asyncpg.Connection) -> None:
     """Inside a transaction: the one process that may make the first admin key, until it commits."""
-    await conn.execute("SELECT pg_advisory_xact_lock($1)", _BOOTSTRAP_LOCK)
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", locks.KEY_BOOTSTRAP)  # two workers starting at once make one bootstrap key
 
 
 async def any_api_key(conn: Connection) -> bool:

@@ -71,6 +71,10 @@ async def get_served_image(conn: Connection, image_id: int) -> ServedImage | Non
     return None if row is None else ServedImage(*row)
 
 
+async def session_of_image(conn: Connection, image_id: int) -> int | None:
+    return await conn.fetchval("SELECT face_session_id FROM face_session_images WHERE id = $1", image_id)
+
+
 async def find_image_by_sha256(conn: Connection, session_id: int, sha256: bytes) -> ImageRecord | None:
     return _image(
         await conn.fetchrow(

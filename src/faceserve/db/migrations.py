@@ -16,10 +16,10 @@ from importlib import resources
 
 import asyncpg
 
+from . import locks
+
 log = logging.getLogger(__name__)
 
-# one number for every process that changes the schema (also taken by the releases before versions)
-SCHEMA_LOCK = 7312001
 _FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 _VERSION_TABLE = """
@@ -98,7 +98,7 @@ async def upgrade(conn: asyncpg.Connection, target: int | None = None) -> list[M
         if target is not None and migration.version > target:
             break
         async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", locks.SCHEMA)
             await conn.execute(_VERSION_TABLE)
             if await conn.fetchval("SELECT 1 FROM schema_version WHERE version = $1", migration.version):
                 continue

@@ -29,6 +29,11 @@ _LIVENESS_CHECK_S = 30.0
 _LIVENESS_TIMEOUT_S = 5.0
 
 
+async def notify(conn: asyncpg.Connection | asyncpg.Pool, channel: str, payload: str) -> None:
+    """Announce payload on channel; inside a transaction, Postgres delivers it at commit (never on rollback)."""
+    await conn.execute("SELECT pg_notify($1, $2)", channel, payload)
+
+
 @dataclass(frozen=True)
 class Subscription:
     channel: str

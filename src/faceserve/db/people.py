@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import locks
 from .binary_copy import copy_records
 from .pool import Connection
 
@@ -23,26 +24,24 @@ class Person:
 _PERSON = "SELECT id, face_session_id, face_count, image_count, cover_face_id FROM people"
 
 
-# advisory lock classes (two-key form: class, session id): writes to one session's people take turns
-# (merges, splits, a clustering's result, new faces joining); one full clustering per session at a time
-WRITE_LOCK = 7312101
-CLUSTERING_LOCK = 7312102
+# advisory locks of a session (db/locks.py): writes to its people take turns (merges, splits, a clustering's
+# result, new faces joining); one full clustering per session at a time
 
 
 async def lock_people_writes(conn: Connection, session_id: int) -> None:
     """Inside a transaction: until it ends, no other writer changes this session's people."""
-    await conn.execute("SELECT pg_advisory_xact_lock($1, ($2 % 2147483647)::int)", WRITE_LOCK, session_id)
+    await conn.execute("SELECT pg_advisory_xact_lock($1, ($2 % 2147483647)::int)", locks.PEOPLE_WRITE, session_id)
 
 
 async def try_lock_clustering(conn: Connection, session_id: int) -> bool:
     """On a connection held for the clustering: True if no other process is clustering this session."""
     return bool(
-        await conn.fetchval("SELECT pg_try_advisory_lock($1, ($2 % 2147483647)::int)", CLUSTERING_LOCK, session_id)
+        await conn.fetchval("SELECT pg_try_advisory_lock($1, ($2 % 2147483647)::int)", locks.PEOPLE_CLUSTERING, session_id)
     )
 
 
 async def unlock_clustering(conn: Connection, session_id: int) -> None:
-    await conn.execute("SELECT pg_advisory_unlock($1, ($2 % 2147483647)::int)", CLUSTERING_LOCK, session_id)
+    await conn.execute("SELECT pg_advisory_unlock($1, ($2 % 2147483647)::int)", locks.PEOPLE_CLUSTERING, session_id)
 
 
 async def get_person(conn: Connection, session_id: int, person_id: int) -> Person | None:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import TypeAlias
 
@@ -55,9 +56,10 @@ async def database_uri(external: str | None, pgdata: Path) -> AsyncIterator[str]
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """Pool reset on release. asyncpg always rolls back an open transaction and drops listeners first; its
     default then runs `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`, a round trip
-    after every query of every request. Nothing here changes session state (no SET, no session advisory
-    locks, no LISTEN or WITH HOLD cursors on pool connections: db/notifications.py listens on its own
-    connection)."""
+    after every query of every request. Nothing here leaves session state behind: no SET, no LISTEN or WITH
+    HOLD cursors on pool connections (db/notifications.py listens on its own connection), and the one
+    session-level advisory lock (a session's full clustering, db/people.py) is released by its holder before
+    its connection goes back."""
 
 
 async def create_pool(dsn: str, min_size: int, max_size: int) -> asyncpg.Pool:
@@ -74,3 +76,9 @@ async def create_pool(dsn: str, min_size: int, max_size: int) -> asyncpg.Pool:
 
 async def ping(conn: Connection) -> bool:
     return await conn.fetchval("SELECT 1") == 1
+
+
+async def server_version_and_time(conn: Connection) -> tuple[str, datetime]:
+    """The server's version and its clock (`faceserve doctor` compares that with this host's)."""
+    version, now = await conn.fetchrow("SELECT current_setting('server_version'), now()")
+    return version, now

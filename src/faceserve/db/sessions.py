@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from . import locks
 from .pool import Connection
 
 
@@ -54,6 +55,13 @@ async def session_counts(conn: Connection, session_id: int) -> tuple[int, int]:
     return int(row["images"]), int(row["faces"])
 
 
+async def rename_session(conn: Connection, session_id: int, name: str) -> FaceSession | None:
+    row = await conn.fetchrow(
+        "UPDATE face_sessions SET name = $2 WHERE id = $1 RETURNING id, name, created_at", session_id, name
+    )
+    return None if row is None else FaceSession(**dict(row))
+
+
 async def delete_session(conn: Connection, session_id: int) -> bool:
     deleted = await conn.fetchval("DELETE FROM face_sessions WHERE id = $1 RETURNING id", session_id)
     return deleted is not None
@@ -64,6 +72,11 @@ async def set_expiry(conn: Connection, session_id: int, days: int) -> None:
     await conn.execute(
         "UPDATE face_sessions SET expires_at = now() + $2::interval WHERE id = $1", session_id, timedelta(days=days)
     )
+
+
+async def try_lock_session_expiry(conn: Connection) -> bool:
+    """Whether this transaction may delete expired sessions (another process holds the turn when not)."""
+    return bool(await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", locks.SESSION_EXPIRY))
 
 
 async def expired_sessions(conn: Connection) -> list[int]:

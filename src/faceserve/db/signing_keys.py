@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import asyncpg
 
+from . import locks
 from .pool import Connection
 
 SIGNING_KEYS_CHANNEL = "faceserve_signing_keys"
-# advisory lock: workers starting together make one key, not one each
-_CREATE_LOCK = 7312003
 
 
 async def lock_signing_key_creation(conn: asyncpg.Connection) -> None:
     """Inside a transaction: the one process that may make the first key, until it commits."""
-    await conn.execute("SELECT pg_advisory_xact_lock($1)", _CREATE_LOCK)
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", locks.SIGNING_KEY_CREATE)  # workers starting together make one key, not one each
 
 
 async def any_live_signing_key(conn: Connection) -> bool:

@@ -9,15 +9,13 @@ backend is gone" proves the work was abandoned, with no heartbeat to keep and no
 
 from __future__ import annotations
 
+from . import locks
 from .pool import Connection
 
-# advisory lock (one key): start-up sweeps take turns, across the processes of every node of a fleet
-SWEEP_LOCK = 0x5F_EE_70
-
-# advisory lock class (the two-key form: class, hashtext(path)) of one stored file's path: an upload recording
-# its intent to put a file there and a removal of the file there take turns (core/tombstones.py
-# remove_file_unless_taken); a hash collision only makes two paths wait for each other
-PATH_LOCK_CLASS = 0x5FEE
+# start-up sweeps take turns (locks.START_SWEEP), across the processes of every node of a fleet. One stored
+# file's path (locks.STORED_PATH, hashtext(path)): an upload recording its intent to put a file there and a
+# removal of the file there take turns (core/tombstones.py remove_file_unless_taken); a hash collision only
+# makes two paths wait for each other
 
 # the values of (owner_pid, owner_started) for a row written by this connection: the function for one pid, as
 # the pg_stat_activity view would build every backend's row (with its role and database) on every upload and delete
@@ -42,12 +40,12 @@ async def refresh_liveness(conn: Connection) -> None:
 
 async def lock_sweeps(conn: Connection) -> None:
     """Inside the sweep's transaction: waits while another process sweeps, released at its commit."""
-    await conn.execute("SELECT pg_advisory_xact_lock($1)", SWEEP_LOCK)
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", locks.START_SWEEP)
 
 
 def path_lock(param: str) -> str:
     """SQL: wait for and take the lock of the stored path in param, until the transaction ends."""
-    return f"pg_advisory_xact_lock({PATH_LOCK_CLASS}, hashtext({param}))"
+    return f"pg_advisory_xact_lock({locks.STORED_PATH}, hashtext({param}))"
 
 
 async def lock_path(conn: Connection, file_path: str) -> None:

@@ -1,12 +1,6 @@
-"""Who may do what, decided here: the table of every route's access, and the one middleware that checks it.
+"""Who may do what, checked here: the one middleware that holds each request to its route's declared access
+(http/routes.py; the values are explained in http/routing.py).
 
-Every route of create_app() has an entry (tests/test_access.py walks the router and fails on a missing one;
-a route missing anyway is treated as admin-only). Entries are a scope a key must hold, or:
-- PUBLIC: no key (health checks, the web page);
-- SIGNED: image bytes; a signed URL is the credential (serving.check_access verifies it), no key;
-- LEGACY: old /storage/... links: open while image URLs are unsigned (public images or auth off), else
-  they need a key with the search scope like any API call. Imported trees keep guessable names
-  (IMG_0001.jpg), so an open redirect to a signed URL would hand out every photo to whoever counts.
 A key bound to sessions gets 403 `forbidden` for anything of another session (not 404: the ids are
 sequential, so hiding existence would hide little, and one clear answer is easier to debug).
 """
@@ -25,51 +19,14 @@ from aiohttp import web
 
 from .. import db
 from ..config import Settings
-from ..core import api_keys, signing_store
+from ..core import api_keys, setup_links, signing_store
 from ..errors import Forbidden, Unauthorized
-from .appkeys import ACCESS, SERVICES, URLS
+from .appkeys import SERVICES, URLS
 from .middleware import Handler
 from .route_params import route_ids
+from .routing import LEGACY, PUBLIC, SIGNED, declared
 
 log = logging.getLogger(__name__)
-
-PUBLIC = "public"
-SIGNED = "signed"
-LEGACY = "legacy"
-
-# (method, route as registered) -> what the request needs. HEAD is checked as GET.
-ROUTE_ACCESS: dict[tuple[str, str], str] = {
-    ("GET", "/healthz"): PUBLIC,
-    # the web page and its files: it asks the person for a key (or reads one from a guest link's fragment)
-    ("GET", "/"): PUBLIC,
-    ("GET", "/static/{version}/{name}"): PUBLIC,
-    # the contract and its page describe the API, nothing of anyone's data
-    ("GET", "/openapi.json"): PUBLIC,
-    ("GET", "/docs"): PUBLIC,
-    # counts and timings of the whole service: for the operator's scraper (a bearer token in its config)
-    ("GET", "/metrics"): "admin",
-    ("POST", "/api/face/sessions"): "write",
-    ("GET", "/api/face/sessions"): "search",
-    ("GET", "/api/face/sessions/{session_id}"): "search",
-    ("DELETE", "/api/face/sessions/{session_id}"): "write",
-    ("POST", "/api/face/sessions/{session_id}/images"): "write",
-    ("GET", "/api/face/sessions/{session_id}/images"): "search",
-    ("POST", "/api/face/sessions/{session_id}/forget"): "write",
-    ("GET", "/api/face/image/{image_id}"): SIGNED,
-    ("DELETE", "/api/face/image/{image_id}"): "write",
-    ("GET", "/api/face/face/{face_id}"): SIGNED,
-    ("GET", "/api/face/resolve"): "search",
-    ("GET", "/storage/face_sessions/{session_id}/db/{name}"): LEGACY,
-    ("POST", "/api/face/search"): "search",
-    ("POST", "/api/face/sessions/{session_id}/search"): "search",
-    ("GET", "/api/face/sessions/{session_id}/people"): "search",
-    ("GET", "/api/face/sessions/{session_id}/people/{person_id}/images"): "search",
-    ("POST", "/api/face/sessions/{session_id}/people/{person_id}/merge"): "write",
-    ("POST", "/api/face/sessions/{session_id}/people/{person_id}/split"): "write",
-    ("POST", "/api/face/keys"): "admin",
-    ("GET", "/api/face/keys"): "admin",
-    ("DELETE", "/api/face/keys/{prefix}"): "admin",
-}
 
 _KEY = web.RequestKey("api_key", api_keys.ApiKey)
 
@@ -80,19 +37,7 @@ class AccessState:
     keys: api_keys.KeyCache
 
 
-def route_key(route: web.AbstractRoute) -> tuple[str, str] | None:
-    resource = route.resource
-    if resource is None:
-        return None
-    return ("GET" if route.method == "HEAD" else route.method, resource.canonical)
-
-
-def required(request: web.Request) -> str | None:
-    """What this request's route needs; None when no route matched (its 404/405 tells nothing)."""
-    key = route_key(request.match_info.route)
-    if key is None:
-        return None
-    return ROUTE_ACCESS.get(key, "admin")  # fail closed
+ACCESS = web.AppKey("access", AccessState)
 
 
 def presented_key(request: web.Request) -> str:
@@ -113,6 +58,12 @@ async def authenticate(request: web.Request) -> api_keys.ApiKey:
         raise Unauthorized("the API key is unknown, revoked or expired")
     state.keys.touch(record)
     return record
+
+
+def presents_known_key(request: web.Request) -> bool:
+    """Whether the request carries a key this process knows to exist without asking Postgres."""
+    text = presented_key(request)
+    return bool(text) and request.app[ACCESS].keys.knows(text)
 
 
 def current_key(request: web.Request) -> api_keys.ApiKey | None:
@@ -141,8 +92,7 @@ async def _check_sessions(request: web.Request, key: api_keys.ApiKey) -> None:
     if "session_id" in ids:
         require_session(request, ids["session_id"])
     elif "image_id" in ids:
-        pool = request.app[SERVICES].pool
-        session_id = await pool.fetchval("SELECT face_session_id FROM face_session_images WHERE id = $1", ids["image_id"])
+        session_id = await db.session_of_image(request.app[SERVICES].pool, ids["image_id"])
         if session_id is not None:
             require_session(request, session_id)
     elif request.method == "POST" and request.match_info.route.resource is not None and (
@@ -155,9 +105,10 @@ async def _check_sessions(request: web.Request, key: api_keys.ApiKey) -> None:
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     if not request.app[ACCESS].settings.auth:
         return await handler(request)
-    needed = required(request)
-    if needed is None or needed in (PUBLIC, SIGNED):
-        return await handler(request)
+    route = declared(request)
+    if route is None or route.access in (PUBLIC, SIGNED):
+        return await handler(request)  # no route matched: its 404/405 tells nothing
+    needed = route.access
     if needed == LEGACY:
         if request.app[URLS].keys is None:
             return await handler(request)
@@ -232,8 +183,9 @@ async def access_ctx(app: web.Application) -> AsyncIterator[None]:
     and the changes other processes make to either."""
     settings = app[ACCESS].settings
     pool = app[SERVICES].pool
-    if settings.auth:
-        await api_keys.bootstrap(pool, settings.storage)
+    if settings.auth and await api_keys.bootstrap(pool, settings.storage) is not None:
+        token = await setup_links.create_token(pool, settings.setup_link_ttl_h)
+        say_setup_link(settings, token)
     tasks = [asyncio.create_task(_flush_forever(app))]
     signing_keys_changed: asyncio.Event | None = None
     if signs_from_database(settings):
@@ -247,6 +199,16 @@ async def access_ctx(app: web.Application) -> AsyncIterator[None]:
     await asyncio.gather(*tasks, return_exceptions=True)
     with contextlib.suppress(Exception):
         await app[ACCESS].keys.flush(pool)
+
+
+def say_setup_link(settings: Settings, token: str) -> None:
+    """On the console, not in the log: the link is a credential (once, for a day) that log shippers keep."""
+    print(
+        f"\nFirst start: open this link in the organiser's browser to sign it in to the page "
+        f"(it works once, for {settings.setup_link_ttl_h:g} h; faceserve setup-link prints a new one):\n"
+        f"    {setup_links.link(settings, token)}\n",
+        flush=True,
+    )
 
 
 def install(app: web.Application, settings: Settings) -> None:

@@ -9,8 +9,9 @@ import logging
 from typing import Any
 
 from aiohttp.abc import AbstractAccessLogger
-from aiohttp.web import BaseRequest, StreamResponse
+from aiohttp.web import BaseRequest, Request, StreamResponse
 
+from .access import current_key
 from .observability import request_id_of, route_of
 
 LOGGER = logging.getLogger("faceserve.access")
@@ -30,16 +31,16 @@ class AccessLogger(AbstractAccessLogger):
             "request_id": request_id_of(request),
             "remote": request.remote,
         }
-        key_prefix = request.get("key_prefix")  # set by API-key authentication, when a key was used
-        if key_prefix:
-            fields["key_prefix"] = key_prefix
+        key = current_key(request) if isinstance(request, Request) else None  # the key that authorised it
+        if key is not None:
+            fields["key_prefix"] = key.prefix
         if self.log_format == "json":
             self.logger.info("access", extra={"fields": fields})
         else:
             self.logger.info(
-                '%s "%s %s" %s %s %.1fms %s',
+                '%s "%s %s" %s %s bytes %.1fms %s%s',
                 fields["remote"], fields["method"], fields["path"], fields["status"], fields["bytes"],
-                fields["ms"], fields["request_id"],
+                fields["ms"], fields["request_id"], "" if key is None else f" key={key.prefix}",
             )
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aiohttp import web
@@ -11,8 +12,13 @@ from ..errors import BadRequest
 from .appkeys import URLS
 
 
+def json_line(value: Any) -> str:
+    """JSON ending in a newline: curl's output then ends its line instead of running into the prompt."""
+    return json.dumps(value) + "\n"
+
+
 def ok(data: dict[str, Any], status: int = 200) -> web.Response:
-    return web.json_response({"success": True, "data": data}, status=status)
+    return web.json_response({"success": True, "data": data}, status=status, dumps=json_line)
 
 
 def number(raw: str | None, name: str, kind: type[int | float], low: float, high: float) -> float | None:

@@ -33,12 +33,13 @@ from .route_params import route_id
 
 # Renders under way in this process, by file: concurrent first requests for one derivative (every open
 # gallery asks for a new photo's thumbnail at once) wait for one render instead of each making their own.
-_rendering: dict[Path, asyncio.Future[None]] = {}
+# The result is None once the file is in place, or the rendered bytes when a full disk could not keep them.
+_rendering: dict[Path, asyncio.Future[bytes | None]] = {}
 
 
 async def serve_image(request: web.Request) -> web.StreamResponse:
     image_id = route_id(request, "image_id")
-    cache_control = serving.check_access(request)
+    cache_control = serving.check_access(request, renditions.IMAGE_QUERY_NAMES)
     # the query is only parsed when there is one: most requests are for the original
     if request.query_string and wants_derivative(request):
         return await serve_image_derivative(request, image_id, cache_control)
@@ -125,7 +126,7 @@ async def serve_face_crop(request: web.Request) -> web.StreamResponse:
     """GET and HEAD /api/face/face/{face_id}[?w=]: the face's padded box, from the image as displayed."""
     face_id = route_id(request, "face_id")
     # a crop shows part of a photo: the same CDN and signature rules as the photo
-    cache_control = serving.check_access(request)
+    cache_control = serving.check_access(request, renditions.CROP_QUERY_NAMES)
     services = request.app[SERVICES]
     settings = services.settings
     face = await db.get_face(services.pool, face_id)
@@ -166,7 +167,7 @@ async def _serve(
     fd = _open(path)
     if fd is None:
         try:
-            await _render_once(
+            unkept = await _render_once(
                 path,
                 functools.partial(
                     _render_and_check, services.stores.of(original), original, path, render, services.renders
@@ -175,6 +176,10 @@ async def _serve(
         except ImageNotFound:
             request.app[SERVICES].served.evict(image_id)
             raise
+        if unkept is not None:
+            # the disk is full: served from memory this once, rendered again on the next request
+            status = conditional.evaluate(request.method, request.headers, entry.etag, entry.last_modified)
+            return await serving.respond(request, entry, serving.BytesBody(unkept), status, cache_control)
         fd = _open(path)
         if fd is None:
             request.app[SERVICES].served.evict(image_id)
@@ -196,14 +201,14 @@ def _open(path: Path) -> int | None:
         return None
 
 
-async def _render_once(path: Path, render_and_check: Callable[[], Awaitable[None]]) -> None:
+async def _render_once(path: Path, render_and_check: Callable[[], Awaitable[bytes | None]]) -> bytes | None:
     rendering = _rendering.get(path)
     if rendering is None:
         rendering = asyncio.ensure_future(render_and_check())
         _rendering[path] = rendering
         rendering.add_done_callback(lambda _: _rendering.pop(path, None))
     # shielded: a client that goes away must not cancel the render others are waiting for
-    await asyncio.shield(rendering)
+    return await asyncio.shield(rendering)
 
 
 async def _render_and_check(
@@ -212,15 +217,16 @@ async def _render_and_check(
     path: Path,
     render: Callable[[Path | bytes], bytes],
     renders: asyncio.Semaphore | None = None,
-) -> None:
+) -> bytes | None:
     # a few renders at a time: each may decode a large original (max_concurrent_renders)
     async with renders or contextlib.nullcontext():
         source = await store.source(image)
         try:
-            await asyncio.to_thread(renditions.ensure_cached, path, functools.partial(render, source))
+            unkept = await asyncio.to_thread(renditions.ensure_cached, path, functools.partial(render, source))
         except FileNotFoundError:
             raise ImageNotFound(f"the file of image {image.id} is gone") from None
     if not await store.exists(image):
         # deleted while this render ran, after its derivatives were removed: do not leave one behind
         await asyncio.to_thread(path.unlink, missing_ok=True)
         raise ImageNotFound(f"image {image.id} was deleted")
+    return unkept

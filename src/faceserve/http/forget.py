@@ -25,7 +25,7 @@ async def forget(request: web.Request) -> web.Response:
         elif part.name == "threshold":
             threshold_field = await multipart.read_field(part)
         else:
-            await part.release()
+            await multipart.skip(part)
     if not selfie:
         raise BadRequest("image is required: a selfie of the person to forget, as a multipart file part")
     threshold = number(threshold_field, "threshold", float, 0.0, 2.0)

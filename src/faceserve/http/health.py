@@ -1,8 +1,11 @@
-"""GET /healthz: 200 when the database answers and the models are loaded, 503 otherwise."""
+"""GET /healthz: 200 when the database answers and the models are loaded, 503 otherwise. It also says
+whether the storage disk has less than storage_min_free_bytes free ("disk": "low"): still 200, since
+searches and downloads go on, but uploads soon meet 507 `insufficient_storage`."""
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 
 import asyncpg
 from aiohttp import web
@@ -23,6 +26,7 @@ async def healthz(request: web.Request) -> web.Response:
         await asyncio.wait_for(db.ping(services.pool), _DB_TIMEOUT_S)
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise NotReady(f"database is not answering: {type(exc).__name__}") from None
+    free = (await asyncio.to_thread(shutil.disk_usage, services.storage.root)).free
     return ok(
         {
             "database": "ok",
@@ -33,5 +37,7 @@ async def healthz(request: web.Request) -> web.Response:
             "index": services.indexes.placement,
             # how many sessions' indexes this process holds (a fleet shards them by session: README)
             "sessions_loaded": len(services.indexes.loaded_sessions()),
+            "disk": "low" if free < services.settings.storage_min_free_bytes else "ok",
+            "disk_free_bytes": free,
         }
     )

@@ -91,19 +91,16 @@ async def delete_image(request: web.Request) -> web.Response:
     return ok({"image_id": image.id, "identity": image.identity, "deleted": True})
 
 
-def _file_path_of_identity(identity: str) -> str:
+async def resolve(request: web.Request) -> web.Response:
+    identity = query_text(request, "path")
     parsed = layout.parse_identity(identity)
     if parsed is None:
         raise BadRequest("path must look like '{session_id}/db/{file name}'")
-    return layout.file_path(*parsed)
-
-
-async def resolve(request: web.Request) -> web.Response:
-    identity = query_text(request, "path")
-    image = await db.find_image_by_path(request.app[SERVICES].pool, _file_path_of_identity(identity))
+    # the key's session before the lookup: a 404 for another session's path would say what it holds
+    require_session(request, parsed[0])
+    image = await db.find_image_by_path(request.app[SERVICES].pool, layout.file_path(*parsed))
     if image is None:
         raise ImageNotFound(f"no image has the path {identity!r}")
-    require_session(request, image.face_session_id)
     return ok({"image_id": image.id, "identity": image.identity, "url": image_url(request, image.id)})
 
 

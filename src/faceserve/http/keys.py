@@ -10,11 +10,13 @@ from datetime import timedelta
 
 from aiohttp import web
 
+from .. import inputs
 from ..core import api_keys
 from ..errors import BadRequest, FaceServeError, Forbidden
-from .access import current_key
-from .appkeys import ACCESS, SERVICES
-from .common import ok
+from .access import ACCESS, current_key
+from .appkeys import SERVICES
+from .common import number, ok
+from .parsing import read_json
 
 
 class KeyNotFound(FaceServeError):
@@ -30,14 +32,11 @@ def _within_creator(request: web.Request, session_ids: tuple[int, ...] | list[in
 
 
 async def create_key(request: web.Request) -> web.Response:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise BadRequest('body must be JSON like {"scopes": ["search"], "sessions": [7], "name": "guests"}') from None
+    body = await read_json(request)
     if not isinstance(body, dict):
-        raise BadRequest("body must be a JSON object")
+        raise BadRequest('body must be a JSON object like {"scopes": ["search"], "sessions": [7], "name": "guests"}')
     scopes, sessions = body.get("scopes", ["search"]), body.get("sessions")
-    name, expires_in = body.get("name", ""), body.get("expires_in")
+    name, expires_in, days = body.get("name", ""), body.get("expires_in"), body.get("expires_in_days")
     if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
         raise BadRequest("scopes must be a list of strings")
     if sessions is not None and (
@@ -47,10 +46,17 @@ async def create_key(request: web.Request) -> web.Response:
         raise BadRequest("sessions must be a list of session ids")
     if not isinstance(name, str) or len(name) > 200:
         raise BadRequest("name must be a string of at most 200 characters")
+    inputs.storable_text(name, "name")
+    if days is not None and (not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= 36500):
+        raise BadRequest("expires_in_days must be a whole number of days from 1 to 36500")
+    if days is not None and expires_in is not None:
+        raise BadRequest("give expires_in or expires_in_days, not both")
     if not _within_creator(request, sessions):
         raise Forbidden("a key bound to sessions can only make keys for some of its own sessions")
     try:
         lifetime: timedelta | None = None if expires_in is None else api_keys.parse_duration(str(expires_in))
+        if days is not None:
+            lifetime = timedelta(days=days)
         text, record = await api_keys.create(request.app[SERVICES].pool, scopes, name, sessions, lifetime)
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
@@ -58,8 +64,16 @@ async def create_key(request: web.Request) -> web.Response:
 
 
 async def list_keys(request: web.Request) -> web.Response:
+    """Every key this admin may manage; ?session=7: only keys bound to session 7 (an event's guest links)."""
+    session = number(request.query.get("session"), "session", int, 1, 2**63 - 1)
     keys = await api_keys.list_keys(request.app[SERVICES].pool)
-    return ok({"keys": [k.as_json() for k in keys if _within_creator(request, k.session_ids)]})
+    shown = [
+        k
+        for k in keys
+        if _within_creator(request, k.session_ids)
+        and (session is None or (k.session_ids is not None and session in k.session_ids))
+    ]
+    return ok({"keys": [k.as_json() for k in shown]})
 
 
 async def revoke_key(request: web.Request) -> web.Response:

@@ -13,17 +13,33 @@ This is web.run_app with those hooks: run_app offers no way to reach the server 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from ..config import Settings
 
 log = logging.getLogger(__name__)
 _LOG_EVERY = 1000
+
+
+class ProtocolLog(logging.LoggerAdapter):
+    """aiohttp's server logger (aiohttp.server), with a request its parser refused (a URL or header line over
+    8 KiB, bad framing) as one DEBUG line rather than an ERROR traceback: the client's mistake, answered 400
+    and access-logged like any answer."""
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            # the class only: the message quotes the refused bytes, which may be a header's value
+            self.debug("%s: %s, answered %d", str(msg) % args, type(exc_info).__name__, exc_info.code)
+            return
+        super().exception(msg, *args, exc_info=exc_info, **kwargs)
 
 
 class ConnectionCap:
@@ -61,6 +77,7 @@ async def start(
         app,
         keepalive_timeout=settings.keepalive_timeout_s,
         handle_signals=handle_signals,
+        logger=ProtocolLog(logging.getLogger("aiohttp.server")),
         **(access_log or {"access_log": None}),
     )
     await runner.setup()
@@ -89,11 +106,20 @@ def run(
     loop: asyncio.AbstractEventLoop,
     announce: Callable[[str], Any] | None = print,
     access_log: Mapping[str, Any] | None = None,
-) -> None:
-    """Serve until SIGINT or SIGTERM, then shut down gracefully (the app's cleanup closes the services)."""
+) -> bool:
+    """Serve until SIGINT or SIGTERM, then shut down gracefully (the app's cleanup closes the services).
+    True when SIGINT stopped it (Ctrl-C: the command exits 130), False for SIGTERM (a service manager's stop)."""
+    interrupted = False
+
+    def on_interrupt() -> None:
+        nonlocal interrupted
+        interrupted = True
+        raise web.GracefulExit()
 
     async def main() -> None:
         runner = await start(app, settings, reuse_port=reuse_port, access_log=access_log)
+        with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows' loop
+            loop.add_signal_handler(signal.SIGINT, on_interrupt)  # in place of aiohttp's, which says no which
         try:
             if announce is not None:
                 announce(f"======== Running on http://{settings.host}:{settings.port} ========")
@@ -112,3 +138,4 @@ def run(
         loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+    return interrupted

@@ -12,8 +12,9 @@ from aiohttp import web
 
 from ..config import Settings
 from ..db.recovery import is_database_unavailable
-from ..errors import Busy, FaceServeError, RateLimited, Unauthorized, Unavailable
+from ..errors import Busy, FaceServeError, InsufficientStorage, RateLimited, Unauthorized, Unavailable
 from .appkeys import SERVICES
+from .common import json_line
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def error_response(status: int, code: str, message: str) -> web.Response:
     response = web.json_response(
-        {"success": False, "error": {"code": code, "message": message}}, status=status
+        {"success": False, "error": {"code": code, "message": message}}, status=status, dumps=json_line
     )
     # an error is never cached like an image is
     response.headers["Cache-Control"] = "no-store"
@@ -31,6 +32,11 @@ def error_response(status: int, code: str, message: str) -> web.Response:
 
 def _snake(reason: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", reason.lower()).strip("_") or "error"
+
+
+def _settings(request: web.Request) -> Settings:
+    services = request.app.get(SERVICES)
+    return services.settings if services is not None else Settings()
 
 
 def _client_gone(request: web.Request) -> bool:
@@ -51,6 +57,8 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = error_response(exc.status, exc.code, exc.message)
         if isinstance(exc, (Busy, Unavailable)):
             response.headers["Retry-After"] = str(exc.retry_after)
+        elif isinstance(exc, InsufficientStorage):
+            response.headers["Retry-After"] = str(_settings(request).storage_full_retry_after_s)
         elif isinstance(exc, Unauthorized):
             response.headers["WWW-Authenticate"] = 'Bearer realm="faceserve"'
         elif isinstance(exc, RateLimited):
@@ -71,9 +79,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             # the database is down or restarting (db_recovery.py): normal life for a moment, not a crash
             log.warning("%s %s: database unavailable (%s)", request.method, request.path, type(exc).__name__)
             response = error_response(503, Unavailable.code, "the database is unavailable; try again shortly")
-            services = request.app.get(SERVICES)
-            retry_after = services.settings.db_retry_after_s if services is not None else Settings.db_retry_after_s
-            response.headers["Retry-After"] = str(retry_after)
+            response.headers["Retry-After"] = str(_settings(request).db_retry_after_s)
             return response
         request_id = request.get("request_id") or secrets.token_hex(6)  # observability's, when it ran
         log.exception("unhandled error in %s %s (request %s)", request.method, request.path, request_id)

@@ -19,7 +19,6 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from ..config import Settings
-from .appkeys import PAGE
 from .conditional import weak_match
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
@@ -48,6 +47,9 @@ class Page:
     index: Asset
     assets: dict[str, Asset]
     headers: dict[str, str]  # security headers of the page itself
+
+
+PAGE = web.AppKey("page", Page)
 
 
 def _asset(body: bytes, suffix: str) -> Asset:
@@ -92,6 +94,8 @@ def load(settings: Settings, static_dir: Path = STATIC_DIR) -> Page:
         static_base=f"/static/{version}",
         # the page asks for thumbnails only in widths the service renders (?w= outside them is a 400)
         derivative_sizes=json.dumps(list(settings.derivative_sizes)),
+        # the lifetime a new guest link is offered with (GUEST_LINK_DAYS)
+        guest_link_days=str(settings.guest_link_days),
     )
     return Page(
         version=version,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
@@ -12,6 +11,7 @@ from ..core import face_sessions, people
 from ..errors import BadRequest
 from .appkeys import SERVICES
 from .common import face_url, image_url, ok, query_int
+from .parsing import read_json
 from .route_params import route_id
 
 _MAX_ID = 2**63 - 1
@@ -78,10 +78,7 @@ async def person_images(request: web.Request) -> web.Response:
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BadRequest("the body must be a JSON object") from None
+    body = await read_json(request)
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     return body

@@ -1,7 +1,6 @@
 """The rate-limit middleware: which budget a route spends, whose bucket, and the IETF RateLimit fields.
 
-Budgets: `search` (search and forget: a face detection and embedding each), `upload` (uploads and every
-other change), `read` (every GET: images, crops, listings). The bucket is the key's (by prefix) when a key
+Each route declares the budget it spends (http/routes.py). The bucket is the key's (by prefix) when a key
 authorised the request, else the client address's; X-Forwarded-For is believed only from
 FACESERVE_TRUSTED_PROXIES. Responses on limited routes carry RateLimit-Policy and RateLimit
 (draft-ietf-httpapi-ratelimit-headers); past the budget the answer is 429 `rate_limited` with Retry-After.
@@ -18,26 +17,16 @@ from aiohttp import web
 from .. import metrics
 from ..config import Settings
 from ..core import token_buckets
-from ..errors import RateLimited
-from .access import current_key, route_key
-from .appkeys import LIMITER
+from ..errors import RateLimited, Unauthorized
+from .access import current_key, presents_known_key
 from .middleware import Handler
+from .routing import UNLIMITED, declared
 
 Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
-_SEARCH_ROUTES = {("POST", "/api/face/search"), ("POST", "/api/face/sessions/{session_id}/forget")}
-_UNLIMITED_ROUTES = {("GET", "/healthz")}
 _FIELDS = web.RequestKey("ratelimit_fields", dict)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def budget_of(method: str, path: str) -> str | None:
-    if (method, path) in _UNLIMITED_ROUTES:
-        return None
-    if (method, path) in _SEARCH_ROUTES:
-        return "search"
-    return "read" if method == "GET" else "upload"
 
 
 @dataclass
@@ -45,6 +34,7 @@ class Limiter:
     budgets: dict[str, token_buckets.Buckets]
     trusted: tuple[Network, ...]
     policies: dict[str, str]  # budget -> its RateLimit-Policy field, made once
+    failed_auth: token_buckets.Buckets  # 401s by client address
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limiter:
@@ -58,7 +48,10 @@ class Limiter:
             ipaddress.ip_network(p.strip(), strict=False) for p in settings.trusted_proxies.split(",") if p.strip()
         )
         policies = {name: f'"{name}";q={q.requests};w={q.window_s}' for name, q in quotas.items()}
-        return cls({name: token_buckets.Buckets(q, share) for name, q in quotas.items()}, trusted, policies)
+        failed_auth = token_buckets.Buckets(token_buckets.Quota.parse(settings.rate_limit_failed_auth), share)
+        return cls(
+            {name: token_buckets.Buckets(q, share) for name, q in quotas.items()}, trusted, policies, failed_auth
+        )
 
     def _trusted(self, address: str) -> bool:
         try:
@@ -82,21 +75,38 @@ class Limiter:
 
 def middleware(limiter: Limiter) -> Middleware:
     """The limiter is bound here rather than looked up per request: this runs before every image served."""
-    budgets: dict[web.AbstractRoute, str | None] = {}
 
     @web.middleware
     async def limit(request: web.Request, handler: Handler) -> web.StreamResponse:
-        route = request.match_info.route
-        try:
-            budget = budgets[route]
-        except KeyError:
-            key = route_key(route)
-            budget = budgets[route] = None if key is None else budget_of(*key)
-        if budget is None:
+        route = declared(request)
+        if route is None or route.budget == UNLIMITED:
             return await handler(request)
-        return await _limited(limiter, budget, request, handler)
+        return await _limited(limiter, route.budget, request, handler)
 
     return limit
+
+
+def failed_auth_middleware(limiter: Limiter) -> Middleware:
+    """Before the guard: an address that keeps presenting unknown keys is answered 429 before its next key
+    costs a query (a key this process holds as valid still passes: a venue's guests share one address)."""
+
+    @web.middleware
+    async def limit_failed_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        address = limiter.client_address(request)
+        wait_s = limiter.failed_auth.waiting_s(address)
+        if wait_s and not presents_known_key(request):
+            metrics.RATE_LIMITED.labels("failed_auth").inc()
+            raise RateLimited(
+                f"too many requests with unknown keys from this address; retry in {wait_s} s",
+                {"Retry-After": str(wait_s)},
+            )
+        try:
+            return await handler(request)
+        except Unauthorized:
+            limiter.failed_auth.take(address)
+            raise
+
+    return limit_failed_auth
 
 
 async def _limited(limiter: Limiter, budget: str, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -121,6 +131,5 @@ async def _add_fields(request: web.Request, response: web.StreamResponse) -> Non
         response.headers.update(fields)
 
 
-def install(app: web.Application, limiter: Limiter) -> None:
-    app[LIMITER] = limiter
+def install(app: web.Application) -> None:
     app.on_response_prepare.append(_add_fields)

@@ -21,7 +21,7 @@ import asyncio
 import hmac
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime
 from typing import NoReturn
 
@@ -34,6 +34,7 @@ from ..errors import ImageNotFound
 from . import conditional
 from .appkeys import SERVICES, URLS
 from .middleware import error_response
+from .observability import REQUEST_ID_HEADER, request_id_of
 
 CACHE_FOREVER = "public, max-age=31536000, immutable"
 INLINE_BODY = 512 * 1024
@@ -97,8 +98,9 @@ _ONE_YEAR = 31536000
 _REDIRECT_CACHE = "public, max-age=86400"
 
 
-def check_access(request: web.Request) -> str | None:
-    """Redirect to the CDN, refuse a bad signature, or say how long the answer may be cached (None: a year)."""
+def check_access(request: web.Request, query_names: Collection[str]) -> str | None:
+    """Redirect to the CDN, refuse a bad signature, or say how long the answer may be cached (None: a year).
+    query_names: the parameters the route takes besides the signature."""
     urls = request.app[URLS]
     secret = request.app[SERVICES].settings.cdn_origin_secret
     # compared as bytes: compare_digest refuses str with non-ASCII characters, which a client may send
@@ -107,7 +109,7 @@ def check_access(request: web.Request) -> str | None:
         raise web.HTTPPermanentRedirect(urls.cdn_base_url + request.path_qs, headers={"Cache-Control": _REDIRECT_CACHE})
     if urls.keys is None:
         return None
-    remaining = signing.verify_exact(urls.keys, request.raw_path, time.time())
+    remaining = signing.verify_exact(urls.keys, request.raw_path, time.time(), query_names)
     return f"public, max-age={min(remaining, _ONE_YEAR)}"
 
 
@@ -145,6 +147,22 @@ class FileBody:
         await _send_file(request, response, self.fd, offset, count)
 
 
+class BytesBody:
+    """Bytes in memory: a rendition a full disk could not keep."""
+
+    __slots__ = ("_data", "size")
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self.size = len(data)
+
+    async def read(self, offset: int, count: int) -> bytes:
+        return self._data[offset : offset + count]
+
+    async def send(self, request: web.Request, response: web.StreamResponse, offset: int, count: int) -> None:
+        await response.write(self._data[offset : offset + count])
+
+
 class BlobBody:
     """Bytes in image_blobs, read a range at a time."""
 
@@ -173,7 +191,7 @@ class BlobBody:
 
 
 async def respond(
-    request: web.Request, entry: ServedFile, body: FileBody | BlobBody, status: int, cache_control: str | None
+    request: web.Request, entry: ServedFile, body: FileBody | BlobBody | BytesBody, status: int, cache_control: str | None
 ) -> web.StreamResponse:
     """status: what conditional.evaluate said of the request's preconditions."""
     if status != 200:
@@ -203,6 +221,8 @@ async def respond(
         # one read for the body, sent together with the headers
         return web.Response(status=code, headers=headers, body=await body.read(first, length))
 
+    # sends its headers here, before observability's middleware could add the request id (HEAD included)
+    headers[REQUEST_ID_HEADER] = request_id_of(request)
     stream = web.StreamResponse(status=code, headers=headers)
     stream.content_length = length
     await stream.prepare(request)

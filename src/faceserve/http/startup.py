@@ -11,6 +11,7 @@ from aiohttp import web
 
 from .. import __version__
 from ..config import Settings
+from ..core.setup_links import page_url
 from ..layout import SessionLayout
 from .appkeys import SERVICES
 
@@ -34,7 +35,7 @@ async def say_ready(app: web.Application) -> None:
     services = app[SERVICES]
     settings = services.settings
     log.info(
-        "ready on %s (pid %d): models %s on %s, indexes on %s; API at %s/docs, metrics at %s/metrics",
+        "ready on %s (pid %d): models %s on %s, indexes on %s; the page at %s, API at %s/docs, metrics at %s/metrics",
         _listen_url(settings), os.getpid(), services.engine.pack.name, services.engine.runs_on,
-        services.indexes.placement, _listen_url(settings), _listen_url(settings),
+        services.indexes.placement, page_url(settings), _listen_url(settings), _listen_url(settings),
     )

@@ -11,6 +11,16 @@ from ..config import Settings
 from ..core import signing
 
 
+def listening_origin(request: web.Request) -> str:
+    """http://address:port of this process's end of the connection, as the kernel reports it."""
+    transport = request.transport
+    sockname = transport.get_extra_info("sockname") if transport is not None else None
+    if not isinstance(sockname, tuple):  # gone, or a Unix socket: the path alone is served
+        return ""
+    host, port = sockname[0], sockname[1]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 @dataclass
 class UrlPolicy:
     """keys: None = unsigned URLs; set at start (and on each refresh) from Postgres when the service
@@ -33,7 +43,9 @@ class UrlPolicy:
         )
 
     def origin(self, request: web.Request) -> str:
-        return self.public_base_url or str(request.url.origin())
+        """PUBLIC_BASE_URL, else the address this connection reached: never the Host header, which the
+        client writes (`Host: evil.example` made every url and redirect of the answer point there)."""
+        return self.public_base_url or listening_origin(request)
 
     def signed_path(self, path: str) -> str:
         if self.keys is None:

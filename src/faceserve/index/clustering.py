@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from ..config import Settings
+
 # (query rows, k) -> (similarities, face ids) best first, -1 padding: an index's search
 Search = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 
@@ -35,18 +37,20 @@ BLOCK_ELEMENTS = 1 << 20
 
 @dataclass(frozen=True)
 class ClusterParams:
+    """What a clustering is run with; the defaults are the service's settings (config.py PEOPLE_*)."""
+
     # neighbours per face in the graph: enough to link a person's photos, small enough for 1M faces
-    neighbours: int = 16
+    neighbours: int = Settings.people_neighbours
     # kNN edges below this similarity are never candidates (far below any merge)
     edge_similarity: float = 0.3
     # least mean pairwise similarity of two groups that merge (buffalo_s: genuine cross-photo pairs
     # 0.45-0.75, impostors below 0.33; benchmarks/people.py)
-    link_similarity: float = 0.45
+    link_similarity: float = Settings.people_link_similarity
     # groups smaller than this are no person (their faces wait for company)
-    min_faces: int = 2
+    min_faces: int = Settings.people_min_faces
     # faces below either never take part on their own
-    min_face_size: float = 32.0
-    min_det_score: float = 0.6
+    min_face_size: float = Settings.people_min_face_size
+    min_det_score: float = Settings.people_min_det_score
     # faces per index search while the graph is built
     batch: int = 4096
 

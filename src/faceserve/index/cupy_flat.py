@@ -11,8 +11,13 @@ largest maxima hold every one of the k best scores (a score outside them is beat
 only k * _BLOCK candidates per query are sorted. A few queries at once (a guest's selfie: one) are scored by
 one kernel (_SCORE_BLOCKS) that reads each row once, masks rows past the end and dead rows, and writes the
 block maxima beside the scores: cuBLAS's GEMM with one column reads the matrix at a fraction of the memory
-bandwidth, and the masking and maxima were three more passes (benchmarks/GPU_PLAN.md has the measurements). The code is written against the array module `xp`: CuPy on
-a GPU, numpy in the tests on CPU, so the same lines are checked there against exact faiss search.
+bandwidth, and the masking and maxima were three more passes (benchmarks/GPU_PLAN.md has the measurements).
+Then one more kernel (_SELECT_SOURCE) finishes the top k from those maxima on the device, one CUDA block a
+query, and one copy brings (count, scores, columns) back: the array module's top k was a dozen small kernels
+and two copies, where run 3 (RESULTS.md) put most of a single query's 1.6-2.1 ms at 1M faces on an H200
+(the scoring kernel alone is timed by gpu_bench.py index since; not yet on a GPU). The code
+is written against the array module `xp`: CuPy on a GPU, numpy in the tests on CPU, so the same lines are
+checked there against exact faiss search (and the selection kernel's CUDA C, built for the CPU).
 Blocking: called on the index owner thread only (index.py).
 """
 
@@ -135,6 +140,157 @@ extern "C" __global__ void score_blocks(const Words* matrix, const float* querie
         for (int w = 0; w < WARPS; ++w) m = fmaxf(m, warp_max[w][threadIdx.x]);
         maxima[(long long)threadIdx.x * gridDim.x + blockIdx.x] = m;
     }
+}
+"""
+
+
+# The selection kernel's shared memory: candidates (score >= the threshold) and chosen blocks it holds; a
+# query with more is answered by the xp top_k below, as is a k over the chosen blocks' room or above blocks.
+_SELECT_MAX_CANDIDATES = 2048
+_SELECT_MAX_CHOSEN = 1024
+_SELECT_THREADS = 1024
+
+# The exact top k of one query per CUDA block, from the scores and block maxima _SCORE_BLOCKS wrote, in one
+# launch: (1) t = the k-th largest block maximum, by a radix select over the maxima's order-preserving bit
+# keys (4 passes of 8 bits); every one of the k best scores is >= t (the k block maxima >= t are k scores
+# >= t); (2) the blocks whose maximum is >= t (k of them, more only on ties) are read, and their scores >= t
+# gathered into shared memory; (3) a bitonic sort of the gathered (score desc, column asc); the first k out.
+# out[query] = [count, k score bits, k columns]; count -1 where a query's candidates or chosen blocks did not
+# fit (many ties, -inf blocks) or fewer than k were found (NaN): the caller answers those by the xp path.
+# MAX_CANDIDATES and MAX_CHOSEN come as -D options (select_options()).
+# Launched with blockDim.x >= 256 (one thread a digit of the scan) and a multiple of 32.
+# Plain CUDA C (shared memory, __syncthreads, atomicAdd) and nothing else: tests/test_cupy_flat.py also
+# compiles it for the CPU with a shim, one thread per CUDA thread, to check the logic where no GPU is.
+_SELECT_SOURCE = r"""
+__device__ __forceinline__ unsigned int order_key(float value) {
+    unsigned int bits = __float_as_uint(value);
+    return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+}
+
+__device__ __forceinline__ float key_value(unsigned int key) {
+    return __uint_as_float((key & 0x80000000u) ? (key & 0x7fffffffu) : ~key);
+}
+
+/* a goes before b: the larger score, then the smaller column */
+__device__ __forceinline__ bool before(unsigned int key_a, int col_a, unsigned int key_b, int col_b) {
+    return key_a > key_b || (key_a == key_b && col_a < col_b);
+}
+
+extern "C" __global__ void select_top_k(const float* scores, const float* maxima, int width, int blocks, int k,
+                                        int* out) {
+    __shared__ unsigned int histogram[256];
+    __shared__ unsigned int shared_prefix, shared_left, chosen_count, candidate_count;
+    __shared__ int chosen[MAX_CHOSEN];
+    __shared__ unsigned int candidate_key[MAX_CANDIDATES];
+    __shared__ int candidate_col[MAX_CANDIDATES];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, warps = blockDim.x >> 5;
+    const float* row_maxima = maxima + (long long)blockIdx.x * blocks;
+    const float* row_scores = scores + (long long)blockIdx.x * width;
+    int* row_out = out + (long long)blockIdx.x * (2 * k + 1);
+
+    /* (1) the key of the k-th largest block maximum */
+    if (tid == 0) {
+        shared_prefix = 0;
+        shared_left = k;
+        chosen_count = 0;
+        candidate_count = 0;
+    }
+    unsigned int prefix = 0, mask = 0;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        for (int i = tid; i < 256; i += blockDim.x) histogram[i] = 0;
+        __syncthreads();
+        for (int b = tid; b < blocks; b += blockDim.x) {
+            const unsigned int key = order_key(row_maxima[b]);
+            if ((key & mask) == prefix) atomicAdd(&histogram[(key >> shift) & 255u], 1u);
+        }
+        __syncthreads();
+        const unsigned int left = shared_left;  /* read by all before the one thread below changes it */
+        /* histogram[d] becomes the count of digits >= d (a suffix scan in 8 steps); the k-th largest
+           key's digit is the one d where that count reaches left and the count above d does not */
+        unsigned int suffix = tid < 256 ? histogram[tid] : 0;
+        for (int offset = 1; offset < 256; offset <<= 1) {
+            const unsigned int add = tid + offset < 256 ? histogram[tid + offset] : 0;
+            __syncthreads();
+            if (tid < 256) histogram[tid] = suffix += add;
+            __syncthreads();
+        }
+        if (tid < 256) {
+            const unsigned int above = tid < 255 ? histogram[tid + 1] : 0;
+            if (suffix >= left && above < left) {
+                shared_prefix = prefix | ((unsigned int)tid << shift);
+                shared_left = left - above;
+            }
+        }
+        __syncthreads();
+        prefix = shared_prefix;
+        mask |= 255u << shift;
+    }
+    const float threshold = key_value(prefix);
+
+    /* (2) the blocks that may hold one of the k best, then their scores >= threshold */
+    for (int b = tid; b < blocks; b += blockDim.x) {
+        if (row_maxima[b] >= threshold) {
+            const unsigned int slot = atomicAdd(&chosen_count, 1u);
+            if (slot < MAX_CHOSEN) chosen[slot] = b;
+        }
+    }
+    __syncthreads();
+    const unsigned int chosen_blocks = chosen_count;
+    if (chosen_blocks <= MAX_CHOSEN) {
+        for (unsigned int c = warp; c < chosen_blocks; c += warps) {
+            const int first = chosen[c] * 256;
+            for (int i = lane; i < 256; i += 32) {
+                const float value = row_scores[first + i];
+                if (value >= threshold) {
+                    const unsigned int slot = atomicAdd(&candidate_count, 1u);
+                    if (slot < MAX_CANDIDATES) {
+                        candidate_key[slot] = order_key(value);
+                        candidate_col[slot] = first + i;
+                    }
+                }
+            }
+        }
+    }
+    __syncthreads();
+    const unsigned int found = candidate_count;
+    if (chosen_blocks > MAX_CHOSEN || found > MAX_CANDIDATES || found < (unsigned int)k) {
+        if (tid == 0) row_out[0] = -1;
+        return;
+    }
+
+    /* (3) bitonic sort of the candidates, padded to a power of two by keys below every score's */
+    unsigned int size = 1;
+    while (size < found) size <<= 1;
+    for (unsigned int i = found + tid; i < size; i += blockDim.x) {
+        candidate_key[i] = 0u;
+        candidate_col[i] = 0x7fffffff;
+    }
+    __syncthreads();
+    for (unsigned int run = 2; run <= size; run <<= 1) {
+        for (unsigned int stride = run >> 1; stride > 0; stride >>= 1) {
+            for (unsigned int i = tid; i < size; i += blockDim.x) {
+                const unsigned int j = i ^ stride;
+                if (j > i) {
+                    const bool forward = (i & run) == 0;
+                    const bool j_first = before(candidate_key[j], candidate_col[j], candidate_key[i], candidate_col[i]);
+                    if (forward == j_first) {
+                        const unsigned int key = candidate_key[i];
+                        const int col = candidate_col[i];
+                        candidate_key[i] = candidate_key[j];
+                        candidate_col[i] = candidate_col[j];
+                        candidate_key[j] = key;
+                        candidate_col[j] = col;
+                    }
+                }
+            }
+            __syncthreads();
+        }
+    }
+    for (int i = tid; i < k; i += blockDim.x) {
+        row_out[1 + i] = (int)__float_as_uint(key_value(candidate_key[i]));
+        row_out[1 + k + i] = candidate_col[i];
+    }
+    if (tid == 0) row_out[0] = (int)found;
 }
 """
 
@@ -266,6 +422,9 @@ class CupyFlatIndex:
         scored = score_blocks(xp, self._matrix[:width], queries, self._n, self._dead_flags)
         if scored is not None:
             scores, maxima = scored
+            selected = select_top_k(xp, scores, maxima, k)
+            if selected is not None:
+                return selected
         else:
             scores, maxima = similarities(xp, self._matrix[:width], xp.asarray(queries)), None
             scores[:, self._n :] = -xp.inf  # rows past the last face: zeros, not faces
@@ -293,6 +452,14 @@ _kernels: dict[str, Any] = {}
 _kernel_failed = False
 # the scoring kernel is used where it applies; False: always the GEMM (the benchmark compares both)
 use_score_kernel = True
+_select_failed = False
+# the selection kernel is used after the scoring kernel; False: the xp top_k (the benchmark compares both)
+use_select_kernel = True
+
+
+def select_options() -> tuple[str, ...]:
+    """The -D options _SELECT_SOURCE is compiled with: its shared-memory room."""
+    return (f"-DMAX_CANDIDATES={_SELECT_MAX_CANDIDATES}", f"-DMAX_CHOSEN={_SELECT_MAX_CHOSEN}")
 
 
 def score_blocks(xp: ModuleType, matrix: Any, queries: np.ndarray, n: int, dead_flags: Any) -> tuple[Any, Any] | None:
@@ -314,7 +481,9 @@ def score_blocks(xp: ModuleType, matrix: Any, queries: np.ndarray, n: int, dead_
         blocks = width // _BLOCK
         scores = xp.empty((q, width), dtype=xp.float32)
         maxima = xp.empty((q, blocks), dtype=xp.float32)
-        flags = dead_flags if dead_flags is not None else xp.zeros(1, dtype=xp.uint8)
+        # without tombstones any device pointer does (the kernel reads flags only when has_dead): no
+        # allocation and memset a search
+        flags = dead_flags if dead_flags is not None else matrix
         _kernels[name](
             (blocks,), (_BLOCK,),
             (matrix, xp.asarray(queries, dtype=xp.float32), flags, np.int32(dead_flags is not None), np.int32(n),
@@ -326,6 +495,34 @@ def score_blocks(xp: ModuleType, matrix: Any, queries: np.ndarray, n: int, dead_
         log.exception("the scoring kernel failed; searches use cuBLAS GEMM instead")
         _kernel_failed = True
         return None
+
+
+def select_top_k(xp: ModuleType, scores: Any, maxima: Any, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(values, columns) on the host of the k largest scores per row, best first, by the _SELECT_SOURCE kernel
+    (one launch, one copy back); None where it does not apply (numpy, k over its room or over the blocks, a
+    failed compile). A row whose candidates overflowed its room is answered by top_k."""
+    global _select_failed
+    q, width = scores.shape
+    blocks = width // _BLOCK
+    if not use_select_kernel or _select_failed or xp.__name__ != "cupy" or k > min(blocks, _SELECT_MAX_CHOSEN):
+        return None
+    try:
+        if "select" not in _kernels:
+            _kernels["select"] = xp.RawKernel(_SELECT_SOURCE, "select_top_k", options=select_options())
+        packed = xp.empty((q, 2 * k + 1), dtype=xp.int32)
+        _kernels["select"]((q,), (_SELECT_THREADS,), (scores, maxima, np.int32(width), np.int32(blocks), np.int32(k), packed))
+        host = _to_host(packed)
+    except Exception:  # a compile or launch failure: the xp top_k answers instead, from now on
+        log.exception("the selection kernel failed; searches use the array module's top k instead")
+        _select_failed = True
+        return None
+    values = np.ascontiguousarray(host[:, 1 : k + 1]).view(np.float32)
+    columns = host[:, k + 1 :].astype(np.int64)
+    overflowed = np.flatnonzero(host[:, 0] < 0)
+    if len(overflowed):  # ties past the kernel's room: these rows by the xp path
+        best, rows = top_k(xp, scores[xp.asarray(overflowed)], k, maxima[xp.asarray(overflowed)])
+        values[overflowed], columns[overflowed] = _to_host(best), _to_host(rows)
+    return values, columns
 
 
 def similarities(xp: ModuleType, matrix: Any, queries: Any) -> Any:

@@ -72,6 +72,8 @@ class IndexStore:
                     return None
                 return ExactIndex(ids, np.load(folder / files["vectors"], mmap_mode="r"))
             index = faiss.read_index(str(folder / files["faiss"]))
+        except FileNotFoundError:
+            return None  # never saved (a new session, or one below the size worth saving): built from the database
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             log.info("no usable saved index for session %d: %s", session_id, exc)
             return None

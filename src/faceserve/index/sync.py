@@ -50,16 +50,16 @@ def _decode(payload: str) -> tuple[str, str, int, np.ndarray]:
 
 async def announce_added(conn: db.Connection, token: str, session_id: int, face_ids: Sequence[int]) -> None:
     if len(face_ids):
-        await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, _encode(token, "+", session_id, face_ids))
+        await db.notify(conn, CHANNEL, _encode(token, "+", session_id, face_ids))
 
 
 async def announce_removed(conn: db.Connection, token: str, session_id: int, face_ids: Sequence[int]) -> None:
     if len(face_ids):
-        await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, _encode(token, "-", session_id, face_ids))
+        await db.notify(conn, CHANNEL, _encode(token, "-", session_id, face_ids))
 
 
 async def announce_dropped(conn: db.Connection, token: str, session_id: int) -> None:
-    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, _encode(token, "!", session_id))
+    await db.notify(conn, CHANNEL, _encode(token, "!", session_id))
 
 
 class IndexFollower:

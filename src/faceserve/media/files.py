@@ -7,6 +7,7 @@ are fsynced before the rename; a .part left by a crash is swept at the next star
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import logging
 import os
@@ -22,7 +23,7 @@ from pathlib import Path
 import aiofiles
 import aiofiles.os
 
-from ..errors import PayloadTooLarge
+from ..errors import InsufficientStorage, PayloadTooLarge
 from ..layout import PHOTOS_DIR, SessionLayout
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,16 @@ _UNSAFE_RUN = re.compile(r"[^A-Za-z0-9._-]+")
 _DOT_RUN = re.compile(r"\.{2,}")
 _MAX_STEM = 60
 _HASH_PREFIX = 16
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """No space left on the device, or the user's quota on it spent."""
+    return isinstance(exc, OSError) and exc.errno in _DISK_FULL
+
+
+def disk_full_error(what: str) -> InsufficientStorage:
+    return InsufficientStorage(f"the storage is full: {what} could not be kept; nothing was stored")
 
 
 def safe_stem(original_name: str) -> str:
@@ -85,9 +96,15 @@ class Storage:
         return path
 
     async def receive(self, session_id: int, chunks: AsyncIterator[bytes], max_bytes: int) -> PendingFile:
-        """Stream chunks into a .part file, hashing as they arrive; fsync. Over max_bytes -> PayloadTooLarge."""
+        """Stream chunks into a .part file, hashing as they arrive; fsync. Over max_bytes -> PayloadTooLarge;
+        a full disk -> InsufficientStorage, the .part file removed."""
         folder = self.layout.photos_dir(session_id)
-        await aiofiles.os.makedirs(folder, exist_ok=True)
+        try:
+            await aiofiles.os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise disk_full_error("the upload") from None
+            raise
         path = folder / f"{_PART_PREFIX}{secrets.token_hex(8)}{_PART_SUFFIX}"
         digest = hashlib.sha256()
         size = 0
@@ -102,8 +119,10 @@ class Storage:
                     await out.write(chunk)
                 await out.flush()
                 await asyncio.to_thread(os.fsync, out.fileno())
-        except BaseException:
+        except BaseException as exc:
             await self.discard(path)
+            if is_disk_full(exc):
+                raise disk_full_error("the upload") from None
             raise
         return PendingFile(path, size, digest.digest())
 
@@ -117,8 +136,13 @@ class Storage:
     def commit(self, pending: PendingFile, file_path: str) -> Path:
         """Atomically give the pending file its final name and make the rename durable."""
         final = self.absolute(file_path)
-        os.replace(pending.path, final)
-        _fsync_dir(final.parent)
+        try:
+            os.replace(pending.path, final)
+            _fsync_dir(final.parent)
+        except OSError as exc:
+            if is_disk_full(exc):  # a directory that needed one more block for the new name
+                raise disk_full_error("the upload") from None
+            raise
         return final
 
     def remove_session(self, session_id: int) -> None:

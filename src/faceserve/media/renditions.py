@@ -22,21 +22,26 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps
 
 from ..errors import BadRequest, FaceNotFound
 from ..inputs import ascii_number
 from ..layout import SessionLayout
-from .decoding import ACCEPTED_FORMATS
+from .decoding import ACCEPTED_FORMATS, with_bounded_metadata
+from .files import is_disk_full
 
 FITS = ("inside", "cover")
 # format name -> (Content-Type, file extension)
 FORMATS: dict[str, tuple[str, str]] = {"jpeg": ("image/jpeg", "jpg"), "webp": ("image/webp", "webp")}
-_QUERY_NAMES = ("w", "h", "fit")
+# what an image's and a face crop's URL may add to select a rendition
+IMAGE_QUERY_NAMES = ("w", "h", "fit")
+CROP_QUERY_NAMES = ("w",)
 # JPEG DCT scaling (benchmarks/derivatives.py): 1/2 is near-lossless at any ratio (45 dB and more against
 # a full decode), 1/4 and 1/8 are box filters that soften visibly unless the result is resized again by 2x
 _DRAFT_MARGIN = 2
 _EXIF_ORIENTATION = 0x0112
+_WIDE_GREY = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 _ORIENTATIONS_THAT_SWAP_AXES = {5, 6, 7, 8}
 
 Box = tuple[float, float, float, float]
@@ -100,7 +105,7 @@ class FaceCrop:
 
 def is_derivative_query(query: Mapping[str, str]) -> bool:
     """Whether a request for an image asks for a resized copy rather than the original file."""
-    return any(query.get(name) for name in _QUERY_NAMES)
+    return any(query.get(name) for name in IMAGE_QUERY_NAMES)
 
 
 def negotiate_format(accept: str | None) -> str:
@@ -185,15 +190,17 @@ def remove_derivatives(layout: SessionLayout, session_id: int, image_id: int) ->
     return removed
 
 
-def ensure_cached(path: Path, make: Callable[[], bytes]) -> Path:
-    """Render once: an existing file is returned as it is. Concurrent renders of one key each write a whole
-    file under a temporary name and rename it into place, so readers only ever see a complete file."""
+def ensure_cached(path: Path, make: Callable[[], bytes]) -> bytes | None:
+    """Render once: an existing file is kept as it is. Concurrent renders of one key each write a whole
+    file under a temporary name and rename it into place, so readers only ever see a complete file.
+    None when the file is in place; the rendered bytes themselves when a full disk could not keep them
+    (a cache that cannot be written is no reason to refuse the picture)."""
     if path.exists():
-        return path
+        return None
     data = make()
-    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(temporary, "wb") as out:
             out.write(data)
             out.flush()
@@ -201,10 +208,12 @@ def ensure_cached(path: Path, make: Callable[[], bytes]) -> Path:
             # a short one under the final name
             os.fsync(out.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as exc:
         temporary.unlink(missing_ok=True)
+        if is_disk_full(exc):
+            return data
         raise
-    return path
+    return None
 
 
 # ---------------------------------------------------------------- geometry
@@ -267,6 +276,8 @@ def _render(source: Path | bytes, plan: Plan, image_format: str, quality: int) -
     with warnings.catch_warnings():
         # the size was checked against max_image_pixels when the file was uploaded
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        # files stored before uploads were checked may carry thousands of segments: seconds per open
+        source = with_bounded_metadata(source)
         opened = io.BytesIO(source) if isinstance(source, bytes) else source
         with Image.open(opened, formats=list(ACCEPTED_FORMATS)) as im:
             displayed = _displayed_size(im)
@@ -304,7 +315,16 @@ def _draft(im: Image.Image, size: Size, box: Box) -> None:
         im.draft(None, (max(1, im.width // factor), max(1, im.height // factor)))
 
 
+def _to_8_bit(im: Image.Image) -> Image.Image:
+    """16-bit greyscale (Pillow's I;16 and I modes, as PNGs open) scaled to 8 bits: convert() clips every
+    value above 255 instead, and such a photo rendered white."""
+    values = np.asarray(im).astype(np.uint32)
+    return Image.fromarray((np.minimum(values, 65535) >> 8).astype(np.uint8), "L")
+
+
 def _output_mode(im: Image.Image, image_format: str) -> Image.Image:
+    if im.mode in _WIDE_GREY:
+        im = _to_8_bit(im)
     transparent = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
     if not transparent:
         return im if im.mode == "RGB" else im.convert("RGB")

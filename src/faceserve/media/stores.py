@@ -25,7 +25,7 @@ import asyncpg
 
 from .. import db
 from ..errors import ImageNotFound
-from .files import PendingFile, Storage
+from .files import PendingFile, Storage, disk_full_error
 
 FILE = "file"
 POSTGRES = "postgres"
@@ -86,7 +86,10 @@ class PostgresStore:
     async def save(self, conn: asyncpg.Connection, pending: PendingFile, image: db.ImageRecord) -> None:
         # up to max_upload_bytes held once in memory, read off the loop; the .part file is removed by the caller
         data = await asyncio.to_thread(pending.path.read_bytes)
-        await db.insert_blob(conn, image.id, data)
+        try:
+            await db.insert_blob(conn, image.id, data)
+        except asyncpg.DiskFullError:
+            raise disk_full_error("the upload") from None
 
     async def source(self, image: StoredImage) -> bytes:
         data = await db.blob(self._pool, image.id)

@@ -3,15 +3,18 @@
 const KEY_ITEM = "faceserve.key";
 export const UNAUTHORIZED_EVENT = "faceserve:unauthorized";
 
-// The key lives in this tab's sessionStorage: it survives a reload, not the tab, and never enters a URL
-// that reaches the server (guest links carry it after '#', which browsers do not send).
+// A key lives in this tab's sessionStorage: it survives a reload, not the tab, and never enters a URL
+// that reaches the server (guest links carry it after '#', which browsers do not send). The organiser's
+// key from a setup link is kept in this browser (localStorage) until "Forget": it is their sign-in.
 export function currentKey() {
-  return sessionStorage.getItem(KEY_ITEM) || "";
+  return sessionStorage.getItem(KEY_ITEM) || localStorage.getItem(KEY_ITEM) || "";
 }
 
-export function setKey(key) {
+export function setKey(key, { remember = false } = {}) {
   if (key) sessionStorage.setItem(KEY_ITEM, key);
   else sessionStorage.removeItem(KEY_ITEM);
+  if (remember && key) localStorage.setItem(KEY_ITEM, key);
+  else if (!key) localStorage.removeItem(KEY_ITEM);
 }
 
 function authHeaders() {
@@ -47,6 +50,15 @@ function errorFrom(status, statusText, bodyText, retryAfterHeader) {
 
 // One call: `body` is a FormData (multipart) or a plain object (JSON); resolves to the envelope's data.
 export async function api(method, path, body) {
+  return JSON.parse(await (await send(method, path, body)).text()).data;
+}
+
+// A call answered with a file (a QR code's SVG): resolves to its Blob.
+export async function apiBlob(method, path, body) {
+  return (await send(method, path, body)).blob();
+}
+
+async function send(method, path, body) {
   const headers = authHeaders();
   let payload;
   if (body instanceof FormData) payload = body;
@@ -60,11 +72,11 @@ export async function api(method, path, body) {
   } catch {
     throw errorFrom(0, "", "", null);
   }
-  const text = await response.text();
   if (!response.ok) {
+    const text = await response.text();
     throw errorFrom(response.status, response.statusText, text, response.headers.get("Retry-After"));
   }
-  return JSON.parse(text).data;
+  return response;
 }
 
 // One file to a session with XMLHttpRequest, the only browser API that reports upload progress.

@@ -1,12 +1,14 @@
 // The page's entry: the access key (from the link's #fragment or the key field), then one of two views.
 //   /#session=7&key=...  a guest of event 7 searches it with a selfie
 //   /#manage=7, /        an organiser creates events, uploads photos, copies guest links
+//   /#setup=...          a one-time setup link: trades its token for an admin key this browser keeps
 
-import { currentKey, setKey, UNAUTHORIZED_EVENT } from "./api.js";
+import { api, currentKey, setKey, UNAUTHORIZED_EVENT } from "./api.js";
 import { initDialog } from "./dialog.js";
 import { initGuest, showGuest } from "./guest.js";
 import { initOrganiser, showOrganiser } from "./organiser.js";
-import { $, showNotice } from "./ui.js";
+import { $, describeError, showNotice } from "./ui.js";
+import { initViewer } from "./viewer.js";
 
 function fragment() {
   return new URLSearchParams(location.hash.slice(1));
@@ -25,6 +27,26 @@ function takeKeyFromLink() {
   history.replaceState(null, "", rest ? `#${rest}` : location.pathname + location.search);
 }
 
+// The token dies on use, so it leaves the address bar first (a reload must not spend it twice)
+async function takeSetupToken() {
+  const params = fragment();
+  if (!params.has("setup")) return;
+  const token = params.get("setup");
+  params.delete("setup");
+  const rest = params.toString();
+  history.replaceState(null, "", rest ? `#${rest}` : location.pathname + location.search);
+  try {
+    const created = await api("POST", "/api/face/setup", { token });
+    setKey(created.key, { remember: true });
+    showNotice("");
+    $("signed-in").hidden = false;
+  } catch (error) {
+    showNotice(`This setup link did not sign you in: ${describeError(error)}`);
+    return false;
+  }
+  return true;
+}
+
 function showKeyState() {
   const key = currentKey();
   $("key-summary").textContent = key ? "Key in use" : "Access key";
@@ -33,6 +55,7 @@ function showKeyState() {
 
 function route() {
   showNotice("");
+  $("signed-in").hidden = true;
   const params = fragment();
   const session = params.get("session");
   if (session) showGuest(session);
@@ -55,21 +78,30 @@ function initKeyPanel() {
     showNotice(
       currentKey()
         ? "The access key was refused (unknown, revoked or expired). Paste another under “Access key”."
-        : "This needs an access key. Paste the one you were given under “Access key”.",
+        : describeError({ code: "unauthorized" }),
     );
     $("key-panel").open = true;
   });
 }
 
-takeKeyFromLink();
-initKeyPanel();
-initDialog();
-initGuest();
-initOrganiser();
-showKeyState();
-window.addEventListener("hashchange", () => {
+async function start() {
   takeKeyFromLink();
+  initKeyPanel();
+  initDialog();
+  initViewer();
+  initGuest();
+  initOrganiser();
+  const signedIn = await takeSetupToken();
   showKeyState();
+  window.addEventListener("hashchange", async () => {
+    takeKeyFromLink();
+    const fresh = await takeSetupToken();
+    showKeyState();
+    if (fresh !== false) route();
+  });
+  if (signedIn === false) return; // the refusal stays on screen
   route();
-});
-route();
+  if (signedIn) $("signed-in").hidden = false;
+}
+
+start();

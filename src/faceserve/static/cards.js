@@ -1,8 +1,9 @@
-// A photo as a card: a lazily loaded ?w= thumbnail that opens the photo, then Open | Download (and, where a
+// A photo as a card: a lazily loaded ?w= thumbnail that opens the photo on the page (viewer.js), then Open | Download (and, where a
 // view passes them, more actions). Search matches and a person's photos show the same cards.
 
 import { derivativeSizes, pickWidth, withWidth } from "./api.js";
 import { el } from "./ui.js";
+import { openPhoto } from "./viewer.js";
 
 // thumbnails fill half a phone's width or a 240 px column: 320 px files for plain screens, 640 for dense
 const THUMB_WIDTHS = [320, 640];
@@ -29,10 +30,17 @@ export function photoCard(photo, label, ...extraActions) {
     ...sizedSources(photo.url, THUMB_WIDTHS),
     sizes: "(max-width: 600px) 50vw, 240px",
   });
+  const thumbnail = el("a", { class: "photo", href: photo.url, target: "_blank", rel: "noopener" }, img);
+  // opened on the page, with the face that matched outlined (a new tab still opens the bare file)
+  thumbnail.addEventListener("click", (event) => {
+    if (event.ctrlKey || event.metaKey || event.shiftKey || event.button !== 0) return;
+    event.preventDefault();
+    openPhoto(photo, label, fileName(photo.identity));
+  });
   return el(
     "li",
     { class: "match", "data-image-id": photo.image_id },
-    el("a", { class: "photo", href: photo.url, target: "_blank", rel: "noopener" }, img),
+    thumbnail,
     el(
       "div",
       { class: "actions" },

@@ -1,6 +1,10 @@
-// The organiser's view (#manage=ID): create or pick an event, drop photos in, copy the guest link.
+// The organiser's view (#manage=ID): create or pick an event, rename or delete it, drop photos in, see and
+// delete them, make and revoke guest links.
 
-import { api, currentKey, uploadFile } from "./api.js";
+import { api, uploadFile } from "./api.js";
+import { confirmAction } from "./dialog.js";
+import { initEventPhotos, refreshEventPhotos, showEventPhotos } from "./eventphotos.js";
+import { initGuestLinks, showGuestLinks } from "./guestlinks.js";
 import { peopleView } from "./people.js";
 import { $, describeError, el, plural, showNotice } from "./ui.js";
 
@@ -11,7 +15,6 @@ const PARALLEL_UPLOADS = 2;
 const MAX_TRIES = 5;
 
 let current = null; // the event being managed: {id, name}
-const guestLinks = new Map(); // event id -> link made in this tab (one guest key per event, not per click)
 const queue = [];
 let running = 0;
 const totals = { queued: 0, done: 0, failed: 0 };
@@ -31,7 +34,17 @@ export function initOrganiser() {
       showNotice(describeError(error));
     }
   });
-  $("copy-link").addEventListener("click", copyGuestLink);
+  initGuestLinks();
+  initEventPhotos({
+    changed: () => {
+      refreshCounts();
+      people.refresh();
+    },
+  });
+  $("rename-event").addEventListener("click", startRename);
+  $("rename-cancel").addEventListener("click", endRename);
+  $("rename-form").addEventListener("submit", rename);
+  $("delete-event").addEventListener("click", deleteEvent);
   for (const id of ["pick-files", "pick-folder"]) {
     $(id).addEventListener("change", (event) => {
       enqueue([...event.target.files]);
@@ -108,14 +121,63 @@ async function openSession(id) {
   history.replaceState(null, "", `#manage=${session.id}`);
   $("manage").hidden = false;
   $("manage-title").textContent = session.name;
+  endRename();
   showCounts(session);
-  const link = guestLinks.get(session.id);
-  $("guest-link").hidden = !link;
-  $("guest-link").value = link || "";
-  $("open-link").hidden = !link;
-  $("link-status").textContent = "";
   markCurrent();
-  await people.show(session.id);
+  await Promise.all([showGuestLinks(current), showEventPhotos(session.id), people.show(session.id)]);
+}
+
+// --- rename and delete --------------------------------------------------------------------------------
+
+function startRename() {
+  if (!current) return;
+  $("rename-input").value = current.name;
+  $("rename-form").hidden = false;
+  $("rename-input").focus();
+  $("rename-input").select();
+}
+
+function endRename() {
+  $("rename-form").hidden = true;
+}
+
+async function rename(event) {
+  event.preventDefault();
+  const session = current;
+  try {
+    const renamed = await api("PATCH", `/api/face/sessions/${encodeURIComponent(session.id)}`, {
+      name: $("rename-input").value,
+    });
+    session.name = renamed.name;
+  } catch (error) {
+    showNotice(describeError(error));
+    return;
+  }
+  showNotice("");
+  endRename();
+  if (current === session) $("manage-title").textContent = session.name;
+  await loadSessions();
+}
+
+async function deleteEvent() {
+  const session = current;
+  if (!session) return;
+  const done = await confirmAction({
+    title: `Delete “${session.name}”?`,
+    body: [
+      el("p", {}, "Its photos, faces and people are deleted and its guest links stop working."),
+      el("p", {}, "This cannot be undone."),
+    ],
+    action: "Delete event",
+    run: () => api("DELETE", `/api/face/sessions/${encodeURIComponent(session.id)}`),
+  });
+  if (!done) return;
+  if (current === session) {
+    current = null;
+    $("manage").hidden = true;
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  await loadSessions();
 }
 
 function showCounts(session) {
@@ -129,63 +191,6 @@ async function refreshCounts() {
     showCounts(await api("GET", `/api/face/sessions/${encodeURIComponent(current.id)}`));
   } catch {
     // the counts are a nicety; the per-file rows already say what happened
-  }
-}
-
-// --- the guest link ---------------------------------------------------------------------------------
-
-// With a key in use, the link carries a new search-only key bound to this event (created through the
-// keys API, which needs an admin key); without one the service runs without keys and the event id is enough.
-async function makeGuestLink(session) {
-  const base = `${location.origin}${location.pathname}#session=${session.id}`;
-  if (!currentKey()) return { url: base, note: "Anyone with this link can search this event." };
-  try {
-    const created = await api("POST", "/api/face/keys", {
-      name: `guest link: ${session.name}`,
-      scopes: ["search"],
-      sessions: [session.id],
-    });
-    return {
-      url: `${base}&key=${encodeURIComponent(created.key)}`,
-      note: "The link carries a key that can only search this event.",
-    };
-  } catch (error) {
-    if (error.status === 404 || error.status === 405) {
-      return { url: base, note: "This service has no keys API: guests need a search key of their own." };
-    }
-    throw error;
-  }
-}
-
-async function copyGuestLink() {
-  if (!current) return;
-  const status = $("link-status");
-  const session = current;
-  let url = guestLinks.get(session.id);
-  try {
-    if (!url) {
-      const link = await makeGuestLink(session);
-      url = link.url;
-      guestLinks.set(session.id, url);
-      status.textContent = link.note;
-    }
-  } catch (error) {
-    status.textContent = `No guest link: ${describeError(error)}`;
-    return;
-  }
-  if (current !== session) return; // another event was opened meanwhile
-  const field = $("guest-link");
-  field.value = url;
-  field.hidden = false;
-  $("open-link").href = url;
-  $("open-link").hidden = false;
-  try {
-    await navigator.clipboard.writeText(url);
-    status.textContent = `Copied. ${status.textContent}`;
-  } catch {
-    // no clipboard API (plain http on a LAN address): selected, ready for the user's own copy
-    field.select();
-    status.textContent = `Copy the link above. ${status.textContent}`;
   }
 }
 
@@ -265,6 +270,7 @@ function pump() {
       pump();
       if (!running && !queue.length) {
         refreshCounts();
+        refreshEventPhotos();
         people.refresh(); // new faces join their people at once
       }
     });

@@ -26,7 +26,9 @@ export function showNotice(message) {
 }
 
 const FRIENDLY = {
-  unauthorized: "This needs an access key. Open “Access key” above and paste the one you were given.",
+  unauthorized:
+    "This needs an access key, the password this service gives out: guests find theirs inside their guest " +
+    "link, organisers sign in with the setup link the service printed when it first started.",
   forbidden: "Your access key does not allow this.",
   rate_limited: "Too many requests for now: wait a moment and try again.",
 };
