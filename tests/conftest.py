@@ -70,7 +70,8 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def engine(models_dir: Path) -> FaceEngine:
-    """The real buffalo_s pair on ONNX Runtime (CPU here), loaded once for the whole run."""
+    """The real buffalo_s pair on the engine a default install picks (OpenVINO where installed, else ONNX
+    Runtime: no CUDA here), loaded once for the whole run."""
     face_engine = FaceEngine.from_settings(Settings(models_dir=models_dir))
     face_engine.warm_up()
     return face_engine

@@ -35,6 +35,7 @@ SMOKE_RUNS: dict[str, list[tuple[list[str], str]]] = {
     "closeups.py": [([], MARKDOWN_TABLE)],
     "connections.py": [([], MARKDOWN_TABLE)],
     "derivatives.py": [([], r"^source\s+method\s+ms\s+PSNR dB\s+bytes$")],
+    "engines.py": [([], MARKDOWN_TABLE)],
     "fleet.py": [([], MARKDOWN_TABLE)],
     "gpu_bench.py": [],  # its index, ingest and search run in gpu_run.sh's smoke run, as on the GPU machine
     "gpu_recogniser.py": [([], MARKDOWN_TABLE)],

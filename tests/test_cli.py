@@ -155,7 +155,7 @@ def test_doctor_checks_a_reachable_database_and_the_models(settings) -> None:
     _no_traceback(done)
     assert done.returncode == 0, done.stdout + done.stderr
     names = {line.split()[1].rstrip(":") for line in done.stdout.splitlines()[1:]}
-    assert {"database", "clock", "models", "providers", "faiss", "disk"} <= names
+    assert {"database", "clock", "models", "providers", "openvino", "faiss", "disk"} <= names
     assert "ok    database: external Postgres answers, PostgreSQL" in done.stdout
     assert "buffalo_s" in done.stdout
     assert " INFO " not in done.stderr, done.stderr  # a report, not a log: a fresh database's migrations stay out

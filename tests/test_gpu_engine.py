@@ -25,7 +25,8 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def engines(models_dir: Path) -> tuple[FaceEngine, FaceEngine]:
-    cpu = FaceEngine.from_settings(Settings(models_dir=models_dir, device="cpu"))
+    # the CPU reference is ONNX Runtime's f32 (auto would pick OpenVINO's bf16 where installed)
+    cpu = FaceEngine.from_settings(Settings(models_dir=models_dir, device="cpu", engine="onnxruntime"))
     cuda = FaceEngine.from_settings(Settings(models_dir=models_dir, device="cuda"))
     cuda.warm_up()
     return cpu, cuda

@@ -6,6 +6,8 @@ from datetime import datetime
 
 from helpers import create_session, files_under, search, upload
 
+from faceserve.vision import openvino_runtime
+
 
 async def test_create_list_show(client):
     response = await client.post("/api/face/sessions", json={"name": "  Wedding 2026 "})
@@ -79,4 +81,8 @@ async def test_healthz(client):
     assert response.status == 200
     data = (await response.json())["data"]
     assert data["database"] == "ok" and data["models"] == "buffalo_s"
-    assert "CPUExecutionProvider" in data["providers"]
+    # auto: OpenVINO where installed (no CUDA here), its device as the provider
+    engine = "openvino" if openvino_runtime.installed() else "onnxruntime"
+    assert data["engine"] == engine
+    assert (data["providers"] == ["CPU"]) if engine == "openvino" else ("CPUExecutionProvider" in data["providers"])
+    assert set(data["precision"]) == {"detector", "recogniser"}

@@ -21,6 +21,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "event_loop": ("asyncio", "uvloop"),
     "image_store": ("file", "postgres", "s3"),
     "device": ("auto", "cpu", "cuda"),
+    "engine": ("auto", "onnxruntime", "openvino"),
+    "precision": ("auto", "f32", "bf16"),
+    "detector_precision": ("auto", "f32", "bf16"),
     "log_level": ("DEBUG", "INFO", "WARNING", "ERROR"),
     "log_format": ("text", "json"),
 }
@@ -37,7 +40,7 @@ MINIMUM: dict[str, float] = {
     "inference_threads": 1,
     "max_pending_images": 1,
     "retry_after_s": 0,
-    "onnx_intra_op_threads": 0,
+    "model_threads": 0,
     "recogniser_max_batch": 1,
     "recogniser_window_ms": 0,
     "approximate_min_faces": 0,
@@ -118,7 +121,11 @@ MAXIMUM: dict[str, float] = {
     "people_recluster_share": 1,
 }
 # old names still read from the environment, with a warning: {old: new}
-RENAMED = {"ivf_min_faces": "approximate_min_faces", "ivf_nprobe_margin": "shortlist_margin"}
+RENAMED = {
+    "ivf_min_faces": "approximate_min_faces",
+    "ivf_nprobe_margin": "shortlist_margin",
+    "onnx_intra_op_threads": "model_threads",
+}
 
 
 @dataclass(frozen=True)
@@ -234,6 +241,15 @@ class Settings:
     model_pack: str = "buffalo_s"
     # "auto" = CUDA when onnxruntime offers it, CPU otherwise; or "cpu" / "cuda"
     device: str = "auto"
+    # what runs the models: "auto" = ONNX Runtime on CUDA when it offers CUDA (and device allows), else
+    # OpenVINO where installed (x86-64, arm64), else ONNX Runtime on the CPU; or "onnxruntime" / "openvino"
+    engine: str = "auto"
+    # the recogniser's arithmetic on OpenVINO: "auto" = bf16 where the CPU has it natively (AVX-512 BF16,
+    # AMX), else f32. Its bf16 embeddings stay within 0.999 cosine of f32 (tests/test_engines.py)
+    precision: str = "auto"
+    # the detector's, likewise; f32 by default: in bf16 it is faster, but its landmarks move up to 0.4 px,
+    # and the crops aligned on them embed up to 0.006 cosine away on 28 px faces (RESULTS.md, OpenVINO)
+    detector_precision: str = "f32"
     # which GPU ONNX Runtime and the CuPy index use, on a host with several
     cuda_device_id: int = 0
     detector_input_size: int = 640
@@ -252,7 +268,8 @@ class Settings:
     # bounded whatever the size of the originals (a 7000x7000 PNG decodes to 150 MB)
     max_concurrent_renders: int = 2
     retry_after_s: int = 2
-    onnx_intra_op_threads: int = 0
+    # threads each model run uses, on either engine; 0 = the engine's choice (every core)
+    model_threads: int = 0
     # most faces in one recogniser run; concurrent images and searches are embedded together (vision/batcher.py)
     recogniser_max_batch: int = 64
     # longest a recogniser run waits for faces of images still being detected; 0 = run what is waiting at

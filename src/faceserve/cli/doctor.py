@@ -90,7 +90,7 @@ def check_models(settings: Settings) -> list[Check]:
             OK,
             "models",
             f"{pack.name}: {pack.detector.name} + {pack.recogniser.name}, {engine.embedding_dim}-d, "
-            f"loaded and run on {engine.providers[0]} in {time.perf_counter() - start:.1f} s",
+            f"loaded and run by {engine.runs_on} in {time.perf_counter() - start:.1f} s",
         )
     ]
 
@@ -107,7 +107,20 @@ def check_providers(settings: Settings) -> list[Check]:
     elif "CUDAExecutionProvider" not in available:
         checks.append(Check(WARN, "providers", "no CUDA provider: the models run on the CPU"))
     checks += [Check(FAIL, "builds", problem) for problem in conflicting_builds()]
-    return checks
+    return checks + check_openvino(settings)
+
+
+def check_openvino(settings: Settings) -> list[Check]:
+    """Whether the CPU engine can be OpenVINO, and in which precisions (bf16 needs AVX-512 BF16 or AMX)."""
+    from ..vision import openvino_runtime
+
+    if not openvino_runtime.installed():
+        status = FAIL if settings.engine == "openvino" else WARN
+        return [Check(status, "openvino", "not installed: the models run on ONNX Runtime (pip install openvino)")]
+    import openvino
+
+    supported = openvino_runtime.supported_precisions()
+    return [Check(OK, "openvino", f"openvino {openvino.__version__}, CPU precisions {', '.join(supported)}")]
 
 
 def check_faiss(settings: Settings) -> list[Check]:

@@ -32,6 +32,8 @@ async def healthz(request: web.Request) -> web.Response:
             "database": "ok",
             "models": services.engine.pack.name,
             "providers": services.engine.providers,
+            "engine": services.engine.engine,
+            "precision": services.engine.precision,
             "index": services.indexes.placement,
             # how many sessions' indexes this process holds (a fleet shards them by session: README)
             "sessions_loaded": len(services.indexes.loaded_sessions()),

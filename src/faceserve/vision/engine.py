@@ -1,20 +1,22 @@
-"""InsightFace detector (SCRFD) and recogniser (ArcFace) on ONNX Runtime: image in, faces with embeddings out.
+"""InsightFace detector (SCRFD) and recogniser (ArcFace) on ONNX Runtime or OpenVINO: image in, faces with
+embeddings out.
 
 Every method here blocks; callers run them in the inference thread pool. ONNX Runtime sessions are safe to
-run from several threads at once.
+run from several threads at once, and so are OpenVINO's (openvino_runtime.py).
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
 
 from ..config import Settings
-from . import detection
+from . import detection, openvino_runtime
 from .packs import ModelPack, locate_pack
 
 with warnings.catch_warnings():
@@ -56,6 +58,21 @@ def choose_providers(device: str, available: list[str] | None = None) -> list[st
     return [p for p in (_CUDA, _CPU) if p in available]
 
 
+def choose_engine(engine: str, providers: list[str], openvino_installed: bool | None = None) -> str:
+    """'auto': ONNX Runtime when it runs on CUDA, else OpenVINO where installed (faster on CPUs, RESULTS.md),
+    else ONNX Runtime. 'openvino' insists on it, and it never uses a GPU here."""
+    installed = openvino_runtime.installed() if openvino_installed is None else openvino_installed
+    if engine == "openvino":
+        if not installed:
+            raise RuntimeError("engine=openvino but the openvino package is not installed (pip install openvino)")
+        if _CUDA in providers:
+            raise RuntimeError("engine=openvino runs on the CPU only: set device=cpu, or engine=auto for CUDA")
+        return "openvino"
+    if engine not in ("auto", "onnxruntime"):
+        raise ValueError(f"engine must be auto, onnxruntime or openvino, not {engine!r}")
+    return "openvino" if engine == "auto" and installed and _CUDA not in providers else "onnxruntime"
+
+
 def _load_cuda_libraries() -> None:
     """onnxruntime-gpu finds CUDA and cuDNN installed as pip packages (nvidia-*) only when they are loaded
     first; preload_dlls does that (onnxruntime >= 1.21), a no-op where the system provides them."""
@@ -65,6 +82,31 @@ def _load_cuda_libraries() -> None:
             preload()
         except Exception as exc:  # noqa: BLE001 - the session creation that follows reports what is missing
             log.warning("onnxruntime could not preload the CUDA libraries: %s", exc)
+
+
+def _ort_session_factory(
+    providers: list[str], intra_op_threads: int, device_id: int
+) -> Callable[[str], ort.InferenceSession]:
+    if _CUDA in providers:
+        _load_cuda_libraries()
+        # onnxruntime >= 1.31 warns on every CUDA session that no plugin device is registered
+        ort.set_default_logger_severity(3)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # the recogniser's declared batch of 1 makes ORT warn on every batch
+    # idle ORT threads otherwise spin after each run and steal the cores the index search and the
+    # event loop need next (measured with benchmarks/search_e2e.py)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if intra_op_threads:
+        options.intra_op_num_threads = intra_op_threads
+    provider_options = [
+        {**_PROVIDER_OPTIONS[p], "device_id": str(device_id)} if p == _CUDA else _PROVIDER_OPTIONS[p]
+        for p in providers
+    ]
+
+    def session(path: str) -> ort.InferenceSession:
+        return ort.InferenceSession(path, sess_options=options, providers=providers, provider_options=provider_options)
+
+    return session
 
 
 @dataclass(frozen=True)
@@ -86,41 +128,48 @@ class FaceEngine:
         min_face_size: int,
         intra_op_threads: int,
         device_id: int,
+        engine: str,
+        precision: str,
+        detector_precision: str,
     ) -> None:
         self.pack = pack
         self.providers = choose_providers(device)
-        if _CUDA in self.providers:
-            _load_cuda_libraries()
-            # onnxruntime >= 1.31 warns on every CUDA session that no plugin device is registered
-            ort.set_default_logger_severity(3)
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # the recogniser's declared batch of 1 makes ORT warn on every batch
-        # idle ORT threads otherwise spin after each run and steal the cores the index search and the
-        # event loop need next (measured with benchmarks/search_e2e.py)
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if intra_op_threads:
-            options.intra_op_num_threads = intra_op_threads
-        provider_options = [
-            {**_PROVIDER_OPTIONS[p], "device_id": str(device_id)} if p == _CUDA else _PROVIDER_OPTIONS[p]
-            for p in self.providers
-        ]
+        self.engine = choose_engine(engine, self.providers)
+        detector_for_size = None  # SCRFD's own: an ONNX Runtime session per input size
+        if self.engine == "openvino":
+            supported = openvino_runtime.supported_precisions()
+            # what each model computes in: {"detector": "f32", "recogniser": "bf16"}
+            self.precision = {
+                "detector": openvino_runtime.choose_precision(detector_precision, supported),
+                "recogniser": openvino_runtime.choose_precision(precision, supported),
+            }
+            detector_session = openvino_runtime.session_factory(self.precision["detector"], intra_op_threads)
+            recogniser_session = openvino_runtime.session_factory(self.precision["recogniser"], intra_op_threads)
+            detector_for_size = openvino_runtime.scrfd_session_for_size
+            self.providers = [openvino_runtime.DEVICE]
+        else:
+            if "bf16" in (precision, detector_precision):
+                raise ValueError("precision bf16 needs engine=openvino; ONNX Runtime runs these models in f32")
+            self.precision = {"detector": "f32", "recogniser": "f32"}
+            detector_session = recogniser_session = _ort_session_factory(self.providers, intra_op_threads, device_id)
 
-        def session(path: str) -> ort.InferenceSession:
-            return ort.InferenceSession(
-                path, sess_options=options, providers=self.providers, provider_options=provider_options
-            )
-
-        self._detector = SCRFD(model_file=str(pack.detector), session=session(str(pack.detector)))
+        self._detector = SCRFD(
+            model_file=str(pack.detector),
+            session=detector_session(str(pack.detector)),
+            resolution_session_factory=detector_for_size,
+        )
         self._detector.prepare(0, det_thresh=detection_threshold)
         self._input_size = (detector_input_size, detector_input_size)
-        self._recogniser = ArcFaceONNX(model_file=str(pack.recogniser), session=session(str(pack.recogniser)))
+        self._recogniser = ArcFaceONNX(
+            model_file=str(pack.recogniser), session=recogniser_session(str(pack.recogniser))
+        )
         self._crop_size = int(self._recogniser.input_size[0])
         self.embedding_dim = int(self._recogniser.output_shape[-1])
         self.min_face_size = min_face_size
         # rows of every recogniser run on CUDA (see _CUDA_RECOGNISER_ROWS); None on the CPU, where a run has
         # as many rows as faces and padding would only add work
         self.recogniser_rows: int | None = _CUDA_RECOGNISER_ROWS if _CUDA in self.providers else None
-        log.info("models %s on %s, embeddings of %d", pack.name, self.providers, self.embedding_dim)
+        log.info("models %s: %s, embeddings of %d", pack.name, self.runs_on, self.embedding_dim)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FaceEngine:
@@ -131,9 +180,18 @@ class FaceEngine:
             detector_input_size=settings.detector_input_size,
             detection_threshold=settings.detection_threshold,
             min_face_size=settings.min_face_size,
-            intra_op_threads=settings.onnx_intra_op_threads,
+            intra_op_threads=settings.model_threads,
             device_id=settings.cuda_device_id,
+            engine=settings.engine,
+            precision=settings.precision,
+            detector_precision=settings.detector_precision,
         )
+
+    @property
+    def runs_on(self) -> str:
+        """For people: 'openvino on CPU, detector f32, recogniser bf16'."""
+        precision = ", ".join(f"{model} {value}" for model, value in self.precision.items())
+        return f"{self.engine} on {', '.join(self.providers)}, {precision}"
 
     @property
     def crop_size(self) -> int:
