@@ -34,18 +34,18 @@ async def lock_people_writes(conn: Connection, session_id: int) -> None:
     people (placements, clusterings, merges, splits, image and session deletes, forget): one lock order. A
     delete that took it only after its rows deadlocked with an upload's faces joining people, each holding
     what the other waited for (a person's row, this lock)."""
-    await conn.execute("SELECT pg_advisory_xact_lock($1, ($2 % 2147483647)::int)", locks.PEOPLE_WRITE, session_id)
+    await conn.execute("SELECT pg_advisory_xact_lock($1, ($2::bigint % 2147483647)::int)", locks.PEOPLE_WRITE, session_id)
 
 
 async def try_lock_clustering(conn: Connection, session_id: int) -> bool:
     """On a connection held for the clustering: True if no other process is clustering this session."""
     return bool(
-        await conn.fetchval("SELECT pg_try_advisory_lock($1, ($2 % 2147483647)::int)", locks.PEOPLE_CLUSTERING, session_id)
+        await conn.fetchval("SELECT pg_try_advisory_lock($1, ($2::bigint % 2147483647)::int)", locks.PEOPLE_CLUSTERING, session_id)
     )
 
 
 async def unlock_clustering(conn: Connection, session_id: int) -> None:
-    await conn.execute("SELECT pg_advisory_unlock($1, ($2 % 2147483647)::int)", locks.PEOPLE_CLUSTERING, session_id)
+    await conn.execute("SELECT pg_advisory_unlock($1, ($2::bigint % 2147483647)::int)", locks.PEOPLE_CLUSTERING, session_id)
 
 
 async def get_person(conn: Connection, session_id: int, person_id: int) -> Person | None:
