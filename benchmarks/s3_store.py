@@ -105,7 +105,7 @@ async def run(count: int, megapixels: float, rounds: int, clients: int, gets: in
             for salt, kind in enumerate(order):
                 base = apps[kind][1]
                 session_id = await _new_session(base, headers)
-                uploads = await upload_all(base, session_id, distinct(images, 10 * round_number + salt), clients, headers)
+                uploads, _ = await upload_all(base, session_id, distinct(images, 10 * round_number + salt), clients, headers)
                 image_ids = await _session_images(base, headers, session_id)
                 reads = await _get_all(base, image_ids, gets, clients, headers)
                 rows[kind].append((uploads, reads))

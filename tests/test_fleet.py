@@ -65,10 +65,7 @@ def fleet(postgres_uri: str, models_dir: Path, tmp_path_factory: pytest.TempPath
     root = tmp_path_factory.mktemp("fleet")
     run_dir = root / "nginx"
     run_dir.mkdir()
-    # every client here is nginx's one address: the load tests send thousands of searches in seconds, which
-    # the search budget (60 a minute per address) would answer 429 (test_ratelimit.py tests the budgets)
-    search_budget = {"FACESERVE_RATE_LIMIT_SEARCH": "100000/60"}
-    fleet = Fleet(_database(postgres_uri, name), root / "shared-storage", models_dir, run_dir, search_budget)
+    fleet = Fleet(_database(postgres_uri, name), root / "shared-storage", models_dir, run_dir)
     try:
         fleet.start_node("a")
         fleet.start_node("b")
