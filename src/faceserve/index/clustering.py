@@ -24,9 +24,6 @@ import numpy as np
 
 from ..config import Settings
 
-# (query rows, k) -> (similarities, face ids) best first, -1 padding: an index's search
-Search = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
-
 # type of the graph's neighbour rows: a session holds far fewer than 2^31 faces, and at 1M faces x 16
 # neighbours int64 would hold 64 MB more through the whole clustering
 ROW = np.int32
@@ -107,19 +104,6 @@ def neighbour_lists(
         rows = np.pad(rows, ((0, 0), (0, k - rows.shape[1])), constant_values=-1)
         sims = np.pad(sims, ((0, 0), (0, k - sims.shape[1])))
     return rows.astype(ROW), sims
-
-
-def knn_graph(search: Search, vectors: np.ndarray, ids: np.ndarray, k: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
-    """(neighbour rows n x k, similarities n x k) of every face, through an index's search."""
-    rows_of = RowsOfIds(ids)
-    rows = np.full((len(ids), k), -1, dtype=ROW)
-    sims = np.zeros((len(ids), k), dtype=np.float32)
-    for start in range(0, len(ids), batch):
-        found_sims, found_ids = search(vectors[start : start + batch], k + 1)
-        rows[start : start + batch], sims[start : start + batch] = neighbour_lists(
-            found_sims, found_ids, rows_of, start, k
-        )
-    return rows, sims
 
 
 def cell_knn_graph(

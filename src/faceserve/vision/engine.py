@@ -248,13 +248,6 @@ class FaceEngine:
         np.maximum(norms, 1e-12, out=norms)
         return out / norms
 
-    def analyze(self, image_bgr: np.ndarray) -> list[DetectedFace]:
-        """Every face, embedded, close-ups included (vision/detection.py)."""
-        boxes, landmarks = detection.find_faces(self, image_bgr)
-        if not len(boxes):
-            return []
-        return detected_faces(boxes, landmarks, self.embed_crops(self.align(image_bgr, landmarks)))
-
     def find_largest(self, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """The probe's face, ready for the recogniser: (1, 5) box with score, (1, 5, 2) landmarks and (1, S, S, 3)
         aligned crop of the largest face found, close-ups included (vision/detection.py); None without one."""
@@ -263,14 +256,6 @@ class FaceEngine:
             return None
         i = int(np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))
         return boxes[i : i + 1], landmarks[i : i + 1], self.align(image_bgr, landmarks[i : i + 1])
-
-    def largest_face(self, image_bgr: np.ndarray) -> DetectedFace | None:
-        """The probe's face: detect all, embed only the largest."""
-        found = self.find_largest(image_bgr)
-        if found is None:
-            return None
-        box, landmarks, crop = found
-        return detected_faces(box, landmarks, self.embed_crops(crop))[0]
 
 
 def detected_faces(boxes: np.ndarray, landmarks: np.ndarray, embeddings: np.ndarray) -> list[DetectedFace]:
