@@ -37,9 +37,10 @@ from pathlib import Path
 
 import numpy as np
 from clustering_metrics import Scores, immich_baseline, scores
+from reference import analyze, knn_graph
 from smoke import add_flag, shrink
 
-from faceserve.index.clustering import ClusterParams, cell_knn_graph, cluster, eligible, knn_graph
+from faceserve.index.clustering import ClusterParams, cell_knn_graph, cluster, eligible
 from faceserve.index.kinds import IndexPolicy, build_cpu, flat
 
 FACE_RECOGNITION = {
@@ -85,7 +86,7 @@ def _faces(engine, path: Path):
     pixels = cv2.imread(str(path))
     if pixels is None:
         raise SystemExit(f"cannot read {path}")
-    return engine.analyze(pixels)
+    return analyze(engine, pixels)
 
 
 def labelled_faces(face_recognition: Path | None, openface: Path | None):
@@ -301,8 +302,11 @@ async def _fill(uri: str, n: int) -> None:
 
     from faceserve import db
 
-    pool = await db.create_pool(uri, 1, 1)  # the schema
-    await pool.close()
+    pool = await db.create_pool(uri, 1, 1)
+    try:
+        await db.migrate(pool)  # the schema
+    finally:
+        await pool.close()
     conn = await asyncpg.connect(uri)
     session = await conn.fetchval("INSERT INTO face_sessions (name) VALUES ('read benchmark') RETURNING id")
     image = await conn.fetchval(

@@ -219,7 +219,7 @@ async def _database(settings: Settings, action: str) -> int:
 
     from ..db import database_uri, migrations
 
-    async with database_uri(settings.database_url, settings.pgdata) as uri:
+    async with database_uri(settings) as uri:
         if action == "schema":
             from ..db import schema
 
@@ -292,9 +292,10 @@ async def _migrate(settings: Settings, target: str) -> int:
     def progress(report: MoveReport, image: db.ImageRecord) -> None:
         print(f"image {image.id} ({image.bytes_in} -> {target}): {report.images_moved} moved", file=sys.stderr)
 
-    async with db.database_uri(settings.database_url, settings.pgdata) as uri:
+    async with db.database_uri(settings) as uri:
         pool = await db.create_pool(uri, 1, 2)
         try:
+            await db.migrate(pool, settings.db_bulk_timeout_s)
             async with open_image_stores(settings, Storage(settings.storage), pool) as stores:
                 report = await move_all(pool, stores, Storage(settings.storage), target, progress)
         finally:

@@ -15,7 +15,6 @@ import numpy as np
 
 from .. import db, metrics
 from ..config import Settings
-from ..db import recovery as db_recovery
 from ..errors import Busy
 from ..index import sync as index_sync
 from ..index.kinds import IndexPolicy
@@ -163,21 +162,15 @@ async def open_services(
         if sweep_partial_uploads:
             await asyncio.to_thread(storage.sweep_partial_uploads, settings.partial_upload_min_idle_s)
 
-        dsn = settings.database_url
-        if dsn is None:
-            # restarted by itself if it dies while serving (db/recovery.py)
-            dsn = await stack.enter_async_context(
-                db_recovery.watched_embedded_postgres(settings.pgdata, settings.db_watch_interval_s)
-            )
+        # an embedded Postgres is restarted by itself if it dies while serving (db/recovery.py)
+        dsn = await stack.enter_async_context(db.database_uri(settings, settings.db_watch_interval_s))
         pool = await db.create_pool(
-            dsn,
-            settings.db_pool_min,
-            settings.db_pool_max,
-            settings.db_acquire_timeout_s,
-            settings.db_command_timeout_s,
-            settings.db_bulk_timeout_s,
+            dsn, settings.db_pool_min, settings.db_pool_max, settings.db_acquire_timeout_s, settings.db_command_timeout_s
         )
         stack.push_async_callback(pool.close)
+        # a migration step rewrites whole tables, and another process may be applying it: the bulk bound
+        schema = await db.migrate(pool, settings.db_bulk_timeout_s)
+        log.info("database schema at version %d", schema.current)
         stores = await stack.enter_async_context(open_image_stores(settings, storage, pool))
         if sweep_partial_uploads:
             # files and objects of deletes and uploads that a killed run left half done (start_sweep.py)

@@ -36,6 +36,7 @@ def finish_interrupted_blocking(settings: Settings) -> None:
     async def run() -> None:
         pool = await db.create_pool(dsn, 1, 1)
         try:
+            await db.migrate(pool, settings.db_bulk_timeout_s)
             async with open_image_stores(settings, Storage(settings.storage), pool) as stores:
                 await finish_interrupted(pool, stores)
         finally:

@@ -47,6 +47,14 @@ from .images import (
     session_of_image,
     switch_store,
 )
+from .location import (
+    database_uri,
+    database_uri_blocking,
+    embedded_postgres,
+    embedded_postgres_blocking,
+    running_database_uri,
+)
+from .migrations import migrate
 from .notifications import NotificationListener, Subscription, notify
 from .people import (
     Assignments,
@@ -77,16 +85,7 @@ from .people import (
     unlock_clustering,
     unplace_machine_faces,
 )
-from .pool import (
-    Connection,
-    create_pool,
-    database_uri,
-    discard,
-    embedded_postgres,
-    embedded_postgres_blocking,
-    ping,
-    server_version_and_time,
-)
+from .pool import Connection, create_pool, discard, ping, server_version_and_time
 from .sessions import (
     FaceSession,
     create_session,
@@ -165,6 +164,7 @@ __all__ = [
     "create_pool",
     "create_session",
     "database_uri",
+    "database_uri_blocking",
     "delete_blobs",
     "delete_faces",
     "delete_image_row",
@@ -210,6 +210,7 @@ __all__ = [
     "lock_sweeps",
     "mark_image_files_removed",
     "mark_session_files_removed",
+    "migrate",
     "move_faces",
     "note_changed_faces",
     "note_clustered",
@@ -233,6 +234,7 @@ __all__ = [
     "retire_signing_key",
     "revoke_api_key",
     "revoke_session_keys",
+    "running_database_uri",
     "server_version_and_time",
     "session_assignments",
     "session_counts",
