@@ -33,7 +33,7 @@ from ..index.clustering import (
     neighbour_lists,
 )
 from ..vision.engine import DetectedFace
-from . import face_sessions  # as a module: face_sessions -> ingest -> people -> face_sessions
+from . import face_sessions
 from .services import Services
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,9 @@ class ServedFile:
     """What serving needs of a row, computed once per process."""
 
     image_id: int
-    path: Path  # for bytes kept in Postgres: the row's name under the storage root, never opened
+    # the file on this node's disk that holds the bytes where they are kept in files (an original in the file
+    # store, every derivative); for bytes in Postgres or S3 the row's name under the storage root, never opened
+    disk_path: Path
     content_type: str
     etag: str
     last_modified: datetime  # whole seconds: HTTP dates have no finer resolution

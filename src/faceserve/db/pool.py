@@ -23,7 +23,7 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     after every query of every request. Nothing here leaves session state behind: no SET, no LISTEN or WITH
     HOLD cursors on pool connections (db/notifications.py listens on its own connection), and the one
     session-level advisory lock (a session's full clustering, db/people.py) is released by its holder before
-    its connection goes back."""
+    its connection goes back, or that connection is discarded instead (core/people.py recluster)."""
 
 
 class BoundedPool(asyncpg.Pool):

@@ -74,7 +74,7 @@ async def _serve_original(request: web.Request, entry: ServedFile, cache_control
         if handed_off is not None:
             return handed_off
     try:
-        fd = os.open(entry.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(entry.disk_path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except (FileNotFoundError, NotADirectoryError):
         request.app[SERVICES].served.evict(image_id)
         raise ImageNotFound(f"the file of image {image_id} is gone") from None

@@ -44,7 +44,7 @@ Undo = Callable[[], Awaitable[None]]
 
 
 class StoredImage(Protocol):
-    """What a store needs to find an image's bytes (db.ImageRecord, http.serving.ServedFile)."""
+    """What a store needs to find an image's bytes (db.ImageRecord, core.served.ServedFile)."""
 
     @property
     def id(self) -> int: ...
