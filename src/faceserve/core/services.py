@@ -12,8 +12,9 @@ from typing import Any, TypeVar
 
 import asyncpg
 import numpy as np
+from prometheus_client import Counter
 
-from .. import db, metrics
+from .. import db
 from ..config import Settings
 from ..errors import Busy
 from ..index import sync as index_sync
@@ -31,6 +32,11 @@ from .served import ServedFileCache
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# every gate's refusals (the search gate's too), though the name and README speak of uploads
+UPLOADS_REJECTED = Counter(
+    "faceserve_uploads_rejected_total", "Uploaded images refused with 503 busy because too many were in flight"
+)
+
 
 class AdmissionGate:
     """Counts images in flight and refuses past a limit, so a flood of uploads gets 503 instead of memory."""
@@ -47,7 +53,7 @@ class AdmissionGate:
     @contextmanager
     def admit(self) -> Iterator[None]:
         if self.in_flight >= self.limit:
-            metrics.UPLOADS_REJECTED.inc()
+            UPLOADS_REJECTED.inc()
             raise Busy(f"{self.in_flight} images are being processed; try again shortly", self.retry_after_s)
         self.in_flight += 1
         try:

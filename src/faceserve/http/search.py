@@ -7,14 +7,21 @@ from __future__ import annotations
 import time
 
 from aiohttp import web
+from prometheus_client import Histogram
 
-from .. import metrics
 from ..core import matching
 from ..errors import BadRequest
 from . import access, multipart
 from .appkeys import SERVICES, URLS
 from .common import form_id, image_url, number, ok
 from .route_params import route_ids
+
+SEARCH_STEPS = Histogram(
+    "faceserve_search_step_seconds",
+    "Time of each search step, as in the Server-Timing header (parse, decode, detect, embed, index, db)",
+    ["step"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
 
 
 async def search_faces(request: web.Request) -> web.Response:
@@ -74,7 +81,8 @@ async def search_faces(request: web.Request) -> web.Response:
         }
     )
     timings = {"parse": parsed_ms, **result.timings}  # parse: receiving and reading the form
-    metrics.observe_search_steps(timings)
+    for step, ms in timings.items():
+        SEARCH_STEPS.labels(step).observe(ms / 1000)
     response.headers["Server-Timing"] = ", ".join(f"{step};dur={ms:.2f}" for step, ms in timings.items())
     return response
 
