@@ -92,7 +92,7 @@ def serve(settings: Settings) -> bool:
         uri, postgres = stack.enter_context(db.database_uri_blocking(settings))
         settings = replace(settings, database_url=uri)
         Storage(settings.storage).sweep_partial_uploads(settings.partial_upload_min_idle_s)
-        start_sweep.finish_interrupted_blocking(settings)
+        start_sweep.finish_interrupted_blocking(settings, uri)
         locate_pack(settings.models_dir, settings.model_pack)  # lay models out once, before workers race
         context = multiprocessing.get_context("spawn")
         workers = [

@@ -105,7 +105,7 @@ async def _logged(job: Callable[[], Awaitable[Any]], what: str) -> None:
         log.exception("%s failed", what)
 
 
-@dataclass
+@dataclass(kw_only=True)  # sixteen parts: named where made, never by their order
 class Services:
     settings: Settings
     pool: asyncpg.Pool
@@ -230,20 +230,20 @@ async def open_services(
         jobs = BackgroundJobs()
         stack.push_async_callback(jobs.close)  # first to close: its jobs use the pool and the indexes
         yield Services(
-            settings,
-            pool,
-            storage,
-            stores,
-            engine,
-            indexes,
-            inference,
-            recogniser,
-            upload_gate,
-            ServedFileCache.from_settings(settings),
-            search_gate,
-            asyncio.Semaphore(settings.max_concurrent_renders),
-            token,
-            listener,
-            follower,
-            jobs,
+            settings=settings,
+            pool=pool,
+            storage=storage,
+            stores=stores,
+            engine=engine,
+            indexes=indexes,
+            inference=inference,
+            recogniser=recogniser,
+            upload_gate=upload_gate,
+            served=ServedFileCache.from_settings(settings),
+            search_gate=search_gate,
+            renders=asyncio.Semaphore(settings.max_concurrent_renders),
+            process_token=token,
+            listener=listener,
+            follower=follower,
+            jobs=jobs,
         )
