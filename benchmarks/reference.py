@@ -30,9 +30,19 @@ def analyze(engine: FaceEngine, image_bgr: np.ndarray) -> list[DetectedFace]:
     return detected_faces(boxes, landmarks, engine.embed_crops(engine.align(image_bgr, landmarks)))
 
 
+def find_largest(engine: FaceEngine, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The probe's face, ready for the recogniser: (1, 5) box with score, (1, 5, 2) landmarks and (1, S, S, 3)
+    aligned crop of the largest face found, close-ups included (vision/detection.py); None without one."""
+    boxes, landmarks = detection.find_faces(engine, image_bgr, selfie=True)
+    if not len(boxes):
+        return None
+    i = int(np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))
+    return boxes[i : i + 1], landmarks[i : i + 1], engine.align(image_bgr, landmarks[i : i + 1])
+
+
 def largest_face(engine: FaceEngine, image_bgr: np.ndarray) -> DetectedFace | None:
     """The probe's face: detect all, embed only the largest."""
-    found = engine.find_largest(image_bgr)
+    found = find_largest(engine, image_bgr)
     if found is None:
         return None
     box, landmarks, crop = found

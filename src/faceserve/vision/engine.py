@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..config import Settings
-from . import detection, openvino_runtime
+from . import openvino_runtime
 from .packs import ModelPack, locate_pack
 
 with warnings.catch_warnings():
@@ -247,15 +247,6 @@ class FaceEngine:
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         np.maximum(norms, 1e-12, out=norms)
         return out / norms
-
-    def find_largest(self, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-        """The probe's face, ready for the recogniser: (1, 5) box with score, (1, 5, 2) landmarks and (1, S, S, 3)
-        aligned crop of the largest face found, close-ups included (vision/detection.py); None without one."""
-        boxes, landmarks = detection.find_faces(self, image_bgr, selfie=True)
-        if not len(boxes):
-            return None
-        i = int(np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))
-        return boxes[i : i + 1], landmarks[i : i + 1], self.align(image_bgr, landmarks[i : i + 1])
 
 
 def detected_faces(boxes: np.ndarray, landmarks: np.ndarray, embeddings: np.ndarray) -> list[DetectedFace]:
