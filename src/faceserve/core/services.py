@@ -32,29 +32,38 @@ from .served import ServedFileCache
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# every gate's refusals (the search gate's too), though the name and README speak of uploads
 UPLOADS_REJECTED = Counter(
     "faceserve_uploads_rejected_total", "Uploaded images refused with 503 busy because too many were in flight"
+)
+SEARCHES_REJECTED = Counter(
+    "faceserve_searches_rejected_total", "Searches refused with 503 busy because too many were in flight"
 )
 
 
 class AdmissionGate:
-    """Counts images in flight and refuses past a limit, so a flood of uploads gets 503 instead of memory."""
+    """Counts work in flight (images or searches) and refuses past a limit, so a flood gets 503 instead of
+    memory."""
 
-    def __init__(self, limit: int, retry_after_s: int) -> None:
+    def __init__(self, limit: int, retry_after_s: int, what: str, rejected: Counter) -> None:
         self.limit = limit
         self.retry_after_s = retry_after_s
         self.in_flight = 0
+        self._what = what
+        self._rejected = rejected
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> AdmissionGate:
-        return cls(settings.max_pending_images, settings.retry_after_s)
+    def for_uploads(cls, settings: Settings) -> AdmissionGate:
+        return cls(settings.max_pending_images, settings.retry_after_s, "images", UPLOADS_REJECTED)
+
+    @classmethod
+    def for_searches(cls, settings: Settings) -> AdmissionGate:
+        return cls(settings.max_pending_searches, settings.retry_after_s, "searches", SEARCHES_REJECTED)
 
     @contextmanager
     def admit(self) -> Iterator[None]:
         if self.in_flight >= self.limit:
-            UPLOADS_REJECTED.inc()
-            raise Busy(f"{self.in_flight} images are being processed; try again shortly", self.retry_after_s)
+            self._rejected.inc()
+            raise Busy(f"{self.in_flight} {self._what} are being processed; try again shortly", self.retry_after_s)
         self.in_flight += 1
         try:
             yield
@@ -225,8 +234,8 @@ async def open_services(
             saved = set(await asyncio.to_thread(store.saved_sessions))
             live = [s.id for s in await db.list_sessions(pool) if s.id in saved]
             stack.push_async_callback(_cancel, indexes.preload(sorted(live, reverse=True)))  # newest first
-        upload_gate = AdmissionGate.from_settings(settings)
-        search_gate = AdmissionGate(settings.max_pending_searches, settings.retry_after_s)
+        upload_gate = AdmissionGate.for_uploads(settings)
+        search_gate = AdmissionGate.for_searches(settings)
         jobs = BackgroundJobs()
         stack.push_async_callback(jobs.close)  # first to close: its jobs use the pool and the indexes
         yield Services(
