@@ -3,16 +3,18 @@ change that fails leaves nothing behind: not its rows, not its tombstones, not a
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import numpy as np
 import pytest
-from helpers import create_session, original_exists, upload
+from helpers import create_session, original_exists, stored_originals, upload
 
 from faceserve import db, layout
-from faceserve.core import changes
+from faceserve.core import changes, ingest
 
 
 class _Refused(Exception):
@@ -73,7 +75,7 @@ async def test_an_upload_whose_transaction_fails_takes_its_bytes_and_intent_back
     pending = await services.storage.receive(session_id, _chunks(data), services.settings.max_upload_bytes)
     file_path = layout.file_path(session_id, "gdp.jpg")
     with pytest.raises(_Refused):
-        async with changes.session_change(services, session_id, file_intent=file_path) as change:
+        async with changes.session_change(services, session_id, file_intents=[file_path]) as change:
             image = await db.insert_image(
                 change.conn,
                 session_id=session_id,
@@ -94,3 +96,63 @@ async def test_an_upload_whose_transaction_fails_takes_its_bytes_and_intent_back
     assert await services.pool.fetchval("SELECT count(*) FROM pending_uploads") == 0
     assert await db.list_images(services.pool, session_id, 0, 10) == []
     await services.storage.discard(pending.path)
+
+
+async def _post(client, session_id: int, *files: tuple[str, bytes]):
+    form = aiohttp.FormData()
+    for name, data in files:
+        form.add_field("file", data, filename=name, content_type="application/octet-stream")
+    return await client.post(f"/api/face/sessions/{session_id}/images", data=form)
+
+
+async def test_a_request_whose_last_photo_fails_records_none_and_deletes_nothing(client, services, photos):
+    """One request's photos commit together: when one fails in Postgres, the others were never committed,
+    so nothing is deleted (no tombstone that would keep `faceserve import` from taking those bytes in)."""
+    session_id = await create_session(client)
+    async with services.pool.acquire() as conn:
+        await conn.execute(
+            "CREATE FUNCTION refuse_b() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN IF NEW.original_name = 'b.jpg' THEN RAISE EXCEPTION 'refused (simulated)'; END IF; "
+            "RETURN NEW; END $$"
+        )
+        await conn.execute(
+            "CREATE TRIGGER refuse_b BEFORE INSERT ON face_session_images FOR EACH ROW EXECUTE FUNCTION refuse_b()"
+        )
+    response = await _post(client, session_id, ("a.jpg", photos["t1"].read_bytes()), ("b.jpg", photos["gdp"].read_bytes()))
+    assert response.status == 500
+    assert await db.list_images(services.pool, session_id, 0, 10) == []
+    assert await services.pool.fetchval("SELECT count(*) FROM faces") == 0
+    assert await services.pool.fetchval("SELECT count(*) FROM deleted_images") == 0
+    assert await services.pool.fetchval("SELECT count(*) FROM pending_uploads") == 0
+    assert not any(p.startswith(f"face_sessions/{session_id}/") for p in await stored_originals(services))
+    async with services.pool.acquire() as conn:
+        await conn.execute("DROP TRIGGER refuse_b ON face_session_images")
+    assert len(await upload(client, session_id, ("a.jpg", photos["t1"].read_bytes()))) == 1
+
+
+@pytest.mark.parametrize("image_store", ["file", "postgres"])
+async def test_requests_holding_the_same_photos_in_opposite_orders_both_succeed(client, services, photos):
+    """Each request records its photos in the order of their bytes, so two requests never wait for each other
+    in a circle (a deadlock Postgres would end with an error for one of them)."""
+    session_id = await create_session(client)
+    async with services.pool.acquire() as conn:  # each insert slow: the two requests' transactions overlap
+        await conn.execute(
+            "CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN PERFORM pg_sleep(0.3); RETURN NEW; END $$"
+        )
+        await conn.execute(
+            "CREATE TRIGGER slow_insert BEFORE INSERT ON face_session_images FOR EACH ROW EXECUTE FUNCTION slow_insert()"
+        )
+
+    async def analyzed(name: str) -> ingest.Analyzed:
+        data = photos[name].read_bytes()
+        pending = await services.storage.receive(session_id, _chunks(data), services.settings.max_upload_bytes)
+        return await ingest.analyze_image(services, session_id, pending, f"{name}.jpg")
+
+    first = [await analyzed("t1"), await analyzed("gdp")]
+    second = [await analyzed("gdp"), await analyzed("t1")]
+    a, b = await asyncio.gather(
+        ingest.record_images(services, session_id, first), ingest.record_images(services, session_id, second)
+    )
+    assert [i.image.id for i in a] == [i.image.id for i in b][::-1]
+    assert sorted(i.created for i in a + b) == [False, False, True, True]

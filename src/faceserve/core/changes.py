@@ -51,8 +51,8 @@ class SessionChange:
         self._crops: list[tuple[int, int]] = []
         self._images: list[db.ImageRecord] = []
         self._session_dropped = False
-        self._intent: str | None = None  # the path an upload puts its file at (upload_intents.py)
-        self._undo_save: Undo | None = None
+        self._intents: list[str] = []  # the paths an upload puts its files at (upload_intents.py)
+        self._undos: list[Undo] = []
 
     def _session(self) -> int:
         assert self.session_id is not None, "a change names its session first (lock_people)"
@@ -104,7 +104,8 @@ class SessionChange:
 
     def bytes_saved(self, undo: Undo | None) -> None:
         """An upload's bytes are kept (media/stores.py): if the commit fails they are dropped again."""
-        self._undo_save = undo
+        if undo is not None:
+            self._undos.append(undo)
 
     @property
     def _deleting(self) -> bool:
@@ -136,14 +137,15 @@ class SessionChange:
 
     async def _compensate(self, error: BaseException) -> None:
         """The transaction failed (or its commit did)."""
-        services, undo, intent = self.services, self._undo_save, self._intent
-        if undo is not None and intent is not None and db_recovery.is_database_unavailable(error):
-            # lost while committing: the row may exist, so the file stays until that is known
-            upload_intents.settle_later(services.pool, services.stores, intent)
+        services = self.services
+        if self._undos and self._intents and db_recovery.is_database_unavailable(error):
+            # lost while committing: the rows may exist, so the files stay until that is known
+            for intent in self._intents:
+                upload_intents.settle_later(services.pool, services.stores, intent)
             return
-        if undo is not None:
+        for undo in reversed(self._undos):
             await undo()
-        if intent is not None:
+        for intent in self._intents:
             # our file is gone (or never came): the record goes, and with it a file a delete of the same path
             # left there for this upload; if the database is down, the next start sees to both
             try:
@@ -163,23 +165,25 @@ async def _remove_image_files(services: Services, image: db.ImageRecord) -> None
 
 @asynccontextmanager
 async def session_change(
-    services: Services, session_id: int | None = None, *, file_intent: str | None = None
+    services: Services, session_id: int | None = None, *, file_intents: Sequence[str] = ()
 ) -> AsyncIterator[SessionChange]:
     """A transaction on a connection of the pool, and the change it makes. session_id may be named later, by
-    lock_people. file_intent: the path an upload puts its file at; recorded (and committed) on this
-    connection before the transaction, which then deletes it (upload_intents.py)."""
+    lock_people. file_intents: the paths an upload puts its files at; each recorded (and committed) on this
+    connection before the transaction, which then deletes them (upload_intents.py)."""
     change: SessionChange | None = None
     try:
         async with services.pool.acquire() as conn:
             change = SessionChange(services, conn, session_id)
-            if file_intent is not None:
+            # in one order (as the rows are locked by done() below): two uploads of the same paths never
+            # wait for each other in a circle
+            for intent in sorted(set(file_intents)):
                 # committed before the file (or object) is put in place, on this connection: a start removes
                 # the file once this connection's backend is gone and the row never committed
-                await upload_intents.record(conn, file_intent)
-                change._intent = file_intent
+                await upload_intents.record(conn, intent)
+                change._intents.append(intent)
             async with conn.transaction():
-                if file_intent is not None:
-                    await upload_intents.done(conn, file_intent)
+                for intent in change._intents:
+                    await upload_intents.done(conn, intent)
                 yield change
     except BaseException as exc:
         if change is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,12 +11,12 @@ import asyncpg
 import numpy as np
 
 from .. import db, layout
-from ..errors import BadRequest, Busy, ImageNotFound, SessionNotFound
+from ..errors import BadRequest, Busy, SessionNotFound
 from ..media import decoding
 from ..media.files import PendingFile, stored_name_for
 from ..vision import detection
 from ..vision.engine import DetectedFace, FaceEngine, detected_faces
-from . import changes, deletes, face_sessions
+from . import changes, face_sessions
 from .services import Services
 
 
@@ -103,7 +103,7 @@ async def upload(
                 raise
         if not analyzed:
             raise BadRequest("no part named 'file' in the upload")
-        return await _record_all(services, session_id, analyzed)
+        return await record_images(services, session_id, analyzed)
     except BaseException as exc:
         await _discard_analyzed(services, analyzed)
         if isinstance(exc, Exception):
@@ -112,69 +112,84 @@ async def upload(
 
 
 async def record_image(services: Services, session_id: int, analyzed: Analyzed) -> Ingested:
-    """Row, faces and the file's rename commit together; then the index hears of the faces (changes.py)."""
-    pending, faces = analyzed.pending, analyzed.faces
-    store = services.stores.configured
-    try:
-        if analyzed.existing is not None:
-            return Ingested(analyzed.existing, created=False)
-        assert analyzed.info is not None
-        name = analyzed.stored_name or stored_name_for(analyzed.original_name, pending.sha256_hex, analyzed.info.extension)
-        file_path = layout.file_path(session_id, name)
-        # a by_path store puts a file (or object) in place: its path is recorded first (changes.py)
-        async with changes.session_change(
-            services, session_id, file_intent=file_path if store.by_path else None
-        ) as change:
-            try:
-                image = await db.insert_image(
-                    change.conn,
-                    session_id=session_id,
-                    file_path=file_path,
-                    stored_name=name,
-                    original_name=analyzed.original_name,
-                    content_type=analyzed.info.content_type,
-                    byte_size=pending.size,
-                    sha256=pending.sha256,
-                    width=analyzed.info.width,
-                    height=analyzed.info.height,
-                    bytes_in=store.kind,
-                )
-            except asyncpg.ForeignKeyViolationError as exc:
-                raise SessionNotFound(f"face session {session_id} does not exist") from exc
-            if image is None:  # the same bytes arrived concurrently and won the race
-                winner = await db.find_image_by_sha256(change.conn, session_id, pending.sha256)
-                assert winner is not None
-                return Ingested(winner, created=False)
-            face_ids = await db.insert_faces(
-                change.conn,
-                image.id,
-                session_id,
-                [db.NewFace(f.box.tolist(), f.landmarks.ravel().tolist(), f.det_score, f.embedding) for f in faces],
-            )
-            await change.faces_added(image.id, face_ids, faces)
-            # bytes kept inside the transaction: if the commit fails they are dropped again (media/stores.py)
-            change.bytes_saved(await store.save(change.conn, pending, image))
-    finally:
-        await services.storage.discard(pending.path)
-    return Ingested(db.ImageRecord(**{**image.__dict__, "face_count": len(faces)}), created=True)
+    """One analysed file recorded (record_images)."""
+    return (await record_images(services, session_id, [analyzed]))[0]
 
 
-async def _record_all(services: Services, session_id: int, analyzed: list[Analyzed]) -> list[Ingested]:
-    """Record every analysed file of one request, or none: when one fails, the images this call created are
-    deleted again (the rest of the pending files are the caller's to discard)."""
-    done: list[Ingested] = []
-    try:
+async def record_images(services: Services, session_id: int, analyzed: Sequence[Analyzed]) -> list[Ingested]:
+    """Rows, faces and the files' renames of one request commit together, or none of them (the files put in
+    place are taken back: changes.py); then the indexes hear of the faces. The pending files are discarded."""
+    existing = [one.existing for one in analyzed if one.existing is not None]
+    if len(existing) == len(analyzed):  # nothing new: no transaction
         for one in analyzed:
-            done.append(await record_image(services, session_id, one))
-    except BaseException:
-        for outcome in done:
-            if outcome.created:
-                try:
-                    await deletes.delete_image(services, outcome.image.id)
-                except ImageNotFound:
-                    pass  # gone with its session already
-        raise
-    return done
+            await services.storage.discard(one.pending.path)
+        return [Ingested(image, created=False) for image in existing]
+    store = services.stores.configured
+    names = [_stored_name(one) for one in analyzed]
+    paths = [None if name is None else layout.file_path(session_id, name) for name in names]
+    try:
+        async with changes.session_change(
+            services, session_id, file_intents=[p for p in paths if p is not None] if store.by_path else ()
+        ) as change:
+            recorded: dict[int, Ingested] = {}
+            # in the order of their bytes: two requests holding the same photos wait for each other in one
+            # order, never each for the other
+            for at in sorted(range(len(analyzed)), key=lambda i: analyzed[i].pending.sha256):
+                recorded[at] = await _record(change, analyzed[at], names[at])
+    finally:
+        for one in analyzed:
+            await services.storage.discard(one.pending.path)
+    return [recorded[at] for at in range(len(analyzed))]
+
+
+def _stored_name(analyzed: Analyzed) -> str | None:
+    """None: the session holds these bytes already."""
+    if analyzed.existing is not None:
+        return None
+    assert analyzed.info is not None
+    return analyzed.stored_name or stored_name_for(
+        analyzed.original_name, analyzed.pending.sha256_hex, analyzed.info.extension
+    )
+
+
+async def _record(change: changes.SessionChange, analyzed: Analyzed, name: str | None) -> Ingested:
+    """Inside the change's transaction: the image's row, its faces, its bytes."""
+    if analyzed.existing is not None:
+        return Ingested(analyzed.existing, created=False)
+    assert analyzed.info is not None and name is not None and change.session_id is not None
+    session_id = change.session_id
+    pending, faces = analyzed.pending, analyzed.faces
+    store = change.services.stores.configured
+    try:
+        image = await db.insert_image(
+            change.conn,
+            session_id=session_id,
+            file_path=layout.file_path(session_id, name),
+            stored_name=name,
+            original_name=analyzed.original_name,
+            content_type=analyzed.info.content_type,
+            byte_size=pending.size,
+            sha256=pending.sha256,
+            width=analyzed.info.width,
+            height=analyzed.info.height,
+            bytes_in=store.kind,
+        )
+    except asyncpg.ForeignKeyViolationError as exc:
+        raise SessionNotFound(f"face session {session_id} does not exist") from exc
+    if image is None:  # the same bytes arrived concurrently (or earlier in this request) and won the race
+        winner = await db.find_image_by_sha256(change.conn, session_id, pending.sha256)
+        assert winner is not None
+        return Ingested(winner, created=False)
+    face_ids = await db.insert_faces(
+        change.conn,
+        image.id,
+        session_id,
+        [db.NewFace(f.box.tolist(), f.landmarks.ravel().tolist(), f.det_score, f.embedding) for f in faces],
+    )
+    await change.faces_added(image.id, face_ids, faces)
+    # bytes kept inside the transaction: if the commit fails they are dropped again (media/stores.py)
+    change.bytes_saved(await store.save(change.conn, pending, image))
+    return Ingested(db.ImageRecord(**{**image.__dict__, "face_count": len(faces)}), created=True)
 
 
 async def _discard_analyzed(services: Services, analyzed: list[Analyzed]) -> None:
