@@ -132,8 +132,8 @@ async def test_a_request_whose_last_photo_fails_records_none_and_deletes_nothing
 
 @pytest.mark.parametrize("image_store", ["file", "postgres"])
 async def test_requests_holding_the_same_photos_in_opposite_orders_both_succeed(client, services, photos):
-    """Each request records its photos in the order of their bytes, so two requests never wait for each other
-    in a circle (a deadlock Postgres would end with an error for one of them)."""
+    """A request's photos commit together; one that holds photos another is recording waits for it (the bytes'
+    locks, taken in one order), never both for each other (a deadlock Postgres ends with an error for one)."""
     session_id = await create_session(client)
     async with services.pool.acquire() as conn:  # each insert slow: the two requests' transactions overlap
         await conn.execute(

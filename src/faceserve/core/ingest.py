@@ -131,15 +131,12 @@ async def record_images(services: Services, session_id: int, analyzed: Sequence[
         async with changes.session_change(
             services, session_id, file_intents=[p for p in paths if p is not None] if store.by_path else ()
         ) as change:
-            recorded: dict[int, Ingested] = {}
-            # in the order of their bytes: two requests holding the same photos wait for each other in one
-            # order, never each for the other
-            for at in sorted(range(len(analyzed)), key=lambda i: analyzed[i].pending.sha256):
-                recorded[at] = await _record(change, analyzed[at], names[at])
+            await db.lock_new_bytes(change.conn, [one.pending.sha256 for one in analyzed if one.existing is None])
+            recorded = [await _record(change, one, name) for one, name in zip(analyzed, names)]
     finally:
         for one in analyzed:
             await services.storage.discard(one.pending.path)
-    return [recorded[at] for at in range(len(analyzed))]
+    return recorded
 
 
 def _stored_name(analyzed: Analyzed) -> str | None:
