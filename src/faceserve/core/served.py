@@ -1,7 +1,7 @@
 """What serving an image needs of its row, computed once per process and kept in a bounded LRU.
 
 Image ids are never reused and files are immutable, so an entry only goes stale when its image (or its
-session) is deleted: deletion (ingest.py, face_sessions.py) evicts it in this process; other processes notice through the
+session) is deleted: deletion (changes.py, after the commit) evicts it in this process; other processes notice through the
 file's absence, or within `served_recheck_s` for answers without a body.
 
 A miss is loaded once however many requests ask at the same moment (get_or_load): a photo shared at an

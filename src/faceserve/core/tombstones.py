@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable
 
 import asyncpg
 
@@ -110,18 +109,6 @@ def finish_later(pool: asyncpg.Pool, stores: ImageStores) -> None:
     task = asyncio.create_task(finish_when_back(pool, stores))
     _finishing.add(task)  # a reference, so the task is not collected while it waits
     task.add_done_callback(_finishing.discard)
-
-
-@contextmanager
-def finish_deletes_if_database_lost(pool: asyncpg.Pool, stores: ImageStores) -> Iterator[None]:
-    """A delete whose commit, or the removal of files after it, met a lost database (or object store) may
-    have committed with its files still there: they are removed as soon as both answer (finish_later)."""
-    try:
-        yield
-    except Exception as exc:
-        if is_outage(exc):
-            finish_later(pool, stores)
-        raise
 
 
 async def mark_done(marking: Awaitable[None]) -> None:
