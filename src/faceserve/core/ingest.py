@@ -14,7 +14,7 @@ from .. import db, layout
 from ..db import recovery as db_recovery
 from ..errors import ImageNotFound, SessionNotFound, Unavailable
 from ..index import sync as index_sync
-from ..media import decoding, renditions
+from ..media import decoding
 from ..media.files import PendingFile, stored_name_for
 from ..media.stores import POSTGRES
 from ..vision import detection
@@ -228,6 +228,6 @@ async def _delete_image(services: Services, image_id: int) -> db.ImageRecord:
     if image.bytes_in != POSTGRES:  # bytes in Postgres went with the row
         async with services.pool.acquire() as conn:  # not if the same bytes are uploaded anew meanwhile
             await tombstones.remove_file_unless_taken(conn, services.stores, image.file_path, bytes_in=image.bytes_in)
-    await asyncio.to_thread(renditions.remove_derivatives, services.storage.layout, image.face_session_id, image.id)
+    await services.stores.remove_derivatives(image.face_session_id, image.id)
     await tombstones.mark_done(db.mark_image_files_removed(services.pool, image.id))
     return image

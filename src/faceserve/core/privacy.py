@@ -74,6 +74,7 @@ async def forget(
     if face_ids:
         await services.indexes.remove(session_id, np.asarray(face_ids, dtype=np.int64))
         await asyncio.to_thread(_remove_face_crops, services.storage.layout, session_id, erased)
+        await services.stores.remove_face_crops(session_id, erased)
     log.info("forget in session %d erased %d faces in %d images", session_id, len(erased), touched)
     return Forgotten(len(erased), touched)
 

@@ -14,9 +14,10 @@ inserts the image's row:
 A file or an object goes after its row's delete committed, unless an upload of the same bytes took its path
 meanwhile (core/tombstones.py remove_file_unless_taken).
 Every row names its store (face_session_images.bytes_in), so switching FACESERVE_IMAGE_STORE strands
-nothing: older images are served from where they were put. Derived files (resized copies, face crops)
-stay on each node's disk whatever the store; they are a cache that can always be made again from the
-original (a fleet on S3 renders each once per node, and the cache in front keeps them after that).
+nothing: older images are served from where they were put. Derived files (resized copies, face crops) of
+an original on disk or in Postgres are kept on disk under the session's derived/ folder; those of an object
+are objects under {prefix}/derived/ (objects.derived_path), so that every node of a fleet serves the one
+copy rendered first, and a delete or a forget removes it in one place rather than on each node's disk.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ import asyncpg
 from .. import db
 from ..config import Settings
 from ..errors import ImageNotFound
+from . import renditions
 from .files import PendingFile, Storage, disk_full_error
-from .objects import ObjectStore, open_object_store
+from .objects import ObjectStore, derived_path, open_object_store
 
 FILE = "file"
 POSTGRES = "postgres"
@@ -193,6 +195,21 @@ class ImageStores:
         for kind, store in self._by_kind.items():
             if store.by_path and bytes_in in (None, kind):
                 await store.remove(file_path)
+
+    async def remove_derivatives(self, session_id: int, image_id: int) -> None:
+        """An image's resized copies and face crops, on this node's disk and as objects."""
+        await asyncio.to_thread(renditions.remove_derivatives, self.storage.layout, session_id, image_id)
+        if self.objects is not None:
+            # "12-" never names image 123's: the id is always followed by "-"
+            await self.objects.delete_under(self.objects.key(derived_path(session_id, f"{int(image_id)}-")))
+
+    async def remove_face_crops(self, session_id: int, crops: list[tuple[int, int]]) -> None:
+        """The crop objects of these (image id, face id) pairs (forget; its files go in core/privacy.py)."""
+        if self.objects is None:
+            return
+        for image_id, face_id in crops:
+            name = f"{int(image_id)}-face{int(face_id)}-"
+            await self.objects.delete_under(self.objects.key(derived_path(session_id, name)))
 
     async def remove_session(self, session_id: int) -> None:
         """A deleted session's files and objects (its photos, renders and saved index)."""
