@@ -8,6 +8,7 @@ test_crash_safe_deletes.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -26,6 +27,7 @@ from faceserve import logs
 from faceserve.app import create_app
 from faceserve.core import upload_intents
 from faceserve.core.services import open_services
+from faceserve.errors import Unavailable
 from faceserve.http.appkeys import SERVICES
 from faceserve.layout import SessionLayout
 from faceserve.media.objects import open_object_store
@@ -299,3 +301,41 @@ async def test_derivatives_are_objects_every_node_serves_and_deletes_remove(sett
 
     assert (await b.delete(f"/api/face/sessions/{session_id}")).status == 200
     assert await derived_of(services, session_id) == [] and await objects_of(services) == []
+
+
+async def test_a_forget_while_the_store_is_down_erases_and_its_crops_go_once_the_store_is_back(
+    settings, engine, photos, aiohttp_client, own_seaweedfs
+):
+    """The forget commits in Postgres; the store down is no reason to answer it with an error, nor to keep the
+    forgotten face's crop: it is removed in the background once the store answers again."""
+    settings = replace(settings, s3_endpoint=own_seaweedfs.endpoint, s3_max_attempts=2, s3_timeout_s=2.0)
+    client = await aiohttp_client(create_app(settings, engine))
+    services = client.server.app[SERVICES]
+    session_id = await create_session(client)
+    [players] = await upload(client, session_id, ("players.jpg", photos["players"].read_bytes()))
+    selfie = photos["yaoming"].read_bytes()
+    face_id = (await search(client, session_id, selfie))[1]["data"]["matches"][0]["face_id"]
+    assert (await client.get(f"/api/face/face/{face_id}")).status == 200
+    [crop] = await derived_of(services, session_id)
+    assert crop.startswith(f"{players['image_id']}-face{face_id}-")
+
+    own_seaweedfs.process.send_signal(signal.SIGKILL)
+    own_seaweedfs.process.wait()
+    form = aiohttp.FormData()
+    form.add_field("image", selfie, filename="me.jpg", content_type="image/jpeg")
+    response = await client.post(f"/api/face/sessions/{session_id}/forget", data=form)
+    assert response.status == 200, await response.text()
+    assert (await response.json())["data"]["faces_erased"] >= 1
+    assert (await client.get(f"/api/face/face/{face_id}")).status == 404  # never served again
+
+    restarted = await asyncio.to_thread(seaweed.restart, own_seaweedfs)
+    try:
+        for _ in range(90):
+            with contextlib.suppress(Unavailable):  # the store still on its way up
+                if await derived_of(services, session_id) == []:
+                    break
+            await asyncio.sleep(0.5)
+        assert await derived_of(services, session_id) == []
+        assert len(await objects_of(services)) == 1  # the photo stays
+    finally:
+        restarted.stop()

@@ -24,19 +24,23 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Protocol
 
 import asyncpg
+from botocore.exceptions import BotoCoreError, ClientError
 
 from .. import db
 from ..config import Settings
-from ..errors import ImageNotFound
+from ..errors import ImageNotFound, Unavailable
 from . import renditions
 from .files import PendingFile, Storage, disk_full_error
 from .objects import ObjectStore, derived_path, open_object_store
+
+log = logging.getLogger(__name__)
 
 FILE = "file"
 POSTGRES = "postgres"
@@ -204,18 +208,49 @@ class ImageStores:
             await self.objects.delete_under(self.objects.key(derived_path(session_id, f"{int(image_id)}-")))
 
     async def remove_face_crops(self, session_id: int, crops: list[tuple[int, int]]) -> None:
-        """The crop objects of these (image id, face id) pairs (forget; its files go in core/privacy.py)."""
-        if self.objects is None:
+        """The crop objects of these (image id, face id) pairs (forget; its files go in core/privacy.py).
+        The forget has committed: a store that does not answer does not fail it, and the crops (never
+        served meanwhile: their faces are gone) are removed in the background once the store answers."""
+        objects = self.objects
+        if objects is None or not crops:
             return
-        for image_id, face_id in crops:
-            name = f"{int(image_id)}-face{int(face_id)}-"
-            await self.objects.delete_under(self.objects.key(derived_path(session_id, name)))
+        prefixes = [objects.key(derived_path(session_id, f"{int(i)}-face{int(f)}-")) for i, f in crops]
+        try:
+            await _delete_under_all(objects, prefixes)
+        except Unavailable:
+            task = asyncio.create_task(_delete_when_back(objects, prefixes))
+            _retrying.add(task)
+            task.add_done_callback(_retrying.discard)
 
     async def remove_session(self, session_id: int) -> None:
         """A deleted session's files and objects (its photos, renders and saved index)."""
         for store in self._by_kind.values():
             if store.by_path:
                 await store.remove_session(session_id)
+
+
+# removals waiting for the object store to answer again (a reference, so that they are not collected)
+_retrying: set[asyncio.Task[None]] = set()
+_RETRY_MAX_S = 30.0
+
+
+async def _delete_under_all(objects: ObjectStore, prefixes: list[str]) -> None:
+    for prefix in prefixes:
+        await objects.delete_under(prefix)
+
+
+async def _delete_when_back(objects: ObjectStore, prefixes: list[str]) -> None:
+    delay = 1.0
+    while True:
+        await asyncio.sleep(delay)
+        try:
+            await _delete_under_all(objects, prefixes)
+            return
+        except Unavailable:
+            delay = min(_RETRY_MAX_S, 2 * delay)
+        except (RuntimeError, BotoCoreError, ClientError) as exc:  # a refusal, or the client closed at a stop
+            log.warning("gave up removing %d face crops from the object store: %s", len(prefixes), exc)
+            return
 
 
 @asynccontextmanager
