@@ -58,8 +58,9 @@ SMOKE_RUNS: dict[str, list[tuple[list[str], str]]] = {
 TIMEOUT_S = 300
 # smoke runs at once: much of one is a server or Postgres starting and stopping, the cores idle meanwhile
 PARALLEL_RUNS = 3
-# started first, so that the whole takes about as long as the longest (fleet.py: 2 nodes, nginx, 30 wrk runs)
-LONGEST = ("fleet.py", "ratelimit.py", "connections.py", "search_e2e.py")
+# started first, so that the whole takes about as long as the longest (fleet.py: 2 nodes, nginx, 30 wrk runs;
+# s3_store.py: SeaweedFS, then 2 nodes and 2 nginx)
+LONGEST = ("fleet.py", "s3_store.py", "ratelimit.py", "connections.py", "search_e2e.py")
 
 
 def test_every_benchmark_has_a_smoke_run() -> None:

@@ -129,6 +129,7 @@ class SessionChange:
             await _remove_image_files(services, image)
         if self._crops:
             await asyncio.to_thread(renditions.remove_face_crops, services.storage.layout, self._session(), self._crops)
+            await services.stores.remove_face_crops(self._session(), self._crops)
         for new in self._new_faces:
             try:  # the photo is in: a failure here leaves its faces waiting for the next clustering
                 await people.place_new_faces(services, self._session(), new.image_id, new.face_ids, new.faces)
@@ -159,7 +160,7 @@ async def _remove_image_files(services: Services, image: db.ImageRecord) -> None
     if image.bytes_in != POSTGRES:  # bytes in Postgres went with the row
         async with services.pool.acquire() as conn:  # not if the same bytes are uploaded anew meanwhile
             await tombstones.remove_file_unless_taken(conn, services.stores, image.file_path, bytes_in=image.bytes_in)
-    await asyncio.to_thread(renditions.remove_derivatives, services.storage.layout, image.face_session_id, image.id)
+    await services.stores.remove_derivatives(image.face_session_id, image.id)
     await tombstones.mark_done(db.mark_image_files_removed(services.pool, image.id))
 
 

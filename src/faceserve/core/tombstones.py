@@ -20,7 +20,6 @@ import asyncpg
 from .. import db
 from ..db import recovery as db_recovery
 from ..errors import Unavailable
-from ..media import renditions
 from ..media.stores import ImageStores
 
 log = logging.getLogger(__name__)
@@ -77,9 +76,7 @@ async def finish_pending_removals(conn: db.Connection, stores: ImageStores) -> i
     images = await db.abandoned_image_removals(conn)
     for image in images:
         await remove_file_unless_taken(conn, stores, image.file_path)
-        await asyncio.to_thread(
-            renditions.remove_derivatives, stores.storage.layout, image.face_session_id, image.image_id
-        )
+        await stores.remove_derivatives(image.face_session_id, image.image_id)
         await db.mark_image_files_removed(conn, image.image_id)
     finished = len(sessions) + len(images)
     if finished:
