@@ -79,19 +79,20 @@ class PersonImage:
     face_id: int
     stored_name: str
     box: list[float]
+    quality: str | None
 
 
 async def person_images(conn: Connection, person_id: int, after: int, limit: int) -> list[PersonImage]:
     """The person's photos by image id (keyset), each with the person's clearest face in it."""
     rows = await conn.fetch(
-        "SELECT DISTINCT ON (fp.image_id) fp.image_id, fp.face_id, i.stored_name, f.box "
+        "SELECT DISTINCT ON (fp.image_id) fp.image_id, fp.face_id, i.stored_name, f.box, f.quality "
         "FROM face_people fp JOIN faces f ON f.id = fp.face_id JOIN face_session_images i ON i.id = fp.image_id "
         "WHERE fp.person_id = $1 AND fp.image_id > $2 ORDER BY fp.image_id, fp.clarity DESC, fp.face_id LIMIT $3",
         person_id,
         after,
         limit,
     )
-    return [PersonImage(r["image_id"], r["face_id"], r["stored_name"], list(r["box"])) for r in rows]
+    return [PersonImage(r["image_id"], r["face_id"], r["stored_name"], list(r["box"]), r["quality"]) for r in rows]
 
 
 async def person_face_ids(conn: Connection, person_id: int) -> list[int]:
@@ -107,6 +108,7 @@ class FaceFacts:
     boxes: np.ndarray
     landmarks: np.ndarray
     det_scores: np.ndarray
+    weak: np.ndarray  # bool: marked past a quality limit at ingest (faces.quality; unmeasured faces are not)
 
 
 async def session_face_facts(conn: Connection, session_id: int, dim: int, timeout: float | None = None) -> FaceFacts:
@@ -120,8 +122,9 @@ async def session_face_facts(conn: Connection, session_id: int, dim: int, timeou
             ("box", ">f4", 4),  # the schema holds exactly 4 and 10, never NULL
             ("landmarks", ">f4", 10),
             ("det_score", ">f4", 0),
+            ("weak", "?", 0),
         ],
-        "SELECT id, image_id, box, landmarks, det_score FROM faces "
+        "SELECT id, image_id, box, landmarks, det_score, coalesce(quality <> 'ok', false) AS weak FROM faces "
         "WHERE face_session_id = $1 AND embedding_dim = $2 ORDER BY id",
         session_id,
         dim,
@@ -133,6 +136,7 @@ async def session_face_facts(conn: Connection, session_id: int, dim: int, timeou
         rows["box"]["value"].astype(np.float32),
         rows["landmarks"]["value"].astype(np.float32),
         rows["det_score"].astype(np.float32),
+        rows["weak"].astype(bool),
     )
 
 
