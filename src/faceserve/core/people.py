@@ -98,7 +98,7 @@ async def _recluster(services: Services, session_id: int, progress: Progress | N
         # one snapshot: embeddings, facts and placements of the same faces
         changed_at_start = await db.changed_faces(conn, session_id)
         ids, vectors = await db.session_embeddings(conn, session_id, dim, timeout=bulk)
-        facts = await db.session_face_facts(conn, session_id, dim, bulk)
+        facts = await db.session_face_facts(conn, session_id, dim, bulk, quality.TOO_WEAK_FOR_PEOPLE)
         assignments = await db.session_assignments(conn, session_id, bulk)
     if not np.array_equal(ids, facts.ids):
         raise RuntimeError("face snapshot changed between two reads of one transaction")
@@ -223,7 +223,7 @@ async def place_new_faces(
     if not len(face_ids):
         return result
     boxes = np.stack([f.box for f in faces])
-    weak = np.array([quality.is_weak(f.quality) for f in faces], dtype=bool)
+    weak = np.array([f.quality in quality.TOO_WEAK_FOR_PEOPLE for f in faces], dtype=bool)
     usable = eligible(boxes, np.array([f.det_score for f in faces]), params, weak)
     if not usable.any():
         return result

@@ -108,12 +108,15 @@ class FaceFacts:
     boxes: np.ndarray
     landmarks: np.ndarray
     det_scores: np.ndarray
-    weak: np.ndarray  # bool: marked past a quality limit at ingest (faces.quality; unmeasured faces are not)
+    weak: np.ndarray  # bool: faces.quality one of the caller's weak labels (unmeasured faces, NULL, never are)
 
 
-async def session_face_facts(conn: Connection, session_id: int, dim: int, timeout: float | None = None) -> FaceFacts:
+async def session_face_facts(
+    conn: Connection, session_id: int, dim: int, timeout: float | None = None, weak_labels: Sequence[str] = ()
+) -> FaceFacts:
     """What clustering needs of each face, in face id order: one binary COPY, parsed by numpy in one pass
-    (a row-by-row read of 1M faces' boxes and landmarks costs minutes of Python objects)."""
+    (a row-by-row read of 1M faces' boxes and landmarks costs minutes of Python objects). A face whose
+    quality is one of `weak_labels` comes back weak."""
     rows = await copy_records(
         conn,
         [
@@ -124,10 +127,11 @@ async def session_face_facts(conn: Connection, session_id: int, dim: int, timeou
             ("det_score", ">f4", 0),
             ("weak", "?", 0),
         ],
-        "SELECT id, image_id, box, landmarks, det_score, coalesce(quality <> 'ok', false) AS weak FROM faces "
-        "WHERE face_session_id = $1 AND embedding_dim = $2 ORDER BY id",
+        "SELECT id, image_id, box, landmarks, det_score, coalesce(quality = ANY($3::text[]), false) AS weak "
+        "FROM faces WHERE face_session_id = $1 AND embedding_dim = $2 ORDER BY id",
         session_id,
         dim,
+        list(weak_labels),
         timeout=timeout,
     )
     return FaceFacts(

@@ -75,6 +75,9 @@ def verdict(measured: FaceQuality, limits: Limits) -> str:
     return OK
 
 
-def is_weak(label: str | None) -> bool:
-    """Marked past a limit; an unmeasured face (None) is taken as it was before the measure existed."""
-    return label is not None and label != OK
+# faces marked so take no part in people (index/clustering.py eligible): a blurred face's embedding drifts
+# (0.1-0.3 of distance, README) while its box and detection score pass the people floor, and a too small
+# one is mostly below that floor already. A turned face keeps its part: on the shipped photos the only
+# ones (t1.jpg's three-quarter man, gdp.jpg's profile) are sharp and sized well, average linkage keeps a
+# turned face out of a frontal person unless it is close on average, and clarity ranks it last as a cover
+TOO_WEAK_FOR_PEOPLE = (TOO_SMALL, BLURRED)
