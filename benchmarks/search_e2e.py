@@ -9,7 +9,8 @@ folder, fills one session with synthetic faces (people-like, gallery.py) written
 real photos uploaded through the API, then probes with yaoming.jpg (whose owner is in players.jpg). The
 split of server time comes from the Server-Timing header the endpoint sends; "embed" includes waiting for a
 recogniser run shared with concurrent searches (recognition.py; --window-ms sets RECOGNISER_WINDOW_MS).
---engine runs the models on that engine (FACESERVE_ENGINE), in the server and in the bare probes alike.
+--engine runs the models on that engine (FACESERVE_ENGINE), in the server and in the bare probes alike; the
+--env settings apply to both too (FACESERVE_MODEL_THREADS=1, say).
 
 CPU ms per request: the server process's CPU time (user + system, /proc) over each row's rounds, per request
 (Postgres's processes not counted); "bare CPU ms": this process's CPU time per bare probe. On shared cores
@@ -46,7 +47,7 @@ from serve import admin_headers  # the bootstrap admin key the server wrote on i
 from smoke import add_flag, shrink
 
 from faceserve import db
-from faceserve.config import Settings
+from faceserve.config import Settings, load_settings
 from faceserve.media import decoding
 
 ROOT = Path(__file__).parents[1]
@@ -161,11 +162,12 @@ class Bare:
     server uses. Sampled in blocks between the server's rounds, so both see the same machine (the cores
     are shared, and a lone measurement before or after moved by 20 % between runs)."""
 
-    def __init__(self, probe: bytes, engine: str) -> None:
+    def __init__(self, probe: bytes, engine: str, extra_env: list[str]) -> None:
         from faceserve.core.services import load_engine
 
         self.probe = probe
-        self.engine = load_engine(Settings(models_dir=ROOT / "models", engine=engine))
+        env = {**os.environ, "FACESERVE_ENGINE": engine, **dict(item.split("=", 1) for item in extra_env)}
+        self.engine = load_engine(load_settings({"models_dir": ROOT / "models"}, env))
         self.samples: list[float] = []
         self.cpu: list[float] = []  # CPU seconds per probe, per block of samples
         self.rates: list[float] = []
@@ -198,17 +200,19 @@ class Bare:
 async def main_async(args: argparse.Namespace) -> None:
     folder = Path(tempfile.mkdtemp(prefix="faceserve-e2e-"))
     probe = (PHOTOS / "yaoming.jpg").read_bytes()
-    bare_engine = Bare(probe, args.engine)
+    bare_engine = Bare(probe, args.engine, args.env)
     with db.embedded_postgres_blocking(folder / "pgdata") as dsn:
         port = free_port()
         server = start_server(dsn, port, folder, args.window_ms, args.engine, args.env)
         base = f"http://127.0.0.1:{port}"
         try:
+            health = {"engine": "?", "precision": "?"}  # what the server says it runs
             async with aiohttp.ClientSession() as http:
                 for _ in range(120):
                     try:
                         async with http.get(f"{base}/healthz") as r:
                             if r.status == 200:
+                                health = (await r.json())["data"]
                                 break
                     except aiohttp.ClientError:
                         pass
@@ -256,7 +260,8 @@ async def main_async(args: argparse.Namespace) -> None:
 
     print(
         f"{args.faces:,} synthetic faces + 2 real photos; probe yaoming.jpg; recogniser window {args.window_ms:g} ms; "
-        f"engine {args.engine}; server settings {' '.join(args.env) or 'default'}; "
+        f"engine {args.engine} (server: {health['engine']} {health['precision']}; bare: {bare_engine.engine.runs_on}); "
+        f"server settings {' '.join(args.env) or 'default'}; "
         f"{time.strftime('%Y-%m-%d')}"
     )
     print(f"first search (index built from Postgres by binary COPY): {first_ms:.0f} ms")
