@@ -111,9 +111,11 @@ CREATE TABLE public.faces (
     det_score real NOT NULL,
     embedding bytea NOT NULL,
     embedding_dim integer NOT NULL,
+    quality text,
     CONSTRAINT faces_box_check CHECK ((array_length(box, 1) = 4)),
     CONSTRAINT faces_check CHECK ((octet_length(embedding) = (4 * embedding_dim))),
-    CONSTRAINT faces_landmarks_check CHECK ((array_length(landmarks, 1) = 10))
+    CONSTRAINT faces_landmarks_check CHECK ((array_length(landmarks, 1) = 10)),
+    CONSTRAINT faces_quality_check CHECK ((quality = ANY (ARRAY['ok'::text, 'too_small'::text, 'blurred'::text, 'turned'::text])))
 );
 
 CREATE SEQUENCE public.faces_id_seq

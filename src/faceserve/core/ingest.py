@@ -14,7 +14,7 @@ from .. import db, layout
 from ..errors import BadRequest, Busy, SessionNotFound
 from ..media import decoding
 from ..media.files import PendingFile, stored_name_for
-from ..vision import detection
+from ..vision import detection, quality
 from ..vision.engine import DetectedFace, FaceEngine, detected_faces
 from . import changes, face_sessions
 from .services import Services
@@ -32,14 +32,18 @@ class _Found:
     boxes: np.ndarray
     landmarks: np.ndarray
     crops: np.ndarray  # aligned, for the recogniser
+    qualities: list[str]  # each face's verdict: kept whatever it is, marked (vision/quality.py)
 
 
-def _detect_file(engine: FaceEngine, path: Path, max_pixels: int) -> _Found:
-    """Header check first (cheap, rejects bombs and non-images), then the full decode, detection, alignment."""
+def _detect_file(engine: FaceEngine, path: Path, max_pixels: int, limits: quality.Limits) -> _Found:
+    """Header check first (cheap, rejects bombs and non-images), then the full decode, detection, alignment
+    and each face's quality verdict."""
     info = decoding.probe(path, max_pixels)
     pixels = decoding.decode_bgr(path.read_bytes())
     boxes, landmarks = detection.find_faces(engine, pixels)  # a headshot's face too, with a second pass
-    return _Found(info, boxes, landmarks, engine.align(pixels, landmarks))
+    crops = engine.align(pixels, landmarks)
+    qualities = [quality.verdict(quality.measure(marks, crop), limits) for marks, crop in zip(landmarks, crops)]
+    return _Found(info, boxes, landmarks, crops, qualities)
 
 
 @dataclass
@@ -66,10 +70,15 @@ async def analyze_image(
         # faces then join those of concurrent images and searches in shared recogniser runs
         with services.recogniser.coming():
             found = await services.infer(
-                _detect_file, services.engine, pending.path, services.settings.max_image_pixels
+                _detect_file,
+                services.engine,
+                pending.path,
+                services.settings.max_image_pixels,
+                quality.limits(services.settings),
             )
         info = found.info
-        faces = detected_faces(found.boxes, found.landmarks, await services.recogniser.embed(found.crops))
+        embeddings = await services.recogniser.embed(found.crops)
+        faces = detected_faces(found.boxes, found.landmarks, embeddings, found.qualities)
     except BaseException:
         await services.storage.discard(pending.path)
         raise
@@ -181,7 +190,10 @@ async def _record(change: changes.SessionChange, analyzed: Analyzed, name: str |
         change.conn,
         image.id,
         session_id,
-        [db.NewFace(f.box.tolist(), f.landmarks.ravel().tolist(), f.det_score, f.embedding) for f in faces],
+        [
+            db.NewFace(f.box.tolist(), f.landmarks.ravel().tolist(), f.det_score, f.embedding, f.quality)
+            for f in faces
+        ],
     )
     await change.faces_added(image.id, face_ids, faces)
     # bytes kept inside the transaction: if the commit fails they are dropped again (media/stores.py)

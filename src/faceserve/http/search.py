@@ -112,6 +112,7 @@ def _match(request: web.Request, match: matching.Match) -> dict[str, object]:
         "face_id": match.face_id,
         "face_url": request.app[URLS].face_url(request, match.face_id),
         "box": [round(v, 1) for v in match.box],
+        "quality": match.quality,
     }
     if match.faces:
         answer["faces"] = [
@@ -120,6 +121,7 @@ def _match(request: web.Request, match: matching.Match) -> dict[str, object]:
                 "face_id": face.face_id,
                 "distance": round(face.distance, 6),
                 "box": [round(v, 1) for v in face.box],
+                "quality": face.quality,
                 "face_url": request.app[URLS].face_url(request, face.face_id),
             }
             for face in match.faces

@@ -10,8 +10,8 @@ picks its best neighbouring group, and groups move into partners that stay put (
 absorbs many small ones in one round instead of one per round). Merges are refused between groups that
 share a photo (one person is in a photo once) and between groups an organiser placed in different people.
 
-Faces below the quality floor (small or low detection score) take part in nothing: they never found, join
-or bridge a person.
+Faces below the quality floor (small or low detection score, or marked too small or blurred at ingest:
+faces.quality, vision/quality.py) take part in nothing: they never found, join or bridge a person.
 """
 
 from __future__ import annotations
@@ -52,11 +52,15 @@ class ClusterParams:
     batch: int = 4096
 
 
-def eligible(boxes: np.ndarray, det_scores: np.ndarray, params: ClusterParams) -> np.ndarray:
-    """Mask of faces clear enough to found or join a person: shorter box side and detection score."""
+def eligible(
+    boxes: np.ndarray, det_scores: np.ndarray, params: ClusterParams, weak: np.ndarray | None = None
+) -> np.ndarray:
+    """Mask of faces clear enough to found or join a person: shorter box side and detection score, and not
+    `weak` (marked too small or blurred at ingest: a blur the box and score do not see)."""
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     sides = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
-    return (sides >= params.min_face_size) & (np.asarray(det_scores, dtype=np.float32) >= params.min_det_score)
+    clear = (sides >= params.min_face_size) & (np.asarray(det_scores, dtype=np.float32) >= params.min_det_score)
+    return clear if weak is None else clear & ~np.asarray(weak, dtype=bool)
 
 
 def clarity(boxes: np.ndarray, landmarks: np.ndarray, det_scores: np.ndarray) -> np.ndarray:

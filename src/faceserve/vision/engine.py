@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -115,6 +115,8 @@ class DetectedFace:
     landmarks: np.ndarray  # (5, 2)
     det_score: float
     embedding: np.ndarray  # (dim,) float32, L2-normalised
+    # vision/quality.py's verdict on an upload's face (ok, too_small, blurred, turned); None where not measured
+    quality: str | None = None
 
 
 class FaceEngine:
@@ -249,14 +251,18 @@ class FaceEngine:
         return out / norms
 
 
-def detected_faces(boxes: np.ndarray, landmarks: np.ndarray, embeddings: np.ndarray) -> list[DetectedFace]:
-    """Detector output (n, 5) boxes with scores and (n, 5, 2) landmarks, with their embeddings, as faces."""
+def detected_faces(
+    boxes: np.ndarray, landmarks: np.ndarray, embeddings: np.ndarray, qualities: Sequence[str] | None = None
+) -> list[DetectedFace]:
+    """Detector output (n, 5) boxes with scores and (n, 5, 2) landmarks, with their embeddings (and quality
+    verdicts, where measured), as faces."""
     return [
         DetectedFace(
             box=boxes[i, :4].astype(np.float32),
             landmarks=landmarks[i].astype(np.float32),
             det_score=float(boxes[i, 4]),
             embedding=embeddings[i],
+            quality=None if qualities is None else qualities[i],
         )
         for i in range(len(boxes))
     ]
