@@ -129,6 +129,7 @@ async def record_image(services: Services, session_id: int, analyzed: Analyzed) 
                     [db.NewFace(f.box.tolist(), f.landmarks.ravel().tolist(), f.det_score, f.embedding) for f in faces],
                 )
                 await index_sync.announce_added(conn, services.process_token, session_id, face_ids)
+                await services.live.match_new_faces(conn, session_id, image.id, face_ids, faces)
                 # bytes kept inside the transaction: if the commit fails they are dropped below (media/stores.py)
                 undo_save = await store.save(conn, pending, image)
         undo_save = None

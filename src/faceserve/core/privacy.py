@@ -22,7 +22,7 @@ from .. import db
 from ..errors import NoFaceFound, SessionNotFound
 from ..index import sync as index_sync
 from ..layout import SessionLayout
-from . import face_sessions, matching, people
+from . import face_sessions, live, matching, people
 from .services import Services
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,8 @@ async def forget(
         await index_sync.announce_removed(conn, services.process_token, session_id, face_ids)
         touched = len({image_id for image_id, _ in erased})
         await db.record_forget(conn, key_prefix, session_id, len(erased), touched)
+        # their live searches too: no new photo of the forgotten person is pushed to anyone
+        await live.forget_probes(conn, services, session_id, face.embedding, threshold)
         # the people those faces were in shrink, and one left with none disappears
         await people.faces_removed(conn, session_id, persons, len(erased))
     if face_ids:
@@ -84,6 +86,7 @@ async def delete_expired(services: Services) -> list[int] | None:
     async with services.pool.acquire() as conn, conn.transaction():
         if not await db.try_lock_session_expiry(conn):
             return None
+        await db.delete_expired_live_searches(conn)  # ignored already past their expiry; gone now
         for session_id in await db.expired_sessions(conn):
             # each in its own transaction, on other connections; the lock is held meanwhile
             try:
