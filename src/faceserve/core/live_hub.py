@@ -125,9 +125,6 @@ class LiveHub:
             self._probes.popitem(last=False)
         return probes
 
-    def forget_session(self, session_id: int) -> None:
-        self._probes.pop(session_id, None)
-
     async def match_new_faces(
         self,
         conn: db.Connection,
