@@ -38,6 +38,7 @@ from smoke import add_flag, shrink
 from faceserve import db
 from faceserve.app import create_app
 from faceserve.config import Settings
+from faceserve.core.live_hub import nearest_within
 from faceserve.core.services import load_engine
 from faceserve.http.appkeys import SERVICES
 
@@ -104,7 +105,7 @@ async def upload_cost(services, http, base: str, rounds: int, counts: tuple[int,
         if count:
             await _live(http, base, session_id)  # one that matches a face of the photo
             await _add_random_probes(pool, session_id, count - 1, dim, count)
-        warm, reload = [], []
+        warm, reload, check, compare = [], [], [], []
         matched = 0
         for round_ in range(rounds):
             if round_ % 10 == 0 and count:  # the set changed: the next call reads the probes again
@@ -118,13 +119,23 @@ async def upload_cost(services, http, base: str, rounds: int, counts: tuple[int,
                 await transaction.rollback()
             matched += len(got)
             (reload if round_ % 10 == 0 and count else warm).append(took)
+            # its parts: the query that checks the cached probes, and the comparison
+            start = time.perf_counter()
+            await db.live_probe_version(pool, session_id)
+            check.append(time.perf_counter() - start)
+            cached = hub._probes.get(session_id)
+            if cached is not None and len(cached.ids):
+                start = time.perf_counter()
+                nearest_within(cached.vectors, np.stack([f.embedding for f in faces]), services.settings.match_threshold)
+                compare.append(time.perf_counter() - start)
         cached = hub._probes.get(session_id)
         memory = "" if cached is None else (
             f"{(cached.ids.nbytes + cached.vectors.nbytes + cached.expires.nbytes) / max(1, len(cached.ids)):.0f} B"
         )
         rows.append(
-            f"| {count:,} | {len(faces)} | {pct(warm, 50):.2f} | {pct(warm, 99):.2f} | "
-            f"{pct(reload, 50) if reload else float('nan'):.1f} | {matched / rounds:.1f} | {memory or '-'} |"
+            f"| {count:,} | {len(faces)} | {pct(warm, 50):.2f} | {pct(warm, 99):.2f} | {pct(check, 50):.2f} | "
+            f"{pct(compare, 50) if compare else 0:.2f} | {pct(reload, 50) if reload else 0:.1f} | "
+            f"{matched / rounds:.1f} | {memory or '-'} |"
         )
     return rows
 
@@ -192,9 +203,9 @@ async def in_process(args: argparse.Namespace) -> None:
                 async with aiohttp.ClientSession(headers=admin_headers(settings.storage)) as http:
                     services = app_a[SERVICES]
                     print(f"{time.strftime('%Y-%m-%d')}; {args.rounds} calls per row, each in a transaction rolled back\n")
-                    print("| live probes in the session | faces in the upload | extra ms p50 | p99 | reload ms p50 | "
-                          "matches recorded | cached bytes per probe |")
-                    print("|---|---|---|---|---|---|---|")
+                    print("| live probes in the session | faces in the upload | extra ms p50 | p99 | of which check p50 | "
+                          "compare p50 | reload ms p50 | matches recorded | cached bytes per probe |")
+                    print("|---|---|---|---|---|---|---|---|---|")
                     for row in await upload_cost(services, http, base_a, args.rounds, args.probe_counts):
                         print(row, flush=True)
                     print(f"\nPostgres per live probe (table, index, TOAST): {await postgres_bytes_per_probe(services.pool)}\n")
@@ -256,11 +267,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument("--streams", type=int, default=2000)
     parser.add_argument("--gets", type=int, default=2000)
+    parser.add_argument("--parts", nargs="+", default=["process", "streams"], choices=["process", "streams"],
+                        help="process: parts 1-3 (in this process); streams: part 4 (a served subprocess)")
     add_flag(parser)
     args = parser.parse_args()
     args.probe_counts = PROBE_COUNTS
     shrink(args, rounds=5, streams=10, gets=20, probe_counts=(0, 20))
-    asyncio.run(in_process(args))
+    if "process" in args.parts:
+        asyncio.run(in_process(args))
+    if "streams" not in args.parts:
+        return
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # a stream is a socket at each end
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

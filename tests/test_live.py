@@ -258,3 +258,15 @@ async def test_streams_catch_up_after_the_listening_connection_came_back(
         image = (await upload(client, session_id, ("players.jpg", photos["players"].read_bytes())))[0]
         event = await stream.next_match(timeout_s=15)
         assert event.data["image_id"] == image["image_id"]
+
+
+async def test_a_stream_ends_when_its_live_search_expires(client, photos, services):
+    session_id = await create_session(client)
+    _, body = await _create(client, session_id, photos["yaoming"].read_bytes())
+    live_id = body["data"]["live_id"]
+    await services.pool.execute("UPDATE live_searches SET expires_at = now() + interval '1 second'")
+    async with aiohttp.ClientSession() as http:
+        stream = await open_stream(http, _events_url(client, session_id, live_id), _admin(client))
+        start = time.monotonic()
+        assert (await stream.next_match(timeout_s=10)).event == "end"
+        assert time.monotonic() - start < 5

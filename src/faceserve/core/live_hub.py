@@ -45,9 +45,9 @@ def nearest_within(
     probes: np.ndarray, faces: np.ndarray, threshold: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For each probe, the nearest of the faces: (probe rows within threshold, their face's row, distance)."""
-    distances = 1.0 - probes @ faces.T  # (probes, faces)
-    best = np.argmin(distances, axis=1)
-    nearest = distances[np.arange(len(probes)), best]
+    similarities = probes @ faces.T  # (probes, faces)
+    best = np.argmax(similarities, axis=1)
+    nearest = 1.0 - similarities[np.arange(len(probes)), best]
     rows = np.flatnonzero(nearest <= threshold)
     return rows, best[rows], np.maximum(nearest[rows], 0.0)
 
@@ -138,20 +138,21 @@ class LiveHub:
         if not len(face_ids):
             return []
         probes = await self._session_probes(conn, session_id)
-        live = probes.expires > time.time()
-        if not live.any():
+        if not len(probes.ids):
             return []
-        ids, matrix = probes.ids[live], probes.vectors[live]
         vectors = np.stack([np.asarray(face.embedding, dtype=np.float32) for face in faces])
-        if len(ids) * len(vectors) >= _THREAD_FROM:
-            rows, best, distances = await asyncio.to_thread(nearest_within, matrix, vectors, self._threshold)
+        # over every cached probe (no copy of the matrix), the expired ones dropped from the result
+        if len(probes.ids) * len(vectors) >= _THREAD_FROM:
+            rows, best, distances = await asyncio.to_thread(nearest_within, probes.vectors, vectors, self._threshold)
         else:
-            rows, best, distances = nearest_within(matrix, vectors, self._threshold)
+            rows, best, distances = nearest_within(probes.vectors, vectors, self._threshold)
+        live = probes.expires[rows] > time.time()
+        rows, best, distances = rows[live], best[live], distances[live]
         if not len(rows):
             return []
         chosen = np.asarray(face_ids, dtype=np.int64)[best]
         matched = await db.insert_live_matches(
-            conn, image_id, ids[rows].tolist(), chosen.tolist(), distances.astype(float).tolist()
+            conn, image_id, probes.ids[rows].tolist(), chosen.tolist(), distances.astype(float).tolist()
         )
         if matched:
             await db.notify_live(conn, session_id, matched)

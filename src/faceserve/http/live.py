@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from datetime import UTC, datetime
 
 from aiohttp import web
 
@@ -20,6 +21,21 @@ from .route_params import route_id
 from .search import match_json
 
 _NOT_AFTER = 2**63 - 1
+_END = b"event: end\ndata: {}\n\n"
+
+
+async def _heartbeats_until_woken(
+    response: web.StreamResponse, wake: asyncio.Event, every_s: float, expires_at: datetime
+) -> bool:
+    """A comment line every every_s until the stream is woken (True), or until the live search expires."""
+    while True:
+        try:
+            await asyncio.wait_for(wake.wait(), every_s)
+            return True
+        except TimeoutError:
+            if datetime.now(UTC) >= expires_at:
+                return False
+            await response.write(b": heartbeat\n\n")
 
 
 async def create_live_search(request: web.Request) -> web.Response:
@@ -77,7 +93,7 @@ async def live_events(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     session_id, live_id = route_id(request, "session_id"), route_id(request, "live_id")
     after = _last_event_id(request)
-    await live.require(services, session_id, live_id)  # 404 as JSON, before the stream starts
+    found = await live.require(services, session_id, live_id)  # 404 as JSON, before the stream starts
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
@@ -95,7 +111,7 @@ async def live_events(request: web.Request) -> web.StreamResponse:
             wake.clear()  # before reading: a wake-up during the read reads again
             alive, matches = await live.new_matches(services, session_id, live_id, after)
             if not alive:
-                await response.write(b"event: end\ndata: {}\n\n")
+                await response.write(_END)
                 break
             for event_id, match in matches:
                 data = json.dumps(match_json(request, match), separators=(",", ":"))
@@ -103,10 +119,10 @@ async def live_events(request: web.Request) -> web.StreamResponse:
                 after = event_id
             if len(matches) == live.STREAM_BATCH:
                 continue  # more are waiting
-            try:
-                await asyncio.wait_for(wake.wait(), heartbeat)
-            except TimeoutError:
-                await response.write(b": heartbeat\n\n")
+            # woken by an announcement (or the listener's catch-up) only: a heartbeat costs no query
+            if not await _heartbeats_until_woken(response, wake, heartbeat, found.expires_at):
+                await response.write(_END)
+                break
     with contextlib.suppress(ConnectionError):
         await response.write_eof()
     return response
