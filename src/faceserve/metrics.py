@@ -71,6 +71,9 @@ INDEX_SESSIONS = Gauge(
 INDEX_FACES = Gauge(
     "faceserve_index_faces", "Faces in the session indexes in memory, by kind", ["kind"], multiprocess_mode="livemax"
 )
+LIVE_STREAMS = Gauge(
+    "faceserve_live_streams", "Live results streams open (Server-Sent Events)", multiprocess_mode="livesum"
+)
 
 
 class RequestTimes:
@@ -136,8 +139,10 @@ def set_live_gauges(
     pool_idle: int,
     pool_max: int,
     indexes: Iterable[tuple[str, int]],
+    live_streams: int = 0,
 ) -> None:
     """The gauges of this process's live state, as its owner (http/observability.py) samples them."""
+    LIVE_STREAMS.set(live_streams)
     UPLOADS_IN_FLIGHT.set(uploads_in_flight)
     INFERENCE_QUEUE.labels("inference_threads").set(inference_waiting)
     INFERENCE_QUEUE.labels("recogniser").set(recogniser_waiting)

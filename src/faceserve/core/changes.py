@@ -65,7 +65,7 @@ class SessionChange:
 
     async def faces_added(self, image_id: int, face_ids: Sequence[int], faces: Sequence[DetectedFace]) -> None:
         """The faces' rows are in: other processes hear of them at commit; here they join the index and then,
-        where their neighbours agree, a person."""
+        where their neighbours agree, a person; live searches they match get them (live.py)."""
         if not faces:
             return
         vectors = np.stack([f.embedding for f in faces])
@@ -73,6 +73,8 @@ class SessionChange:
         await index_sync.announce(self.conn, self.services.process_token, change)
         self._index.append(change)
         self._new_faces.append(_NewFaces(image_id, list(face_ids), faces))
+        # the session's live searches that they match are recorded with them, and hear of it at commit
+        await self.services.live.match_new_faces(self.conn, self._session(), image_id, face_ids, faces)
 
     async def faces_removed(
         self, face_ids: Sequence[int], persons: Sequence[int], crops: Sequence[tuple[int, int]] = ()

@@ -195,6 +195,20 @@ async def search_session(
     return SearchResult(found.used, probe_faces, matches[:limit], timings)
 
 
+async def embedding_matches(
+    services: Services, session_id: int, embedding: np.ndarray, threshold: float, limit: int
+) -> list[Match]:
+    """The session's images with a face within threshold of one embedded probe face, nearest first (a live
+    search's matches at its creation: core/live.py)."""
+    sims, face_ids = await services.indexes.search(session_id, embedding[None, :], max(limit * _OVERFETCH, _MIN_CANDIDATES))
+    distances = 1.0 - sims
+    within = (face_ids >= 0) & (distances <= threshold)
+    if not within.any():
+        return []
+    hits = await db.faces_with_images(services.pool, session_id, np.unique(face_ids[within]).tolist())
+    return _nearest_per_image(session_id, face_ids[0][within[0]], distances[0][within[0]], hits)[:limit]
+
+
 def _nearest_per_image(
     session_id: int, candidates: np.ndarray, distances: np.ndarray, hits: dict[int, db.FaceHit]
 ) -> list[Match]:

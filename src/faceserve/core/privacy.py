@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import db
 from ..errors import NoFaceFound, SessionNotFound
-from . import changes, deletes, face_sessions, matching
+from . import changes, deletes, face_sessions, live, matching
 from .services import Services
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,8 @@ async def forget(
         erased = await db.delete_faces(change.conn, session_id, matched)
         touched = len({image_id for image_id, _ in erased})
         await db.record_forget(change.conn, key_prefix, session_id, len(erased), touched)
+        # their live searches too: no new photo of the forgotten person is pushed to anyone
+        await live.forget_probes(change.conn, services, session_id, face.embedding, threshold)
         # the people those faces were in shrink (one left with none disappears), and their crops go
         await change.faces_removed([face_id for _, face_id in erased], persons, crops=erased)
     log.info("forget in session %d erased %d faces in %d images", session_id, len(erased), touched)
@@ -68,6 +70,7 @@ async def delete_expired(services: Services) -> list[int] | None:
     async with services.pool.acquire() as conn, conn.transaction():
         if not await db.try_lock_session_expiry(conn):
             return None
+        await db.delete_expired_live_searches(conn)  # ignored already past their expiry; gone now
         for session_id in await db.expired_sessions(conn):
             # each in its own transaction, on other connections; the lock is held meanwhile
             try:

@@ -27,6 +27,7 @@ from ..runtime import conflicting_builds
 from ..vision.batcher import RecogniserBatcher
 from ..vision.engine import FaceEngine
 from . import start_sweep
+from .live_hub import LiveHub
 from .served import ServedFileCache
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,8 @@ class Services:
     follower: index_sync.IndexFollower
     # background work of this process (core/people.py re-clusterings), cancelled before the parts close
     jobs: BackgroundJobs
+    # live searches: new faces against the sessions' live probes, and the streams waiting here (live_hub.py)
+    live: LiveHub
 
     def inference_waiting(self) -> int:
         """Blocking jobs queued for the inference threads (ThreadPoolExecutor keeps no public count)."""
@@ -230,6 +233,9 @@ async def open_services(
         follower = index_sync.IndexFollower(listener, token, pool, indexes)
         await follower.start()
         stack.push_async_callback(follower.close)
+        live_hub = LiveHub(listener, engine.embedding_dim, settings.match_threshold)
+        await live_hub.start()
+        stack.callback(live_hub.close)
         if settings.index_preload:
             saved = set(await asyncio.to_thread(store.saved_sessions))
             live = [s.id for s in await db.list_sessions(pool) if s.id in saved]
@@ -255,4 +261,5 @@ async def open_services(
             listener=listener,
             follower=follower,
             jobs=jobs,
+            live=live_hub,
         )

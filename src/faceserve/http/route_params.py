@@ -8,7 +8,14 @@ from __future__ import annotations
 from aiohttp import web
 
 from .. import inputs
-from ..errors import FaceNotFound, FaceServeError, ImageNotFound, PersonNotFound, SessionNotFound
+from ..errors import (
+    FaceNotFound,
+    FaceServeError,
+    ImageNotFound,
+    LiveSearchNotFound,
+    PersonNotFound,
+    SessionNotFound,
+)
 from .middleware import Handler
 
 # what a path that names no such thing answers, by parameter
@@ -17,6 +24,7 @@ _NOT_FOUND: dict[str, type[FaceServeError]] = {
     "image_id": ImageNotFound,
     "face_id": FaceNotFound,
     "person_id": PersonNotFound,
+    "live_id": LiveSearchNotFound,
 }
 _IDS = web.RequestKey("route_ids", dict)
 

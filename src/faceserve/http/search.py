@@ -74,7 +74,7 @@ async def search_faces(request: web.Request) -> web.Response:
     used = result.used
     response = ok(
         {
-            "matches": [_match(request, m) for m in result.matches],
+            "matches": [match_json(request, m) for m in result.matches],
             "probe_face": _probe_face(result.probe_faces[used[0]]),
             "probe_faces": [_probe_face(face) for face in result.probe_faces],
             "used": used,
@@ -103,7 +103,7 @@ def _probe_face(face: matching.ProbeFace) -> dict[str, object]:
     return {"index": face.index, "box": [round(float(v), 1) for v in face.box], "score": round(face.score, 4)}
 
 
-def _match(request: web.Request, match: matching.Match) -> dict[str, object]:
+def match_json(request: web.Request, match: matching.Match) -> dict[str, object]:
     answer: dict[str, object] = {
         "identity": match.identity,
         "distance": round(match.distance, 6),
