@@ -13,6 +13,7 @@ from helpers import IMAGE_STORES, create_session, upload
 from faceserve.app import create_app
 from faceserve.core import signing
 from faceserve.http.appkeys import SERVICES, URLS
+from faceserve.http.served import SERVED
 
 PREFIX = "/_faceserve_files/"
 ASKED = {"X-Sendfile-Type": "X-Accel-Redirect"}
@@ -115,7 +116,7 @@ async def test_a_file_seen_present_a_moment_ago_is_handed_off_without_opening_it
             assert again.headers[name] == first.headers[name], name
     assert opened == []
 
-    services.served.get(image["image_id"]).present_until = float("-inf")  # the window has passed
+    client.server.app[SERVED].get(image["image_id"]).present_until = float("-inf")  # the window has passed
     path.unlink()  # gone behind the service's back
     gone = await client.get(url, headers=ASKED)
     assert gone.status == 404 and (await gone.json())["error"]["code"] == "image_not_found"

@@ -15,6 +15,7 @@ from helpers import create_session, original_exists, stored_originals, upload
 
 from faceserve import db, layout
 from faceserve.core import changes, ingest
+from faceserve.http.served import SERVED
 
 
 class _Refused(Exception):
@@ -44,7 +45,7 @@ async def test_a_delete_reaches_this_process_only_once_committed(client, service
     face_ids, vectors = await db.session_embeddings(services.pool, session_id, services.engine.embedding_dim)
     assert len(face_ids)
     assert (await client.get(f"/api/face/image/{image['image_id']}")).status == 200  # now in the served cache
-    assert services.served.get(image["image_id"]) is not None
+    assert client.server.app[SERVED].get(image["image_id"]) is not None
     file_path = layout.file_path(session_id, image["identity"].split("/")[-1])
 
     with pytest.raises(_Refused):
@@ -52,14 +53,14 @@ async def test_a_delete_reaches_this_process_only_once_committed(client, service
     assert await db.get_image(services.pool, image["image_id"]) is not None
     assert await original_exists(services, file_path)
     assert set(face_ids.tolist()) <= await _indexed(services, session_id, vectors)
-    assert services.served.get(image["image_id"]) is not None
+    assert client.server.app[SERVED].get(image["image_id"]) is not None
     assert await services.pool.fetchval("SELECT count(*) FROM deleted_images") == 0
 
     await _delete_in_a_change(services, image["image_id"], fail=False)
     assert await db.get_image(services.pool, image["image_id"]) is None
     assert not await original_exists(services, file_path)
     assert not set(face_ids.tolist()) & await _indexed(services, session_id, vectors)
-    assert services.served.get(image["image_id"]) is None
+    assert client.server.app[SERVED].get(image["image_id"]) is None
     assert await services.pool.fetchval("SELECT bool_and(files_removed) FROM deleted_images") is True
 
 

@@ -11,7 +11,7 @@ from helpers import IMAGE_STORES, create_session, lose_stored_bytes, upload
 
 from faceserve import db
 from faceserve.app import create_app
-from faceserve.http.appkeys import SERVICES
+from faceserve.http.served import SERVED
 from faceserve.http.serving import CACHE_FOREVER, served_file
 
 
@@ -200,7 +200,7 @@ def _slow_row_reads(monkeypatch, after_read=None) -> list[int]:
 
 async def test_a_photo_opened_by_many_phones_at_once_is_read_from_postgres_once(client, photos, monkeypatch):
     image, data = await _one_image(client, photos)
-    client.server.app[SERVICES].served.evict(image["image_id"])  # a cold process
+    client.server.app[SERVED].evict(image["image_id"])  # a cold process
     reads = _slow_row_reads(monkeypatch)
     responses = await asyncio.gather(*(client.get(f"/api/face/image/{image['image_id']}") for _ in range(40)))
     assert [r.status for r in responses] == [200] * 40
@@ -210,7 +210,7 @@ async def test_a_photo_opened_by_many_phones_at_once_is_read_from_postgres_once(
 
 async def test_a_caller_that_goes_away_does_not_cancel_the_shared_read(client, photos, monkeypatch):
     image, _ = await _one_image(client, photos)
-    client.server.app[SERVICES].served.evict(image["image_id"])
+    client.server.app[SERVED].evict(image["image_id"])
     reads = _slow_row_reads(monkeypatch)
     request = type("Request", (), {"app": client.server.app})()  # served_file reads request.app only
     first = asyncio.create_task(served_file(request, image["image_id"]))
@@ -224,7 +224,7 @@ async def test_a_caller_that_goes_away_does_not_cancel_the_shared_read(client, p
 
 async def test_a_delete_during_the_read_leaves_nothing_cached(client, photos, monkeypatch):
     image, _ = await _one_image(client, photos)
-    served = client.server.app[SERVICES].served
+    served = client.server.app[SERVED]
     served.evict(image["image_id"])
     _slow_row_reads(monkeypatch, after_read=served.evict)  # a delete on this process evicts meanwhile
     request = type("Request", (), {"app": client.server.app})()

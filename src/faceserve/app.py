@@ -10,7 +10,7 @@ from aiohttp import web
 from .config import Settings
 from .core import privacy
 from .core.services import open_services
-from .http import access, middleware, observability, page, ratelimit, route_params, routes, routing
+from .http import access, middleware, observability, page, ratelimit, route_params, routes, routing, served
 from .http.appkeys import SERVICES, URLS
 from .http.urls import UrlPolicy
 from .vision.engine import FaceEngine
@@ -53,6 +53,7 @@ def create_app(
             app[SERVICES].live.close()
 
     app.cleanup_ctx.append(services_ctx)
+    served.install(app, settings)  # subscribes once the services are open
     app.on_shutdown.append(end_live_streams)
     app.cleanup_ctx.append(expire_sessions_ctx)
     access.install(app, settings)  # its context runs after the services'

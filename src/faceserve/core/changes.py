@@ -3,7 +3,7 @@
 Opened with the transaction that makes the change (session_change), it is told what the transaction does
 and writes, inside it, what must commit with the rows: the notifications that every other process applies
 (index/sync.py) and the tombstones that make deletes crash-safe (tombstones.py). After the commit it applies
-the change to this process: served cache, indexes, files, derivatives and face crops, new faces joining
+the change to this process: subscribers told what it removed (removals.py), indexes, files, derivatives and face crops, new faces joining
 people. When the transaction fails it runs the compensations registered meanwhile: an upload's saved bytes
 undone and its intent given up (upload_intents.py). A database (or object store) lost during a delete
 leaves its files to be finished once both are back.
@@ -27,6 +27,7 @@ from ..media import renditions
 from ..media.stores import POSTGRES, Undo
 from ..vision.engine import DetectedFace
 from . import people, tombstones, upload_intents
+from .removals import Removed
 from .services import Services
 
 log = logging.getLogger(__name__)
@@ -116,12 +117,11 @@ class SessionChange:
     async def _apply(self) -> None:
         """After the commit, to this process."""
         services = self.services
-        if self._session_dropped:
-            services.served.evict_session(self._session())
+        if self._deleting:  # first: an image of a deleted row must stop answering at once (http/served.py)
+            dropped = self._session() if self._session_dropped else None
+            services.removals.publish(Removed(tuple(image.id for image in self._images), dropped))
         # search joins hits against the database, so deleted faces stop matching at the commit; the index
         # drops them too so they stop taking result slots
-        for image in self._images:
-            services.served.evict(image.id)
         for change in self._index:
             await index_sync.apply(services.indexes, change)
         if self._session_dropped:

@@ -28,7 +28,7 @@ from ..vision.batcher import RecogniserBatcher
 from ..vision.engine import FaceEngine
 from . import start_sweep
 from .live_hub import LiveHub
-from .served import ServedFileCache
+from .removals import Removals
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -129,8 +129,8 @@ class Services:
     recogniser: RecogniserBatcher
     # uploads being analysed at once (their files received); past it an upload gets 503 busy
     upload_gate: AdmissionGate
-    # serving facts of recently served images; deletions here evict from it (served.py)
-    served: ServedFileCache
+    # who hears what a committed change removed here: http's served-file cache (removals.py)
+    removals: Removals
     # searches being decoded, detected and matched at once; past it a search gets 503 busy
     search_gate: AdmissionGate
     # resized copies and face crops rendered at once (http/downloads.py)
@@ -254,7 +254,7 @@ async def open_services(
             inference=inference,
             recogniser=recogniser,
             upload_gate=upload_gate,
-            served=ServedFileCache.from_settings(settings),
+            removals=Removals(),
             search_gate=search_gate,
             renders=asyncio.Semaphore(settings.max_concurrent_renders),
             process_token=token,

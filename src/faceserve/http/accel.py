@@ -31,8 +31,8 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from ..core.served import ServedFile
 from . import conditional
+from .served import ServedFile
 
 _ACCEL = "X-Accel-Redirect"
 # what an X-Accel-Redirect URI may carry unescaped (stored names are made of these; imported ones may not be)

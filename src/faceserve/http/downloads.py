@@ -26,7 +26,6 @@ from typing import NoReturn
 from aiohttp import web
 
 from .. import db
-from ..core.served import ServedFile
 from ..errors import FaceNotFound, ImageNotFound
 from ..media import renditions, stores
 from ..media.objects import derived_path
@@ -34,6 +33,7 @@ from ..media.stores import ImageStore, StoredImage
 from . import accel, conditional, serving
 from .appkeys import SERVICES
 from .route_params import route_id
+from .served import SERVED, ServedFile
 
 # Renders under way in this process, by file: concurrent first requests for one derivative (every open
 # gallery asks for a new photo's thumbnail at once) wait for one render instead of each making their own.
@@ -67,7 +67,7 @@ async def _serve_original(request: web.Request, entry: ServedFile, cache_control
             return serving.without_body(status, entry, cache_control)
         # this request looks for the bytes; revalidations arriving meanwhile answer from memory instead of
         # all asking at once (a gone image is evicted below, and then nobody answers from memory)
-        request.app[SERVICES].served.seen_present(entry)
+        request.app[SERVED].seen_present(entry)
     if entry.bytes_in == stores.S3:
         return await _respond_object(request, entry, status, cache_control)
     if entry.bytes_in != stores.FILE:
@@ -80,9 +80,9 @@ async def _serve_original(request: web.Request, entry: ServedFile, cache_control
     try:
         fd = os.open(entry.disk_path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except (FileNotFoundError, NotADirectoryError):
-        request.app[SERVICES].served.evict(image_id)
+        request.app[SERVED].evict(image_id)
         raise ImageNotFound(f"the file of image {image_id} is gone") from None
-    request.app[SERVICES].served.seen_present(entry)
+    request.app[SERVED].seen_present(entry)
     try:
         handed_off = _hand_off(request, entry, fd, status, cache_control)
         if handed_off is not None:
@@ -117,7 +117,7 @@ async def _respond_blob(
     # row means the image was deleted
     body = serving.BlobBody(pool, entry.image_id, entry.byte_size, on_gone=lambda: _gone(request, entry))
     response = await serving.respond(request, entry, body, status, cache_control)
-    request.app[SERVICES].served.seen_present(entry)
+    request.app[SERVED].seen_present(entry)
     return response
 
 
@@ -150,12 +150,12 @@ async def _respond_object(
     # objects are written once with their row, so the row's size is theirs
     body = serving.ObjectBody(objects, entry.file_path, entry.byte_size, on_gone=lambda: _gone(request, entry))
     response = await serving.respond(request, entry, body, status, cache_control)
-    request.app[SERVICES].served.seen_present(entry)
+    request.app[SERVED].seen_present(entry)
     return response
 
 
 def _gone(request: web.Request, entry: ServedFile) -> NoReturn:
-    request.app[SERVICES].served.evict(entry.image_id)
+    request.app[SERVED].evict(entry.image_id)
     raise ImageNotFound(f"the bytes of image {entry.image_id} are gone")
 
 
@@ -228,7 +228,7 @@ async def _serve(
                 ),
             )
         except ImageNotFound:
-            request.app[SERVICES].served.evict(image_id)
+            request.app[SERVED].evict(image_id)
             raise
         if unkept is not None:
             # the disk is full: served from memory this once, rendered again on the next request
@@ -236,7 +236,7 @@ async def _serve(
             return await serving.respond(request, entry, serving.BytesBody(unkept), status, cache_control)
         fd = _open(path)
         if fd is None:
-            request.app[SERVICES].served.evict(image_id)
+            request.app[SERVED].evict(image_id)
             raise ImageNotFound(f"image {image_id} was deleted")
     try:
         status = conditional.evaluate(request.method, request.headers, entry.etag, entry.last_modified)
@@ -274,7 +274,7 @@ async def _serve_derived_object(
     try:
         data = await _render_once(file_path, render_and_put)
     except ImageNotFound:
-        services.served.evict(original.image_id)
+        request.app[SERVED].evict(original.image_id)
         raise
     assert data is not None
     return await serving.respond(request, entry, serving.BytesBody(data), status, cache_control)

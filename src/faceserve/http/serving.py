@@ -2,7 +2,7 @@
 access check, the row's serving facts, preconditions, ranges and bodies, found by id, never by a client's path.
 
 This is the hot path (every thumbnail a mobile app shows), so it does the least it can per request:
-- the row's serving metadata is cached per process (core/served.py: ids are never reused and files are
+- the row's serving metadata is cached per process (http/served.py: ids are never reused and files are
   immutable, so an entry only goes stale when the image is deleted, which the open() in downloads notices);
 - preconditions are evaluated before the file is touched: a 304 (or 412) needs no bytes, so it is answered
   from memory when the bytes were last seen present less than `served_recheck_s` ago (nginx's
@@ -31,13 +31,13 @@ from aiohttp import web
 
 from .. import db
 from ..core import signing
-from ..core.served import ServedFile
 from ..errors import ImageNotFound
 from ..media.objects import ObjectStore
 from . import conditional
 from .appkeys import SERVICES, URLS
 from .middleware import error_response
 from .observability import REQUEST_ID_HEADER, request_id_of
+from .served import SERVED, ServedFile
 
 CACHE_FOREVER = "public, max-age=31536000, immutable"
 INLINE_BODY = 512 * 1024
@@ -67,7 +67,7 @@ def common_headers(etag: str, last_modified: datetime) -> dict[str, str]:
 
 async def served_file(request: web.Request, image_id: int) -> ServedFile:
     services = request.app[SERVICES]
-    entry = services.served.get(image_id)
+    entry = request.app[SERVED].get(image_id)
     if entry is not None:  # nearly every request: nothing more to make or await
         return entry
 
@@ -91,7 +91,7 @@ async def served_file(request: web.Request, image_id: int) -> ServedFile:
             sha256_hex=image.sha256.hex(),
         )
 
-    entry = await services.served.get_or_load(image_id, load)
+    entry = await request.app[SERVED].get_or_load(image_id, load)
     if entry is None:
         raise ImageNotFound(f"image {image_id} does not exist")
     return entry

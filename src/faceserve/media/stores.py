@@ -50,7 +50,7 @@ Undo = Callable[[], Awaitable[None]]
 
 
 class StoredImage(Protocol):
-    """What a store needs to find an image's bytes (db.ImageRecord, core.served.ServedFile)."""
+    """What a store needs to find an image's bytes (db.ImageRecord, http.served.ServedFile)."""
 
     @property
     def id(self) -> int: ...

@@ -1,8 +1,9 @@
 """What serving an image needs of its row, computed once per process and kept in a bounded LRU.
 
 Image ids are never reused and files are immutable, so an entry only goes stale when its image (or its
-session) is deleted: deletion (changes.py, after the commit) evicts it in this process; other processes notice through the
-file's absence, or within `served_recheck_s` for answers without a body.
+session) is deleted: the unit of work (core/changes.py) tells this process's subscribers after the commit
+(core/removals.py) and the cache, subscribed at start-up (install), evicts; other processes notice through
+the file's absence, or within `served_recheck_s` for answers without a body.
 
 A miss is loaded once however many requests ask at the same moment (get_or_load): a photo shared at an
 event is opened by hundreds of phones at once, and each doing its own query queued them behind the pool for
@@ -14,13 +15,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from aiohttp import web
+
 from ..config import Settings
+from ..core.removals import Removed
 from ..media import stores
+from .appkeys import SERVICES
 
 
 @dataclass(slots=True)
@@ -122,6 +127,13 @@ class ServedFileCache:
         # loads under way of this session's images cannot be told apart by id here: keep none of them
         self._evicted_while_loading.update(self._loading)
 
+    def removed(self, removed: Removed) -> None:
+        """A committed change of this process (core/changes.py) took these away."""
+        if removed.session_dropped is not None:
+            self.evict_session(removed.session_dropped)
+        for image_id in removed.image_ids:
+            self.evict(image_id)
+
     def __len__(self) -> int:
         return len(self._entries)
 
@@ -134,3 +146,19 @@ def _retrieve(task: asyncio.Task[ServedFile | None]) -> None:
     """A load's error reaches its callers; if every caller went away first, nobody is left to log it."""
     if not task.cancelled():
         task.exception()
+
+
+SERVED = web.AppKey("served", ServedFileCache)
+
+
+def install(app: web.Application, settings: Settings) -> None:
+    """The cache, subscribed to this process's removals once the services are open (its context runs after
+    theirs)."""
+    app[SERVED] = cache = ServedFileCache.from_settings(settings)
+
+    async def subscribed(app: web.Application) -> AsyncIterator[None]:
+        unsubscribe = app[SERVICES].removals.subscribe(cache.removed)
+        yield
+        unsubscribe()
+
+    app.cleanup_ctx.append(subscribed)
