@@ -130,7 +130,7 @@ async def through_service(
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    recogniser = app[SERVICES].recogniser
+    recogniser = app[SERVICES].models.recogniser
     base = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
     headers = admin_headers(settings.storage)  # uploads need a key: the one the app wrote at start-up
     async with aiohttp.ClientSession(headers=headers) as http, http.post(f"{base}/api/face/sessions", json={"name": "ingest"}) as r:
@@ -155,7 +155,7 @@ async def through_service(
         rate = report.images_created / (time.perf_counter() - start)
         cpu_rate = report.images_created / (time.process_time() - cpu)
         record(figures, "db-ingest", import_images_per_s=rate)
-        rows.append(("faceserve import", rate, faces / services.recogniser.runs, cpu_rate))
+        rows.append(("faceserve import", rate, faces / services.models.recogniser.runs, cpu_rate))
     return rows
 
 

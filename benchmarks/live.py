@@ -91,7 +91,7 @@ async def _add_random_probes(pool, session_id: int, count: int, dim: int, seed: 
 
 
 async def upload_cost(services, http, base: str, rounds: int, counts: tuple[int, ...]) -> list[str]:
-    pool, hub, dim = services.pool, services.live, services.engine.embedding_dim
+    pool, hub, dim = services.pool, services.live, services.models.engine.embedding_dim
     rows = []
     for count in counts:
         session_id = (await _post(http, f"{base}/api/face/sessions", json={"name": f"probes {count}"}))["id"]

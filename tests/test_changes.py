@@ -42,7 +42,7 @@ async def _indexed(services, session_id: int, probe: np.ndarray) -> set[int]:
 async def test_a_delete_reaches_this_process_only_once_committed(client, services, photos: dict[str, Path]):
     session_id = await create_session(client)
     image = (await upload(client, session_id, ("t1.jpg", photos["t1"].read_bytes())))[0]
-    face_ids, vectors = await db.session_embeddings(services.pool, session_id, services.engine.embedding_dim)
+    face_ids, vectors = await db.session_embeddings(services.pool, session_id, services.models.engine.embedding_dim)
     assert len(face_ids)
     assert (await client.get(f"/api/face/image/{image['image_id']}")).status == 200  # now in the served cache
     assert client.server.app[SERVED].get(image["image_id"]) is not None

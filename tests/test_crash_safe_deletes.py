@@ -66,7 +66,7 @@ async def test_a_delete_cut_short_after_its_commit_is_finished_at_the_next_start
         async with services.pool.acquire() as conn, conn.transaction():
             image, face_ids = await db.delete_image_row(conn, doomed["image_id"])
             await tombstones.record_image_deleted(conn, image)
-            await index_sync.announce_removed(conn, services.process_token, session_id, face_ids)
+            await index_sync.announce_removed(conn, services.sync.process_token, session_id, face_ids)
         async with services.pool.acquire() as conn, conn.transaction():
             assert await db.delete_session(conn, other)
             await tombstones.record_session_deleted(conn, other)

@@ -55,8 +55,8 @@ async def test_catch_up_keeps_indexes_that_match_the_database(client, photos):
     await upload(client, session_id, ("t1.jpg", photos["t1"].read_bytes()))
     services = client.server.app[SERVICES]
     await services.indexes.get(session_id)
-    assert await services.follower.catch_up() == 0
+    assert await services.sync.follower.catch_up() == 0
     assert services.indexes.is_loaded(session_id)
     await services.pool.execute("DELETE FROM faces WHERE face_session_id = $1", session_id)
-    assert await services.follower.catch_up() == 1
+    assert await services.sync.follower.catch_up() == 1
     assert not services.indexes.is_loaded(session_id)

@@ -320,7 +320,7 @@ async def test_a_reclustering_reads_the_faces_in_one_pass_as_they_are(client: Te
     base = f"/api/face/sessions/{session_id}/people"
     first, second = [p["person_id"] for p in await list_all(client, session_id)][:2]
     assert (await client.post(f"{base}/{first}/merge", json={"other": second})).status == 200
-    dim = services.engine.embedding_dim
+    dim = services.models.engine.embedding_dim
     async with services.pool.acquire() as conn:
         facts = await db.session_face_facts(conn, session_id, dim)
         assignments = await db.session_assignments(conn, session_id)
@@ -371,7 +371,7 @@ async def test_a_sessions_embeddings_stream_in_pieces_of_any_size(
     """session_embeddings parses COPY bytes as they arrive: records cut anywhere by the pieces, and by the
     batches gathered for the parsing thread, come out whole."""
     services = client.server.app[SERVICES]
-    session_id, dim = event["session_id"], services.engine.embedding_dim
+    session_id, dim = event["session_id"], services.models.engine.embedding_dim
     columns = [("id", ">i8", 0), ("embedding", f"({dim},)<f4", 0)]
     query = "SELECT id, embedding FROM faces WHERE face_session_id = $1 AND embedding_dim = $2 ORDER BY id"
     async with services.pool.acquire() as conn:
@@ -439,7 +439,7 @@ async def test_a_sessions_embeddings_are_parsed_off_the_event_loop(
     """Copying a big session's COPY bytes into its arrays and checking them (2 GB for a million faces) runs
     on a worker thread, batch by batch while the COPY streams, never on the event loop's."""
     services = client.server.app[SERVICES]
-    session_id, dim = event["session_id"], services.engine.embedding_dim
+    session_id, dim = event["session_id"], services.models.engine.embedding_dim
     loop_thread = threading.current_thread()
     parsed_on: list[tuple[threading.Thread, int]] = []
     feed = binary_copy._RecordParser.feed

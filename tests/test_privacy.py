@@ -72,7 +72,7 @@ async def test_forget_erases_that_person_everywhere_and_keeps_the_photos(client,
         assert result["faces_erased"] >= 1 and result["images_touched"] == 1
 
         await asyncio.sleep(0.05)
-        await second.server.app[SERVICES].follower.drain()
+        await second.server.app[SERVICES].sync.follower.drain()
         for instance in (client, second):
             # the person is gone in this process and the other one; other people still match
             assert await _search(instance, session_id, selfie) == []

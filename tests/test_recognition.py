@@ -101,7 +101,7 @@ async def test_concurrent_uploads_and_searches_through_the_service(client, photo
         *(upload(client, session_id, (f"{name}.jpg", photos[name].read_bytes())) for name in ("t1", "gdp", "players"))
     )
     assert [image["faces"] for [image] in images] == [len(crops_by_photo[n]) for n in ("t1", "gdp", "players")]
-    recogniser = client.server.app[SERVICES].recogniser
+    recogniser = client.server.app[SERVICES].models.recogniser
     runs_before = recogniser.runs
     answers = await asyncio.gather(*(search(client, session_id, photos["yaoming"].read_bytes()) for _ in range(6)))
     players_id = images[2][0]["image_id"]

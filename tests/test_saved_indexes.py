@@ -46,7 +46,7 @@ def files_holding(storage: Path, embeddings: np.ndarray) -> dict[int, list[str]]
 
 
 async def embeddings_of(services, session_id: int) -> dict[int, np.ndarray]:
-    ids, vectors = await db.session_embeddings(services.pool, session_id, services.engine.embedding_dim)
+    ids, vectors = await db.session_embeddings(services.pool, session_id, services.models.engine.embedding_dim)
     return dict(zip(ids.tolist(), vectors))
 
 
@@ -64,7 +64,7 @@ async def until_current(services, session_id: int, timeout_s: float = 10.0) -> f
     started = time.monotonic()
     store = services.indexes._store
     while True:
-        count, max_id = await db.session_face_stats(services.pool, session_id, services.engine.embedding_dim)
+        count, max_id = await db.session_face_stats(services.pool, session_id, services.models.engine.embedding_dim)
         if await asyncio.to_thread(store.load, session_id, count, max_id) is not None:
             return time.monotonic() - started
         assert time.monotonic() - started < timeout_s, f"saved index of session {session_id} never caught up"

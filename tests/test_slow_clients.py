@@ -86,7 +86,7 @@ async def test_twenty_trickling_uploads_leave_slots_for_a_normal_one(
             assert status == 201, body
             assert took < _PROMPTLY_S
             services = runner.app[SERVICES]
-            assert services.upload_gate.in_flight == 0  # the 20 trickling ones hold no slot
+            assert services.admission.uploads.in_flight == 0  # the 20 trickling ones hold no slot
             for _, writer in tricklers:
                 writer.close()
     finally:

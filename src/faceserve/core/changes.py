@@ -71,7 +71,7 @@ class SessionChange:
             return
         vectors = np.stack([f.embedding for f in faces])
         change = index_sync.added(self._session(), face_ids, vectors)
-        await index_sync.announce(self.conn, self.services.process_token, change)
+        await index_sync.announce(self.conn, self.services.sync.process_token, change)
         self._index.append(change)
         self._new_faces.append(_NewFaces(image_id, list(face_ids), faces))
         # the session's live searches that they match are recorded with them, and hear of it at commit
@@ -85,7 +85,7 @@ class SessionChange:
         session_id = self._session()
         await people.faces_removed(self.conn, session_id, persons, len(face_ids))
         change = index_sync.removed(session_id, face_ids)
-        await index_sync.announce(self.conn, self.services.process_token, change)
+        await index_sync.announce(self.conn, self.services.sync.process_token, change)
         self._index.append(change)
         self._crops.extend(crops)
 
@@ -101,7 +101,7 @@ class SessionChange:
         session_id = self._session()
         await tombstones.record_session_deleted(self.conn, session_id)
         change = index_sync.dropped(session_id)
-        await index_sync.announce(self.conn, self.services.process_token, change)
+        await index_sync.announce(self.conn, self.services.sync.process_token, change)
         self._index.append(change)
         self._session_dropped = True
 

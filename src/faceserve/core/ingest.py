@@ -11,12 +11,14 @@ import asyncpg
 import numpy as np
 
 from .. import db, layout
+from ..config import Settings
 from ..errors import BadRequest, Busy, SessionNotFound
 from ..media import decoding
 from ..media.files import PendingFile, stored_name_for
 from ..vision import detection, quality
 from ..vision.engine import DetectedFace, FaceEngine, detected_faces
 from . import changes, face_sessions
+from .models import Models
 from .services import Services
 
 
@@ -58,6 +60,19 @@ class Analyzed:
     faces: list[DetectedFace] = field(default_factory=list)
 
 
+async def detect_and_embed(
+    models: Models, settings: Settings, path: Path
+) -> tuple[decoding.ImageInfo, list[DetectedFace]]:
+    """An image file's faces, embedded: decode, detection and alignment on the inference threads (images in
+    parallel); the faces then join those of concurrent images and searches in shared recogniser runs."""
+    with models.recogniser.coming():
+        found = await models.infer(
+            _detect_file, models.engine, path, settings.max_image_pixels, quality.limits(settings)
+        )
+    embeddings = await models.recogniser.embed(found.crops)
+    return found.info, detected_faces(found.boxes, found.landmarks, embeddings, found.qualities)
+
+
 async def analyze_image(
     services: Services, session_id: int, pending: PendingFile, original_name: str, stored_name: str | None = None
 ) -> Analyzed:
@@ -66,19 +81,7 @@ async def analyze_image(
         existing = await db.find_image_by_sha256(services.pool, session_id, pending.sha256)
         if existing is not None:
             return Analyzed(pending, original_name, stored_name, existing=existing)
-        # decode, detection and alignment per image on the inference threads (images in parallel); the
-        # faces then join those of concurrent images and searches in shared recogniser runs
-        with services.recogniser.coming():
-            found = await services.infer(
-                _detect_file,
-                services.engine,
-                pending.path,
-                services.settings.max_image_pixels,
-                quality.limits(services.settings),
-            )
-        info = found.info
-        embeddings = await services.recogniser.embed(found.crops)
-        faces = detected_faces(found.boxes, found.landmarks, embeddings, found.qualities)
+        info, faces = await detect_and_embed(services.models, services.settings, pending.path)
     except BaseException:
         await services.storage.discard(pending.path)
         raise
@@ -105,7 +108,7 @@ async def upload(
             # connection and a .part file while its bytes arrive, never a slot of the images being processed
             pending = await services.storage.receive(session_id, chunks, settings.max_upload_bytes)
             try:
-                with services.upload_gate.admit():
+                with services.admission.uploads.admit():
                     analyzed.append(await analyze_image(services, session_id, pending, original_name))
             except Busy:
                 await services.storage.discard(pending.path)  # refused before analyze_image took the file over

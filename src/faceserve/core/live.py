@@ -30,7 +30,7 @@ async def create(
 ) -> Created:
     """Keep the selfie's largest face as a live search, then answer the session's matches so far: the new
     ones from this commit on come through its stream."""
-    face = await matching.probe_face(services, selfie)
+    face = await matching.probe_face(services.models, services.settings, selfie)
     if face is None:
         raise NoFaceFound("no face was found in the selfie")
     try:
@@ -86,7 +86,7 @@ async def forget_probes(
     conn: db.Connection, services: Services, session_id: int, embedding: np.ndarray, threshold: float
 ) -> int:
     """Inside forget's transaction: the session's live searches of the forgotten person go too."""
-    ids, vectors, _ = await db.live_probes(conn, session_id, services.engine.embedding_dim)
+    ids, vectors, _ = await db.live_probes(conn, session_id, services.models.engine.embedding_dim)
     if not len(ids):
         return 0
     rows, _, _ = await asyncio.to_thread(nearest_within, vectors, embedding[None, :].astype(np.float32), threshold)

@@ -16,6 +16,7 @@ from ..media import decoding
 from ..vision import detection, quality
 from ..vision.engine import DetectedFace, FaceEngine, detected_faces
 from .face_sessions import require_session
+from .models import Models
 from .services import Services
 
 # Faces fetched from the index per requested match: an image can hold several faces close to the probe.
@@ -120,28 +121,28 @@ def require_quality(measured: quality.FaceQuality, settings: Settings) -> None:
 
 
 async def _embedded_probe(
-    services: Services, probe: bytes, pick: int | None, together: bool, timings: dict[str, float]
+    models: Models, settings: Settings, probe: bytes, pick: int | None, together: bool, timings: dict[str, float]
 ) -> tuple[_Found, list[DetectedFace]] | None:
     """The probe's faces and the used ones embedded; None without a face."""
-    with services.recogniser.coming():
-        found = await services.infer(
-            _probe_faces, services.engine, probe, services.settings.max_image_pixels, pick, together, timings
+    with models.recogniser.coming():
+        found = await models.infer(
+            _probe_faces, models.engine, probe, settings.max_image_pixels, pick, together, timings
         )
     if found is None:
         return None
     for measured in found.qualities:
-        require_quality(measured, services.settings)
+        require_quality(measured, settings)
     start = time.perf_counter()
     # shared with the faces of concurrent searches and uploads (vision/batcher.py); includes waiting for a turn
-    embeddings = await services.recogniser.embed(found.crops)
+    embeddings = await models.recogniser.embed(found.crops)
     timings["embed"] = 1000 * (time.perf_counter() - start)
     return found, detected_faces(found.boxes[found.used], found.landmarks, embeddings)
 
 
-async def probe_face(services: Services, probe: bytes) -> DetectedFace | None:
+async def probe_face(models: Models, settings: Settings, probe: bytes) -> DetectedFace | None:
     """The probe's largest face, embedded; None when it shows none; FaceTooSmall, FaceBlurred or FaceTurned
     when it is too poor to match (privacy.forget uses it too)."""
-    embedded = await _embedded_probe(services, probe, None, False, {})
+    embedded = await _embedded_probe(models, settings, probe, None, False, {})
     return None if embedded is None else embedded[1][0]
 
 
@@ -160,7 +161,7 @@ async def search_session(
     # the session is looked up while the probe is being detected, so the round trip adds no time of its own
     session = asyncio.create_task(require_session(services, session_id))
     try:
-        embedded = await _embedded_probe(services, probe, pick, together, timings)
+        embedded = await _embedded_probe(services.models, services.settings, probe, pick, together, timings)
     except asyncio.CancelledError:
         session.cancel()
         raise

@@ -91,7 +91,7 @@ async def recluster(services: Services, session_id: int, progress: Progress | No
 async def _recluster(services: Services, session_id: int, progress: Progress | None) -> ClusteringReport:
     start = time.perf_counter()
     params = cluster_params(services.settings)
-    dim = services.engine.embedding_dim
+    dim = services.models.engine.embedding_dim
     report = progress or _quiet
     bulk = services.settings.db_bulk_timeout_s  # statements over the whole session
     async with services.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):

@@ -43,11 +43,11 @@ async def forget(
     services: Services, session_id: int, selfie: bytes, threshold: float, key_prefix: str | None
 ) -> Forgotten:
     await face_sessions.require_session(services, session_id)
-    face = await matching.probe_face(services, selfie)
+    face = await matching.probe_face(services.models, services.settings, selfie)
     if face is None:
         raise NoFaceFound("no face was found in the selfie")
     ids, vectors = await db.session_embeddings(
-        services.pool, session_id, services.engine.embedding_dim, timeout=services.settings.db_bulk_timeout_s
+        services.pool, session_id, services.models.engine.embedding_dim, timeout=services.settings.db_bulk_timeout_s
     )
     matched = await asyncio.to_thread(_matching, ids, vectors, face.embedding, threshold)
     async with changes.session_change(services) as change:

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 import numpy as np
-from prometheus_client import Counter
 
 from .. import db
 from ..config import Settings
-from ..errors import Busy
 from ..index import sync as index_sync
 from ..index.kinds import IndexPolicy
 from ..index.registry import IndexRegistry
@@ -27,49 +25,12 @@ from ..runtime import conflicting_builds
 from ..vision.batcher import RecogniserBatcher
 from ..vision.engine import FaceEngine
 from . import start_sweep
+from .admission import Admission
 from .live_hub import LiveHub
+from .models import Models
 from .removals import Removals
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-UPLOADS_REJECTED = Counter(
-    "faceserve_uploads_rejected_total", "Uploaded images refused with 503 busy because too many were in flight"
-)
-SEARCHES_REJECTED = Counter(
-    "faceserve_searches_rejected_total", "Searches refused with 503 busy because too many were in flight"
-)
-
-
-class AdmissionGate:
-    """Counts work in flight (images or searches) and refuses past a limit, so a flood gets 503 instead of
-    memory."""
-
-    def __init__(self, limit: int, retry_after_s: int, what: str, rejected: Counter) -> None:
-        self.limit = limit
-        self.retry_after_s = retry_after_s
-        self.in_flight = 0
-        self._what = what
-        self._rejected = rejected
-
-    @classmethod
-    def for_uploads(cls, settings: Settings) -> AdmissionGate:
-        return cls(settings.max_pending_images, settings.retry_after_s, "images", UPLOADS_REJECTED)
-
-    @classmethod
-    def for_searches(cls, settings: Settings) -> AdmissionGate:
-        return cls(settings.max_pending_searches, settings.retry_after_s, "searches", SEARCHES_REJECTED)
-
-    @contextmanager
-    def admit(self) -> Iterator[None]:
-        if self.in_flight >= self.limit:
-            self._rejected.inc()
-            raise Busy(f"{self.in_flight} {self._what} are being processed; try again shortly", self.retry_after_s)
-        self.in_flight += 1
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
 
 
 class BackgroundJobs:
@@ -115,43 +76,38 @@ async def _logged(job: Callable[[], Awaitable[Any]], what: str) -> None:
         log.exception("%s failed", what)
 
 
-@dataclass(kw_only=True)  # sixteen parts: named where made, never by their order
-class Services:
-    settings: Settings
-    pool: asyncpg.Pool
-    storage: Storage
-    # where image bytes are kept: files, Postgres or S3 (media/stores.py)
-    stores: ImageStores
-    engine: FaceEngine
-    indexes: IndexRegistry
-    inference: ThreadPoolExecutor
-    # embeds the aligned faces of concurrent uploads and searches in shared recogniser runs
-    recogniser: RecogniserBatcher
-    # uploads being analysed at once (their files received); past it an upload gets 503 busy
-    upload_gate: AdmissionGate
-    # who hears what a committed change removed here: http's served-file cache (removals.py)
-    removals: Removals
-    # searches being decoded, detected and matched at once; past it a search gets 503 busy
-    search_gate: AdmissionGate
-    # resized copies and face crops rendered at once (http/downloads.py)
-    renders: asyncio.Semaphore
+@dataclass(kw_only=True)
+class Sync:
+    """How this process hears the others' changes: indexes, API keys, signing keys."""
+
     # names this process in index change notifications (index/sync.py)
     process_token: str
-    # the connection that hears other processes' changes: indexes, API keys, signing keys (db/notifications.py)
+    # the connection that hears other processes' changes (db/notifications.py)
     listener: db.NotificationListener
+    # applies the other processes' index changes here, catching up after a reconnect (index/sync.py)
     follower: index_sync.IndexFollower
+
+
+@dataclass(kw_only=True)  # named where made, never by their order
+class Services:
+    """The parts; the settings and the pool are what every part shares."""
+
+    settings: Settings
+    pool: asyncpg.Pool
+    # the data: the storage root's layout, where image bytes are kept (files, Postgres or S3: media/stores.py),
+    # and the per-session indexes
+    storage: Storage
+    stores: ImageStores
+    indexes: IndexRegistry
+    models: Models
+    admission: Admission
+    sync: Sync
+    # who hears what a committed change removed here: http's served-file cache (removals.py)
+    removals: Removals
     # background work of this process (core/people.py re-clusterings), cancelled before the parts close
     jobs: BackgroundJobs
     # live searches: new faces against the sessions' live probes, and the streams waiting here (live_hub.py)
     live: LiveHub
-
-    def inference_waiting(self) -> int:
-        """Blocking jobs queued for the inference threads (ThreadPoolExecutor keeps no public count)."""
-        return self.inference._work_queue.qsize()
-
-    async def infer(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run blocking work (decode, detection, embedding) on the inference threads."""
-        return await asyncio.get_running_loop().run_in_executor(self.inference, fn, *args)
 
 
 async def _cancel(task: asyncio.Task) -> None:
@@ -240,8 +196,6 @@ async def open_services(
             saved = set(await asyncio.to_thread(store.saved_sessions))
             live = [s.id for s in await db.list_sessions(pool) if s.id in saved]
             stack.push_async_callback(_cancel, indexes.preload(sorted(live, reverse=True)))  # newest first
-        upload_gate = AdmissionGate.for_uploads(settings)
-        search_gate = AdmissionGate.for_searches(settings)
         jobs = BackgroundJobs()
         stack.push_async_callback(jobs.close)  # first to close: its jobs use the pool and the indexes
         yield Services(
@@ -249,17 +203,11 @@ async def open_services(
             pool=pool,
             storage=storage,
             stores=stores,
-            engine=engine,
             indexes=indexes,
-            inference=inference,
-            recogniser=recogniser,
-            upload_gate=upload_gate,
+            models=Models(engine=engine, inference=inference, recogniser=recogniser),
+            admission=Admission.from_settings(settings),
+            sync=Sync(process_token=token, listener=listener, follower=follower),
             removals=Removals(),
-            search_gate=search_gate,
-            renders=asyncio.Semaphore(settings.max_concurrent_renders),
-            process_token=token,
-            listener=listener,
-            follower=follower,
             jobs=jobs,
             live=live_hub,
         )

@@ -161,7 +161,7 @@ async def _follow_changes(app: web.Application, signing_keys_changed: asyncio.Ev
     """What other processes do to keys reaches this one through Postgres (db/notifications.py): a revoked
     API key is dropped from the cache at once, and the signing keys are reloaded."""
     keys = app[ACCESS].keys
-    listener = app[SERVICES].listener
+    listener = app[SERVICES].sync.listener
 
     async def forget_every_key() -> None:
         keys.clear()  # revocations announced while no one listened are lost: ask Postgres afresh

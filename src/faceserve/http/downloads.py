@@ -224,7 +224,7 @@ async def _serve(
             unkept = await _render_once(
                 path,
                 functools.partial(
-                    _render_and_check, services.stores.of(original), original, path, render, services.renders
+                    _render_and_check, services.stores.of(original), original, path, render, services.admission.renders
                 ),
             )
         except ImageNotFound:
@@ -269,7 +269,7 @@ async def _serve_derived_object(
         kept = dataclasses.replace(entry, bytes_in=stores.S3, byte_size=size, file_path=file_path)
         return await _respond_object(request, kept, status, cache_control, derived=True)
     render_and_put = functools.partial(
-        _render_and_put, services.stores.of(original), original, file_path, entry.content_type, render, services.renders
+        _render_and_put, services.stores.of(original), original, file_path, entry.content_type, render, services.admission.renders
     )
     try:
         data = await _render_once(file_path, render_and_put)

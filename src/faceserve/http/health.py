@@ -30,10 +30,10 @@ async def healthz(request: web.Request) -> web.Response:
     return ok(
         {
             "database": "ok",
-            "models": services.engine.pack.name,
-            "providers": services.engine.providers,
-            "engine": services.engine.engine,
-            "precision": services.engine.precision,
+            "models": services.models.engine.pack.name,
+            "providers": services.models.engine.providers,
+            "engine": services.models.engine.engine,
+            "precision": services.models.engine.precision,
             "index": services.indexes.placement,
             # how many sessions' indexes this process holds (a fleet shards them by session: README)
             "sessions_loaded": len(services.indexes.loaded_sessions()),

@@ -55,7 +55,7 @@ async def create_live_search(request: web.Request) -> web.Response:
         raise BadRequest("image is required: the guest's selfie as a multipart file part")
     limit = number(fields.get("limit"), "limit", int, 1, settings.search_max_limit)
     key = current_key(request)
-    with services.search_gate.admit():
+    with services.admission.searches.admit():
         created = await live.create(
             services,
             session_id,

@@ -70,9 +70,9 @@ def sample(services: Services) -> None:
     metrics.HTTP_REQUESTS.flush()
     pool = services.pool
     metrics.set_live_gauges(
-        uploads_in_flight=services.upload_gate.in_flight,
-        inference_waiting=services.inference_waiting(),
-        recogniser_waiting=services.recogniser.waiting,
+        uploads_in_flight=services.admission.uploads.in_flight,
+        inference_waiting=services.models.inference_waiting(),
+        recogniser_waiting=services.models.recogniser.waiting,
         pool_size=pool.get_size(),
         pool_idle=pool.get_idle_size(),
         pool_max=pool.get_max_size(),

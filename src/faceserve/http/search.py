@@ -61,7 +61,7 @@ async def search_faces(request: web.Request) -> web.Response:
     parsed_ms = 1000 * (time.perf_counter() - start)
     # admitted once the probe is in, like uploads: bounds the decodes and detections in flight, not the
     # waiting for slow clients
-    with services.search_gate.admit():
+    with services.admission.searches.admit():
         result = await matching.search_session(
             services,
             int(session_id),

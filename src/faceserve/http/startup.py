@@ -36,6 +36,6 @@ async def say_ready(app: web.Application) -> None:
     settings = services.settings
     log.info(
         "ready on %s (pid %d): models %s on %s, indexes on %s; the page at %s, API at %s/docs, metrics at %s/metrics",
-        _listen_url(settings), os.getpid(), services.engine.pack.name, services.engine.runs_on,
+        _listen_url(settings), os.getpid(), services.models.engine.pack.name, services.models.engine.runs_on,
         services.indexes.placement, page_url(settings), _listen_url(settings), _listen_url(settings),
     )
