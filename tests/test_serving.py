@@ -153,6 +153,19 @@ async def test_deleting_an_image_stops_its_revalidations_at_once(client, photos)
     assert (await response.json())["error"]["code"] == "image_not_found"
 
 
+async def test_deleting_a_session_stops_its_images_revalidations_at_once(client, photos):
+    """The cache (http/served.py) hears the drop from the unit of work (core/removals.py), not per image."""
+    image, _ = await _one_image(client, photos)
+    url = f"/api/face/image/{image['image_id']}"
+    etag = (await client.get(url)).headers["ETag"]
+    assert client.server.app[SERVED].get(image["image_id"]) is not None
+    session_id = int(image["identity"].split("/")[0])
+    assert (await client.delete(f"/api/face/sessions/{session_id}")).status == 200
+    assert client.server.app[SERVED].get(image["image_id"]) is None
+    response = await client.get(url, headers={"If-None-Match": etag})
+    assert response.status == 404
+
+
 async def test_legacy_path_redirects_to_the_id_url(client, photos):
     image, _ = await _one_image(client, photos)
     response = await client.get(f"/storage/face_sessions/{image['identity']}", allow_redirects=False)
