@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import stat
 from dataclasses import replace
 
@@ -74,14 +75,9 @@ def test_every_route_is_declared_once_with_its_access_and_budget(settings, engin
 
 
 def _concrete(path: str) -> str:
-    return (
-        path.replace("{session_id}", "1")
-        .replace("{image_id}", "1")
-        .replace("{face_id}", "1")
-        .replace("{person_id}", "1")
-        .replace("{prefix}", "fsk_abcdefgh")
-        .replace("{name}", "IMG_0001.jpg")
-    )
+    """The route's path with every id as 1 (any `{..._id}`, so a new route's id is covered too)."""
+    path = re.sub(r"\{\w+_id\}", "1", path)
+    return path.replace("{prefix}", "fsk_abcdefgh").replace("{name}", "IMG_0001.jpg")
 
 
 async def test_anonymous_requests_get_401_with_www_authenticate(client, anon):
