@@ -42,6 +42,7 @@ SMOKE_RUNS: dict[str, list[tuple[list[str], str]]] = {
     "gpu_run.sh": [([], r"^\| index \| \d+ \| ok \|$")],
     "ingest.py": [([], MARKDOWN_TABLE)],
     "ivf_probe.py": [([], MARKDOWN_TABLE)],
+    "middleware_cost.py": [([], MARKDOWN_TABLE)],
     "people.py": [(["scale"], MARKDOWN_TABLE), (["read"], MARKDOWN_TABLE)],
     "quality.py": [([], MARKDOWN_TABLE)],
     "ratelimit.py": [([], MARKDOWN_TABLE)],

@@ -21,6 +21,15 @@ class AccessLogger(AbstractAccessLogger):
     """aiohttp calls log() once a response is sent; log_format is "text" or "json" (--log-format)."""
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        key = current_key(request) if isinstance(request, Request) else None  # the key that authorised it
+        if self.log_format != "json":
+            # the text line straight from its values: no dict of fields for a formatter that does not read it
+            self.logger.info(
+                '%s "%s %s" %s %s bytes %.1fms %s%s',
+                request.remote, request.method, request.path, response.status, response.body_length,
+                round(time * 1000, 2), request_id_of(request), "" if key is None else f" key={key.prefix}",
+            )
+            return
         fields: dict[str, Any] = {
             "method": request.method,
             "route": route_of(request),
@@ -31,17 +40,9 @@ class AccessLogger(AbstractAccessLogger):
             "request_id": request_id_of(request),
             "remote": request.remote,
         }
-        key = current_key(request) if isinstance(request, Request) else None  # the key that authorised it
         if key is not None:
             fields["key_prefix"] = key.prefix
-        if self.log_format == "json":
-            self.logger.info("access", extra={"fields": fields})
-        else:
-            self.logger.info(
-                '%s "%s %s" %s %s bytes %.1fms %s%s',
-                fields["remote"], fields["method"], fields["path"], fields["status"], fields["bytes"],
-                fields["ms"], fields["request_id"], "" if key is None else f" key={key.prefix}",
-            )
+        self.logger.info("access", extra={"fields": fields})
 
     @property
     def enabled(self) -> bool:

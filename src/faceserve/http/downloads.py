@@ -208,7 +208,7 @@ async def _serve(
     image_id = original.image_id
     path = renditions.cache_path(services.storage.layout, original.session_id, image_id, what.key, what.extension)
     tag = renditions.etag(original.sha256_hex, what.key, what.extension)
-    headers = (*serving.common_headers(tag, original.last_modified).items(), ("Vary", "Accept"))
+    headers = serving.common_headers(tag, original.last_modified, ("Vary", "Accept"))
     entry = ServedFile(image_id, path, what.content_type, tag, original.last_modified, headers)
     # opened on the event loop, as serving does for originals: a page-cache lookup for files in use
     fd = _open(path)
