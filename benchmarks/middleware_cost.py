@@ -8,11 +8,12 @@ Run:
 The app is the service's own (faceserve.app.middleware_chain with FACESERVE_AUTH on, public images and rate
 limits on with budgets too large to bite; the middlewares placed as create_app places them, app-wide or
 around the routes they apply to), every route of http/routes.py registered, the image route's handler
-replaced by one that returns an empty 304. Each request is a real aiohttp Request (headers as wrk
-sends them, an If-None-Match) handed to Application._handle as the server does, then to the access logger
-(text lines to /dev/null) when that row has it, and through on_response_prepare (the rate-limit fields) as
-prepare() would. No socket, no parser, no write: this is the part of a request our code adds, not aiohttp's
-HTTP work. Rows are alternated turn by turn; each figure is the fastest turn's µs per request (other work on the
+replaced by one that returns an empty 304. Each request is a real aiohttp Request (headers as wrk sends
+them, an If-None-Match) handed to Application._handle as the server does, then to the access logger (text
+lines to /dev/null through a plain console handler like the service's) when that row has it, and through
+on_response_prepare (the rate-limit fields) as prepare() would. No socket, no parser, no write to a client:
+this is the part of a request our code adds, not aiohttp's HTTP work.
+Rows are alternated turn by turn; each figure is the fastest turn's µs per request (other work on the
 cores only ever adds), the median in brackets, and "cost" is the fastest minus the bare row's fastest (no
 middleware, no signal, no access log).
 """
@@ -111,6 +112,13 @@ async def time_row(app: web.Application, logger: access_log.AccessLogger | None,
     return 1e6 * elapsed / requests
 
 
+def console_to_devnull() -> logging.Handler:
+    """The console handler logs.configure makes (a plain StreamHandler, its text format), writing nowhere."""
+    handler = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115 (open for the whole run)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"))
+    return handler
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=5_000, help="requests per row and turn (default 5000)")
@@ -128,9 +136,7 @@ async def main() -> None:
     settings = Settings(auth=True, public_images=True, rate_limits=True, rate_limit_read="1000000000/1")
     middlewares = [layer.name for layer in faceserve_app.middleware_chain(settings)]
     parts = [*middlewares, "prepare signal", "access log"]
-    handler = logging.FileHandler(os.devnull)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"))
-    access_log.LOGGER.addHandler(handler)
+    access_log.LOGGER.addHandler(console_to_devnull())
     access_log.LOGGER.setLevel(logging.INFO)
     access_log.LOGGER.propagate = False
     rows: dict[str, set[str]] = {"bare": set(), **{f"+ {part}": {part} for part in parts}, "all": set(parts)}
