@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import stat
 from dataclasses import replace
@@ -71,6 +72,31 @@ def test_every_route_is_declared_once_with_its_access_and_budget(settings, engin
         routing.Route("GET", "/x", routes.ROUTES[0].handler, "everyone", routing.READ, "x")
     with pytest.raises(ValueError):
         routing.Route("GET", "/x", routes.ROUTES[0].handler, routing.PUBLIC, "free", "x")
+
+
+def _layers(handler) -> list[str]:
+    names = []
+    while isinstance(handler, functools.partial):  # a middleware wrapped around the route (routing.Layer)
+        names.append(handler.func.__name__)
+        handler = handler.keywords["handler"]
+    return names
+
+
+def test_each_middleware_wraps_only_the_routes_it_has_work_on(settings, engine):
+    """A signed image passes through no guard and no failed-auth budget; a route with no id through no
+    id parser; the request id, metrics and the error envelope are every request's (404s included)."""
+    app = create_app(replace(settings, rate_limits=True), engine)
+    layers = {routing.route_key(r): _layers(r.handler) for r in app.router.routes() if routing.route_key(r)}
+    image = "/api/face/image/{image_id}"
+    assert layers[("GET", image)] == ["parse_route_ids", "limit"]
+    assert layers[("DELETE", image)] == ["parse_route_ids", "limit_failed_auth", "guard", "limit"]
+    assert layers[("GET", "/api/face/sessions")] == ["limit_failed_auth", "guard", "limit"]
+    assert layers[("GET", "/healthz")] == []
+    assert [m.__name__ for m in app.middlewares] == ["observe", "errors"]
+    unlimited = create_app(replace(settings, rate_limits=False), engine)
+    [get_image] = [r for r in unlimited.router.routes() if routing.route_key(r) == ("GET", image) and r.method == "GET"]
+    assert _layers(get_image.handler) == ["parse_route_ids"]
+    assert not unlimited.on_response_prepare  # no RateLimit fields to add
 
 
 def _concrete(path: str) -> str:

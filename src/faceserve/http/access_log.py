@@ -4,9 +4,9 @@ logs.JsonFormatter puts on the line. What is logged: method, route template, pat
 prefix when one was used. Never a header value, a body, a key or a face.
 
 Lines are handed to the handlers in batches (a line waits at most FLUSH_AFTER_S, or until FLUSH_AT are
-waiting): a console or file handler then formats each and writes them all with one write and one flush,
-where one write per line cost a 304 most of its time again (RESULTS.md, "The image endpoint's cost per
-request"). Order, format and handlers are logging's own; other handlers (say, a test's capture) get each
+waiting): a plain stream handler (the console's) then formats each and writes them all with one write and
+one flush, where one write per line cost a 304 most of its time again (RESULTS.md, "The image endpoint's
+cost per request"). Order, format and handlers are logging's own; other handlers (say, a test's capture) get each
 record as logger.info would give it. What waits is written at the loop's next turn, at exit, or lost with
 the process on a SIGKILL."""
 
