@@ -79,6 +79,7 @@ class _Pending:
         self._records: list[logging.LogRecord] = []
         self._logger = LOGGER
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
 
     def add(self, logger: logging.Logger, record: logging.LogRecord) -> None:
         if logger is not self._logger:
@@ -87,11 +88,17 @@ class _Pending:
         self._records.append(record)
         if len(self._records) >= FLUSH_AT:
             self.flush()
-        elif self._timer is None:
-            try:
-                self._timer = asyncio.get_running_loop().call_later(FLUSH_AFTER_S, self.flush)
-            except RuntimeError:  # no loop: nothing would come back to write it
-                self.flush()
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop: nothing would come back to write it
+            self.flush()
+            return
+        if self._timer is None or self._timer_loop is not loop:  # none yet, or on a loop that has ended
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = loop.call_later(FLUSH_AFTER_S, self.flush)
+            self._timer_loop = loop
 
     def flush(self) -> None:
         if self._timer is not None:
