@@ -111,9 +111,11 @@ CREATE TABLE public.faces (
     det_score real NOT NULL,
     embedding bytea NOT NULL,
     embedding_dim integer NOT NULL,
+    quality text,
     CONSTRAINT faces_box_check CHECK ((array_length(box, 1) = 4)),
     CONSTRAINT faces_check CHECK ((octet_length(embedding) = (4 * embedding_dim))),
-    CONSTRAINT faces_landmarks_check CHECK ((array_length(landmarks, 1) = 10))
+    CONSTRAINT faces_landmarks_check CHECK ((array_length(landmarks, 1) = 10)),
+    CONSTRAINT faces_quality_check CHECK ((quality = ANY (ARRAY['ok'::text, 'too_small'::text, 'blurred'::text, 'turned'::text])))
 );
 
 CREATE SEQUENCE public.faces_id_seq
@@ -130,6 +132,44 @@ CREATE TABLE public.image_blobs (
     data bytea NOT NULL
 );
 ALTER TABLE ONLY public.image_blobs ALTER COLUMN data SET STORAGE EXTERNAL;
+
+CREATE TABLE public.live_matches (
+    id bigint NOT NULL,
+    live_search_id bigint NOT NULL,
+    image_id bigint NOT NULL,
+    face_id bigint NOT NULL,
+    distance real NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+CREATE SEQUENCE public.live_matches_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+
+ALTER SEQUENCE public.live_matches_id_seq OWNED BY public.live_matches.id;
+
+CREATE TABLE public.live_searches (
+    id bigint NOT NULL,
+    face_session_id bigint NOT NULL,
+    embedding bytea NOT NULL,
+    embedding_dim integer NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    expires_at timestamp with time zone NOT NULL,
+    created_by text,
+    CONSTRAINT live_searches_check CHECK ((octet_length(embedding) = (4 * embedding_dim)))
+);
+
+CREATE SEQUENCE public.live_searches_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+
+ALTER SEQUENCE public.live_searches_id_seq OWNED BY public.live_searches.id;
 
 CREATE TABLE public.pending_uploads (
     file_path text NOT NULL,
@@ -222,6 +262,10 @@ ALTER TABLE ONLY public.face_sessions ALTER COLUMN id SET DEFAULT nextval('publi
 
 ALTER TABLE ONLY public.faces ALTER COLUMN id SET DEFAULT nextval('public.faces_id_seq'::regclass);
 
+ALTER TABLE ONLY public.live_matches ALTER COLUMN id SET DEFAULT nextval('public.live_matches_id_seq'::regclass);
+
+ALTER TABLE ONLY public.live_searches ALTER COLUMN id SET DEFAULT nextval('public.live_searches_id_seq'::regclass);
+
 ALTER TABLE ONLY public.people ALTER COLUMN id SET DEFAULT nextval('public.people_id_seq'::regclass);
 
 ALTER TABLE ONLY public.privacy_audit ALTER COLUMN id SET DEFAULT nextval('public.privacy_audit_id_seq'::regclass);
@@ -267,6 +311,15 @@ ALTER TABLE ONLY public.faces
 ALTER TABLE ONLY public.image_blobs
     ADD CONSTRAINT image_blobs_pkey PRIMARY KEY (image_id);
 
+ALTER TABLE ONLY public.live_matches
+    ADD CONSTRAINT live_matches_live_search_id_image_id_key UNIQUE (live_search_id, image_id);
+
+ALTER TABLE ONLY public.live_matches
+    ADD CONSTRAINT live_matches_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.live_searches
+    ADD CONSTRAINT live_searches_pkey PRIMARY KEY (id);
+
 ALTER TABLE ONLY public.pending_uploads
     ADD CONSTRAINT pending_uploads_pkey PRIMARY KEY (file_path);
 
@@ -311,6 +364,14 @@ CREATE INDEX faces_image_id_idx ON public.faces USING btree (image_id);
 
 CREATE INDEX faces_session_id_idx ON public.faces USING btree (face_session_id, id);
 
+CREATE INDEX live_matches_face_id_idx ON public.live_matches USING btree (face_id);
+
+CREATE INDEX live_matches_image_id_idx ON public.live_matches USING btree (image_id);
+
+CREATE INDEX live_matches_stream_idx ON public.live_matches USING btree (live_search_id, id);
+
+CREATE INDEX live_searches_session_id_idx ON public.live_searches USING btree (face_session_id, id);
+
 CREATE INDEX people_session_image_count_idx ON public.people USING btree (face_session_id, image_count DESC, id);
 
 ALTER TABLE ONLY public.face_people
@@ -336,6 +397,18 @@ ALTER TABLE ONLY public.faces
 
 ALTER TABLE ONLY public.image_blobs
     ADD CONSTRAINT image_blobs_image_id_fkey FOREIGN KEY (image_id) REFERENCES public.face_session_images(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.live_matches
+    ADD CONSTRAINT live_matches_face_id_fkey FOREIGN KEY (face_id) REFERENCES public.faces(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.live_matches
+    ADD CONSTRAINT live_matches_image_id_fkey FOREIGN KEY (image_id) REFERENCES public.face_session_images(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.live_matches
+    ADD CONSTRAINT live_matches_live_search_id_fkey FOREIGN KEY (live_search_id) REFERENCES public.live_searches(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.live_searches
+    ADD CONSTRAINT live_searches_face_session_id_fkey FOREIGN KEY (face_session_id) REFERENCES public.face_sessions(id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.people
     ADD CONSTRAINT people_cover_face_id_fkey FOREIGN KEY (cover_face_id) REFERENCES public.faces(id) ON DELETE SET NULL;

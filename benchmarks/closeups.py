@@ -13,7 +13,8 @@ for Yao both), false (other people's photos within the threshold) and the detect
 
 Then faces found in frames that show none (the photos' faceless parts, framed alike), and a probe's p50
 (decode, detection, alignment of the largest face: what a search does before the recogniser) for a probe
-that needs one pass and for close-ups that need two, the two ways interleaved.
+that needs one pass and for close-ups that need two, the two ways interleaved: wall clock, and this
+process's CPU time (steadier where other processes share the cores).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from reference import analyze, find_largest
 from smoke import add_flag, shrink
 from threshold import PHOTOS, YAO_IN_PLAYERS
 
@@ -66,7 +68,7 @@ def shipped_faces(engine: FaceEngine, min_side: int) -> tuple[Gallery, list[tupl
     for photo, path in PHOTOS.items():
         pixels = cv2.imread(str(path))
         assert pixels is not None, path
-        for face in engine.analyze(pixels):
+        for face in analyze(engine, pixels):
             labels.append(label(photo, face.box))
             photos.append(photo)
             vectors.append(face.embedding)
@@ -76,7 +78,7 @@ def shipped_faces(engine: FaceEngine, min_side: int) -> tuple[Gallery, list[tupl
 
 
 def one_pass_largest(engine: FaceEngine, pixels: np.ndarray) -> object:
-    """FaceEngine.find_largest as it was: the detector's one pass."""
+    """reference.find_largest as it was: the detector's one pass."""
     boxes, landmarks = engine.detect(pixels)
     if not len(boxes):
         return None
@@ -102,17 +104,18 @@ def faceless_frames(pixels: np.ndarray, boxes: np.ndarray, count: int) -> list[n
     return frames
 
 
-def interleaved_p50_ms(runs: list[Callable[[], object]], repeat: int) -> list[float]:
-    """Median ms of each run, the runs taken in turn (a busy machine slows them alike), in reverse order every
-    other round (the one after another may find caches warm)."""
-    times: list[list[float]] = [[] for _ in runs]
+def interleaved_p50_ms(runs: list[Callable[[], object]], repeat: int) -> list[tuple[float, float]]:
+    """Median ms of each run, wall clock and this process's CPU time (every thread's: the models' too), the runs
+    taken in turn (a busy machine slows them alike), in reverse order every other round (the one after another
+    may find caches warm). On cores other processes want, wall time stretches with their load; CPU time less."""
+    times: list[list[tuple[float, float]]] = [[] for _ in runs]
     for round_number in range(repeat):
         order = list(zip(runs, times))
         for run, spent in order[::-1] if round_number % 2 else order:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             run()
-            spent.append(1000 * (time.perf_counter() - start))
-    return [statistics.median(spent) for spent in times]
+            spent.append((1000 * (time.perf_counter() - start), 1000 * (time.process_time() - cpu)))
+    return [(statistics.median(w for w, _ in spent), statistics.median(c for _, c in spent)) for spent in times]
 
 
 def main() -> None:
@@ -180,21 +183,22 @@ def main() -> None:
         "fill 0.9 selfie (two passes)": jpeg(closeup(yao, yao_box, 0.9)),
         "fill 1.2 selfie (two passes)": jpeg(closeup(yao, yao_box, 1.2)),
     }
-    print(f"\nprobe p50 ms (decode + detect + align), {args.repeat} runs of each way, taken in turn:\n")
-    print("| probe | one pass (before) | close-up pass (after) | found before / after |")
-    print("|---|---|---|---|")
+    print(f"\nprobe p50 ms (decode + detect + align), {args.repeat} runs of each way, taken in turn; wall and CPU:\n")
+    print("| probe | one pass (before) | close-up pass (after) | after / before | CPU before | CPU after "
+          "| CPU after / before | found before / after |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, data in timed.items():
         def decode(data: bytes = data) -> np.ndarray:
             pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
             assert pixels is not None
             return pixels
 
-        before, after = interleaved_p50_ms(
-            [lambda: one_pass_largest(engine, decode()), lambda: engine.find_largest(decode())], args.repeat
+        (before, cpu_before), (after, cpu_after) = interleaved_p50_ms(
+            [lambda: one_pass_largest(engine, decode()), lambda: find_largest(engine, decode())], args.repeat
         )
-        found = (one_pass_largest(engine, decode()) is not None, engine.find_largest(decode()) is not None)
-        print(f"| {name} | {before:.1f} | {after:.1f} "
-              f"| {'yes' if found[0] else 'no'} / {'yes' if found[1] else 'no'} |")
+        found = (one_pass_largest(engine, decode()) is not None, find_largest(engine, decode()) is not None)
+        print(f"| {name} | {before:.1f} | {after:.1f} | {after / before:.2f} | {cpu_before:.1f} | {cpu_after:.1f} "
+              f"| {cpu_after / cpu_before:.2f} | {'yes' if found[0] else 'no'} / {'yes' if found[1] else 'no'} |")
 
 
 if __name__ == "__main__":

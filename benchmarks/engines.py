@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 from ingest import PHOTOS, make_images
+from reference import analyze, largest_face
 from smoke import add_flag, shrink
 
 from faceserve.config import Settings
@@ -58,14 +59,14 @@ def measure(engine: FaceEngine, crops: np.ndarray, frame: np.ndarray, images: li
 
     def ingest() -> None:
         for data in images:
-            engine.analyze(decoding.decode_bgr(data))
+            analyze(engine, decoding.decode_bgr(data))
 
     return {
         "recogniser, batch 32 (ms)": median_ms(lambda: engine.embed_crops(crops), repeat, clock),
         "detector, 640x640 (ms)": median_ms(lambda: engine.detect(frame), repeat, clock),
         "ingest, bare (images/s)": len(images) / (median_ms(ingest, max(1, repeat // 5), clock) / 1000),
         "probe p50, decode+detect+embed (ms)": median_ms(
-            lambda: engine.largest_face(decoding.decode_bgr(probe)), repeat, clock
+            lambda: largest_face(engine, decoding.decode_bgr(probe)), repeat, clock
         ),
     }
 

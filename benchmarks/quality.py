@@ -28,6 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 from closeups import Gallery, shipped_faces
+from reference import find_largest
 from smoke import add_flag, shrink
 
 from faceserve.config import Settings
@@ -94,7 +95,7 @@ ROWS: list[tuple[str, Degrade]] = [
 
 def evaluate(engine: FaceEngine, gallery: Gallery, frame: np.ndarray, who: str, threshold: float):
     """(measures, right, distance to the person's nearest face), or None when no face is found."""
-    found = engine.find_largest(cv2.imdecode(np.frombuffer(jpeg(frame), np.uint8), cv2.IMREAD_COLOR))
+    found = find_largest(engine, cv2.imdecode(np.frombuffer(jpeg(frame), np.uint8), cv2.IMREAD_COLOR))
     if found is None:
         return None
     _, landmarks, crop = found

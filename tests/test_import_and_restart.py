@@ -46,6 +46,9 @@ async def test_import_twice_changes_nothing_the_second_time(tmp_path, photos, se
         assert [name for _, name in after_first[2]] == ["old 3", "old 8"]
         image = await db.find_image_by_path(services.pool, "face_sessions/3/db/party 002.JPG")
         assert image is not None and image.face_count == 5 and image.content_type == "image/jpeg"
+        # each imported face is measured and marked as an upload's is (gdp.jpg: a profile and two tiny faces)
+        marks = await services.pool.fetch("SELECT quality FROM faces WHERE image_id = $1 ORDER BY id", image.id)
+        assert sorted(r["quality"] for r in marks) == ["ok", "ok", "too_small", "too_small", "turned"]
 
         second = await import_tree(services, source)
         assert (second.sessions_created, second.images_created) == (0, 0)

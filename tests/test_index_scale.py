@@ -17,7 +17,6 @@ from faceserve.http.appkeys import SERVICES
 from faceserve.index.kinds import (
     IndexPolicy,
     build_cpu,
-    exact_top,
     match_recall,
     recall_at,
     top_k,
@@ -28,6 +27,7 @@ from faceserve.layout import SessionLayout
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import gallery
+from reference import exact_top  # benchmarks/reference.py
 
 POLICY = IndexPolicy(approximate_min_faces=10_000)
 

@@ -156,3 +156,34 @@ def test_workers_report_together(tmp_path, database_url, models_dir) -> None:
         server.send_signal(signal.SIGTERM)
         server.wait(60)
 
+
+
+async def test_refused_searches_are_counted_as_searches(settings, engine, photos, aiohttp_client) -> None:
+    """With room for one search in flight, concurrent searches beyond it get 503 busy, counted as refused
+    searches, not as refused uploads."""
+    import asyncio
+    from dataclasses import replace
+
+    from faceserve.app import create_app
+
+    client = await aiohttp_client(create_app(replace(settings, max_pending_searches=1), engine))
+    session_id = (await (await client.post("/api/face/sessions", json={"name": "m"})).json())["data"]["id"]
+    before = await _scrape(client)
+
+    async def search() -> aiohttp.ClientResponse:
+        form = aiohttp.FormData()
+        form.add_field("session_id", str(session_id))
+        form.add_field("image", photos["players"].read_bytes(), filename="players.jpg")
+        return await client.post("/api/face/search", data=form)
+
+    responses = await asyncio.gather(*(search() for _ in range(6)))
+    refused = [r for r in responses if r.status == 503]
+    assert refused and any(r.status == 200 for r in responses)
+    for response in refused:
+        error = (await response.json())["error"]
+        assert error["code"] == "busy" and "searches" in error["message"]
+    after = await _scrape(client)
+    assert _value(after, "faceserve_searches_rejected_total") - _value(before, "faceserve_searches_rejected_total") == len(
+        refused
+    )
+    assert _value(after, "faceserve_uploads_rejected_total") == _value(before, "faceserve_uploads_rejected_total")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -15,6 +17,9 @@ from faceserve.config import Settings
 from faceserve.http.appkeys import SERVICES
 from faceserve.vision.batcher import RecogniserBatcher
 from faceserve.vision.engine import FaceEngine
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+from reference import analyze  # benchmarks/reference.py
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +119,7 @@ async def test_stored_embeddings_of_concurrent_uploads_match_one_at_a_time_analy
     await asyncio.gather(*(upload(client, session_id, (f"{n}.jpg", photos[n].read_bytes())) for n in names))
     services = client.server.app[SERVICES]
     _, stored = await db.session_embeddings(services.pool, session_id, engine.embedding_dim)
-    alone = np.concatenate([[f.embedding for f in engine.analyze(cv2.imread(str(photos[n])))] for n in names])
+    alone = np.concatenate([[f.embedding for f in analyze(engine, cv2.imread(str(photos[n])))] for n in names])
     assert len(stored) == len(alone)
     # each face's own embedding, not a neighbour's: the best match of every expected row is itself
     similarity = alone @ stored.T

@@ -106,7 +106,17 @@ async def test_every_route_with_an_id_answers_alike_for_every_spelling(client, p
     bound_key, _ = await api_keys.create(pool, ["search", "write"], session_ids=[mine])
     admin = dict(client.session.headers)
     bound = {"Authorization": f"Bearer {bound_key}"}
-    canonical = {"session_id": theirs, "image_id": image["image_id"], "face_id": face_id, "person_id": person_id}
+    # a live search that has expired: its stream answers 404 at once (a live one would stay open)
+    live_id = await pool.fetchval(
+        "INSERT INTO live_searches (face_session_id, embedding, embedding_dim, expires_at) "
+        "VALUES ($1, $2, 1, now()) RETURNING id",
+        theirs,
+        bytes(4),
+    )
+    canonical = {
+        "session_id": theirs, "image_id": image["image_id"], "face_id": face_id, "person_id": person_id,
+        "live_id": live_id,
+    }
 
     with_ids = [(r.method, r.path) for r in routes.ROUTES if re.search(r"\{\w+_id\}", r.path)]
     assert len(with_ids) >= 14, with_ids
@@ -139,7 +149,7 @@ async def test_the_largest_ids_are_unknown_not_errors(client):
     a session id once took it as a 32-bit number (DELETE of session 9223372036854775806 was a 500)."""
     with_ids = [r for r in routes.ROUTES if re.search(r"\{\w+_id\}", r.path)]
     for largest in (inputs.MAX_ID, inputs.MAX_ID - 1, 2**31, 2**32 + 7):
-        ids = {"session_id": largest, "image_id": largest, "face_id": largest, "person_id": largest}
+        ids = {"session_id": largest, "image_id": largest, "face_id": largest, "person_id": largest, "live_id": largest}
         for route in with_ids:
             url = _concrete(route.path, {k: str(v) for k, v in ids.items()} | {"name": "x.jpg", "prefix": "fsk_x"})
             response = await client.request(route.method, url, json={})

@@ -8,6 +8,7 @@ test_crash_safe_deletes.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -20,12 +21,13 @@ import asyncpg
 import pytest
 import seaweed
 from botocore.exceptions import ClientError
-from helpers import backend_gone, create_session, files_under, objects_of, search, upload
+from helpers import backend_gone, create_session, derived_of, files_under, objects_of, search, upload
 
 from faceserve import logs
 from faceserve.app import create_app
 from faceserve.core import upload_intents
 from faceserve.core.services import open_services
+from faceserve.errors import Unavailable
 from faceserve.http.appkeys import SERVICES
 from faceserve.layout import SessionLayout
 from faceserve.media.objects import open_object_store
@@ -69,10 +71,14 @@ async def test_originals_are_objects_under_the_prefix_and_never_on_disk(client, 
     assert ranged.status == 206 and await ranged.read() == data[100:200]
     status, body = await search(client, session_id, data)
     assert status == 200 and body["data"]["matches"][0]["image_id"] == image["image_id"]
-    # a thumbnail renders from the object and is kept on this node's disk (a cache)
+    # a thumbnail renders from the object and is kept as an object under derived/, not on this node's disk
     thumbnail = await client.get(f"/api/face/image/{image['image_id']}", params={"w": "320"})
     assert thumbnail.status == 200
-    assert len(files_under(SessionLayout(settings.storage).session_dir(session_id) / "derived")) == 1
+    assert files_under(SessionLayout(settings.storage).derived_dir(session_id)) == []
+    [derived] = await derived_of(services, session_id)
+    assert derived.startswith(f"{image['image_id']}-w320-")
+    kept = await services.stores.objects.read(f"derived/{session_id}/{derived}")
+    assert kept == await thumbnail.read()
     # botocore's DEBUG lines carry every signed request's headers: kept out even when DEBUG is asked for
     assert logging.getLogger("botocore").getEffectiveLevel() == logging.INFO
     assert seaweed.SECRET_KEY not in caplog.text and seaweed.ACCESS_KEY not in caplog.text
@@ -242,3 +248,94 @@ async def test_the_redirect_option_sends_clients_to_a_presigned_url_of_a_bounded
     assert (await client.get(url, headers={"If-None-Match": etag}, allow_redirects=False)).status == 304
     assert (await client.head(url, allow_redirects=False)).status == 200
     assert (await client.get(url, params={"w": "160"}, allow_redirects=False)).status == 200
+
+
+async def test_derivatives_are_objects_every_node_serves_and_deletes_remove(settings, engine, photos, aiohttp_client):
+    """Two nodes on one database and one bucket, no shared disk: a thumbnail and a face crop rendered on A
+    are the objects B serves (B could not render them: the original is gone by then); deleting the image, a
+    forget and deleting the session remove them from the bucket, whichever node did it."""
+    a = await aiohttp_client(create_app(settings, engine))
+    settings_b = replace(settings, storage=settings.storage.parent / "node-b")
+    b = await aiohttp_client(create_app(settings_b, engine, sweep_partial_uploads=False))
+    b.session.headers.update(a.session.headers)  # the key A wrote on its first start (its hash is a row)
+    services = a.server.app[SERVICES]
+    session_id = await create_session(a)
+    players, t1 = await upload(
+        a, session_id, ("players.jpg", photos["players"].read_bytes()), ("t1.jpg", photos["t1"].read_bytes())
+    )
+    face_id = await services.pool.fetchval("SELECT min(id) FROM faces WHERE image_id = $1", t1["image_id"])
+    rendered = {}
+    for url in (f"/api/face/image/{t1['image_id']}?w=320", f"/api/face/face/{face_id}"):
+        first = await a.get(url)
+        assert first.status == 200 and first.headers["Vary"] == "Accept"
+        rendered[url] = (await first.read(), first.headers["ETag"])
+    names = await derived_of(services, session_id)
+    assert len(names) == 2 and all(name.startswith(f"{t1['image_id']}-") for name in names)
+
+    await services.stores.objects.delete(t1["identity"].join(["face_sessions/", ""]))  # no original to render from
+    for url, (body, tag) in rendered.items():
+        again = await b.get(url)
+        assert again.status == 200 and await again.read() == body and again.headers["ETag"] == tag
+        assert (await b.get(url, headers={"If-None-Match": tag})).status == 304
+        ranged = await b.get(url, headers={"Range": "bytes=0-9"})
+        assert ranged.status == 206 and await ranged.read() == body[:10]
+    assert files_under(SessionLayout(settings_b.storage).derived_dir(session_id)) == []
+
+    assert (await b.delete(f"/api/face/image/{t1['image_id']}")).status == 200
+    assert await derived_of(services, session_id) == []
+
+    # a forget removes the crops of the faces it erases, from the bucket
+    selfie = photos["yaoming"].read_bytes()
+    form = aiohttp.FormData()
+    form.add_field("image", selfie, filename="me.jpg", content_type="image/jpeg")
+    matched = [m["face_id"] for m in (await search(a, session_id, selfie))[1]["data"]["matches"]]
+    assert (await a.get(f"/api/face/face/{matched[0]}")).status == 200
+    other = await services.pool.fetchval(
+        "SELECT min(id) FROM faces WHERE image_id = $1 AND id <> ALL($2::bigint[])", players["image_id"], matched
+    )
+    assert (await a.get(f"/api/face/face/{other}")).status == 200
+    assert len(await derived_of(services, session_id)) == 2
+    assert (await b.post(f"/api/face/sessions/{session_id}/forget", data=form)).status == 200
+    [kept] = await derived_of(services, session_id)
+    assert kept.startswith(f"{players['image_id']}-face{other}-")
+
+    assert (await b.delete(f"/api/face/sessions/{session_id}")).status == 200
+    assert await derived_of(services, session_id) == [] and await objects_of(services) == []
+
+
+async def test_a_forget_while_the_store_is_down_erases_and_its_crops_go_once_the_store_is_back(
+    settings, engine, photos, aiohttp_client, own_seaweedfs
+):
+    """The forget commits in Postgres; the store down is no reason to answer it with an error, nor to keep the
+    forgotten face's crop: it is removed in the background once the store answers again."""
+    settings = replace(settings, s3_endpoint=own_seaweedfs.endpoint, s3_max_attempts=2, s3_timeout_s=2.0)
+    client = await aiohttp_client(create_app(settings, engine))
+    services = client.server.app[SERVICES]
+    session_id = await create_session(client)
+    [players] = await upload(client, session_id, ("players.jpg", photos["players"].read_bytes()))
+    selfie = photos["yaoming"].read_bytes()
+    face_id = (await search(client, session_id, selfie))[1]["data"]["matches"][0]["face_id"]
+    assert (await client.get(f"/api/face/face/{face_id}")).status == 200
+    [crop] = await derived_of(services, session_id)
+    assert crop.startswith(f"{players['image_id']}-face{face_id}-")
+
+    own_seaweedfs.process.send_signal(signal.SIGKILL)
+    own_seaweedfs.process.wait()
+    form = aiohttp.FormData()
+    form.add_field("image", selfie, filename="me.jpg", content_type="image/jpeg")
+    response = await client.post(f"/api/face/sessions/{session_id}/forget", data=form)
+    assert response.status == 200, await response.text()
+    assert (await response.json())["data"]["faces_erased"] >= 1
+    assert (await client.get(f"/api/face/face/{face_id}")).status == 404  # never served again
+
+    restarted = await asyncio.to_thread(seaweed.restart, own_seaweedfs)
+    try:
+        for _ in range(90):
+            with contextlib.suppress(Unavailable):  # the store still on its way up
+                if await derived_of(services, session_id) == []:
+                    break
+            await asyncio.sleep(0.5)
+        assert await derived_of(services, session_id) == []
+        assert len(await objects_of(services)) == 1  # the photo stays
+    finally:
+        restarted.stop()

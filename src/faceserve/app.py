@@ -60,7 +60,13 @@ def create_app(
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
+    async def end_live_streams(app: web.Application) -> None:
+        # before the server waits for its requests: an open stream would hold shutdown until its timeout
+        if SERVICES in app:
+            app[SERVICES].live.close()
+
     app.cleanup_ctx.append(services_ctx)
+    app.on_shutdown.append(end_live_streams)
     app.cleanup_ctx.append(expire_sessions_ctx)
     access.install(app, settings)  # its context runs after the services'
     if settings.rate_limits:

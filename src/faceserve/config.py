@@ -108,6 +108,8 @@ MINIMUM: dict[str, float] = {
     "people_recluster_share": 0,
     "setup_link_ttl_h": 0.01,
     "guest_link_days": 1,
+    "live_search_hours": 0.01,
+    "live_heartbeat_s": 0.05,
 }
 # and at most this
 MAXIMUM: dict[str, float] = {
@@ -224,6 +226,12 @@ class Settings:
     guest_link_days: int = 30
     # seconds between looks for expired sessions: the contract deletes them within a minute
     session_expiry_check_s: float = 20.0
+    # hours a live search (a guest's "show me new photos as they arrive") keeps the probe's embedding: the
+    # event's day; expired ones stop matching at once and are deleted by the expiry sweep
+    live_search_hours: float = 12.0
+    # seconds between the comment lines a live results stream sends while no photo arrives (proxies drop
+    # idle connections: nginx's proxy_read_timeout must stay above it)
+    live_heartbeat_s: float = 15.0
     # token buckets, "requests/seconds", per key (per client address without one), http/ratelimit.py.
     # With N workers each process allows 1/N. Search embeds a face per request; reads are generous
     # because guests at one venue often share one address

@@ -32,6 +32,11 @@ class FaceNotFound(FaceServeError):
     code = "face_not_found"
 
 
+class LiveSearchNotFound(FaceServeError):
+    status = 404
+    code = "live_search_not_found"
+
+
 class RequestTimeout(FaceServeError):
     """The request body stalled or came too slowly (http/pace.py)."""
 

@@ -1,5 +1,11 @@
 """Prometheus metrics of the service, and their rendering for GET /metrics.
 
+A metric is defined next to the code that updates it: search steps in http/search.py, recogniser runs in
+vision/batcher.py, refused uploads in core/services.py. Here are the rendering and the instruments of the
+shared modules that update them: request latencies (http/observability.py counts them through
+RequestTimes), rate-limit refusals (http/ratelimit.py), and the live gauges that http/observability.py
+samples from each owner's state (set_live_gauges).
+
 Run by the CLI, every process writes its samples to files under PROMETHEUS_MULTIPROC_DIR (a fresh folder the
 service makes and removes, see cli.metrics_folder), and a scrape of any worker reads them all, so `--workers N`
 report together. Without that variable (tests, embedding) the samples stay in this process.
@@ -13,7 +19,7 @@ from __future__ import annotations
 
 import os
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -31,8 +37,6 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 # ~1 ms (a 304 from memory) to a minute (a large batch upload)
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-_STEP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
-_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 # index sizes are reported by bucket, never by session id: the number of series stays small
 _SIZE_BUCKETS = ((1_000, "lt1k"), (10_000, "lt10k"), (100_000, "lt100k"), (1_000_000, "lt1m"))
 
@@ -41,18 +45,6 @@ _HTTP_REQUESTS = Histogram(
     "Time to answer a request, by method, route template and status (its _count is the request count)",
     ["method", "route", "status"],
     buckets=_LATENCY_BUCKETS,
-)
-SEARCH_STEPS = Histogram(
-    "faceserve_search_step_seconds",
-    "Time of each search step, as in the Server-Timing header (parse, decode, detect, embed, index, db)",
-    ["step"],
-    buckets=_STEP_BUCKETS,
-)
-RECOGNISER_BATCH = Histogram(
-    "faceserve_recogniser_batch_faces", "Faces embedded in one recogniser run", buckets=_BATCH_BUCKETS
-)
-UPLOADS_REJECTED = Counter(
-    "faceserve_uploads_rejected_total", "Uploaded images refused with 503 busy because too many were in flight"
 )
 RATE_LIMITED = Counter(
     "faceserve_rate_limited_total", "Requests refused with 429 by a rate limit, by budget", ["budget"]
@@ -78,6 +70,9 @@ INDEX_SESSIONS = Gauge(
 )
 INDEX_FACES = Gauge(
     "faceserve_index_faces", "Faces in the session indexes in memory, by kind", ["kind"], multiprocess_mode="livemax"
+)
+LIVE_STREAMS = Gauge(
+    "faceserve_live_streams", "Live results streams open (Server-Sent Events)", multiprocess_mode="livesum"
 )
 
 
@@ -125,11 +120,6 @@ def size_bucket(faces: int) -> str:
     return "ge1m"
 
 
-def observe_search_steps(timings_ms: Mapping[str, float]) -> None:
-    for step, ms in timings_ms.items():
-        SEARCH_STEPS.labels(step).observe(ms / 1000)
-
-
 class _IndexSeries:
     """Label sets reported before: a kind or bucket that empties is set to 0, not left at its last value."""
 
@@ -149,8 +139,10 @@ def set_live_gauges(
     pool_idle: int,
     pool_max: int,
     indexes: Iterable[tuple[str, int]],
+    live_streams: int = 0,
 ) -> None:
     """The gauges of this process's live state, as its owner (http/observability.py) samples them."""
+    LIVE_STREAMS.set(live_streams)
     UPLOADS_IN_FLIGHT.set(uploads_in_flight)
     INFERENCE_QUEUE.labels("inference_threads").set(inference_waiting)
     INFERENCE_QUEUE.labels("recogniser").set(recogniser_waiting)

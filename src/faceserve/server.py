@@ -15,7 +15,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import replace
 
-from . import logs, metrics
+from . import db, logs, metrics
 from .app import create_app
 from .config import Settings
 from .core import start_sweep
@@ -88,13 +88,11 @@ def serve(settings: Settings) -> bool:
         return _run_one(settings, reuse_port=False, sweep_partial_uploads=True)
     interrupted = False
     with ExitStack() as stack:
-        postgres = None
-        if settings.database_url is None:
-            postgres = db_recovery.EmbeddedPostgres(settings.pgdata)
-            stack.callback(postgres.stop)
-            settings = replace(settings, database_url=postgres.uri)
+        # the workers reach an embedded Postgres as an external one: this process keeps it alive
+        uri, postgres = stack.enter_context(db.database_uri_blocking(settings))
+        settings = replace(settings, database_url=uri)
         Storage(settings.storage).sweep_partial_uploads(settings.partial_upload_min_idle_s)
-        start_sweep.finish_interrupted_blocking(settings)
+        start_sweep.finish_interrupted_blocking(settings, uri)
         locate_pack(settings.models_dir, settings.model_pack)  # lay models out once, before workers race
         context = multiprocessing.get_context("spawn")
         workers = [

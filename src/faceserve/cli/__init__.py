@@ -2,7 +2,7 @@
 
   faceserve serve                    run the service (the page, the API)
   faceserve setup-link               print a one-time link that signs a browser in as the organiser
-  faceserve import DIR               take in an old face_sessions/{id}/db/ tree
+  faceserve import DIR|s3://B/P      take in an old face_sessions/{id}/db/ tree, from a folder or a bucket
   faceserve doctor                   check what a deployment needs
   faceserve db upgrade|status        apply or show the database schema's migrations
   faceserve people --session ID      show (or --recluster) the people of a session
@@ -27,12 +27,15 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..config import CHOICES, Settings, env_name, load_settings
 from ..logs import FORMATS, LEVELS
 from . import admin, backup
+
+if TYPE_CHECKING:
+    from ..core.importer import Tree
 
 log = logging.getLogger("faceserve")
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
@@ -98,8 +101,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--public-base-url", help="absolute base of image URLs in responses")
     serve.add_argument("--workers", type=_positive, help=f"processes sharing the port ({_default('workers')})")
     _common(serve)
-    importer = commands.add_parser("import", help="import a face_sessions/{id}/db/* tree")
-    importer.add_argument("source", type=Path, help="folder holding face_sessions/ (or that folder itself)")
+    importer = commands.add_parser("import", help="import a face_sessions/{id}/db/* tree from a folder or a bucket")
+    importer.add_argument(
+        "source",
+        help="folder holding face_sessions/ (or that folder itself), or s3://bucket/prefix over such keys "
+        "(read with FACESERVE_S3_ENDPOINT, FACESERVE_S3_REGION and the AWS credentials)",
+    )
     _common(importer)
     doctor = commands.add_parser("doctor", help="check the database, models, providers, faiss, disk and clock")
     _common(doctor)
@@ -179,13 +186,30 @@ def _serve(settings: Settings) -> int:
     return EXIT_INTERRUPTED if interrupted else 0
 
 
-async def _import(settings: Settings, source: Path) -> int:
+async def _import(settings: Settings, source: str) -> int:
+    from ..core.importer import bucket_tree, folder_tree, open_bucket, parse_bucket_url
+
+    if not source.startswith("s3://"):
+        folder = Path(source)
+        if not folder.is_dir():
+            raise UsageError(f"{source} is not a folder")
+        return await _import_tree(settings, folder_tree(folder.resolve()))  # NoSessionsFound before anything starts
+    try:
+        parse_bucket_url(source)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    async with open_bucket(settings, source) as objects:
+        # listed once, before anything starts (NoSessionsFound); each object is read as its turn comes
+        return await _import_tree(settings, await bucket_tree(objects, source))
+
+
+async def _import_tree(settings: Settings, tree: Tree) -> int:
     from tqdm import tqdm
 
-    from ..core.importer import FAILED, ImportReport, count_files, import_tree
+    from ..core.importer import FAILED, ImportReport, import_tree
     from ..core.services import open_services
 
-    total = count_files(source)  # raises NoSessionsFound before anything starts
+    total = tree.file_count
     interactive = sys.stderr.isatty()
     bar = tqdm(total=total, unit="file", file=sys.stderr, disable=not interactive, dynamic_ncols=True)
 
@@ -203,7 +227,7 @@ async def _import(settings: Settings, source: Path) -> int:
 
     try:
         async with open_services(settings) as services:
-            report = await import_tree(services, source.resolve(), progress)
+            report = await import_tree(services, tree, progress)
     finally:
         bar.close()
     print(
@@ -219,7 +243,7 @@ async def _database(settings: Settings, action: str) -> int:
 
     from ..db import database_uri, migrations
 
-    async with database_uri(settings.database_url, settings.pgdata) as uri:
+    async with database_uri(settings) as uri:
         if action == "schema":
             from ..db import schema
 
@@ -292,9 +316,10 @@ async def _migrate(settings: Settings, target: str) -> int:
     def progress(report: MoveReport, image: db.ImageRecord) -> None:
         print(f"image {image.id} ({image.bytes_in} -> {target}): {report.images_moved} moved", file=sys.stderr)
 
-    async with db.database_uri(settings.database_url, settings.pgdata) as uri:
+    async with db.database_uri(settings) as uri:
         pool = await db.create_pool(uri, 1, 2)
         try:
+            await db.migrate(pool, settings.db_bulk_timeout_s)
             async with open_image_stores(settings, Storage(settings.storage), pool) as stores:
                 report = await move_all(pool, stores, Storage(settings.storage), target, progress)
         finally:
@@ -332,8 +357,6 @@ def _run(args: argparse.Namespace) -> int:
         from . import doctor
 
         return doctor.run(settings)
-    if not args.source.is_dir():
-        raise UsageError(f"{args.source} is not a folder")
     from ..core.importer import NoSessionsFound
 
     try:

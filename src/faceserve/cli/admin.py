@@ -23,11 +23,10 @@ def _when(moment: datetime | None, missing: str = "-") -> str:
 @asynccontextmanager
 async def database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     async with AsyncExitStack() as stack:
-        dsn = settings.database_url
-        if dsn is None:
-            dsn = await stack.enter_async_context(db.embedded_postgres(settings.pgdata))
-        pool = await db.create_pool(dsn, 1, 2)  # applies the schema: a fresh storage works too
+        dsn = await stack.enter_async_context(db.database_uri(settings))
+        pool = await db.create_pool(dsn, 1, 2)
         stack.push_async_callback(pool.close)
+        await db.migrate(pool, settings.db_bulk_timeout_s)  # a fresh storage works too
         yield pool
 
 

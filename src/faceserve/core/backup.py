@@ -79,7 +79,7 @@ async def backup(settings: Settings, target: Path) -> Outcome:
     if target.exists() and any(target.iterdir()):
         raise BackupError(f"{target} is not empty: a backup goes into a new or empty folder")
     target.mkdir(parents=True, exist_ok=True)
-    async with db.database_uri(settings.database_url, settings.pgdata) as uri:
+    async with db.database_uri(settings) as uri:
         conn = await asyncpg.connect(uri)
         try:
             async with conn.transaction(isolation="repeatable_read", readonly=True):
@@ -127,7 +127,7 @@ async def restore(settings: Settings, source: Path) -> Outcome:
     sessions_root = storage.layout.sessions_root
     if sessions_root.exists() and any(sessions_root.iterdir()):
         raise BackupError(f"{sessions_root} holds photos already: restore onto a fresh storage")
-    async with db.database_uri(settings.database_url, settings.pgdata) as uri:
+    async with db.database_uri(settings) as uri:
         conn = await asyncpg.connect(uri)
         try:
             if await db.has_schema(conn):

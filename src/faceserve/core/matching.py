@@ -33,6 +33,7 @@ class MatchedFace:
     face_id: int
     distance: float
     box: list[float]
+    quality: str | None  # faces.quality: ok, too_small, blurred, turned; None for a face never measured
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class Match:
     identity: str
     distance: float  # with match=all, of the farthest of its faces
     box: list[float]
+    quality: str | None
     faces: list[MatchedFace] = field(default_factory=list)  # match=all: one per probe face, in probe order
 
 
@@ -99,17 +101,18 @@ def _probe_faces(
 
 def require_quality(measured: quality.FaceQuality, settings: Settings) -> None:
     """A probe face too small, blurred or turned matches poorly: the guest is told what to change instead."""
-    if measured.eye_distance < settings.probe_min_eye_distance:
+    verdict = quality.verdict(measured, quality.limits(settings))
+    if verdict == quality.TOO_SMALL:
         raise FaceTooSmall(
             f"Move closer: the face is too small to match ({measured.eye_distance:.0f} px between the eyes,"
             f" at least {settings.probe_min_eye_distance:.0f} needed)"
         )
-    if measured.sharpness < settings.probe_min_sharpness:
+    if verdict == quality.BLURRED:
         raise FaceBlurred(
             f"Hold the phone still: the face is too blurred to match (sharpness {measured.sharpness:.1f},"
             f" at least {settings.probe_min_sharpness:g} needed)"
         )
-    if measured.turn > settings.probe_max_turn:
+    if verdict == quality.TURNED:
         raise FaceTurned(
             f"Look at the camera: the face is turned too far to match (turn {measured.turn:.2f},"
             f" at most {settings.probe_max_turn:g})"
@@ -192,6 +195,20 @@ async def search_session(
     return SearchResult(found.used, probe_faces, matches[:limit], timings)
 
 
+async def embedding_matches(
+    services: Services, session_id: int, embedding: np.ndarray, threshold: float, limit: int
+) -> list[Match]:
+    """The session's images with a face within threshold of one embedded probe face, nearest first (a live
+    search's matches at its creation: core/live.py)."""
+    sims, face_ids = await services.indexes.search(session_id, embedding[None, :], max(limit * _OVERFETCH, _MIN_CANDIDATES))
+    distances = 1.0 - sims
+    within = (face_ids >= 0) & (distances <= threshold)
+    if not within.any():
+        return []
+    hits = await db.faces_with_images(services.pool, session_id, np.unique(face_ids[within]).tolist())
+    return _nearest_per_image(session_id, face_ids[0][within[0]], distances[0][within[0]], hits)[:limit]
+
+
 def _nearest_per_image(
     session_id: int, candidates: np.ndarray, distances: np.ndarray, hits: dict[int, db.FaceHit]
 ) -> list[Match]:
@@ -203,7 +220,12 @@ def _nearest_per_image(
             continue
         if hit.image_id not in best:  # candidates arrive nearest first
             best[hit.image_id] = Match(
-                hit.image_id, face_id, layout.identity(session_id, hit.stored_name), max(0.0, distance), hit.box
+                hit.image_id,
+                face_id,
+                layout.identity(session_id, hit.stored_name),
+                max(0.0, distance),
+                hit.box,
+                hit.quality,
             )
     return sorted(best.values(), key=lambda m: m.distance)
 
@@ -233,7 +255,7 @@ def _all_together(
         if len(taken) < len(used):
             continue
         faces = [
-            MatchedFace(used[row], face_id, distance, hits[face_id].box)
+            MatchedFace(used[row], face_id, distance, hits[face_id].box, hits[face_id].quality)
             for row, (distance, face_id) in sorted(taken.items())
         ]
         first = hits[faces[0].face_id]
@@ -244,6 +266,7 @@ def _all_together(
                 layout.identity(session_id, first.stored_name),
                 max(face.distance for face in faces),
                 first.box,
+                first.quality,
                 faces,
             )
         )

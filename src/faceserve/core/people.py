@@ -32,8 +32,9 @@ from ..index.clustering import (
     eligible,
     neighbour_lists,
 )
+from ..vision import quality
 from ..vision.engine import DetectedFace
-from . import face_sessions  # as a module: face_sessions -> ingest -> people -> face_sessions
+from . import face_sessions
 from .services import Services
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ async def _recluster(services: Services, session_id: int, progress: Progress | N
         # one snapshot: embeddings, facts and placements of the same faces
         changed_at_start = await db.changed_faces(conn, session_id)
         ids, vectors = await db.session_embeddings(conn, session_id, dim, timeout=bulk)
-        facts = await db.session_face_facts(conn, session_id, dim, bulk)
+        facts = await db.session_face_facts(conn, session_id, dim, bulk, quality.TOO_WEAK_FOR_PEOPLE)
         assignments = await db.session_assignments(conn, session_id, bulk)
     if not np.array_equal(ids, facts.ids):
         raise RuntimeError("face snapshot changed between two reads of one transaction")
@@ -117,7 +118,7 @@ async def _recluster(services: Services, session_id: int, progress: Progress | N
         rows, sims = await _graph_from_index(services, session_id, ids, vectors, params, report)
 
     placed, previous = _persons_before(ids, assignments)
-    usable = eligible(facts.boxes, facts.det_scores, params)
+    usable = eligible(facts.boxes, facts.det_scores, params, facts.weak)
     clear = clarity(facts.boxes, facts.landmarks, facts.det_scores)
 
     def merged(done: int, count: int) -> None:
@@ -222,7 +223,8 @@ async def place_new_faces(
     if not len(face_ids):
         return result
     boxes = np.stack([f.box for f in faces])
-    usable = eligible(boxes, np.array([f.det_score for f in faces]), params)
+    weak = np.array([f.quality in quality.TOO_WEAK_FOR_PEOPLE for f in faces], dtype=bool)
+    usable = eligible(boxes, np.array([f.det_score for f in faces]), params, weak)
     if not usable.any():
         return result
     if not services.indexes.is_loaded(session_id):

@@ -1,7 +1,7 @@
 """Forgetting a person, and sessions that expire.
 
 forget(): every face of a session that matches a selfie loses its row (and so its embedding), its index
-entries in every process (announced through index_sync inside the same transaction) and its cached crops;
+entries in every process (announced inside the same transaction: changes.py) and its cached crops;
 the photos stay. The match is exact, over every embedding of the session in Postgres, not the approximate
 index: an erasure must not miss a face the index would rank past its shortlist. An audit row records
 when, by which key (prefix), how many; never the selfie, an embedding or a box.
@@ -20,9 +20,7 @@ import numpy as np
 
 from .. import db
 from ..errors import NoFaceFound, SessionNotFound
-from ..index import sync as index_sync
-from ..layout import SessionLayout
-from . import face_sessions, matching, people
+from . import changes, deletes, face_sessions, live, matching
 from .services import Services
 
 log = logging.getLogger(__name__)
@@ -41,15 +39,6 @@ def _matching(ids: np.ndarray, vectors: np.ndarray, probe: np.ndarray, threshold
     return ids[distances <= threshold].tolist()
 
 
-def _remove_face_crops(layout: SessionLayout, session_id: int, crops: list[tuple[int, int]]) -> None:
-    folder = layout.derived_dir(session_id)
-    for image_id, face_id in crops:
-        # "face12-" never matches face 123's files: the id is always followed by "-"
-        for pattern in (f"{int(image_id)}-face{int(face_id)}-*", f".{int(image_id)}-face{int(face_id)}-*"):
-            for path in folder.glob(pattern):
-                path.unlink(missing_ok=True)
-
-
 async def forget(
     services: Services, session_id: int, selfie: bytes, threshold: float, key_prefix: str | None
 ) -> Forgotten:
@@ -61,19 +50,16 @@ async def forget(
         services.pool, session_id, services.engine.embedding_dim, timeout=services.settings.db_bulk_timeout_s
     )
     matched = await asyncio.to_thread(_matching, ids, vectors, face.embedding, threshold)
-    async with services.pool.acquire() as conn, conn.transaction():
-        await db.lock_people_writes(conn, session_id)  # before any row: the one lock order
-        persons = list((await db.persons_of_faces(conn, matched)).values())
-        erased = await db.delete_faces(conn, session_id, matched)
-        face_ids = [face_id for _, face_id in erased]
-        await index_sync.announce_removed(conn, services.process_token, session_id, face_ids)
+    async with changes.session_change(services) as change:
+        await change.lock_people(session_id)  # before any row: the one lock order
+        persons = list((await db.persons_of_faces(change.conn, matched)).values())
+        erased = await db.delete_faces(change.conn, session_id, matched)
         touched = len({image_id for image_id, _ in erased})
-        await db.record_forget(conn, key_prefix, session_id, len(erased), touched)
-        # the people those faces were in shrink, and one left with none disappears
-        await people.faces_removed(conn, session_id, persons, len(erased))
-    if face_ids:
-        await services.indexes.remove(session_id, np.asarray(face_ids, dtype=np.int64))
-        await asyncio.to_thread(_remove_face_crops, services.storage.layout, session_id, erased)
+        await db.record_forget(change.conn, key_prefix, session_id, len(erased), touched)
+        # their live searches too: no new photo of the forgotten person is pushed to anyone
+        await live.forget_probes(change.conn, services, session_id, face.embedding, threshold)
+        # the people those faces were in shrink (one left with none disappears), and their crops go
+        await change.faces_removed([face_id for _, face_id in erased], persons, crops=erased)
     log.info("forget in session %d erased %d faces in %d images", session_id, len(erased), touched)
     return Forgotten(len(erased), touched)
 
@@ -84,10 +70,11 @@ async def delete_expired(services: Services) -> list[int] | None:
     async with services.pool.acquire() as conn, conn.transaction():
         if not await db.try_lock_session_expiry(conn):
             return None
+        await db.delete_expired_live_searches(conn)  # ignored already past their expiry; gone now
         for session_id in await db.expired_sessions(conn):
             # each in its own transaction, on other connections; the lock is held meanwhile
             try:
-                await face_sessions.delete_session(services, session_id)
+                await deletes.delete_session(services, session_id)
             except SessionNotFound:
                 continue
             deleted.append(session_id)

@@ -1,7 +1,7 @@
 """What serving an image needs of its row, computed once per process and kept in a bounded LRU.
 
 Image ids are never reused and files are immutable, so an entry only goes stale when its image (or its
-session) is deleted: deletion (ingest.py, face_sessions.py) evicts it in this process; other processes notice through the
+session) is deleted: deletion (changes.py, after the commit) evicts it in this process; other processes notice through the
 file's absence, or within `served_recheck_s` for answers without a body.
 
 A miss is loaded once however many requests ask at the same moment (get_or_load): a photo shared at an
@@ -30,7 +30,9 @@ class ServedFile:
     """What serving needs of a row, computed once per process."""
 
     image_id: int
-    path: Path  # for bytes kept in Postgres: the row's name under the storage root, never opened
+    # the file on this node's disk that holds the bytes where they are kept in files (an original in the file
+    # store, every derivative); for bytes in Postgres or S3 the row's name under the storage root, never opened
+    disk_path: Path
     content_type: str
     etag: str
     last_modified: datetime  # whole seconds: HTTP dates have no finer resolution

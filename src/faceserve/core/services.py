@@ -12,10 +12,10 @@ from typing import Any, TypeVar
 
 import asyncpg
 import numpy as np
+from prometheus_client import Counter
 
-from .. import db, metrics
+from .. import db
 from ..config import Settings
-from ..db import recovery as db_recovery
 from ..errors import Busy
 from ..index import sync as index_sync
 from ..index.kinds import IndexPolicy
@@ -27,29 +27,44 @@ from ..runtime import conflicting_builds
 from ..vision.batcher import RecogniserBatcher
 from ..vision.engine import FaceEngine
 from . import start_sweep
+from .live_hub import LiveHub
 from .served import ServedFileCache
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+UPLOADS_REJECTED = Counter(
+    "faceserve_uploads_rejected_total", "Uploaded images refused with 503 busy because too many were in flight"
+)
+SEARCHES_REJECTED = Counter(
+    "faceserve_searches_rejected_total", "Searches refused with 503 busy because too many were in flight"
+)
+
 
 class AdmissionGate:
-    """Counts images in flight and refuses past a limit, so a flood of uploads gets 503 instead of memory."""
+    """Counts work in flight (images or searches) and refuses past a limit, so a flood gets 503 instead of
+    memory."""
 
-    def __init__(self, limit: int, retry_after_s: int) -> None:
+    def __init__(self, limit: int, retry_after_s: int, what: str, rejected: Counter) -> None:
         self.limit = limit
         self.retry_after_s = retry_after_s
         self.in_flight = 0
+        self._what = what
+        self._rejected = rejected
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> AdmissionGate:
-        return cls(settings.max_pending_images, settings.retry_after_s)
+    def for_uploads(cls, settings: Settings) -> AdmissionGate:
+        return cls(settings.max_pending_images, settings.retry_after_s, "images", UPLOADS_REJECTED)
+
+    @classmethod
+    def for_searches(cls, settings: Settings) -> AdmissionGate:
+        return cls(settings.max_pending_searches, settings.retry_after_s, "searches", SEARCHES_REJECTED)
 
     @contextmanager
     def admit(self) -> Iterator[None]:
         if self.in_flight >= self.limit:
-            metrics.UPLOADS_REJECTED.inc()
-            raise Busy(f"{self.in_flight} images are being processed; try again shortly", self.retry_after_s)
+            self._rejected.inc()
+            raise Busy(f"{self.in_flight} {self._what} are being processed; try again shortly", self.retry_after_s)
         self.in_flight += 1
         try:
             yield
@@ -100,7 +115,7 @@ async def _logged(job: Callable[[], Awaitable[Any]], what: str) -> None:
         log.exception("%s failed", what)
 
 
-@dataclass
+@dataclass(kw_only=True)  # sixteen parts: named where made, never by their order
 class Services:
     settings: Settings
     pool: asyncpg.Pool
@@ -127,6 +142,8 @@ class Services:
     follower: index_sync.IndexFollower
     # background work of this process (core/people.py re-clusterings), cancelled before the parts close
     jobs: BackgroundJobs
+    # live searches: new faces against the sessions' live probes, and the streams waiting here (live_hub.py)
+    live: LiveHub
 
     def inference_waiting(self) -> int:
         """Blocking jobs queued for the inference threads (ThreadPoolExecutor keeps no public count)."""
@@ -163,21 +180,15 @@ async def open_services(
         if sweep_partial_uploads:
             await asyncio.to_thread(storage.sweep_partial_uploads, settings.partial_upload_min_idle_s)
 
-        dsn = settings.database_url
-        if dsn is None:
-            # restarted by itself if it dies while serving (db/recovery.py)
-            dsn = await stack.enter_async_context(
-                db_recovery.watched_embedded_postgres(settings.pgdata, settings.db_watch_interval_s)
-            )
+        # an embedded Postgres is restarted by itself if it dies while serving (db/recovery.py)
+        dsn = await stack.enter_async_context(db.database_uri(settings, settings.db_watch_interval_s))
         pool = await db.create_pool(
-            dsn,
-            settings.db_pool_min,
-            settings.db_pool_max,
-            settings.db_acquire_timeout_s,
-            settings.db_command_timeout_s,
-            settings.db_bulk_timeout_s,
+            dsn, settings.db_pool_min, settings.db_pool_max, settings.db_acquire_timeout_s, settings.db_command_timeout_s
         )
         stack.push_async_callback(pool.close)
+        # a migration step rewrites whole tables, and another process may be applying it: the bulk bound
+        schema = await db.migrate(pool, settings.db_bulk_timeout_s)
+        log.info("database schema at version %d", schema.current)
         stores = await stack.enter_async_context(open_image_stores(settings, storage, pool))
         if sweep_partial_uploads:
             # files and objects of deletes and uploads that a killed run left half done (start_sweep.py)
@@ -222,29 +233,33 @@ async def open_services(
         follower = index_sync.IndexFollower(listener, token, pool, indexes)
         await follower.start()
         stack.push_async_callback(follower.close)
+        live_hub = LiveHub(listener, engine.embedding_dim, settings.match_threshold)
+        await live_hub.start()
+        stack.callback(live_hub.close)
         if settings.index_preload:
             saved = set(await asyncio.to_thread(store.saved_sessions))
             live = [s.id for s in await db.list_sessions(pool) if s.id in saved]
             stack.push_async_callback(_cancel, indexes.preload(sorted(live, reverse=True)))  # newest first
-        upload_gate = AdmissionGate.from_settings(settings)
-        search_gate = AdmissionGate(settings.max_pending_searches, settings.retry_after_s)
+        upload_gate = AdmissionGate.for_uploads(settings)
+        search_gate = AdmissionGate.for_searches(settings)
         jobs = BackgroundJobs()
         stack.push_async_callback(jobs.close)  # first to close: its jobs use the pool and the indexes
         yield Services(
-            settings,
-            pool,
-            storage,
-            stores,
-            engine,
-            indexes,
-            inference,
-            recogniser,
-            upload_gate,
-            ServedFileCache.from_settings(settings),
-            search_gate,
-            asyncio.Semaphore(settings.max_concurrent_renders),
-            token,
-            listener,
-            follower,
-            jobs,
+            settings=settings,
+            pool=pool,
+            storage=storage,
+            stores=stores,
+            engine=engine,
+            indexes=indexes,
+            inference=inference,
+            recogniser=recogniser,
+            upload_gate=upload_gate,
+            served=ServedFileCache.from_settings(settings),
+            search_gate=search_gate,
+            renders=asyncio.Semaphore(settings.max_concurrent_renders),
+            process_token=token,
+            listener=listener,
+            follower=follower,
+            jobs=jobs,
+            live=live_hub,
         )

@@ -28,14 +28,14 @@ async def finish_interrupted(pool: asyncpg.Pool, stores: ImageStores) -> None:
         await upload_intents.finish_interrupted_uploads(conn, stores)
 
 
-def finish_interrupted_blocking(settings: Settings) -> None:
-    """For the parent of the workers, which has no pool of its own; applies the schema first."""
-    dsn = settings.database_url
-    assert dsn is not None
+def finish_interrupted_blocking(settings: Settings, dsn: str) -> None:
+    """For the parent of the workers, which has no pool of its own, on the database at dsn
+    (db.database_uri_blocking); applies the schema first."""
 
     async def run() -> None:
         pool = await db.create_pool(dsn, 1, 1)
         try:
+            await db.migrate(pool, settings.db_bulk_timeout_s)
             async with open_image_stores(settings, Storage(settings.storage), pool) as stores:
                 await finish_interrupted(pool, stores)
         finally:

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable
 
 import asyncpg
 
 from .. import db
 from ..db import recovery as db_recovery
 from ..errors import Unavailable
-from ..media import renditions
 from ..media.stores import ImageStores
 
 log = logging.getLogger(__name__)
@@ -78,9 +76,7 @@ async def finish_pending_removals(conn: db.Connection, stores: ImageStores) -> i
     images = await db.abandoned_image_removals(conn)
     for image in images:
         await remove_file_unless_taken(conn, stores, image.file_path)
-        await asyncio.to_thread(
-            renditions.remove_derivatives, stores.storage.layout, image.face_session_id, image.image_id
-        )
+        await stores.remove_derivatives(image.face_session_id, image.image_id)
         await db.mark_image_files_removed(conn, image.image_id)
     finished = len(sessions) + len(images)
     if finished:
@@ -110,18 +106,6 @@ def finish_later(pool: asyncpg.Pool, stores: ImageStores) -> None:
     task = asyncio.create_task(finish_when_back(pool, stores))
     _finishing.add(task)  # a reference, so the task is not collected while it waits
     task.add_done_callback(_finishing.discard)
-
-
-@contextmanager
-def finish_deletes_if_database_lost(pool: asyncpg.Pool, stores: ImageStores) -> Iterator[None]:
-    """A delete whose commit, or the removal of files after it, met a lost database (or object store) may
-    have committed with its files still there: they are removed as soon as both answer (finish_later)."""
-    try:
-        yield
-    except Exception as exc:
-        if is_outage(exc):
-            finish_later(pool, stores)
-        raise
 
 
 async def mark_done(marking: Awaitable[None]) -> None:

@@ -18,6 +18,8 @@ class NewFace:
     landmarks: Sequence[float]
     det_score: float
     embedding: np.ndarray
+    # vision/quality.py's verdict at ingest: ok, too_small, blurred, turned (None: not measured)
+    quality: str | None = None
 
 
 async def insert_faces(conn: asyncpg.Connection, image_id: int, session_id: int, faces: Sequence[NewFace]) -> list[int]:
@@ -25,10 +27,10 @@ async def insert_faces(conn: asyncpg.Connection, image_id: int, session_id: int,
     if not faces:
         return []
     rows = await conn.fetch(
-        "INSERT INTO faces (image_id, face_session_id, box, landmarks, det_score, embedding, embedding_dim) "
-        "SELECT $1, $2, f.box::real[], f.landmarks::real[], f.det_score, f.embedding, f.dim "
-        "FROM unnest($3::text[], $4::text[], $5::real[], $6::bytea[], $7::int[]) "
-        "  WITH ORDINALITY AS f(box, landmarks, det_score, embedding, dim, ord) "
+        "INSERT INTO faces (image_id, face_session_id, box, landmarks, det_score, embedding, embedding_dim, quality) "
+        "SELECT $1, $2, f.box::real[], f.landmarks::real[], f.det_score, f.embedding, f.dim, f.quality "
+        "FROM unnest($3::text[], $4::text[], $5::real[], $6::bytea[], $7::int[], $8::text[]) "
+        "  WITH ORDINALITY AS f(box, landmarks, det_score, embedding, dim, quality, ord) "
         "ORDER BY f.ord RETURNING id",
         image_id,
         session_id,
@@ -37,6 +39,7 @@ async def insert_faces(conn: asyncpg.Connection, image_id: int, session_id: int,
         [float(f.det_score) for f in faces],
         [np.ascontiguousarray(f.embedding, dtype="<f4").tobytes() for f in faces],
         [int(f.embedding.shape[0]) for f in faces],
+        [f.quality for f in faces],
     )
     return [r["id"] for r in rows]
 
@@ -125,18 +128,19 @@ class FaceHit:
     image_id: int
     stored_name: str
     box: list[float]
+    quality: str | None
 
 
 async def faces_with_images(conn: Connection, session_id: int, face_ids: Sequence[int]) -> dict[int, FaceHit]:
     """Face id -> its image, for faces still in the database (a deleted image's faces never come back)."""
     rows = await conn.fetch(
-        "SELECT f.id, f.image_id, i.stored_name, f.box FROM faces f "
+        "SELECT f.id, f.image_id, i.stored_name, f.box, f.quality FROM faces f "
         "JOIN face_session_images i ON i.id = f.image_id "
         "WHERE f.face_session_id = $1 AND f.id = ANY($2::bigint[])",
         session_id,
         list(face_ids),
     )
-    return {r["id"]: FaceHit(r["id"], r["image_id"], r["stored_name"], list(r["box"])) for r in rows}
+    return {r["id"]: FaceHit(r["id"], r["image_id"], r["stored_name"], list(r["box"]), r["quality"]) for r in rows}
 
 
 @dataclass(frozen=True)

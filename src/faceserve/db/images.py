@@ -8,6 +8,7 @@ from datetime import datetime
 import asyncpg
 
 from .. import layout
+from . import locks
 from .pool import Connection
 
 
@@ -128,6 +129,21 @@ async def session_file_paths(conn: Connection, session_id: int) -> set[str]:
         session_id,
     )
     return {r["file_path"] for r in rows}
+
+
+async def lock_new_bytes(conn: Connection, sha256s: list[bytes]) -> None:
+    """Inside a transaction, before its images of these bytes are inserted: a transaction inserting the same
+    bytes waits until this one ends. Taken in one order (the bytes'), so two uploads holding the same photos
+    in different orders take turns instead of each waiting, at the unique (session, sha256), for a row the
+    other inserted (a deadlock)."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock($1, k) FROM ("
+        "  SELECT DISTINCT ('x' || encode(substring(s FROM 1 FOR 4), 'hex'))::bit(32)::int AS k"
+        "  FROM unnest($2::bytea[]) AS s ORDER BY k"
+        ") AS keys",
+        locks.NEW_BYTES,
+        sha256s,
+    )
 
 
 async def insert_image(

@@ -118,3 +118,11 @@ async def upgrade(
             ", ".join(f"{step.version:04d}_{step.name}" for step in newer),
         )
     return applied_now
+
+
+async def migrate(pool: asyncpg.Pool, timeout: float | None = None) -> SchemaStatus:
+    """Bring the database's schema to this release's version on one of the pool's connections (upgrade), as
+    every start does before its first query; where the schema stands after."""
+    async with pool.acquire() as conn:
+        await upgrade(conn, timeout=timeout)
+        return await status(conn)

@@ -79,19 +79,20 @@ class PersonImage:
     face_id: int
     stored_name: str
     box: list[float]
+    quality: str | None
 
 
 async def person_images(conn: Connection, person_id: int, after: int, limit: int) -> list[PersonImage]:
     """The person's photos by image id (keyset), each with the person's clearest face in it."""
     rows = await conn.fetch(
-        "SELECT DISTINCT ON (fp.image_id) fp.image_id, fp.face_id, i.stored_name, f.box "
+        "SELECT DISTINCT ON (fp.image_id) fp.image_id, fp.face_id, i.stored_name, f.box, f.quality "
         "FROM face_people fp JOIN faces f ON f.id = fp.face_id JOIN face_session_images i ON i.id = fp.image_id "
         "WHERE fp.person_id = $1 AND fp.image_id > $2 ORDER BY fp.image_id, fp.clarity DESC, fp.face_id LIMIT $3",
         person_id,
         after,
         limit,
     )
-    return [PersonImage(r["image_id"], r["face_id"], r["stored_name"], list(r["box"])) for r in rows]
+    return [PersonImage(r["image_id"], r["face_id"], r["stored_name"], list(r["box"]), r["quality"]) for r in rows]
 
 
 async def person_face_ids(conn: Connection, person_id: int) -> list[int]:
@@ -107,11 +108,15 @@ class FaceFacts:
     boxes: np.ndarray
     landmarks: np.ndarray
     det_scores: np.ndarray
+    weak: np.ndarray  # bool: faces.quality one of the caller's weak labels (unmeasured faces, NULL, never are)
 
 
-async def session_face_facts(conn: Connection, session_id: int, dim: int, timeout: float | None = None) -> FaceFacts:
+async def session_face_facts(
+    conn: Connection, session_id: int, dim: int, timeout: float | None = None, weak_labels: Sequence[str] = ()
+) -> FaceFacts:
     """What clustering needs of each face, in face id order: one binary COPY, parsed by numpy in one pass
-    (a row-by-row read of 1M faces' boxes and landmarks costs minutes of Python objects)."""
+    (a row-by-row read of 1M faces' boxes and landmarks costs minutes of Python objects). A face whose
+    quality is one of `weak_labels` comes back weak."""
     rows = await copy_records(
         conn,
         [
@@ -120,11 +125,13 @@ async def session_face_facts(conn: Connection, session_id: int, dim: int, timeou
             ("box", ">f4", 4),  # the schema holds exactly 4 and 10, never NULL
             ("landmarks", ">f4", 10),
             ("det_score", ">f4", 0),
+            ("weak", "?", 0),
         ],
-        "SELECT id, image_id, box, landmarks, det_score FROM faces "
-        "WHERE face_session_id = $1 AND embedding_dim = $2 ORDER BY id",
+        "SELECT id, image_id, box, landmarks, det_score, coalesce(quality = ANY($3::text[]), false) AS weak "
+        "FROM faces WHERE face_session_id = $1 AND embedding_dim = $2 ORDER BY id",
         session_id,
         dim,
+        list(weak_labels),
         timeout=timeout,
     )
     return FaceFacts(
@@ -133,6 +140,7 @@ async def session_face_facts(conn: Connection, session_id: int, dim: int, timeou
         rows["box"]["value"].astype(np.float32),
         rows["landmarks"]["value"].astype(np.float32),
         rows["det_score"].astype(np.float32),
+        rows["weak"].astype(bool),
     )
 
 

@@ -1,57 +1,20 @@
-"""The connection pool, the embedded Postgres used when no DATABASE_URL is given, and a liveness query."""
+"""The connection pool (db/location.py says where the database is, db/migrations.py brings its schema up to
+date before the pool is used), and a liveness query."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
-from pathlib import Path
 from typing import Any, TypeAlias
 
 import asyncpg
 
 from ..config import Settings
-from . import migrations
-from .recovery import EmbeddedPostgres
 
 log = logging.getLogger(__name__)
 
 # a query function takes either: one connection (inside a transaction) or the pool (one round trip)
 Connection: TypeAlias = asyncpg.Connection | asyncpg.Pool
-
-
-@contextmanager
-def embedded_postgres_blocking(pgdata: Path) -> Iterator[str]:
-    """Start (or reuse) a Postgres whose data lives in pgdata; stop it on exit. Yields its URI."""
-    postgres = EmbeddedPostgres(pgdata)  # adopts a server left running by a killed run
-    try:
-        yield postgres.uri
-    finally:
-        postgres.stop()
-
-
-@asynccontextmanager
-async def embedded_postgres(pgdata: Path) -> AsyncIterator[str]:
-    """embedded_postgres_blocking, with start and stop off the event loop."""
-    manager = embedded_postgres_blocking(pgdata)
-    uri = await asyncio.to_thread(manager.__enter__)
-    try:
-        yield uri
-    finally:
-        await asyncio.to_thread(manager.__exit__, None, None, None)
-
-
-@asynccontextmanager
-async def database_uri(external: str | None, pgdata: Path) -> AsyncIterator[str]:
-    """The external database's URI, or the embedded server's on pgdata (started if need be, stopped after
-    unless another process of this machine still uses it)."""
-    if external is not None:
-        yield external
-        return
-    async with embedded_postgres(pgdata) as uri:
-        yield uri
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -60,7 +23,7 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     after every query of every request. Nothing here leaves session state behind: no SET, no LISTEN or WITH
     HOLD cursors on pool connections (db/notifications.py listens on its own connection), and the one
     session-level advisory lock (a session's full clustering, db/people.py) is released by its holder before
-    its connection goes back."""
+    its connection goes back, or that connection is discarded instead (core/people.py recluster)."""
 
 
 class BoundedPool(asyncpg.Pool):
@@ -83,12 +46,11 @@ async def create_pool(
     max_size: int,
     acquire_timeout_s: float = Settings.db_acquire_timeout_s,
     command_timeout_s: float = Settings.db_command_timeout_s,
-    bulk_timeout_s: float = Settings.db_bulk_timeout_s,
 ) -> asyncpg.Pool:
-    """The pool, once the schema is at this release's version (missing migrations applied first). Every wait
-    on the database is bounded: for a connection (opening one included) by acquire_timeout_s, for the answer
-    to a statement by command_timeout_s (asyncpg's command_timeout; past it the statement is cancelled), for
-    a migration step (whole tables) and the wait for another process's by bulk_timeout_s."""
+    """The pool, its connections opened. Every wait on the database is bounded: for a connection (opening
+    one included) by acquire_timeout_s, for the answer to a statement by command_timeout_s (asyncpg's
+    command_timeout; past it the statement is cancelled). The schema is not looked at: migrate (db/migrations.py)
+    before the first query."""
     pool = BoundedPool(
         dsn,
         acquire_timeout_s=acquire_timeout_s,
@@ -104,12 +66,6 @@ async def create_pool(
         command_timeout=command_timeout_s,
     )
     await pool
-    try:
-        async with pool.acquire() as conn:
-            await migrations.upgrade(conn, timeout=bulk_timeout_s)
-    except BaseException:
-        await pool.close()
-        raise
     return pool
 
 

@@ -101,7 +101,7 @@ def _headers(entry: ServedFile, prefix: str, sessions_root: Path) -> dict[str, s
     the path under the sessions root unescaped; empty where it cannot. Worked out once per entry: the
     hand-off is on every cold request's path, where a node's own 304 (answered from memory) sets the pace."""
     try:
-        relative = entry.path.relative_to(sessions_root).as_posix()
+        relative = entry.disk_path.relative_to(sessions_root).as_posix()
     except ValueError:
         return {}
     if not _PLAIN_PATH.fullmatch(relative) or ".." in relative:

@@ -3,7 +3,9 @@
 
 Renditions and crops keep the originals' contract (strong ETag, a year immutable, 304/412, byte ranges: serving.respond_file
 answers for both) with two differences: the format follows Accept, so every answer says Vary: Accept, and
-the file is rendered on its first request and kept under the session's derived/ folder.
+the file is rendered on its first request and kept under the session's derived/ folder; a derivative of an
+original kept in S3 is kept as an object under {prefix}/derived/ instead, and served as objects are (the
+node streams it, or hands nginx a presigned URL of it).
 
 Renders run on the default executor, not the inference threads: a thumbnail must not wait behind a batch
 upload's face detection, which takes far longer per image.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import os
 import time
@@ -26,6 +29,7 @@ from .. import db
 from ..core.served import ServedFile
 from ..errors import FaceNotFound, ImageNotFound
 from ..media import renditions, stores
+from ..media.objects import derived_path
 from ..media.stores import ImageStore, StoredImage
 from . import accel, conditional, serving
 from .appkeys import SERVICES
@@ -34,7 +38,7 @@ from .route_params import route_id
 # Renders under way in this process, by file: concurrent first requests for one derivative (every open
 # gallery asks for a new photo's thumbnail at once) wait for one render instead of each making their own.
 # The result is None once the file is in place, or the rendered bytes when a full disk could not keep them.
-_rendering: dict[Path, asyncio.Future[bytes | None]] = {}
+_rendering: dict[Path | str, asyncio.Future[bytes | None]] = {}
 
 
 async def serve_image(request: web.Request) -> web.StreamResponse:
@@ -74,7 +78,7 @@ async def _serve_original(request: web.Request, entry: ServedFile, cache_control
         if handed_off is not None:
             return handed_off
     try:
-        fd = os.open(entry.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(entry.disk_path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except (FileNotFoundError, NotADirectoryError):
         request.app[SERVICES].served.evict(image_id)
         raise ImageNotFound(f"the file of image {image_id} is gone") from None
@@ -118,8 +122,9 @@ async def _respond_blob(
 
 
 async def _respond_object(
-    request: web.Request, entry: ServedFile, status: int, cache_control: str | None
+    request: web.Request, entry: ServedFile, status: int, cache_control: str | None, derived: bool = False
 ) -> web.StreamResponse:
+    """An object's answer; derived: a derivative just seen present (HEAD), which is never redirected."""
     services = request.app[SERVICES]
     objects = services.stores.objects
     if objects is None:
@@ -132,7 +137,7 @@ async def _respond_object(
         )
         return accel.object_hand_off(settings.s3_accel_redirect, entry, presigned, cache_control)
     ttl_s = settings.s3_redirect_ttl_s
-    if ttl_s and status == 200 and request.method == "GET":
+    if ttl_s and status == 200 and request.method == "GET" and not derived:
         # the store sends the body (ranges too: the client asks it again); cached no longer than the URL lives
         location = await objects.presigned_get(entry.file_path, ttl_s, serving.CACHE_FOREVER)
         return web.Response(
@@ -140,7 +145,7 @@ async def _respond_object(
         )
     # as for Postgres: a HEAD asks whether the object is there before an answer without its bytes
     must_ask = status != 200 or request.method == "HEAD" or entry.byte_size > serving.INLINE_BODY
-    if must_ask and await objects.size(entry.file_path) is None:
+    if must_ask and not derived and await objects.size(entry.file_path) is None:
         _gone(request, entry)
     # objects are written once with their row, so the row's size is theirs
     body = serving.ObjectBody(objects, entry.file_path, entry.byte_size, on_gone=lambda: _gone(request, entry))
@@ -210,6 +215,8 @@ async def _serve(
     tag = renditions.etag(original.sha256_hex, what.key, what.extension)
     headers = serving.common_headers(tag, original.last_modified, ("Vary", "Accept"))
     entry = ServedFile(image_id, path, what.content_type, tag, original.last_modified, headers)
+    if original.bytes_in == stores.S3:
+        return await _serve_derived_object(request, original, entry, render, cache_control)
     # opened on the event loop, as serving does for originals: a page-cache lookup for files in use
     fd = _open(path)
     if fd is None:
@@ -241,6 +248,59 @@ async def _serve(
         os.close(fd)
 
 
+async def _serve_derived_object(
+    request: web.Request,
+    original: ServedFile,
+    entry: ServedFile,
+    render: Callable[[Path | bytes], bytes],
+    cache_control: str | None,
+) -> web.StreamResponse:
+    """A derivative of an object, kept as an object: a HEAD finds it (one request to the store), then it is
+    served as an original object is; missing, it is rendered from the original once per process, put, and
+    this answer sent from memory. Every node of a fleet serves the copy the first one rendered."""
+    services = request.app[SERVICES]
+    objects = services.stores.objects
+    if objects is None:
+        raise RuntimeError(f"image {original.image_id} is kept in S3, and no FACESERVE_S3_BUCKET is set here")
+    file_path = derived_path(original.session_id, entry.disk_path.name)
+    status = conditional.evaluate(request.method, request.headers, entry.etag, entry.last_modified)
+    size = await objects.size(file_path)
+    if size is not None:
+        kept = dataclasses.replace(entry, bytes_in=stores.S3, byte_size=size, file_path=file_path)
+        return await _respond_object(request, kept, status, cache_control, derived=True)
+    render_and_put = functools.partial(
+        _render_and_put, services.stores.of(original), original, file_path, entry.content_type, render, services.renders
+    )
+    try:
+        data = await _render_once(file_path, render_and_put)
+    except ImageNotFound:
+        services.served.evict(original.image_id)
+        raise
+    assert data is not None
+    return await serving.respond(request, entry, serving.BytesBody(data), status, cache_control)
+
+
+async def _render_and_put(
+    store: ImageStore,
+    image: StoredImage,
+    file_path: str,
+    content_type: str,
+    render: Callable[[Path | bytes], bytes],
+    renders: asyncio.Semaphore | None = None,
+) -> bytes:
+    objects = store.objects if isinstance(store, stores.S3Store) else None
+    assert objects is not None
+    async with renders or contextlib.nullcontext():
+        source = await store.source(image)
+        data = await asyncio.to_thread(render, source)
+    await objects.put_bytes(file_path, data, content_type)
+    if not await store.exists(image):
+        # deleted while this render ran, after its derivatives were removed: do not leave one behind
+        await objects.delete(file_path)
+        raise ImageNotFound(f"image {image.id} was deleted")
+    return data
+
+
 def _open(path: Path) -> int | None:
     try:
         return os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
@@ -248,7 +308,7 @@ def _open(path: Path) -> int | None:
         return None
 
 
-async def _render_once(path: Path, render_and_check: Callable[[], Awaitable[bytes | None]]) -> bytes | None:
+async def _render_once(path: Path | str, render_and_check: Callable[[], Awaitable[bytes | None]]) -> bytes | None:
     rendering = _rendering.get(path)
     if rendering is None:
         rendering = asyncio.ensure_future(render_and_check())

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from aiohttp import web
 
 from .. import db, inputs, layout
-from ..core import face_sessions, ingest
-from ..errors import BadRequest, Busy, ImageNotFound
+from ..core import deletes, face_sessions, ingest
+from ..errors import BadRequest, ImageNotFound
 from . import multipart
 from .access import require_key_sees
 from .appkeys import SERVICES, URLS
@@ -32,44 +34,22 @@ def image_json(request: web.Request, image: db.ImageRecord) -> dict[str, Any]:
     }
 
 
+async def _files(request: web.Request) -> AsyncGenerator[tuple[str, AsyncIterator[bytes]], None]:
+    """Each part named `file`, as (its name, its bytes); other parts are skipped."""
+    async for part in multipart.parts(request):
+        if part.name != "file":
+            await multipart.skip(part)
+            continue
+        # informational only (the stored name is made from the hash): cleaned, never a reason to refuse
+        yield inputs.cleaned_text(part.filename or "") or "upload", multipart.chunks(part)
+
+
 async def upload_images(request: web.Request) -> web.Response:
     """Each part named `file` is streamed to disk, checked and embedded before the next is read; they are
-    recorded once the body has ended with its closing boundary.
-
-    All or nothing: a request answered with an error (a bad part, a body cut short, a client gone) records
-    none of its files, so a client retries the whole request; the same bytes map to the same image.
-    """
-    services = request.app[SERVICES]
-    settings = services.settings
+    recorded once the body has ended with its closing boundary, all or none (core/ingest.py)."""
     session_id = route_id(request, "session_id")
-    await face_sessions.require_session(services, session_id)
-    analyzed: list[ingest.Analyzed] = []
-    try:
-        async for part in multipart.parts(request):
-            if part.name != "file":
-                await multipart.skip(part)
-                continue
-            if len(analyzed) >= settings.max_files_per_upload:
-                raise BadRequest(f"at most {settings.max_files_per_upload} files per request")
-            # informational only (the stored name is made from the hash): cleaned, never a reason to refuse
-            original_name = inputs.cleaned_text(part.filename or "") or "upload"
-            # received first (at the body's minimum pace, http/pace.py), then admitted: a slow client holds a
-            # connection and a .part file while its bytes arrive, never a slot of the images being processed
-            pending = await services.storage.receive(session_id, multipart.chunks(part), settings.max_upload_bytes)
-            try:
-                with services.upload_gate.admit():
-                    analyzed.append(await ingest.analyze_image(services, session_id, pending, original_name))
-            except Busy:
-                await services.storage.discard(pending.path)  # refused before analyze_image took the file over
-                raise
-        if not analyzed:
-            raise BadRequest("no part named 'file' in the upload")
-        outcomes = await ingest.record_all(services, session_id, analyzed)
-    except BaseException as exc:
-        await ingest.discard_analyzed(services, analyzed)
-        if isinstance(exc, Exception):
-            await ingest.raise_if_session_gone(services, session_id, exc)
-        raise
+    async with contextlib.aclosing(_files(request)) as files:
+        outcomes = await ingest.upload(request.app[SERVICES], session_id, files)
     return ok({"images": [{**image_json(request, o.image), "created": o.created} for o in outcomes]}, status=201)
 
 
@@ -87,7 +67,7 @@ async def list_images(request: web.Request) -> web.Response:
 
 async def delete_image(request: web.Request) -> web.Response:
     image_id = route_id(request, "image_id")
-    image = await ingest.delete_image(request.app[SERVICES], image_id)
+    image = await deletes.delete_image(request.app[SERVICES], image_id)
     return ok({"image_id": image.id, "identity": image.identity, "deleted": True})
 
 

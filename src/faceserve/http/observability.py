@@ -77,6 +77,7 @@ def sample(services: Services) -> None:
         pool_idle=pool.get_idle_size(),
         pool_max=pool.get_max_size(),
         indexes=services.indexes.loaded(),
+        live_streams=services.live.open_streams(),
     )
 
 

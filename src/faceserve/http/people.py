@@ -68,6 +68,7 @@ async def person_images(request: web.Request) -> web.Response:
                     "url": image_url(request, image.image_id),
                     "face_id": image.face_id,
                     "box": [round(v, 1) for v in image.box],
+                    "quality": image.quality,
                     "face_url": face_url(request, image.face_id),
                 }
                 for image in found

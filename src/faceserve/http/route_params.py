@@ -10,7 +10,14 @@ import re
 from aiohttp import web
 
 from .. import inputs
-from ..errors import FaceNotFound, FaceServeError, ImageNotFound, PersonNotFound, SessionNotFound
+from ..errors import (
+    FaceNotFound,
+    FaceServeError,
+    ImageNotFound,
+    LiveSearchNotFound,
+    PersonNotFound,
+    SessionNotFound,
+)
 from .middleware import Handler
 from .routing import Route
 
@@ -20,6 +27,7 @@ _NOT_FOUND: dict[str, type[FaceServeError]] = {
     "image_id": ImageNotFound,
     "face_id": FaceNotFound,
     "person_id": PersonNotFound,
+    "live_id": LiveSearchNotFound,
 }
 _IDS = web.RequestKey("route_ids", dict)
 _PARAMETER = re.compile(r"\{(\w+)")

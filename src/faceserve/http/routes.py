@@ -10,6 +10,7 @@ from . import (
     health,
     images,
     keys,
+    live,
     observability,
     page,
     people,
@@ -22,6 +23,7 @@ from .routing import LEGACY, PUBLIC, READ, SEARCH, SIGNED, UNLIMITED, UPLOAD, Ro
 
 SESSION = "/api/face/sessions/{session_id}"
 PERSON = SESSION + "/people/{person_id}"
+LIVE = SESSION + "/live/{live_id}"
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/healthz", health.healthz, PUBLIC, UNLIMITED, "healthz"),
@@ -44,6 +46,11 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/face/search", search.search_faces, "search", SEARCH, "searchFaces"),
     # the same search with the session in the path, where a balancer can route by it
     Route("POST", SESSION + "/search", search.search_faces, "search", SEARCH, "searchSession"),
+    # live results: a selfie's face kept for LIVE_SEARCH_HOURS (embedded once: the search budget), its new
+    # matches streamed (one read per connection, however long it stays open)
+    Route("POST", SESSION + "/live", live.create_live_search, "search", SEARCH, "createLiveSearch"),
+    Route("GET", LIVE + "/events", live.live_events, "search", READ, "liveSearchEvents"),
+    Route("DELETE", LIVE, live.delete_live_search, "search", READ, "deleteLiveSearch"),
     Route("POST", SESSION + "/forget", forget.forget, "write", SEARCH, "forgetPerson"),
     Route("GET", "/api/face/image/{image_id}", downloads.serve_image, SIGNED, READ, "getImage", "headImage"),
     Route("DELETE", "/api/face/image/{image_id}", images.delete_image, "write", UPLOAD, "deleteImage"),

@@ -86,7 +86,7 @@ async def served_file(request: web.Request, image_id: int) -> ServedFile:
         last_modified = image.created_at.replace(microsecond=0)
         return ServedFile(
             image_id=image_id,
-            path=services.storage.absolute(image.file_path),
+            disk_path=services.storage.absolute(image.file_path),
             content_type=image.content_type,
             etag=etag,
             last_modified=last_modified,

@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from .. import db, inputs
-from ..core import face_sessions
+from ..core import deletes, face_sessions
 from ..errors import BadRequest, SessionNotFound
 from .access import visible_sessions
 from .appkeys import SERVICES
@@ -72,5 +72,5 @@ async def rename_session(request: web.Request) -> web.Response:
 
 async def delete_session(request: web.Request) -> web.Response:
     session_id = route_id(request, "session_id")
-    await face_sessions.delete_session(request.app[SERVICES], session_id)
+    await deletes.delete_session(request.app[SERVICES], session_id)
     return ok({"id": session_id, "deleted": True})

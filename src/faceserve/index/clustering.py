@@ -10,8 +10,8 @@ picks its best neighbouring group, and groups move into partners that stay put (
 absorbs many small ones in one round instead of one per round). Merges are refused between groups that
 share a photo (one person is in a photo once) and between groups an organiser placed in different people.
 
-Faces below the quality floor (small or low detection score) take part in nothing: they never found, join
-or bridge a person.
+Faces below the quality floor (small or low detection score, or marked too small or blurred at ingest:
+faces.quality, vision/quality.py) take part in nothing: they never found, join or bridge a person.
 """
 
 from __future__ import annotations
@@ -23,9 +23,6 @@ import faiss
 import numpy as np
 
 from ..config import Settings
-
-# (query rows, k) -> (similarities, face ids) best first, -1 padding: an index's search
-Search = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 
 # type of the graph's neighbour rows: a session holds far fewer than 2^31 faces, and at 1M faces x 16
 # neighbours int64 would hold 64 MB more through the whole clustering
@@ -55,11 +52,15 @@ class ClusterParams:
     batch: int = 4096
 
 
-def eligible(boxes: np.ndarray, det_scores: np.ndarray, params: ClusterParams) -> np.ndarray:
-    """Mask of faces clear enough to found or join a person: shorter box side and detection score."""
+def eligible(
+    boxes: np.ndarray, det_scores: np.ndarray, params: ClusterParams, weak: np.ndarray | None = None
+) -> np.ndarray:
+    """Mask of faces clear enough to found or join a person: shorter box side and detection score, and not
+    `weak` (marked too small or blurred at ingest: a blur the box and score do not see)."""
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     sides = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
-    return (sides >= params.min_face_size) & (np.asarray(det_scores, dtype=np.float32) >= params.min_det_score)
+    clear = (sides >= params.min_face_size) & (np.asarray(det_scores, dtype=np.float32) >= params.min_det_score)
+    return clear if weak is None else clear & ~np.asarray(weak, dtype=bool)
 
 
 def clarity(boxes: np.ndarray, landmarks: np.ndarray, det_scores: np.ndarray) -> np.ndarray:
@@ -107,19 +108,6 @@ def neighbour_lists(
         rows = np.pad(rows, ((0, 0), (0, k - rows.shape[1])), constant_values=-1)
         sims = np.pad(sims, ((0, 0), (0, k - sims.shape[1])))
     return rows.astype(ROW), sims
-
-
-def knn_graph(search: Search, vectors: np.ndarray, ids: np.ndarray, k: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
-    """(neighbour rows n x k, similarities n x k) of every face, through an index's search."""
-    rows_of = RowsOfIds(ids)
-    rows = np.full((len(ids), k), -1, dtype=ROW)
-    sims = np.zeros((len(ids), k), dtype=np.float32)
-    for start in range(0, len(ids), batch):
-        found_sims, found_ids = search(vectors[start : start + batch], k + 1)
-        rows[start : start + batch], sims[start : start + batch] = neighbour_lists(
-            found_sims, found_ids, rows_of, start, k
-        )
-    return rows, sims
 
 
 def cell_knn_graph(

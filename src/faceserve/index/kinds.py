@@ -306,11 +306,6 @@ def top_k(vectors: np.ndarray, queries: np.ndarray, k: int, chunk: int = 262_144
     return best_sims, best_rows
 
 
-def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int, chunk: int = 262_144) -> np.ndarray:
-    """Row numbers of the exact top k."""
-    return top_k(vectors, queries, k, chunk)[1]
-
-
 def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found.tolist(), truth.tolist())]))
 

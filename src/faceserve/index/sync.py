@@ -17,6 +17,7 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import asyncpg
 import numpy as np
@@ -35,31 +36,68 @@ def new_token() -> str:
     return secrets.token_hex(6)
 
 
-def _encode(token: str, kind: str, session_id: int, face_ids: Sequence[int] = ()) -> str:
-    payload = f"{token} {kind} {int(session_id)} {','.join(str(int(i)) for i in face_ids)}"
+ADDED, REMOVED, DROPPED = "+", "-", "!"
+
+
+@dataclass(frozen=True)
+class IndexChange:
+    """One change to a session's index: faces added or removed, or the whole index dropped. The process that
+    makes it announces it inside its transaction and applies it after the commit (core/changes.py); every
+    other process hears it and applies it too (IndexFollower)."""
+
+    kind: str  # ADDED, REMOVED or DROPPED
+    session_id: int
+    face_ids: np.ndarray
+    # the added faces' embeddings, where known (the process that made them); others read them from Postgres
+    vectors: np.ndarray | None = None
+
+
+def added(session_id: int, face_ids: Sequence[int] | np.ndarray, vectors: np.ndarray | None = None) -> IndexChange:
+    return IndexChange(ADDED, session_id, np.asarray(face_ids, dtype=np.int64), vectors)
+
+
+def removed(session_id: int, face_ids: Sequence[int] | np.ndarray) -> IndexChange:
+    return IndexChange(REMOVED, session_id, np.asarray(face_ids, dtype=np.int64))
+
+
+def dropped(session_id: int) -> IndexChange:
+    return IndexChange(DROPPED, session_id, np.zeros(0, dtype=np.int64))
+
+
+def _encode(token: str, change: IndexChange) -> str:
+    ids = ",".join(str(int(i)) for i in change.face_ids)
+    payload = f"{token} {change.kind} {int(change.session_id)} {ids}"
     if len(payload) > _MAX_PAYLOAD:
-        return f"{token} ! {int(session_id)} "  # too many ids to name: others rebuild that session
+        return f"{token} {DROPPED} {int(change.session_id)} "  # too many ids to name: others rebuild that session
     return payload
 
 
-def _decode(payload: str) -> tuple[str, str, int, np.ndarray]:
-    token, kind, session_id, ids = payload.split(" ", 3)
+def _decode(payload: str) -> IndexChange:
+    _, kind, session_id, ids = payload.split(" ", 3)
     face_ids = np.array([int(i) for i in ids.split(",") if i], dtype=np.int64)
-    return token, kind, int(session_id), face_ids
+    return IndexChange(kind, int(session_id), face_ids)
 
 
-async def announce_added(conn: db.Connection, token: str, session_id: int, face_ids: Sequence[int]) -> None:
-    if len(face_ids):
-        await db.notify(conn, CHANNEL, _encode(token, "+", session_id, face_ids))
+async def announce(conn: db.Connection, token: str, change: IndexChange) -> None:
+    """Inside the transaction that makes the change: Postgres delivers it to every process at commit."""
+    if change.kind == DROPPED or len(change.face_ids):
+        await db.notify(conn, CHANNEL, _encode(token, change))
 
 
 async def announce_removed(conn: db.Connection, token: str, session_id: int, face_ids: Sequence[int]) -> None:
-    if len(face_ids):
-        await db.notify(conn, CHANNEL, _encode(token, "-", session_id, face_ids))
+    await announce(conn, token, removed(session_id, face_ids))
 
 
-async def announce_dropped(conn: db.Connection, token: str, session_id: int) -> None:
-    await db.notify(conn, CHANNEL, _encode(token, "!", session_id))
+async def apply(indexes: IndexRegistry, change: IndexChange) -> None:
+    """After the commit: this process's index follows. Added faces without their vectors are left to an index
+    not loaded here (it reads them from Postgres when it opens); IndexFollower reads them for a loaded one."""
+    if change.kind == ADDED:
+        if change.vectors is not None:
+            await indexes.add(change.session_id, change.face_ids, change.vectors)
+    elif change.kind == REMOVED:
+        await indexes.remove(change.session_id, change.face_ids)
+    elif change.kind == DROPPED:
+        await indexes.drop(change.session_id)
 
 
 class IndexFollower:
@@ -105,15 +143,13 @@ class IndexFollower:
                 self._queue.task_done()
 
     async def _apply(self, payload: str) -> None:
-        _, kind, session_id, face_ids = _decode(payload)
-        if kind == "+":
-            if self._indexes.is_loaded(session_id):
-                ids, vectors = await db.embeddings_by_ids(self._pool, session_id, face_ids, self._indexes.dim)
-                await self._indexes.add(session_id, ids, vectors)
-        elif kind == "-":
-            await self._indexes.remove(session_id, face_ids)
-        elif kind == "!":
-            await self._indexes.drop(session_id)
+        change = _decode(payload)
+        if change.kind == ADDED:
+            if not self._indexes.is_loaded(change.session_id):
+                return
+            ids, vectors = await db.embeddings_by_ids(self._pool, change.session_id, change.face_ids, self._indexes.dim)
+            change = added(change.session_id, ids, vectors)
+        await apply(self._indexes, change)
 
     async def catch_up(self) -> int:
         """Drop the loaded indexes the database disagrees with (changes made while no one listened); they

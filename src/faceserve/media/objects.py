@@ -10,14 +10,17 @@ mode retries 5xx answers, throttling (SlowDown, 503) and broken connections, wit
 full jitter; what still fails after s3_max_attempts tries is Unavailable (503 with Retry-After).
 
 An object's key is the row's file_path under s3_prefix: {prefix}/face_sessions/{id}/db/{name}, the layout
-of the storage folder, so a bucket can be read by tools that know that layout (and `faceserve import` from a
-synced copy). Credentials are never settings and never logged: botocore finds them.
+of the storage folder, so a bucket can be read by tools that know that layout (and `faceserve import`).
+Resized copies and face crops of an original kept here are objects too, under their own prefix:
+{prefix}/derived/{id}/{image id}-{key}.{ext} (derived_path), so that a session's or an image's go by prefix.
+Credentials are never settings and never logged: botocore finds them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -32,7 +35,7 @@ from botocore.exceptions import ConnectionError as EndpointUnreachable
 
 from ..config import Settings
 from ..errors import Unavailable
-from ..layout import SESSIONS_DIR
+from ..layout import DERIVED_DIR, SESSIONS_DIR
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,15 @@ class ObjectStore:
 
     def session_prefix(self, session_id: int) -> str:
         return self.key(f"{SESSIONS_DIR}/{int(session_id)}/")
+
+    async def put_bytes(self, file_path: str, data: bytes, content_type: str) -> None:
+        """A small body (a rendered derivative) as file_path's object, in one PUT the store checks."""
+        key = self.key(file_path)
+        checksum = base64.b64encode(hashlib.sha256(data).digest()).decode("ascii")
+        with self._failures(f"put {key}"):
+            await self._client.put_object(
+                Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, ChecksumSHA256=checksum
+            )
 
     async def put_file(self, file_path: str, source: Path, size: int, sha256: bytes, content_type: str) -> None:
         """Upload a received file as file_path's object: one PUT the store checks against the upload's
@@ -111,7 +123,7 @@ class ObjectStore:
             try:
                 answer = await self._client.head_object(Bucket=self.bucket, Key=key)
             except ClientError as exc:
-                if _is_absent(exc):
+                if is_absent(exc):
                     return None
                 raise
         return int(answer["ContentLength"])
@@ -136,7 +148,7 @@ class ObjectStore:
             try:
                 answer = await self._client.get_object(Bucket=self.bucket, Key=key, **asked)
             except ClientError as exc:
-                if _is_absent(exc):
+                if is_absent(exc):
                     raise FileNotFoundError(key) from None
                 raise
             async with answer["Body"] as body:
@@ -168,9 +180,14 @@ class ObjectStore:
         return keys
 
     async def delete_session(self, session_id: int) -> int:
-        """Remove every object of a session, a thousand keys a call; returns how many there were."""
-        keys = await self.keys_under(self.session_prefix(session_id))
-        with self._failures(f"delete the objects of session {session_id}"):
+        """Remove every object of a session, its derivatives too; returns how many there were."""
+        removed = await self.delete_under(self.session_prefix(session_id))
+        return removed + await self.delete_under(self.key(derived_path(session_id, "")))
+
+    async def delete_under(self, prefix: str) -> int:
+        """Remove every object whose key starts with prefix, a thousand keys a call; returns how many."""
+        keys = await self.keys_under(prefix)
+        with self._failures(f"delete the objects under {prefix}"):
             for start in range(0, len(keys), _DELETE_BATCH):
                 batch = [{"Key": key} for key in keys[start : start + _DELETE_BATCH]]
                 await self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
@@ -190,11 +207,17 @@ class ObjectStore:
             raise Unavailable("the object store is unavailable; try again shortly", self._retry_after) from exc
 
 
+def derived_path(session_id: int, name: str) -> str:
+    """Where a derivative of a session's image is kept, relative to the prefix as a row's file_path is:
+    derived/{session id}/{name}, name being {image id}-{key}.{ext} as on disk (renditions.cache_path)."""
+    return f"{DERIVED_DIR}/{int(session_id)}/{name}"
+
+
 def _status(exc: ClientError) -> int:
     return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
 
 
-def _is_absent(exc: ClientError) -> bool:
+def is_absent(exc: ClientError) -> bool:
     return exc.response.get("Error", {}).get("Code") in _ABSENT or _status(exc) == 404
 
 

@@ -190,6 +190,16 @@ def remove_derivatives(layout: SessionLayout, session_id: int, image_id: int) ->
     return removed
 
 
+def remove_face_crops(layout: SessionLayout, session_id: int, crops: Iterable[tuple[int, int]]) -> None:
+    """Delete the crops of these (image id, face id) faces, and temporary files of renders of them."""
+    folder = layout.derived_dir(session_id)
+    for image_id, face_id in crops:
+        # "face12-" never matches face 123's files: the id is always followed by "-"
+        for pattern in (f"{int(image_id)}-face{int(face_id)}-*", f".{int(image_id)}-face{int(face_id)}-*"):
+            for path in folder.glob(pattern):
+                path.unlink(missing_ok=True)
+
+
 def ensure_cached(path: Path, make: Callable[[], bytes]) -> bytes | None:
     """Render once: an existing file is kept as it is. Concurrent renders of one key each write a whole
     file under a temporary name and rename it into place, so readers only ever see a complete file.

@@ -14,27 +14,33 @@ inserts the image's row:
 A file or an object goes after its row's delete committed, unless an upload of the same bytes took its path
 meanwhile (core/tombstones.py remove_file_unless_taken).
 Every row names its store (face_session_images.bytes_in), so switching FACESERVE_IMAGE_STORE strands
-nothing: older images are served from where they were put. Derived files (resized copies, face crops)
-stay on each node's disk whatever the store; they are a cache that can always be made again from the
-original (a fleet on S3 renders each once per node, and the cache in front keeps them after that).
+nothing: older images are served from where they were put. Derived files (resized copies, face crops) of
+an original on disk or in Postgres are kept on disk under the session's derived/ folder; those of an object
+are objects under {prefix}/derived/ (objects.derived_path), so that every node of a fleet serves the one
+copy rendered first, and a delete or a forget removes it in one place rather than on each node's disk.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Protocol
 
 import asyncpg
+from botocore.exceptions import BotoCoreError, ClientError
 
 from .. import db
 from ..config import Settings
-from ..errors import ImageNotFound
+from ..errors import ImageNotFound, Unavailable
+from . import renditions
 from .files import PendingFile, Storage, disk_full_error
-from .objects import ObjectStore, open_object_store
+from .objects import ObjectStore, derived_path, open_object_store
+
+log = logging.getLogger(__name__)
 
 FILE = "file"
 POSTGRES = "postgres"
@@ -44,7 +50,7 @@ Undo = Callable[[], Awaitable[None]]
 
 
 class StoredImage(Protocol):
-    """What a store needs to find an image's bytes (db.ImageRecord, http.serving.ServedFile)."""
+    """What a store needs to find an image's bytes (db.ImageRecord, core.served.ServedFile)."""
 
     @property
     def id(self) -> int: ...
@@ -194,11 +200,57 @@ class ImageStores:
             if store.by_path and bytes_in in (None, kind):
                 await store.remove(file_path)
 
+    async def remove_derivatives(self, session_id: int, image_id: int) -> None:
+        """An image's resized copies and face crops, on this node's disk and as objects."""
+        await asyncio.to_thread(renditions.remove_derivatives, self.storage.layout, session_id, image_id)
+        if self.objects is not None:
+            # "12-" never names image 123's: the id is always followed by "-"
+            await self.objects.delete_under(self.objects.key(derived_path(session_id, f"{int(image_id)}-")))
+
+    async def remove_face_crops(self, session_id: int, crops: list[tuple[int, int]]) -> None:
+        """The crop objects of these (image id, face id) pairs (forget; its files go in core/privacy.py).
+        The forget has committed: a store that does not answer does not fail it, and the crops (never
+        served meanwhile: their faces are gone) are removed in the background once the store answers."""
+        objects = self.objects
+        if objects is None or not crops:
+            return
+        prefixes = [objects.key(derived_path(session_id, f"{int(i)}-face{int(f)}-")) for i, f in crops]
+        try:
+            await _delete_under_all(objects, prefixes)
+        except Unavailable:
+            task = asyncio.create_task(_delete_when_back(objects, prefixes))
+            _retrying.add(task)
+            task.add_done_callback(_retrying.discard)
+
     async def remove_session(self, session_id: int) -> None:
         """A deleted session's files and objects (its photos, renders and saved index)."""
         for store in self._by_kind.values():
             if store.by_path:
                 await store.remove_session(session_id)
+
+
+# removals waiting for the object store to answer again (a reference, so that they are not collected)
+_retrying: set[asyncio.Task[None]] = set()
+_RETRY_MAX_S = 30.0
+
+
+async def _delete_under_all(objects: ObjectStore, prefixes: list[str]) -> None:
+    for prefix in prefixes:
+        await objects.delete_under(prefix)
+
+
+async def _delete_when_back(objects: ObjectStore, prefixes: list[str]) -> None:
+    delay = 1.0
+    while True:
+        await asyncio.sleep(delay)
+        try:
+            await _delete_under_all(objects, prefixes)
+            return
+        except Unavailable:
+            delay = min(_RETRY_MAX_S, 2 * delay)
+        except (RuntimeError, BotoCoreError, ClientError) as exc:  # a refusal, or the client closed at a stop
+            log.warning("gave up removing %d face crops from the object store: %s", len(prefixes), exc)
+            return
 
 
 @asynccontextmanager

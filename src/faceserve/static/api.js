@@ -132,3 +132,20 @@ export function derivativeSizes() {
 export function pickWidth(sizes, wanted) {
   return sizes.find((size) => size >= wanted) ?? sizes[sizes.length - 1];
 }
+
+// A long-lived GET read as it arrives (live results: Server-Sent Events). fetch, not EventSource: the key
+// goes in the Authorization header as for every call, never in a URL. Resolves to the open Response.
+export async function openStream(path, headers, signal) {
+  let response;
+  try {
+    response = await fetch(path, { headers: { ...authHeaders(), ...headers }, cache: "no-store", signal });
+  } catch (error) {
+    if (signal && signal.aborted) throw error;
+    throw errorFrom(0, "", "", null);
+  }
+  if (!response.ok) {
+    const text = await response.text();
+    throw errorFrom(response.status, response.statusText, text, response.headers.get("Retry-After"));
+  }
+  return response;
+}

@@ -2,6 +2,7 @@
 
 import { api } from "./api.js";
 import { photoCard } from "./cards.js";
+import { hideLive, initLive, offerLive } from "./live.js";
 import { peopleView } from "./people.js";
 import { $, describeError, el, plural, showNotice } from "./ui.js";
 
@@ -30,6 +31,7 @@ export function initGuest() {
     editable: false,
     heading: "Or find yourself among the people here",
   });
+  initLive();
   $("selfie").addEventListener("change", async (event) => {
     const file = event.target.files[0];
     event.target.value = ""; // the same photo picked again must search again
@@ -39,6 +41,7 @@ export function initGuest() {
 
 export async function showGuest(id) {
   sessionId = id;
+  await hideLive();
   $("organiser").hidden = true;
   $("guest").hidden = false;
   $("guest-title").textContent = "Find your photos";
@@ -103,6 +106,7 @@ async function search(choice) {
   const button = $("selfie-button");
   status.textContent = "Looking for you in every photo…";
   $("matches").replaceChildren();
+  await hideLive(); // live results follow one face: the one searched last
   button.classList.add("busy");
   try {
     const form = new FormData();
@@ -122,6 +126,8 @@ async function search(choice) {
           : `You are in ${plural(count, "photo")}. Open one to see it in full.`;
     }
     renderMatches(data.matches);
+    // the service keeps a live search of the selfie's largest face
+    if (!choice.match && data.used[0] === 0) offerLive(sessionId, probe);
     await renderFaceChoices(data, choice);
   } catch (error) {
     status.textContent = SELFIE_ADVICE[error.code] || describeError(error);

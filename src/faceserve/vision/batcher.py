@@ -22,9 +22,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
+from prometheus_client import Histogram
 
-from .. import metrics
 from .engine import FaceEngine
+
+RECOGNISER_BATCH = Histogram(
+    "faceserve_recogniser_batch_faces",
+    "Faces embedded in one recogniser run",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 
 
 @dataclass
@@ -115,7 +121,7 @@ class RecogniserBatcher:
                 if not (batch := self._next_batch()):
                     break
                 crops = batch[0].crops if len(batch) == 1 else np.concatenate([w.crops for w in batch])
-                metrics.RECOGNISER_BATCH.observe(len(crops))
+                RECOGNISER_BATCH.observe(len(crops))
                 try:
                     # one recogniser run for the batch (more only for a lone caller with over max_rows faces)
                     embeddings = await loop.run_in_executor(

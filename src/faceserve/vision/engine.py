@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
 
 from ..config import Settings
-from . import detection, openvino_runtime
+from . import openvino_runtime
 from .packs import ModelPack, locate_pack
 
 with warnings.catch_warnings():
@@ -115,6 +115,8 @@ class DetectedFace:
     landmarks: np.ndarray  # (5, 2)
     det_score: float
     embedding: np.ndarray  # (dim,) float32, L2-normalised
+    # vision/quality.py's verdict on an upload's face (ok, too_small, blurred, turned); None where not measured
+    quality: str | None = None
 
 
 class FaceEngine:
@@ -248,39 +250,19 @@ class FaceEngine:
         np.maximum(norms, 1e-12, out=norms)
         return out / norms
 
-    def analyze(self, image_bgr: np.ndarray) -> list[DetectedFace]:
-        """Every face, embedded, close-ups included (vision/detection.py)."""
-        boxes, landmarks = detection.find_faces(self, image_bgr)
-        if not len(boxes):
-            return []
-        return detected_faces(boxes, landmarks, self.embed_crops(self.align(image_bgr, landmarks)))
 
-    def find_largest(self, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-        """The probe's face, ready for the recogniser: (1, 5) box with score, (1, 5, 2) landmarks and (1, S, S, 3)
-        aligned crop of the largest face found, close-ups included (vision/detection.py); None without one."""
-        boxes, landmarks = detection.find_faces(self, image_bgr, selfie=True)
-        if not len(boxes):
-            return None
-        i = int(np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))
-        return boxes[i : i + 1], landmarks[i : i + 1], self.align(image_bgr, landmarks[i : i + 1])
-
-    def largest_face(self, image_bgr: np.ndarray) -> DetectedFace | None:
-        """The probe's face: detect all, embed only the largest."""
-        found = self.find_largest(image_bgr)
-        if found is None:
-            return None
-        box, landmarks, crop = found
-        return detected_faces(box, landmarks, self.embed_crops(crop))[0]
-
-
-def detected_faces(boxes: np.ndarray, landmarks: np.ndarray, embeddings: np.ndarray) -> list[DetectedFace]:
-    """Detector output (n, 5) boxes with scores and (n, 5, 2) landmarks, with their embeddings, as faces."""
+def detected_faces(
+    boxes: np.ndarray, landmarks: np.ndarray, embeddings: np.ndarray, qualities: Sequence[str] | None = None
+) -> list[DetectedFace]:
+    """Detector output (n, 5) boxes with scores and (n, 5, 2) landmarks, with their embeddings (and quality
+    verdicts, where measured), as faces."""
     return [
         DetectedFace(
             box=boxes[i, :4].astype(np.float32),
             landmarks=landmarks[i].astype(np.float32),
             det_score=float(boxes[i, 4]),
             embedding=embeddings[i],
+            quality=None if qualities is None else qualities[i],
         )
         for i in range(len(boxes))
     ]

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ..config import Settings
+
 # second differences along four directions: across columns, rows and both diagonals (the Laplacian is the
 # sum of the first two; a shaking hand blurs one direction and leaves the others sharp, so their sum hides it)
 _SECOND_DIFFERENCES = [
@@ -41,3 +43,41 @@ def measure(landmarks: np.ndarray, crop: np.ndarray) -> FaceQuality:
     # per unit of the crop's contrast, so a dim selfie is not taken for a blurred one
     sharpness = 1000 * detail / max(float(grey[2:-2, 2:-2].var()), 1e-6)
     return FaceQuality(eye_distance, sharpness, min(1.0, abs(2 * along - 1)))
+
+
+# what a face is marked with (faces.quality; NULL: never measured, a photo recorded before the measure)
+OK, TOO_SMALL, BLURRED, TURNED = "ok", "too_small", "blurred", "turned"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A face past any of these matches poorly (config.py PROBE_MIN_EYE_DISTANCE, PROBE_MIN_SHARPNESS,
+    PROBE_MAX_TURN): a probe's is refused, an upload's is kept and marked."""
+
+    min_eye_distance: float
+    min_sharpness: float
+    max_turn: float
+
+
+def limits(settings: Settings) -> Limits:
+    """What a probe's face is held to, and an upload's faces are marked by (core/ingest.py)."""
+    return Limits(settings.probe_min_eye_distance, settings.probe_min_sharpness, settings.probe_max_turn)
+
+
+def verdict(measured: FaceQuality, limits: Limits) -> str:
+    """OK, or the first limit the face is past, in the order a guest should fix them."""
+    if measured.eye_distance < limits.min_eye_distance:
+        return TOO_SMALL
+    if measured.sharpness < limits.min_sharpness:
+        return BLURRED
+    if measured.turn > limits.max_turn:
+        return TURNED
+    return OK
+
+
+# faces marked so take no part in people (index/clustering.py eligible): a blurred face's embedding drifts
+# (0.1-0.3 of distance, README) while its box and detection score pass the people floor, and a too small
+# one is mostly below that floor already. A turned face keeps its part: on the shipped photos the only
+# ones (t1.jpg's three-quarter man, gdp.jpg's profile) are sharp and sized well, average linkage keeps a
+# turned face out of a frontal person unless it is close on average, and clarity ranks it last as a cover
+TOO_WEAK_FOR_PEOPLE = (TOO_SMALL, BLURRED)

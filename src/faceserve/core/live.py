@@ -1,0 +1,98 @@
+"""Live searches: a guest's probe face kept (its embedding, never the selfie) for LIVE_SEARCH_HOURS, so that
+new photos of them reach their page as the photographers upload (core/live_hub.py matches and wakes)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import asyncpg
+import numpy as np
+
+from .. import db, layout
+from ..errors import LiveSearchNotFound, NoFaceFound, SessionNotFound
+from . import matching
+from .live_hub import nearest_within
+from .services import Services
+
+# matches read from Postgres per round of a stream
+STREAM_BATCH = 100
+
+
+@dataclass(frozen=True)
+class Created:
+    live: db.LiveSearch
+    matches: list[matching.Match]
+
+
+async def create(
+    services: Services, session_id: int, selfie: bytes, threshold: float, limit: int, key_prefix: str | None
+) -> Created:
+    """Keep the selfie's largest face as a live search, then answer the session's matches so far: the new
+    ones from this commit on come through its stream."""
+    face = await matching.probe_face(services, selfie)
+    if face is None:
+        raise NoFaceFound("no face was found in the selfie")
+    try:
+        async with services.pool.acquire() as conn:
+            live = await db.insert_live_search(
+                conn, session_id, face.embedding, services.settings.live_search_hours, key_prefix
+            )
+    except asyncpg.ForeignKeyViolationError as exc:
+        raise SessionNotFound(f"face session {session_id} does not exist") from exc
+    matches = await matching.embedding_matches(services, session_id, face.embedding, threshold, limit)
+    return Created(live, matches)
+
+
+async def require(services: Services, session_id: int, live_id: int) -> db.LiveSearch:
+    live = await db.get_live_search(services.pool, session_id, live_id)
+    if live is None:
+        raise LiveSearchNotFound(f"live search {live_id} of session {session_id} does not exist or has expired")
+    return live
+
+
+async def delete(services: Services, session_id: int, live_id: int) -> None:
+    async with services.pool.acquire() as conn, conn.transaction():
+        if not await db.delete_live_search(conn, session_id, live_id):
+            raise LiveSearchNotFound(f"live search {live_id} of session {session_id} does not exist or has expired")
+        await db.notify_live(conn, session_id, [live_id])  # its streams, on every process, end
+
+
+async def new_matches(
+    services: Services, session_id: int, live_id: int, after: int
+) -> tuple[bool, list[tuple[int, matching.Match]]]:
+    """(whether the live search is still there, its matches past event id `after` as (event id, match))."""
+    async with services.pool.acquire() as conn:
+        if await db.get_live_search(conn, session_id, live_id) is None:
+            return False, []
+        rows = await db.live_matches_after(conn, live_id, after, STREAM_BATCH)
+    return True, [
+        (
+            row.id,
+            matching.Match(
+                row.image_id,
+                row.face_id,
+                layout.identity(session_id, row.stored_name),
+                row.distance,
+                row.box,
+                row.quality,
+            ),
+        )
+        for row in rows
+    ]
+
+
+async def forget_probes(
+    conn: db.Connection, services: Services, session_id: int, embedding: np.ndarray, threshold: float
+) -> int:
+    """Inside forget's transaction: the session's live searches of the forgotten person go too."""
+    ids, vectors, _ = await db.live_probes(conn, session_id, services.engine.embedding_dim)
+    if not len(ids):
+        return 0
+    rows, _, _ = await asyncio.to_thread(nearest_within, vectors, embedding[None, :].astype(np.float32), threshold)
+    if not len(rows):
+        return 0
+    erased = ids[rows].tolist()
+    await db.delete_live_searches(conn, session_id, erased)
+    await db.notify_live(conn, session_id, erased)  # their streams end at the commit
+    return len(erased)

@@ -1,0 +1,161 @@
+"""Tables live_searches and live_matches: a guest's standing search of one session (the probe's embedding,
+until it expires) and the new photos recorded for it, each once, in the order of their ids (the stream's
+event ids)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import numpy as np
+
+from .notifications import notify
+from .pool import Connection
+
+# Postgres allows payloads of 8000 bytes
+_MAX_PAYLOAD = 7900
+LIVE_CHANNEL = "faceserve_live"
+
+
+@dataclass(frozen=True)
+class LiveSearch:
+    id: int
+    face_session_id: int
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class LiveMatch:
+    id: int  # the event id
+    image_id: int
+    face_id: int
+    distance: float
+    stored_name: str
+    box: list[float]
+    quality: str | None  # the face's mark (faces.quality), as search shows it
+
+
+async def insert_live_search(
+    conn: Connection, session_id: int, embedding: np.ndarray, hours: float, created_by: str | None
+) -> LiveSearch:
+    row = await conn.fetchrow(
+        "INSERT INTO live_searches (face_session_id, embedding, embedding_dim, expires_at, created_by) "
+        "VALUES ($1, $2, $3, now() + $4::interval, $5) "
+        "RETURNING id, face_session_id, expires_at",
+        session_id,
+        np.ascontiguousarray(embedding, dtype="<f4").tobytes(),
+        int(embedding.shape[0]),
+        timedelta(hours=hours),
+        created_by,
+    )
+    return LiveSearch(**dict(row))
+
+
+async def get_live_search(conn: Connection, session_id: int, live_id: int) -> LiveSearch | None:
+    """The session's live search, unless it expired or was deleted."""
+    row = await conn.fetchrow(
+        "SELECT id, face_session_id, expires_at FROM live_searches "
+        "WHERE id = $1 AND face_session_id = $2 AND expires_at > now()",
+        live_id,
+        session_id,
+    )
+    return None if row is None else LiveSearch(**dict(row))
+
+
+async def delete_live_search(conn: Connection, session_id: int, live_id: int) -> bool:
+    deleted = await conn.fetchval(
+        "DELETE FROM live_searches WHERE id = $1 AND face_session_id = $2 AND expires_at > now() RETURNING id",
+        live_id,
+        session_id,
+    )
+    return deleted is not None
+
+
+async def delete_live_searches(conn: Connection, session_id: int, live_ids: Sequence[int]) -> int:
+    rows = await conn.fetch(
+        "DELETE FROM live_searches WHERE face_session_id = $1 AND id = ANY($2::bigint[]) RETURNING id",
+        session_id,
+        list(live_ids),
+    )
+    return len(rows)
+
+
+async def delete_expired_live_searches(conn: Connection) -> int:
+    rows = await conn.fetch("DELETE FROM live_searches WHERE expires_at <= now() RETURNING id")
+    return len(rows)
+
+
+async def live_probe_version(conn: Connection, session_id: int) -> tuple[int, int]:
+    """(count, highest id) of the session's live searches: ids only grow, so equal pairs mean the same set."""
+    row = await conn.fetchrow(
+        "SELECT count(*) AS n, coalesce(max(id), 0) AS top FROM live_searches WHERE face_session_id = $1",
+        session_id,
+    )
+    return int(row["n"]), int(row["top"])
+
+
+async def live_probes(
+    conn: Connection, session_id: int, dim: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, embeddings n x dim, expiry as POSIX seconds) of every live search of the session, expired ones
+    included (the caller skips those: a row expiring later must not change what a cached copy holds)."""
+    rows = await conn.fetch(
+        "SELECT id, embedding, extract(epoch FROM expires_at) AS expires FROM live_searches "
+        "WHERE face_session_id = $1 AND embedding_dim = $2 ORDER BY id",
+        session_id,
+        dim,
+    )
+    ids = np.array([r["id"] for r in rows], dtype=np.int64)
+    expires = np.array([float(r["expires"]) for r in rows], dtype=np.float64)
+    if not rows:
+        return ids, np.zeros((0, dim), dtype=np.float32), expires
+    vectors = np.frombuffer(b"".join(r["embedding"] for r in rows), dtype="<f4").astype(np.float32)
+    return ids, vectors.reshape(len(rows), dim), expires
+
+
+async def insert_live_matches(
+    conn: Connection, image_id: int, live_ids: Sequence[int], face_ids: Sequence[int], distances: Sequence[float]
+) -> list[int]:
+    """Record one image for each live search (a pair already recorded stays as it was); answers the live
+    searches that got a new match."""
+    rows = await conn.fetch(
+        "INSERT INTO live_matches (live_search_id, image_id, face_id, distance) "
+        "SELECT m.live_id, $1, m.face_id, m.distance "
+        "FROM unnest($2::bigint[], $3::bigint[], $4::real[]) AS m(live_id, face_id, distance) "
+        "ON CONFLICT (live_search_id, image_id) DO NOTHING RETURNING live_search_id",
+        image_id,
+        list(live_ids),
+        list(face_ids),
+        list(distances),
+    )
+    return [r["live_search_id"] for r in rows]
+
+
+async def live_matches_after(conn: Connection, live_id: int, after: int, limit: int) -> list[LiveMatch]:
+    """The live search's matches past event id `after`, oldest first; only those whose image and face are
+    still there (a delete takes its matches along too, this is the same check at reading)."""
+    rows = await conn.fetch(
+        "SELECT m.id, m.image_id, m.face_id, m.distance, i.stored_name, f.box, f.quality FROM live_matches m "
+        "JOIN face_session_images i ON i.id = m.image_id "
+        "JOIN faces f ON f.id = m.face_id "
+        "WHERE m.live_search_id = $1 AND m.id > $2 ORDER BY m.id LIMIT $3",
+        live_id,
+        after,
+        limit,
+    )
+    return [
+        LiveMatch(
+            r["id"], r["image_id"], r["face_id"], float(r["distance"]), r["stored_name"], list(r["box"]), r["quality"]
+        )
+        for r in rows
+    ]
+
+
+async def notify_live(conn: Connection, session_id: int, live_ids: Sequence[int]) -> None:
+    """Wake the streams of these live searches on every process (at commit); too many to name: all of the
+    session's."""
+    payload = f"{int(session_id)} {','.join(str(int(i)) for i in live_ids)}"
+    if len(payload) > _MAX_PAYLOAD:
+        payload = f"{int(session_id)} *"
+    await notify(conn, LIVE_CHANNEL, payload)

@@ -1,0 +1,128 @@
+"""Live results: POST /api/face/sessions/{session_id}/live makes a live search from a selfie; GET
+.../live/{live_id}/events streams its new matches as Server-Sent Events (the same match objects as search),
+resumable with Last-Event-ID; DELETE .../live/{live_id} ends it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from ..core import live
+from ..errors import BadRequest
+from . import multipart
+from .access import current_key
+from .appkeys import SERVICES
+from .common import number, ok
+from .route_params import route_id
+from .search import match_json
+
+_NOT_AFTER = 2**63 - 1
+_END = b"event: end\ndata: {}\n\n"
+
+
+async def _heartbeats_until_woken(
+    response: web.StreamResponse, wake: asyncio.Event, every_s: float, expires_at: datetime
+) -> bool:
+    """A comment line every every_s until the stream is woken (True), or until the live search expires."""
+    while True:
+        try:
+            await asyncio.wait_for(wake.wait(), every_s)
+            return True
+        except TimeoutError:
+            if datetime.now(UTC) >= expires_at:
+                return False
+            await response.write(b": heartbeat\n\n")
+
+
+async def create_live_search(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    settings = services.settings
+    session_id = route_id(request, "session_id")
+    selfie: bytes | None = None
+    fields: dict[str, str] = {}
+    async for part in multipart.parts(request):
+        if part.name == "image":
+            selfie = await multipart.read_all(part, settings.max_probe_bytes)
+        elif part.name == "limit":
+            fields[part.name] = await multipart.read_field(part)
+        else:
+            await multipart.skip(part)
+    if not selfie:
+        raise BadRequest("image is required: the guest's selfie as a multipart file part")
+    limit = number(fields.get("limit"), "limit", int, 1, settings.search_max_limit)
+    key = current_key(request)
+    with services.search_gate.admit():
+        created = await live.create(
+            services,
+            session_id,
+            selfie,
+            settings.match_threshold,
+            settings.search_default_limit if limit is None else int(limit),
+            None if key is None else key.prefix,
+        )
+    return ok(
+        {
+            "live_id": created.live.id,
+            "expires_at": created.live.expires_at.isoformat(),
+            "matches": [match_json(request, m) for m in created.matches],
+        },
+        status=201,
+    )
+
+
+async def delete_live_search(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    await live.delete(services, route_id(request, "session_id"), route_id(request, "live_id"))
+    return web.Response(status=204)
+
+
+def _last_event_id(request: web.Request) -> int:
+    raw = request.headers.get("Last-Event-ID", "").strip()
+    if not raw:
+        return 0
+    if not raw.isdigit() or int(raw) > _NOT_AFTER:
+        raise BadRequest(f"Last-Event-ID must be the id of an event this stream sent (got {raw[:40]!r})")
+    return int(raw)
+
+
+async def live_events(request: web.Request) -> web.StreamResponse:
+    services = request.app[SERVICES]
+    session_id, live_id = route_id(request, "session_id"), route_id(request, "live_id")
+    after = _last_event_id(request)
+    found = await live.require(services, session_id, live_id)  # 404 as JSON, before the stream starts
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-store",
+            "X-Accel-Buffering": "no",  # nginx passes each event on at once
+        }
+    )
+    hub = services.live
+    heartbeat = services.settings.live_heartbeat_s
+    with hub.watch(session_id, live_id) as wake:
+        await response.prepare(request)
+        # the client learns how soon to reconnect, and that the stream is open before any event
+        await response.write(b"retry: 2000\n\n")
+        while not hub.closed:
+            wake.clear()  # before reading: a wake-up during the read reads again
+            alive, matches = await live.new_matches(services, session_id, live_id, after)
+            if not alive:
+                await response.write(_END)
+                break
+            for event_id, match in matches:
+                data = json.dumps(match_json(request, match), separators=(",", ":"))
+                await response.write(f"id: {event_id}\nevent: match\ndata: {data}\n\n".encode())
+                after = event_id
+            if len(matches) == live.STREAM_BATCH:
+                continue  # more are waiting
+            # woken by an announcement (or the listener's catch-up) only: a heartbeat costs no query
+            if not await _heartbeats_until_woken(response, wake, heartbeat, found.expires_at):
+                await response.write(_END)
+                break
+    with contextlib.suppress(ConnectionError):
+        await response.write_eof()
+    return response
