@@ -4,6 +4,7 @@ the path without its query (signed URLs carry signatures there), and no header o
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import re
@@ -14,7 +15,7 @@ from helpers import free_port
 
 from faceserve.app import create_app
 from faceserve.core.api_keys import PREFIX_LENGTH
-from faceserve.http import listener
+from faceserve.http import access_log, listener
 from faceserve.http.access_log import LOGGER, AccessLogger
 from faceserve.logs import JsonFormatter
 
@@ -109,3 +110,37 @@ async def test_head_answers_carry_the_request_id(client, photos) -> None:
         assert response.headers["X-Request-ID"] == "h-1", method
     response = await client.head(f"/api/face/image/{image_id}?w=64")
     assert response.status == 200 and response.headers["X-Request-ID"]
+
+
+class _CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+async def test_lines_reach_a_stream_handler_in_batches(settings, engine, aiohttp_server, aiohttp_client) -> None:
+    """A console handler gets many lines in one write (one write a line was most of a 304's cost), all of
+    them, whole and formatted by its own formatter; a line waits at most FLUSH_AFTER_S."""
+    stream = _CountingStream()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    LOGGER.addHandler(handler)
+    level = LOGGER.level
+    LOGGER.setLevel(logging.INFO)
+    try:
+        client = await aiohttp_client(await _server(create_app(settings, engine), aiohttp_server, "text"))
+        ids = [f"batch-{n}" for n in range(40)]
+        answers = await asyncio.gather(*(client.get("/healthz", headers={"X-Request-ID": i}) for i in ids))
+        assert {a.status for a in answers} == {200}
+        await asyncio.sleep(access_log.FLUSH_AFTER_S + 0.3)
+    finally:
+        LOGGER.removeHandler(handler)
+        LOGGER.setLevel(level)
+    lines = stream.getvalue().splitlines()
+    assert sorted(line.rsplit(" ", 1)[-1] for line in lines) == sorted(ids)
+    assert all(re.fullmatch(r'INFO faceserve\.access: \S+ "GET /healthz" 200 \d+ bytes [\d.]+ms batch-\d+', l) for l in lines)
+    assert stream.writes < len(lines) / 4, stream.writes

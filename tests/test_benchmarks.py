@@ -43,6 +43,7 @@ SMOKE_RUNS: dict[str, list[tuple[list[str], str]]] = {
     "ingest.py": [([], MARKDOWN_TABLE)],
     "ivf_probe.py": [([], MARKDOWN_TABLE)],
     "live.py": [([], MARKDOWN_TABLE)],
+    "middleware_cost.py": [([], MARKDOWN_TABLE)],
     "people.py": [(["scale"], MARKDOWN_TABLE), (["read"], MARKDOWN_TABLE)],
     "quality.py": [([], MARKDOWN_TABLE)],
     "ratelimit.py": [([], MARKDOWN_TABLE)],

@@ -19,18 +19,31 @@ from .vision.engine import FaceEngine
 _BODY_OVERHEAD = 1024 * 1024
 
 
+def middleware_chain(settings: Settings) -> list[routing.Layer]:
+    """What a request passes through, outermost first: the id, timing and error envelope of every request,
+    then the layers wrapped around the routes they have work on (routing.Layer). The limits come after
+    access: the key (when there is one) names the bucket. benchmarks/middleware_cost.py times each."""
+    limiter = ratelimit.Limiter.from_settings(settings)
+    chain = [
+        routing.Layer("observe", observability.observe),
+        routing.Layer("errors", middleware.errors),
+        routing.Layer("route ids", route_params.parse_route_ids, route_params.has_ids),
+    ]
+    if settings.rate_limits:
+        # where the guard may ask Postgres about a key: an address presenting unknown ones is slowed there
+        chain.append(routing.Layer("failed-auth budget", ratelimit.failed_auth_middleware(limiter), access.may_need_key))
+    chain.append(routing.Layer("guard", access.guard, access.may_need_key))
+    if settings.rate_limits:
+        chain.append(routing.Layer("rate limit", ratelimit.middleware(limiter), ratelimit.spends_budget))
+    return chain
+
+
 def create_app(
     settings: Settings, engine: FaceEngine | None = None, sweep_partial_uploads: bool = True
 ) -> web.Application:
-    # limits after access: the key (when there is one) names the bucket
-    limiter = ratelimit.Limiter.from_settings(settings)
-    guards = (
-        [ratelimit.failed_auth_middleware(limiter), access.guard, ratelimit.middleware(limiter)]
-        if settings.rate_limits
-        else [access.guard]
-    )
+    chain = middleware_chain(settings)
     app = web.Application(
-        middlewares=[observability.observe, middleware.errors, route_params.parse_route_ids, *guards],
+        middlewares=[layer.middleware for layer in chain if layer.applies is None],
         client_max_size=settings.max_upload_bytes + _BODY_OVERHEAD,
     )
 
@@ -57,9 +70,10 @@ def create_app(
     app.on_shutdown.append(end_live_streams)
     app.cleanup_ctx.append(expire_sessions_ctx)
     access.install(app, settings)  # its context runs after the services'
-    ratelimit.install(app)
+    if settings.rate_limits:
+        ratelimit.install(app)  # the RateLimit fields: none to add with the limits off
     app.cleanup_ctx.append(observability.sampling)
     app[URLS] = UrlPolicy.from_settings(settings)
     app[page.PAGE] = page.load(settings)
-    routing.register(app, routes.ROUTES)
+    routing.register(app, routes.ROUTES, [layer for layer in chain if layer.applies is not None])
     return app

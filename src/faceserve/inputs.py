@@ -44,11 +44,13 @@ def parse_id(raw: str) -> int | None:
     """An id as a client may spell it: the number for every spelling of it (leading zeros to any length, a
     '+', spaces around it, other scripts' decimal digits), None for what is no id (anything else, or more
     than a bigint). The one id parser: the access guard and every handler read ids through it."""
-    text = raw.strip()
-    text = text.removeprefix("+")
-    digits = "".join(str(unicodedata.decimal(ch, -1)) for ch in text).lstrip("0")
-    if not text or "-" in digits:  # -1 marks a character that is no decimal digit
-        return None
+    if raw.isascii() and raw.isdigit():  # the usual spelling (every image request): no walk per character
+        digits = raw.lstrip("0")
+    else:
+        text = raw.strip().removeprefix("+")
+        digits = "".join(str(unicodedata.decimal(ch, -1)) for ch in text).lstrip("0")
+        if not text or "-" in digits:  # -1 marks a character that is no decimal digit
+            return None
     if len(digits) > _MAX_ID_DIGITS:
         return None
     value = int(digits or "0")

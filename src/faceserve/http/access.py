@@ -24,7 +24,7 @@ from ..errors import Forbidden, Unauthorized
 from .appkeys import SERVICES, URLS
 from .middleware import Handler
 from .route_params import route_ids
-from .routing import LEGACY, PUBLIC, SIGNED, declared
+from .routing import LEGACY, PUBLIC, SIGNED, Route, declared
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,12 @@ async def _check_sessions(request: web.Request, key: api_keys.ApiKey) -> None:
         request.match_info.route.resource.canonical == "/api/face/sessions"
     ):
         raise Forbidden("a key bound to sessions cannot create sessions")
+
+
+def may_need_key(route: Route) -> bool:
+    """Whether the guard has anything to check on this route (routing.Layer): a route open to everyone, or
+    whose signed URL is the credential, never passes through it."""
+    return route.access not in (PUBLIC, SIGNED)
 
 
 @web.middleware

@@ -65,7 +65,8 @@ def evaluate(method: str, headers: Mapping[str, str], etag: str, last_modified: 
         if not strong_match(if_match, etag):
             return 412
     else:
-        since = parse_http_date(headers.get("If-Unmodified-Since", ""))
+        unmodified_since = headers.get("If-Unmodified-Since")
+        since = parse_http_date(unmodified_since) if unmodified_since is not None else None
         if since is not None and last_modified > since:
             return 412
     if_none_match = headers.get("If-None-Match")
@@ -73,7 +74,8 @@ def evaluate(method: str, headers: Mapping[str, str], etag: str, last_modified: 
         if weak_match(if_none_match, etag):
             return 304 if method in ("GET", "HEAD") else 412
     elif method in ("GET", "HEAD"):
-        since = parse_http_date(headers.get("If-Modified-Since", ""))
+        modified_since = headers.get("If-Modified-Since")
+        since = parse_http_date(modified_since) if modified_since is not None else None
         if since is not None and last_modified <= since:
             return 304
     return 200

@@ -213,7 +213,7 @@ async def _serve(
     image_id = original.image_id
     path = renditions.cache_path(services.storage.layout, original.session_id, image_id, what.key, what.extension)
     tag = renditions.etag(original.sha256_hex, what.key, what.extension)
-    headers = (*serving.common_headers(tag, original.last_modified).items(), ("Vary", "Accept"))
+    headers = serving.common_headers(tag, original.last_modified, ("Vary", "Accept"))
     entry = ServedFile(image_id, path, what.content_type, tag, original.last_modified, headers)
     if original.bytes_in == stores.S3:
         return await _serve_derived_object(request, original, entry, render, cache_control)

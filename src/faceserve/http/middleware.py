@@ -13,7 +13,7 @@ from aiohttp import web
 from ..config import Settings
 from ..db.recovery import is_database_unavailable
 from ..errors import Busy, FaceServeError, InsufficientStorage, RateLimited, Unauthorized, Unavailable
-from .appkeys import SERVICES
+from .appkeys import REQUEST_ID, SERVICES
 from .common import json_line
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,6 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             response = error_response(503, Unavailable.code, "the database is unavailable; try again shortly")
             response.headers["Retry-After"] = str(_settings(request).db_retry_after_s)
             return response
-        request_id = request.get("request_id") or secrets.token_hex(6)  # observability's, when it ran
+        request_id = request.get(REQUEST_ID) or secrets.token_hex(6)  # observability's, when it ran
         log.exception("unhandled error in %s %s (request %s)", request.method, request.path, request_id)
         return error_response(500, "internal_error", f"unexpected server error (request {request_id})")

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from .. import metrics
 from ..core.services import Services
-from .appkeys import SERVICES
+from .appkeys import REQUEST_ID, SERVICES
 from .middleware import Handler
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -29,7 +29,7 @@ _ids = itertools.count(1)
 
 
 def request_id_of(request: web.BaseRequest) -> str:
-    return request.get("request_id") or ""
+    return request.get(REQUEST_ID) or ""
 
 
 def route_of(request: web.BaseRequest) -> str:
@@ -44,7 +44,7 @@ def route_of(request: web.BaseRequest) -> str:
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     given = request.headers.get(REQUEST_ID_HEADER, "")
     request_id = given if given and _SANE_REQUEST_ID.fullmatch(given) else f"{_ID_PREFIX}{next(_ids):08x}"
-    request["request_id"] = request_id
+    request[REQUEST_ID] = request_id
     start = time.perf_counter()
     status = 500
     try:

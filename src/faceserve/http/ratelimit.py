@@ -9,10 +9,10 @@ FACESERVE_TRUSTED_PROXIES. Responses on limited routes carry RateLimit-Policy an
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from .. import metrics
 from ..config import Settings
@@ -20,9 +20,7 @@ from ..core import token_buckets
 from ..errors import RateLimited, Unauthorized
 from .access import current_key, presents_known_key
 from .middleware import Handler
-from .routing import UNLIMITED, declared
-
-Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
+from .routing import UNLIMITED, Route, declared
 
 _FIELDS = web.RequestKey("ratelimit_fields", dict)
 
@@ -71,6 +69,11 @@ class Limiter:
         return address
 
 
+
+
+def spends_budget(route: Route) -> bool:
+    """Whether the route passes through the limiter at all (routing.Layer)."""
+    return route.budget != UNLIMITED
 
 
 def middleware(limiter: Limiter) -> Middleware:

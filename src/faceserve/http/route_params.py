@@ -5,6 +5,8 @@ session reached every other one through a zero-padded id."""
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 
 from .. import inputs
@@ -17,6 +19,7 @@ from ..errors import (
     SessionNotFound,
 )
 from .middleware import Handler
+from .routing import Route
 
 # what a path that names no such thing answers, by parameter
 _NOT_FOUND: dict[str, type[FaceServeError]] = {
@@ -27,6 +30,12 @@ _NOT_FOUND: dict[str, type[FaceServeError]] = {
     "live_id": LiveSearchNotFound,
 }
 _IDS = web.RequestKey("route_ids", dict)
+_PARAMETER = re.compile(r"\{(\w+)")
+
+
+def has_ids(route: Route) -> bool:
+    """Whether the route's path names an id: only those routes pass through parse_route_ids (routing.Layer)."""
+    return any(name in _NOT_FOUND for name in _PARAMETER.findall(route.path))
 
 
 def parse_ids(match_info: web.UrlMappingMatchInfo) -> dict[str, int]:

@@ -16,10 +16,12 @@ change), READ (images, crops, listings), UNLIMITED (health checks).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial, update_wrapper
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from ..core import api_keys
 
@@ -54,21 +56,44 @@ class Route:
             raise ValueError(f"{self.method} {self.path}: budget {self.budget!r} is none of {BUDGETS}")
 
 
+@dataclass(frozen=True)
+class Layer:
+    """A middleware and the routes it has work on. applies None: every request, 404s and 405s included (an
+    app middleware). Otherwise it is wrapped around the handlers of the routes it applies to when they are
+    registered, in the order given, inside the app middlewares: a route it has nothing to do for (no id in
+    its path, no key to check, no budget) does not pass through it at all. That is aiohttp's own composition
+    (a partial per middleware), done once per route instead of being skipped per request."""
+
+    name: str
+    middleware: Middleware
+    applies: Callable[[Route], bool] | None = None
+
+
 _TABLE = web.AppKey("route_table", dict)
 
 
-def register(app: web.Application, routes: tuple[Route, ...]) -> None:
-    """Each route onto the router (a GET with its HEAD), and the aiohttp route -> declaration map the guard
-    and the limiter read per request."""
+def wrapped(route: Route, layers: Sequence[Layer]) -> Handler:
+    """The route's handler inside the route layers that apply to it (the first given is the outermost)."""
+    handler = route.handler
+    for layer in reversed(layers):
+        if layer.applies is not None and layer.applies(route):
+            handler = update_wrapper(partial(layer.middleware, handler=handler), route.handler)
+    return handler
+
+
+def register(app: web.Application, routes: tuple[Route, ...], layers: Sequence[Layer] = ()) -> None:
+    """Each route onto the router (a GET with its HEAD) inside its route layers, and the aiohttp route ->
+    declaration map the guard and the limiter read per request."""
     declared: dict[tuple[str, str], Route] = {}
     for route in routes:
         if (route.method, route.path) in declared:
             raise ValueError(f"{route.method} {route.path} is declared twice")
         declared[(route.method, route.path)] = route
+        handler = wrapped(route, layers)
         if route.method == "GET":
-            app.router.add_get(route.path, route.handler)
+            app.router.add_get(route.path, handler)
         else:
-            app.router.add_route(route.method, route.path, route.handler)
+            app.router.add_route(route.method, route.path, handler)
     table: dict[web.AbstractRoute, Route] = {}
     for registered in app.router.routes():
         key = route_key(registered)

@@ -21,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 
 from aiohttp import web
+from multidict import CIMultiDictProxy
 
 from ..config import Settings
 from ..core.removals import Removed
@@ -39,7 +40,8 @@ class ServedFile:
     content_type: str
     etag: str
     last_modified: datetime  # whole seconds: HTTP dates have no finer resolution
-    headers: tuple[tuple[str, str], ...]
+    # the answers' fixed headers (http/serving.py copies them for each answer: cheaper than building them)
+    headers: CIMultiDictProxy[str]
     bytes_in: str = stores.FILE
     byte_size: int = 0  # the row's; a file's own size (fstat) is what serving a file goes by
     # of an original: what its derivatives are made and named from (empty for a derivative itself)
