@@ -71,6 +71,15 @@ async def test_search_steps_batches_and_live_gauges(client, photos) -> None:
     # the session's flat index is in memory: one session of under 1k faces
     assert _value(after, "faceserve_index_sessions", kind="flat", size="lt1k") == 1
     assert _value(after, "faceserve_index_faces", kind="flat") >= 10
+    # every owner's gauges are sampled (a missing one would be absent, not 0)
+    for name, labels in (
+        ("faceserve_inference_queue_depth", {"queue": "inference_threads"}),
+        ("faceserve_inference_queue_depth", {"queue": "recogniser"}),
+        ("faceserve_db_pool_connections", {"state": "in_use"}),
+        ("faceserve_uploads_in_flight", {}),
+        ("faceserve_live_streams", {}),
+    ):
+        assert (name, frozenset(labels.items())) in after, name
 
 
 async def test_request_id_is_honoured_or_generated(client) -> None:

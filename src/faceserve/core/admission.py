@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from ..config import Settings
 from ..errors import Busy
@@ -18,6 +18,9 @@ UPLOADS_REJECTED = Counter(
 )
 SEARCHES_REJECTED = Counter(
     "faceserve_searches_rejected_total", "Searches refused with 503 busy because too many were in flight"
+)
+UPLOADS_IN_FLIGHT = Gauge(
+    "faceserve_uploads_in_flight", "Images being received or analysed", multiprocess_mode="livesum"
 )
 
 
@@ -62,3 +65,7 @@ class Admission:
             ),
             renders=asyncio.Semaphore(settings.max_concurrent_renders),
         )
+
+    def sample(self) -> None:
+        """Its gauge, as of now (http/observability.py samples every metrics_sample_s)."""
+        UPLOADS_IN_FLIGHT.set(self.uploads.in_flight)

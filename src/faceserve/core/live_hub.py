@@ -23,9 +23,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
+from prometheus_client import Gauge
 
 from .. import db
 from ..vision.engine import DetectedFace
+
+LIVE_STREAMS = Gauge(
+    "faceserve_live_streams", "Live results streams open (Server-Sent Events)", multiprocess_mode="livesum"
+)
 
 # sessions whose probes stay cached (the least recently uploaded to go first)
 _CACHED_SESSIONS = 256
@@ -74,6 +79,10 @@ class LiveHub:
 
     def open_streams(self) -> int:
         return sum(len(events) for _, events in self._streams.values())
+
+    def sample(self) -> None:
+        """Its gauge, as of now (http/observability.py samples every metrics_sample_s)."""
+        LIVE_STREAMS.set(self.open_streams())
 
     @contextmanager
     def watch(self, session_id: int, live_id: int) -> Iterator[asyncio.Event]:

@@ -11,8 +11,9 @@ import time
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from prometheus_client import Histogram
 
-from .. import metrics
+from .. import db, metrics
 from ..core.services import Services
 from .appkeys import REQUEST_ID, SERVICES
 from .middleware import Handler
@@ -26,6 +27,17 @@ UNMATCHED = "unmatched"
 # so each draws its own) and a counter, cheaper than random bytes per request
 _ID_PREFIX = f"{random.getrandbits(32):08x}"
 _ids = itertools.count(1)
+
+# every answer's time; counted in memory per request and handed to the histogram in bulk (metrics.RequestTimes)
+HTTP_REQUESTS = metrics.RequestTimes(
+    Histogram(
+        "faceserve_http_request_duration_seconds",
+        "Time to answer a request, by method, route template and status (its _count is the request count)",
+        ["method", "route", "status"],
+        buckets=metrics.LATENCY_BUCKETS,
+    ),
+    metrics.LATENCY_BUCKETS,
+)
 
 
 def request_id_of(request: web.BaseRequest) -> str:
@@ -61,24 +73,18 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         status = 499  # the client went away first (nginx's number for it)
         raise
     finally:
-        metrics.HTTP_REQUESTS.observe(request.method, route_of(request), status, time.perf_counter() - start)
+        HTTP_REQUESTS.observe(request.method, route_of(request), status, time.perf_counter() - start)
 
 
 def sample(services: Services) -> None:
     """Hand over counted request times and set the gauges of this process's live state (cheap: counters
     and a dict walk)."""
-    metrics.HTTP_REQUESTS.flush()
-    pool = services.pool
-    metrics.set_live_gauges(
-        uploads_in_flight=services.admission.uploads.in_flight,
-        inference_waiting=services.models.inference_waiting(),
-        recogniser_waiting=services.models.recogniser.waiting,
-        pool_size=pool.get_size(),
-        pool_idle=pool.get_idle_size(),
-        pool_max=pool.get_max_size(),
-        indexes=services.indexes.loaded(),
-        live_streams=services.live.open_streams(),
-    )
+    HTTP_REQUESTS.flush()
+    services.admission.sample()
+    services.models.sample()
+    db.sample_pool(services.pool)
+    services.indexes.sample()
+    services.live.sample()
 
 
 async def metrics_page(request: web.Request) -> web.Response:
@@ -86,7 +92,7 @@ async def metrics_page(request: web.Request) -> web.Response:
     if services is not None:
         sample(services)  # this process's live state as of now; the others' as of their last sample
     else:
-        metrics.HTTP_REQUESTS.flush()
+        HTTP_REQUESTS.flush()
     body = await asyncio.to_thread(metrics.render)
     response = web.Response(body=body, headers={"Cache-Control": "no-store"})
     response.headers["Content-Type"] = metrics.CONTENT_TYPE
@@ -109,4 +115,4 @@ async def sampling(app: web.Application) -> AsyncIterator[None]:
     yield
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
-    metrics.HTTP_REQUESTS.flush()  # the last requests' times, before the process goes
+    HTTP_REQUESTS.flush()  # the last requests' times, before the process goes

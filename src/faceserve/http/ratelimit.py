@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from prometheus_client import Counter
 
-from .. import metrics
 from ..config import Settings
 from ..core import token_buckets
 from ..errors import RateLimited, Unauthorized
@@ -23,6 +23,9 @@ from .middleware import Handler
 from .routing import UNLIMITED, Route, declared
 
 _FIELDS = web.RequestKey("ratelimit_fields", dict)
+RATE_LIMITED = Counter(
+    "faceserve_rate_limited_total", "Requests refused with 429 by a rate limit, by budget", ["budget"]
+)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -98,7 +101,7 @@ def failed_auth_middleware(limiter: Limiter) -> Middleware:
         address = limiter.client_address(request)
         wait_s = limiter.failed_auth.waiting_s(address)
         if wait_s and not presents_known_key(request):
-            metrics.RATE_LIMITED.labels("failed_auth").inc()
+            RATE_LIMITED.labels("failed_auth").inc()
             raise RateLimited(
                 f"too many requests with unknown keys from this address; retry in {wait_s} s",
                 {"Retry-After": str(wait_s)},
@@ -122,7 +125,7 @@ async def _limited(limiter: Limiter, budget: str, request: web.Request, handler:
     }
     if not decision.allowed:
         fields["Retry-After"] = str(decision.retry_after_s)
-        metrics.RATE_LIMITED.labels(budget).inc()
+        RATE_LIMITED.labels(budget).inc()
         raise RateLimited(f"the {budget} budget of this client is spent; retry in {decision.retry_after_s} s", fields)
     request[_FIELDS] = fields
     return await handler(request)

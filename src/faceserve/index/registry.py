@@ -29,6 +29,7 @@ from typing import Any
 
 import faiss
 import numpy as np
+from prometheus_client import Gauge
 
 from ..config import Settings
 from . import cupy_flat
@@ -44,6 +45,29 @@ SessionIndex = PqRerankIndex | ExactIndex | TombstoneFlatIndex | CupyFlatIndex
 Loader = Callable[[int, int | None], Awaitable[tuple[np.ndarray, np.ndarray]]]
 # session id -> (face count, max face id) in the database
 StatsLoader = Callable[[int], Awaitable[tuple[int, int]]]
+
+# every worker holds its own copy of the indexes it serves: the largest report is the deployment's
+INDEX_SESSIONS = Gauge(
+    "faceserve_index_sessions",
+    "Session indexes in memory, by kind and size bucket (faces)",
+    ["kind", "size"],
+    multiprocess_mode="livemax",
+)
+INDEX_FACES = Gauge(
+    "faceserve_index_faces", "Faces in the session indexes in memory, by kind", ["kind"], multiprocess_mode="livemax"
+)
+# index sizes are reported by bucket, never by session id: the number of series stays small
+_SIZE_BUCKETS = ((1_000, "lt1k"), (10_000, "lt10k"), (100_000, "lt100k"), (1_000_000, "lt1m"))
+# label sets reported before in this process: a kind or bucket that empties is set to 0, not left at its last value
+_reported_sessions: set[tuple[str, str]] = set()
+_reported_faces: set[str] = set()
+
+
+def size_bucket(faces: int) -> str:
+    for limit, name in _SIZE_BUCKETS:
+        if faces < limit:
+            return name
+    return "ge1m"
 
 
 def gpu_count() -> int:
@@ -201,9 +225,21 @@ class IndexRegistry:
         self.preloading = asyncio.create_task(run())
         return self.preloading
 
-    def loaded(self) -> list[tuple[str, int]]:
-        """(kind, faces) of every index in memory, for metrics."""
-        return [(index.kind, len(index)) for index in list(self._indexes.values())]
+    def sample(self) -> None:
+        """Its gauges, as of now (http/observability.py samples every metrics_sample_s): indexes by kind and
+        size bucket, faces by kind."""
+        sessions: dict[tuple[str, str], int] = {}
+        faces: dict[str, int] = {}
+        for index in list(self._indexes.values()):
+            key = (index.kind, size_bucket(len(index)))
+            sessions[key] = sessions.get(key, 0) + 1
+            faces[index.kind] = faces.get(index.kind, 0) + len(index)
+        for key in _reported_sessions | sessions.keys():
+            INDEX_SESSIONS.labels(*key).set(sessions.get(key, 0))
+        for kind in _reported_faces | faces.keys():
+            INDEX_FACES.labels(kind).set(faces.get(kind, 0))
+        _reported_sessions.update(sessions.keys())
+        _reported_faces.update(faces.keys())
 
     def is_loaded(self, session_id: int) -> bool:
         return session_id in self._indexes
