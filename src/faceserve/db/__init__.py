@@ -57,10 +57,13 @@ from .live import (
     get_live_search,
     insert_live_matches,
     insert_live_search,
+    insert_matches_of_live_search,
     live_matches_after,
     live_probe_version,
     live_probes,
+    lock_live_searches,
     notify_live,
+    recent_faces,
 )
 from .notifications import NotificationListener, Subscription, notify
 from .people import (
@@ -218,6 +221,7 @@ __all__ = [
     "insert_image",
     "insert_live_matches",
     "insert_live_search",
+    "insert_matches_of_live_search",
     "insert_setup_token",
     "insert_signing_key",
     "insert_upload_intent",
@@ -231,6 +235,7 @@ __all__ = [
     "live_probes",
     "live_signing_keys",
     "lock_key_bootstrap",
+    "lock_live_searches",
     "lock_path",
     "lock_people_writes",
     "lock_signing_key_creation",
@@ -253,6 +258,7 @@ __all__ = [
     "place_faces",
     "postgres_tool",
     "put_blob",
+    "recent_faces",
     "record_forget",
     "record_keys_last_used",
     "refresh_people",
