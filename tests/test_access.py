@@ -79,6 +79,7 @@ def _concrete(path: str) -> str:
         .replace("{image_id}", "1")
         .replace("{face_id}", "1")
         .replace("{person_id}", "1")
+        .replace("{live_id}", "1")
         .replace("{prefix}", "fsk_abcdefgh")
         .replace("{name}", "IMG_0001.jpg")
     )
