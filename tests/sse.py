@@ -45,11 +45,15 @@ class Stream:
             fields[name] = value.removeprefix(" ")
 
     async def next_match(self, timeout_s: float = 10.0) -> Event:
-        """The next event that is not a comment."""
-        while True:
-            event = await self.next(timeout_s)
-            if event.comment is None:
-                return event
+        """The next event that is not a comment, within timeout_s however many heartbeats come first."""
+
+        async def skipping_comments() -> Event:
+            while True:
+                event = await self._next()
+                if event.comment is None:
+                    return event
+
+        return await asyncio.wait_for(skipping_comments(), timeout_s)
 
 
 async def open_stream(

@@ -270,3 +270,24 @@ async def test_a_stream_ends_when_its_live_search_expires(client, photos, servic
         start = time.monotonic()
         assert (await stream.next_match(timeout_s=10)).event == "end"
         assert time.monotonic() - start < 5
+
+
+async def test_a_photo_recorded_but_not_yet_in_the_index_reaches_a_new_live_search(
+    client, photos, services, settings, engine, aiohttp_client
+):
+    """A photo another node committed just before the live search was made, not yet in this process's index
+    (its NOTIFY not applied yet): compared exactly at the making, and sent on the stream."""
+    from helpers import search
+
+    other_node = await aiohttp_client(create_app(settings, engine))
+    session_id = await create_session(client)
+    await upload(client, session_id, ("t1.jpg", photos["t1"].read_bytes()))
+    assert (await search(client, session_id, photos["yaoming"].read_bytes()))[0] == 200  # index loaded here
+    await services.sync.follower.close()  # this process stops applying the others' index changes
+    players = (await upload(other_node, session_id, ("players.jpg", photos["players"].read_bytes())))[0]
+    status, body = await _create(client, session_id, photos["yaoming"].read_bytes())
+    assert status == 201
+    assert body["data"]["matches"] == []  # the index here does not know the photo
+    async with aiohttp.ClientSession() as http:
+        stream = await open_stream(http, _events_url(client, session_id, body["data"]["live_id"]), _admin(client))
+        assert (await stream.next_match()).data["image_id"] == players["image_id"]

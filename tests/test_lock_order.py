@@ -129,3 +129,14 @@ async def upload_status(client: TestClient, session_id: int, data: bytes) -> int
     form.add_field("file", data, filename="joining.jpg", content_type="image/jpeg")
     response = await client.post(f"/api/face/sessions/{session_id}/images", data=form)
     return response.status
+
+
+def test_no_two_advisory_locks_share_an_id() -> None:
+    """Every lock id in db/locks.py is its own: two branches once gave the live searches' lock and the new
+    bytes' lock the same number, so uploads of a photo and the making of a live search took turns for nothing
+    (and a session id could collide with a hash of bytes)."""
+    from faceserve.db import locks
+
+    ids = {name: value for name, value in vars(locks).items() if name.isupper() and isinstance(value, int)}
+    assert len(ids) >= 8
+    assert len(set(ids.values())) == len(ids), ids

@@ -34,14 +34,49 @@ async def create(
     if face is None:
         raise NoFaceFound("no face was found in the selfie")
     try:
-        async with services.pool.acquire() as conn:
+        async with services.pool.acquire() as conn, conn.transaction():
+            # uploads of the session that read its live searches before this one have committed when it
+            # commits; those after it match it
+            await db.lock_live_searches(conn, session_id, alone=True)
             live = await db.insert_live_search(
                 conn, session_id, face.embedding, services.settings.live_search_hours, key_prefix
             )
     except asyncpg.ForeignKeyViolationError as exc:
         raise SessionNotFound(f"face session {session_id} does not exist") from exc
     matches = await matching.embedding_matches(services, session_id, face.embedding, threshold, limit)
+    await _catch_up(services, live, face.embedding, threshold, {m.image_id for m in matches})
     return Created(live, matches)
+
+
+# photos recorded this recently may not be in this process's index yet (its own add comes after the commit,
+# another node's through NOTIFY): compared exactly at a live search's making, and sent through its stream
+_RECENT_S = 60.0
+
+
+async def _catch_up(
+    services: Services, live: db.LiveSearch, embedding: np.ndarray, threshold: float, answered: set[int]
+) -> None:
+    session_id = live.face_session_id
+    async with services.pool.acquire() as conn, conn.transaction():
+        face_ids, image_ids, vectors = await db.recent_faces(
+            conn, session_id, _RECENT_S, services.models.engine.embedding_dim
+        )
+        if not len(face_ids):
+            return
+        distances = 1.0 - vectors @ embedding.astype(np.float32)
+        best: dict[int, tuple[int, float]] = {}  # image -> (face, distance), its nearest face within threshold
+        for face_id, image_id, distance in zip(face_ids.tolist(), image_ids.tolist(), distances.tolist()):
+            nearer = image_id not in best or distance < best[image_id][1]
+            if distance <= threshold and image_id not in answered and nearer:
+                best[image_id] = (face_id, max(0.0, distance))
+        if not best:
+            return
+        images = sorted(best, key=lambda image: best[image][1])
+        added = await db.insert_matches_of_live_search(
+            conn, live.id, images, [best[i][0] for i in images], [best[i][1] for i in images]
+        )
+        if added:
+            await db.notify_live(conn, session_id, [live.id])
 
 
 async def require(services: Services, session_id: int, live_id: int) -> db.LiveSearch:

@@ -146,6 +146,8 @@ class LiveHub:
         them (delivered at this transaction's commit). Answers the live searches that got it."""
         if not len(face_ids):
             return []
+        # held until this upload commits: a live search being made waits for it (core/live.py create)
+        await db.lock_live_searches(conn, session_id, alone=False)
         probes = await self._session_probes(conn, session_id)
         if not len(probes.ids):
             return []

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
+from . import locks
 from .notifications import notify
 from .pool import Connection
 
@@ -34,6 +35,36 @@ class LiveMatch:
     stored_name: str
     box: list[float]
     quality: str | None  # the face's mark (faces.quality), as search shows it
+
+
+async def lock_live_searches(conn: Connection, session_id: int, alone: bool) -> None:
+    """Inside a transaction, until it ends. An upload matching its faces holds it shared; making a live search
+    holds it alone, so every upload that read the session's live searches before it has committed when it
+    commits, and every later one sees it."""
+    function = "pg_advisory_xact_lock" if alone else "pg_advisory_xact_lock_shared"
+    await conn.execute(
+        f"SELECT {function}($1, ($2::bigint % 2147483647)::int)", locks.LIVE_SEARCHES, session_id
+    )
+
+
+async def recent_faces(
+    conn: Connection, session_id: int, seconds: float, dim: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(face ids, image ids, embeddings) of the session's photos recorded in the last `seconds`."""
+    rows = await conn.fetch(
+        "SELECT f.id, f.image_id, f.embedding FROM faces f JOIN face_session_images i ON i.id = f.image_id "
+        "WHERE i.face_session_id = $1 AND i.created_at > now() - $2::interval AND f.embedding_dim = $3 "
+        "ORDER BY f.id",
+        session_id,
+        timedelta(seconds=seconds),
+        dim,
+    )
+    face_ids = np.array([r["id"] for r in rows], dtype=np.int64)
+    image_ids = np.array([r["image_id"] for r in rows], dtype=np.int64)
+    if not rows:
+        return face_ids, image_ids, np.zeros((0, dim), dtype=np.float32)
+    vectors = np.frombuffer(b"".join(r["embedding"] for r in rows), dtype="<f4").astype(np.float32)
+    return face_ids, image_ids, vectors.reshape(len(rows), dim)
 
 
 async def insert_live_search(
@@ -130,6 +161,23 @@ async def insert_live_matches(
         list(distances),
     )
     return [r["live_search_id"] for r in rows]
+
+
+async def insert_matches_of_live_search(
+    conn: Connection, live_id: int, image_ids: Sequence[int], face_ids: Sequence[int], distances: Sequence[float]
+) -> int:
+    """Record several images for one live search (pairs already recorded stay); answers how many are new."""
+    rows = await conn.fetch(
+        "INSERT INTO live_matches (live_search_id, image_id, face_id, distance) "
+        "SELECT $1, m.image_id, m.face_id, m.distance "
+        "FROM unnest($2::bigint[], $3::bigint[], $4::real[]) AS m(image_id, face_id, distance) "
+        "ON CONFLICT (live_search_id, image_id) DO NOTHING RETURNING id",
+        live_id,
+        list(image_ids),
+        list(face_ids),
+        list(distances),
+    )
+    return len(rows)
 
 
 async def live_matches_after(conn: Connection, live_id: int, after: int, limit: int) -> list[LiveMatch]:

@@ -17,5 +17,7 @@ START_SWEEP = 0x5F_EE_70  # start-up sweeps take turns across the fleet (db/swee
 # two-key classes
 PEOPLE_WRITE = 7312101  # (class, session): writes to one session's people take turns (db/people.py)
 PEOPLE_CLUSTERING = 7312102  # (class, session): one full clustering of a session at a time
+# (class, session): uploads matching new faces hold it shared, a live search is made holding it alone (db/live.py)
+LIVE_SEARCHES = 7312103
 STORED_PATH = 0x5FEE  # (class, hashtext(path)): an upload's intent and a removal of that path take turns
-NEW_BYTES = 7312103  # (class, a sha256's first 4 bytes): transactions recording the same bytes take turns
+NEW_BYTES = 7312104  # (class, a sha256's first 4 bytes): transactions recording the same bytes take turns
