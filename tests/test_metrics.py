@@ -196,3 +196,19 @@ async def test_refused_searches_are_counted_as_searches(settings, engine, photos
         refused
     )
     assert _value(after, "faceserve_uploads_rejected_total") == _value(before, "faceserve_uploads_rejected_total")
+
+
+def test_the_cli_loads_without_prometheus_client() -> None:
+    """prometheus_client picks in-memory or multiprocess storage at its first import, and `faceserve serve`
+    sets PROMETHEUS_MULTIPROC_DIR only once its command is parsed: a metric defined in a module that the CLI
+    imports at load (db/ is one) would be kept in memory and missing from every scrape of a served node."""
+    import subprocess
+    import sys
+
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, faceserve.cli; print('prometheus_client' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert loaded.stdout.strip() == "False"

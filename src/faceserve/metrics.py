@@ -3,7 +3,7 @@
 A metric is defined next to the code that updates it: request latencies in http/observability.py,
 rate-limit refusals in http/ratelimit.py, search steps in http/search.py, recogniser runs in
 vision/batcher.py, refused uploads and searches and uploads in flight in core/admission.py, inference queues in
-core/models.py, pool connections in db/pool.py, indexes in memory in index/registry.py, live streams in
+core/models.py, pool connections in core/services.py, indexes in memory in index/registry.py, live streams in
 core/live_hub.py. Here are the rendering, the latency buckets and RequestTimes.
 
 Run by the CLI, every process writes its samples to files under PROMETHEUS_MULTIPROC_DIR (a fresh folder the
@@ -11,7 +11,8 @@ service makes and removes, see cli.metrics_folder), and a scrape of any worker r
 report together. Without that variable (tests, embedding) the samples stay in this process.
 
 prometheus_client picks its storage when it is first imported, so the CLI sets the variable before anything
-imports this module. Gauges of live state (pools, queues, indexes) are sampled by each worker every few
+imports it: a module that defines a metric must not be imported by the CLI's own modules at load (db/ and
+the modules cli/ imports at its top define none; tests/test_metrics.py holds it). Gauges of live state (pools, queues, indexes) are sampled by each worker every few
 seconds (`sample`), never computed per request; per request there is one histogram observation.
 """
 

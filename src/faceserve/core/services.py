@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 import numpy as np
+from prometheus_client import Gauge
 
 from .. import db
 from ..config import Settings
@@ -31,6 +32,10 @@ from .models import Models
 from .removals import Removals
 
 log = logging.getLogger(__name__)
+
+POOL_CONNECTIONS = Gauge(
+    "faceserve_db_pool_connections", "Database pool connections, by state", ["state"], multiprocess_mode="livesum"
+)
 
 
 class BackgroundJobs:
@@ -108,6 +113,13 @@ class Services:
     jobs: BackgroundJobs
     # live searches: new faces against the sessions' live probes, and the streams waiting here (live_hub.py)
     live: LiveHub
+
+    def sample_pool(self) -> None:
+        """The pool's gauge, as of now (http/observability.py samples every metrics_sample_s)."""
+        idle = self.pool.get_idle_size()
+        POOL_CONNECTIONS.labels("in_use").set(self.pool.get_size() - idle)
+        POOL_CONNECTIONS.labels("idle").set(idle)
+        POOL_CONNECTIONS.labels("max").set(self.pool.get_max_size())
 
 
 async def _cancel(task: asyncio.Task) -> None:

@@ -104,7 +104,7 @@ from .people import (
     unlock_clustering,
     unplace_machine_faces,
 )
-from .pool import Connection, create_pool, discard, ping, sample_pool, server_version_and_time
+from .pool import Connection, create_pool, discard, ping, server_version_and_time
 from .sessions import (
     FaceSession,
     create_session,
@@ -271,7 +271,6 @@ __all__ = [
     "revoke_api_key",
     "revoke_session_keys",
     "running_database_uri",
-    "sample_pool",
     "server_version_and_time",
     "session_assignments",
     "session_counts",

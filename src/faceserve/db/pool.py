@@ -8,7 +8,6 @@ from datetime import datetime
 from typing import Any, TypeAlias
 
 import asyncpg
-from prometheus_client import Gauge
 
 from ..config import Settings
 
@@ -16,18 +15,6 @@ log = logging.getLogger(__name__)
 
 # a query function takes either: one connection (inside a transaction) or the pool (one round trip)
 Connection: TypeAlias = asyncpg.Connection | asyncpg.Pool
-
-POOL_CONNECTIONS = Gauge(
-    "faceserve_db_pool_connections", "Database pool connections, by state", ["state"], multiprocess_mode="livesum"
-)
-
-
-def sample_pool(pool: asyncpg.Pool) -> None:
-    """The pool's gauge, as of now (http/observability.py samples every metrics_sample_s)."""
-    idle = pool.get_idle_size()
-    POOL_CONNECTIONS.labels("in_use").set(pool.get_size() - idle)
-    POOL_CONNECTIONS.labels("idle").set(idle)
-    POOL_CONNECTIONS.labels("max").set(pool.get_max_size())
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from prometheus_client import Histogram
 
-from .. import db, metrics
+from .. import metrics
 from ..core.services import Services
 from .appkeys import REQUEST_ID, SERVICES
 from .middleware import Handler
@@ -82,7 +82,7 @@ def sample(services: Services) -> None:
     HTTP_REQUESTS.flush()
     services.admission.sample()
     services.models.sample()
-    db.sample_pool(services.pool)
+    services.sample_pool()
     services.indexes.sample()
     services.live.sample()
 
