@@ -15,7 +15,7 @@ from faceserve.config import Settings
 from faceserve.vision import detection
 from faceserve.vision.engine import FaceEngine
 
-SMALL = 320
+SMALL = Settings.probe_detector_size  # the default
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_group_photos_fall_back_to_the_full_size(engines, photos):
 
 def test_a_selfie_is_found_by_the_small_pass_alone(engines, photos):
     """yaoming.jpg's face stands at the small size; its box within 3 px of the full size's, and its
-    embedding as good as the same (the landmarks the crop is aligned on barely move)."""
+    embedding as good as the same (the landmarks the crop is aligned on move by about a pixel)."""
     pixels = cv2.imread(str(photos["yaoming"]))
     small_boxes = engines[SMALL].detect(pixels, input_size=SMALL)[0]
     assert detection.small_pass_holds(small_boxes, pixels.shape[:2], SMALL)
@@ -58,7 +58,7 @@ def test_a_selfie_is_found_by_the_small_pass_alone(engines, photos):
     _same_faces(small, full, 3.0)
     embeddings = [engine.embed_crops(engine.align(pixels, found[1])) for engine, found in
                   ((engines[SMALL], small), (engines[640], full))]
-    assert float(np.sum(embeddings[0] * embeddings[1])) >= 0.99
+    assert float(np.sum(embeddings[0] * embeddings[1])) >= 0.98  # 0.02 of distance; a match is within 0.6
 
 
 @pytest.mark.parametrize("fill", [0.5, 0.7, 0.9, 1.1])
@@ -94,10 +94,10 @@ def test_only_the_warmed_up_sizes_run(engines, models_dir):
     """The detector sees two input shapes, both warmed up at start; any other is refused (a GPU would
     re-plan on it)."""
     engine = engines[SMALL]
-    assert engine.probe_detector_size == SMALL and engine.detector_input_size == 640
+    assert engine.probe_detector_size == SMALL < engine.detector_input_size == 640
     blank = np.zeros((100, 100, 3), dtype=np.uint8)
-    with pytest.raises(ValueError, match="runs at 640 or 320 only"):
-        engine.detect(blank, input_size=480)
+    with pytest.raises(ValueError, match=f"runs at 640 or {SMALL} only"):
+        engine.detect(blank, input_size=SMALL + 32)
     if engine.engine == "openvino":
         assert sorted(engine._detector.resolution_sessions) == [(SMALL, SMALL), (640, 640)]
     assert FaceEngine.from_settings(  # larger than the detector's input: one size, the detector's

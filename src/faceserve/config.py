@@ -266,9 +266,10 @@ class Settings:
     # a probe's first detector pass, at this input size when smaller than DETECTOR_INPUT_SIZE: a selfie's
     # face is large. Whenever it finds no face, none of a selfie's size, or a face small at this size (a
     # group photo), the probe is detected at DETECTOR_INPUT_SIZE as an upload is (vision/detection.py).
-    # 320: close-ups found and matched as at 640, no new false match (benchmarks/closeups.py, threshold.py),
-    # a selfie's detection in about a third of the time (RESULTS.md, a probe's first pass)
-    probe_detector_size: int = 320
+    # 480: close-ups found and matched as at 640, no new false match (benchmarks/closeups.py, threshold.py),
+    # and the quality checks' verdicts as at 640, which 320 did not keep for turned faces (quality.py;
+    # RESULTS.md, a probe's first pass)
+    probe_detector_size: int = 480
     detection_threshold: float = 0.5
     # faces smaller than this (shorter box side, pixels) are not indexed: too blurry to match reliably
     min_face_size: int = 20
