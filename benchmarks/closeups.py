@@ -1,6 +1,6 @@
 """Close-up selfies found and matched, the detector's one pass against vision/detection.py's close-up pass.
 
-    python benchmarks/closeups.py [--models-dir models] [--fills 0.5 0.7 0.9 1.1 1.2] [--min-side 36] [--probe-size 320]
+    python benchmarks/closeups.py [--models-dir models] [--fills 0.5 0.7 0.9 1.1 1.2] [--min-side 36] [--probe-size 480]
 
 Probes: every face of at least --min-side px in t1.jpg, players.jpg and yaoming.jpg, framed as a phone's
 1080x1440 portrait selfie in which the face's width is `fill` of the frame's (tests/selfies.py), JPEG q90.

@@ -1,7 +1,7 @@
 """The probe quality limits' evidence: degraded copies of the shipped photos' faces, measured and matched.
 
     python benchmarks/quality.py [--models-dir models] [--min-side 36] [--only smaller|blurred|turned|fill]
-                              [--probe-size 320]
+                              [--probe-size 480]
 
 Probes: every face of at least --min-side px of t1.jpg, players.jpg and yaoming.jpg framed as a 1080x1440
 selfie (tests/selfies.py), at fill 0.5 unless the degradation changes it:

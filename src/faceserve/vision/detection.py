@@ -7,10 +7,10 @@ neither near the frame's size nor too small to be the guest's own. The canvas ha
 size, so a GPU sees one input shape (no re-planning, engine.py).
 
 A probe is a selfie, its face large: where PROBE_DETECTOR_SIZE is smaller than the detector's input, its first
-pass runs at that size (about a quarter of the work at 320). The probe falls back to the full-size pass, as an
-upload is detected, whenever the small pass finds no face, no face of a selfie's size (SELFIE_SMALLEST), or any
-face small at its size (SMALL_PASS_FACE: a group photo, whose smaller faces the small pass may miss); the
-close-up pass follows as for any first pass.
+pass runs at that size (480 by default: about half the work of 640). The probe falls back to the full-size
+pass, as an upload is detected, whenever the small pass finds no face, no face of a selfie's size
+(SELFIE_SMALLEST), or any face small at its size (SMALL_PASS_FACE: a group photo, whose smaller faces the small
+pass may miss); the close-up pass follows as for any first pass.
 
 Blocking, like FaceEngine: callers run it in the inference thread pool.
 """
