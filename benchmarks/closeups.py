@@ -1,6 +1,6 @@
 """Close-up selfies found and matched, the detector's one pass against vision/detection.py's close-up pass.
 
-    python benchmarks/closeups.py [--models-dir models] [--fills 0.5 0.7 0.9 1.1 1.2] [--min-side 36]
+    python benchmarks/closeups.py [--models-dir models] [--fills 0.5 0.7 0.9 1.1 1.2] [--min-side 36] [--probe-size 480]
 
 Probes: every face of at least --min-side px in t1.jpg, players.jpg and yaoming.jpg, framed as a phone's
 1080x1440 portrait selfie in which the face's width is `fill` of the frame's (tests/selfies.py), JPEG q90.
@@ -124,10 +124,11 @@ def main() -> None:
     parser.add_argument("--fills", type=float, nargs="+", default=[0.5, 0.7, 0.9, 1.1, 1.2])
     parser.add_argument("--min-side", type=int, default=36)
     parser.add_argument("--repeat", type=int, default=60, help="probe timings: runs of each way")
+    parser.add_argument("--probe-size", type=int, default=Settings.probe_detector_size, help="PROBE_DETECTOR_SIZE")
     add_flag(parser)
     args = parser.parse_args()
     shrink(args, fills=[0.9], repeat=2)
-    settings = Settings(models_dir=args.models_dir)
+    settings = Settings(models_dir=args.models_dir, probe_detector_size=args.probe_size)
     engine = FaceEngine.from_settings(settings)
     engine.warm_up()
     threshold = settings.match_threshold

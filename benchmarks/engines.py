@@ -1,7 +1,8 @@
 """ONNX Runtime against OpenVINO on the models' own work, paired: every round measures each engine once, in
 alternating order, so the drift of shared cores falls on all of them alike.
 
-    python benchmarks/engines.py [--rounds 3] [--repeat 10] [--images 12] [--threads 2] [--clock wall|cpu] [--smoke]
+    python benchmarks/engines.py [--rounds 3] [--repeat 10] [--images 12] [--threads 2] [--clock wall|cpu]
+                                [--probe-sizes 640 320] [--smoke]
 
 Rows per engine: the recogniser on a batch of 32 aligned crops, the detector on one 640x640 input, bare
 ingest (decode + detect + align + embed every face, one image after another) of ~1.5 MP JPEGs made from
@@ -78,6 +79,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=12)
     parser.add_argument("--threads", type=int, default=2, help="FACESERVE_MODEL_THREADS of every engine")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall")
+    parser.add_argument("--probe-sizes", type=int, nargs="+", default=[Settings.probe_detector_size])
     add_flag(parser)
     args = parser.parse_args()
     shrink(args, rounds=1, repeat=2, images=2)
@@ -87,10 +89,12 @@ def main() -> None:
         engines |= {label: s for label, s in ENGINES.items() if s["engine"] == "openvino" and
                     ("bf16" in native or "bf16" not in s.values())}
     loaded = {}
-    for label, settings in engines.items():
-        engine = FaceEngine.from_settings(Settings(models_dir=ROOT / "models", model_threads=args.threads, **settings))
-        engine.warm_up()
-        loaded[label] = engine
+    for size in args.probe_sizes:
+        for label, settings in engines.items():
+            engine = FaceEngine.from_settings(Settings(
+                models_dir=ROOT / "models", model_threads=args.threads, probe_detector_size=size, **settings))
+            engine.warm_up()
+            loaded[label if size == args.probe_sizes[0] else f"{label}, probe {size}"] = engine
 
     reference = next(iter(loaded.values()))
     images = make_images([PHOTOS[name] for name in ("t1", "players", "gdp")], args.images, 1.5)

@@ -1,6 +1,7 @@
 """The probe quality limits' evidence: degraded copies of the shipped photos' faces, measured and matched.
 
     python benchmarks/quality.py [--models-dir models] [--min-side 36] [--only smaller|blurred|turned|fill]
+                              [--probe-size 480]
 
 Probes: every face of at least --min-side px of t1.jpg, players.jpg and yaoming.jpg framed as a 1080x1440
 selfie (tests/selfies.py), at fill 0.5 unless the degradation changes it:
@@ -111,10 +112,11 @@ def main() -> None:
     parser.add_argument("--models-dir", type=Path, default=Path(__file__).parents[1] / "models")
     parser.add_argument("--min-side", type=int, default=36)
     parser.add_argument("--only", default="", help="rows whose name starts with this (e.g. 'smaller')")
+    parser.add_argument("--probe-size", type=int, default=Settings.probe_detector_size, help="PROBE_DETECTOR_SIZE")
     add_flag(parser)
     args = parser.parse_args()
     shrink(args, only="blurred: sigma 4")
-    settings = Settings(models_dir=args.models_dir)
+    settings = Settings(models_dir=args.models_dir, probe_detector_size=args.probe_size)
     engine = FaceEngine.from_settings(settings)
     gallery, probes = shipped_faces(engine, args.min_side)
     limits = (settings.probe_min_eye_distance, settings.probe_min_sharpness, settings.probe_max_turn)

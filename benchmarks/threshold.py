@@ -60,13 +60,14 @@ def main() -> None:
     parser.add_argument("--engine", choices=CHOICES["engine"], default=Settings.engine)
     parser.add_argument("--precision", choices=CHOICES["precision"], default=Settings.precision)
     parser.add_argument("--detector-precision", choices=CHOICES["detector_precision"], default=Settings.detector_precision)
+    parser.add_argument("--probe-size", type=int, default=Settings.probe_detector_size, help="PROBE_DETECTOR_SIZE")
     add_flag(parser)
     args = parser.parse_args()
     shrink(args)  # the four shipped photos are already a few seconds' work
     engine = FaceEngine.from_settings(
         Settings(
             models_dir=args.models_dir, model_pack=args.pack, engine=args.engine, precision=args.precision,
-            detector_precision=args.detector_precision,
+            detector_precision=args.detector_precision, probe_detector_size=args.probe_size,
         )
     )
 

@@ -69,6 +69,7 @@ MINIMUM: dict[str, float] = {
     "signed_url_granularity": 1,
     "min_face_size": 0,
     "detector_input_size": 32,
+    "probe_detector_size": 32,
     "face_crop_padding": 0,
     "metrics_sample_s": 0.05,
     "s3_multipart_threshold": 5 * 1024 * 1024,
@@ -114,6 +115,7 @@ MINIMUM: dict[str, float] = {
 # and at most this
 MAXIMUM: dict[str, float] = {
     "port": 65535,
+    "probe_detector_size": 4096,
     "match_threshold": 2,  # cosine distance
     "detection_threshold": 1,
     "index_target_recall": 1,
@@ -261,6 +263,13 @@ class Settings:
     # which GPU ONNX Runtime and the CuPy index use, on a host with several
     cuda_device_id: int = 0
     detector_input_size: int = 640
+    # a probe's first detector pass, at this input size when smaller than DETECTOR_INPUT_SIZE: a selfie's
+    # face is large. Whenever it finds no face, none of a selfie's size, or a face small at this size (a
+    # group photo), the probe is detected at DETECTOR_INPUT_SIZE as an upload is (vision/detection.py).
+    # 480: close-ups found and matched as at 640, no new false match (benchmarks/closeups.py, threshold.py),
+    # and the quality checks' verdicts as at 640, which 320 did not keep for turned faces (quality.py;
+    # RESULTS.md, a probe's first pass)
+    probe_detector_size: int = 480
     detection_threshold: float = 0.5
     # faces smaller than this (shorter box side, pixels) are not indexed: too blurry to match reliably
     min_face_size: int = 20

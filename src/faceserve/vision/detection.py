@@ -6,6 +6,12 @@ An upload whose faces are all small pays for one pass only, and so does a probe 
 neither near the frame's size nor too small to be the guest's own. The canvas has the detector's input
 size, so a GPU sees one input shape (no re-planning, engine.py).
 
+A probe is a selfie, its face large: where PROBE_DETECTOR_SIZE is smaller than the detector's input, its first
+pass runs at that size (480 by default: about half the work of 640). The probe falls back to the full-size
+pass, as an upload is detected, whenever the small pass finds no face, no face of a selfie's size
+(SELFIE_SMALLEST), or any face small at its size (SMALL_PASS_FACE: a group photo, whose smaller faces the small
+pass may miss); the close-up pass follows as for any first pass.
+
 Blocking, like FaceEngine: callers run it in the inference thread pool.
 """
 
@@ -31,6 +37,9 @@ SELFIE_SMALLEST = 0.2
 # the photo's edge repeated: a face cut by the frame is found at fills 1.1-1.3 on black, at 1.2 in 3 of 23 on
 # repeated edges); 2 finds every face from fill 0.7 to 1.3, 1.5 misses half at 1.3
 SHRINK = 2.0
+# a face whose box's shorter side is under this many pixels of the probe's small pass's input is small for
+# it: faces of that size and smaller are where a smaller input starts to miss faces that the full size finds
+SMALL_PASS_FACE = 32
 # two boxes overlapping this much (intersection over union) are one face
 _SAME_FACE_IOU = 0.4
 
@@ -39,14 +48,36 @@ def find_faces(
     engine: FaceEngine, image_bgr: np.ndarray, selfie: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Every face, as FaceEngine.detect gives them: (n, 5) boxes with scores, (n, 5, 2) landmarks, in the
-    photo's pixels. `selfie`: a probe, whose own face is not small (SELFIE_SMALLEST)."""
-    boxes, landmarks = engine.detect(image_bgr)
+    photo's pixels. `selfie`: a probe, whose own face is not small (SELFIE_SMALLEST), first looked at with
+    the engine's probe_detector_size."""
+    boxes, landmarks = _first_pass(engine, image_bgr, selfie)
     if not needs_second_pass(boxes, image_bgr.shape[:2], SELFIE_SMALLEST if selfie else 0.0):
         return boxes, landmarks
     canvas, scale, offset = letterbox(image_bgr, engine.detector_input_size, SHRINK)
     more_boxes, more_landmarks = engine.detect(canvas, scale)
     more_boxes, more_landmarks = to_photo(more_boxes, more_landmarks, scale, offset, image_bgr.shape[:2])
     return merge(boxes, landmarks, more_boxes, more_landmarks)
+
+
+def _first_pass(engine: FaceEngine, image_bgr: np.ndarray, selfie: bool) -> tuple[np.ndarray, np.ndarray]:
+    small = engine.probe_detector_size
+    if selfie and small < engine.detector_input_size:
+        boxes, landmarks = engine.detect(image_bgr, input_size=small)
+        if small_pass_holds(boxes, image_bgr.shape[:2], small):
+            # clipped as the close-up pass's are: at this size a close-up's face is found running past the frame
+            return clip(boxes, image_bgr.shape[:2]), landmarks
+    return engine.detect(image_bgr)
+
+
+def small_pass_holds(boxes: np.ndarray, shape: tuple[int, int], side: int) -> bool:
+    """Whether a probe's pass at input `side` stands: it found a face of a selfie's size (SELFIE_SMALLEST of
+    the photo's longer side) and none small at that input (SMALL_PASS_FACE)."""
+    if not len(boxes):
+        return False
+    longer = max(shape)
+    sides = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    largest = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]).max()
+    return bool(largest >= SELFIE_SMALLEST * longer and sides.min() * side / longer >= SMALL_PASS_FACE)
 
 
 def needs_second_pass(boxes: np.ndarray, shape: tuple[int, int], smallest: float = 0.0) -> bool:
@@ -79,10 +110,16 @@ def to_photo(
     boxes = boxes.astype(np.float32)
     landmarks = ((landmarks - offset) / scale).astype(np.float32)
     boxes[:, :4] = (boxes[:, :4] - np.tile(offset, 2)) / scale
+    return clip(boxes, shape), landmarks
+
+
+def clip(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Boxes (n, 5) clipped to a photo of `shape` (height, width)."""
+    boxes = boxes.astype(np.float32)
     height, width = shape
     boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
     boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
-    return boxes, landmarks
+    return boxes
 
 
 def merge(

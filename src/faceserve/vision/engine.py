@@ -133,6 +133,7 @@ class FaceEngine:
         engine: str,
         precision: str,
         detector_precision: str,
+        probe_detector_size: int | None = None,
     ) -> None:
         self.pack = pack
         self.providers = choose_providers(device)
@@ -162,6 +163,8 @@ class FaceEngine:
         )
         self._detector.prepare(0, det_thresh=detection_threshold)
         self._input_size = (detector_input_size, detector_input_size)
+        # a probe's first pass (vision/detection.py): its own input shape, at most the detector's
+        self._probe_size = min(probe_detector_size or detector_input_size, detector_input_size)
         self._recogniser = ArcFaceONNX(
             model_file=str(pack.recogniser), session=recogniser_session(str(pack.recogniser))
         )
@@ -187,6 +190,7 @@ class FaceEngine:
             engine=settings.engine,
             precision=settings.precision,
             detector_precision=settings.detector_precision,
+            probe_detector_size=settings.probe_detector_size,
         )
 
     @property
@@ -202,10 +206,10 @@ class FaceEngine:
 
     def warm_up(self) -> None:
         """First runs allocate and pick kernels (on CUDA, ~1-3 s a model): do it at start, not on the first
-        user's request. Each model then sees one input shape: the detector's input size, and on CUDA the
-        recogniser's fixed rows."""
-        blank = np.zeros((self._input_size[1], self._input_size[0], 3), dtype=np.uint8)
-        self._detector.detect(blank, input_size=self._input_size)
+        user's request. Each model then sees fixed input shapes only: the detector's input size (and the
+        probes' first pass's, where smaller), and on CUDA the recogniser's fixed rows."""
+        for side in sorted({self._input_size[0], self._probe_size}):
+            self._detector.detect(np.zeros((side, side, 3), dtype=np.uint8), input_size=(side, side))
         self.embed_crops(np.zeros((1, self._crop_size, self._crop_size, 3), dtype=np.uint8))
 
     @property
@@ -213,10 +217,22 @@ class FaceEngine:
         """Side of the square the detector sees every image letterboxed into."""
         return self._input_size[0]
 
-    def detect(self, image_bgr: np.ndarray, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def probe_detector_size(self) -> int:
+        """Side of the square a probe's first pass sees (vision/detection.py); at most detector_input_size."""
+        return self._probe_size
+
+    def detect(
+        self, image_bgr: np.ndarray, scale: float = 1.0, input_size: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Boxes with scores (n, 5) and landmarks (n, 5, 2); `scale`: the image's pixels per photo pixel, for an
-        image made from the photo (vision/detection.py), so min_face_size stays in the photo's pixels."""
-        boxes, landmarks = self._detector.detect(image_bgr, input_size=self._input_size)
+        image made from the photo (vision/detection.py), so min_face_size stays in the photo's pixels.
+        `input_size`: the detector's input side, detector_input_size by default (probe_detector_size for a
+        probe's first pass: no other, so that every shape is warmed up)."""
+        side = self._input_size if input_size is None else (input_size, input_size)
+        if side not in (self._input_size, (self._probe_size, self._probe_size)):
+            raise ValueError(f"the detector runs at {self._input_size[0]} or {self._probe_size} only, not {input_size}")
+        boxes, landmarks = self._detector.detect(image_bgr, input_size=side)
         if landmarks is None:
             raise RuntimeError(f"detector {self.pack.detector.name} gives no landmarks; a *_bnkps model is needed")
         if self.min_face_size and len(boxes):
