@@ -6,19 +6,26 @@ Synchronous on purpose (subprocess and urllib): fixtures of any scope and benchm
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 from helpers import free_port, nginx_binary
+
+from faceserve.vision.packs import locate_pack
 
 ROOT = Path(__file__).resolve().parents[1]
 NGINX_TEMPLATE = ROOT / "deploy" / "nginx.conf"
@@ -127,6 +134,13 @@ class Fleet:
         self.nodes[name] = node
         return node
 
+    def start_behind_nginx(self, *names: str) -> None:
+        """Start these nodes, wait until each is ready, and put nginx in front of them."""
+        for name in names:
+            self.start_node(name)
+        self.wait_ready(*names)
+        self.start_nginx(list(names))
+
     def wait_ready(self, *names: str) -> None:
         deadline = time.monotonic() + _READY_TIMEOUT_S
         for name in names:
@@ -212,3 +226,42 @@ class Fleet:
     def nginx_error_log(self) -> str:
         path = self.run_dir / "error.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+
+def database_named(uri: str, name: str) -> str:
+    """The server of uri, database name."""
+    return urlunsplit(urlsplit(uri)._replace(path="/" + name))
+
+
+async def _create_database(uri: str, name: str) -> None:
+    admin = await asyncpg.connect(uri)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+
+
+async def _drop_database(uri: str, name: str) -> None:
+    admin = await asyncpg.connect(uri)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@contextmanager
+def fleet_of_its_own(postgres_uri: str, models_dir: Path, root: Path, kind: str, **node_env: str) -> Iterator[Fleet]:
+    """A fleet on a database of its own on the server of postgres_uri (made here, named faceserve_{kind}_...,
+    dropped after with everything in it), its shared storage and nginx's run folder under root, the model
+    pack laid out once (before two nodes race to do it). The caller starts its nodes; all stop after."""
+    name = f"faceserve_{kind}_{secrets.token_hex(4)}"
+    asyncio.run(_create_database(postgres_uri, name))
+    locate_pack(models_dir, "buffalo_s")
+    run_dir = root / "nginx"
+    run_dir.mkdir(exist_ok=True)
+    fleet = Fleet(database_named(postgres_uri, name), root / "shared-storage", models_dir, run_dir, dict(node_env))
+    try:
+        yield fleet
+    finally:
+        fleet.close()
+        asyncio.run(_drop_database(postgres_uri, name))

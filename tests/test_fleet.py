@@ -8,19 +8,16 @@ Needs the nginx binary (`apt-get install -y nginx`; .ci/run installs it).
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
 import pytest
-from fleet import ACCEL_PREFIX, Fleet
+from fleet import ACCEL_PREFIX, Fleet, fleet_of_its_own
 from helpers import create_session_at, upload_at
-
-from faceserve.vision.packs import locate_pack
 
 PROPAGATION_LIMIT_S = 1.0
 # headers whose values must be the same whoever sends the body (Date and Server are the sender's own)
@@ -37,44 +34,11 @@ SERVED_HEADERS = (
 )
 
 
-def _database(uri: str, name: str) -> str:
-    return urlunsplit(urlsplit(uri)._replace(path="/" + name))
-
-
-async def _create_database(uri: str, name: str) -> None:
-    admin = await asyncpg.connect(uri)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-
-
-async def _drop_database(uri: str, name: str) -> None:
-    admin = await asyncpg.connect(uri)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
 @pytest.fixture(scope="module")
 def fleet(postgres_uri: str, models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    name = "faceserve_fleet_" + secrets.token_hex(4)
-    asyncio.run(_create_database(postgres_uri, name))
-    locate_pack(models_dir, "buffalo_s")  # laid out once, before two nodes race to do it
-    root = tmp_path_factory.mktemp("fleet")
-    run_dir = root / "nginx"
-    run_dir.mkdir()
-    fleet = Fleet(_database(postgres_uri, name), root / "shared-storage", models_dir, run_dir)
-    try:
-        fleet.start_node("a")
-        fleet.start_node("b")
-        fleet.wait_ready("a", "b")
-        fleet.start_nginx(["a", "b"])
+    with fleet_of_its_own(postgres_uri, models_dir, tmp_path_factory.mktemp("fleet"), "fleet") as fleet:
+        fleet.start_behind_nginx("a", "b")
         yield fleet
-    finally:
-        fleet.close()
-        asyncio.run(_drop_database(postgres_uri, name))
 
 
 

@@ -10,7 +10,6 @@ real Postgres. The nodes' own lifetimes would hide a lost announcement: a key re
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -19,32 +18,23 @@ from urllib.parse import urlsplit
 import aiohttp
 import asyncpg
 import pytest
-from fleet import Fleet
+from fleet import Fleet, fleet_of_its_own
 from helpers import create_session_at, upload_at
-from test_fleet import _create_database, _database, _drop_database
 
 from faceserve.core import signing, signing_store
-from faceserve.vision.packs import locate_pack
 
 PROPAGATION_LIMIT_S = 1.0
 
 
 @pytest.fixture(scope="module")
 def fleet(postgres_uri: str, models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    name = "faceserve_fleet_keys_" + secrets.token_hex(4)
-    asyncio.run(_create_database(postgres_uri, name))
-    locate_pack(models_dir, "buffalo_s")
     root = tmp_path_factory.mktemp("fleet-cross-node")
-    fleet = Fleet(_database(postgres_uri, name), root / "shared-storage", models_dir, root, {"FACESERVE_AUTH": "on"})
-    try:
+    with fleet_of_its_own(postgres_uri, models_dir, root, "fleet_keys", FACESERVE_AUTH="on") as fleet:
         fleet.start_node("a")
         fleet.wait_ready("a")  # A makes the bootstrap admin key; B, started after, finds one
         fleet.start_node("b")
         fleet.wait_ready("b")
         yield fleet
-    finally:
-        fleet.close()
-        asyncio.run(_drop_database(postgres_uri, name))
 
 
 @pytest.fixture

@@ -14,11 +14,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from fleet import Fleet
+from fleet import Fleet, fleet_of_its_own
 from helpers import upload_at
 from service_process import shared_temp_dir
-
-from faceserve.vision.packs import locate_pack
 
 RECOVERY_LIMIT_S = 30.0
 
@@ -46,18 +44,10 @@ def restart(server) -> None:
 
 @pytest.fixture(scope="module")
 def fleet(own_postgres, models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    locate_pack(models_dir, "buffalo_s")
     root = tmp_path_factory.mktemp("fleet-restart")
-    (root / "nginx").mkdir()
-    fleet = Fleet(own_postgres.get_uri(), root / "shared-storage", models_dir, root / "nginx")
-    try:
-        fleet.start_node("a")
-        fleet.start_node("b")
-        fleet.wait_ready("a", "b")
-        fleet.start_nginx(["a", "b"])
+    with fleet_of_its_own(own_postgres.get_uri(), models_dir, root, "fleet_restart") as fleet:
+        fleet.start_behind_nginx("a", "b")
         yield fleet
-    finally:
-        fleet.close()
 
 
 async def _search(http: aiohttp.ClientSession, base: str, session_id: int, probe: bytes) -> tuple[int, list]:

@@ -8,19 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 import seaweed
-from fleet import Fleet
+from fleet import Fleet, fleet_of_its_own
 from helpers import create_session_at, upload_at
 from multidict import CIMultiDict
-from test_fleet import _create_database, _database, _drop_database
-
-from faceserve.vision.packs import locate_pack
 
 S3_PREFIX = "/_faceserve_s3/"
 ASKED = {"X-Sendfile-Type": "X-Accel-Redirect"}
@@ -38,31 +34,21 @@ def own_seaweedfs(tmp_path_factory: pytest.TempPathFactory, seaweedfs) -> Iterat
 def s3_fleet(
     postgres_uri: str, models_dir: Path, tmp_path_factory: pytest.TempPathFactory, own_seaweedfs: seaweed.SeaweedFS
 ) -> Iterator[Fleet]:
-    seaweedfs = own_seaweedfs
-    name = "faceserve_fleet_s3_" + secrets.token_hex(4)
-    asyncio.run(_create_database(postgres_uri, name))
-    locate_pack(models_dir, "buffalo_s")
     root = tmp_path_factory.mktemp("fleet-s3")
-    run_dir = root / "nginx"
-    run_dir.mkdir()
-    fleet = Fleet(_database(postgres_uri, name), root / "never-shared", models_dir, run_dir)
-    fleet.node_env = {
+    env = {
         **seaweed.credentials_env(),
         "FACESERVE_IMAGE_STORE": "s3",
-        "FACESERVE_S3_ENDPOINT": seaweedfs.endpoint,
+        "FACESERVE_S3_ENDPOINT": own_seaweedfs.endpoint,
         "FACESERVE_S3_BUCKET": seaweed.BUCKET,
-        "FACESERVE_S3_PREFIX": f"fleet/{name}",
+        "FACESERVE_S3_PREFIX": f"fleet/{root.name}",
         "FACESERVE_S3_ACCEL_REDIRECT": S3_PREFIX,
     }
-    try:
+    with fleet_of_its_own(postgres_uri, models_dir, root, "fleet_s3", **env) as fleet:
         for node in ("a", "b"):
             fleet.start_node(node, storage=root / f"node-{node}")  # no folder two nodes share
         fleet.wait_ready("a", "b")
         fleet.start_nginx(["a", "b"])
         yield fleet
-    finally:
-        fleet.close()
-        asyncio.run(_drop_database(postgres_uri, name))
 
 
 async def _get(http: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None) -> tuple[int, CIMultiDict, bytes]:

@@ -4,43 +4,25 @@ through nginx whose node dies is resumed with Last-Event-ID on the other node wi
 
 from __future__ import annotations
 
-import asyncio
 import re
-import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
-from fleet import Fleet
+from fleet import Fleet, fleet_of_its_own
 from helpers import create_session_at, upload_at
 from sse import open_stream
-from test_fleet import _create_database, _database, _drop_database
-
-from faceserve.vision.packs import locate_pack
 
 PROPAGATION_LIMIT_S = 1.0
 
 
 @pytest.fixture(scope="module")
 def fleet(postgres_uri: str, models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    name = "faceserve_fleet_live_" + secrets.token_hex(4)
-    asyncio.run(_create_database(postgres_uri, name))
-    locate_pack(models_dir, "buffalo_s")
-    root = tmp_path_factory.mktemp("fleet-live")
-    run_dir = root / "nginx"
-    run_dir.mkdir()
-    fleet = Fleet(_database(postgres_uri, name), root / "shared-storage", models_dir, run_dir)
-    try:
-        fleet.start_node("a")
-        fleet.start_node("b")
-        fleet.wait_ready("a", "b")
-        fleet.start_nginx(["a", "b"])
+    with fleet_of_its_own(postgres_uri, models_dir, tmp_path_factory.mktemp("fleet-live"), "fleet_live") as fleet:
+        fleet.start_behind_nginx("a", "b")
         yield fleet
-    finally:
-        fleet.close()
-        asyncio.run(_drop_database(postgres_uri, name))
 
 
 async def _live_search(http: aiohttp.ClientSession, base: str, session_id: int, selfie: bytes) -> int:
