@@ -212,12 +212,16 @@ async def test_the_store_going_away_is_a_503_with_retry_after_and_service_resume
             assert response.status == 503 and "Retry-After" in response.headers
             await asyncio.sleep(0.5)
         assert response.status == 200 and await response.read() == photos["t1"].read_bytes()
-        # the object the failed upload may have left is removed once the store answers (settle_later)
+        # the object the failed upload may have left, and its intent, go once the store answers (settle_later
+        # retries every second: the intent can outlast the first moment the objects look right)
+        pool = client.server.app[SERVICES].pool
         for _ in range(60):
-            if len(await objects_of(client.server.app[SERVICES])) == 1:
+            objects = len(await objects_of(client.server.app[SERVICES]))
+            intents = await pool.fetchval("SELECT count(*) FROM pending_uploads")
+            if objects == 1 and intents == 0:
                 break
             await asyncio.sleep(0.5)
-        assert await client.server.app[SERVICES].pool.fetchval("SELECT count(*) FROM pending_uploads") == 0
+        assert (objects, intents) == (1, 0)
         [again] = await upload(client, session_id, ("gdp.jpg", photos["gdp"].read_bytes()))
         assert (await client.get(f"/api/face/image/{again['image_id']}")).status == 200
     finally:
