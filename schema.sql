@@ -1,6 +1,17 @@
 -- The whole schema as src/faceserve/db/migrations/ leave it, made by `faceserve db schema > schema.sql`.
 -- Change the schema with a new migration, then make this file again; never edit it by hand.
 
+CREATE FUNCTION public.face_sessions_live_changed() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    UPDATE face_sessions s SET live_version = s.live_version + 1
+    FROM (SELECT DISTINCT face_session_id FROM changed) c
+    WHERE s.id = c.face_session_id;
+    RETURN NULL;
+END
+$$;
+
 CREATE TABLE public.api_keys (
     id bigint NOT NULL,
     prefix text NOT NULL,
@@ -90,7 +101,8 @@ CREATE TABLE public.face_sessions (
     id bigint NOT NULL,
     name text NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
-    expires_at timestamp with time zone
+    expires_at timestamp with time zone,
+    live_version bigint DEFAULT 0 NOT NULL
 );
 
 CREATE SEQUENCE public.face_sessions_id_seq
@@ -373,6 +385,10 @@ CREATE INDEX live_matches_stream_idx ON public.live_matches USING btree (live_se
 CREATE INDEX live_searches_session_id_idx ON public.live_searches USING btree (face_session_id, id);
 
 CREATE INDEX people_session_image_count_idx ON public.people USING btree (face_session_id, image_count DESC, id);
+
+CREATE TRIGGER live_searches_made AFTER INSERT ON public.live_searches REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION public.face_sessions_live_changed();
+
+CREATE TRIGGER live_searches_removed AFTER DELETE ON public.live_searches REFERENCING OLD TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION public.face_sessions_live_changed();
 
 ALTER TABLE ONLY public.face_people
     ADD CONSTRAINT face_people_face_id_fkey FOREIGN KEY (face_id) REFERENCES public.faces(id) ON DELETE CASCADE;

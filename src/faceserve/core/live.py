@@ -88,6 +88,9 @@ async def require(services: Services, session_id: int, live_id: int) -> db.LiveS
 
 async def delete(services: Services, session_id: int, live_id: int) -> None:
     async with services.pool.acquire() as conn, conn.transaction():
+        # an upload of the session that read it as live commits its match first (else the match's row would
+        # name a live search gone meanwhile and fail the upload)
+        await db.lock_live_searches(conn, session_id, alone=True)
         if not await db.delete_live_search(conn, session_id, live_id):
             raise LiveSearchNotFound(f"live search {live_id} of session {session_id} does not exist or has expired")
         await db.notify_live(conn, session_id, [live_id])  # its streams, on every process, end
@@ -128,6 +131,7 @@ async def forget_probes(
     if not len(rows):
         return 0
     erased = ids[rows].tolist()
+    await db.lock_live_searches(conn, session_id, alone=True)  # after the people lock, as uploads take them
     await db.delete_live_searches(conn, session_id, erased)
     await db.notify_live(conn, session_id, erased)  # their streams end at the commit
     return len(erased)

@@ -8,24 +8,27 @@ whichever process holds them, wake and read their new rows from Postgres: the ro
 are the truth, so a notification lost while the listening connection was away costs nothing once every
 stream re-reads after the reconnect.
 
-The probes of a session are cached here with the (count, highest id) of its rows; each upload asks Postgres
-for that pair (one index-only query) and reloads the probes when it changed, so a live search made or
-deleted on another node counts from its commit on.
+The probes of a session are cached here with the session's live version (face_sessions.live_version, which
+every live search made or removed changes); each upload reads it (one row) and reloads the probes when it
+changed, so a live search made or deleted on another node counts from its commit on. A session with many
+probes gets them compiled into a fixed product (vision/openvino_runtime.py NearestRows, where OpenVINO is
+installed) in the background; numpy's product serves until it is ready.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 from prometheus_client import Gauge
 
 from .. import db
+from ..vision import openvino_runtime
 from ..vision.engine import DetectedFace
 
 LIVE_STREAMS = Gauge(
@@ -36,14 +39,26 @@ LIVE_STREAMS = Gauge(
 _CACHED_SESSIONS = 256
 # products larger than this (probes x faces) are computed on a thread, off the event loop
 _THREAD_FROM = 100_000
+# sessions with this many probes get them compiled (below it numpy's product is a fraction of a ms)
+_COMPILE_FROM = 2_000
+
+# what starts work a request does not wait for (core/services.py BackgroundJobs.start)
+StartJob = Callable[[Any, Callable[[], Awaitable[Any]], str], bool]
 
 
 @dataclass(frozen=True)
 class _Probes:
-    version: tuple[int, int]
+    version: int  # face_sessions.live_version when read
     ids: np.ndarray  # (n,) int64
     vectors: np.ndarray  # (n, dim) float32
     expires: np.ndarray  # (n,) POSIX seconds
+    compiled: openvino_runtime.NearestRows | None = None
+
+    def nearest_within(self, faces: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self.compiled is None:
+            return nearest_within(self.vectors, faces, threshold)
+        best, similarity = self.compiled(faces)
+        return _within(best, similarity, threshold)
 
 
 def nearest_within(
@@ -52,7 +67,13 @@ def nearest_within(
     """For each probe, the nearest of the faces: (probe rows within threshold, their face's row, distance)."""
     similarities = probes @ faces.T  # (probes, faces)
     best = np.argmax(similarities, axis=1)
-    nearest = 1.0 - similarities[np.arange(len(probes)), best]
+    return _within(best, similarities[np.arange(len(probes)), best], threshold)
+
+
+def _within(
+    best: np.ndarray, similarity: np.ndarray, threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    nearest = 1.0 - similarity
     rows = np.flatnonzero(nearest <= threshold)
     return rows, best[rows], np.maximum(nearest[rows], 0.0)
 
@@ -60,10 +81,14 @@ def nearest_within(
 class LiveHub:
     """The live probes this process has seen (cached per session), and its open streams by live search."""
 
-    def __init__(self, listener: db.NotificationListener, dim: int, threshold: float) -> None:
+    def __init__(
+        self, listener: db.NotificationListener, dim: int, threshold: float, start_job: StartJob | None = None
+    ) -> None:
         self._listener = listener
         self._dim = dim
         self._threshold = threshold  # the search's (MATCH_THRESHOLD)
+        # compiles large sets of probes in the background; None (or no OpenVINO here): numpy's product only
+        self._start_job = start_job if openvino_runtime.installed() else None
         self._probes: OrderedDict[int, _Probes] = OrderedDict()
         # live search -> (its session, the wake-up of each stream open on it here)
         self._streams: dict[int, tuple[int, set[asyncio.Event]]] = {}
@@ -117,22 +142,56 @@ class LiveHub:
         for _, events in self._streams.values():
             _set(events)
 
-    async def _session_probes(self, conn: db.Connection, session_id: int) -> _Probes:
-        version = await db.live_probe_version(conn, session_id)
+    async def _session_probes(self, conn: db.Connection, session_id: int) -> tuple[_Probes, float]:
+        """The session's probes as of now, and the database's time (None: the session is gone)."""
+        found = await db.live_probe_version(conn, session_id)
+        if found is None:
+            return _Probes(-1, np.zeros(0, np.int64), np.zeros((0, self._dim), np.float32), np.zeros(0)), 0.0
+        version, now = found
         cached = self._probes.get(session_id)
         if cached is not None and cached.version == version:
             self._probes.move_to_end(session_id)
-            return cached
-        if version[0] == 0:
+            return cached, now
+        if version == 0:  # never had one
             probes = _Probes(version, np.zeros(0, np.int64), np.zeros((0, self._dim), np.float32), np.zeros(0))
         else:
-            ids, vectors, expires = await db.live_probes(conn, session_id, self._dim)
-            probes = _Probes(version, ids, vectors, expires)
+            probes = await self._read_probes(conn, session_id, version, cached)
+            if len(probes.ids) >= _COMPILE_FROM and self._start_job is not None:
+                # one job per session at a time: a set loaded meanwhile is compiled when it ends
+                self._start_job(("live probes", session_id), lambda: self._compile(session_id), "compiling live probes")
         self._probes[session_id] = probes
         self._probes.move_to_end(session_id)
         while len(self._probes) > _CACHED_SESSIONS:
             self._probes.popitem(last=False)
-        return probes
+        return probes, now
+
+    async def _read_probes(
+        self, conn: db.Connection, session_id: int, version: int, cached: _Probes | None
+    ) -> _Probes:
+        """The session's probes as Postgres holds them now; with a cached copy, only the rows made since (a
+        live search is made holding the session's lock alone, so ids grow in commit order) and the ids of
+        those still there."""
+        after = int(cached.ids[-1]) if cached is not None and len(cached.ids) else 0
+        ids, vectors, expires = await db.live_probes(conn, session_id, self._dim, after)
+        if not after:
+            return _Probes(version, ids, vectors, expires)
+        assert cached is not None
+        kept = np.isin(cached.ids, ids, assume_unique=True)
+        if np.count_nonzero(kept) != np.count_nonzero(ids <= after):  # one made out of order: read them all
+            return await self._read_probes(conn, session_id, version, None)
+        return _Probes(
+            version, ids, np.concatenate([cached.vectors[kept], vectors]), np.concatenate([cached.expires[kept], expires])
+        )
+
+    async def _compile(self, session_id: int) -> None:
+        """Until the session's cached set is compiled (or small, or no longer cached)."""
+        while True:
+            probes = self._probes.get(session_id)
+            if probes is None or probes.compiled is not None or len(probes.ids) < _COMPILE_FROM:
+                return
+            compiled = await asyncio.to_thread(openvino_runtime.NearestRows, probes.vectors)
+            if self._probes.get(session_id) is probes:  # still the session's set: later uploads use it
+                self._probes[session_id] = replace(probes, compiled=compiled)
 
     async def match_new_faces(
         self,
@@ -148,16 +207,17 @@ class LiveHub:
             return []
         # held until this upload commits: a live search being made waits for it (core/live.py create)
         await db.lock_live_searches(conn, session_id, alone=False)
-        probes = await self._session_probes(conn, session_id)
+        probes, now = await self._session_probes(conn, session_id)
         if not len(probes.ids):
             return []
         vectors = np.stack([np.asarray(face.embedding, dtype=np.float32) for face in faces])
-        # over every cached probe (no copy of the matrix), the expired ones dropped from the result
+        # over every cached probe (no copy of the matrix), the expired ones (by the database's clock, the
+        # sweep's) dropped from the result
         if len(probes.ids) * len(vectors) >= _THREAD_FROM:
-            rows, best, distances = await asyncio.to_thread(nearest_within, probes.vectors, vectors, self._threshold)
+            rows, best, distances = await asyncio.to_thread(probes.nearest_within, vectors, self._threshold)
         else:
-            rows, best, distances = nearest_within(probes.vectors, vectors, self._threshold)
-        live = probes.expires[rows] > time.time()
+            rows, best, distances = probes.nearest_within(vectors, self._threshold)
+        live = probes.expires[rows] > now
         rows, best, distances = rows[live], best[live], distances[live]
         if not len(rows):
             return []

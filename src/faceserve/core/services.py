@@ -201,14 +201,14 @@ async def open_services(
         follower = index_sync.IndexFollower(listener, token, pool, indexes)
         await follower.start()
         stack.push_async_callback(follower.close)
-        live_hub = LiveHub(listener, engine.embedding_dim, settings.match_threshold)
+        jobs = BackgroundJobs()
+        live_hub = LiveHub(listener, engine.embedding_dim, settings.match_threshold, jobs.start)
         await live_hub.start()
         stack.callback(live_hub.close)
         if settings.index_preload:
             saved = set(await asyncio.to_thread(store.saved_sessions))
             live = [s.id for s in await db.list_sessions(pool) if s.id in saved]
             stack.push_async_callback(_cancel, indexes.preload(sorted(live, reverse=True)))  # newest first
-        jobs = BackgroundJobs()
         stack.push_async_callback(jobs.close)  # first to close: its jobs use the pool and the indexes
         yield Services(
             settings=settings,

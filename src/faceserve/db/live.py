@@ -38,9 +38,10 @@ class LiveMatch:
 
 
 async def lock_live_searches(conn: Connection, session_id: int, alone: bool) -> None:
-    """Inside a transaction, until it ends. An upload matching its faces holds it shared; making a live search
-    holds it alone, so every upload that read the session's live searches before it has committed when it
-    commits, and every later one sees it."""
+    """Inside a transaction, until it ends. An upload matching its faces holds it shared; making or deleting
+    a live search holds it alone, so every upload that read the session's live searches before it has
+    committed when it commits, and every later one sees the change. (The expiry sweep deletes only live
+    searches expired for a while instead.)"""
     function = "pg_advisory_xact_lock" if alone else "pg_advisory_xact_lock_shared"
     await conn.execute(
         f"SELECT {function}($1, ($2::bigint % 2147483647)::int)", locks.LIVE_SEARCHES, session_id
@@ -112,37 +113,50 @@ async def delete_live_searches(conn: Connection, session_id: int, live_ids: Sequ
     return len(rows)
 
 
+# an expired live search stays this long before the sweep deletes it: an upload that read it while it still
+# counted (its transaction's clock is older than the sweep's) may still be recording a match for it
+_SWEEP_GRACE = timedelta(minutes=5)
+
+
 async def delete_expired_live_searches(conn: Connection) -> int:
-    rows = await conn.fetch("DELETE FROM live_searches WHERE expires_at <= now() RETURNING id")
+    rows = await conn.fetch(
+        "DELETE FROM live_searches WHERE expires_at <= now() - $1::interval RETURNING id", _SWEEP_GRACE
+    )
     return len(rows)
 
 
-async def live_probe_version(conn: Connection, session_id: int) -> tuple[int, int]:
-    """(count, highest id) of the session's live searches: ids only grow, so equal pairs mean the same set."""
+async def live_probe_version(conn: Connection, session_id: int) -> tuple[int, float] | None:
+    """(the session's live version, the database's time as POSIX seconds), None where the session is gone.
+    The version changes with every live search made or removed in the session (migration 0010's triggers);
+    the time is the transaction's, the clock the expiry sweep compares expires_at with."""
     row = await conn.fetchrow(
-        "SELECT count(*) AS n, coalesce(max(id), 0) AS top FROM live_searches WHERE face_session_id = $1",
-        session_id,
+        "SELECT live_version, extract(epoch FROM now()) AS now FROM face_sessions WHERE id = $1", session_id
     )
-    return int(row["n"]), int(row["top"])
+    return None if row is None else (int(row["live_version"]), float(row["now"]))
 
 
 async def live_probes(
-    conn: Connection, session_id: int, dim: int
+    conn: Connection, session_id: int, dim: int, after: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ids, embeddings n x dim, expiry as POSIX seconds) of every live search of the session, expired ones
-    included (the caller skips those: a row expiring later must not change what a cached copy holds)."""
+    """(ids of every live search of the session, then the embeddings n x dim and expiry as POSIX seconds of
+    those past id `after`), in id order; expired ones included (the caller skips those: a row expiring later
+    must not change what a cached copy holds). A cached copy holding the ids up to `after` reads only the
+    new rows."""
     rows = await conn.fetch(
-        "SELECT id, embedding, extract(epoch FROM expires_at) AS expires FROM live_searches "
+        "SELECT id, CASE WHEN id > $3 THEN embedding END AS embedding, "
+        "CASE WHEN id > $3 THEN extract(epoch FROM expires_at) END AS expires FROM live_searches "
         "WHERE face_session_id = $1 AND embedding_dim = $2 ORDER BY id",
         session_id,
         dim,
+        after,
     )
     ids = np.array([r["id"] for r in rows], dtype=np.int64)
-    expires = np.array([float(r["expires"]) for r in rows], dtype=np.float64)
-    if not rows:
+    new = [r for r in rows if r["id"] > after]
+    expires = np.array([float(r["expires"]) for r in new], dtype=np.float64)
+    if not new:
         return ids, np.zeros((0, dim), dtype=np.float32), expires
-    vectors = np.frombuffer(b"".join(r["embedding"] for r in rows), dtype="<f4").astype(np.float32)
-    return ids, vectors.reshape(len(rows), dim), expires
+    vectors = np.frombuffer(b"".join(r["embedding"] for r in new), dtype="<f4").astype(np.float32)
+    return ids, vectors.reshape(len(new), dim), expires
 
 
 async def insert_live_matches(
