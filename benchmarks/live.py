@@ -17,7 +17,8 @@ follows a commit, and what many open streams do to image GETs.
    off the stream over HTTP, with the stream on the same app and on a second app on the same Postgres (two
    apps in this process: the second hears it through LISTEN/NOTIFY as another node would).
 4. open streams: p50/p99 of sequential image GETs against `faceserve serve` (a subprocess, one worker), with
-   none and with --streams streams open (idle, heartbeats every 15 s), alternated twice.
+   none and with --streams streams open (each past its first read, then idle: heartbeats every 15 s),
+   alternated twice; and the server's CPU seconds per second meanwhile.
 """
 
 from __future__ import annotations
@@ -163,6 +164,14 @@ async def _stream(http: aiohttp.ClientSession, url: str) -> aiohttp.ClientRespon
     return response
 
 
+async def _caught_up(http: aiohttp.ClientSession, url: str) -> aiohttp.ClientResponse:
+    """A stream open and past its first read (the live search's match so far): idle from then on, as the
+    streams of an event's guests are between photos."""
+    response = await _stream(http, url)
+    await _next_match(response)
+    return response
+
+
 async def _next_match(response: aiohttp.ClientResponse) -> None:
     while True:
         line = await response.content.readline()
@@ -260,7 +269,7 @@ async def streams_vs_gets(base: str, streams: int, gets: int) -> None:
             for _ in range(2):
                 results["none"] += await _get_times(http, url, gets)
                 events = f"{base}/api/face/sessions/{session_id}/live/{live_id}/events"
-                opened = await asyncio.gather(*(_stream(streaming, events) for _ in range(streams)))
+                opened = await asyncio.gather(*(_caught_up(streaming, events) for _ in range(streams)))
                 await asyncio.sleep(1)
                 results[f"{streams:,}"] += await _get_times(http, url, gets)
                 for response in opened:

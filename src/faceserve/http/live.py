@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 from datetime import UTC, datetime
 
 from aiohttp import web
@@ -27,15 +28,21 @@ _END = b"event: end\ndata: {}\n\n"
 async def _heartbeats_until_woken(
     response: web.StreamResponse, wake: asyncio.Event, every_s: float, expires_at: datetime
 ) -> bool:
-    """A comment line every every_s until the stream is woken (True), or until the live search expires."""
+    """A comment line every every_s until the stream is woken (True), or until the live search expires. The
+    first comes a random part of every_s earlier: streams opened together (a node's guests reconnecting to
+    another after it went) would otherwise send theirs together every every_s, each burst holding the event
+    loop for every stream at once (benchmarks/live.py)."""
+    wait_s = every_s * random.uniform(0.5, 1.0)
     while True:
         try:
-            await asyncio.wait_for(wake.wait(), every_s)
+            async with asyncio.timeout(wait_s):  # no task per wait, unlike wait_for
+                await wake.wait()
             return True
         except TimeoutError:
             if datetime.now(UTC) >= expires_at:
                 return False
             await response.write(b": heartbeat\n\n")
+            wait_s = every_s
 
 
 async def create_live_search(request: web.Request) -> web.Response:
