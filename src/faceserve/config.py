@@ -111,6 +111,7 @@ MINIMUM: dict[str, float] = {
     "guest_link_days": 1,
     "live_search_hours": 0.01,
     "live_heartbeat_s": 0.05,
+    "live_token_minutes": 1,
 }
 # and at most this
 MAXIMUM: dict[str, float] = {
@@ -231,6 +232,9 @@ class Settings:
     # hours a live search (a guest's "show me new photos as they arrive") keeps the probe's embedding: the
     # event's day; expired ones stop matching at once and are deleted by the expiry sweep
     live_search_hours: float = 12.0
+    # minutes a search's `live_token` (its probe face, sealed: core/live_tokens.py) can start a live search
+    # without the selfie sent again; the service keeps nothing of a search until the guest opts in
+    live_token_minutes: int = 30
     # seconds between the comment lines a live results stream sends while no photo arrives (proxies drop
     # idle connections: nginx's proxy_read_timeout must stay above it)
     live_heartbeat_s: float = 15.0

@@ -37,6 +37,34 @@ class LiveSearchNotFound(FaceServeError):
     code = "live_search_not_found"
 
 
+class LiveTokenInvalid(FaceServeError):
+    """A live token (core/live_tokens.py) that is malformed, altered, or sealed with a key retired since."""
+
+    status = 400
+    code = "live_token_invalid"
+
+
+class LiveTokenOtherSession(FaceServeError):
+    """A live token of another session than the one the live search is asked for in."""
+
+    status = 403
+    code = "live_token_other_session"
+
+
+class LiveTokenExpired(FaceServeError):
+    """A live token past its LIVE_TOKEN_MINUTES: the guest searches again for a fresh one."""
+
+    status = 410
+    code = "live_token_expired"
+
+
+class LiveTokenOtherModel(FaceServeError):
+    """A live token of an embedding the models no longer make (another pack, another dimension)."""
+
+    status = 409
+    code = "live_token_other_model"
+
+
 class RequestTimeout(FaceServeError):
     """The request body stalled or came too slowly (http/pace.py)."""
 

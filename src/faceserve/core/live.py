@@ -25,26 +25,38 @@ class Created:
     matches: list[matching.Match]
 
 
-async def create(
+async def create_from_selfie(
     services: Services, session_id: int, selfie: bytes, threshold: float, limit: int, key_prefix: str | None
 ) -> Created:
-    """Keep the selfie's largest face as a live search, then answer the session's matches so far: the new
-    ones from this commit on come through its stream."""
+    """create() for the selfie's largest face, embedded here (a search's work: its caller admits it)."""
     face = await matching.probe_face(services.models, services.settings, selfie)
     if face is None:
         raise NoFaceFound("no face was found in the selfie")
+    return await create(services, session_id, face.embedding, threshold, limit, key_prefix)
+
+
+async def create(
+    services: Services,
+    session_id: int,
+    embedding: np.ndarray,
+    threshold: float,
+    limit: int,
+    key_prefix: str | None,
+) -> Created:
+    """Keep a probe face's embedding (a selfie's, or a search's live token's) as a live search, then answer
+    the session's matches so far: the new ones from this commit on come through its stream."""
     try:
         async with services.pool.acquire() as conn, conn.transaction():
             # uploads of the session that read its live searches before this one have committed when it
             # commits; those after it match it
             await db.lock_live_searches(conn, session_id, alone=True)
             live = await db.insert_live_search(
-                conn, session_id, face.embedding, services.settings.live_search_hours, key_prefix
+                conn, session_id, embedding, services.settings.live_search_hours, key_prefix
             )
     except asyncpg.ForeignKeyViolationError as exc:
         raise SessionNotFound(f"face session {session_id} does not exist") from exc
-    matches = await matching.embedding_matches(services, session_id, face.embedding, threshold, limit)
-    await _catch_up(services, live, face.embedding, threshold, {m.image_id for m in matches})
+    matches = await matching.embedding_matches(services, session_id, embedding, threshold, limit)
+    await _catch_up(services, live, embedding, threshold, {m.image_id for m in matches})
     return Created(live, matches)
 
 

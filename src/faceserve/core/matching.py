@@ -60,6 +60,7 @@ class SearchResult:
     used: list[int]  # indices of the probe faces matched
     probe_faces: list[ProbeFace]
     matches: list[Match]
+    embeddings: np.ndarray  # (len(used), dim) float32: the used faces' (a live token seals the one face's)
     # milliseconds per step (decode, detect, embed, index, db): sent as Server-Timing
     timings: dict[str, float]
 
@@ -178,14 +179,13 @@ async def search_session(
     probe_faces = [ProbeFace(i, box[:4], float(box[4])) for i, box in enumerate(found.boxes)]
     candidates = max(limit * _OVERFETCH, _MIN_CANDIDATES) * (2 if together else 1)
     start = time.perf_counter()
-    sims, face_ids = await services.indexes.search(
-        session_id, np.stack([face.embedding for face in faces]), candidates
-    )
+    embeddings = np.stack([face.embedding for face in faces])
+    sims, face_ids = await services.indexes.search(session_id, embeddings, candidates)
     timings["index"] = 1000 * (time.perf_counter() - start)
     distances = 1.0 - sims
     within = (face_ids >= 0) & (distances <= threshold)
     if not within.any():
-        return SearchResult(found.used, probe_faces, [], timings)
+        return SearchResult(found.used, probe_faces, [], embeddings, timings)
     start = time.perf_counter()
     hits = await db.faces_with_images(services.pool, session_id, np.unique(face_ids[within]).tolist())
     timings["db"] += 1000 * (time.perf_counter() - start)
@@ -193,7 +193,7 @@ async def search_session(
         matches = _all_together(session_id, found.used, face_ids, distances, within, hits)
     else:
         matches = _nearest_per_image(session_id, face_ids[0][within[0]], distances[0][within[0]], hits)
-    return SearchResult(found.used, probe_faces, matches[:limit], timings)
+    return SearchResult(found.used, probe_faces, matches[:limit], embeddings, timings)
 
 
 async def embedding_matches(

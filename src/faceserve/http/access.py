@@ -20,6 +20,7 @@ from aiohttp import web
 from .. import db
 from ..config import Settings
 from ..core import api_keys, setup_links, signing_store
+from ..core.signing import SigningKeys
 from ..errors import Forbidden, Unauthorized
 from .appkeys import SERVICES, URLS
 from .middleware import Handler
@@ -35,6 +36,10 @@ _KEY = web.RequestKey("api_key", api_keys.ApiKey)
 class AccessState:
     settings: Settings
     keys: api_keys.KeyCache
+    # the service's signing key material, whether or not image URLs are signed: live tokens are sealed under
+    # keys derived from it (core/live_tokens.py). FACESERVE_SIGNING_KEYS when set, else the keys kept in
+    # Postgres, loaded at start and on every refresh (and then the URL policy's too, when it signs)
+    signing: SigningKeys | None = None
 
 
 ACCESS = web.AppKey("access", AccessState)
@@ -141,12 +146,20 @@ def signs_from_database(settings: Settings) -> bool:
     return settings.auth and not settings.public_images and not settings.signing_keys
 
 
+def signing_keys(request: web.Request) -> SigningKeys | None:
+    """The service's signing key material (AccessState.signing); None only before the start loaded it."""
+    return request.app[ACCESS].signing
+
+
 async def _load_signing_keys(app: web.Application) -> None:
     settings = app[ACCESS].settings
     activation = timedelta(seconds=2 * settings.signing_key_refresh_s)
     # with every key retired a new one is made: never None here, which would mean unsigned (open) images
     await signing_store.ensure_key(app[SERVICES].pool)
-    app[URLS].keys = await signing_store.load(app[SERVICES].pool, activation)
+    keys = await signing_store.load(app[SERVICES].pool, activation)
+    app[ACCESS].signing = keys
+    if signs_from_database(settings):
+        app[URLS].keys = keys
 
 
 async def _refresh_signing_keys_forever(app: web.Application, changed: asyncio.Event) -> None:
@@ -185,8 +198,8 @@ async def _follow_changes(app: web.Application, signing_keys_changed: asyncio.Ev
 
 
 async def access_ctx(app: web.Application) -> AsyncIterator[None]:
-    """After the services: the first admin key, the URL signing keys, the batched writes of keys' last use,
-    and the changes other processes make to either."""
+    """After the services: the first admin key, the signing keys (image URLs, live tokens), the batched
+    writes of keys' last use, and the changes other processes make to either."""
     settings = app[ACCESS].settings
     pool = app[SERVICES].pool
     if settings.auth and await api_keys.bootstrap(pool, settings.storage) is not None:
@@ -194,7 +207,7 @@ async def access_ctx(app: web.Application) -> AsyncIterator[None]:
         say_setup_link(settings, token)
     tasks = [asyncio.create_task(_flush_forever(app))]
     signing_keys_changed: asyncio.Event | None = None
-    if signs_from_database(settings):
+    if not settings.signing_keys:  # kept in Postgres: live tokens use them even where image URLs are plain
         await _load_signing_keys(app)
         signing_keys_changed = asyncio.Event()
         tasks.append(asyncio.create_task(_refresh_signing_keys_forever(app, signing_keys_changed)))
@@ -218,7 +231,8 @@ def say_setup_link(settings: Settings, token: str) -> None:
 
 
 def install(app: web.Application, settings: Settings) -> None:
-    app[ACCESS] = AccessState(settings, api_keys.KeyCache(settings.api_key_cache_s))
+    configured = SigningKeys.parse(settings.signing_keys) if settings.signing_keys else None
+    app[ACCESS] = AccessState(settings, api_keys.KeyCache(settings.api_key_cache_s), configured)
     app.cleanup_ctx.append(access_ctx)
 
 

@@ -1,4 +1,5 @@
-"""Live results: POST /api/face/sessions/{session_id}/live makes a live search from a selfie; GET
+"""Live results: POST /api/face/sessions/{session_id}/live makes a live search from a selfie, or from the
+live_token a search answered (its probe face sealed: core/live_tokens.py); GET
 .../live/{live_id}/events streams its new matches as Server-Sent Events (the same match objects as search),
 resumable with Last-Event-ID; DELETE .../live/{live_id} ends it."""
 
@@ -8,14 +9,16 @@ import asyncio
 import contextlib
 import json
 import random
+import time
 from datetime import UTC, datetime
 
+import numpy as np
 from aiohttp import web
 
-from ..core import live
-from ..errors import BadRequest
+from ..core import live, live_tokens
+from ..errors import BadRequest, NotReady
 from . import multipart
-from .access import current_key
+from .access import current_key, signing_keys
 from .appkeys import SERVICES
 from .common import number, ok
 from .route_params import route_id
@@ -50,27 +53,41 @@ async def create_live_search(request: web.Request) -> web.Response:
     settings = services.settings
     session_id = route_id(request, "session_id")
     selfie: bytes | None = None
+    token: str | None = None
     fields: dict[str, str] = {}
     async for part in multipart.parts(request):
         if part.name == "image":
             selfie = await multipart.read_all(part, settings.max_probe_bytes)
+        elif part.name == "probe_token":
+            token = await multipart.read_field(part, live_tokens.MAX_CHARS)
         elif part.name == "limit":
             fields[part.name] = await multipart.read_field(part)
         else:
             await multipart.skip(part)
-    if not selfie:
-        raise BadRequest("image is required: the guest's selfie as a multipart file part")
+    if (selfie is None) == (token is None):
+        raise BadRequest(
+            "send one of image (the guest's selfie as a multipart file part) or probe_token (a search's "
+            "live_token), not both"
+            if selfie is not None
+            else "image or probe_token is required: the guest's selfie, or the live_token a search answered"
+        )
     limit = number(fields.get("limit"), "limit", int, 1, settings.search_max_limit)
     key = current_key(request)
-    with services.admission.searches.admit():
-        created = await live.create(
-            services,
-            session_id,
-            selfie,
-            settings.match_threshold,
-            settings.search_default_limit if limit is None else int(limit),
-            None if key is None else key.prefix,
-        )
+    args = (
+        settings.match_threshold,
+        settings.search_default_limit if limit is None else int(limit),
+        None if key is None else key.prefix,
+    )
+    if token is not None:
+        # the face a search embedded, handed back sealed: no inference, so no search admission either (the
+        # route's budget still applies: each call writes a live search and searches the index)
+        embedding = _unsealed(request, token, session_id)
+        created = await live.create(services, session_id, embedding, *args)
+    else:
+        if not selfie:
+            raise BadRequest("image is empty: the guest's selfie as a multipart file part")
+        with services.admission.searches.admit():
+            created = await live.create_from_selfie(services, session_id, selfie, *args)
     return ok(
         {
             "live_id": created.live.id,
@@ -79,6 +96,14 @@ async def create_live_search(request: web.Request) -> web.Response:
         },
         status=201,
     )
+
+
+def _unsealed(request: web.Request, token: str, session_id: int) -> np.ndarray:
+    keys = signing_keys(request)
+    if keys is None:  # not loaded yet: no token can be told genuine
+        raise NotReady("the service is starting; try again in a moment")
+    dim = request.app[SERVICES].models.engine.embedding_dim
+    return live_tokens.unseal(keys, token, session_id, dim, time.time())
 
 
 async def delete_live_search(request: web.Request) -> web.Response:

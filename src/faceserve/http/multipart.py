@@ -68,8 +68,8 @@ async def read_all(part: BodyPartReader, max_bytes: int) -> bytes:
     return bytes(buffer)
 
 
-async def read_field(part: BodyPartReader) -> str:
-    data = await read_all(part, _MAX_FIELD)
+async def read_field(part: BodyPartReader, max_bytes: int = _MAX_FIELD) -> str:
+    data = await read_all(part, max_bytes)
     try:
         return data.decode("utf-8").strip(" \t\r\n")  # ASCII white space: U+00A0 is no empty field
     except UnicodeDecodeError:

@@ -1,15 +1,17 @@
 """POST /api/face/search and POST /api/face/sessions/{session_id}/search: the probe's largest face (or the
 one `face` picks, or with `match=all` all of its faces together) against one session. The second names the session in its path, so a balancer can route by it (README, A fleet
-behind nginx); a session_id form field there must agree with the path."""
+behind nginx); a session_id form field there must agree with the path. An answer for one face carries its
+live_token: that face sealed, for a live search without the selfie sent again (http/live.py)."""
 
 from __future__ import annotations
 
 import time
 
+import numpy as np
 from aiohttp import web
 from prometheus_client import Histogram
 
-from ..core import matching
+from ..core import live_tokens, matching
 from ..errors import BadRequest
 from . import access, multipart
 from .appkeys import SERVICES, URLS
@@ -78,6 +80,7 @@ async def search_faces(request: web.Request) -> web.Response:
             "probe_face": _probe_face(result.probe_faces[used[0]]),
             "probe_faces": [_probe_face(face) for face in result.probe_faces],
             "used": used,
+            "live_token": None if together else _live_token(request, int(session_id), result.embeddings[0]),
         }
     )
     timings = {"parse": parsed_ms, **result.timings}  # parse: receiving and reading the form
@@ -97,6 +100,16 @@ def _together(raw: str | None) -> bool:
     if raw == "all":
         return True
     raise BadRequest("match must be one (the default: the largest or picked face) or all (every face together)")
+
+
+def _live_token(request: web.Request, session_id: int, embedding: np.ndarray) -> str | None:
+    """The searched face sealed for POST .../live (core/live_tokens.py): the guest may opt in to live results
+    within LIVE_TOKEN_MINUTES without sending the selfie again, and nothing of this search is kept here."""
+    keys = access.signing_keys(request)
+    if keys is None:
+        return None
+    expires = int(time.time()) + 60 * request.app[SERVICES].settings.live_token_minutes
+    return live_tokens.seal(keys, session_id, embedding, expires)
 
 
 def _probe_face(face: matching.ProbeFace) -> dict[str, object]:

@@ -126,8 +126,9 @@ async function search(choice) {
           : `You are in ${plural(count, "photo")}. Open one to see it in full.`;
     }
     renderMatches(data.matches);
-    // the service keeps a live search of the selfie's largest face
-    if (!choice.match && data.used[0] === 0) offerLive(sessionId, probe);
+    // live results for the face searched (largest or picked), from the search's sealed live_token: the
+    // selfie is not sent again (match=all answers none)
+    if (data.live_token) offerLive(sessionId, data.live_token);
     await renderFaceChoices(data, choice);
   } catch (error) {
     status.textContent = SELFIE_ADVICE[error.code] || describeError(error);

@@ -1,11 +1,19 @@
-// Live results on the guest's page: after a search, "Show me new photos as they arrive" keeps the selfie's
-// face on the service for the event's day (a live search) and reads its stream of new matches. Each new
+// Live results on the guest's page: after a search, "Show me new photos as they arrive" keeps the searched
+// face on the service for the event's day (a live search) and reads its stream of new matches. The face goes
+// back as the search's live_token (sealed by the service): the selfie is not sent again. Each new
 // photo slides into the results with a "new" mark. A dropped connection, or a phone that slept, reconnects
 // with the last event id it saw (Last-Event-ID), so nothing is missed; Stop ends the live search.
 
 import { api, openStream } from "./api.js";
 import { photoCard } from "./cards.js";
 import { $, describeError, el, plural } from "./ui.js";
+
+// a search's token the service no longer takes: a new search of the same selfie gives a fresh one
+const TOKEN_ADVICE = {
+  live_token_expired: "That search was a while ago: search again, then turn this on.",
+  live_token_invalid: "That search can no longer be watched: search again, then turn this on.",
+  live_token_other_model: "That search can no longer be watched: search again, then turn this on.",
+};
 
 const RETRY_FIRST_MS = 1000;
 const RETRY_MOST_MS = 30_000;
@@ -28,12 +36,13 @@ export function initLive() {
 }
 
 let currentSession = null;
-let currentProbe = null;
+let currentToken = null;
 
-// after a search of the selfie's largest face: offer live results for it (another face: none)
-export function offerLive(sessionId, probe) {
+// after a search of one face (the largest or the one picked): offer live results for it with the search's
+// live_token, which the service accepts for LIVE_TOKEN_MINUTES
+export function offerLive(sessionId, liveToken) {
   currentSession = sessionId;
-  currentProbe = probe;
+  currentToken = liveToken;
   $("live-status").textContent = "";
   $("live").hidden = false;
 }
@@ -51,7 +60,7 @@ async function start(toggle) {
   toggle.disabled = true;
   try {
     const form = new FormData();
-    form.append("image", currentProbe, "selfie.jpg");
+    form.append("probe_token", currentToken);
     const data = await api("POST", `/api/face/sessions/${encodeURIComponent(currentSession)}/live`, form);
     state = {
       sessionId: currentSession,
@@ -68,7 +77,7 @@ async function start(toggle) {
     connect(0);
   } catch (error) {
     toggle.checked = false;
-    status.textContent = describeError(error);
+    status.textContent = TOKEN_ADVICE[error.code] || describeError(error);
   } finally {
     toggle.disabled = false;
   }
