@@ -205,18 +205,34 @@ class LiveHub:
         them (delivered at this transaction's commit). Answers the live searches that got it."""
         if not len(face_ids):
             return []
-        # held until this upload commits: a live search being made waits for it (core/live.py create)
-        await db.lock_live_searches(conn, session_id, alone=False)
-        probes, now = await self._session_probes(conn, session_id)
-        if not len(probes.ids):
-            return []
         vectors = np.stack([np.asarray(face.embedding, dtype=np.float32) for face in faces])
-        # over every cached probe (no copy of the matrix), the expired ones (by the database's clock, the
-        # sweep's) dropped from the result
-        if len(probes.ids) * len(vectors) >= _THREAD_FROM:
-            rows, best, distances = await asyncio.to_thread(probes.nearest_within, vectors, self._threshold)
+        # a large product starts at once on the cached set, on a thread, while Postgres is asked whether that
+        # set is still the session's (it nearly always is: the round trips cost the upload no extra time)
+        cached = self._probes.get(session_id)
+        early = None
+        if cached is not None and len(cached.ids) * len(vectors) >= _THREAD_FROM:
+            early = asyncio.ensure_future(asyncio.to_thread(cached.nearest_within, vectors, self._threshold))
+        try:
+            # held until this upload commits: a live search being made waits for it (core/live.py create)
+            await db.lock_live_searches(conn, session_id, alone=False)
+            probes, now = await self._session_probes(conn, session_id)
+        except BaseException:
+            if early is not None:
+                await asyncio.gather(early, return_exceptions=True)  # the thread's work is not left behind
+            raise
+        if early is not None and cached is not None and probes.version == cached.version:  # the same set
+            rows, best, distances = await early
         else:
-            rows, best, distances = probes.nearest_within(vectors, self._threshold)
+            if early is not None:
+                await asyncio.gather(early, return_exceptions=True)
+            if not len(probes.ids):
+                return []
+            # over every cached probe (no copy of the matrix), the expired ones (by the database's clock, the
+            # sweep's) dropped from the result
+            if len(probes.ids) * len(vectors) >= _THREAD_FROM:
+                rows, best, distances = await asyncio.to_thread(probes.nearest_within, vectors, self._threshold)
+            else:
+                rows, best, distances = probes.nearest_within(vectors, self._threshold)
         live = probes.expires[rows] > now
         rows, best, distances = rows[live], best[live], distances[live]
         if not len(rows):
