@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 from helpers import create_session, upload
+from sse import open_stream
 from test_lock_order import until_waiting
 
 from faceserve import db
@@ -214,3 +215,26 @@ async def test_a_changed_set_is_read_as_its_new_rows_and_what_is_left(client, ph
     await upload(client, session_id, ("players.jpg", photos["players"].read_bytes()))
     assert read_after[1:] == [int(services.live._probes[session_id].ids[-1]), 0]
     await cached_equals_postgres()
+
+
+async def test_an_upload_matching_more_live_searches_than_one_announcement_names_wakes_them_all(
+    client, photos, services
+):
+    session_id = await create_session(client)
+    first = await _create(client, session_id, photos["yaoming"].read_bytes())
+    many = db.live._MOST_NAMED + 10
+    await services.pool.execute(  # the same guest live on many phones: every one matches
+        "INSERT INTO live_searches (face_session_id, embedding, embedding_dim, expires_at) "
+        "SELECT face_session_id, embedding, embedding_dim, expires_at FROM live_searches, generate_series(2, $2) "
+        "WHERE id = $1",
+        first,
+        many,
+    )
+    url = str(client.make_url(f"/api/face/sessions/{session_id}/live/{first}/events"))
+    async with aiohttp.ClientSession() as http:
+        stream = await open_stream(http, url, {"Authorization": client.session.headers["Authorization"]})
+        players = (await upload(client, session_id, ("players.jpg", photos["players"].read_bytes())))[0]
+        event = await stream.next_match()
+        assert event.data["image_id"] == players["image_id"]
+        stream.response.close()
+    assert await services.pool.fetchval("SELECT count(*) FROM live_matches") == many

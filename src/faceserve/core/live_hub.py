@@ -238,12 +238,9 @@ class LiveHub:
         if not len(rows):
             return []
         chosen = np.asarray(face_ids, dtype=np.int64)[best]
-        matched = await db.insert_live_matches(
-            conn, image_id, probes.ids[rows].tolist(), chosen.tolist(), distances.astype(float).tolist()
+        return await db.insert_live_matches(
+            conn, session_id, image_id, probes.ids[rows].tolist(), chosen.tolist(), distances.astype(float).tolist()
         )
-        if matched:
-            await db.notify_live(conn, session_id, matched)
-        return matched
 
 
 def _set(events: set[asyncio.Event]) -> None:

@@ -159,22 +159,45 @@ async def live_probes(
     return ids, vectors.reshape(len(new), dim), expires
 
 
+# ids named in one announcement at most (a bigint is up to 19 digits and a comma: 390 fit in a payload)
+_MOST_NAMED = 390
+
+
 async def insert_live_matches(
-    conn: Connection, image_id: int, live_ids: Sequence[int], face_ids: Sequence[int], distances: Sequence[float]
+    conn: Connection,
+    session_id: int,
+    image_id: int,
+    live_ids: Sequence[int],
+    face_ids: Sequence[int],
+    distances: Sequence[float],
 ) -> list[int]:
-    """Record one image for each live search (a pair already recorded stays as it was); answers the live
-    searches that got a new match."""
-    rows = await conn.fetch(
-        "INSERT INTO live_matches (live_search_id, image_id, face_id, distance) "
-        "SELECT m.live_id, $1, m.face_id, m.distance "
-        "FROM unnest($2::bigint[], $3::bigint[], $4::real[]) AS m(live_id, face_id, distance) "
-        "ON CONFLICT (live_search_id, image_id) DO NOTHING RETURNING live_search_id",
+    """Record one image for each live search (a pair already recorded stays as it was) and announce the
+    live searches that got a new match (as notify_live does, in the same statement: one round trip for an
+    upload); answers them."""
+    row = await conn.fetchrow(
+        """
+        WITH added AS (
+            INSERT INTO live_matches (live_search_id, image_id, face_id, distance)
+            SELECT m.live_id, $1, m.face_id, m.distance
+            FROM unnest($2::bigint[], $3::bigint[], $4::real[]) AS m(live_id, face_id, distance)
+            ON CONFLICT (live_search_id, image_id) DO NOTHING
+            RETURNING live_search_id
+        )
+        SELECT array_agg(live_search_id) AS matched,
+               pg_notify($5, $6 || ' ' || CASE WHEN count(*) > $7 THEN '*'
+                                               ELSE string_agg(live_search_id::text, ',') END)
+        FROM added
+        HAVING count(*) > 0
+        """,
         image_id,
         list(live_ids),
         list(face_ids),
         list(distances),
+        LIVE_CHANNEL,
+        str(int(session_id)),
+        _MOST_NAMED,
     )
-    return [r["live_search_id"] for r in rows]
+    return [] if row is None else list(row["matched"])
 
 
 async def insert_matches_of_live_search(
