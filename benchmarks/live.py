@@ -17,8 +17,8 @@ follows a commit, and what many open streams do to image GETs.
    off the stream over HTTP, with the stream on the same app and on a second app on the same Postgres (two
    apps in this process: the second hears it through LISTEN/NOTIFY as another node would).
 4. open streams: p50/p99 of sequential image GETs against `faceserve serve` (a subprocess, one worker), with
-   none and with --streams streams open (each past its first read, then idle: heartbeats every 15 s),
-   alternated twice; and the server's CPU seconds per second meanwhile.
+   none and with --streams streams open (each past its first read and first heartbeat, then idle:
+   heartbeats every 15 s), alternated twice; --gets 15000 spans a heartbeat period (about 1 ms a GET).
 """
 
 from __future__ import annotations
@@ -165,10 +165,11 @@ async def _stream(http: aiohttp.ClientSession, url: str) -> aiohttp.ClientRespon
 
 
 async def _caught_up(http: aiohttp.ClientSession, url: str) -> aiohttp.ClientResponse:
-    """A stream open and past its first read (the live search's match so far): idle from then on, as the
-    streams of an event's guests are between photos."""
+    """A stream open, past its first read and its first heartbeat: idle from then on (a heartbeat every
+    15 s), as the streams of an event's guests are between photos."""
     response = await _stream(http, url)
-    await _next_match(response)
+    while not (await response.content.readline()).startswith(b": heartbeat"):
+        pass
     return response
 
 
@@ -285,13 +286,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument("--streams", type=int, default=2000)
-    parser.add_argument("--gets", type=int, default=2000)
+    parser.add_argument("--gets", type=int, default=15000)
+    parser.add_argument("--heartbeat-s", type=float, default=15.0, help="the served node's LIVE_HEARTBEAT_S")
     parser.add_argument("--parts", nargs="+", default=["process", "streams"], choices=["process", "streams"],
                         help="process: parts 1-3 (in this process); streams: part 4 (a served subprocess)")
     add_flag(parser)
     args = parser.parse_args()
     args.probe_counts = PROBE_COUNTS
-    shrink(args, rounds=5, streams=10, gets=20, probe_counts=(0, 20))
+    shrink(args, rounds=5, streams=10, gets=20, probe_counts=(0, 20), heartbeat_s=1.0)
     if "process" in args.parts:
         asyncio.run(in_process(args))
     if "streams" not in args.parts:
@@ -301,7 +303,13 @@ def main() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     with (
         tempfile.TemporaryDirectory(prefix="faceserve-live-serve-") as folder,
-        running_faceserve(Path(folder) / "storage", free_port(), 1, "file", {"FACESERVE_AUTH": "off"}) as base,
+        running_faceserve(
+            Path(folder) / "storage",
+            free_port(),
+            1,
+            "file",
+            {"FACESERVE_AUTH": "off", "FACESERVE_LIVE_HEARTBEAT_S": str(args.heartbeat_s)},
+        ) as base,
     ):
         asyncio.run(streams_vs_gets(base, args.streams, args.gets))
 
