@@ -1,13 +1,14 @@
 -- The whole schema as src/faceserve/db/migrations/ leave it, made by `faceserve db schema > schema.sql`.
 -- Change the schema with a new migration, then make this file again; never edit it by hand.
 
-CREATE FUNCTION public.face_sessions_live_changed() RETURNS trigger
+CREATE FUNCTION public.live_searches_changed() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
 BEGIN
-    UPDATE face_sessions s SET live_version = s.live_version + 1
-    FROM (SELECT DISTINCT face_session_id FROM changed) c
-    WHERE s.id = c.face_session_id;
+    INSERT INTO live_versions (face_session_id, version)
+    SELECT s.face_session_id, nextval('live_versions_seq')
+    FROM (SELECT DISTINCT face_session_id FROM changed) s
+    ON CONFLICT (face_session_id) DO UPDATE SET version = excluded.version;
     RETURN NULL;
 END
 $$;
@@ -101,8 +102,7 @@ CREATE TABLE public.face_sessions (
     id bigint NOT NULL,
     name text NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
-    expires_at timestamp with time zone,
-    live_version bigint DEFAULT 0 NOT NULL
+    expires_at timestamp with time zone
 );
 
 CREATE SEQUENCE public.face_sessions_id_seq
@@ -182,6 +182,18 @@ CREATE SEQUENCE public.live_searches_id_seq
     CACHE 1;
 
 ALTER SEQUENCE public.live_searches_id_seq OWNED BY public.live_searches.id;
+
+CREATE TABLE public.live_versions (
+    face_session_id bigint NOT NULL,
+    version bigint NOT NULL
+);
+
+CREATE SEQUENCE public.live_versions_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
 
 CREATE TABLE public.pending_uploads (
     file_path text NOT NULL,
@@ -332,6 +344,9 @@ ALTER TABLE ONLY public.live_matches
 ALTER TABLE ONLY public.live_searches
     ADD CONSTRAINT live_searches_pkey PRIMARY KEY (id);
 
+ALTER TABLE ONLY public.live_versions
+    ADD CONSTRAINT live_versions_pkey PRIMARY KEY (face_session_id);
+
 ALTER TABLE ONLY public.pending_uploads
     ADD CONSTRAINT pending_uploads_pkey PRIMARY KEY (file_path);
 
@@ -386,9 +401,9 @@ CREATE INDEX live_searches_session_id_idx ON public.live_searches USING btree (f
 
 CREATE INDEX people_session_image_count_idx ON public.people USING btree (face_session_id, image_count DESC, id);
 
-CREATE TRIGGER live_searches_made AFTER INSERT ON public.live_searches REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION public.face_sessions_live_changed();
+CREATE TRIGGER live_searches_made AFTER INSERT ON public.live_searches REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION public.live_searches_changed();
 
-CREATE TRIGGER live_searches_removed AFTER DELETE ON public.live_searches REFERENCING OLD TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION public.face_sessions_live_changed();
+CREATE TRIGGER live_searches_removed AFTER DELETE ON public.live_searches REFERENCING OLD TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION public.live_searches_changed();
 
 ALTER TABLE ONLY public.face_people
     ADD CONSTRAINT face_people_face_id_fkey FOREIGN KEY (face_id) REFERENCES public.faces(id) ON DELETE CASCADE;

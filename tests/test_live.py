@@ -4,6 +4,7 @@ never pushed; streams end at shutdown."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 
@@ -296,3 +297,16 @@ async def test_a_photo_recorded_but_not_yet_in_the_index_reaches_a_new_live_sear
     async with aiohttp.ClientSession() as http:
         stream = await open_stream(http, _events_url(client, session_id, body["data"]["live_id"]), _admin(client))
         assert (await stream.next_match()).data["image_id"] == players["image_id"]
+
+
+async def test_an_expired_session_with_an_expired_live_search_is_swept_in_one_round(client, photos, services):
+    """The sweep's own delete of the session reaches the live searches it swept: those are committed first
+    (else the delete waits on the sweep's open transaction, which waits on the delete)."""
+    from faceserve.core import privacy
+
+    session_id = await create_session(client)
+    await _create(client, session_id, photos["yaoming"].read_bytes())
+    await services.pool.execute("UPDATE live_searches SET expires_at = now() - interval '10 minutes'")
+    await services.pool.execute("UPDATE face_sessions SET expires_at = now() - interval '1 second' WHERE id = $1", session_id)
+    assert await asyncio.wait_for(privacy.delete_expired(services), 60) == [session_id]
+    assert await services.pool.fetchval("SELECT count(*) FROM live_searches") == 0

@@ -4,6 +4,7 @@ live version (one row), compiled into a fixed product when there are many, and n
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from types import SimpleNamespace
 
 import aiohttp
@@ -15,7 +16,9 @@ from sse import open_stream
 from test_lock_order import until_waiting
 
 from faceserve import db
+from faceserve.app import create_app
 from faceserve.core import live_hub
+from faceserve.http.appkeys import SERVICES
 from faceserve.vision import openvino_runtime
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
@@ -51,9 +54,7 @@ async def test_the_live_version_changes_with_every_live_search_made_or_removed(c
     other = await create_session(client)
 
     async def version(session: int) -> int:
-        found = await db.live_probe_version(services.pool, session)
-        assert found is not None
-        return found[0]
+        return (await db.live_probe_version(services.pool, session))[0]
 
     assert await version(session_id) == 0
     live_id = await _create(client, session_id, photos["yaoming"].read_bytes())
@@ -70,7 +71,23 @@ async def test_the_live_version_changes_with_every_live_search_made_or_removed(c
     await services.pool.execute("UPDATE live_searches SET expires_at = now() - interval '1 hour'")
     await db.delete_expired_live_searches(services.pool)  # the sweep
     assert await version(session_id) > before
-    assert await db.live_probe_version(services.pool, 10**9) is None  # no such session
+    assert await version(10**9) == 0  # no such session
+
+    # a session deleted with its live searches, its id used again (an import, a restore): never an old number
+    await _create(client, other, photos["yaoming"].read_bytes())
+    seen = await version(other)
+    response = await client.delete(f"/api/face/sessions/{other}")
+    assert response.status == 200
+    assert await version(other) > seen  # its live searches went in the cascade
+    seen = await version(other)
+    async with services.pool.acquire() as conn:
+        await db.create_session(conn, "again", session_id=other)
+    await _create(client, other, photos["yaoming"].read_bytes())
+    assert await version(other) > seen
+    # the sweep removes the versions of sessions gone
+    await client.delete(f"/api/face/sessions/{other}")
+    await db.delete_expired_live_searches(services.pool)
+    assert await services.pool.fetchval("SELECT count(*) FROM live_versions WHERE face_session_id = $1", other) == 0
 
 
 async def test_an_upload_reads_the_probes_again_only_when_they_changed(client, photos, services, monkeypatch):
@@ -238,3 +255,21 @@ async def test_an_upload_matching_more_live_searches_than_one_announcement_names
         assert event.data["image_id"] == players["image_id"]
         stream.response.close()
     assert await services.pool.fetchval("SELECT count(*) FROM live_matches") == many
+
+
+async def test_a_session_holds_at_most_live_searches_per_session(settings, engine, aiohttp_client, photos):
+    client = await aiohttp_client(create_app(dataclasses.replace(settings, live_searches_per_session=2), engine))
+    services = client.server.app[SERVICES]
+    session_id = await create_session(client)
+    first = await _create(client, session_id, photos["yaoming"].read_bytes())
+    await _create(client, session_id, photos["yaoming"].read_bytes())
+    form = aiohttp.FormData()
+    form.add_field("image", photos["yaoming"].read_bytes(), filename="selfie.jpg", content_type="image/jpeg")
+    response = await client.post(f"/api/face/sessions/{session_id}/live", data=form)
+    assert response.status == 409
+    assert (await response.json())["error"]["code"] == "too_many_live_searches"
+    other = await create_session(client)  # another session's are its own
+    await _create(client, other, photos["yaoming"].read_bytes())
+    # an expired one no longer counts
+    await services.pool.execute("UPDATE live_searches SET expires_at = now() WHERE id = $1", first)
+    await _create(client, session_id, photos["yaoming"].read_bytes())

@@ -170,16 +170,23 @@ async def test_tokens_of_another_session_altered_expired_or_of_other_models_are_
     # sealed by the service's own keys as a search long ago would have (time injected, no sleeping)
     keys = client.server.app[access.ACCESS].signing
     dim = services.models.engine.embedding_dim
-    embedding = live_tokens.unseal(keys, token, mine, dim, time.time())
-    old = live_tokens.seal(keys, mine, embedding, int(time.time()) - 1)
+    models = services.settings.model_pack
+    embedding = live_tokens.unseal(keys, token, mine, dim, time.time(), models)
+    old = live_tokens.seal(keys, mine, embedding, int(time.time()) - 1, models)
     status, body = await _live(client, mine, probe_token=old)
     assert (status, body["error"]["code"]) == (410, "live_token_expired")
     with pytest.raises(live_tokens.LiveTokenExpired):
-        live_tokens.unseal(keys, token, mine, dim, time.time() + 60 * services.settings.live_token_minutes + 1)
-    # another model pack, another embedding size
-    other_model = live_tokens.seal(keys, mine, embedding[: dim // 2] * np.sqrt(2), int(time.time()) + 60)
-    status, body = await _live(client, mine, probe_token=other_model)
+        live_tokens.unseal(
+            keys, token, mine, dim, time.time() + 60 * services.settings.live_token_minutes + 1, models
+        )
+    # another embedding size
+    other_size = live_tokens.seal(keys, mine, embedding[: dim // 2] * np.sqrt(2), int(time.time()) + 60, models)
+    status, body = await _live(client, mine, probe_token=other_size)
     assert (status, body["error"]["code"]) == (409, "live_token_other_model")
+    # another model pack of the same size: its embeddings mean something else, it does not open
+    other_pack = live_tokens.seal(keys, mine, embedding, int(time.time()) + 60, "buffalo_l")
+    status, body = await _live(client, mine, probe_token=other_pack)
+    assert (status, body["error"]["code"]) == (400, "live_token_invalid")
 
     # exactly one of image and probe_token
     status, body = await _live(client, mine, probe_token=token, image=photos["yaoming"].read_bytes())

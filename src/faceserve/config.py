@@ -112,6 +112,7 @@ MINIMUM: dict[str, float] = {
     "live_search_hours": 0.01,
     "live_heartbeat_s": 0.05,
     "live_token_minutes": 1,
+    "live_searches_per_session": 1,
 }
 # and at most this
 MAXIMUM: dict[str, float] = {
@@ -235,6 +236,10 @@ class Settings:
     # minutes a search's `live_token` (its probe face, sealed: core/live_tokens.py) can start a live search
     # without the selfie sent again; the service keeps nothing of a search until the guest opts in
     live_token_minutes: int = 30
+    # unexpired live searches one session may hold: each is compared with every upload of the session
+    # (10,000: 4.5-4.8 ms per photo on a 2-core box, README "Live results"), and a guest link's key is shared
+    # by all of an event's guests, so the bound is per session
+    live_searches_per_session: int = 20_000
     # seconds between the comment lines a live results stream sends while no photo arrives (proxies drop
     # idle connections: nginx's proxy_read_timeout must stay above it)
     live_heartbeat_s: float = 15.0

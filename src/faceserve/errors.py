@@ -37,6 +37,14 @@ class LiveSearchNotFound(FaceServeError):
     code = "live_search_not_found"
 
 
+class TooManyLiveSearches(FaceServeError):
+    """The session holds LIVE_SEARCHES_PER_SESSION unexpired live searches: each one is compared with every
+    upload of the session, so their number is bounded like any other cost."""
+
+    status = 409
+    code = "too_many_live_searches"
+
+
 class LiveTokenInvalid(FaceServeError):
     """A live token (core/live_tokens.py) that is malformed, altered, or sealed with a key retired since."""
 

@@ -44,10 +44,14 @@ def add_commands(commands: argparse._SubParsersAction, common: Callable[[argpars
     revoke = actions.add_parser("revoke", help="revoke the key with this prefix")
     revoke.add_argument("prefix")
     common(revoke)
-    signing = commands.add_parser("signing", help="the keys that sign image URLs: rotate, retire, list")
+    signing = commands.add_parser(
+        "signing", help="the keys that sign image URLs and seal live tokens: rotate, retire, list"
+    )
     signing_actions = signing.add_subparsers(dest="action", required=True)
     common(signing_actions.add_parser("rotate", help="add a new signing key (signs after the activation delay)"))
-    retire = signing_actions.add_parser("retire", help="stop a key verifying: its URLs answer 403 from then on")
+    retire = signing_actions.add_parser(
+        "retire", help="stop a key verifying: its URLs answer 403 and its live tokens 400 from then on"
+    )
     retire.add_argument("kid")
     common(retire)
     common(signing_actions.add_parser("list", help="key ids and dates (never the secrets)"))

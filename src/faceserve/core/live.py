@@ -10,7 +10,7 @@ import asyncpg
 import numpy as np
 
 from .. import db, layout
-from ..errors import LiveSearchNotFound, NoFaceFound, SessionNotFound
+from ..errors import LiveSearchNotFound, NoFaceFound, SessionNotFound, TooManyLiveSearches
 from . import matching
 from .live_hub import nearest_within
 from .services import Services
@@ -50,6 +50,12 @@ async def create(
             # uploads of the session that read its live searches before this one have committed when it
             # commits; those after it match it
             await db.lock_live_searches(conn, session_id, alone=True)
+            most = services.settings.live_searches_per_session
+            if await db.count_live_searches(conn, session_id) >= most:
+                raise TooManyLiveSearches(
+                    f"face session {session_id} holds {most} live searches already (LIVE_SEARCHES_PER_SESSION): "
+                    "try again when some have ended"
+                )
             live = await db.insert_live_search(
                 conn, session_id, embedding, services.settings.live_search_hours, key_prefix
             )
@@ -136,6 +142,8 @@ async def forget_probes(
     conn: db.Connection, services: Services, session_id: int, embedding: np.ndarray, threshold: float
 ) -> int:
     """Inside forget's transaction: the session's live searches of the forgotten person go too."""
+    # before reading them (after the people lock, as uploads take them): one being made meanwhile is seen
+    await db.lock_live_searches(conn, session_id, alone=True)
     ids, vectors, _ = await db.live_probes(conn, session_id, services.models.engine.embedding_dim)
     if not len(ids):
         return 0
@@ -143,7 +151,6 @@ async def forget_probes(
     if not len(rows):
         return 0
     erased = ids[rows].tolist()
-    await db.lock_live_searches(conn, session_id, alone=True)  # after the people lock, as uploads take them
     await db.delete_live_searches(conn, session_id, erased)
     await db.notify_live(conn, session_id, erased)  # their streams end at the commit
     return len(erased)

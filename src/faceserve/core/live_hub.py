@@ -18,6 +18,7 @@ installed) in the background; numpy's product serves until it is ready.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -30,6 +31,8 @@ from prometheus_client import Gauge
 from .. import db
 from ..vision import openvino_runtime
 from ..vision.engine import DetectedFace
+
+log = logging.getLogger(__name__)
 
 LIVE_STREAMS = Gauge(
     "faceserve_live_streams", "Live results streams open (Server-Sent Events)", multiprocess_mode="livesum"
@@ -55,10 +58,13 @@ class _Probes:
     compiled: openvino_runtime.NearestRows | None = None
 
     def nearest_within(self, faces: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if self.compiled is None:
-            return nearest_within(self.vectors, faces, threshold)
-        best, similarity = self.compiled(faces)
-        return _within(best, similarity, threshold)
+        if self.compiled is not None:
+            try:
+                best, similarity = self.compiled(faces)
+                return _within(best, similarity, threshold)
+            except Exception:  # the compiled copy is a speed-up only: numpy's product answers the same
+                log.exception("the compiled live probes failed; comparing with numpy's product")
+        return nearest_within(self.vectors, faces, threshold)
 
 
 def nearest_within(
@@ -143,11 +149,8 @@ class LiveHub:
             _set(events)
 
     async def _session_probes(self, conn: db.Connection, session_id: int) -> tuple[_Probes, float]:
-        """The session's probes as of now, and the database's time (None: the session is gone)."""
-        found = await db.live_probe_version(conn, session_id)
-        if found is None:
-            return _Probes(-1, np.zeros(0, np.int64), np.zeros((0, self._dim), np.float32), np.zeros(0)), 0.0
-        version, now = found
+        """The session's probes as of now, and the database's time."""
+        version, now = await db.live_probe_version(conn, session_id)
         cached = self._probes.get(session_id)
         if cached is not None and cached.version == version:
             self._probes.move_to_end(session_id)
@@ -220,7 +223,9 @@ class LiveHub:
             if early is not None:
                 await asyncio.gather(early, return_exceptions=True)  # the thread's work is not left behind
             raise
-        if early is not None and cached is not None and probes.version == cached.version:  # the same set
+        if early is not None and cached is not None and probes.version == cached.version:
+            # the same set: the rows are cached's (another copy of this version may have been read since)
+            probes = cached
             rows, best, distances = await early
         else:
             if early is not None:

@@ -5,7 +5,9 @@ no selfie twice.
 A token is AES-256-GCM under a key derived (HKDF-SHA256, its own label) from the service's signing key
 material (core/signing.py: the keys kept in Postgres, or FACESERVE_SIGNING_KEYS). It names its key's id, so
 rotation and retirement work as for signed URLs. The plaintext is the embedding's dimension and its float32
-values; the header before it (version, key id, session, expiry) is authenticated data. Base64url, no padding:
+values; the header before it (version, key id, session, expiry) is authenticated data, and so is the model
+pack's name (not carried: a token of other models, even of the same size, does not open). Base64url, no
+padding:
 
     version (1) | key id length (1) | key id | session id (8) | expires, Unix seconds (8) | nonce (12) | sealed
 """
@@ -41,20 +43,21 @@ def _aead(secret: bytes) -> AESGCM:
     return AESGCM(HKDF(algorithm=SHA256(), length=32, salt=None, info=_INFO).derive(secret))
 
 
-def seal(keys: SigningKeys, session_id: int, embedding: np.ndarray, expires: int) -> str:
-    """The token of one probe face of session_id, valid until `expires` (Unix seconds)."""
+def seal(keys: SigningKeys, session_id: int, embedding: np.ndarray, expires: int, models: str) -> str:
+    """The token of one probe face of session_id embedded by the model pack `models`, valid until `expires`
+    (Unix seconds)."""
     key_id, secret = keys.keys[0]
     kid = key_id.encode()
     header = bytes([_VERSION, len(kid)]) + kid + _SESSION_EXPIRES.pack(session_id, expires)
     values = np.ascontiguousarray(embedding, dtype="<f4").reshape(-1)
     nonce = os.urandom(_NONCE)
-    sealed = _aead(secret).encrypt(nonce, _DIM.pack(len(values)) + values.tobytes(), header)
+    sealed = _aead(secret).encrypt(nonce, _DIM.pack(len(values)) + values.tobytes(), _authenticated(header, models))
     return base64.urlsafe_b64encode(header + nonce + sealed).rstrip(b"=").decode("ascii")
 
 
-def unseal(keys: SigningKeys, token: str, session_id: int, dim: int, now: float) -> np.ndarray:
+def unseal(keys: SigningKeys, token: str, session_id: int, dim: int, now: float, models: str) -> np.ndarray:
     """The (dim,) float32 embedding a token of session_id holds. Authenticity is checked first: only a token
-    this service sealed is told apart as expired, of another session or of other models."""
+    this service sealed for these models is told apart as expired, of another session or of another size."""
     raw = _decode(token)
     kid_end = 2 + (raw[1] if len(raw) > 1 else 0)
     header_end = kid_end + _SESSION_EXPIRES.size
@@ -65,9 +68,13 @@ def unseal(keys: SigningKeys, token: str, session_id: int, dim: int, now: float)
         raise LiveTokenInvalid("probe_token was sealed with a key this service no longer has: search again")
     header = raw[:header_end]
     try:
-        plain = _aead(secret).decrypt(raw[header_end : header_end + _NONCE], raw[header_end + _NONCE :], header)
+        plain = _aead(secret).decrypt(
+            raw[header_end : header_end + _NONCE], raw[header_end + _NONCE :], _authenticated(header, models)
+        )
     except InvalidTag:
-        raise LiveTokenInvalid("probe_token was altered or is not a live token of this service") from None
+        raise LiveTokenInvalid(
+            "probe_token was altered, or is not a live token of this service and its models: search again"
+        ) from None
     sealed_session, expires = _SESSION_EXPIRES.unpack(raw[kid_end:header_end])
     if sealed_session != session_id:
         raise LiveTokenOtherSession(f"probe_token is of another session, not of session {session_id}")
@@ -79,6 +86,10 @@ def unseal(keys: SigningKeys, token: str, session_id: int, dim: int, now: float)
             f"probe_token holds an embedding of {sealed_dim} values, the models now make {dim}: search again"
         )
     return np.frombuffer(plain, dtype="<f4", offset=_DIM.size).astype(np.float32)
+
+
+def _authenticated(header: bytes, models: str) -> bytes:
+    return header + b"\x00" + models.encode()
 
 
 def _decode(token: str) -> bytes:

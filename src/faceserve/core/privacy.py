@@ -70,7 +70,10 @@ async def delete_expired(services: Services) -> list[int] | None:
     async with services.pool.acquire() as conn, conn.transaction():
         if not await db.try_lock_session_expiry(conn):
             return None
-        await db.delete_expired_live_searches(conn)  # ignored already past their expiry; gone now
+        # ignored already past their expiry; gone now, in a transaction of their own (committed before the
+        # sessions' deletes, which would otherwise wait on its rows)
+        async with services.pool.acquire() as other, other.transaction():
+            await db.delete_expired_live_searches(other)
         for session_id in await db.expired_sessions(conn):
             # each in its own transaction, on other connections; the lock is held meanwhile
             try:

@@ -68,6 +68,15 @@ async def recent_faces(
     return face_ids, image_ids, vectors.reshape(len(rows), dim)
 
 
+async def count_live_searches(conn: Connection, session_id: int) -> int:
+    """The session's unexpired live searches."""
+    return int(
+        await conn.fetchval(
+            "SELECT count(*) FROM live_searches WHERE face_session_id = $1 AND expires_at > now()", session_id
+        )
+    )
+
+
 async def insert_live_search(
     conn: Connection, session_id: int, embedding: np.ndarray, hours: float, created_by: str | None
 ) -> LiveSearch:
@@ -119,20 +128,27 @@ _SWEEP_GRACE = timedelta(minutes=5)
 
 
 async def delete_expired_live_searches(conn: Connection) -> int:
+    """The live searches expired for a while, and the live versions of sessions gone."""
     rows = await conn.fetch(
-        "DELETE FROM live_searches WHERE expires_at <= now() - $1::interval RETURNING id", _SWEEP_GRACE
+        "DELETE FROM live_searches WHERE expires_at <= statement_timestamp() - $1::interval RETURNING id",
+        _SWEEP_GRACE,
+    )
+    await conn.execute(
+        "DELETE FROM live_versions v WHERE NOT EXISTS (SELECT 1 FROM face_sessions s WHERE s.id = v.face_session_id)"
     )
     return len(rows)
 
 
-async def live_probe_version(conn: Connection, session_id: int) -> tuple[int, float] | None:
-    """(the session's live version, the database's time as POSIX seconds), None where the session is gone.
-    The version changes with every live search made or removed in the session (migration 0010's triggers);
-    the time is the transaction's, the clock the expiry sweep compares expires_at with."""
+async def live_probe_version(conn: Connection, session_id: int) -> tuple[int, float]:
+    """(the session's live version, 0 where it never had a live search; the database's time as POSIX
+    seconds). The version changes with every live search made or removed in the session (migration 0010's
+    triggers); the time is this statement's, the clock the expiry sweep compares expires_at with."""
     row = await conn.fetchrow(
-        "SELECT live_version, extract(epoch FROM now()) AS now FROM face_sessions WHERE id = $1", session_id
+        "SELECT (SELECT version FROM live_versions WHERE face_session_id = $1) AS version, "
+        "extract(epoch FROM statement_timestamp()) AS now",
+        session_id,
     )
-    return None if row is None else (int(row["live_version"]), float(row["now"]))
+    return int(row["version"] or 0), float(row["now"])
 
 
 async def live_probes(

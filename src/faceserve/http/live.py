@@ -102,8 +102,9 @@ def _unsealed(request: web.Request, token: str, session_id: int) -> np.ndarray:
     keys = signing_keys(request)
     if keys is None:  # not loaded yet: no token can be told genuine
         raise NotReady("the service is starting; try again in a moment")
-    dim = request.app[SERVICES].models.engine.embedding_dim
-    return live_tokens.unseal(keys, token, session_id, dim, time.time())
+    services = request.app[SERVICES]
+    dim, models = services.models.engine.embedding_dim, services.settings.model_pack
+    return live_tokens.unseal(keys, token, session_id, dim, time.time(), models)
 
 
 async def delete_live_search(request: web.Request) -> web.Response:

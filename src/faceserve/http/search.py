@@ -108,8 +108,9 @@ def _live_token(request: web.Request, session_id: int, embedding: np.ndarray) ->
     keys = access.signing_keys(request)
     if keys is None:
         return None
-    expires = int(time.time()) + 60 * request.app[SERVICES].settings.live_token_minutes
-    return live_tokens.seal(keys, session_id, embedding, expires)
+    settings = request.app[SERVICES].settings
+    expires = int(time.time()) + 60 * settings.live_token_minutes
+    return live_tokens.seal(keys, session_id, embedding, expires, settings.model_pack)
 
 
 def _probe_face(face: matching.ProbeFace) -> dict[str, object]:
