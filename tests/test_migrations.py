@@ -155,3 +155,22 @@ def test_migration_files_are_numbered_without_gaps():
     assert names and all(name[:4].isdigit() for name in names)
     assert [int(name[:4]) for name in names] == list(range(1, len(names) + 1))
     assert [m.version for m in migrations.known_migrations()] == [int(name[:4]) for name in names]
+
+
+async def test_live_searches_made_before_live_versions_count_after_the_upgrade(database_url):
+    """Migration 0010: a session whose live searches predate it gets a version, so uploads compare with them
+    (version 0 means "never had one" to the processes' caches)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await migrations.upgrade(conn, target=9)
+        session_id = await conn.fetchval("INSERT INTO face_sessions (name) VALUES ('before') RETURNING id")
+        await conn.execute(
+            "INSERT INTO live_searches (face_session_id, embedding, embedding_dim, expires_at) "
+            "VALUES ($1, $2, 1, now() + interval '1 hour')",
+            session_id,
+            b"\0\0\x80?",
+        )
+        await migrations.upgrade(conn, target=10)
+        assert await conn.fetchval("SELECT version FROM live_versions WHERE face_session_id = $1", session_id) > 0
+    finally:
+        await conn.close()
