@@ -8,9 +8,9 @@ whichever process holds them, wake and read their new rows from Postgres: the ro
 are the truth, so a notification lost while the listening connection was away costs nothing once every
 stream re-reads after the reconnect.
 
-The probes of a session are cached here with the session's live version (face_sessions.live_version, which
-every live search made or removed changes); each upload reads it (one row) and reloads the probes when it
-changed, so a live search made or deleted on another node counts from its commit on. A session with many
+The probes of a session are cached here with the session's live version (live_versions.version, a new number
+from one sequence whenever a live search is made or removed); each upload reads it (one row) and reloads the
+probes when it changed, so a live search made or deleted on another node counts from its commit on. A session with many
 probes gets them compiled into a fixed product (vision/openvino_runtime.py NearestRows, where OpenVINO is
 installed) in the background; numpy's product serves until it is ready.
 """
@@ -51,7 +51,7 @@ StartJob = Callable[[Any, Callable[[], Awaitable[Any]], str], bool]
 
 @dataclass(frozen=True)
 class _Probes:
-    version: int  # face_sessions.live_version when read
+    version: int  # live_versions.version when read (0: the session never had a live search)
     ids: np.ndarray  # (n,) int64
     vectors: np.ndarray  # (n, dim) float32
     expires: np.ndarray  # (n,) POSIX seconds
