@@ -16,6 +16,7 @@ from helpers import create_session, search, upload
 
 from faceserve.app import create_app
 from faceserve.cli import main as cli_main
+from faceserve.http.appkeys import SERVICES
 
 
 @pytest.fixture
@@ -56,6 +57,8 @@ async def test_a_backup_restored_elsewhere_answers_alike(
 ):
     session_id = await create_session(client, "wedding")
     await upload(client, session_id, *[(f"{n}.jpg", photos[n].read_bytes()) for n in ("players", "yaoming", "t1")])
+    # the session's first people are clustered in the background after the upload answered
+    await client.server.app[SERVICES].jobs.wait(("people", session_id))
     probe = photos["yaoming"].read_bytes()
     before = await _state(client, session_id, probe)
     assert before["matches"] and before["people"] and len(before["files"]) == 3

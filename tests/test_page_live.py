@@ -143,7 +143,10 @@ async def test_live_results_follow_the_face_the_guest_picked(client, browser, ph
     _assert_made_from_the_token(live_bodies, search_answers)
 
     keys, dim = app[ACCESS].signing, app[SERVICES].models.engine.embedding_dim
-    largest, second = (live_tokens.unseal(keys, a["live_token"], session_id, dim, time.time()) for a in search_answers)
+    models = app[SERVICES].settings.model_pack
+    largest, second = (
+        live_tokens.unseal(keys, a["live_token"], session_id, dim, time.time(), models) for a in search_answers
+    )
     kept = await app[SERVICES].pool.fetchval("SELECT embedding FROM live_searches WHERE face_session_id = $1", session_id)
     assert np.array_equal(np.frombuffer(kept, dtype="<f4"), second)
     assert float(np.dot(largest, second)) < 0.5  # another person's face
