@@ -208,12 +208,13 @@ class LiveHub:
         them (delivered at this transaction's commit). Answers the live searches that got it."""
         if not len(face_ids):
             return []
-        vectors = np.stack([np.asarray(face.embedding, dtype=np.float32) for face in faces])
+        vectors = None  # the faces as one matrix, made only where a session has live searches
         # a large product starts at once on the cached set, on a thread, while Postgres is asked whether that
         # set is still the session's (it nearly always is: the round trips cost the upload no extra time)
         cached = self._probes.get(session_id)
         early = None
-        if cached is not None and len(cached.ids) * len(vectors) >= _THREAD_FROM:
+        if cached is not None and len(cached.ids) * len(faces) >= _THREAD_FROM:
+            vectors = _stacked(faces)
             early = asyncio.ensure_future(asyncio.to_thread(cached.nearest_within, vectors, self._threshold))
         try:
             # held until this upload commits: a live search being made waits for it (core/live.py create)
@@ -232,6 +233,7 @@ class LiveHub:
                 await asyncio.gather(early, return_exceptions=True)
             if not len(probes.ids):
                 return []
+            vectors = _stacked(faces) if vectors is None else vectors
             # over every cached probe (no copy of the matrix), the expired ones (by the database's clock, the
             # sweep's) dropped from the result
             if len(probes.ids) * len(vectors) >= _THREAD_FROM:
@@ -246,6 +248,10 @@ class LiveHub:
         return await db.insert_live_matches(
             conn, session_id, image_id, probes.ids[rows].tolist(), chosen.tolist(), distances.astype(float).tolist()
         )
+
+
+def _stacked(faces: Sequence[DetectedFace]) -> np.ndarray:
+    return np.stack([np.asarray(face.embedding, dtype=np.float32) for face in faces])
 
 
 def _set(events: set[asyncio.Event]) -> None:
